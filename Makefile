@@ -1,0 +1,47 @@
+# Dr.Tech — the two commands a new user runs: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PROTOS := $(wildcard protos/drtech/v1/*.proto)
+GENERATED := $(PROTOS:.proto=_pb2.py)
+
+.PHONY: run test protos install-run install-test test-fast bench clean help
+
+help:
+	@echo "make run    - set up and serve the whole platform at http://127.0.0.1:$${DRTECH_HTTP_PORT:-8000}"
+	@echo "make test   - set up and run the test suite"
+	@echo "make protos - regenerate gRPC code from protos/"
+
+run: install-run protos
+	$(PY) -m services.supervisor
+
+test: install-test protos
+	$(PY) -m pytest
+
+# Unit tests only: no sockets, no subprocesses.
+test-fast: install-test protos
+	$(PY) -m pytest tests/unit
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Stamps so a second `make run` does not reinstall; they are redone when pyproject.toml changes.
+$(VENV)/.run-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[serving,auth,gateway]'
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[serving,auth,gateway,training,dev]'
+	touch $@ $(VENV)/.run-installed
+
+install-run: $(VENV)/.run-installed
+install-test: $(VENV)/.test-installed
+
+protos: $(GENERATED)
+
+$(GENERATED): $(PROTOS) | $(PY)
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+
+clean:
+	rm -rf $(VENV) var protos/drtech/v1/*_pb2*.py protos/drtech/v1/*_pb2*.pyi

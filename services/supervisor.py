@@ -1,0 +1,198 @@
+"""Run the whole platform locally: auth, the three model services and the gateway.
+
+`make run` calls this. Each component runs as its own process (as in Kubernetes), started in
+dependency order; the supervisor waits until each one is healthy, prints the URL, and on Ctrl-C
+or SIGTERM stops them all (gateway first, so no request reaches a stopped backend), escalating to
+SIGKILL only after a grace period. If any component dies, everything is stopped and the exit
+status is non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.core.logs import configure_logging
+
+log = configure_logging("supervisor")
+
+ROOT = Path(__file__).resolve().parent.parent
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Component:
+    name: str
+    module: str
+    port: int
+    kind: str  # "grpc" or "http"
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def _port(env: str, default: int) -> int:
+    return int(os.environ.get(env, default))
+
+
+def components() -> list[Component]:
+    """The processes `make run` starts, in start order. Ports come from the environment."""
+    return [
+        Component("auth", "services.auth", _port("DRTECH_AUTH_PORT", 50051), "grpc"),
+        Component("bone", "services.bone", _port("DRTECH_BONE_PORT", 50052), "grpc"),
+        Component("skin", "services.skin", _port("DRTECH_SKIN_PORT", 50053), "grpc"),
+        Component("pneumonia", "services.pneumonia", _port("DRTECH_PNEUMONIA_PORT", 50054), "grpc"),
+        Component("gateway", "gateway", _port("DRTECH_HTTP_PORT", 8000), "http"),
+    ]
+
+
+def _die_with_parent() -> None:
+    # If the supervisor is killed outright (SIGKILL), the kernel sends its children SIGTERM
+    # instead of leaving them running.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def _child_env(comps: list[Component]) -> dict[str, str]:
+    env = dict(os.environ)
+    env["DRTECH_HOME"] = str(Path(os.environ.get("DRTECH_HOME", ROOT / "var")).resolve())
+    for comp in comps:
+        if comp.kind == "grpc":
+            env[f"DRTECH_{comp.name.upper()}_ADDR"] = comp.address
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _grpc_serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _http_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as reply:
+            return reply.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _healthy(comp: Component) -> bool:
+    if comp.kind == "grpc":
+        return _grpc_serving(comp.address)
+    return _http_ready(f"http://{comp.address}/readyz")
+
+
+class Supervisor:
+    def __init__(self, comps: list[Component], start_timeout: float, grace: float) -> None:
+        self.comps = comps
+        self.start_timeout = start_timeout
+        self.grace = grace
+        self.stopping = threading.Event()
+
+    def start_all(self) -> None:
+        env = _child_env(self.comps)
+        Path(env["DRTECH_HOME"]).mkdir(parents=True, exist_ok=True)
+        for comp in self.comps:
+            if self.stopping.is_set():
+                return
+            log.info("starting %s on %s", comp.name, comp.address)
+            comp.process = subprocess.Popen(
+                [sys.executable, "-m", comp.module, "--port", str(comp.port)],
+                cwd=ROOT,
+                env=env,
+                start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
+                preexec_fn=_die_with_parent,
+            )
+            self._wait_healthy(comp)
+
+    def _wait_healthy(self, comp: Component) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            assert comp.process is not None
+            if comp.process.poll() is not None:
+                raise RuntimeError(f"{comp.name} exited with status {comp.process.returncode} while starting")
+            if _healthy(comp):
+                log.info("%s is healthy", comp.name)
+                return
+            time.sleep(0.2)
+        if not self.stopping.is_set():
+            raise RuntimeError(f"{comp.name} was not healthy within {self.start_timeout:.0f} s")
+
+    def watch(self) -> int:
+        """Block until a stop signal (returns 0) or until a component dies (returns 1)."""
+        while not self.stopping.wait(0.5):
+            for comp in self.comps:
+                if comp.process is not None and comp.process.poll() is not None:
+                    log.error("%s exited unexpectedly with status %s", comp.name, comp.process.returncode)
+                    return 1
+        return 0
+
+    def stop_all(self) -> None:
+        running = [c for c in reversed(self.comps) if c.process is not None and c.process.poll() is None]
+        for comp in running:
+            log.info("stopping %s", comp.name)
+            assert comp.process is not None
+            comp.process.send_signal(signal.SIGTERM)
+            try:
+                comp.process.wait(timeout=self.grace)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0f s; killing it", comp.name, self.grace)
+                comp.process.kill()
+                comp.process.wait()
+        log.info("all stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for each component")
+    parser.add_argument("--grace", type=float, default=15.0, help="seconds each component gets to stop")
+    args = parser.parse_args(argv)
+
+    supervisor = Supervisor(components(), args.start_timeout, args.grace)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        supervisor.stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    status = 0
+    try:
+        supervisor.start_all()
+        if not supervisor.stopping.is_set():
+            gateway = supervisor.comps[-1]
+            print(f"\nDr.Tech is running at http://{gateway.address}  (Ctrl-C to stop)\n", flush=True)
+            print("Not for clinical use.", flush=True)
+            status = supervisor.watch()
+    except RuntimeError as error:
+        log.error("%s", error)
+        status = 1
+    finally:
+        supervisor.stop_all()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

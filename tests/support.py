@@ -1,0 +1,61 @@
+"""Test helpers every tier uses: free ports, the real-data folder, test images.
+
+Import helpers with `from tests.support import ...`; fixtures are in tests/conftest.py."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("DRTECH_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def synthetic_image(kind: str, size: tuple[int, int] = (224, 224), seed: int = 0) -> Image.Image:
+    """A deterministic stand-in image of roughly the right look for each exam type."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    yy, xx = np.mgrid[0:height, 0:width]
+    if kind == "skin_lesion":
+        skin = np.stack([np.full((height, width), c, np.float32) for c in (205, 160, 140)], axis=-1)
+        dist = np.hypot(xx - width / 2, yy - height / 2) / (min(size) / 4)
+        lesion = np.clip(1.2 - dist, 0, 1)[..., None]
+        pixels = skin * (1 - 0.6 * lesion) + rng.normal(0, 6, (height, width, 3))
+        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    # Radiograph-like: dark background, a bright bony/chest structure, noise.
+    body = np.exp(-(((xx - width / 2) / (width / 3.5)) ** 2 + ((yy - height / 2) / (height / 2.5)) ** 2))
+    pixels = 30 + 170 * body + rng.normal(0, 8, (height, width))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
+
+
+def sample_image_bytes(exam_type: str) -> bytes:
+    """One real image of the exam type from ../shared/data when present, else a generated one."""
+    folder = {
+        "chest_xray": data_dir() / "chest_xray" / "train" / "PNEUMONIA",
+        "skin_lesion": data_dir() / "ham10000" / "HAM10000_images",
+        "bone_xray": data_dir() / "knee_kl" / "val" / "3",
+    }[exam_type]
+    if folder.is_dir():
+        first = min(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+        return first.read_bytes()
+    return jpeg_bytes(synthetic_image(exam_type))

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PROTOS := $(wildcard protos/drtech/v1/*.proto)
 GENERATED := $(PROTOS:.proto=_pb2.py)
 
-.PHONY: run test protos install-run install-test test-fast bench clean help
+.PHONY: run test protos install-run install-test test-fast bench-runtimes clean help
 
 help:
 	@echo "make run    - set up and serve the whole platform at http://127.0.0.1:$${DRTECH_HTTP_PORT:-8000}"
@@ -42,6 +42,10 @@ protos: $(GENERATED)
 
 $(GENERATED): $(PROTOS) | $(PY)
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+
+# Runtime comparison (TensorFlow vs LiteRT vs ONNX Runtime) on this machine; not a test.
+bench-runtimes: install-test protos
+	$(PY) -m benchmarks.runtimes
 
 clean:
 	rm -rf $(VENV) var protos/drtech/v1/*_pb2*.py protos/drtech/v1/*_pb2*.pyi

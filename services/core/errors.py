@@ -1,0 +1,23 @@
+"""Domain errors of the serving core.
+
+Handlers raise these; one gRPC interceptor (services/core/interceptors.py) maps them to status
+codes. They carry no gRPC types, so the gateway and training can import and raise them too.
+"""
+
+from __future__ import annotations
+
+
+class InvalidImage(ValueError):
+    """The upload cannot be used as an image: empty, corrupt, truncated, too large or too small."""
+
+
+class UnsupportedMediaType(InvalidImage):
+    """The upload is (or claims to be) a type this service does not accept.
+
+    A subclass of InvalidImage so callers that only care about "bad input" need one except clause;
+    the gateway tells the two apart to answer 415 instead of 422.
+    """
+
+
+class ModelNotReady(RuntimeError):
+    """The model is not loaded and warmed yet (or the service is shutting down)."""

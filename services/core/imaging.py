@@ -1,0 +1,287 @@
+"""Uploaded bytes -> PIL image, for JPEG, PNG and DICOM.
+
+The real type is sniffed from the bytes (magic numbers); a declared media type is only used to
+refuse types we do not accept, never to pick a decoder, because names and extensions lie.
+Limits are checked before pixel data are decoded, so a small file that declares a huge image
+(a decompression bomb) is refused without allocating it.
+
+Stays free of gRPC and ONNX Runtime imports: the gateway and training may use it too.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from services.core.errors import InvalidImage, UnsupportedMediaType
+
+JPEG = "image/jpeg"
+PNG = "image/png"
+DICOM = "application/dicom"
+SUPPORTED_MEDIA_TYPES: tuple[str, ...] = (JPEG, PNG, DICOM)
+
+# Declared types that say nothing about the content; we sniff instead.
+_UNSPECIFIC_MEDIA_TYPES = {"", "application/octet-stream", "binary/octet-stream"}
+_MEDIA_TYPE_ALIASES = {"image/jpg": JPEG, "image/pjpeg": JPEG, "image/x-png": PNG, "application/dicom+file": DICOM}
+
+# Formats people commonly upload that we recognise only to say clearly that they are not accepted.
+_OTHER_IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+)
+
+_ACCEPTED = "send a JPEG, PNG or DICOM image"
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an upload may be. Defaults match the serving settings' defaults."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 64_000_000   # width x height (x frames are never decoded beyond the first)
+    min_side: int = 32
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image        # "RGB" or "L"; may be smaller than the original (JPEG draft decoding)
+    media_type: str           # the sniffed type
+    width: int                # the original image size, which heatmaps are drawn at
+    height: int
+
+
+def sniff_media_type(data: bytes) -> str | None:
+    """Return the supported media type the bytes really are, or None."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return JPEG
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return PNG
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return DICOM
+    return None
+
+
+def read_image(
+    data: bytes,
+    media_type: str | None = None,
+    limits: ImageLimits = ImageLimits(),
+    draft_size: tuple[int, int] | None = None,
+) -> DecodedImage:
+    """Decode an upload, checking it against `limits`.
+
+    `draft_size` lets a large JPEG decode at a reduced scale that is still at least this size,
+    which is much faster and uses less memory when the model only needs 224x224.
+    Raises InvalidImage or UnsupportedMediaType with a message a user can act on.
+    """
+    if not data:
+        raise InvalidImage("the image is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise InvalidImage(f"the image is {len(data)} bytes; the largest accepted is {limits.max_bytes} bytes")
+    declared = _normalise_media_type(media_type)
+    if declared not in _UNSPECIFIC_MEDIA_TYPES and declared not in SUPPORTED_MEDIA_TYPES:
+        raise UnsupportedMediaType(f"unsupported media type {declared!r}; {_ACCEPTED}")
+
+    sniffed = sniff_media_type(data)
+    if sniffed is None:
+        for magic, name in _OTHER_IMAGE_MAGIC:
+            if data.startswith(magic):
+                raise UnsupportedMediaType(f"unsupported media type: the file is a {name} image; {_ACCEPTED}")
+        if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+            raise UnsupportedMediaType(f"unsupported media type: the file is a WebP image; {_ACCEPTED}")
+        raise UnsupportedMediaType(f"unsupported media type: the file is not a JPEG, PNG or DICOM image; {_ACCEPTED}")
+
+    if sniffed == DICOM:
+        image = _read_dicom(data, limits)
+        width, height = image.size
+    else:
+        image, (width, height) = _read_raster(data, sniffed, limits, draft_size)
+    return DecodedImage(image=image, media_type=sniffed, width=width, height=height)
+
+
+def decode_image(
+    data: bytes,
+    media_type: str | None = None,
+    limits: ImageLimits = ImageLimits(),
+    draft_size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Like read_image, returning only the PIL image ("RGB" or "L")."""
+    return read_image(data, media_type, limits, draft_size).image
+
+
+def dicom_routing_tags(data: bytes) -> dict[str, str]:
+    """Modality and BodyPartExamined of a DICOM upload, for routing; {} when not DICOM.
+
+    Reads the header only and returns no patient-identifying tags.
+    """
+    if sniff_media_type(data) != DICOM:
+        return {}
+    dataset = _parse_dicom(data, stop_before_pixels=True)
+    tags = {}
+    for keyword in ("Modality", "BodyPartExamined"):
+        value = dataset.get(keyword)
+        if value:
+            tags[keyword] = str(value).strip()
+    return tags
+
+
+def _normalise_media_type(media_type: str | None) -> str:
+    value = (media_type or "").split(";", 1)[0].strip().lower()
+    return _MEDIA_TYPE_ALIASES.get(value, value)
+
+
+def _check_size(width: int, height: int, limits: ImageLimits) -> None:
+    if width * height > limits.max_pixels:
+        raise InvalidImage(
+            f"the image is {width}x{height} pixels; the largest accepted is {limits.max_pixels} pixels in total"
+        )
+    if min(width, height) < limits.min_side:
+        raise InvalidImage(
+            f"the image is {width}x{height} pixels; each side must be at least {limits.min_side} pixels"
+        )
+
+
+def _read_raster(
+    data: bytes, media_type: str, limits: ImageLimits, draft_size: tuple[int, int] | None
+) -> tuple[Image.Image, tuple[int, int]]:
+    expected_format = "JPEG" if media_type == JPEG else "PNG"
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit is checked below; Pillow's global bomb check must not decide first.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[expected_format])
+    except Image.DecompressionBombError:
+        raise InvalidImage(
+            f"the image declares too many pixels; the largest accepted is {limits.max_pixels} pixels in total"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise InvalidImage(f"the file starts like a {expected_format} image but its header cannot be read") from None
+    original_size = image.size
+    _check_size(*original_size, limits)
+    if media_type == JPEG and draft_size is not None:
+        # DCT-domain downscaling by 1/2, 1/4 or 1/8, never below draft_size.
+        image.draft(image.mode if image.mode in ("RGB", "L") else None, draft_size)
+    try:
+        image.load()
+    except Image.DecompressionBombError:
+        raise InvalidImage(
+            f"the image declares too many pixels; the largest accepted is {limits.max_pixels} pixels in total"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InvalidImage(f"the {expected_format} image is truncated or corrupt ({error})") from None
+    return _to_rgb_or_l(image), original_size
+
+
+def _to_rgb_or_l(image: Image.Image) -> Image.Image:
+    if image.mode in ("RGB", "L"):
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale PNG (common for radiographs): stretch to 8 bits rather than clip.
+        array = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(_scale_to_uint8(array, float(array.min()), float(array.max())), mode="L")
+    if image.mode in ("LA", "La"):
+        return image.convert("L")
+    # P, RGBA, CMYK, YCbCr, 1: let Pillow convert; transparency is dropped.
+    return image.convert("RGB")
+
+
+def _parse_dicom(data: bytes, stop_before_pixels: bool = False) -> Any:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise InvalidImage(f"the DICOM file cannot be read ({error})") from None
+
+
+def _read_dicom(data: bytes, limits: ImageLimits) -> Image.Image:
+    from pydicom import pixels
+
+    dataset = _parse_dicom(data)
+    if "PixelData" not in dataset:
+        raise InvalidImage("the DICOM file has no pixel data (it is not an image)")
+    try:
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+    except (AttributeError, TypeError, ValueError):
+        raise InvalidImage("the DICOM file has pixel data but no valid Rows/Columns") from None
+    _check_size(columns, rows, limits)
+
+    transfer_syntax = dataset.file_meta.get("TransferSyntaxUID")
+    if not _can_decode(transfer_syntax):
+        name = getattr(transfer_syntax, "name", str(transfer_syntax))
+        raise InvalidImage(
+            f"the DICOM transfer syntax {name} ({transfer_syntax}) cannot be decoded by this service; "
+            "send uncompressed DICOM or a PNG/JPEG export"
+        )
+    try:
+        # index=0: decode only the first frame of a multi-frame image.
+        array = pixels.pixel_array(dataset, index=0)
+    except (ValueError, RuntimeError, AttributeError, KeyError, TypeError, EOFError, NotImplementedError) as error:
+        raise InvalidImage(f"the DICOM pixel data cannot be decoded ({error})") from None
+
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if array.ndim == 3 and array.shape[-1] == 3:
+        # Colour DICOM (e.g. dermoscopy); pydicom has already converted YBR to RGB.
+        if array.dtype != np.uint8:
+            array = _scale_to_uint8(array, 0.0, float(2 ** int(dataset.get("BitsStored", 16)) - 1))
+        return Image.fromarray(array, mode="RGB")
+    if array.ndim != 2:
+        raise InvalidImage(f"the DICOM pixel data has an unexpected shape {array.shape}")
+
+    # Modality LUT (rescale slope/intercept) first, then the VOI LUT or window, as a viewer does.
+    values = pixels.apply_modality_lut(array, dataset).astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    if "WindowCenter" in dataset or "VOILUTSequence" in dataset:
+        try:
+            windowed = pixels.apply_voi_lut(values, dataset, index=0).astype(np.float64)
+            # The window's own output range (what a viewer maps to black..white), so an image
+            # that does not fill its window keeps the contrast the window asks for.
+            low, high = _voi_output_range(windowed, dataset)
+            values = windowed
+        except (ValueError, AttributeError, KeyError, TypeError, IndexError, NotImplementedError):
+            pass  # a malformed window or LUT: show the full value range instead of refusing the image
+    gray = _scale_to_uint8(values, low, high)
+    if photometric == "MONOCHROME1":
+        gray = 255 - gray   # MONOCHROME1: the lowest value is displayed white
+    return Image.fromarray(gray, mode="L")
+
+
+def _can_decode(transfer_syntax: Any) -> bool:
+    from pydicom import pixels
+
+    if transfer_syntax is None:
+        return True   # pydicom falls back to the implicit-VR little-endian default
+    try:
+        return bool(pixels.get_decoder(transfer_syntax).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def _voi_output_range(values: np.ndarray, dataset: Any) -> tuple[float, float]:
+    from pydicom import pixels
+
+    if "WindowCenter" not in dataset:
+        # VOI LUT sequence: its output is clamped to the table's entries.
+        return float(values.min()), float(values.max())
+    extremes = np.array([-1e12, 1e12], dtype=np.float64)
+    low, high = (float(v) for v in pixels.apply_voi_lut(extremes, dataset, index=0))
+    return min(low, high), max(low, high)
+
+
+def _scale_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    if values.dtype == np.uint8 and low == 0 and high == 255:
+        return values
+    scaled = (values.astype(np.float64) - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)

@@ -1,0 +1,274 @@
+"""Uploaded bytes -> image: what services.core.imaging accepts, how it decodes it, and what it refuses."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEGLSLossless,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
+
+from services.core.errors import InvalidImage, UnsupportedMediaType
+from services.core.imaging import (
+    DICOM,
+    JPEG,
+    PNG,
+    ImageLimits,
+    decode_image,
+    dicom_routing_tags,
+    read_image,
+    sniff_media_type,
+)
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def gradient_rgb(width: int = 64, height: int = 48) -> Image.Image:
+    x = np.linspace(0, 255, width, dtype=np.uint8)
+    array = np.zeros((height, width, 3), dtype=np.uint8)
+    array[..., 0] = x
+    array[..., 2] = 255 - x
+    return Image.fromarray(array, "RGB")
+
+
+def make_dicom(
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    rescale: tuple[float, float] | None = None,
+    window: tuple[float, float] | None = None,
+    with_pixels: bool = True,
+    extra: dict | None = None,
+) -> bytes:
+    """A minimal Part 10 DICOM file around `pixels` (frames, rows, cols) or (rows, cols), uint16."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientName = "Doe^Jane"
+    ds.PatientID = "12345"
+    ds.Modality = "CR"
+    ds.BodyPartExamined = "CHEST"
+    if with_pixels:
+        frames = pixels if pixels.ndim == 3 else pixels[None]
+        ds.Rows, ds.Columns = frames.shape[1:]
+        if len(frames) > 1:
+            ds.NumberOfFrames = len(frames)
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = photometric
+        ds.BitsAllocated = 16
+        ds.BitsStored = bits_stored
+        ds.HighBit = bits_stored - 1
+        ds.PixelRepresentation = 0
+        ds.PixelData = frames.astype("<u2").tobytes()
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    for keyword, value in (extra or {}).items():
+        setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def ramp(rows: int = 64, cols: int = 64, top: int = 4095) -> np.ndarray:
+    """Each column a constant value, rising from 0 (left) to `top` (right)."""
+    return np.tile(np.linspace(0, top, cols).astype(np.uint16), (rows, 1))
+
+
+# --- sniffing and the declared media type ---------------------------------------------------
+
+def test_type_is_sniffed_from_the_bytes_not_the_declared_type() -> None:
+    png = encode(gradient_rgb(), "PNG")
+    decoded = read_image(png, media_type="image/jpeg")
+    assert decoded.media_type == PNG
+    assert sniff_media_type(encode(gradient_rgb(), "JPEG")) == JPEG
+    assert sniff_media_type(make_dicom(ramp())) == DICOM
+    assert sniff_media_type(b"hello") is None
+
+
+def test_a_declared_unsupported_type_is_refused_as_unsupported() -> None:
+    with pytest.raises(UnsupportedMediaType, match="unsupported media type 'image/gif'"):
+        read_image(encode(gradient_rgb(), "PNG"), media_type="image/gif")
+
+
+def test_other_image_formats_are_named_in_the_refusal() -> None:
+    with pytest.raises(UnsupportedMediaType, match="GIF"):
+        read_image(encode(gradient_rgb(), "GIF"))
+    with pytest.raises(UnsupportedMediaType, match="BMP"):
+        read_image(encode(gradient_rgb(), "BMP"))
+
+
+def test_garbage_bytes_are_not_an_image() -> None:
+    with pytest.raises(UnsupportedMediaType, match="not a JPEG, PNG or DICOM image"):
+        read_image(b"this is a text file, not an x-ray" * 10)
+
+
+def test_empty_upload_is_refused() -> None:
+    with pytest.raises(InvalidImage, match="empty"):
+        read_image(b"")
+
+
+# --- JPEG and PNG ---------------------------------------------------------------------------
+
+def test_png_decodes_to_rgb_with_its_size() -> None:
+    decoded = read_image(encode(gradient_rgb(64, 48), "PNG"), "image/png")
+    assert decoded.image.mode == "RGB"
+    assert (decoded.width, decoded.height) == (64, 48) == decoded.image.size
+    assert decoded.image.getpixel((63, 0)) == (255, 0, 0)
+
+
+def test_grayscale_jpeg_stays_grayscale() -> None:
+    gray = Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1)), "L")
+    image = decode_image(encode(gray, "JPEG", quality=95))
+    assert image.mode == "L"
+    assert image.size == (64, 64)
+
+
+def test_sixteen_bit_png_is_stretched_to_eight_bits() -> None:
+    array = ramp(40, 40, top=4095)
+    image = decode_image(encode(Image.fromarray(array), "PNG"))
+    assert image.mode == "L"
+    assert image.getpixel((0, 0)) == 0 and image.getpixel((39, 0)) == 255
+
+
+def test_large_jpeg_is_draft_decoded_but_keeps_its_original_size() -> None:
+    big = gradient_rgb(2000, 1600)
+    decoded = read_image(encode(big, "JPEG"), draft_size=(224, 224))
+    assert (decoded.width, decoded.height) == (2000, 1600)
+    assert min(decoded.image.size) >= 224          # never below what the model needs
+    assert decoded.image.size[0] <= 1000           # decoded at 1/2 scale or less
+
+
+def test_truncated_jpeg_is_refused_as_truncated() -> None:
+    data = encode(gradient_rgb(256, 256), "JPEG")
+    with pytest.raises(InvalidImage, match="truncated or corrupt"):
+        read_image(data[: len(data) // 2])
+
+
+def test_truncated_png_is_refused_as_truncated() -> None:
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8))
+    data = encode(noisy, "PNG")
+    with pytest.raises(InvalidImage, match="truncated or corrupt"):
+        read_image(data[: len(data) // 2])
+
+
+def test_too_small_image_is_refused_with_the_minimum() -> None:
+    with pytest.raises(InvalidImage, match="20x20 pixels; each side must be at least 32"):
+        read_image(encode(gradient_rgb(20, 20), "PNG"))
+
+
+def test_too_many_bytes_is_refused_before_decoding() -> None:
+    data = encode(gradient_rgb(), "PNG")
+    with pytest.raises(InvalidImage, match="largest accepted is 100 bytes"):
+        read_image(data, limits=ImageLimits(max_bytes=100))
+
+
+def test_huge_declared_dimensions_are_refused_without_decoding() -> None:
+    # Small files that declare huge images: decompression bombs.
+    bomb = encode(Image.new("L", (10000, 10000)), "PNG")
+    assert len(bomb) < 200_000
+    with pytest.raises(InvalidImage, match="10000x10000 pixels; the largest accepted is 64000000 pixels"):
+        read_image(bomb)
+    bigger_bomb = encode(Image.new("1", (30000, 30000)), "PNG")
+    with pytest.raises(InvalidImage, match="the largest accepted is 64000000 pixels"):
+        read_image(bigger_bomb)
+
+
+# --- DICOM ----------------------------------------------------------------------------------
+
+def test_monochrome2_dicom_maps_its_range_to_eight_bits() -> None:
+    image = decode_image(make_dicom(ramp()), "application/dicom")
+    assert image.mode == "L" and image.size == (64, 64)
+    assert image.getpixel((0, 0)) == 0
+    assert image.getpixel((63, 0)) == 255
+
+
+def test_monochrome1_dicom_is_inverted() -> None:
+    image = decode_image(make_dicom(ramp(), photometric="MONOCHROME1"))
+    assert image.getpixel((0, 0)) == 255
+    assert image.getpixel((63, 0)) == 0
+
+
+def test_rescale_slope_and_intercept_are_applied_before_the_window() -> None:
+    # Stored 0..4095, slope 2 and intercept -1000 give -1000..7190; a window centred at 3095
+    # (the stored midpoint after rescale) of width 2 splits the image at the middle column.
+    pixels = ramp(64, 64)
+    image = decode_image(make_dicom(pixels, rescale=(2.0, -1000.0), window=(pixels.max() - 1000.0, 2.0)))
+    row = np.asarray(image)[0]
+    assert row[0] == 0 and row[31] == 0         # stored <= 2016 -> below the window: black
+    assert row[32] == 255 and row[63] == 255    # stored >= 2080 -> above the window: white
+
+
+def test_window_center_and_width_set_the_contrast() -> None:
+    # Values 0..4095, window 1000 +- 100: <= 900 black, >= 1100 white, 1000 mid-grey.
+    pixels = np.array([[0, 900, 1000, 1100, 4095]] * 40, dtype=np.uint16)
+    pixels = np.repeat(pixels, 8, axis=1)
+    image = np.asarray(decode_image(make_dicom(pixels, window=(1000.0, 200.0))))
+    assert image[0, 0] == 0
+    assert image[0, 8] == 0
+    assert 120 <= image[0, 16] <= 135
+    assert image[0, 24] == 255
+    assert image[0, 32] == 255
+
+
+def test_multi_frame_dicom_uses_the_first_frame() -> None:
+    first = ramp(48, 48)
+    second = np.full((48, 48), 4095, dtype=np.uint16)
+    image = decode_image(make_dicom(np.stack([first, second])))
+    assert image.size == (48, 48)
+    assert image.getpixel((0, 0)) == 0 and image.getpixel((47, 0)) == 255
+
+
+def test_dicom_without_pixel_data_is_refused() -> None:
+    with pytest.raises(InvalidImage, match="no pixel data"):
+        read_image(make_dicom(ramp(), with_pixels=False))
+
+
+def test_dicom_with_an_undecodable_transfer_syntax_is_refused_naming_it() -> None:
+    data = make_dicom(ramp())
+    from pydicom import dcmread
+
+    ds = dcmread(io.BytesIO(data))
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7not really JPEG-LS"])
+    ds["PixelData"].VR = "OB"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    with pytest.raises(InvalidImage, match="transfer syntax JPEG-LS Lossless.*cannot be decoded"):
+        read_image(buffer.getvalue())
+
+
+def test_dicom_too_small_is_refused() -> None:
+    with pytest.raises(InvalidImage, match="at least 32"):
+        read_image(make_dicom(ramp(16, 16)))
+
+
+def test_truncated_dicom_is_refused() -> None:
+    data = make_dicom(ramp(256, 256))
+    with pytest.raises(InvalidImage, match="DICOM"):
+        read_image(data[: len(data) // 2])
+
+
+def test_routing_tags_are_modality_and_body_part_only() -> None:
+    tags = dicom_routing_tags(make_dicom(ramp()))
+    assert tags == {"Modality": "CR", "BodyPartExamined": "CHEST"}
+    assert dicom_routing_tags(encode(gradient_rgb(), "PNG")) == {}

@@ -1,0 +1,164 @@
+"""Accounts and sessions: the auth service's behaviour, independent of gRPC.
+
+Every method opens its own database transaction, so one ``Accounts`` serves all server threads.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.auth.credentials import Passwords, new_token, token_hash
+from services.auth.errors import BadCredentials, EmailTaken, InvalidToken, Throttled, UserNotFound
+from services.auth.models import AuthSession, LoginFailure, User, utc_now
+from services.auth.validation import EMAIL_MAX_LENGTH, ValidationError, normalize_email, validate_sign_up
+
+CLIENT_IP_MAX_LENGTH = 64
+
+
+@dataclass(frozen=True)
+class ThrottlePolicy:
+    window: timedelta
+    max_failures_per_email: int
+    max_failures_per_ip: int
+
+
+@dataclass(frozen=True)
+class LoggedIn:
+    access_token: str  # the only time the plain token exists outside the client
+    expires_at: datetime
+    user: User
+
+
+class Accounts:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        passwords: Passwords,
+        session_ttl: timedelta,
+        throttle: ThrottlePolicy,
+    ) -> None:
+        self._sessions = session_factory
+        self._passwords = passwords
+        self._session_ttl = session_ttl
+        self._throttle = throttle
+
+    def sign_up(self, fields: dict[str, str]) -> User:
+        """Create an account. Raises ValidationError (per-field messages) or EmailTaken."""
+        form = validate_sign_up(fields)
+        with self._sessions.begin() as db:
+            if db.scalar(select(User.id).where(User.email == form.email)) is not None:
+                raise EmailTaken()
+        user = User(
+            email=form.email,
+            password_hash=self._passwords.hash(form.password),
+            first_name=form.first_name,
+            surname=form.surname,
+            address1=form.address1,
+            address2=form.address2,
+            city=form.city,
+            state=form.state,
+            zip=form.zip,
+            gender=form.gender,
+            birth_date=form.birth_date,
+            created_at=utc_now(),
+        )
+        try:
+            with self._sessions.begin() as db:
+                db.add(user)
+        except IntegrityError as error:  # someone signed up with the same email in between
+            raise EmailTaken() from error
+        return user
+
+    def log_in(self, email: str, password: str, client_ip: str = "") -> LoggedIn:
+        """Start a session. Raises Throttled, or BadCredentials (same for unknown email and wrong password)."""
+        email = normalize_email(email)[:EMAIL_MAX_LENGTH]
+        client_ip = client_ip.strip()[:CLIENT_IP_MAX_LENGTH]
+        now = utc_now()
+        self._check_throttle(email, client_ip, now)
+
+        with self._sessions.begin() as db:
+            user = db.scalar(select(User).where(User.email == email))
+        # The slow argon2 work happens outside any transaction, so it holds no connection or lock.
+        if user is None:
+            self._passwords.verify_dummy(password)
+        if user is None or not self._passwords.verify(user.password_hash, password):
+            with self._sessions.begin() as db:
+                db.add(LoginFailure(email=email, client_ip=client_ip, created_at=now))
+                # Failures older than the window no longer count; drop them so the table stays small.
+                db.execute(delete(LoginFailure).where(LoginFailure.created_at < now - self._throttle.window))
+            raise BadCredentials()
+
+        new_hash = self._passwords.hash(password) if self._passwords.needs_rehash(user.password_hash) else None
+        token = new_token()
+        expires_at = now + self._session_ttl
+        with self._sessions.begin() as db:
+            if new_hash is not None:
+                db.execute(update(User).where(User.id == user.id).values(password_hash=new_hash))
+                user.password_hash = new_hash
+            # A successful log-in clears this account's failures (not the IP's).
+            db.execute(delete(LoginFailure).where(LoginFailure.email == email))
+            db.add(AuthSession(user_id=user.id, token_hash=token_hash(token), created_at=now, expires_at=expires_at))
+        return LoggedIn(access_token=token, expires_at=expires_at, user=user)
+
+    def _check_throttle(self, email: str, client_ip: str, now: datetime) -> None:
+        since = now - self._throttle.window
+        checks = [(LoginFailure.email == email, self._throttle.max_failures_per_email)]
+        if client_ip:
+            checks.append((LoginFailure.client_ip == client_ip, self._throttle.max_failures_per_ip))
+        with self._sessions.begin() as db:
+            for condition, limit in checks:
+                recent = db.scalars(
+                    select(LoginFailure.created_at)
+                    .where(condition, LoginFailure.created_at >= since)
+                    .order_by(LoginFailure.created_at.desc())
+                    .limit(limit)
+                ).all()
+                if len(recent) >= limit:
+                    # Blocked until the oldest of the `limit` most recent failures leaves the window.
+                    raise Throttled(retry_after_s=(recent[-1] + self._throttle.window - now).total_seconds())
+
+    def authenticate(self, access_token: str) -> User:
+        """The user a live token belongs to. Raises InvalidToken."""
+        if not access_token:
+            raise InvalidToken("Access token is missing.")
+        with self._sessions.begin() as db:
+            row = db.execute(
+                select(AuthSession, User)
+                .join(User, AuthSession.user_id == User.id)
+                .where(AuthSession.token_hash == token_hash(access_token))
+            ).one_or_none()
+        if row is None or row.AuthSession.revoked_at is not None:
+            raise InvalidToken("Access token is invalid or has been revoked.")
+        if row.AuthSession.expires_at <= utc_now():
+            raise InvalidToken("Session has expired; log in again.")
+        return row.User
+
+    def log_out(self, access_token: str) -> None:
+        """Revoke the token at once. Unknown or already revoked tokens are fine (idempotent)."""
+        if not access_token:
+            return
+        with self._sessions.begin() as db:
+            db.execute(
+                update(AuthSession)
+                .where(AuthSession.token_hash == token_hash(access_token), AuthSession.revoked_at.is_(None))
+                .values(revoked_at=utc_now())
+            )
+
+    def get_user(self, user_id: str) -> User:
+        """Raises ValidationError for a malformed id, UserNotFound for an unknown one."""
+        try:
+            key = uuid.UUID(user_id)
+        except ValueError:
+            raise ValidationError({"id": "User id must be a UUID."}) from None
+        with self._sessions.begin() as db:
+            user = db.get(User, key)
+        if user is None:
+            raise UserNotFound()
+        return user
+

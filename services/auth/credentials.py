@@ -1,0 +1,48 @@
+"""Password hashing (argon2id) and session tokens (random, stored only as their SHA-256)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+
+class Passwords:
+    """argon2id hashing with a fixed cost, and a dummy hash so unknown accounts cost the same time."""
+
+    def __init__(self, time_cost: int = 3, memory_kib: int = 65536, parallelism: int = 4) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, type=Type.ID
+        )
+        # Verified against when the email is unknown, so the reply takes as long as for a real account.
+        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+
+    def hash(self, password: str) -> str:
+        return self._hasher.hash(password)
+
+    def verify(self, stored_hash: str, password: str) -> bool:
+        """True when ``password`` matches ``stored_hash``; False on a mismatch or an unreadable hash."""
+        try:
+            return self._hasher.verify(stored_hash, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    def verify_dummy(self, password: str) -> None:
+        """Spend the time of one verification without any account; the outcome is always 'no'."""
+        self.verify(self._dummy_hash, password)
+
+    def needs_rehash(self, stored_hash: str) -> bool:
+        """True when ``stored_hash`` was made with other parameters than the current ones."""
+        return self._hasher.check_needs_rehash(stored_hash)
+
+
+def new_token() -> str:
+    """A fresh session token (256 random bits, URL-safe); shown to the client once."""
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    """What the database keeps of a token: its SHA-256, hex. A fast hash suffices for 256 random bits."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()

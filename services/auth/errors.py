@@ -1,0 +1,36 @@
+"""Domain errors of the auth service. ``services.auth.interceptor`` maps each to one gRPC status."""
+
+from __future__ import annotations
+
+
+class AuthError(Exception):
+    """Base class; ``str(error)`` is the client-facing message."""
+
+
+class EmailTaken(AuthError):
+    def __init__(self) -> None:
+        super().__init__("An account with this email already exists.")
+
+
+class BadCredentials(AuthError):
+    # One message whether the email is unknown or the password wrong, so replies do not reveal accounts.
+    def __init__(self) -> None:
+        super().__init__("Incorrect email or password.")
+
+
+class Throttled(AuthError):
+    def __init__(self, retry_after_s: float) -> None:
+        self.retry_after_s = max(1.0, retry_after_s)
+        minutes = max(1, round(self.retry_after_s / 60))
+        super().__init__(
+            f"Too many failed log-in attempts. Try again in about {minutes} minute{'s' if minutes != 1 else ''}."
+        )
+
+
+class InvalidToken(AuthError):
+    """Missing, unknown, revoked or expired access token; the message says which of these it is."""
+
+
+class UserNotFound(AuthError):
+    def __init__(self) -> None:
+        super().__init__("No user with this id.")

@@ -1,0 +1,83 @@
+"""Maps auth domain errors to gRPC statuses in one place, so handlers only raise."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from sqlalchemy.exc import OperationalError
+
+from services.auth.errors import BadCredentials, EmailTaken, InvalidToken, Throttled, UserNotFound
+from services.auth.validation import ValidationError
+
+log = logging.getLogger(__name__)
+
+AUTH_SERVICE_PREFIX = "/drtech.v1.AuthService/"
+
+
+def error_status(error: Exception) -> status_pb2.Status:
+    """The google.rpc.Status a domain error becomes (INTERNAL for anything unexpected)."""
+    if isinstance(error, ValidationError):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
+                for field, message in error.violations.items()
+            ]
+        )
+        return _status(code_pb2.INVALID_ARGUMENT, "Some fields are invalid.", bad_request)
+    if isinstance(error, EmailTaken):
+        return _status(code_pb2.ALREADY_EXISTS, str(error))
+    if isinstance(error, BadCredentials | InvalidToken):
+        return _status(code_pb2.UNAUTHENTICATED, str(error))
+    if isinstance(error, Throttled):
+        delay = Duration()
+        delay.FromMilliseconds(int(error.retry_after_s * 1000))
+        return _status(code_pb2.RESOURCE_EXHAUSTED, str(error), error_details_pb2.RetryInfo(retry_delay=delay))
+    if isinstance(error, UserNotFound):
+        return _status(code_pb2.NOT_FOUND, str(error))
+    if isinstance(error, OperationalError):
+        return _status(code_pb2.UNAVAILABLE, "The account database is unavailable; try again shortly.")
+    return _status(code_pb2.INTERNAL, "Internal error in the auth service.")
+
+
+def _status(code: int, message: str, *details: Any) -> status_pb2.Status:
+    status = status_pb2.Status(code=code, message=message)
+    for detail in details:
+        status.details.add().Pack(detail)
+    return status
+
+
+class DomainErrorInterceptor(grpc.ServerInterceptor):
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        # Only AuthService's own methods; health and reflection keep their own status handling.
+        if handler is None or handler.unary_unary is None or not handler_call_details.method.startswith(
+            AUTH_SERVICE_PREFIX
+        ):
+            return handler
+        behavior = handler.unary_unary
+        method = handler_call_details.method
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return behavior(request, context)
+            except Exception as error:  # noqa: BLE001 - every error leaves as a status, never a traceback
+                status = error_status(error)
+                if status.code in (code_pb2.INTERNAL, code_pb2.UNAVAILABLE):
+                    log.exception("%s failed", method)
+                context.abort_with_status(rpc_status.to_status(status))
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

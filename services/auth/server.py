@@ -1,0 +1,107 @@
+"""The auth gRPC server: AuthService, grpc.health.v1 and reflection, started in-process or by ``__main__``.
+
+Health is NOT_SERVING until the database is reachable and migrated to head, then SERVING; ``stop()``
+flips it back to NOT_SERVING before the server drains calls in flight for the grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from datetime import timedelta
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos.drtech.v1 import auth_pb2, auth_pb2_grpc
+from services.auth.accounts import Accounts, ThrottlePolicy
+from services.auth.credentials import Passwords
+from services.auth.database import make_engine, make_session_factory, migrate, ping
+from services.auth.interceptor import DomainErrorInterceptor
+from services.auth.servicer import AuthServicer
+from services.auth.settings import AuthSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+
+
+class AuthServer:
+    """A running auth server; ``port`` is the bound port (useful when settings asked for port 0)."""
+
+    def __init__(self, server: grpc.Server, health_servicer: health.HealthServicer, port: int, engine) -> None:  # type: ignore[no-untyped-def]
+        self._server = server
+        self._health = health_servicer
+        self._engine = engine
+        self.port = port
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Report NOT_SERVING, let calls in flight finish (up to ``grace_s``), then release the database."""
+        self._health.enter_graceful_shutdown()
+        self._server.stop(grace_s).wait()
+        self._engine.dispose()
+
+    def wait_for_termination(self, timeout_s: float | None = None) -> bool:
+        return self._server.wait_for_termination(timeout_s)
+
+
+def build_accounts(settings: AuthSettings, engine) -> Accounts:  # type: ignore[no-untyped-def]
+    return Accounts(
+        session_factory=make_session_factory(engine),
+        passwords=Passwords(
+            time_cost=settings.argon2_time_cost,
+            memory_kib=settings.argon2_memory_kib,
+            parallelism=settings.argon2_parallelism,
+        ),
+        session_ttl=timedelta(hours=settings.session_ttl_hours),
+        throttle=ThrottlePolicy(
+            window=timedelta(minutes=settings.throttle_window_minutes),
+            max_failures_per_email=settings.throttle_max_failures_per_email,
+            max_failures_per_ip=settings.throttle_max_failures_per_ip,
+        ),
+    )
+
+
+def start_server(settings: AuthSettings | None = None) -> AuthServer:
+    """Bind, serve NOT_SERVING, migrate the database, then report SERVING and return.
+
+    Raises when the port cannot be bound or the database cannot be reached or migrated.
+    """
+    settings = settings or AuthSettings()
+    engine = make_engine(settings.database_url)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="auth"),
+        interceptors=[DomainErrorInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.grace_s * 1000)),
+        ],
+    )
+    health_servicer = health.HealthServicer()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(build_accounts(settings, engine)), server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        engine.dispose()
+        raise OSError(f"could not bind {settings.host}:{settings.port}")
+    server.start()
+    running = AuthServer(server, health_servicer, port, engine)
+    try:
+        ping(engine)
+        migrate(engine)
+    except Exception:
+        running.stop(0)
+        raise
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving on %s:%d (database %s)", settings.host, port, engine.url.render_as_string(hide_password=True))
+    return running

@@ -1,0 +1,46 @@
+"""Auth service settings (env prefix ``DRTECH_AUTH_``), validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AuthSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DRTECH_AUTH_", extra="ignore", populate_by_name=True)
+
+    # State root shared by every process (not prefixed); the default database lives under it.
+    home: Path = Field(default=Path("var"), validation_alias="DRTECH_HOME")
+    # Any SQLAlchemy URL, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/drtech.
+    # Empty: a SQLite file at $DRTECH_HOME/auth.db.
+    database_url: str = ""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=50051, ge=0, le=65535)
+    workers: int = Field(default=8, ge=1, le=256)
+    max_message_bytes: int = Field(default=1024 * 1024, ge=4096)
+    # Clients re-resolve DNS when the server closes an old connection (gRPC load balancing on k8s).
+    max_connection_age_s: float = Field(default=300.0, gt=0)
+    grace_s: float = Field(default=5.0, ge=0)
+
+    session_ttl_hours: float = Field(default=12.0, gt=0)
+
+    # Log-in throttling: this many failures within the window blocks further tries for the email
+    # (or, with the larger limit, for the client IP) until the oldest failure leaves the window.
+    throttle_window_minutes: float = Field(default=15.0, gt=0)
+    throttle_max_failures_per_email: int = Field(default=5, ge=1)
+    throttle_max_failures_per_ip: int = Field(default=20, ge=1)
+
+    # argon2id cost (defaults: argon2-cffi's RFC 9106 low-memory profile). Changing them makes the
+    # service rehash each password at its next successful log-in.
+    argon2_time_cost: int = Field(default=3, ge=1)
+    argon2_memory_kib: int = Field(default=65536, ge=8)
+    argon2_parallelism: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _default_database(self) -> AuthSettings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.home / 'auth.db').as_posix()}"
+        return self

@@ -1,0 +1,91 @@
+"""The auth schema: Alembic migrations bring an empty database to head, and the models match them.
+
+Runs on SQLite and on PostgreSQL (DRTECH_TEST_POSTGRES_URL, a fresh schema per test; skipped when unset).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect
+
+from services.auth.database import alembic_config, make_engine, migrate
+from services.auth.models import Base
+from services.auth.testing import fresh_postgres_schema, postgres_unavailable_reason
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'state' / 'auth.db'}")
+        yield engine
+        engine.dispose()
+        return
+    reason = postgres_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with fresh_postgres_schema() as url:
+        engine = make_engine(url)
+        yield engine
+        engine.dispose()
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def test_an_empty_database_is_migrated_to_head(engine: Engine) -> None:
+    assert inspect(engine).get_table_names() == []
+    migrate(engine)
+    assert set(inspect(engine).get_table_names()) == {"alembic_version", "users", "sessions", "login_failures"}
+    assert current_revision(engine) == head_revision()
+
+
+def test_migrating_again_changes_nothing(engine: Engine) -> None:
+    migrate(engine)
+    migrate(engine)  # every start-up runs it
+    assert current_revision(engine) == head_revision()
+
+
+def test_the_models_match_the_migrations(engine: Engine) -> None:
+    migrate(engine)
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
+    assert differences == [], "models and migrations differ; add a migration under services/auth/migrations/versions"
+
+
+def test_the_migration_downgrades_to_an_empty_database(engine: Engine) -> None:
+    migrate(engine)
+    migrate_down(engine)
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    migrate(engine)
+    assert current_revision(engine) == head_revision()
+
+
+def test_email_uniqueness_is_enforced_by_the_database(engine: Engine) -> None:
+    unique_columns = []
+    migrate(engine)
+    for constraint in inspect(engine).get_unique_constraints("users"):
+        unique_columns.append(constraint["column_names"])
+    assert ["email"] in unique_columns
+
+
+def migrate_down(engine: Engine) -> None:
+    from alembic import command
+
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "base")

@@ -1,0 +1,48 @@
+"""Password hashing (argon2id) and session-token hashing."""
+
+from __future__ import annotations
+
+import hashlib
+
+from services.auth.credentials import Passwords, new_token, token_hash
+
+# Cheap argon2 cost so the suite stays fast; the algorithm is the same.
+FAST = {"time_cost": 1, "memory_kib": 1024, "parallelism": 1}
+
+
+def test_passwords_are_stored_as_salted_argon2id_hashes() -> None:
+    passwords = Passwords(**FAST)
+    first, second = passwords.hash("correct horse 1"), passwords.hash("correct horse 1")
+    assert first.startswith("$argon2id$")
+    assert "correct horse 1" not in first
+    assert first != second  # a fresh salt each time
+
+
+def test_verify_accepts_only_the_right_password() -> None:
+    passwords = Passwords(**FAST)
+    stored = passwords.hash("correct horse 1")
+    assert passwords.verify(stored, "correct horse 1")
+    assert not passwords.verify(stored, "correct horse 2")
+    assert not passwords.verify("not a hash", "correct horse 1")
+
+
+def test_the_dummy_verification_never_succeeds() -> None:
+    passwords = Passwords(**FAST)
+    passwords.verify_dummy("anything")  # no exception, no result to leak
+
+
+def test_a_hash_made_with_other_parameters_needs_rehashing() -> None:
+    old = Passwords(**FAST).hash("correct horse 1")
+    stronger = Passwords(time_cost=2, memory_kib=2048, parallelism=1)
+    assert stronger.needs_rehash(old)
+    assert stronger.verify(old, "correct horse 1")  # old hashes still verify
+    assert not stronger.needs_rehash(stronger.hash("correct horse 1"))
+
+
+def test_tokens_are_random_and_stored_as_their_sha256() -> None:
+    tokens = {new_token() for _ in range(100)}
+    assert len(tokens) == 100
+    token = tokens.pop()
+    assert len(token) >= 43  # 32 random bytes, URL-safe base64
+    assert token_hash(token) == hashlib.sha256(token.encode()).hexdigest()
+    assert token not in token_hash(token)

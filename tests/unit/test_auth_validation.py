@@ -1,0 +1,149 @@
+"""Sign-up rules (services.auth.validation): each field's rule and message, as the gateway and UI show them."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from services.auth.validation import (
+    GENDERS,
+    SIGN_UP_FIELDS,
+    ValidationError,
+    normalize_email,
+    validate_sign_up,
+)
+
+TODAY = date(2026, 11, 26)
+
+
+def valid_fields(**overrides: str) -> dict[str, str]:
+    fields = {
+        "email": "Ada.Lovelace@Example.com",
+        "password": "analytical1",
+        "first_name": "Ada",
+        "surname": "Lovelace",
+        "address1": "12 St James's Square",
+        "address2": "",
+        "city": "London",
+        "state": "",
+        "zip": "10001",
+        "gender": "female",
+        "birth_date": "1990-12-10",
+    }
+    fields.update(overrides)
+    return fields
+
+
+def violations(**overrides: str) -> dict[str, str]:
+    with pytest.raises(ValidationError) as caught:
+        validate_sign_up(valid_fields(**overrides), today=TODAY)
+    return caught.value.violations
+
+
+def test_a_valid_sign_up_is_normalised() -> None:
+    form = validate_sign_up(valid_fields(first_name="  Ada ", zip="10001-1234"), today=TODAY)
+    assert form.email == "ada.lovelace@example.com"
+    assert form.first_name == "Ada"
+    assert form.zip == "10001-1234"
+    assert form.birth_date == date(1990, 12, 10)
+
+
+def test_only_the_required_fields_are_needed() -> None:
+    form = validate_sign_up(
+        {"email": "a@example.com", "password": "secret123", "first_name": "A", "surname": "B"}, today=TODAY
+    )
+    assert (form.address1, form.zip, form.gender, form.birth_date) == ("", "", "", None)
+
+
+def test_every_problem_is_reported_at_once_under_the_api_field_names() -> None:
+    problems = violations(email="", password="", first_name="", surname="", zip="x", gender="x", birth_date="x")
+    assert set(problems) == {"email", "password", "first_name", "surname", "zip", "gender", "birth_date"}
+    assert set(problems) <= set(SIGN_UP_FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("email", "message"),
+    [
+        ("", "Email is required."),
+        ("   ", "Email is required."),
+        ("not-an-email", "Enter a valid email address, like name@example.com."),
+        ("a@b", "Enter a valid email address, like name@example.com."),
+        ("two@@example.com", "Enter a valid email address, like name@example.com."),
+        ("a" * 250 + "@example.com", "Email must be at most 254 characters."),
+    ],
+)
+def test_email_rules(email: str, message: str) -> None:
+    assert violations(email=email)["email"] == message
+
+
+def test_email_is_compared_lower_case() -> None:
+    assert normalize_email("  Ada@EXAMPLE.com ") == "ada@example.com"
+
+
+@pytest.mark.parametrize(
+    ("password", "message"),
+    [
+        ("", "Password is required."),
+        ("abc1234", "Password must be at least 8 characters."),
+        ("a1" * 64 + "x", "Password must be at most 128 characters."),
+        ("aaaaaaaaaa", "Password must not be one character repeated."),
+        ("abcdefghij", "Password must contain at least one letter and one digit."),
+        ("1234567890", "Password must contain at least one letter and one digit."),
+        ("abcd\x001234", "Password must not contain control characters."),
+    ],
+)
+def test_password_rules(password: str, message: str) -> None:
+    assert violations(password=password)["password"] == message
+
+
+def test_password_spaces_are_kept() -> None:
+    assert validate_sign_up(valid_fields(password=" pass word 1 "), today=TODAY).password == " pass word 1 "
+
+
+@pytest.mark.parametrize(("field", "label"), [("first_name", "First name"), ("surname", "Surname")])
+def test_names_are_required_and_bounded(field: str, label: str) -> None:
+    assert violations(**{field: " "})[field] == f"{label} is required."
+    assert violations(**{field: "x" * 101})[field] == f"{label} must be at most 100 characters."
+    assert violations(**{field: "A\nB"})[field] == f"{label} must not contain control characters."
+
+
+@pytest.mark.parametrize(
+    ("field", "label", "limit"),
+    [("address1", "Address", 200), ("address2", "Address line 2", 200), ("city", "City", 100), ("state", "State", 100)],
+)
+def test_optional_text_is_bounded(field: str, label: str, limit: int) -> None:
+    validate_sign_up(valid_fields(**{field: "x" * limit}), today=TODAY)
+    assert violations(**{field: "x" * (limit + 1)})[field] == f"{label} must be at most {limit} characters."
+
+
+@pytest.mark.parametrize("zip_code", ["1234", "123456", "ABCDE", "12345-", "12345-678", "12345 6789"])
+def test_zip_must_be_a_us_zip_code(zip_code: str) -> None:
+    assert violations(zip=zip_code)["zip"] == "ZIP code must be 5 digits, or 5+4 digits like 12345-6789."
+
+
+def test_gender_must_be_one_of_the_allowed_values() -> None:
+    for gender in (*GENDERS, ""):
+        validate_sign_up(valid_fields(gender=gender), today=TODAY)
+    assert violations(gender="Female")["gender"] == (
+        "Gender must be one of: female, male, other, prefer_not_to_say (or left empty)."
+    )
+
+
+@pytest.mark.parametrize(
+    ("birth_date", "message"),
+    [
+        ("1990-02-30", "Birth date must be a real date in the form YYYY-MM-DD."),
+        ("19900210", "Birth date must be a real date in the form YYYY-MM-DD."),
+        ("10/02/1990", "Birth date must be a real date in the form YYYY-MM-DD."),
+        ("2026-11-27", "Birth date cannot be in the future."),
+        ("1896-11-25", "Birth date cannot be more than 130 years ago."),
+    ],
+)
+def test_birth_date_rules(birth_date: str, message: str) -> None:
+    assert violations(birth_date=birth_date)["birth_date"] == message
+
+
+def test_birth_date_bounds_are_inclusive() -> None:
+    assert validate_sign_up(valid_fields(birth_date="2026-11-26"), today=TODAY).birth_date == TODAY
+    assert validate_sign_up(valid_fields(birth_date="1896-11-26"), today=TODAY).birth_date == date(1896, 11, 26)

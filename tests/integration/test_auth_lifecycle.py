@@ -1,0 +1,75 @@
+"""Start-up and shutdown: `python -m services.auth` as a real process, and health during a graceful stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.auth.server import start_server
+from services.auth.settings import AuthSettings
+from tests.support import ROOT
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def auth_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRTECH_AUTH_")}
+    env.update({"DRTECH_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT), **extra})
+    return env
+
+
+def test_the_module_serves_on_a_free_port_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.auth", "--port", "0"],
+        cwd=tmp_path, env=auth_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        assert line.startswith("listening on 127.0.0.1:"), line
+        port = int(line.rsplit(":", 1)[1])
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert reply.status == SERVING
+        assert (tmp_path / "home" / "auth.db").is_file()  # the default SQLite file under DRTECH_HOME
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_the_module_exits_with_a_clear_error_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services.auth", "--port", "0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env=auth_env(tmp_path, DRTECH_AUTH_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:9/nowhere"),
+    )
+    assert result.returncode == 1
+    assert "could not start" in result.stderr
+    assert "listening on" not in result.stdout
+
+
+def test_health_turns_not_serving_as_soon_as_a_graceful_stop_begins(tmp_path: Path) -> None:
+    server = start_server(AuthSettings(database_url=f"sqlite:///{tmp_path / 'auth.db'}", port=0))
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        updates = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="drtech.v1.AuthService"), timeout=10
+        )
+        assert next(updates).status == SERVING
+        stopping = threading.Thread(target=server.stop, args=(2.0,))
+        stopping.start()
+        try:
+            assert next(updates).status == NOT_SERVING
+        finally:
+            stopping.join()

@@ -1,0 +1,313 @@
+"""AuthService over real gRPC: the server runs in-process on a free port, tests call it through the stub.
+
+Every test runs on SQLite and on PostgreSQL (DRTECH_TEST_POSTGRES_URL, a fresh schema per test; skipped
+with the reason when unset or unreachable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+from sqlalchemy import MetaData, create_engine, select
+
+from protos.drtech.v1 import auth_pb2, auth_pb2_grpc
+from services.auth.server import AuthServer, start_server
+from services.auth.settings import AuthSettings
+from services.auth.testing import fresh_postgres_schema, postgres_unavailable_reason
+
+DEADLINE_S = 10
+PASSWORD = "correct horse 7"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'auth.db'}"
+        return
+    reason = postgres_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with fresh_postgres_schema() as url:
+        yield url
+
+
+class Client:
+    """The generated stub on its own channel, with a deadline on every call."""
+
+    def __init__(self, server: AuthServer) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        self.stub = auth_pb2_grpc.AuthServiceStub(self.channel)
+
+    def sign_up(self, **fields: str) -> auth_pb2.User:
+        request = {"email": f"{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD,
+                   "first_name": "Ada", "surname": "Lovelace"}
+        request.update(fields)
+        return self.stub.SignUp(auth_pb2.SignUpRequest(**request), timeout=DEADLINE_S)
+
+    def log_in(self, email: str, password: str = PASSWORD, client_ip: str = "192.0.2.1") -> auth_pb2.Session:
+        request = auth_pb2.LogInRequest(email=email, password=password, client_ip=client_ip)
+        return self.stub.LogIn(request, timeout=DEADLINE_S)
+
+    def authenticate(self, token: str) -> auth_pb2.User:
+        return self.stub.Authenticate(auth_pb2.AuthenticateRequest(access_token=token), timeout=DEADLINE_S)
+
+    def log_out(self, token: str) -> None:
+        self.stub.LogOut(auth_pb2.LogOutRequest(access_token=token), timeout=DEADLINE_S)
+
+
+@pytest.fixture
+def start(database_url: str, tmp_path: Path) -> Iterator[Callable[..., tuple[AuthServer, Client]]]:
+    """Start an auth server on a free port (settings overridable); everything started is stopped after."""
+    running: list[tuple[AuthServer, Client]] = []
+
+    def _start(**overrides: object) -> tuple[AuthServer, Client]:
+        settings = {
+            "database_url": database_url,
+            "home": tmp_path,
+            "port": 0,
+            "grace_s": 0,
+            # Cheap argon2 so the suite is fast; production uses the RFC 9106 defaults.
+            "argon2_time_cost": 1,
+            "argon2_memory_kib": 1024,
+            "argon2_parallelism": 1,
+        }
+        settings.update(overrides)
+        server = start_server(AuthSettings(**settings))
+        running.append((server, Client(server)))
+        return running[-1]
+
+    yield _start
+    for server, client in running:
+        client.channel.close()
+        server.stop(0)
+
+
+@pytest.fixture
+def client(start: Callable[..., tuple[AuthServer, Client]]) -> Client:
+    return start()[1]
+
+
+def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value
+
+
+def field_violations(error: grpc.RpcError) -> dict[str, str]:
+    status = rpc_status.from_call(error)
+    assert status is not None, "INVALID_ARGUMENT must carry a google.rpc.Status with details"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            return {v.field: v.description for v in bad_request.field_violations}
+    raise AssertionError("no google.rpc.BadRequest in the status details")
+
+
+def test_health_is_serving_once_started_and_reflection_lists_the_service(start) -> None:
+    server, client = start()
+    health = health_pb2_grpc.HealthStub(client.channel)
+    for service in ("", "drtech.v1.AuthService"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=DEADLINE_S)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    reflection = reflection_pb2_grpc.ServerReflectionStub(client.channel)
+    replies = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {service.name for reply in replies for service in reply.list_services_response.service}
+    assert "drtech.v1.AuthService" in names
+
+
+def test_sign_up_returns_the_user_and_get_user_finds_it(client: Client) -> None:
+    user = client.sign_up(email="  Grace.Hopper@Example.COM ", first_name="Grace", surname="Hopper",
+                          address1="1 Navy Way", city="Arlington", state="VA", zip="22202-1234",
+                          gender="female", birth_date="1906-12-09")
+    assert uuid.UUID(user.id)
+    assert user.email == "grace.hopper@example.com"
+    assert (user.first_name, user.surname, user.zip, user.gender, user.birth_date) == (
+        "Grace", "Hopper", "22202-1234", "female", "1906-12-09")
+    assert abs(user.created_at.ToDatetime(UTC) - datetime.now(UTC)) < timedelta(minutes=1)
+    assert client.stub.GetUser(auth_pb2.GetUserRequest(id=user.id), timeout=DEADLINE_S) == user
+
+
+def test_an_email_can_sign_up_only_once_whatever_its_case(client: Client) -> None:
+    client.sign_up(email="alan@example.com")
+    error = rpc_error(lambda: client.sign_up(email="ALAN@example.com"))
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert error.details() == "An account with this email already exists."
+
+
+def test_invalid_fields_come_back_as_per_field_violations(client: Client) -> None:
+    error = rpc_error(lambda: client.sign_up(email="nope", password="short", first_name="", zip="ABC",
+                                             gender="robot", birth_date="2999-01-01"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violations = field_violations(error)
+    assert set(violations) == {"email", "password", "first_name", "zip", "gender", "birth_date"}
+    assert violations["password"] == "Password must be at least 8 characters."
+    assert violations["birth_date"] == "Birth date cannot be in the future."
+
+
+def test_log_in_gives_a_token_that_authenticates_its_user(client: Client) -> None:
+    user = client.sign_up()
+    session = client.log_in(user.email.upper())
+    assert session.user == user
+    assert len(session.access_token) >= 43
+    expires_in = session.expires_at.ToDatetime(UTC) - datetime.now(UTC)
+    assert timedelta(hours=11, minutes=59) < expires_in <= timedelta(hours=12)
+    assert client.authenticate(session.access_token) == user
+
+
+def test_wrong_password_and_unknown_email_look_the_same(client: Client) -> None:
+    user = client.sign_up()
+    wrong_password = rpc_error(lambda: client.log_in(user.email, "wrong password 1"))
+    unknown_email = rpc_error(lambda: client.log_in("nobody@example.com", PASSWORD))
+    for error in (wrong_password, unknown_email):
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert error.details() == "Incorrect email or password."
+
+
+def test_repeated_failures_for_an_email_are_throttled_even_across_restarts(start) -> None:
+    _, client = start(throttle_max_failures_per_email=3)
+    user = client.sign_up()
+    for attempt in range(3):
+        error = rpc_error(lambda: client.log_in(user.email, "wrong password 1", client_ip=f"198.51.100.{attempt}"))
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    # Even the right password is refused now, and a restarted server (same database) still refuses it.
+    _, restarted = start(throttle_max_failures_per_email=3)
+    for c in (client, restarted):
+        error = rpc_error(lambda: c.log_in(user.email))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error.details() == "Too many failed log-in attempts. Try again in about 15 minutes."
+        status = rpc_status.from_call(error)
+        assert status is not None and status.details[0].Is(error_details_pb2.RetryInfo.DESCRIPTOR)
+
+    other = client.sign_up()
+    assert client.log_in(other.email).access_token  # other accounts are unaffected
+
+
+def test_throttling_ends_when_the_failures_leave_the_window(start) -> None:
+    _, client = start(throttle_max_failures_per_email=2, throttle_window_minutes=1 / 60)  # a 1 s window
+    user = client.sign_up()
+    for _ in range(2):
+        rpc_error(lambda: client.log_in(user.email, "wrong password 1"))
+    assert rpc_error(lambda: client.log_in(user.email)).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    time.sleep(1.2)
+    assert client.log_in(user.email).access_token
+
+
+def test_repeated_failures_from_one_client_ip_are_throttled(start) -> None:
+    _, client = start(throttle_max_failures_per_ip=3)
+    for attempt in range(3):
+        rpc_error(lambda: client.log_in(f"guess{attempt}@example.com", "wrong password 1", client_ip="203.0.113.9"))
+    user = client.sign_up()
+    error = rpc_error(lambda: client.log_in(user.email, client_ip="203.0.113.9"))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert client.log_in(user.email, client_ip="203.0.113.10").access_token
+
+
+def test_a_successful_log_in_clears_the_accounts_failures(start) -> None:
+    _, client = start(throttle_max_failures_per_email=3)
+    user = client.sign_up()
+    for _ in range(2):
+        rpc_error(lambda: client.log_in(user.email, "wrong password 1"))
+    client.log_in(user.email)
+    for _ in range(2):
+        rpc_error(lambda: client.log_in(user.email, "wrong password 1"))
+    assert client.log_in(user.email).access_token
+
+
+def test_an_expired_token_is_rejected(start) -> None:
+    _, client = start(session_ttl_hours=1 / 3600)  # one second
+    user = client.sign_up()
+    token = client.log_in(user.email).access_token
+    assert client.authenticate(token) == user
+    time.sleep(1.2)
+    error = rpc_error(lambda: client.authenticate(token))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error.details() == "Session has expired; log in again."
+
+
+@pytest.mark.parametrize("token", ["", "not-a-token"])
+def test_missing_or_unknown_tokens_are_rejected(client: Client, token: str) -> None:
+    assert rpc_error(lambda: client.authenticate(token)).code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_log_out_revokes_the_token_at_once_and_only_that_token(client: Client) -> None:
+    user = client.sign_up()
+    token, other_token = client.log_in(user.email).access_token, client.log_in(user.email).access_token
+    client.log_out(token)
+    error = rpc_error(lambda: client.authenticate(token))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error.details() == "Access token is invalid or has been revoked."
+    client.log_out(token)  # idempotent
+    client.log_out("never-issued")
+    assert client.authenticate(other_token) == user
+
+
+def test_get_user_errors(client: Client) -> None:
+    missing = rpc_error(lambda: client.stub.GetUser(auth_pb2.GetUserRequest(id=str(uuid.uuid4())), timeout=DEADLINE_S))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+    malformed = rpc_error(lambda: client.stub.GetUser(auth_pb2.GetUserRequest(id="42"), timeout=DEADLINE_S))
+    assert malformed.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(malformed) == {"id": "User id must be a UUID."}
+
+
+def test_the_database_keeps_no_plaintext_password_or_token(start, database_url: str) -> None:
+    _, client = start()
+    password = "plain text secret 42"
+    user = client.sign_up(password=password)
+    token = client.log_in(user.email, password).access_token
+    rpc_error(lambda: client.log_in(user.email, "another secret 43"))
+
+    engine = create_engine(database_url)
+    try:
+        metadata = MetaData()
+        metadata.reflect(engine)
+        with engine.connect() as connection:
+            everything = " ".join(
+                str(value) for table in metadata.sorted_tables
+                for row in connection.execute(select(table)) for value in row
+            )
+            token_hashes = list(connection.execute(select(metadata.tables["sessions"].c.token_hash)).scalars())
+    finally:
+        engine.dispose()
+    assert user.email in everything  # the dump did read the tables
+    for secret in (password, "another secret 43", token):
+        assert secret not in everything
+    assert token_hashes == [hashlib.sha256(token.encode()).hexdigest()]
+    assert "$argon2id$" in everything
+
+
+def test_a_password_hashed_with_old_parameters_is_rehashed_at_log_in(start, database_url: str) -> None:
+    _, old = start(argon2_time_cost=1)
+    user = old.sign_up()
+    _, new = start(argon2_time_cost=2)
+    new.log_in(user.email)
+
+    engine = create_engine(database_url)
+    try:
+        metadata = MetaData()
+        metadata.reflect(engine, only=["users"])
+        with engine.connect() as connection:
+            stored = connection.execute(select(metadata.tables["users"].c.password_hash)).scalar_one()
+    finally:
+        engine.dispose()
+    assert stored.startswith("$argon2id$") and ",t=2," in stored
+    assert new.log_in(user.email).access_token  # and the new hash verifies
+
+
+def test_requests_over_the_message_size_limit_are_refused(start) -> None:
+    _, client = start(max_message_bytes=4096)
+    error = rpc_error(lambda: client.sign_up(address1="x" * 10_000))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -1,0 +1,97 @@
+"""The shipped ONNX model, loaded once with ONNX Runtime and checked against the model file contract.
+
+Contract (docs/architecture.md): input `input` float32 [N, H, W, 3]; outputs `probabilities`
+[N, C] and `cam` [N, h, w, C]; plus any task-specific extra outputs named in the TaskSpec.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from services.core.spec import TaskSpec
+
+INPUT_NAME = "input"
+PROBABILITIES = "probabilities"
+CAM = "cam"
+
+logger = logging.getLogger(__name__)
+
+
+class ModelContractError(RuntimeError):
+    """The model file is missing or does not match what the TaskSpec says it serves."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    probabilities: np.ndarray          # (N, C), softmax in SPEC.labels order
+    cam: np.ndarray                    # (N, h, w, C)
+    extra: dict[str, np.ndarray]       # extra output name -> (N, ...)
+
+
+class OnnxModel:
+    """One InferenceSession for the process. `run` is safe to call from several threads at once."""
+
+    def __init__(self, spec: TaskSpec, intra_op_threads: int = 0, model_path: Path | None = None) -> None:
+        self.spec = spec
+        self.path = Path(model_path or spec.model_path)
+        if not self.path.is_file():
+            raise ModelContractError(f"model file {self.path} does not exist; train and export the {spec.task} model")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # 0 lets ONNX Runtime use every core; in a pod set it to the CPU limit.
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3   # errors only; ONNX Runtime's warnings are not actionable here
+        started = time.perf_counter()
+        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self.load_seconds = time.perf_counter() - started
+        self.output_names = [PROBABILITIES, CAM, *spec.extra_outputs]
+        self._check_contract()
+
+    def _check_contract(self) -> None:
+        inputs = {node.name: node for node in self.session.get_inputs()}
+        outputs = {node.name: node for node in self.session.get_outputs()}
+        if INPUT_NAME not in inputs:
+            raise ModelContractError(f"{self.path}: no input named {INPUT_NAME!r} (has {sorted(inputs)})")
+        missing = [name for name in self.output_names if name not in outputs]
+        if missing:
+            raise ModelContractError(f"{self.path}: missing outputs {missing} (has {sorted(outputs)})")
+        width, height = self.spec.input_size
+        shape = inputs[INPUT_NAME].shape
+        if len(shape) != 4 or list(shape[1:]) != [height, width, 3]:
+            raise ModelContractError(f"{self.path}: input shape {shape}, expected [N, {height}, {width}, 3]")
+        classes = outputs[PROBABILITIES].shape[-1]
+        if isinstance(classes, int) and classes != len(self.spec.labels):
+            raise ModelContractError(
+                f"{self.path}: {classes} output classes but the {self.spec.task} spec has {len(self.spec.labels)} labels"
+            )
+
+    def run(self, batch: np.ndarray) -> Prediction:
+        """Run a preprocessed float32 batch (N, H, W, 3)."""
+        values = self.session.run(self.output_names, {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
+        named = dict(zip(self.output_names, values))
+        return Prediction(
+            probabilities=named.pop(PROBABILITIES),
+            cam=named.pop(CAM),
+            extra=named,
+        )
+
+    def warm_up(self, runs: int = 3) -> float:
+        """Run dummy batches so the first real request does not pay for lazy initialisation.
+
+        Returns the seconds it took.
+        """
+        width, height = self.spec.input_size
+        dummy = np.zeros((1, height, width, 3), dtype=np.float32)
+        started = time.perf_counter()
+        for _ in range(max(runs, 1)):
+            prediction = self.run(dummy)
+        if not np.all(np.isfinite(prediction.probabilities)):
+            raise ModelContractError(f"{self.path}: warm-up produced non-finite probabilities")
+        return time.perf_counter() - started

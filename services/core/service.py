@@ -1,0 +1,195 @@
+"""DiagnosisService for any task: a TaskSpec plus its loaded model and model card.
+
+Handlers raise domain errors (InvalidImage, ModelNotReady, ...) and never catch them; the
+interceptor in services/core/interceptors.py turns them into status codes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
+from services.core import heatmap, metrics
+from services.core.errors import ModelNotReady
+from services.core.imaging import SUPPORTED_MEDIA_TYPES, ImageLimits, read_image
+from services.core.preprocessing import to_model_input
+from services.core.runtime import ModelContractError, OnnxModel, Prediction
+from services.core.settings import ServingSettings
+from services.core.spec import TaskSpec
+
+logger = logging.getLogger(__name__)
+
+# Extra model outputs named `<name>_probabilities` also surface as `<name>_grade` (their argmax),
+# e.g. bone's kl_probabilities -> extra.kl_grade. Any other extra output is returned as a list.
+PROBABILITIES_SUFFIX = "_probabilities"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: OnnxModel
+    card: dict[str, Any]
+    name: str
+    version: str
+
+
+def load_model(spec: TaskSpec, settings: ServingSettings) -> LoadedModel:
+    """Load the task's model and card, check them against the spec, and warm the model up."""
+    if not spec.card_path.is_file():
+        raise ModelContractError(f"model card {spec.card_path} does not exist")
+    try:
+        card = spec.load_card()
+    except (OSError, ValueError) as error:
+        raise ModelContractError(f"model card {spec.card_path} cannot be read: {error}") from error
+    for key in ("name", "version"):
+        if not card.get(key):
+            raise ModelContractError(f"model card {spec.card_path} has no {key!r}")
+    card_labels = card.get("labels")
+    if isinstance(card_labels, list) and all(isinstance(code, str) for code in card_labels):
+        if card_labels != spec.label_codes:
+            raise ModelContractError(
+                f"model card labels {card_labels} differ from the {spec.task} spec's {spec.label_codes}"
+            )
+    model = OnnxModel(spec, intra_op_threads=settings.intra_op_threads)
+    warm_seconds = model.warm_up(settings.warmup_runs)
+    logger.info(
+        "loaded %s model %s %s in %.2fs, %d warm-up runs in %.2fs",
+        spec.task, card["name"], card["version"], model.load_seconds, settings.warmup_runs, warm_seconds,
+    )
+    return LoadedModel(model=model, card=card, name=str(card["name"]), version=str(card["version"]))
+
+
+def image_limits(settings: ServingSettings) -> ImageLimits:
+    return ImageLimits(
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        min_side=settings.min_image_side,
+    )
+
+
+class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
+    """Answers UNAVAILABLE until `set_model` is called, then diagnoses with that model."""
+
+    def __init__(self, spec: TaskSpec, settings: ServingSettings) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.limits = image_limits(settings)
+        width, height = spec.input_size
+        # Draft-decode big JPEGs to no less than twice the model input: much faster, same result
+        # after the resize in to_model_input.
+        self.draft_size = (2 * width, 2 * height)
+        self._loaded: LoadedModel | None = None
+
+    def set_model(self, loaded: LoadedModel) -> None:
+        self._loaded = loaded
+
+    @property
+    def loaded(self) -> LoadedModel:
+        loaded = self._loaded
+        if loaded is None:
+            raise ModelNotReady(f"the {self.spec.task} model is still loading; retry shortly")
+        return loaded
+
+    def Diagnose(self, request: diagnosis_pb2.DiagnoseRequest, context: Any) -> diagnosis_pb2.DiagnoseResponse:
+        loaded = self.loaded
+        request_id = request.request_id or uuid.uuid4().hex
+        decoded = read_image(request.image, request.media_type, self.limits, self.draft_size)
+        batch = to_model_input(decoded.image, self.spec.input_size)[np.newaxis]
+
+        started = time.perf_counter()
+        prediction = loaded.model.run(batch)
+        inference_seconds = time.perf_counter() - started
+        metrics.INFERENCE.labels(self.spec.task).observe(inference_seconds)
+
+        probabilities = prediction.probabilities[0].astype(np.float64)
+        index = int(np.argmax(probabilities))
+        label = self.spec.labels[index]
+        response = diagnosis_pb2.DiagnoseResponse(
+            request_id=request_id,
+            label=label.code,
+            label_display=label.display_name,
+            confidence=float(probabilities[index]),
+            probabilities=[
+                diagnosis_pb2.ClassProbability(label=item.code, display_name=item.display_name, probability=float(p))
+                for item, p in zip(self.spec.labels, probabilities)
+            ],
+            model=diagnosis_pb2.ModelRef(name=loaded.name, version=loaded.version),
+            inference_ms=inference_seconds * 1000.0,
+        )
+        response.extra.update(extra_fields(prediction))
+        if request.explain:
+            size = (decoded.width, decoded.height)
+            response.heatmap.CopyFrom(
+                diagnosis_pb2.Heatmap(
+                    png=heatmap.overlay_png(prediction.cam[0, :, :, index], size),
+                    width=decoded.width,
+                    height=decoded.height,
+                    method=heatmap.METHOD,
+                    target_label=label.code,
+                )
+            )
+        logger.info(
+            "diagnosed request %s: %s %.3f (%s %dx%d, inference %.1f ms%s)",
+            request_id, label.code, probabilities[index], decoded.media_type, decoded.width, decoded.height,
+            inference_seconds * 1000.0, ", explained" if request.explain else "",
+        )
+        return response
+
+    def GetModelInfo(self, request: diagnosis_pb2.GetModelInfoRequest, context: Any) -> diagnosis_pb2.ModelInfo:
+        loaded = self.loaded
+        card = loaded.card
+        width, height = self.spec.input_size
+        info = diagnosis_pb2.ModelInfo(
+            model=diagnosis_pb2.ModelRef(name=loaded.name, version=loaded.version),
+            task=self.spec.task,
+            exam_type=self.spec.exam_type,
+            labels=[diagnosis_pb2.LabelInfo(code=item.code, display_name=item.display_name) for item in self.spec.labels],
+            input=diagnosis_pb2.InputSpec(
+                width=width,
+                height=height,
+                color_mode=self.spec.color_mode,
+                media_types=list(SUPPORTED_MEDIA_TYPES),
+                max_bytes=self.limits.max_bytes,
+                min_side=self.limits.min_side,
+            ),
+            intended_use=_as_text(card.get("intended_use", "")),
+            limitations=_as_list(card.get("limitations", [])),
+            card_json=json.dumps(card, ensure_ascii=False, sort_keys=True),
+        )
+        if isinstance(card.get("metrics"), dict):
+            info.metrics.update(_json_safe(card["metrics"]))
+        return info
+
+
+def extra_fields(prediction: Prediction) -> dict[str, Any]:
+    """The task-specific outputs of the first batch item, as JSON-like values for a Struct."""
+    extra: dict[str, Any] = {}
+    for name, values in prediction.extra.items():
+        row = np.asarray(values[0], dtype=np.float64)
+        extra[name] = row.ravel().tolist()
+        if name.endswith(PROBABILITIES_SUFFIX) and row.ndim == 1:
+            extra[name[: -len(PROBABILITIES_SUFFIX)] + "_grade"] = int(np.argmax(row))
+    return extra
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(str(item) for item in value)
+    return str(value)
+
+
+def _as_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value] if value else []
+    return [str(item) for item in value]
+
+
+def _json_safe(value: Any) -> Any:
+    """Struct takes only JSON types: round-trip through json so numpy scalars or tuples cannot break it."""
+    return json.loads(json.dumps(value, default=str))
+

@@ -1,0 +1,37 @@
+"""Serving settings: environment variables prefixed DRTECH_SERVING_, validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class ServingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DRTECH_SERVING_", extra="ignore")
+
+    # Serve the model in this folder instead of services/<task>/model (e.g. a mounted volume).
+    model_dir: Path | None = None
+    host: str = "127.0.0.1"          # 0.0.0.0 in a container
+    port: int | None = Field(default=None, ge=0, le=65535)   # None: the task's default port; 0: any free port
+    # One limit for every gRPC message, shared with clients (docs/architecture.md).
+    max_message_bytes: int = Field(
+        default=20 * MIB,
+        gt=0,
+        validation_alias=AliasChoices("DRTECH_SERVING_MAX_MESSAGE_BYTES", "DRTECH_MAX_MESSAGE_BYTES"),
+    )
+    # What an uploaded image may be. The byte limit leaves room for the rest of the request.
+    max_image_bytes: int = Field(default=20 * MIB - 64 * 1024, gt=0)
+    max_image_pixels: int = Field(default=64_000_000, gt=0)
+    min_image_side: int = Field(default=32, ge=1)
+    grace_seconds: float = Field(default=10.0, ge=0)     # in-flight calls get this long on SIGTERM
+    intra_op_threads: int = Field(default=0, ge=0)      # ONNX Runtime threads per inference; 0 = all cores
+    worker_threads: int = Field(default=8, ge=1)        # concurrent gRPC calls handled
+    warmup_runs: int = Field(default=3, ge=1)
+    metrics_port: int = Field(default=0, ge=0, le=65535)   # Prometheus /metrics over HTTP; 0 = off
+    # Connections are closed after this long so clients re-resolve DNS and spread over new pods.
+    max_connection_age_seconds: float = Field(default=300.0, gt=0)
+    max_connection_age_grace_seconds: float = Field(default=30.0, ge=0)

@@ -1,0 +1,61 @@
+"""`python -m gateway [--host H] [--port N]`: serve the web UI and the JSON API with uvicorn.
+
+Port 0 picks a free port. Prints `listening on http://HOST:PORT` once it accepts connections.
+Stops gracefully on SIGTERM/Ctrl-C (uvicorn finishes requests in flight).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from services.core.logs import configure_logging
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve(settings: GatewaySettings, sock: socket.socket) -> int:
+    config = uvicorn.Config(
+        create_app(settings),
+        log_config=None,  # keep our one-line log format
+        proxy_headers=True,
+        timeout_graceful_shutdown=15,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.05)
+    if server.started:
+        host, port = sock.getsockname()[:2]
+        print(f"listening on http://{host}:{port}", flush=True)
+    await task
+    return 0 if server.started else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = GatewaySettings()
+    parser = argparse.ArgumentParser(prog="python -m gateway", description="Dr.Tech gateway (web UI + API)")
+    parser.add_argument("--host", default=settings.host)
+    parser.add_argument("--port", type=int, default=settings.http_port, help="0 picks a free port")
+    args = parser.parse_args(argv)
+    configure_logging("gateway")
+    settings = settings.model_copy(update={"host": args.host, "http_port": args.port})
+    sock = bind_socket(args.host, args.port)
+    return asyncio.run(serve(settings, sock))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Accounts: sign-up, log-in, log-out, me; and the dependency that authenticates every other call.
+
+A caller is authenticated by `Authorization: Bearer <token>` (API clients) or by the HttpOnly
+session cookie (web UI). Cookie-authenticated requests that change state must also send the header
+`X-Requested-With` (any value): a cross-site form cannot set custom headers and a cross-site
+fetch() that does needs a CORS preflight this gateway never grants, so this stops CSRF.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+import grpc
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel
+
+from gateway.backend_errors import is_unreachable, to_api_error, unavailable
+from gateway.context import GatewayContext, get_context
+from gateway.errors import ApiError, field_violations, invalid_fields
+from gateway.serialization import iso_utc, user_json
+from protos.drtech.v1 import auth_pb2
+from services.auth.validation import ValidationError, validate_sign_up
+
+router = APIRouter(prefix="/api/v1")
+
+CSRF_HEADER = "X-Requested-With"
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+BAD_CREDENTIALS = "Incorrect email or password."
+NOT_AUTHENTICATED = "Not authenticated: send 'Authorization: Bearer <access_token>' or log in."
+BAD_TOKEN = "Your session is invalid, expired or logged out; log in again."
+
+
+class SignUpBody(BaseModel):
+    email: str
+    password: str
+    first_name: str
+    surname: str
+    address1: str | None = None
+    address2: str | None = None
+    city: str | None = None
+    state: str | None = None
+    zip: str | None = None
+    gender: str | None = None
+    birth_date: str | None = None
+
+
+class LogInBody(BaseModel):
+    email: str
+    password: str
+
+
+@dataclass(frozen=True)
+class Caller:
+    user: auth_pb2.User
+    token: str
+    via_cookie: bool
+
+
+def token_from_request(request: Request, cookie_name: str) -> tuple[str, bool] | None:
+    """(token, came_from_cookie), preferring the Authorization header; None when neither is sent."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip(), False
+    cookie = request.cookies.get(cookie_name)
+    if cookie:
+        return cookie, True
+    return None
+
+
+def check_csrf(request: Request, via_cookie: bool) -> None:
+    if via_cookie and request.method not in SAFE_METHODS and not request.headers.get(CSRF_HEADER):
+        raise ApiError(
+            403, f"Cookie-authenticated requests that change data must send the {CSRF_HEADER} header."
+        )
+
+
+async def authenticate_token(ctx: GatewayContext, token: str) -> auth_pb2.User:
+    try:
+        return await ctx.backends.auth.Authenticate(
+            auth_pb2.AuthenticateRequest(access_token=token), timeout=ctx.settings.auth_timeout_s
+        )
+    except grpc.aio.AioRpcError as error:
+        if error.code() in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT}:
+            raise ApiError(401, BAD_TOKEN, headers={"WWW-Authenticate": "Bearer"}) from None
+        raise to_api_error(error, "authentication") from None
+
+
+async def current_caller(
+    request: Request, ctx: Annotated[GatewayContext, Depends(get_context)]
+) -> Caller:
+    found = token_from_request(request, ctx.settings.cookie_name)
+    if found is None:
+        raise ApiError(401, NOT_AUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
+    token, via_cookie = found
+    check_csrf(request, via_cookie)
+    user = await authenticate_token(ctx, token)
+    return Caller(user=user, token=token, via_cookie=via_cookie)
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]
+ContextDep = Annotated[GatewayContext, Depends(get_context)]
+
+
+def client_ip(request: Request) -> str:
+    # uvicorn's proxy-headers support already put the real address here for trusted proxies.
+    return request.client.host if request.client else ""
+
+
+@router.post("/auth/signup", status_code=201)
+async def sign_up(body: SignUpBody, ctx: ContextDep) -> dict:
+    fields = body.model_dump()
+    try:
+        # The auth service applies the same rules; checking here gives every message in one reply
+        # without a round trip, and the auth service stays the authority.
+        validate_sign_up(fields)
+    except ValidationError as error:
+        raise invalid_fields(error.violations) from None
+    request = auth_pb2.SignUpRequest(**{name: value or "" for name, value in fields.items()})
+    try:
+        user = await ctx.backends.auth.SignUp(request, timeout=ctx.settings.auth_timeout_s)
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.ALREADY_EXISTS:
+            raise ApiError(409, "An account with this email already exists.", errors={
+                "email": "An account with this email already exists."}) from None
+        if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            violations = field_violations(error)
+            if violations:
+                raise invalid_fields(violations) from None
+        raise to_api_error(error, "authentication") from None
+    return {"id": user.id, "email": user.email, "first_name": user.first_name, "surname": user.surname}
+
+
+@router.post("/auth/login")
+async def log_in(body: LogInBody, request: Request, response: Response, ctx: ContextDep) -> dict:
+    login = auth_pb2.LogInRequest(email=body.email, password=body.password, client_ip=client_ip(request))
+    try:
+        session = await ctx.backends.auth.LogIn(login, timeout=ctx.settings.auth_timeout_s)
+    except grpc.aio.AioRpcError as error:
+        code = error.code()
+        if code in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}:
+            # One message whether or not the email exists.
+            raise ApiError(401, BAD_CREDENTIALS, headers={"WWW-Authenticate": "Bearer"}) from None
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise ApiError(
+                429, error.details() or "Too many failed log-ins; try again later.", headers={"Retry-After": "60"}
+            ) from None
+        if is_unreachable(error):
+            raise unavailable("authentication") from None
+        raise to_api_error(error, "authentication") from None
+    expires_at = session.expires_at.ToDatetime(tzinfo=UTC)
+    max_age = max(0, int((expires_at - datetime.now(UTC)).total_seconds()))
+    response.set_cookie(
+        ctx.settings.cookie_name,
+        session.access_token,
+        max_age=max_age,
+        expires=expires_at,
+        path="/",
+        secure=bool(ctx.settings.cookie_secure),
+        httponly=True,
+        samesite="lax",
+    )
+    return {
+        "access_token": session.access_token,
+        "token_type": "bearer",
+        "expires_at": iso_utc(expires_at),
+        "user": user_json(session.user),
+    }
+
+
+@router.post("/auth/logout", status_code=204)
+async def log_out(request: Request, ctx: ContextDep) -> Response:
+    found = token_from_request(request, ctx.settings.cookie_name)
+    if found is None:
+        raise ApiError(401, NOT_AUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
+    token, via_cookie = found
+    check_csrf(request, via_cookie)
+    try:
+        await ctx.backends.auth.LogOut(auth_pb2.LogOutRequest(access_token=token), timeout=ctx.settings.auth_timeout_s)
+    except grpc.aio.AioRpcError as error:
+        if error.code() not in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT}:
+            raise to_api_error(error, "authentication") from None
+        # An already invalid token: logging out is idempotent.
+    response = Response(status_code=204)
+    response.delete_cookie(
+        ctx.settings.cookie_name, path="/", secure=bool(ctx.settings.cookie_secure), httponly=True, samesite="lax"
+    )
+    return response
+
+
+@router.get("/me")
+async def me(caller: CallerDep) -> dict:
+    return user_json(caller.user)

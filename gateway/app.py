@@ -1,0 +1,131 @@
+"""The gateway app factory: `create_app(settings)` builds a FastAPI app; start-up opens the database
+(migrating it) and one gRPC channel per backend; shutdown closes them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import accounts, diagnoses, operations, web
+from gateway.context import GatewayContext
+from gateway.database import create_database_engine, migrate, session_factory
+from gateway.errors import error_response, install_error_handlers
+from gateway.grpc_clients import Backends
+from gateway.metrics import GatewayMetrics, MetricsMiddleware
+from gateway.settings import GatewaySettings
+from gateway.storage import BlobStore
+
+STATIC_DIR = Path(__file__).parent / "static"
+# The multipart framing around an upload; bodies beyond max_upload_bytes + this are refused unread.
+_FORM_OVERHEAD_BYTES = 64 * 1024
+
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+        b"object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'",
+    ),
+]
+
+
+class SecurityHeaders:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                present = {name.lower() for name, _ in message["headers"]}
+                message["headers"] = list(message["headers"]) + [
+                    (name, value) for name, value in _SECURITY_HEADERS if name not in present
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+class BodySizeLimit:
+    """Refuse a request whose declared Content-Length is over the limit with 413, before reading it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope.get("headers", []):
+                if name == b"content-length":
+                    try:
+                        length = int(value)
+                    except ValueError:
+                        length = -1
+                    if length < 0:
+                        await error_response(400, "Invalid Content-Length header.")(scope, receive, send)
+                        return
+                    if length > self.max_bytes:
+                        limit_mib = (self.max_bytes - _FORM_OVERHEAD_BYTES) / (1024 * 1024)
+                        message = f"The request is larger than the {limit_mib:.0f} MiB upload limit."
+                        await error_response(413, message)(scope, receive, send)
+                        return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+    metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_database_engine(settings.database_url)
+        await run_in_threadpool(migrate, engine)
+        backends = Backends(settings)  # channels must be created inside the running loop
+        app.state.gateway = GatewayContext(
+            settings=settings,
+            engine=engine,
+            sessions=session_factory(engine),
+            uploads=BlobStore(settings.uploads_dir),
+            heatmaps=BlobStore(settings.heatmaps_dir),
+            metrics=metrics,
+            backends=backends,
+        )
+        try:
+            yield
+        finally:
+            await backends.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="Dr.Tech",
+        summary="Medical-image diagnosis API. Not for clinical use.",
+        version="2026.11.1",
+        lifespan=lifespan,
+        # The interactive docs pull scripts from a CDN; the schema stays at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(accounts.router)
+    app.include_router(diagnoses.router)
+    app.include_router(operations.router)
+    app.include_router(web.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # Outermost last: size limit, then security headers, then metrics (which sees the final status).
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + _FORM_OVERHEAD_BYTES)
+    return app

@@ -1,0 +1,29 @@
+"""What every request handler needs, built once at start-up and kept on `app.state.gateway`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+from sqlalchemy import Engine
+from sqlalchemy.orm import sessionmaker
+
+from gateway.grpc_clients import Backends
+from gateway.metrics import GatewayMetrics
+from gateway.settings import GatewaySettings
+from gateway.storage import BlobStore
+
+
+@dataclass
+class GatewayContext:
+    settings: GatewaySettings
+    engine: Engine
+    sessions: sessionmaker
+    uploads: BlobStore
+    heatmaps: BlobStore
+    metrics: GatewayMetrics
+    backends: Backends
+
+
+def get_context(request: Request) -> GatewayContext:
+    return request.app.state.gateway

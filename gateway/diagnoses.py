@@ -1,0 +1,278 @@
+"""Diagnoses: upload an image, have the right model service classify it, keep the record.
+
+Policy (documented in the README):
+- The upload is sniffed and decoded here first: not JPEG/PNG/DICOM -> 415, undecodable -> 422,
+  nothing stored in either case.
+- A model service that rejects the image (INVALID_ARGUMENT, e.g. too small) -> 422 with its
+  message; no record is kept and the upload is removed unless another record uses the same bytes.
+- A model service that cannot answer (UNAVAILABLE, DEADLINE_EXCEEDED, or any other failure) ->
+  201 with status "failed" and a `detail`; the upload is kept and POST .../{id}/retry runs it again.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
+
+import grpc
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
+
+from gateway import records
+from gateway.accounts import CallerDep, ContextDep
+from gateway.backend_errors import is_unreachable
+from gateway.context import GatewayContext
+from gateway.errors import ApiError, invalid_fields
+from gateway.grpc_clients import MODEL_SERVICES
+from gateway.records import STATUS_COMPLETED, STATUS_FAILED, Diagnosis
+from gateway.routing import CANNOT_ROUTE, choose_exam_type
+from gateway.serialization import clean_extra, diagnosis_json, struct_to_dict
+from protos.drtech.v1 import diagnosis_pb2
+from services.core.errors import InvalidImage, UnsupportedMediaType
+from services.core.imaging import DICOM, ImageLimits, decode_image, dicom_routing_tags, read_image
+
+log = logging.getLogger("gateway.diagnoses")
+router = APIRouter(prefix="/api/v1")
+
+ExamType = Literal["chest_xray", "skin_lesion", "bone_xray"]
+RequestedExamType = Literal["chest_xray", "skin_lesion", "bone_xray", "auto"]
+T = TypeVar("T")
+
+
+async def in_session(ctx: GatewayContext, work: Callable[[Session], T]) -> T:
+    """Run blocking database work in the thread pool, in its own session."""
+
+    def run() -> T:
+        with ctx.sessions() as session:
+            return work(session)
+
+    return await run_in_threadpool(run)
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):.0f} MiB"
+
+
+async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ApiError(413, f"The file is larger than the {_mib(max_bytes)} limit.")
+    if not data:
+        raise invalid_fields({"file": "The file is empty."})
+    return data
+
+
+def check_image(data: bytes, max_bytes: int) -> str:
+    """The sniffed media type of a decodable upload; 415 or 422 otherwise. Blocking (decodes)."""
+    try:
+        decoded = read_image(data, None, ImageLimits(max_bytes=max_bytes), draft_size=(224, 224))
+    except UnsupportedMediaType as error:
+        raise ApiError(415, f"Unsupported file: {error}.") from None
+    except InvalidImage as error:
+        raise ApiError(422, f"The image cannot be used: {error}.") from None
+    return decoded.media_type
+
+
+async def run_model(
+    ctx: GatewayContext, record: Diagnosis, data: bytes
+) -> tuple[Diagnosis, ApiError | None]:
+    """Call the model service and fill in `record`; the error to answer with when the model rejects the image."""
+    stub = ctx.backends.models[record.exam_type]
+    service = MODEL_SERVICES[record.exam_type]
+    request = diagnosis_pb2.DiagnoseRequest(
+        image=data, media_type=record.media_type, request_id=record.id, explain=record.explain
+    )
+    try:
+        reply = await stub.Diagnose(request, timeout=ctx.settings.diagnose_timeout_s)
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            message = error.details() or "the model service rejected the image"
+            status = 415 if message.lower().startswith("unsupported media type") else 422
+            return record, ApiError(status, f"The {service} model cannot use this image: {message}")
+        reason = "is unavailable" if is_unreachable(error) else "failed"
+        log.warning("diagnosis %s: %s service %s: %s %s", record.id, service, reason, error.code().name,
+                    error.details())
+        record.status = STATUS_FAILED
+        record.detail = (
+            f"The {service} model service {reason} ({error.code().name}); the upload is kept, "
+            f"retry with POST /api/v1/diagnoses/{record.id}/retry."
+        )
+        return record, None
+
+    record.status = STATUS_COMPLETED
+    record.detail = None
+    record.label = reply.label
+    record.label_display = reply.label_display
+    record.confidence = reply.confidence
+    record.probabilities = {p.label: p.probability for p in reply.probabilities}
+    record.model_name = reply.model.name
+    record.model_version = reply.model.version
+    record.extra = clean_extra(struct_to_dict(reply.extra)) if reply.HasField("extra") else {}
+    if reply.HasField("heatmap") and reply.heatmap.png:
+        record.heatmap_sha256 = await run_in_threadpool(ctx.heatmaps.put, reply.heatmap.png)
+        record.heatmap_method = reply.heatmap.method or None
+    return record, None
+
+
+async def _forget_blobs(ctx: GatewayContext, image_sha: str | None, heatmap_sha: str | None) -> None:
+    """Delete stored blobs that no record references any more."""
+
+    def unused(session: Session) -> tuple[bool, bool]:
+        return (
+            bool(image_sha) and not records.image_in_use(session, image_sha),
+            bool(heatmap_sha) and not records.heatmap_in_use(session, heatmap_sha),
+        )
+
+    drop_image, drop_heatmap = await in_session(ctx, unused)
+    if drop_image and image_sha:
+        await run_in_threadpool(ctx.uploads.delete, image_sha)
+    if drop_heatmap and heatmap_sha:
+        await run_in_threadpool(ctx.heatmaps.delete, heatmap_sha)
+
+
+async def _owned(ctx: GatewayContext, diagnosis_id: str, user_id: str) -> Diagnosis:
+    record = await in_session(ctx, lambda s: records.get_owned(s, diagnosis_id, user_id))
+    if record is None:
+        raise ApiError(404, f"No diagnosis {diagnosis_id} found for this account.")
+    return record
+
+
+@router.post("/diagnoses", status_code=201)
+async def create_diagnosis(
+    caller: CallerDep,
+    ctx: ContextDep,
+    file: Annotated[UploadFile, File(description="JPEG, PNG or DICOM image")],
+    exam_type: Annotated[RequestedExamType, Form()],
+    explain: Annotated[bool, Query(description="also compute a heatmap")] = False,
+) -> dict[str, Any]:
+    max_bytes = ctx.settings.max_upload_bytes
+    data = await read_upload(file, max_bytes)
+    media_type = await run_in_threadpool(check_image, data, max_bytes)
+    tags = await run_in_threadpool(dicom_routing_tags, data) if media_type == DICOM else {}
+    chosen = choose_exam_type(exam_type, media_type, tags)
+    if chosen is None:
+        raise ApiError(422, CANNOT_ROUTE, errors={"exam_type": CANNOT_ROUTE})
+
+    digest = await run_in_threadpool(ctx.uploads.put, data)
+    record = Diagnosis(
+        id=str(uuid.uuid4()),
+        user_id=caller.user.id,
+        exam_type=chosen,
+        requested_exam_type=exam_type,
+        status=STATUS_FAILED,
+        image_sha256=digest,
+        media_type=media_type,
+        explain=explain,
+        probabilities={},
+        extra={},
+        created_at=records.utc_now(),
+    )
+    record, rejection = await run_model(ctx, record, data)
+    if rejection is not None:
+        ctx.metrics.diagnoses.labels(chosen, "rejected").inc()
+        await _forget_blobs(ctx, digest, None)
+        raise rejection
+    record = await in_session(ctx, lambda s: records.add(s, record))
+    if not await run_in_threadpool(ctx.uploads.exists, digest):
+        # A concurrent delete of another record with the same bytes removed the blob in between.
+        await run_in_threadpool(ctx.uploads.put, data)
+    ctx.metrics.diagnoses.labels(chosen, record.status).inc()
+    return diagnosis_json(record)
+
+
+@router.post("/diagnoses/{diagnosis_id}/retry")
+async def retry_diagnosis(diagnosis_id: str, caller: CallerDep, ctx: ContextDep) -> dict[str, Any]:
+    """Run a failed diagnosis again on its kept upload (an extension of API.md)."""
+    record = await _owned(ctx, diagnosis_id, caller.user.id)
+    if record.status != STATUS_FAILED:
+        raise ApiError(409, "This diagnosis has already completed; there is nothing to retry.")
+    try:
+        data = await run_in_threadpool(ctx.uploads.get, record.image_sha256)
+    except FileNotFoundError:
+        raise ApiError(410, "The stored upload is gone; upload the image again.") from None
+    record, rejection = await run_model(ctx, record, data)
+    if rejection is not None:
+        raise rejection
+
+    def save(session: Session) -> Diagnosis:
+        merged = session.merge(record)
+        session.commit()
+        session.refresh(merged)
+        return merged
+
+    record = await in_session(ctx, save)
+    ctx.metrics.diagnoses.labels(record.exam_type, record.status).inc()
+    return diagnosis_json(record)
+
+
+@router.get("/diagnoses")
+async def list_diagnoses(
+    caller: CallerDep,
+    ctx: ContextDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    exam_type: Annotated[ExamType | None, Query()] = None,
+) -> dict[str, Any]:
+    rows, total = await in_session(
+        ctx, lambda s: records.list_owned(s, caller.user.id, limit=limit, offset=offset, exam_type=exam_type)
+    )
+    return {"items": [diagnosis_json(row) for row in rows], "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/diagnoses/{diagnosis_id}")
+async def get_diagnosis(diagnosis_id: str, caller: CallerDep, ctx: ContextDep) -> dict[str, Any]:
+    return diagnosis_json(await _owned(ctx, diagnosis_id, caller.user.id))
+
+
+@router.delete("/diagnoses/{diagnosis_id}", status_code=204)
+async def delete_diagnosis(diagnosis_id: str, caller: CallerDep, ctx: ContextDep) -> Response:
+    record = await _owned(ctx, diagnosis_id, caller.user.id)
+
+    def delete(session: Session) -> None:
+        found = session.get(Diagnosis, record.id)
+        if found is not None:
+            session.delete(found)
+            session.commit()
+
+    await in_session(ctx, delete)
+    await _forget_blobs(ctx, record.image_sha256, record.heatmap_sha256)
+    return Response(status_code=204)
+
+
+def render_png(data: bytes) -> bytes:
+    image = decode_image(data)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+_PRIVATE = {"Cache-Control": "private, max-age=3600"}
+
+
+@router.get("/diagnoses/{diagnosis_id}/image", response_class=Response)
+async def get_image(diagnosis_id: str, caller: CallerDep, ctx: ContextDep) -> Response:
+    record = await _owned(ctx, diagnosis_id, caller.user.id)
+    try:
+        data = await run_in_threadpool(ctx.uploads.get, record.image_sha256)
+    except FileNotFoundError:
+        raise ApiError(410, "The stored upload is gone.") from None
+    if record.media_type == DICOM:
+        # Browsers cannot show DICOM: send a PNG of the decoded image (the original stays stored).
+        return Response(await run_in_threadpool(render_png, data), media_type="image/png", headers=_PRIVATE)
+    return Response(data, media_type=record.media_type, headers=_PRIVATE)
+
+
+@router.get("/diagnoses/{diagnosis_id}/heatmap", response_class=Response)
+async def get_heatmap(diagnosis_id: str, caller: CallerDep, ctx: ContextDep) -> Response:
+    record = await _owned(ctx, diagnosis_id, caller.user.id)
+    if not record.heatmap_sha256:
+        raise ApiError(404, "This diagnosis has no heatmap; upload the image with explain=true to get one.")
+    try:
+        data = await run_in_threadpool(ctx.heatmaps.get, record.heatmap_sha256)
+    except FileNotFoundError:
+        raise ApiError(410, "The stored heatmap is gone.") from None
+    return Response(data, media_type="image/png", headers=_PRIVATE)

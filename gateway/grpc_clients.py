@@ -1,0 +1,88 @@
+"""One long-lived gRPC channel per backend service, created at start-up and reused by every request.
+
+Targets use the `dns:///` resolver with `round_robin`, so in Kubernetes (headless Service) the
+same code spreads calls over every pod; the servers' `max_connection_age` makes us re-resolve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.settings import GatewaySettings
+from protos.drtech.v1 import auth_pb2_grpc, diagnosis_pb2_grpc
+
+# exam_type -> the model service's short name (used in /readyz and logs).
+MODEL_SERVICES: dict[str, str] = {"bone_xray": "bone", "skin_lesion": "skin", "chest_xray": "pneumonia"}
+
+_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+def channel_target(address: str) -> str:
+    """`host:port` -> `dns:///host:port`; an address that already names a scheme is kept."""
+    return address if "://" in address or address.startswith(("dns:", "unix:", "ipv4:", "ipv6:")) else (
+        f"dns:///{address}"
+    )
+
+
+def open_channel(address: str, max_message_bytes: int) -> grpc.aio.Channel:
+    options = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.enable_retries", 1),
+        ("grpc.keepalive_time_ms", 60_000),
+    ]
+    return grpc.aio.insecure_channel(channel_target(address), options=options)
+
+
+@dataclass
+class Backend:
+    name: str
+    address: str
+    channel: grpc.aio.Channel
+
+    @property
+    def health(self) -> health_pb2_grpc.HealthStub:
+        return health_pb2_grpc.HealthStub(self.channel)
+
+
+class Backends:
+    """The auth service and every model service. Must be created inside the running event loop."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        size = settings.max_message_bytes
+        self.auth_backend = Backend("auth", settings.auth_addr, open_channel(settings.auth_addr, size))
+        self.model_backends: dict[str, Backend] = {
+            exam_type: Backend(MODEL_SERVICES[exam_type], address, open_channel(address, size))
+            for exam_type, address in settings.model_addresses().items()
+        }
+        self.auth = auth_pb2_grpc.AuthServiceStub(self.auth_backend.channel)
+        self.models: dict[str, diagnosis_pb2_grpc.DiagnosisServiceStub] = {
+            exam_type: diagnosis_pb2_grpc.DiagnosisServiceStub(backend.channel)
+            for exam_type, backend in self.model_backends.items()
+        }
+
+    def all(self) -> list[Backend]:
+        return [self.auth_backend, *self.model_backends.values()]
+
+    async def check_health(self, timeout_s: float) -> dict[str, str]:
+        """name -> "SERVING" or the reason it is not (not serving, unreachable, ...)."""
+
+        async def check(backend: Backend) -> tuple[str, str]:
+            try:
+                reply = await backend.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+            except grpc.aio.AioRpcError as error:
+                return backend.name, f"unreachable at {backend.address} ({error.code().name})"
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            return backend.name, status
+
+        results = await asyncio.gather(*(check(backend) for backend in self.all()))
+        return dict(results)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(backend.channel.close() for backend in self.all()))

@@ -1,0 +1,96 @@
+"""Diagnosis records: the gateway's own tables (nobody else reads or writes them).
+
+The schema is created and upgraded by Alembic (gateway/migrations) at start-up; these classes
+must match the latest migration.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, Index, String, Text, func, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+STATUS_COMPLETED = "completed"
+STATUS_FAILED = "failed"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Diagnosis(Base):
+    __tablename__ = "diagnoses"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    user_id: Mapped[str] = mapped_column(String(64))
+    # The type the gateway used (for `auto`, the one it chose) and what the client asked for.
+    exam_type: Mapped[str] = mapped_column(String(32))
+    requested_exam_type: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    label: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    label_display: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
+    probabilities: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    model_name: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    model_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    explain: Mapped[bool] = mapped_column(Boolean, default=False)
+    heatmap_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    heatmap_method: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    media_type: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, onupdate=utc_now)
+
+    __table_args__ = (
+        Index("ix_diagnoses_user_created", "user_id", "created_at"),
+        Index("ix_diagnoses_image_sha256", "image_sha256"),
+        Index("ix_diagnoses_heatmap_sha256", "heatmap_sha256"),
+    )
+
+
+def add(session: Session, record: Diagnosis) -> Diagnosis:
+    session.add(record)
+    session.commit()
+    session.refresh(record)
+    return record
+
+
+def get_owned(session: Session, diagnosis_id: str, user_id: str) -> Diagnosis | None:
+    """The record, only if it belongs to `user_id` (someone else's id looks exactly like a missing one)."""
+    record = session.get(Diagnosis, diagnosis_id)
+    return record if record is not None and record.user_id == user_id else None
+
+
+def list_owned(
+    session: Session, user_id: str, *, limit: int, offset: int, exam_type: str | None = None
+) -> tuple[list[Diagnosis], int]:
+    """The user's records, newest first, and how many there are in all (with the same filter)."""
+    where = [Diagnosis.user_id == user_id]
+    if exam_type:
+        where.append(Diagnosis.exam_type == exam_type)
+    total = session.scalar(select(func.count()).select_from(Diagnosis).where(*where)) or 0
+    rows = session.scalars(
+        select(Diagnosis)
+        .where(*where)
+        .order_by(Diagnosis.created_at.desc(), Diagnosis.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return list(rows), int(total)
+
+
+def image_in_use(session: Session, digest: str) -> bool:
+    return session.scalar(select(func.count()).where(Diagnosis.image_sha256 == digest)) != 0
+
+
+def heatmap_in_use(session: Session, digest: str) -> bool:
+    return session.scalar(select(func.count()).where(Diagnosis.heatmap_sha256 == digest)) != 0

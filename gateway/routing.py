@@ -1,0 +1,48 @@
+"""Which model service an upload goes to.
+
+An explicit exam type wins. For `auto`, a DICOM upload is routed from its header (Modality and
+BodyPartExamined); anything else cannot be routed yet (a router model is a later issue), so the
+caller is asked to choose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+EXAM_TYPES: tuple[str, ...] = ("chest_xray", "skin_lesion", "bone_xray")
+AUTO = "auto"
+
+CANNOT_ROUTE = "could not determine exam type automatically; choose one of chest_xray, skin_lesion, bone_xray"
+
+# DICOM BodyPartExamined values (PS3.16 CID 4031 codes and common free-text variants).
+_CHEST_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS", "RIBS"}
+_BONE_PARTS = {
+    "KNEE", "LEG", "LOWER LEG", "LOWERLEG", "UPPER LEG", "FEMUR", "TIBIA", "FIBULA", "ANKLE", "FOOT", "HIP",
+    "PELVIS", "SHOULDER", "HUMERUS", "ARM", "UPPER ARM", "ELBOW", "FOREARM", "WRIST", "HAND", "FINGER",
+    "EXTREMITY", "LOWER EXTREMITY", "UPPER EXTREMITY", "BONE", "SKELETON", "CLAVICLE", "SCAPULA",
+}
+_SKIN_PARTS = {"SKIN"}
+# XC: external-camera photography, the modality DICOM dermoscopy uses (PS3.3 supplement 221).
+_SKIN_MODALITIES = {"XC", "DMS"}
+
+
+def route_dicom(tags: Mapping[str, str]) -> str | None:
+    """The exam type a DICOM header points to, or None when it does not say."""
+    modality = tags.get("Modality", "").strip().upper()
+    part = " ".join(tags.get("BodyPartExamined", "").replace("_", " ").split()).upper()
+    if modality in _SKIN_MODALITIES or part in _SKIN_PARTS:
+        return "skin_lesion"
+    if part in _CHEST_PARTS:
+        return "chest_xray"
+    if part in _BONE_PARTS:
+        return "bone_xray"
+    return None  # no or another body part (head, abdomen, ...): do not guess
+
+
+def choose_exam_type(requested: str, media_type: str, dicom_tags: Mapping[str, str]) -> str | None:
+    """The exam type to diagnose as, or None when `auto` cannot decide."""
+    if requested != AUTO:
+        return requested
+    if media_type == "application/dicom":
+        return route_dicom(dicom_tags)
+    return None

@@ -1,0 +1,68 @@
+"""Gateway settings (env prefix ``DRTECH_GATEWAY_``, plus the shared ``DRTECH_*`` names), validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DRTECH_GATEWAY_", extra="ignore", populate_by_name=True)
+
+    # Shared, unprefixed names (docs/architecture.md).
+    home: Path = Field(default=Path("var"), validation_alias="DRTECH_HOME")
+    env: Literal["development", "production"] = Field(default="development", validation_alias="DRTECH_ENV")
+    http_port: int = Field(default=8000, ge=0, le=65535, validation_alias="DRTECH_HTTP_PORT")
+    auth_addr: str = Field(default="127.0.0.1:50051", validation_alias="DRTECH_AUTH_ADDR")
+    bone_addr: str = Field(default="127.0.0.1:50052", validation_alias="DRTECH_BONE_ADDR")
+    skin_addr: str = Field(default="127.0.0.1:50053", validation_alias="DRTECH_SKIN_ADDR")
+    pneumonia_addr: str = Field(default="127.0.0.1:50054", validation_alias="DRTECH_PNEUMONIA_ADDR")
+    max_message_bytes: int = Field(default=20 * MIB, ge=4096, validation_alias="DRTECH_MAX_MESSAGE_BYTES")
+
+    host: str = "127.0.0.1"
+    # Any SQLAlchemy URL, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/drtech.
+    # Empty: a SQLite file at $DRTECH_HOME/gateway.db.
+    database_url: str = ""
+
+    # Largest accepted upload; the model services accept the same (DRTECH_MAX_MESSAGE_BYTES).
+    max_upload_bytes: int = Field(default=20 * MIB, ge=1024)
+
+    # gRPC deadlines, seconds. Every call has one.
+    auth_timeout_s: float = Field(default=5.0, gt=0)
+    diagnose_timeout_s: float = Field(default=30.0, gt=0)
+    model_info_timeout_s: float = Field(default=5.0, gt=0)
+    health_timeout_s: float = Field(default=2.0, gt=0)
+
+    # Session cookie for the web UI. `cookie_secure` None means: on in production, off in development
+    # (a local http://127.0.0.1 browser would otherwise never send it back).
+    cookie_name: str = "drtech_session"
+    cookie_secure: bool | None = None
+
+    @model_validator(mode="after")
+    def _derived_defaults(self) -> GatewaySettings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.home / 'gateway.db').as_posix()}"
+        if self.cookie_secure is None:
+            self.cookie_secure = self.env == "production"
+        return self
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.home / "uploads"
+
+    @property
+    def heatmaps_dir(self) -> Path:
+        return self.home / "heatmaps"
+
+    def model_addresses(self) -> dict[str, str]:
+        """exam_type -> address of the model service that serves it."""
+        return {
+            "bone_xray": self.bone_addr,
+            "skin_lesion": self.skin_addr,
+            "chest_xray": self.pneumonia_addr,
+        }

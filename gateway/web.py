@@ -1,0 +1,110 @@
+"""The web UI: server-rendered pages (Jinja2) whose scripts call the JSON API with the session cookie.
+
+Pages that need an account check the cookie here and send a visitor without a valid session to the
+log-in page, so nobody sees an empty shell first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import grpc
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from gateway.context import get_context
+from protos.drtech.v1 import auth_pb2
+from services.auth import validation
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+EXAM_TYPES = [
+    ("chest_xray", "Chest X-ray", "pneumonia or normal"),
+    ("skin_lesion", "Skin lesion (dermoscopy)", "seven kinds of lesion"),
+    ("bone_xray", "Bone X-ray (knee)", "normal or abnormal, with a severity grade"),
+    ("auto", "Let Dr.Tech decide", "DICOM files only, from their header"),
+]
+
+
+async def _signed_in_user(request: Request) -> auth_pb2.User | None:
+    ctx = get_context(request)
+    token = request.cookies.get(ctx.settings.cookie_name)
+    if not token:
+        return None
+    try:
+        return await ctx.backends.auth.Authenticate(
+            auth_pb2.AuthenticateRequest(access_token=token), timeout=ctx.settings.auth_timeout_s
+        )
+    except grpc.aio.AioRpcError:
+        return None
+
+
+def _page(request: Request, template: str, user: auth_pb2.User | None, **context: Any) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request, template, {"user": user, "exam_types": EXAM_TYPES, "active": template, **context}
+    )
+
+
+def _to_login(request: Request) -> RedirectResponse:
+    return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+
+
+@router.get("/", response_class=HTMLResponse)
+async def home(request: Request) -> Response:
+    return _page(request, "home.html", await _signed_in_user(request))
+
+
+@router.get("/signup", response_class=HTMLResponse)
+async def signup_page(request: Request) -> Response:
+    return _page(
+        request,
+        "signup.html",
+        await _signed_in_user(request),
+        genders=validation.GENDERS,
+        password_min=validation.PASSWORD_MIN_LENGTH,
+        password_max=validation.PASSWORD_MAX_LENGTH,
+        name_max=validation.NAME_MAX_LENGTH,
+        address_max=validation.ADDRESS_MAX_LENGTH,
+        place_max=validation.PLACE_MAX_LENGTH,
+    )
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request) -> Response:
+    next_path = request.query_params.get("next", "/app")
+    if not next_path.startswith("/") or next_path.startswith("//"):
+        next_path = "/app"  # only same-site paths: no open redirect
+    return _page(request, "login.html", await _signed_in_user(request), next_path=next_path)
+
+
+@router.get("/app", response_class=HTMLResponse)
+async def client_page(request: Request) -> Response:
+    user = await _signed_in_user(request)
+    if user is None:
+        return _to_login(request)
+    return _page(request, "client.html", user, diagnosis_id="")
+
+
+@router.get("/history", response_class=HTMLResponse)
+async def history_page(request: Request) -> Response:
+    user = await _signed_in_user(request)
+    if user is None:
+        return _to_login(request)
+    return _page(request, "history.html", user)
+
+
+@router.get("/results/{diagnosis_id}", response_class=HTMLResponse)
+async def result_page(request: Request, diagnosis_id: str) -> Response:
+    user = await _signed_in_user(request)
+    if user is None:
+        return _to_login(request)
+    return _page(request, "client.html", user, diagnosis_id=diagnosis_id)
+
+
+@router.get("/models", response_class=HTMLResponse)
+async def models_page(request: Request) -> Response:
+    return _page(request, "models.html", await _signed_in_user(request))

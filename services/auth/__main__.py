@@ -18,7 +18,9 @@ from services.core.logs import configure_logging
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.auth", description="Dr.Tech auth gRPC service")
     parser.add_argument("--host", help="address to bind (default: DRTECH_AUTH_HOST or 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port to bind, 0 for a free one (default: DRTECH_AUTH_PORT or 50051)")
+    parser.add_argument(
+        "--port", type=int, help="port to bind, 0 for a free one (default: DRTECH_AUTH_PORT or 50051)"
+    )
     args = parser.parse_args(argv)
 
     log = configure_logging("auth")

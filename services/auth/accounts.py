@@ -76,7 +76,7 @@ class Accounts:
         return user
 
     def log_in(self, email: str, password: str, client_ip: str = "") -> LoggedIn:
-        """Start a session. Raises Throttled, or BadCredentials (same for unknown email and wrong password)."""
+        """Start a session. Raises Throttled, or BadCredentials (unknown email and bad password alike)."""
         email = normalize_email(email)[:EMAIL_MAX_LENGTH]
         client_ip = client_ip.strip()[:CLIENT_IP_MAX_LENGTH]
         now = utc_now()
@@ -94,7 +94,9 @@ class Accounts:
                 db.execute(delete(LoginFailure).where(LoginFailure.created_at < now - self._throttle.window))
             raise BadCredentials()
 
-        new_hash = self._passwords.hash(password) if self._passwords.needs_rehash(user.password_hash) else None
+        new_hash = (
+            self._passwords.hash(password) if self._passwords.needs_rehash(user.password_hash) else None
+        )
         token = new_token()
         expires_at = now + self._session_ttl
         with self._sessions.begin() as db:
@@ -103,7 +105,11 @@ class Accounts:
                 user.password_hash = new_hash
             # A successful log-in clears this account's failures (not the IP's).
             db.execute(delete(LoginFailure).where(LoginFailure.email == email))
-            db.add(AuthSession(user_id=user.id, token_hash=token_hash(token), created_at=now, expires_at=expires_at))
+            db.add(
+                AuthSession(
+                    user_id=user.id, token_hash=token_hash(token), created_at=now, expires_at=expires_at
+                )
+            )
         return LoggedIn(access_token=token, expires_at=expires_at, user=user)
 
     def _check_throttle(self, email: str, client_ip: str, now: datetime) -> None:
@@ -161,4 +167,3 @@ class Accounts:
         if user is None:
             raise UserNotFound()
         return user
-

@@ -22,9 +22,8 @@ class Throttled(AuthError):
     def __init__(self, retry_after_s: float) -> None:
         self.retry_after_s = max(1.0, retry_after_s)
         minutes = max(1, round(self.retry_after_s / 60))
-        super().__init__(
-            f"Too many failed log-in attempts. Try again in about {minutes} minute{'s' if minutes != 1 else ''}."
-        )
+        unit = "minute" if minutes == 1 else "minutes"
+        super().__init__(f"Too many failed log-in attempts. Try again in about {minutes} {unit}.")
 
 
 class InvalidToken(AuthError):

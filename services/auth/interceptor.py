@@ -37,7 +37,9 @@ def error_status(error: Exception) -> status_pb2.Status:
     if isinstance(error, Throttled):
         delay = Duration()
         delay.FromMilliseconds(int(error.retry_after_s * 1000))
-        return _status(code_pb2.RESOURCE_EXHAUSTED, str(error), error_details_pb2.RetryInfo(retry_delay=delay))
+        return _status(
+            code_pb2.RESOURCE_EXHAUSTED, str(error), error_details_pb2.RetryInfo(retry_delay=delay)
+        )
     if isinstance(error, UserNotFound):
         return _status(code_pb2.NOT_FOUND, str(error))
     if isinstance(error, OperationalError):
@@ -60,8 +62,10 @@ class DomainErrorInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
         # Only AuthService's own methods; health and reflection keep their own status handling.
-        if handler is None or handler.unary_unary is None or not handler_call_details.method.startswith(
-            AUTH_SERVICE_PREFIX
+        if (
+            handler is None
+            or handler.unary_unary is None
+            or not handler_call_details.method.startswith(AUTH_SERVICE_PREFIX)
         ):
             return handler
         behavior = handler.unary_unary

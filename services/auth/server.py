@@ -30,7 +30,9 @@ SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 class AuthServer:
     """A running auth server; ``port`` is the bound port (useful when settings asked for port 0)."""
 
-    def __init__(self, server: grpc.Server, health_servicer: health.HealthServicer, port: int, engine) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self, server: grpc.Server, health_servicer: health.HealthServicer, port: int, engine
+    ) -> None:  # type: ignore[no-untyped-def]
         self._server = server
         self._health = health_servicer
         self._engine = engine
@@ -103,5 +105,7 @@ def start_server(settings: AuthSettings | None = None) -> AuthServer:
         raise
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving on %s:%d (database %s)", settings.host, port, engine.url.render_as_string(hide_password=True))
+    log.info(
+        "serving on %s:%d (database %s)", settings.host, port, engine.url.render_as_string(hide_password=True)
+    )
     return running

@@ -51,7 +51,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.User:
         return user_message(self._accounts.authenticate(request.access_token))
 
-    def LogOut(self, request: auth_pb2.LogOutRequest, context: grpc.ServicerContext) -> auth_pb2.LogOutResponse:
+    def LogOut(
+        self, request: auth_pb2.LogOutRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.LogOutResponse:
         self._accounts.log_out(request.access_token)
         return auth_pb2.LogOutResponse()
 

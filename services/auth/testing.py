@@ -33,7 +33,8 @@ def postgres_unavailable_reason() -> str | None:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError as error:
-        return f"PostgreSQL at {POSTGRES_URL_ENV} is unreachable: {error.__class__.__name__}: {error.orig or error}"
+        cause = error.orig or error
+        return f"PostgreSQL at {POSTGRES_URL_ENV} is unreachable: {cause.__class__.__name__}: {cause}"
     finally:
         engine.dispose()
     return None
@@ -52,7 +53,9 @@ def fresh_postgres_schema(base_url: str | None = None) -> Iterator[str]:
         with admin.begin() as connection:
             connection.execute(text(f'CREATE SCHEMA "{schema}"'))
         # libpq `options` sets search_path for every connection, so unqualified tables land in the schema.
-        yield base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+        yield base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False
+        )
     finally:
         with admin.begin() as connection:
             connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))

@@ -178,7 +178,9 @@ def validate_sign_up(fields: Mapping[str, str | None], today: date | None = None
     problems: dict[str, str | None] = {
         "email": email_problem(text("email")),
         "password": password_problem(password),
-        "first_name": _text_problem("First name", text("first_name"), required=True, max_length=NAME_MAX_LENGTH),
+        "first_name": _text_problem(
+            "First name", text("first_name"), required=True, max_length=NAME_MAX_LENGTH
+        ),
         "surname": _text_problem("Surname", text("surname"), required=True, max_length=NAME_MAX_LENGTH),
         "address1": _text_problem("Address", text("address1"), required=False, max_length=ADDRESS_MAX_LENGTH),
         "address2": _text_problem(

@@ -49,7 +49,12 @@ def current_revision(engine: Engine) -> str | None:
 def test_an_empty_database_is_migrated_to_head(engine: Engine) -> None:
     assert inspect(engine).get_table_names() == []
     migrate(engine)
-    assert set(inspect(engine).get_table_names()) == {"alembic_version", "users", "sessions", "login_failures"}
+    assert set(inspect(engine).get_table_names()) == {
+        "alembic_version",
+        "users",
+        "sessions",
+        "login_failures",
+    }
     assert current_revision(engine) == head_revision()
 
 
@@ -62,8 +67,12 @@ def test_migrating_again_changes_nothing(engine: Engine) -> None:
 def test_the_models_match_the_migrations(engine: Engine) -> None:
     migrate(engine)
     with engine.connect() as connection:
-        differences = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
-    assert differences == [], "models and migrations differ; add a migration under services/auth/migrations/versions"
+        differences = compare_metadata(
+            MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata
+        )
+    assert differences == [], (
+        "models and migrations differ; add a migration under services/auth/migrations/versions"
+    )
 
 
 def test_the_migration_downgrades_to_an_empty_database(engine: Engine) -> None:

@@ -29,7 +29,11 @@ def auth_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def test_the_module_serves_on_a_free_port_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "services.auth", "--port", "0"],
-        cwd=tmp_path, env=auth_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        env=auth_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert process.stdout is not None
@@ -52,7 +56,10 @@ def test_the_module_serves_on_a_free_port_and_stops_cleanly_on_sigterm(tmp_path:
 def test_the_module_exits_with_a_clear_error_when_the_database_is_unreachable(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "services.auth", "--port", "0"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=auth_env(tmp_path, DRTECH_AUTH_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:9/nowhere"),
     )
     assert result.returncode == 1

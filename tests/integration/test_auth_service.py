@@ -50,8 +50,12 @@ class Client:
         self.stub = auth_pb2_grpc.AuthServiceStub(self.channel)
 
     def sign_up(self, **fields: str) -> auth_pb2.User:
-        request = {"email": f"{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD,
-                   "first_name": "Ada", "surname": "Lovelace"}
+        request = {
+            "email": f"{uuid.uuid4().hex[:8]}@example.com",
+            "password": PASSWORD,
+            "first_name": "Ada",
+            "surname": "Lovelace",
+        }
         request.update(fields)
         return self.stub.SignUp(auth_pb2.SignUpRequest(**request), timeout=DEADLINE_S)
 
@@ -98,9 +102,10 @@ def client(start: Callable[..., tuple[AuthServer, Client]]) -> Client:
     return start()[1]
 
 
-def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
+def rpc_error(call: Callable[..., object], *args: object, **kwargs: object) -> grpc.RpcError:
+    """The error ``call(*args, **kwargs)`` fails with (the test fails if it succeeds)."""
     with pytest.raises(grpc.RpcError) as caught:
-        call()
+        call(*args, **kwargs)
     return caught.value
 
 
@@ -123,33 +128,55 @@ def test_health_is_serving_once_started_and_reflection_lists_the_service(start) 
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
     reflection = reflection_pb2_grpc.ServerReflectionStub(client.channel)
-    replies = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    replies = reflection.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
     names = {service.name for reply in replies for service in reply.list_services_response.service}
     assert "drtech.v1.AuthService" in names
 
 
 def test_sign_up_returns_the_user_and_get_user_finds_it(client: Client) -> None:
-    user = client.sign_up(email="  Grace.Hopper@Example.COM ", first_name="Grace", surname="Hopper",
-                          address1="1 Navy Way", city="Arlington", state="VA", zip="22202-1234",
-                          gender="female", birth_date="1906-12-09")
+    user = client.sign_up(
+        email="  Grace.Hopper@Example.COM ",
+        first_name="Grace",
+        surname="Hopper",
+        address1="1 Navy Way",
+        city="Arlington",
+        state="VA",
+        zip="22202-1234",
+        gender="female",
+        birth_date="1906-12-09",
+    )
     assert uuid.UUID(user.id)
     assert user.email == "grace.hopper@example.com"
     assert (user.first_name, user.surname, user.zip, user.gender, user.birth_date) == (
-        "Grace", "Hopper", "22202-1234", "female", "1906-12-09")
+        "Grace",
+        "Hopper",
+        "22202-1234",
+        "female",
+        "1906-12-09",
+    )
     assert abs(user.created_at.ToDatetime(UTC) - datetime.now(UTC)) < timedelta(minutes=1)
     assert client.stub.GetUser(auth_pb2.GetUserRequest(id=user.id), timeout=DEADLINE_S) == user
 
 
 def test_an_email_can_sign_up_only_once_whatever_its_case(client: Client) -> None:
     client.sign_up(email="alan@example.com")
-    error = rpc_error(lambda: client.sign_up(email="ALAN@example.com"))
+    error = rpc_error(client.sign_up, email="ALAN@example.com")
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
     assert error.details() == "An account with this email already exists."
 
 
 def test_invalid_fields_come_back_as_per_field_violations(client: Client) -> None:
-    error = rpc_error(lambda: client.sign_up(email="nope", password="short", first_name="", zip="ABC",
-                                             gender="robot", birth_date="2999-01-01"))
+    error = rpc_error(
+        client.sign_up,
+        email="nope",
+        password="short",
+        first_name="",
+        zip="ABC",
+        gender="robot",
+        birth_date="2999-01-01",
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     violations = field_violations(error)
     assert set(violations) == {"email", "password", "first_name", "zip", "gender", "birth_date"}
@@ -169,8 +196,8 @@ def test_log_in_gives_a_token_that_authenticates_its_user(client: Client) -> Non
 
 def test_wrong_password_and_unknown_email_look_the_same(client: Client) -> None:
     user = client.sign_up()
-    wrong_password = rpc_error(lambda: client.log_in(user.email, "wrong password 1"))
-    unknown_email = rpc_error(lambda: client.log_in("nobody@example.com", PASSWORD))
+    wrong_password = rpc_error(client.log_in, user.email, "wrong password 1")
+    unknown_email = rpc_error(client.log_in, "nobody@example.com", PASSWORD)
     for error in (wrong_password, unknown_email):
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
         assert error.details() == "Incorrect email or password."
@@ -180,13 +207,13 @@ def test_repeated_failures_for_an_email_are_throttled_even_across_restarts(start
     _, client = start(throttle_max_failures_per_email=3)
     user = client.sign_up()
     for attempt in range(3):
-        error = rpc_error(lambda: client.log_in(user.email, "wrong password 1", client_ip=f"198.51.100.{attempt}"))
+        error = rpc_error(client.log_in, user.email, "wrong password 1", client_ip=f"198.51.100.{attempt}")
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
     # Even the right password is refused now, and a restarted server (same database) still refuses it.
     _, restarted = start(throttle_max_failures_per_email=3)
     for c in (client, restarted):
-        error = rpc_error(lambda: c.log_in(user.email))
+        error = rpc_error(c.log_in, user.email)
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert error.details() == "Too many failed log-in attempts. Try again in about 15 minutes."
         status = rpc_status.from_call(error)
@@ -200,8 +227,8 @@ def test_throttling_ends_when_the_failures_leave_the_window(start) -> None:
     _, client = start(throttle_max_failures_per_email=2, throttle_window_minutes=1 / 60)  # a 1 s window
     user = client.sign_up()
     for _ in range(2):
-        rpc_error(lambda: client.log_in(user.email, "wrong password 1"))
-    assert rpc_error(lambda: client.log_in(user.email)).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        rpc_error(client.log_in, user.email, "wrong password 1")
+    assert rpc_error(client.log_in, user.email).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     time.sleep(1.2)
     assert client.log_in(user.email).access_token
 
@@ -209,9 +236,9 @@ def test_throttling_ends_when_the_failures_leave_the_window(start) -> None:
 def test_repeated_failures_from_one_client_ip_are_throttled(start) -> None:
     _, client = start(throttle_max_failures_per_ip=3)
     for attempt in range(3):
-        rpc_error(lambda: client.log_in(f"guess{attempt}@example.com", "wrong password 1", client_ip="203.0.113.9"))
+        rpc_error(client.log_in, f"guess{attempt}@example.com", "wrong password 1", client_ip="203.0.113.9")
     user = client.sign_up()
-    error = rpc_error(lambda: client.log_in(user.email, client_ip="203.0.113.9"))
+    error = rpc_error(client.log_in, user.email, client_ip="203.0.113.9")
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert client.log_in(user.email, client_ip="203.0.113.10").access_token
 
@@ -220,10 +247,10 @@ def test_a_successful_log_in_clears_the_accounts_failures(start) -> None:
     _, client = start(throttle_max_failures_per_email=3)
     user = client.sign_up()
     for _ in range(2):
-        rpc_error(lambda: client.log_in(user.email, "wrong password 1"))
+        rpc_error(client.log_in, user.email, "wrong password 1")
     client.log_in(user.email)
     for _ in range(2):
-        rpc_error(lambda: client.log_in(user.email, "wrong password 1"))
+        rpc_error(client.log_in, user.email, "wrong password 1")
     assert client.log_in(user.email).access_token
 
 
@@ -233,21 +260,21 @@ def test_an_expired_token_is_rejected(start) -> None:
     token = client.log_in(user.email).access_token
     assert client.authenticate(token) == user
     time.sleep(1.2)
-    error = rpc_error(lambda: client.authenticate(token))
+    error = rpc_error(client.authenticate, token)
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error.details() == "Session has expired; log in again."
 
 
 @pytest.mark.parametrize("token", ["", "not-a-token"])
 def test_missing_or_unknown_tokens_are_rejected(client: Client, token: str) -> None:
-    assert rpc_error(lambda: client.authenticate(token)).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert rpc_error(client.authenticate, token).code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_log_out_revokes_the_token_at_once_and_only_that_token(client: Client) -> None:
     user = client.sign_up()
     token, other_token = client.log_in(user.email).access_token, client.log_in(user.email).access_token
     client.log_out(token)
-    error = rpc_error(lambda: client.authenticate(token))
+    error = rpc_error(client.authenticate, token)
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error.details() == "Access token is invalid or has been revoked."
     client.log_out(token)  # idempotent
@@ -256,9 +283,11 @@ def test_log_out_revokes_the_token_at_once_and_only_that_token(client: Client) -
 
 
 def test_get_user_errors(client: Client) -> None:
-    missing = rpc_error(lambda: client.stub.GetUser(auth_pb2.GetUserRequest(id=str(uuid.uuid4())), timeout=DEADLINE_S))
+    missing = rpc_error(
+        client.stub.GetUser, auth_pb2.GetUserRequest(id=str(uuid.uuid4())), timeout=DEADLINE_S
+    )
     assert missing.code() == grpc.StatusCode.NOT_FOUND
-    malformed = rpc_error(lambda: client.stub.GetUser(auth_pb2.GetUserRequest(id="42"), timeout=DEADLINE_S))
+    malformed = rpc_error(client.stub.GetUser, auth_pb2.GetUserRequest(id="42"), timeout=DEADLINE_S)
     assert malformed.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(malformed) == {"id": "User id must be a UUID."}
 
@@ -268,7 +297,7 @@ def test_the_database_keeps_no_plaintext_password_or_token(start, database_url: 
     password = "plain text secret 42"
     user = client.sign_up(password=password)
     token = client.log_in(user.email, password).access_token
-    rpc_error(lambda: client.log_in(user.email, "another secret 43"))
+    rpc_error(client.log_in, user.email, "another secret 43")
 
     engine = create_engine(database_url)
     try:
@@ -276,10 +305,14 @@ def test_the_database_keeps_no_plaintext_password_or_token(start, database_url: 
         metadata.reflect(engine)
         with engine.connect() as connection:
             everything = " ".join(
-                str(value) for table in metadata.sorted_tables
-                for row in connection.execute(select(table)) for value in row
+                str(value)
+                for table in metadata.sorted_tables
+                for row in connection.execute(select(table))
+                for value in row
             )
-            token_hashes = list(connection.execute(select(metadata.tables["sessions"].c.token_hash)).scalars())
+            token_hashes = list(
+                connection.execute(select(metadata.tables["sessions"].c.token_hash)).scalars()
+            )
     finally:
         engine.dispose()
     assert user.email in everything  # the dump did read the tables
@@ -309,5 +342,5 @@ def test_a_password_hashed_with_old_parameters_is_rehashed_at_log_in(start, data
 
 def test_requests_over_the_message_size_limit_are_refused(start) -> None:
     _, client = start(max_message_bytes=4096)
-    error = rpc_error(lambda: client.sign_up(address1="x" * 10_000))
+    error = rpc_error(client.sign_up, address1="x" * 10_000)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

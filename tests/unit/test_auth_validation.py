@@ -1,4 +1,4 @@
-"""Sign-up rules (services.auth.validation): each field's rule and message, as the gateway and UI show them."""
+"""Sign-up rules (services.auth.validation): each field's rule and the message the gateway and UI show."""
 
 from __future__ import annotations
 
@@ -57,7 +57,9 @@ def test_only_the_required_fields_are_needed() -> None:
 
 
 def test_every_problem_is_reported_at_once_under_the_api_field_names() -> None:
-    problems = violations(email="", password="", first_name="", surname="", zip="x", gender="x", birth_date="x")
+    problems = violations(
+        email="", password="", first_name="", surname="", zip="x", gender="x", birth_date="x"
+    )
     assert set(problems) == {"email", "password", "first_name", "surname", "zip", "gender", "birth_date"}
     assert set(problems) <= set(SIGN_UP_FIELDS)
 
@@ -110,7 +112,12 @@ def test_names_are_required_and_bounded(field: str, label: str) -> None:
 
 @pytest.mark.parametrize(
     ("field", "label", "limit"),
-    [("address1", "Address", 200), ("address2", "Address line 2", 200), ("city", "City", 100), ("state", "State", 100)],
+    [
+        ("address1", "Address", 200),
+        ("address2", "Address line 2", 200),
+        ("city", "City", 100),
+        ("state", "State", 100),
+    ],
 )
 def test_optional_text_is_bounded(field: str, label: str, limit: int) -> None:
     validate_sign_up(valid_fields(**{field: "x" * limit}), today=TODAY)
@@ -146,4 +153,6 @@ def test_birth_date_rules(birth_date: str, message: str) -> None:
 
 def test_birth_date_bounds_are_inclusive() -> None:
     assert validate_sign_up(valid_fields(birth_date="2026-11-26"), today=TODAY).birth_date == TODAY
-    assert validate_sign_up(valid_fields(birth_date="1896-11-26"), today=TODAY).birth_date == date(1896, 11, 26)
+    assert validate_sign_up(valid_fields(birth_date="1896-11-26"), today=TODAY).birth_date == date(
+        1896, 11, 26
+    )

@@ -1,0 +1,76 @@
+"""`python -m services.<task>` as a real process: --port 0, the ready line, SIGTERM, start-up failures."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
+from services.pneumonia.spec import SPEC as PNEUMONIA
+from tests.serving_models import write_fixture_model
+from tests.support import ROOT, jpeg_bytes, synthetic_image
+
+START_TIMEOUT = 60.0
+
+
+def launch(task: str, env_overrides: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DRTECH_SERVING_INTRA_OP_THREADS": "1", **env_overrides}
+    return subprocess.Popen(
+        [sys.executable, "-m", f"services.{task}", *args],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def first_line(process: subprocess.Popen[str], timeout: float) -> str:
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
+    try:
+        return lines.get(timeout=timeout)
+    except queue.Empty:
+        pytest.fail(f"no ready line within {timeout}s")
+
+
+def test_process_prints_its_port_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    write_fixture_model(PNEUMONIA, tmp_path)
+    process = launch("pneumonia", {"DRTECH_SERVING_MODEL_DIR": str(tmp_path)}, "--port", "0")
+    try:
+        line = first_line(process, START_TIMEOUT)
+        assert line.startswith("listening on 127.0.0.1:"), line
+        target = line.split("listening on ", 1)[1].strip()
+        with grpc.insecure_channel(target) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            reply = diagnosis_pb2_grpc.DiagnosisServiceStub(channel).Diagnose(
+                diagnosis_pb2.DiagnoseRequest(image=jpeg_bytes(synthetic_image("chest_xray"))), timeout=10
+            )
+            assert reply.model.name == "fixture-pneumonia"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert "shutting down" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_missing_model_exits_non_zero_naming_the_file(tmp_path: Path) -> None:
+    process = launch("skin", {"DRTECH_SERVING_MODEL_DIR": str(tmp_path / "nothing-here")}, "--port", "0")
+    _, stderr = process.communicate(timeout=START_TIMEOUT)
+    assert process.returncode == 1
+    assert "card.json does not exist" in stderr
+
+
+def test_invalid_settings_exit_non_zero_with_the_reason() -> None:
+    process = launch("bone", {"DRTECH_SERVING_GRACE_SECONDS": "soon"}, "--port", "0")
+    _, stderr = process.communicate(timeout=START_TIMEOUT)
+    assert process.returncode == 2
+    assert "grace_seconds" in stderr

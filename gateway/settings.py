@@ -29,8 +29,8 @@ class GatewaySettings(BaseSettings):
     # Empty: a SQLite file at $DRTECH_HOME/gateway.db.
     database_url: str = ""
 
-    # Largest accepted upload; the model services accept the same (DRTECH_MAX_MESSAGE_BYTES).
-    max_upload_bytes: int = Field(default=20 * MIB, ge=1024)
+    # Largest accepted upload: what the model services accept (20 MiB less room for the rest of the gRPC message).
+    max_upload_bytes: int = Field(default=20 * MIB - 64 * 1024, ge=1024)
 
     # gRPC deadlines, seconds. Every call has one.
     auth_timeout_s: float = Field(default=5.0, gt=0)

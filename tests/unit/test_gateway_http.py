@@ -1,0 +1,184 @@
+"""The gateway's HTTP behaviour that needs no backend: error shapes, auth guards, limits, pages.
+
+The app runs in-process through Starlette's TestClient (no sockets); the backends' addresses are
+never called by these requests (they fail before any gRPC call is made).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+
+PAGES = ["/", "/signup", "/login", "/models"]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> GatewaySettings:
+    return GatewaySettings(DRTECH_HOME=tmp_path, max_upload_bytes=4096)
+
+
+@pytest.fixture
+def client(settings: GatewaySettings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
+        yield client
+
+
+def test_settings_default_to_development_paths_and_ports(tmp_path: Path) -> None:
+    settings = GatewaySettings(DRTECH_HOME=tmp_path)
+    assert settings.database_url == f"sqlite:///{tmp_path.as_posix()}/gateway.db"
+    assert settings.http_port == 8000 and settings.host == "127.0.0.1"
+    assert settings.auth_addr == "127.0.0.1:50051"
+    assert settings.model_addresses() == {
+        "bone_xray": "127.0.0.1:50052", "skin_lesion": "127.0.0.1:50053", "chest_xray": "127.0.0.1:50054"}
+    assert settings.cookie_secure is False
+    assert GatewaySettings(DRTECH_HOME=tmp_path, DRTECH_ENV="production").cookie_secure is True
+
+
+def test_startup_creates_the_database_schema_with_alembic(client: TestClient, settings: GatewaySettings) -> None:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(settings.database_url)
+    tables = set(sqlalchemy.inspect(engine).get_table_names())
+    engine.dispose()
+    assert {"diagnoses", "gateway_alembic_version"} <= tables
+
+
+def test_healthz_is_200_without_any_backend(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_signup_schema_errors_are_422_with_one_message_per_field(client: TestClient) -> None:
+    reply = client.post("/api/v1/auth/signup", json={"email": "a@example.org", "first_name": 5})
+    assert reply.status_code == 422
+    body = reply.json()
+    assert body["errors"] == {
+        "password": "This field is required.",
+        "first_name": "Must be text.",
+        "surname": "This field is required.",
+    }
+    assert body["detail"].startswith("Invalid fields: ") and "password" in body["detail"]
+
+
+def test_signup_rule_errors_use_the_same_shape_and_the_auth_services_messages(client: TestClient) -> None:
+    reply = client.post(
+        "/api/v1/auth/signup",
+        json={"email": "not-an-email", "password": "short", "first_name": "Ada", "surname": " ",
+              "zip": "1234", "birth_date": "2999-01-01", "gender": "robot"},
+    )
+    assert reply.status_code == 422
+    errors = reply.json()["errors"]
+    assert set(errors) == {"email", "password", "surname", "zip", "birth_date", "gender"}
+    assert errors["email"] == "Enter a valid email address, like name@example.com."
+    assert errors["password"] == "Password must be at least 8 characters."
+    assert errors["birth_date"] == "Birth date cannot be in the future."
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b""])
+def test_a_body_that_is_not_a_json_object_is_422_not_500(client: TestClient, body: bytes) -> None:
+    reply = client.post("/api/v1/auth/login", content=body, headers={"Content-Type": "application/json"})
+    assert reply.status_code == 422
+    assert reply.json()["detail"]
+
+
+def test_login_without_fields_is_422(client: TestClient) -> None:
+    reply = client.post("/api/v1/auth/login", json={})
+    assert reply.status_code == 422
+    assert set(reply.json()["errors"]) == {"email", "password"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v1/me"),
+        ("GET", "/api/v1/diagnoses"),
+        ("GET", "/api/v1/diagnoses/123"),
+        ("DELETE", "/api/v1/diagnoses/123"),
+        ("GET", "/api/v1/diagnoses/123/image"),
+        ("GET", "/api/v1/diagnoses/123/heatmap"),
+        ("POST", "/api/v1/auth/logout"),
+    ],
+)
+def test_calls_without_a_token_are_401_with_a_detail(client: TestClient, method: str, path: str) -> None:
+    reply = client.request(method, path)
+    assert reply.status_code == 401
+    assert "Bearer" in reply.json()["detail"]
+    assert reply.headers["www-authenticate"] == "Bearer"
+
+
+def test_cookie_authenticated_changes_need_the_csrf_header(client: TestClient) -> None:
+    client.cookies.set("drtech_session", "some-token")
+    for method, path in [("POST", "/api/v1/auth/logout"), ("DELETE", "/api/v1/diagnoses/1")]:
+        reply = client.request(method, path)
+        assert reply.status_code == 403
+        assert "X-Requested-With" in reply.json()["detail"]
+
+
+def test_an_upload_over_the_limit_is_413_before_it_is_read(client: TestClient) -> None:
+    reply = client.post(
+        "/api/v1/diagnoses",
+        files={"file": ("x.jpg", b"\xff\xd8\xff" + b"0" * 200_000, "image/jpeg")},
+        data={"exam_type": "chest_xray"},
+        headers={"Authorization": "Bearer x"},
+    )
+    assert reply.status_code == 413
+    assert "limit" in reply.json()["detail"]
+
+
+def test_unknown_paths_and_methods_get_json_errors(client: TestClient) -> None:
+    missing = client.get("/api/v1/nothing-here")
+    assert missing.status_code == 404 and missing.json() == {"detail": "Not found: /api/v1/nothing-here"}
+    wrong = client.put("/api/v1/auth/login")
+    assert wrong.status_code == 405 and "PUT" in wrong.json()["detail"]
+
+
+def test_metrics_count_requests_by_route_template_and_status(client: TestClient) -> None:
+    client.get("/healthz")
+    client.get("/api/v1/diagnoses/abc")
+    text = client.get("/metrics").text
+    assert 'drtech_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
+    assert 'route="/api/v1/diagnoses/{diagnosis_id}",status="401"' in text
+    assert "drtech_http_request_duration_seconds_bucket" in text
+    assert "drtech_diagnoses_total" in text
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_says_not_for_clinical_use_and_loads_nothing_from_elsewhere(client: TestClient, path: str) -> None:
+    reply = client.get(path)
+    assert reply.status_code == 200
+    assert "text/html" in reply.headers["content-type"]
+    assert "Not for clinical use" in reply.text
+    assert not re.search(r"""(src|href)=["'](https?:)?//""", reply.text), "external resource on the page"
+    assert "default-src 'self'" in reply.headers["content-security-policy"]
+
+
+def test_the_signup_page_has_a_labelled_input_for_every_field(client: TestClient) -> None:
+    html = client.get("/signup").text
+    for field in ["email", "password", "first_name", "surname", "address1", "address2", "city", "state", "zip",
+                  "gender", "birth_date"]:
+        assert f'<label for="{field}"' in html
+        assert f'id="{field}-error"' in html
+
+
+@pytest.mark.parametrize("path", ["/app", "/history", "/results/abc"])
+def test_pages_that_need_an_account_send_visitors_to_log_in(client: TestClient, path: str) -> None:
+    reply = client.get(path, follow_redirects=False)
+    assert reply.status_code == 303
+    assert reply.headers["location"] == f"/login?next={path}"
+
+
+def test_login_page_refuses_an_open_redirect(client: TestClient) -> None:
+    assert 'data-next="/app"' in client.get("/login", params={"next": "//evil.example/x"}).text
+
+
+def test_static_assets_are_served_and_self_contained(client: TestClient) -> None:
+    for asset in ["/static/app.js", "/static/app.css"]:
+        reply = client.get(asset)
+        assert reply.status_code == 200
+        assert "http://" not in reply.text and "https://" not in reply.text

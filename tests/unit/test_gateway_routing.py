@@ -1,0 +1,45 @@
+"""Which model service an upload goes to (gateway/routing.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.routing import AUTO, CANNOT_ROUTE, choose_exam_type, route_dicom
+
+
+@pytest.mark.parametrize("exam_type", ["chest_xray", "skin_lesion", "bone_xray"])
+def test_an_explicit_exam_type_wins_over_the_dicom_header(exam_type: str) -> None:
+    tags = {"Modality": "CR", "BodyPartExamined": "CHEST"}
+    assert choose_exam_type(exam_type, "application/dicom", tags) == exam_type
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        ({"Modality": "CR", "BodyPartExamined": "CHEST"}, "chest_xray"),
+        ({"Modality": "DX", "BodyPartExamined": "chest"}, "chest_xray"),
+        ({"Modality": "DX", "BodyPartExamined": "KNEE"}, "bone_xray"),
+        ({"Modality": "CR", "BodyPartExamined": "LOWER_LEG"}, "bone_xray"),
+        ({"Modality": "DX", "BodyPartExamined": "HAND"}, "bone_xray"),
+        ({"Modality": "XC"}, "skin_lesion"),
+        ({"Modality": "XC", "BodyPartExamined": "ARM"}, "skin_lesion"),
+        ({"Modality": "OT", "BodyPartExamined": "SKIN"}, "skin_lesion"),
+    ],
+)
+def test_auto_routes_dicom_from_modality_and_body_part(tags: dict[str, str], expected: str) -> None:
+    assert route_dicom(tags) == expected
+    assert choose_exam_type(AUTO, "application/dicom", tags) == expected
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [{}, {"Modality": "CT", "BodyPartExamined": "HEAD"}, {"Modality": "DX"}, {"BodyPartExamined": "ABDOMEN"}],
+)
+def test_auto_does_not_guess_when_the_header_does_not_say(tags: dict[str, str]) -> None:
+    assert choose_exam_type(AUTO, "application/dicom", tags) is None
+
+
+@pytest.mark.parametrize("media_type", ["image/jpeg", "image/png"])
+def test_auto_cannot_route_a_plain_photo_yet(media_type: str) -> None:
+    assert choose_exam_type(AUTO, media_type, {}) is None
+    assert "choose one" in CANNOT_ROUTE

@@ -19,7 +19,9 @@ from onnx import TensorProto, helper, numpy_helper
 from services.core.spec import TaskSpec
 
 
-def build_model(num_classes: int, kl_grades: bool = False, slow_matmuls: int = 0, seed: int = 0) -> onnx.ModelProto:
+def build_model(
+    num_classes: int, kl_grades: bool = False, slow_matmuls: int = 0, seed: int = 0
+) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     weights = {
         "head_w": rng.normal(0, 20, (3, num_classes)).astype(np.float32),
@@ -74,10 +76,13 @@ def build_model(num_classes: int, kl_grades: bool = False, slow_matmuls: int = 0
     return model
 
 
-def write_fixture_model(spec: TaskSpec, folder: Path, *, slow_matmuls: int = 0, task: str | None = None) -> TaskSpec:
+def write_fixture_model(
+    spec: TaskSpec, folder: Path, *, slow_matmuls: int = 0, task: str | None = None
+) -> TaskSpec:
     """Write model.onnx + card.json for `spec`'s labels into `folder`; return a spec pointing there."""
     folder.mkdir(parents=True, exist_ok=True)
-    model = build_model(len(spec.labels), kl_grades="kl_probabilities" in spec.extra_outputs, slow_matmuls=slow_matmuls)
+    kl_grades = "kl_probabilities" in spec.extra_outputs
+    model = build_model(len(spec.labels), kl_grades=kl_grades, slow_matmuls=slow_matmuls)
     onnx.save(model, folder / "model.onnx")
     card = {
         "name": f"fixture-{spec.task}",

@@ -41,5 +41,5 @@ def overlay_png(cam: np.ndarray, size: tuple[int, int]) -> bytes:
     alpha = Image.fromarray(np.rint(level * MAX_ALPHA * 255).astype(np.uint8), mode="L")
     coloured.putalpha(alpha)
     buffer = io.BytesIO()
-    coloured.save(buffer, format="PNG", optimize=False, compress_level=6)
+    coloured.save(buffer, format="PNG", optimize=False, compress_level=3)
     return buffer.getvalue()

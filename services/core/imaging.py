@@ -27,7 +27,9 @@ SUPPORTED_MEDIA_TYPES: tuple[str, ...] = (JPEG, PNG, DICOM)
 
 # Declared types that say nothing about the content; we sniff instead.
 _UNSPECIFIC_MEDIA_TYPES = {"", "application/octet-stream", "binary/octet-stream"}
-_MEDIA_TYPE_ALIASES = {"image/jpg": JPEG, "image/pjpeg": JPEG, "image/x-png": PNG, "application/dicom+file": DICOM}
+_MEDIA_TYPE_ALIASES = {
+    "image/jpg": JPEG, "image/pjpeg": JPEG, "image/x-png": PNG, "application/dicom+file": DICOM,
+}
 
 # Formats people commonly upload that we recognise only to say clearly that they are not accepted.
 _OTHER_IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -86,7 +88,9 @@ def read_image(
     if not data:
         raise InvalidImage("the image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
-        raise InvalidImage(f"the image is {len(data)} bytes; the largest accepted is {limits.max_bytes} bytes")
+        raise InvalidImage(
+            f"the image is {len(data)} bytes; the largest accepted is {limits.max_bytes} bytes"
+        )
     declared = _normalise_media_type(media_type)
     if declared not in _UNSPECIFIC_MEDIA_TYPES and declared not in SUPPORTED_MEDIA_TYPES:
         raise UnsupportedMediaType(f"unsupported media type {declared!r}; {_ACCEPTED}")
@@ -98,7 +102,9 @@ def read_image(
                 raise UnsupportedMediaType(f"unsupported media type: the file is a {name} image; {_ACCEPTED}")
         if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
             raise UnsupportedMediaType(f"unsupported media type: the file is a WebP image; {_ACCEPTED}")
-        raise UnsupportedMediaType(f"unsupported media type: the file is not a JPEG, PNG or DICOM image; {_ACCEPTED}")
+        raise UnsupportedMediaType(
+            f"unsupported media type: the file is not a JPEG, PNG or DICOM image; {_ACCEPTED}"
+        )
 
     if sniffed == DICOM:
         image = _read_dicom(data, limits)
@@ -142,7 +148,8 @@ def _normalise_media_type(media_type: str | None) -> str:
 def _check_size(width: int, height: int, limits: ImageLimits) -> None:
     if width * height > limits.max_pixels:
         raise InvalidImage(
-            f"the image is {width}x{height} pixels; the largest accepted is {limits.max_pixels} pixels in total"
+            f"the image is {width}x{height} pixels; "
+            f"the largest accepted is {limits.max_pixels} pixels in total"
         )
     if min(width, height) < limits.min_side:
         raise InvalidImage(
@@ -164,7 +171,9 @@ def _read_raster(
             f"the image declares too many pixels; the largest accepted is {limits.max_pixels} pixels in total"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise InvalidImage(f"the file starts like a {expected_format} image but its header cannot be read") from None
+        raise InvalidImage(
+            f"the file starts like a {expected_format} image but its header cannot be read"
+        ) from None
     original_size = image.size
     _check_size(*original_size, limits)
     if media_type == JPEG and draft_size is not None:
@@ -226,7 +235,8 @@ def _read_dicom(data: bytes, limits: ImageLimits) -> Image.Image:
     try:
         # index=0: decode only the first frame of a multi-frame image.
         array = pixels.pixel_array(dataset, index=0)
-    except (ValueError, RuntimeError, AttributeError, KeyError, TypeError, EOFError, NotImplementedError) as error:
+    except (ValueError, RuntimeError, AttributeError, KeyError, TypeError, EOFError,
+            NotImplementedError) as error:
         raise InvalidImage(f"the DICOM pixel data cannot be decoded ({error})") from None
 
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip()

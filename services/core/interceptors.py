@@ -26,7 +26,7 @@ REQUEST_ID_KEY = "x-request-id"
 logger = logging.getLogger(__name__)
 
 
-def _map_error(error: Exception) -> tuple[grpc.StatusCode, str, str]:
+def map_error(error: Exception) -> tuple[grpc.StatusCode, str, str]:
     """(status code, reason, message the caller sees) for an exception a handler raised."""
     if isinstance(error, UnsupportedMediaType):
         return grpc.StatusCode.INVALID_ARGUMENT, "unsupported_media_type", str(error)
@@ -83,13 +83,15 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
             try:
                 return behaviour(request, context)
             except Exception as error:  # the one place every handler error is mapped
-                code, reason, message = _map_error(error)
+                code, reason, message = map_error(error)
                 request_id = _request_id(request, context)
                 if code is grpc.StatusCode.INTERNAL:
                     logger.exception("%s failed unexpectedly (request id %s)", method, request_id or "-")
                     message = f"internal error (request id {request_id})" if request_id else message
                 else:
-                    logger.info("%s refused (request id %s): %s %s", method, request_id or "-", code.name, message)
+                    logger.info(
+                        "%s refused (request id %s): %s %s", method, request_id or "-", code.name, message
+                    )
             context.set_trailing_metadata(((ERROR_REASON_KEY, reason),))
             context.abort(code, message)
         finally:

@@ -41,7 +41,9 @@ class OnnxModel:
         self.spec = spec
         self.path = Path(model_path or spec.model_path)
         if not self.path.is_file():
-            raise ModelContractError(f"model file {self.path} does not exist; train and export the {spec.task} model")
+            raise ModelContractError(
+                f"model file {self.path} does not exist; train and export the {spec.task} model"
+            )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # 0 lets ONNX Runtime use every core; in a pod set it to the CPU limit.
@@ -69,12 +71,14 @@ class OnnxModel:
         classes = outputs[PROBABILITIES].shape[-1]
         if isinstance(classes, int) and classes != len(self.spec.labels):
             raise ModelContractError(
-                f"{self.path}: {classes} output classes but the {self.spec.task} spec has {len(self.spec.labels)} labels"
+                f"{self.path}: {classes} output classes but the {self.spec.task} spec has "
+                f"{len(self.spec.labels)} labels"
             )
 
     def run(self, batch: np.ndarray) -> Prediction:
         """Run a preprocessed float32 batch (N, H, W, 3)."""
-        values = self.session.run(self.output_names, {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
+        feed = {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
+        values = self.session.run(self.output_names, feed)
         named = dict(zip(self.output_names, values))
         return Prediction(
             probabilities=named.pop(PROBABILITIES),

@@ -139,7 +139,9 @@ def start_server(
     )
     diagnosis_pb2_grpc.add_DiagnosisServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((DIAGNOSIS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (DIAGNOSIS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     try:
         bound = server.add_insecure_port(_address(host, port))
     except RuntimeError as error:
@@ -150,7 +152,12 @@ def start_server(
 
     metrics_http = None
     if settings.metrics_port:
-        metrics_http, _ = start_http_server(settings.metrics_port, addr=host)
+        try:
+            metrics_http, _ = start_http_server(settings.metrics_port, addr=host)
+        except OSError as error:
+            server.stop(0)
+            address = _address(host, settings.metrics_port)
+            raise OSError(f"cannot serve metrics on {address}: {error}") from None
 
     running = RunningServer(spec, settings, server, health_servicer, servicer, host, bound, metrics_http)
     if load:
@@ -169,7 +176,9 @@ def _parse_args(spec: TaskSpec, argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", help="address to listen on (default DRTECH_SERVING_HOST or 127.0.0.1)")
     parser.add_argument(
-        "--port", type=int, help=f"port to listen on; 0 picks a free one (default DRTECH_SERVING_PORT or {spec.default_port})"
+        "--port",
+        type=int,
+        help=f"port to listen on; 0 picks a free one (default DRTECH_SERVING_PORT or {spec.default_port})",
     )
     return parser.parse_args(argv)
 

@@ -95,7 +95,9 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
             raise ModelNotReady(f"the {self.spec.task} model is still loading; retry shortly")
         return loaded
 
-    def Diagnose(self, request: diagnosis_pb2.DiagnoseRequest, context: Any) -> diagnosis_pb2.DiagnoseResponse:
+    def Diagnose(
+        self, request: diagnosis_pb2.DiagnoseRequest, context: Any
+    ) -> diagnosis_pb2.DiagnoseResponse:
         loaded = self.loaded
         request_id = request.request_id or uuid.uuid4().hex
         decoded = read_image(request.image, request.media_type, self.limits, self.draft_size)
@@ -115,7 +117,9 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
             label_display=label.display_name,
             confidence=float(probabilities[index]),
             probabilities=[
-                diagnosis_pb2.ClassProbability(label=item.code, display_name=item.display_name, probability=float(p))
+                diagnosis_pb2.ClassProbability(
+                    label=item.code, display_name=item.display_name, probability=float(p)
+                )
                 for item, p in zip(self.spec.labels, probabilities)
             ],
             model=diagnosis_pb2.ModelRef(name=loaded.name, version=loaded.version),
@@ -140,7 +144,9 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
         )
         return response
 
-    def GetModelInfo(self, request: diagnosis_pb2.GetModelInfoRequest, context: Any) -> diagnosis_pb2.ModelInfo:
+    def GetModelInfo(
+        self, request: diagnosis_pb2.GetModelInfoRequest, context: Any
+    ) -> diagnosis_pb2.ModelInfo:
         loaded = self.loaded
         card = loaded.card
         width, height = self.spec.input_size
@@ -148,7 +154,10 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
             model=diagnosis_pb2.ModelRef(name=loaded.name, version=loaded.version),
             task=self.spec.task,
             exam_type=self.spec.exam_type,
-            labels=[diagnosis_pb2.LabelInfo(code=item.code, display_name=item.display_name) for item in self.spec.labels],
+            labels=[
+                diagnosis_pb2.LabelInfo(code=item.code, display_name=item.display_name)
+                for item in self.spec.labels
+            ],
             input=diagnosis_pb2.InputSpec(
                 width=width,
                 height=height,

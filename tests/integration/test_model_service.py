@@ -87,7 +87,9 @@ def error_reason(error: grpc.RpcError) -> str:
 
 # --- start-up and health ----------------------------------------------------------------------
 
-def test_health_is_not_serving_until_the_model_is_warm_then_serving(fixture_specs: dict[str, TaskSpec]) -> None:
+def test_health_is_not_serving_until_the_model_is_warm_then_serving(
+    fixture_specs: dict[str, TaskSpec],
+) -> None:
     running = start_server(fixture_specs["pneumonia"], settings(), port=0, load=False)
     try:
         with grpc.insecure_channel(running.target) as channel:
@@ -103,7 +105,8 @@ def test_health_is_not_serving_until_the_model_is_warm_then_serving(fixture_spec
 
             for name in ("", DIAGNOSIS_SERVICE):
                 assert health_status(channel, name) == health_pb2.HealthCheckResponse.SERVING
-            reply = stub.Diagnose(diagnosis_pb2.DiagnoseRequest(image=image_bytes("pneumonia")), timeout=TIMEOUT)
+            request = diagnosis_pb2.DiagnoseRequest(image=image_bytes("pneumonia"))
+            reply = stub.Diagnose(request, timeout=TIMEOUT)
             assert reply.label in PNEUMONIA.label_codes
     finally:
         running.stop(grace=0)
@@ -187,7 +190,9 @@ def test_explain_returns_a_png_overlay_at_the_uploaded_image_size(service: Runni
 
 def test_a_dicom_upload_is_diagnosed(service: RunningServer, stub) -> None:
     reply = stub.Diagnose(
-        diagnosis_pb2.DiagnoseRequest(image=make_dicom(ramp(256, 256), photometric="MONOCHROME1"), explain=True),
+        diagnosis_pb2.DiagnoseRequest(
+            image=make_dicom(ramp(256, 256), photometric="MONOCHROME1"), explain=True
+        ),
         timeout=TIMEOUT,
     )
     assert reply.label in service.spec.label_codes
@@ -200,14 +205,19 @@ def test_a_dicom_upload_is_diagnosed(service: RunningServer, stub) -> None:
     ("image", "media_type", "reason", "message"),
     [
         (b"", "", "invalid_image", "invalid image: the image is empty"),
-        (b"%PDF-1.7 definitely not an x-ray" * 4, "", "unsupported_media_type", "not a JPEG, PNG or DICOM image"),
+        (b"%PDF-1.7 definitely not an x-ray" * 4, "", "unsupported_media_type",
+         "not a JPEG, PNG or DICOM image"),
         (b"GIF89a" + bytes(100), "image/gif", "unsupported_media_type", "unsupported media type 'image/gif'"),
-        (jpeg_bytes(synthetic_image("chest_xray", (16, 16))), "image/jpeg", "invalid_image", "at least 32 pixels"),
-        (jpeg_bytes(synthetic_image("chest_xray", (300, 300)))[:2000], "", "invalid_image", "truncated or corrupt"),
+        (jpeg_bytes(synthetic_image("chest_xray", (16, 16))), "image/jpeg", "invalid_image",
+         "at least 32 pixels"),
+        (jpeg_bytes(synthetic_image("chest_xray", (300, 300)))[:2000], "", "invalid_image",
+         "truncated or corrupt"),
     ],
     ids=["empty", "not-an-image", "gif", "too-small", "truncated"],
 )
-def test_bad_images_are_invalid_argument_with_a_clear_message(stub, image, media_type, reason, message) -> None:
+def test_bad_images_are_invalid_argument_with_a_clear_message(
+    stub, image: bytes, media_type: str, reason: str, message: str
+) -> None:
     with pytest.raises(grpc.RpcError) as refused:
         stub.Diagnose(diagnosis_pb2.DiagnoseRequest(image=image, media_type=media_type), timeout=TIMEOUT)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -252,7 +262,8 @@ def test_model_info_describes_labels_input_and_card(service: RunningServer, stub
 
 def test_reflection_lists_the_diagnosis_and_health_services(channel: grpc.Channel) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=TIMEOUT)
+    requests = iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    replies = stub.ServerReflectionInfo(requests, timeout=TIMEOUT)
     names = {service.name for reply in replies for service in reply.list_services_response.service}
     assert {"drtech.v1.DiagnosisService", "grpc.health.v1.Health"} <= names
 

@@ -42,8 +42,8 @@ def shipped(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
 @pytest.fixture
 def stub(shipped: RunningServer) -> Iterator[diagnosis_pb2_grpc.DiagnosisServiceStub]:
     with grpc.insecure_channel(shipped.target) as channel:
-        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT).status
-        assert status == health_pb2.HealthCheckResponse.SERVING
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
         yield diagnosis_pb2_grpc.DiagnosisServiceStub(channel)
 
 

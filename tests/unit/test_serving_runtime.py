@@ -1,0 +1,90 @@
+"""The ONNX Runtime wrapper, the model file contract it enforces, task extras and serving settings."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnx
+import pytest
+
+from services.bone.spec import SPEC as BONE
+from services.core.errors import InvalidImage, ModelNotReady, UnsupportedMediaType
+from services.core.interceptors import map_error
+from services.core.runtime import ModelContractError, OnnxModel
+from services.core.service import extra_fields
+from services.core.settings import ServingSettings
+from services.pneumonia.spec import SPEC as PNEUMONIA
+from tests.serving_models import build_model, write_fixture_model
+
+
+def test_model_runs_a_batch_and_returns_every_contract_output(tmp_path: Path) -> None:
+    spec = write_fixture_model(BONE, tmp_path)
+    model = OnnxModel(spec, intra_op_threads=1)
+    batch = np.random.default_rng(0).uniform(-1, 1, (3, 224, 224, 3)).astype(np.float32)
+    prediction = model.run(batch)
+    assert prediction.probabilities.shape == (3, 2)
+    assert np.allclose(prediction.probabilities.sum(axis=1), 1.0, atol=1e-6)
+    assert prediction.cam.shape == (3, 7, 7, 2)
+    assert prediction.extra["kl_probabilities"].shape == (3, 5)
+    assert model.warm_up(2) > 0
+
+
+def test_extra_probabilities_also_surface_as_a_grade(tmp_path: Path) -> None:
+    model = OnnxModel(write_fixture_model(BONE, tmp_path), intra_op_threads=1)
+    prediction = model.run(np.zeros((1, 224, 224, 3), np.float32))
+    extra = extra_fields(prediction)
+    assert extra["kl_grade"] == int(np.argmax(prediction.extra["kl_probabilities"][0]))
+    assert extra["kl_probabilities"] == pytest.approx(prediction.extra["kl_probabilities"][0].tolist())
+
+
+def test_missing_model_file_is_a_contract_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelContractError, match="model.onnx does not exist"):
+        OnnxModel(replace(PNEUMONIA, model_dir=tmp_path))
+
+
+def test_model_without_a_promised_output_is_refused(tmp_path: Path) -> None:
+    # A two-class model without kl_probabilities cannot serve the bone spec.
+    onnx.save(build_model(2, kl_grades=False), tmp_path / "model.onnx")
+    with pytest.raises(ModelContractError, match=r"missing outputs \['kl_probabilities'\]"):
+        OnnxModel(replace(BONE, model_dir=tmp_path))
+
+
+def test_model_with_another_input_size_is_refused(tmp_path: Path) -> None:
+    onnx.save(build_model(2), tmp_path / "model.onnx")
+    with pytest.raises(ModelContractError, match=r"expected \[N, 256, 256, 3\]"):
+        OnnxModel(replace(PNEUMONIA, model_dir=tmp_path, input_size=(256, 256)))
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "reason"),
+    [
+        (InvalidImage("the image is empty"), grpc.StatusCode.INVALID_ARGUMENT, "invalid_image"),
+        (UnsupportedMediaType("unsupported media type 'image/gif'"), grpc.StatusCode.INVALID_ARGUMENT,
+         "unsupported_media_type"),
+        (ModelNotReady("still loading"), grpc.StatusCode.UNAVAILABLE, "model_not_ready"),
+        (KeyError("secret detail"), grpc.StatusCode.INTERNAL, "internal"),
+    ],
+)
+def test_domain_errors_map_to_status_codes(error: Exception, code: grpc.StatusCode, reason: str) -> None:
+    mapped_code, mapped_reason, message = map_error(error)
+    assert (mapped_code, mapped_reason) == (code, reason)
+    if code is grpc.StatusCode.INTERNAL:
+        assert "secret detail" not in message   # internals never leak to the caller
+
+
+def test_settings_come_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRTECH_SERVING_PORT", "6000")
+    monkeypatch.setenv("DRTECH_SERVING_INTRA_OP_THREADS", "2")
+    monkeypatch.setenv("DRTECH_MAX_MESSAGE_BYTES", "1048576")   # the shared limit, docs/architecture.md
+    settings = ServingSettings()
+    assert (settings.port, settings.intra_op_threads, settings.max_message_bytes) == (6000, 2, 1048576)
+    assert settings.host == "127.0.0.1"
+
+
+def test_invalid_settings_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRTECH_SERVING_PORT", "70000")
+    with pytest.raises(ValueError, match="port"):
+        ServingSettings()

@@ -27,15 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
     settings = AuthSettings(**overrides)
 
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-
+    # Until it serves, a signal may end the process at once: nothing is in flight yet.
     try:
         server = start_server(settings)
+    except KeyboardInterrupt:
+        return 130
     except Exception as error:
         log.error("could not start: %s", error)
         return 1
+
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
     print(f"listening on {settings.host}:{server.port}", flush=True)
 
     stopping.wait()

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -45,10 +50,17 @@ def alembic_config() -> Config:
     return config
 
 
+# Any fixed number; replicas starting together take turns migrating instead of racing.
+_MIGRATION_LOCK_ID = 0x64727465_63680001
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the database schema to ``revision`` (creating the tables in an empty database)."""
     config = alembic_config()
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Held until this transaction ends; released by PostgreSQL even if the process dies.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
@@ -57,3 +69,17 @@ def ping(engine: Engine) -> None:
     """Raise when the database cannot be reached."""
     with engine.connect() as connection:
         connection.execute(text("SELECT 1"))
+
+
+def wait_until_reachable(engine: Engine, wait_s: float, retry_every_s: float = 1.0) -> None:
+    """Ping until the database answers; after ``wait_s`` seconds re-raise the last error."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            ping(engine)
+            return
+        except OperationalError as error:
+            if time.monotonic() + retry_every_s > deadline:
+                raise
+            log.warning("database not reachable yet, retrying: %s", error.orig or error)
+            time.sleep(retry_every_s)

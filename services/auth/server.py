@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from protos.drtech.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.accounts import Accounts, ThrottlePolicy
 from services.auth.credentials import Passwords
-from services.auth.database import make_engine, make_session_factory, migrate, ping
+from services.auth.database import make_engine, make_session_factory, migrate, wait_until_reachable
 from services.auth.interceptor import DomainErrorInterceptor
 from services.auth.servicer import AuthServicer
 from services.auth.settings import AuthSettings
@@ -98,7 +98,7 @@ def start_server(settings: AuthSettings | None = None) -> AuthServer:
     server.start()
     running = AuthServer(server, health_servicer, port, engine)
     try:
-        ping(engine)
+        wait_until_reachable(engine, settings.database_wait_s)
         migrate(engine)
     except Exception:
         running.stop(0)

@@ -16,6 +16,8 @@ class AuthSettings(BaseSettings):
     # Any SQLAlchemy URL, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/drtech.
     # Empty: a SQLite file at $DRTECH_HOME/auth.db.
     database_url: str = ""
+    # At start-up, keep retrying an unreachable database this long (health stays NOT_SERVING meanwhile).
+    database_wait_s: float = Field(default=30.0, ge=0)
 
     host: str = "127.0.0.1"
     port: int = Field(default=50051, ge=0, le=65535)

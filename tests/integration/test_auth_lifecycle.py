@@ -14,10 +14,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.auth.server import start_server
 from services.auth.settings import AuthSettings
-from tests.support import ROOT
+from tests.support import ROOT, free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:9/nowhere"  # nothing listens on port 9
 
 
 def auth_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -60,11 +61,35 @@ def test_the_module_exits_with_a_clear_error_when_the_database_is_unreachable(tm
         capture_output=True,
         text=True,
         timeout=60,
-        env=auth_env(tmp_path, DRTECH_AUTH_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:9/nowhere"),
+        env=auth_env(tmp_path, DRTECH_AUTH_DATABASE_URL=UNREACHABLE, DRTECH_AUTH_DATABASE_WAIT_S="2"),
     )
     assert result.returncode == 1
     assert "could not start" in result.stderr
     assert "listening on" not in result.stdout
+
+
+def test_health_is_not_serving_while_the_database_is_unreachable(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.auth", "--port", str(port)],
+        cwd=tmp_path,
+        env=auth_env(tmp_path, DRTECH_AUTH_DATABASE_URL=UNREACHABLE, DRTECH_AUTH_DATABASE_WAIT_S="60"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            for service in ("", "drtech.v1.AuthService"):
+                request = health_pb2.HealthCheckRequest(service=service)
+                reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=10)
+                assert reply.status == NOT_SERVING
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_health_turns_not_serving_as_soon_as_a_graceful_stop_begins(tmp_path: Path) -> None:

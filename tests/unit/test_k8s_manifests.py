@@ -1,0 +1,658 @@
+"""deploy/k8s: the Kustomize base and overlays run Dr.Tech the way DESIGN.md (7, 8) and
+docs/architecture.md say.
+
+Two layers of checks, so a broken manifest fails CI:
+- always: every YAML file parses, every path a kustomization names exists, and the base's objects
+  (plain YAML, read with pyyaml) meet the workload invariants below;
+- when a Kustomize renderer is on PATH (`kubectl` >= 1.27, whose `kubectl kustomize` is Kustomize 5,
+  or a standalone `kustomize`): every overlay is rendered, the same invariants are checked on what
+  would be applied, plus each overlay's own promises, and every rendered object is validated
+  against the Kubernetes OpenAPI schema (kubernetes-validate, strict: unknown fields fail).
+  Without a renderer those tests skip and say why.
+
+No cluster is needed: nothing here talks to an API server.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
+
+from gateway.settings import GatewaySettings
+from services.auth.settings import AuthSettings
+from services.bone.spec import SPEC as BONE
+from services.core.settings import ServingSettings
+from services.pneumonia.spec import SPEC as PNEUMONIA
+from services.skin.spec import SPEC as SKIN
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "deploy" / "k8s"
+BASE = K8S / "base"
+OVERLAYS = ("dev", "production", "gpu")
+NAMESPACES = {"dev": "drtech-dev", "production": "drtech", "gpu": "drtech"}
+
+# docs/architecture.md: processes and ports. The model services' ports come from their specs.
+MODEL_SERVICES = {spec.task: spec.default_port for spec in (BONE, SKIN, PNEUMONIA)}
+GRPC_SERVICES = {"auth": 50051, **MODEL_SERVICES}
+GATEWAY_PORT = 8000
+SETTINGS: dict[str, type[BaseSettings]] = {
+    "auth": AuthSettings,
+    "gateway": GatewaySettings,
+    **{task: ServingSettings for task in MODEL_SERVICES},
+}
+# Read outside the settings classes (services/core/logs.py).
+SHARED_ENV = {"DRTECH_LOG_LEVEL"}
+# Settings the manifests already use that the serving core is still adding (docs: deploy/k8s/README.md).
+PENDING_SETTINGS = {"DRTECH_SERVING_PROVIDERS"}
+# How long each component drains on SIGTERM, by the environment variable its manifest sets.
+GRACE_ENV = {"auth": "DRTECH_AUTH_GRACE_S", **{task: "DRTECH_SERVING_GRACE_SECONDS" for task in MODEL_SERVICES}}
+# Secrets the operator creates (deploy/k8s/README.md); never committed.
+EXTERNAL_SECRETS = {"drtech-database", "drtech-tls"}
+MIN_KUBERNETES = "1.27.0"  # native gRPC probes are GA from 1.27
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading manifests
+
+
+def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as stream:
+        return [doc for doc in yaml.safe_load_all(stream) if doc is not None]
+
+
+def kustomization_files() -> list[Path]:
+    return sorted(K8S.rglob("kustomization.yaml"))
+
+
+def base_objects() -> list[dict[str, Any]]:
+    """The base's objects as written (before Kustomize), in the order its kustomization lists them."""
+    kustomization = load_yaml_documents(BASE / "kustomization.yaml")[0]
+    objects = []
+    for resource in kustomization["resources"]:
+        objects += load_yaml_documents(BASE / resource)
+    # The one transformer the base uses: common labels on every object and pod template.
+    for entry in kustomization.get("labels", []):
+        for obj in objects:
+            obj["metadata"].setdefault("labels", {}).update(entry["pairs"])
+            if entry.get("includeTemplates") and "template" in obj.get("spec", {}):
+                obj["spec"]["template"]["metadata"].setdefault("labels", {}).update(entry["pairs"])
+    return objects
+
+
+def base_generated_configmaps() -> set[str]:
+    kustomization = load_yaml_documents(BASE / "kustomization.yaml")[0]
+    return {generator["name"] for generator in kustomization.get("configMapGenerator", [])}
+
+
+def renderer() -> list[str] | None:
+    """The command that renders a kustomization folder, or None (with why, via renderer_missing)."""
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl") and kubectl_kustomize_major() >= 5:
+        return ["kubectl", "kustomize"]
+    return None
+
+
+@functools.cache
+def kubectl_kustomize_major() -> int:
+    result = subprocess.run(
+        ["kubectl", "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=60
+    )
+    if result.returncode != 0:
+        return 0
+    version = json.loads(result.stdout).get("kustomizeVersion", "v0")
+    match = re.match(r"v?(\d+)", version)
+    return int(match.group(1)) if match else 0
+
+
+needs_renderer = pytest.mark.skipif(
+    renderer() is None,
+    reason="no Kustomize renderer: install kubectl >= 1.27 (its `kubectl kustomize` is Kustomize 5) "
+    "or kustomize 5 to render and check the overlays; the plain-YAML checks still ran",
+)
+
+
+@functools.cache
+def render(folder: str) -> tuple[dict[str, Any], ...]:
+    command = renderer()
+    assert command is not None
+    result = subprocess.run([*command, str(K8S / folder)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"{' '.join(command)} {folder} failed:\n{result.stderr}"
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc is not None)
+
+
+def of_kind(objects: list[dict[str, Any]] | tuple[dict[str, Any], ...], kind: str) -> dict[str, dict[str, Any]]:
+    return {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == kind}
+
+
+def containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    pod = deployment["spec"]["template"]["spec"]
+    return pod.get("initContainers", []) + pod["containers"]
+
+
+def env_value(container: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((entry for entry in container.get("env", []) if entry["name"] == name), None)
+
+
+def settings_env_names(settings: type[BaseSettings]) -> set[str]:
+    """Every environment variable a pydantic-settings class reads."""
+    prefix = settings.model_config.get("env_prefix", "")
+    names = set()
+    for field_name, field in settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, str):
+            names.add(alias)
+        elif isinstance(alias, AliasChoices):
+            names.update(choice for choice in alias.choices if isinstance(choice, str))
+        else:
+            names.add(f"{prefix}{field_name}".upper())
+    return names
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def prestop_sleep_seconds(container: dict[str, Any]) -> float:
+    prestop = container.get("lifecycle", {}).get("preStop")
+    if prestop is None:
+        return 0.0
+    if "sleep" in prestop:
+        return float(prestop["sleep"]["seconds"])
+    command = prestop["exec"]["command"]
+    assert command[0] == "sleep", f"unexpected preStop hook {command}"
+    return float(command[1])
+
+
+def gateway_grace_seconds() -> float:
+    """uvicorn's graceful-shutdown timeout, as gateway/__main__.py sets it."""
+    source = (REPO / "gateway" / "__main__.py").read_text(encoding="utf-8")
+    match = re.search(r"timeout_graceful_shutdown\s*=\s*(\d+(?:\.\d+)?)", source)
+    assert match, "gateway/__main__.py no longer sets timeout_graceful_shutdown: update this test and gateway.yaml"
+    return float(match.group(1))
+
+
+# ------------------------------------------------------------------------------------------------
+# Invariants every set of objects (the base as written, or a rendered overlay) must meet
+
+
+def workload_problems(objects: list[dict[str, Any]] | tuple[dict[str, Any], ...], rendered: bool) -> Iterator[str]:
+    """Yield one line per broken invariant; empty means the workloads are fine."""
+    deployments = of_kind(objects, "Deployment")
+    services = of_kind(objects, "Service")
+    configmaps = set(of_kind(objects, "ConfigMap")) if rendered else base_generated_configmaps()
+    claims = of_kind(objects, "PersistentVolumeClaim")
+    accounts = of_kind(objects, "ServiceAccount")
+    autoscalers = of_kind(objects, "HorizontalPodAutoscaler")
+    budgets = of_kind(objects, "PodDisruptionBudget")
+
+    expected = set(GRPC_SERVICES) | {"gateway"}
+    if set(deployments) != expected:
+        yield f"Deployments are {sorted(deployments)}, expected {sorted(expected)}"
+
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        if not selects(deployment["spec"]["selector"]["matchLabels"], labels):
+            yield f"{name}: selector does not match its own pod labels"
+        if labels.get("app.kubernetes.io/part-of") != "drtech" and rendered:
+            yield f"{name}: pods lack app.kubernetes.io/part-of=drtech (the default-deny policy keys on it)"
+        if pod.get("serviceAccountName") != name or name not in accounts:
+            yield f"{name}: must run as its own ServiceAccount '{name}'"
+        if pod.get("automountServiceAccountToken") is not False:
+            yield f"{name}: mounts a service account token it never uses"
+
+        pod_security = pod.get("securityContext", {})
+        if pod_security.get("runAsNonRoot") is not True or not pod_security.get("runAsUser"):
+            yield f"{name}: pod must set runAsNonRoot and a non-zero runAsUser"
+        if pod_security.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            yield f"{name}: pod seccompProfile must be RuntimeDefault"
+
+        volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
+        for volume in volumes.values():
+            claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+            if claim and claim not in claims:
+                yield f"{name}: volume '{volume['name']}' claims '{claim}', which is not defined"
+
+        for container in containers(deployment):
+            where = f"{name}/{container['name']}"
+            image = container["image"]
+            if not re.match(r"^[\w./-]*drtech(-gpu)?(:[\w.-]+)?$", image) or image.endswith(":latest"):
+                yield f"{where}: image '{image}' is not a pinned Dr.Tech image"
+            if rendered and ":" not in image.rsplit("/", 1)[-1]:
+                yield f"{where}: rendered image '{image}' has no tag"
+
+            security = container.get("securityContext", {})
+            if security.get("allowPrivilegeEscalation") is not False:
+                yield f"{where}: allowPrivilegeEscalation must be false"
+            if security.get("readOnlyRootFilesystem") is not True:
+                yield f"{where}: root filesystem must be read-only"
+            if security.get("capabilities", {}).get("drop") != ["ALL"]:
+                yield f"{where}: must drop ALL capabilities"
+            if security.get("privileged"):
+                yield f"{where}: must not be privileged"
+
+            resources = container.get("resources", {})
+            for section in ("requests", "limits"):
+                for resource in ("cpu", "memory"):
+                    if resource not in resources.get(section, {}):
+                        yield f"{where}: resources.{section}.{resource} is not set"
+
+            mounts = {mount["mountPath"]: mount["name"] for mount in container.get("volumeMounts", [])}
+            for path, volume in mounts.items():
+                if volume not in volumes:
+                    yield f"{where}: mounts '{volume}' at {path}, which is not a volume of the pod"
+            if "emptyDir" not in volumes.get(mounts.get("/tmp", ""), {}):
+                yield f"{where}: a read-only root needs an emptyDir at /tmp"
+
+            for source in container.get("envFrom", []):
+                ref = source.get("configMapRef", {}).get("name")
+                if ref is not None and ref not in configmaps:
+                    yield f"{where}: envFrom names ConfigMap '{ref}', which is not defined"
+            for entry in container.get("env", []):
+                secret = entry.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+                if secret is not None and secret not in EXTERNAL_SECRETS | set(of_kind(objects, "Secret")):
+                    yield f"{where}: env {entry['name']} reads unknown Secret '{secret}'"
+
+            yield from env_name_problems(name, where, container)
+            yield from command_problems(name, where, container)
+            yield from probe_problems(name, where, container)
+
+            grace = gateway_grace_seconds() if name == "gateway" else None
+            grace_entry = env_value(container, GRACE_ENV[name]) if name in GRACE_ENV else None
+            if name in GRACE_ENV:
+                if grace_entry is None:
+                    yield f"{where}: sets no {GRACE_ENV[name]}, so the termination grace is unchecked"
+                    continue
+                grace = float(grace_entry["value"])
+            needed = prestop_sleep_seconds(container) + (grace or 0.0)
+            if pod.get("terminationGracePeriodSeconds", 30) <= needed:
+                yield (
+                    f"{where}: terminationGracePeriodSeconds {pod.get('terminationGracePeriodSeconds', 30)} "
+                    f"must exceed preStop + the app's grace ({needed:g} s)"
+                )
+
+        targeted = [hpa for hpa in autoscalers.values() if hpa["spec"]["scaleTargetRef"]["name"] == name]
+        if targeted and "replicas" in deployment["spec"]:
+            yield f"{name}: sets spec.replicas while an HorizontalPodAutoscaler owns it"
+        if name in MODEL_SERVICES and not any(
+            selects(pdb["spec"]["selector"]["matchLabels"], labels) for pdb in budgets.values()
+        ):
+            yield f"{name}: no PodDisruptionBudget covers its pods"
+
+    for name, port in GRPC_SERVICES.items():
+        service = services.get(name)
+        if service is None:
+            yield f"{name}: no Service"
+            continue
+        if service["spec"].get("clusterIP") != "None":
+            yield f"{name}: Service must be headless (clusterIP: None) for dns:/// round_robin"
+        ports = {p.get("name"): p for p in service["spec"]["ports"]}
+        if "grpc" not in ports or ports["grpc"]["port"] != port or ports["grpc"].get("targetPort") != "grpc":
+            yield f"{name}: Service needs a port named grpc, {port} -> targetPort grpc"
+
+    gateway_service = services.get("gateway")
+    if gateway_service is None:
+        yield "gateway: no Service"
+    else:
+        if gateway_service["spec"].get("type", "ClusterIP") != "ClusterIP" or gateway_service["spec"].get(
+            "clusterIP"
+        ) == "None":
+            yield "gateway: Service must be a plain ClusterIP (the Ingress controller balances HTTP)"
+        if [p.get("targetPort") for p in gateway_service["spec"]["ports"]] != ["http"]:
+            yield "gateway: Service must target the container port named http"
+
+    for name, service in services.items():
+        selector = service["spec"].get("selector", {})
+        if not any(selects(selector, d["spec"]["template"]["metadata"]["labels"]) for d in deployments.values()):
+            yield f"Service {name}: selector {selector} matches no Deployment's pods"
+
+    for name, hpa in autoscalers.items():
+        target = hpa["spec"]["scaleTargetRef"]
+        if target["kind"] != "Deployment" or target["name"] not in deployments:
+            yield f"HPA {name}: scales {target['kind']}/{target['name']}, which is not defined"
+        metrics = [m["resource"]["name"] for m in hpa["spec"].get("metrics", []) if m["type"] == "Resource"]
+        if "cpu" not in metrics:
+            yield f"HPA {name}: must scale on CPU"
+        if hpa["spec"].get("minReplicas", 1) > hpa["spec"]["maxReplicas"]:
+            yield f"HPA {name}: minReplicas exceeds maxReplicas"
+
+    yield from network_policy_problems(objects, deployments)
+
+    for name, ingress in of_kind(objects, "Ingress").items():
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                if backend["name"] != "gateway" or backend["port"].get("name") != "http":
+                    yield f"Ingress {name}: must route to Service gateway, port http"
+
+
+def env_name_problems(name: str, where: str, container: dict[str, Any]) -> Iterator[str]:
+    """A misspelt setting is silently ignored by pydantic-settings (extra="ignore"): catch it here."""
+    known = settings_env_names(SETTINGS[name]) | SHARED_ENV | PENDING_SETTINGS
+    for entry in container.get("env", []):
+        if entry["name"].startswith("DRTECH_") and entry["name"] not in known:
+            yield f"{where}: env {entry['name']} is read by no setting of {SETTINGS[name].__name__}"
+
+
+def command_problems(name: str, where: str, container: dict[str, Any]) -> Iterator[str]:
+    module = "gateway" if name == "gateway" else f"services.{name}"
+    if container.get("command") != ["python", "-m", module]:
+        yield f"{where}: command must be python -m {module}, got {container.get('command')}"
+    elif not (REPO / module.replace(".", "/")).is_dir():
+        yield f"{where}: runs {module}, which is not a package of this repository"
+
+
+def probe_problems(name: str, where: str, container: dict[str, Any]) -> Iterator[str]:
+    ports = {port.get("name"): port["containerPort"] for port in container.get("ports", [])}
+    probes = {kind: container.get(kind) for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
+    for kind, probe in probes.items():
+        if probe is None:
+            yield f"{where}: no {kind}"
+    if any(probe is None for probe in probes.values()):
+        return
+    if name in GRPC_SERVICES:
+        port = GRPC_SERVICES[name]
+        if ports != {"grpc": port}:
+            yield f"{where}: must expose exactly one port, named grpc, {port} (got {ports})"
+        for kind, probe in probes.items():
+            handlers = set(probe) & {"grpc", "httpGet", "tcpSocket", "exec"}
+            if handlers != {"grpc"} or probe["grpc"].get("port") != port:
+                yield f"{where}: {kind} must be a native grpc probe on port {port}"
+    else:
+        if ports != {"http": GATEWAY_PORT}:
+            yield f"{where}: must expose exactly one port, named http, {GATEWAY_PORT} (got {ports})"
+        paths = {kind: probe.get("httpGet", {}).get("path") for kind, probe in probes.items()}
+        if paths != {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}:
+            yield f"{where}: probes must be httpGet /healthz (startup, liveness) and /readyz (readiness): {paths}"
+        if any(probe.get("httpGet", {}).get("port") != "http" for probe in probes.values()):
+            yield f"{where}: HTTP probes must use the port named http"
+    # Warm-up (model load + warm-up runs) must fit in the startup probe's window.
+    startup = probes["startupProbe"]
+    if startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3) < 60:
+        yield f"{where}: startupProbe allows under 60 s for start-up and warm-up"
+
+
+def network_policy_problems(
+    objects: list[dict[str, Any]] | tuple[dict[str, Any], ...], deployments: dict[str, dict[str, Any]]
+) -> Iterator[str]:
+    policies = list(of_kind(objects, "NetworkPolicy").values())
+    gateway_labels = deployments.get("gateway", {}).get("spec", {}).get("template", {}).get("metadata", {}).get(
+        "labels", {}
+    )
+    for name, deployment in deployments.items():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        applying = [
+            p for p in policies if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+            and selects(p["spec"]["podSelector"].get("matchLabels", {}), labels)
+        ]
+        if not any(not p["spec"].get("ingress") for p in applying):
+            yield f"{name}: no default-deny NetworkPolicy selects its pods"
+        rules = [rule for p in applying for rule in p["spec"].get("ingress", [])]
+        if name == "gateway":
+            if not any("http" in [port.get("port") for port in rule.get("ports", [])] for rule in rules):
+                yield "gateway: no NetworkPolicy admits traffic to its http port"
+            continue
+        if not rules:
+            yield f"{name}: no NetworkPolicy admits the gateway"
+        for rule in rules:
+            peers = rule.get("from", [])
+            only_gateway = peers and all(
+                set(peer) == {"podSelector"} and selects(peer["podSelector"].get("matchLabels", {}), gateway_labels)
+                and peer["podSelector"].get("matchLabels")
+                for peer in peers
+            )
+            if not only_gateway:
+                yield f"{name}: a NetworkPolicy admits more than the gateway: {peers}"
+            if [port.get("port") for port in rule.get("ports", [])] != ["grpc"]:
+                yield f"{name}: its NetworkPolicy must open the grpc port only"
+
+
+# ------------------------------------------------------------------------------------------------
+# Plain-YAML checks (always run)
+
+
+def test_every_manifest_file_parses_and_names_its_objects() -> None:
+    files = sorted(K8S.rglob("*.yaml"))
+    assert files, f"no manifests under {K8S}"
+    for path in files:
+        docs = load_yaml_documents(path)
+        assert docs, f"{path.relative_to(REPO)} is empty"
+        for doc in docs:
+            assert isinstance(doc, dict) and "kind" in doc and "apiVersion" in doc, (
+                f"{path.relative_to(REPO)}: a document without kind/apiVersion"
+            )
+            assert doc["kind"] in {"Kustomization", "Component"} or doc.get("metadata", {}).get("name"), (
+                f"{path.relative_to(REPO)}: {doc['kind']} without metadata.name"
+            )
+
+
+@pytest.mark.parametrize("kustomization", kustomization_files(), ids=lambda p: str(p.parent.relative_to(K8S)))
+def test_every_path_a_kustomization_names_exists(kustomization: Path) -> None:
+    spec = load_yaml_documents(kustomization)[0]
+    named = list(spec.get("resources", [])) + list(spec.get("components", []))
+    named += [patch["path"] for patch in spec.get("patches", []) if "path" in patch]
+    named += [f for generator in spec.get("configMapGenerator", []) for f in generator.get("files", [])]
+    assert named, f"{kustomization} names nothing"
+    for entry in named:
+        target = kustomization.parent / entry
+        assert target.exists(), f"{kustomization.relative_to(REPO)} names {entry}, which does not exist"
+        if target.is_dir():
+            assert (target / "kustomization.yaml").is_file(), f"{target} has no kustomization.yaml"
+
+
+def test_base_is_namespace_agnostic() -> None:
+    spec = load_yaml_documents(BASE / "kustomization.yaml")[0]
+    assert "namespace" not in spec
+    for obj in base_objects():
+        assert "namespace" not in obj["metadata"], f"{obj['kind']}/{obj['metadata']['name']} pins a namespace"
+        assert obj["kind"] != "Namespace"
+
+
+def test_base_workloads_meet_every_invariant() -> None:
+    problems = list(workload_problems(base_objects(), rendered=False))
+    assert not problems, "\n".join(problems)
+
+
+def test_base_keeps_sqlite_components_to_one_replica() -> None:
+    """SQLite has one writer: auth runs once, on a ReadWriteOnce claim, and is recreated, not rolled."""
+    objects = base_objects()
+    auth = of_kind(objects, "Deployment")["auth"]
+    assert auth["spec"]["replicas"] == 1
+    assert auth["spec"]["strategy"]["type"] == "Recreate"
+    assert "auth" not in {h["spec"]["scaleTargetRef"]["name"] for h in of_kind(objects, "HorizontalPodAutoscaler").values()}
+    assert of_kind(objects, "PersistentVolumeClaim")["auth-data"]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    server = containers(auth)[0]
+    assert env_value(server, "DRTECH_AUTH_DATABASE_URL") is None, "the base's default is SQLite"
+
+
+def test_each_model_service_scales_on_its_own() -> None:
+    objects = base_objects()
+    autoscalers = {h["spec"]["scaleTargetRef"]["name"]: h for h in of_kind(objects, "HorizontalPodAutoscaler").values()}
+    for task in MODEL_SERVICES:
+        assert task in autoscalers, f"{task} has no HorizontalPodAutoscaler"
+    assert "gateway" in autoscalers
+
+
+def test_gateway_shares_its_upload_store_and_reaches_services_by_headless_dns() -> None:
+    objects = base_objects()
+    gateway = of_kind(objects, "Deployment")["gateway"]
+    server = containers(gateway)[0]
+    assert env_value(server, "DRTECH_HTTP_PORT")["value"] == str(GATEWAY_PORT)
+    store = of_kind(objects, "PersistentVolumeClaim")["gateway-data"]
+    assert store["spec"]["accessModes"] == ["ReadWriteMany"], "every gateway replica shares the upload store"
+    mounts = {m["mountPath"]: m["name"] for m in server["volumeMounts"]}
+    volumes = {v["name"]: v for v in gateway["spec"]["template"]["spec"]["volumes"]}
+    configmap = load_yaml_documents(BASE / "kustomization.yaml")[0]["configMapGenerator"][0]["literals"]
+    drtech_home = next(item.split("=", 1)[1] for item in configmap if item.startswith("DRTECH_HOME="))
+    assert volumes[mounts[drtech_home]]["persistentVolumeClaim"]["claimName"] == "gateway-data"
+    for name, port in GRPC_SERVICES.items():
+        address = env_value(server, f"DRTECH_{name.upper()}_ADDR")
+        assert address is not None, f"gateway has no DRTECH_{name.upper()}_ADDR"
+        assert address["value"] == f"dns:///{name}.$(POD_NAMESPACE).svc.$(CLUSTER_DOMAIN):{port}"
+    # $(VAR) expands only variables defined before it (env after envFrom): both must be there.
+    assert env_value(server, "POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert any(item.startswith("CLUSTER_DOMAIN=") for item in configmap)
+
+
+def test_invariant_checks_catch_a_broken_manifest() -> None:
+    """The checks above can fail: break one thing at a time in a copy of the base and see it reported."""
+    breakages = {
+        "ClusterIP Service for a model service": (
+            lambda objs: of_kind(objs, "Service")["bone"]["spec"].pop("clusterIP"), "headless"),
+        "HTTP probe on a gRPC service": (
+            lambda objs: containers(of_kind(objs, "Deployment")["skin"])[0].update(
+                readinessProbe={"httpGet": {"path": "/", "port": 50053}}), "native grpc probe"),
+        "writable root filesystem": (
+            lambda objs: containers(of_kind(objs, "Deployment")["auth"])[0]["securityContext"].update(
+                readOnlyRootFilesystem=False), "read-only"),
+        "misspelt setting": (
+            lambda objs: containers(of_kind(objs, "Deployment")["pneumonia"])[0]["env"].append(
+                {"name": "DRTECH_SERVING_HOSTNAME", "value": "0.0.0.0"}), "read by no setting"),
+        "port not named grpc": (
+            lambda objs: containers(of_kind(objs, "Deployment")["bone"])[0]["ports"][0].update(name="rpc"),
+            "named grpc"),
+        "no memory limit": (
+            lambda objs: containers(of_kind(objs, "Deployment")["gateway"])[0]["resources"]["limits"].pop(
+                "memory"), "limits.memory"),
+        "model service open to every pod": (
+            lambda objs: of_kind(objs, "NetworkPolicy")["bone-from-gateway"]["spec"]["ingress"][0].pop("from"),
+            "more than the gateway"),
+    }
+    for what, (breakage, expected) in breakages.items():
+        objects = base_objects()
+        breakage(objects)
+        problems = list(workload_problems(objects, rendered=False))
+        assert any(expected in problem for problem in problems), f"{what} went unnoticed: {problems}"
+
+
+def test_image_definition_installs_serving_extras_without_tensorflow() -> None:
+    dockerfile = (REPO / "deploy" / "docker" / "Dockerfile").read_text(encoding="utf-8")
+    assert "python:3.11-slim" in dockerfile
+    assert '.[serving,auth,gateway]' in dockerfile
+    assert "grpc_tools.protoc" in dockerfile, "the image generates the gRPC code at build time"
+    assert re.search(r"^USER 10001", dockerfile, re.MULTILINE), "the image runs as the non-root uid the pods use"
+    assert "tensorflow" not in dockerfile.lower().replace("no tensorflow", "")
+    ignored = (REPO / ".dockerignore").read_text(encoding="utf-8").split()
+    for path in (".venv", "var", "training", "tests"):
+        assert path in ignored, f".dockerignore must exclude {path}"
+    assert not any(p.startswith("services") for p in ignored), "the shipped models must stay in the build context"
+    # The uid the pods declare is the image's.
+    for deployment in of_kind(base_objects(), "Deployment").values():
+        assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 10001
+
+
+# ------------------------------------------------------------------------------------------------
+# Rendered overlays (need a Kustomize renderer)
+
+
+@needs_renderer
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_and_meets_every_invariant(overlay: str) -> None:
+    objects = render(f"overlays/{overlay}")
+    problems = list(workload_problems(objects, rendered=True))
+    assert not problems, "\n".join(problems)
+    for obj in objects:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == NAMESPACES[overlay], (
+                f"{obj['kind']}/{obj['metadata']['name']} is not in namespace {NAMESPACES[overlay]}"
+            )
+    namespace = of_kind(objects, "Namespace")[NAMESPACES[overlay]]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+@needs_renderer
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_sqlite_components_never_run_more_than_one_replica(overlay: str) -> None:
+    """Auth and the gateway may scale out only when their database URL comes from a Secret."""
+    objects = render(f"overlays/{overlay}")
+    autoscalers = {h["spec"]["scaleTargetRef"]["name"]: h for h in of_kind(objects, "HorizontalPodAutoscaler").values()}
+    for name, variable in (("auth", "DRTECH_AUTH_DATABASE_URL"), ("gateway", "DRTECH_GATEWAY_DATABASE_URL")):
+        deployment = of_kind(objects, "Deployment")[name]
+        url = env_value(containers(deployment)[0], variable)
+        if url is not None:
+            assert "secretKeyRef" in url.get("valueFrom", {}), f"{overlay}: {variable} must come from a Secret"
+            continue
+        most = autoscalers[name]["spec"]["maxReplicas"] if name in autoscalers else deployment["spec"].get("replicas", 1)
+        assert most == 1, f"{overlay}: {name} uses SQLite but may run {most} replicas"
+
+
+@needs_renderer
+def test_dev_overlay_runs_everything_once_on_sqlite() -> None:
+    objects = render("overlays/dev")
+    assert not of_kind(objects, "HorizontalPodAutoscaler")
+    for name, deployment in of_kind(objects, "Deployment").items():
+        assert deployment["spec"]["replicas"] == 1, name
+        for variable in ("DRTECH_AUTH_DATABASE_URL", "DRTECH_GATEWAY_DATABASE_URL"):
+            assert env_value(containers(deployment)[0], variable) is None
+    assert set(of_kind(objects, "PersistentVolumeClaim")) == {"auth-data", "gateway-data"}
+    assert of_kind(objects, "ConfigMap")  # the generated drtech-config, hash-suffixed
+    config = next(iter(of_kind(objects, "ConfigMap").values()))["data"]
+    assert config["DRTECH_ENV"] == "development"
+
+
+@needs_renderer
+def test_production_overlay_uses_postgresql_from_a_secret_and_several_replicas() -> None:
+    objects = render("overlays/production")
+    config = next(iter(of_kind(objects, "ConfigMap").values()))["data"]
+    assert config["DRTECH_ENV"] == "production"
+    deployments = of_kind(objects, "Deployment")
+    for name, variable in (("auth", "DRTECH_AUTH_DATABASE_URL"), ("gateway", "DRTECH_GATEWAY_DATABASE_URL")):
+        url = env_value(containers(deployments[name])[0], variable)
+        assert url is not None, f"production {name} has no {variable}"
+        assert url["valueFrom"]["secretKeyRef"]["name"] == "drtech-database"
+    assert deployments["auth"]["spec"]["replicas"] >= 2
+    assert deployments["auth"]["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert "auth-data" not in of_kind(objects, "PersistentVolumeClaim"), "auth keeps no SQLite file in production"
+    for hpa in of_kind(objects, "HorizontalPodAutoscaler").values():
+        assert hpa["spec"]["minReplicas"] >= 2, hpa["metadata"]["name"]
+    ingress = of_kind(objects, "Ingress")["gateway"]
+    assert ingress["spec"]["tls"][0]["secretName"] == "drtech-tls"
+    for deployment in deployments.values():
+        assert containers(deployment)[0]["image"] == "registry.example.com/drtech:2026.11.1"
+
+
+@needs_renderer
+def test_gpu_overlay_puts_only_the_model_services_on_gpus_with_cuda() -> None:
+    objects = render("overlays/gpu")
+    for name, deployment in of_kind(objects, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        server = containers(deployment)[0]
+        limits = server["resources"]["limits"]
+        if name not in MODEL_SERVICES:
+            assert "nvidia.com/gpu" not in limits and "nodeSelector" not in pod, f"{name} needs no GPU"
+            continue
+        assert limits["nvidia.com/gpu"] == 1
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+        providers = env_value(server, "DRTECH_SERVING_PROVIDERS")
+        assert providers is not None and providers["value"].split(",")[0] == "CUDAExecutionProvider"
+        assert server["image"] == "registry.example.com/drtech:2026.11.1-gpu", "CUDA needs the gpu image variant"
+    # Still production underneath.
+    config = next(iter(of_kind(objects, "ConfigMap").values()))["data"]
+    assert config["DRTECH_ENV"] == "production"
+
+
+@needs_renderer
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rendered_objects_match_the_kubernetes_schema(overlay: str) -> None:
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate (dev extra) is not installed"
+    )
+    for obj in render(f"overlays/{overlay}"):
+        try:
+            kubernetes_validate.validate(obj, MIN_KUBERNETES, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{overlay}: {obj['kind']}/{obj['metadata']['name']} is invalid for "
+                        f"Kubernetes {MIN_KUBERNETES}: {error.message} at {list(error.path)}")

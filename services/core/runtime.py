@@ -34,10 +34,29 @@ class Prediction:
     extra: dict[str, np.ndarray]       # extra output name -> (N, ...)
 
 
+def usable_providers(requested: list[str] | None) -> list[str]:
+    """The requested execution providers this ONNX Runtime build has, in order; CPU if none asked."""
+    requested = requested or ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    usable = [name for name in requested if name in available]
+    missing = [name for name in requested if name not in available]
+    if not usable:
+        raise ModelContractError(f"none of the execution providers {requested} is available (have {available})")
+    if missing:
+        logger.warning("execution providers %s are not available here; using %s", missing, usable)
+    return usable
+
+
 class OnnxModel:
     """One InferenceSession for the process. `run` is safe to call from several threads at once."""
 
-    def __init__(self, spec: TaskSpec, intra_op_threads: int = 0, model_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        spec: TaskSpec,
+        intra_op_threads: int = 0,
+        providers: list[str] | None = None,
+        model_path: Path | None = None,
+    ) -> None:
         self.spec = spec
         self.path = Path(model_path or spec.model_path)
         if not self.path.is_file():
@@ -51,9 +70,10 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3   # errors only; ONNX Runtime's warnings are not actionable here
         started = time.perf_counter()
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(self.path), options, providers=usable_providers(providers))
         self.load_seconds = time.perf_counter() - started
         self.output_names = [PROBABILITIES, CAM, *spec.extra_outputs]
+        self.providers = self.session.get_providers()
         self._check_contract()
 
     def _check_contract(self) -> None:

@@ -55,11 +55,12 @@ def load_model(spec: TaskSpec, settings: ServingSettings) -> LoadedModel:
             raise ModelContractError(
                 f"model card labels {card_labels} differ from the {spec.task} spec's {spec.label_codes}"
             )
-    model = OnnxModel(spec, intra_op_threads=settings.intra_op_threads)
+    model = OnnxModel(spec, intra_op_threads=settings.intra_op_threads, providers=settings.provider_list)
     warm_seconds = model.warm_up(settings.warmup_runs)
     logger.info(
-        "loaded %s model %s %s in %.2fs, %d warm-up runs in %.2fs",
-        spec.task, card["name"], card["version"], model.load_seconds, settings.warmup_runs, warm_seconds,
+        "loaded %s model %s %s on %s in %.2fs, %d warm-up runs in %.2fs",
+        spec.task, card["name"], card["version"], ",".join(model.providers), model.load_seconds,
+        settings.warmup_runs, warm_seconds,
     )
     return LoadedModel(model=model, card=card, name=str(card["name"]), version=str(card["version"]))
 

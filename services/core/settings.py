@@ -29,9 +29,16 @@ class ServingSettings(BaseSettings):
     min_image_side: int = Field(default=32, ge=1)
     grace_seconds: float = Field(default=10.0, ge=0)     # in-flight calls get this long on SIGTERM
     intra_op_threads: int = Field(default=0, ge=0)      # ONNX Runtime threads per inference; 0 = all cores
+    # ONNX Runtime execution providers in order of preference, comma-separated,
+    # e.g. "CUDAExecutionProvider,CPUExecutionProvider" on a GPU node.
+    providers: str = "CPUExecutionProvider"
     worker_threads: int = Field(default=8, ge=1)        # concurrent gRPC calls handled
     warmup_runs: int = Field(default=3, ge=1)
     metrics_port: int = Field(default=0, ge=0, le=65535)   # Prometheus /metrics over HTTP; 0 = off
     # Connections are closed after this long so clients re-resolve DNS and spread over new pods.
     max_connection_age_seconds: float = Field(default=300.0, gt=0)
     max_connection_age_grace_seconds: float = Field(default=30.0, ge=0)
+
+    @property
+    def provider_list(self) -> list[str]:
+        return [name.strip() for name in self.providers.split(",") if name.strip()]

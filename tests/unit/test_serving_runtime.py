@@ -75,12 +75,22 @@ def test_domain_errors_map_to_status_codes(error: Exception, code: grpc.StatusCo
         assert "secret detail" not in message   # internals never leak to the caller
 
 
+def test_unavailable_execution_providers_fall_back_to_available_ones(tmp_path: Path) -> None:
+    spec = write_fixture_model(PNEUMONIA, tmp_path)
+    model = OnnxModel(spec, intra_op_threads=1, providers=["NoSuchExecutionProvider", "CPUExecutionProvider"])
+    assert model.providers == ["CPUExecutionProvider"]
+    with pytest.raises(ModelContractError, match="none of the execution providers"):
+        OnnxModel(spec, providers=["NoSuchExecutionProvider"])
+
+
 def test_settings_come_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DRTECH_SERVING_PORT", "6000")
     monkeypatch.setenv("DRTECH_SERVING_INTRA_OP_THREADS", "2")
     monkeypatch.setenv("DRTECH_MAX_MESSAGE_BYTES", "1048576")   # the shared limit, docs/architecture.md
+    monkeypatch.setenv("DRTECH_SERVING_PROVIDERS", "CUDAExecutionProvider, CPUExecutionProvider")
     settings = ServingSettings()
     assert (settings.port, settings.intra_op_threads, settings.max_message_bytes) == (6000, 2, 1048576)
+    assert settings.provider_list == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert settings.host == "127.0.0.1"
 
 

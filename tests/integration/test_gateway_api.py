@@ -1,0 +1,473 @@
+"""The API.md flow against the real gateway, the real auth service and the real model services.
+
+Everything runs in this process on free ports: the auth service (SQLite under a temporary
+DRTECH_HOME), the three model services (the shipped model when services/<task>/model/model.onnx
+exists, otherwise a tiny model with the same file contract from tests/serving_models.py, so the
+gateway is still exercised end to end while training has not produced the real one), and the
+gateway itself under uvicorn. Requests go over real HTTP with httpx.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from gateway.settings import GatewaySettings
+from gateway.testing import RunningGateway, start_gateway
+from services.auth.server import start_server as start_auth
+from services.auth.settings import AuthSettings
+from services.bone.spec import SPEC as BONE
+from services.core.server import RunningServer
+from services.core.server import start_server as start_model
+from services.core.settings import ServingSettings
+from services.core.spec import TaskSpec
+from services.pneumonia.spec import SPEC as PNEUMONIA
+from services.skin.spec import SPEC as SKIN
+from tests.serving_models import write_fixture_model
+from tests.support import jpeg_bytes, sample_image_bytes, synthetic_image
+from tests.unit.test_imaging import make_dicom, ramp
+
+SPECS: dict[str, TaskSpec] = {"bone_xray": BONE, "skin_lesion": SKIN, "chest_xray": PNEUMONIA}
+LABELS = {exam_type: set(spec.label_codes) for exam_type, spec in SPECS.items()}
+PASSWORD = "correct horse 42"
+THROTTLE_AFTER = 3
+
+
+def serving_settings() -> ServingSettings:
+    # Small and explicit so the suite shares the machine politely and ignores the environment.
+    return ServingSettings(intra_op_threads=1, worker_threads=4, warmup_runs=1, grace_seconds=0, metrics_port=0)
+
+
+def model_spec(spec: TaskSpec, scratch: Path) -> TaskSpec:
+    """The shipped model when it exists, else a contract-shaped stand-in model for the same labels."""
+    if spec.model_path.exists():
+        return spec
+    return write_fixture_model(spec, scratch / spec.task)
+
+
+@dataclass
+class Stack:
+    home: Path
+    auth_addr: str
+    models: dict[str, RunningServer]
+    gateway: RunningGateway
+
+    def settings(self, home: Path, **overrides: str) -> GatewaySettings:
+        values = {
+            "DRTECH_HOME": home,
+            "DRTECH_AUTH_ADDR": self.auth_addr,
+            "DRTECH_BONE_ADDR": self.models["bone_xray"].target,
+            "DRTECH_SKIN_ADDR": self.models["skin_lesion"].target,
+            "DRTECH_PNEUMONIA_ADDR": self.models["chest_xray"].target,
+        }
+        values.update(overrides)
+        return GatewaySettings(**values)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("drtech-home")
+    auth = start_auth(
+        AuthSettings(
+            home=home, port=0, grace_s=0,
+            # Cheap argon2 so the suite is fast; production uses the RFC 9106 defaults.
+            argon2_time_cost=1, argon2_memory_kib=1024, argon2_parallelism=1,
+            throttle_max_failures_per_email=THROTTLE_AFTER,
+        )
+    )
+    models: dict[str, RunningServer] = {}
+    gateway = None
+    try:
+        scratch = tmp_path_factory.mktemp("models")
+        for exam_type, spec in SPECS.items():
+            models[exam_type] = start_model(model_spec(spec, scratch), serving_settings(), port=0)
+        running = Stack(home, f"127.0.0.1:{auth.port}", models, None)  # type: ignore[arg-type]
+        gateway = start_gateway(running.settings(home))
+        running.gateway = gateway
+        yield running
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        for server in models.values():
+            server.stop(grace=0)
+        auth.stop(0)
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.gateway.url, timeout=60) as client:
+        yield client
+
+
+def sign_up(client: httpx.Client, **fields: str) -> dict:
+    body = {"email": f"user-{uuid.uuid4().hex[:10]}@example.org", "password": PASSWORD,
+            "first_name": "Ada", "surname": "Lovelace"}
+    body.update(fields)
+    reply = client.post("/api/v1/auth/signup", json=body)
+    assert reply.status_code == 201, reply.text
+    return body
+
+
+def bearer(client: httpx.Client, stack: Stack | None = None) -> dict[str, str]:
+    """A new user's Authorization header (the log-in cookie is dropped: API calls use the token)."""
+    account = sign_up(client)
+    reply = client.post("/api/v1/auth/login", json={"email": account["email"], "password": PASSWORD})
+    assert reply.status_code == 200, reply.text
+    client.cookies.clear()
+    return {"Authorization": f"Bearer {reply.json()['access_token']}"}
+
+
+def upload(client: httpx.Client, headers: dict[str, str], data: bytes, exam_type: str, explain: bool = False,
+           name: str = "upload.jpg", content_type: str = "image/jpeg") -> httpx.Response:
+    return client.post(
+        "/api/v1/diagnoses",
+        params={"explain": "true"} if explain else None,
+        files={"file": (name, data, content_type)},
+        data={"exam_type": exam_type},
+        headers=headers,
+    )
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def stored_files(home: Path, folder: str = "uploads") -> list[Path]:
+    return [p for p in (home / folder).rglob("*") if p.is_file()]
+
+
+# --- accounts -----------------------------------------------------------------------------------
+
+def test_sign_up_returns_201_with_the_account_and_refuses_a_taken_email(client: httpx.Client) -> None:
+    email = f"Mixed.Case-{uuid.uuid4().hex[:6]}@Example.org"
+    reply = client.post("/api/v1/auth/signup", json={
+        "email": email, "password": PASSWORD, "first_name": "Grace", "surname": "Hopper",
+        "city": "Arlington", "zip": "22201", "gender": "female", "birth_date": "1906-12-09"})
+    assert reply.status_code == 201, reply.text
+    body = reply.json()
+    assert set(body) == {"id", "email", "first_name", "surname"}
+    assert body["email"] == email.lower() and body["first_name"] == "Grace"
+
+    again = client.post("/api/v1/auth/signup", json={
+        "email": email.upper(), "password": PASSWORD, "first_name": "G", "surname": "H"})
+    assert again.status_code == 409
+    assert "already exists" in again.json()["detail"]
+
+
+def test_sign_up_with_invalid_fields_is_422_with_a_message_per_field(client: httpx.Client) -> None:
+    reply = client.post("/api/v1/auth/signup", json={
+        "email": "nobody", "password": "aaaaaaaa", "first_name": "", "surname": "Doe", "zip": "ABCDE"})
+    assert reply.status_code == 422
+    errors = reply.json()["errors"]
+    assert set(errors) == {"email", "password", "first_name", "zip"}
+    assert all(isinstance(message, str) and message for message in errors.values())
+
+
+def test_log_in_gives_a_bearer_token_and_an_httponly_lax_cookie(client: httpx.Client) -> None:
+    account = sign_up(client)
+    reply = client.post("/api/v1/auth/login", json={"email": account["email"], "password": PASSWORD})
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["token_type"] == "bearer" and body["access_token"]
+    assert body["expires_at"].endswith("Z")
+    cookie = reply.headers["set-cookie"]
+    assert cookie.startswith("drtech_session=")
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/" in cookie
+    assert "Secure" not in cookie  # development: plain http://127.0.0.1 must work
+
+    me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert me.status_code == 200
+    assert me.json()["email"] == account["email"] and me.json()["first_name"] == "Ada"
+    assert client.get("/api/v1/me").status_code == 200  # the cookie alone also works
+
+
+def test_bad_credentials_get_the_same_401_whether_or_not_the_email_exists(client: httpx.Client) -> None:
+    account = sign_up(client)
+    wrong_password = client.post("/api/v1/auth/login", json={"email": account["email"], "password": "nope12345"})
+    unknown_email = client.post("/api/v1/auth/login", json={"email": "ghost@example.org", "password": PASSWORD})
+    assert wrong_password.status_code == unknown_email.status_code == 401
+    assert wrong_password.json() == unknown_email.json() == {"detail": "Incorrect email or password."}
+
+
+def test_repeated_failed_log_ins_are_throttled_with_429(client: httpx.Client) -> None:
+    account = sign_up(client)
+    codes = [
+        client.post("/api/v1/auth/login", json={"email": account["email"], "password": "wrong-pass-1"}).status_code
+        for _ in range(THROTTLE_AFTER + 1)
+    ]
+    assert codes[:THROTTLE_AFTER] == [401] * THROTTLE_AFTER
+    assert codes[-1] == 429
+    throttled = client.post("/api/v1/auth/login", json={"email": account["email"], "password": PASSWORD})
+    assert throttled.status_code == 429 and throttled.json()["detail"]
+
+
+def test_log_out_revokes_the_token_at_once_and_clears_the_cookie(client: httpx.Client) -> None:
+    account = sign_up(client)
+    token = client.post("/api/v1/auth/login", json={"email": account["email"], "password": PASSWORD}).json()[
+        "access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/v1/me", headers=headers).status_code == 200
+    reply = client.post("/api/v1/auth/logout", headers=headers)
+    assert reply.status_code == 204
+    assert 'drtech_session=""' in reply.headers["set-cookie"] or "Max-Age=0" in reply.headers["set-cookie"]
+    after = client.get("/api/v1/me", headers=headers)
+    assert after.status_code == 401 and after.json()["detail"]
+    client.cookies.clear()
+    assert client.get("/api/v1/me", headers={"Authorization": "Bearer made-up-token"}).status_code == 401
+
+
+def test_cookie_sessions_need_the_csrf_header_to_change_anything(client: httpx.Client, stack: Stack) -> None:
+    account = sign_up(client)
+    client.post("/api/v1/auth/login", json={"email": account["email"], "password": PASSWORD})
+    image = sample_image_bytes("chest_xray")
+    refused = upload(client, {}, image, "chest_xray")
+    assert refused.status_code == 403
+    accepted = upload(client, {"X-Requested-With": "fetch"}, image, "chest_xray")
+    assert accepted.status_code == 201, accepted.text
+    for page in ["/app", "/history", f"/results/{accepted.json()['id']}"]:
+        reply = client.get(page)
+        assert reply.status_code == 200 and "Not for clinical use" in reply.text
+    assert client.post("/api/v1/auth/logout", headers={"X-Requested-With": "fetch"}).status_code == 204
+    assert client.get("/app", follow_redirects=False).status_code == 303
+
+
+# --- diagnoses ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("exam_type", sorted(SPECS))
+def test_each_exam_type_is_diagnosed_by_its_own_model(client: httpx.Client, stack: Stack, exam_type: str) -> None:
+    headers = bearer(client)
+    reply = upload(client, headers, sample_image_bytes(exam_type), exam_type)
+    assert reply.status_code == 201, reply.text
+    d = reply.json()
+    assert d["status"] == "completed" and d["exam_type"] == exam_type
+    assert set(d["probabilities"]) == LABELS[exam_type]
+    assert math.isclose(sum(d["probabilities"].values()), 1.0, abs_tol=1e-3)
+    assert d["label"] == max(d["probabilities"], key=d["probabilities"].get)
+    assert d["confidence"] == pytest.approx(d["probabilities"][d["label"]])
+    assert d["label_display"] == SPECS[exam_type].display_name(d["label"])
+    card = stack.models[exam_type].servicer.loaded.card
+    assert d["model"] == {"name": card["name"], "version": card["version"]}
+    assert d["created_at"].endswith("Z")
+    uuid.UUID(d["id"])
+    if exam_type == "bone_xray":
+        assert d["extra"]["kl_grade"] in range(5)
+    assert d["heatmap_url"] is None
+    assert client.get(f"/api/v1/diagnoses/{d['id']}/heatmap", headers=headers).status_code == 404
+    assert client.get(f"/api/v1/diagnoses/{d['id']}", headers=headers).json() == d
+
+
+def test_explain_true_gives_a_heatmap_png(client: httpx.Client) -> None:
+    headers = bearer(client)
+    reply = upload(client, headers, sample_image_bytes("skin_lesion"), "skin_lesion", explain=True)
+    assert reply.status_code == 201, reply.text
+    d = reply.json()
+    assert d["heatmap_url"] == f"/api/v1/diagnoses/{d['id']}/heatmap"
+    heatmap = client.get(d["heatmap_url"], headers=headers)
+    assert heatmap.status_code == 200 and heatmap.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(heatmap.content)).format == "PNG"
+
+
+def test_the_stored_upload_is_the_original_bytes_named_by_their_sha256(client: httpx.Client, stack: Stack) -> None:
+    headers = bearer(client)
+    original = png_bytes(synthetic_image("chest_xray", (300, 280), seed=7))
+    d = upload(client, headers, original, "chest_xray", name="../../evil name.png", content_type="image/png").json()
+    image = client.get(d["image_url"], headers=headers)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert image.content == original
+    import hashlib
+
+    digest = hashlib.sha256(original).hexdigest()
+    assert (stack.home / "uploads" / digest[:2] / digest[2:4] / digest).read_bytes() == original
+    assert not list(stack.home.rglob("*evil*"))
+
+
+def test_the_declared_type_is_ignored_the_bytes_decide(client: httpx.Client) -> None:
+    headers = bearer(client)
+    jpeg = sample_image_bytes("chest_xray")
+    reply = upload(client, headers, jpeg, "chest_xray", name="scan.png", content_type="application/pdf")
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["media_type"] == "image/jpeg"
+
+
+def test_auto_routes_a_dicom_by_its_header_and_the_image_comes_back_as_png(client: httpx.Client) -> None:
+    headers = bearer(client)
+    dicom = make_dicom(ramp(256, 256), extra={"Modality": "DX", "BodyPartExamined": "KNEE"})
+    reply = upload(client, headers, dicom, "auto", name="knee.dcm", content_type="application/dicom")
+    assert reply.status_code == 201, reply.text
+    d = reply.json()
+    assert d["exam_type"] == "bone_xray" and d["requested_exam_type"] == "auto"
+    assert d["media_type"] == "application/dicom"
+    image = client.get(d["image_url"], headers=headers)
+    assert image.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(image.content)).size == (256, 256)
+
+    chest = make_dicom(ramp(128, 128), extra={"Modality": "CR", "BodyPartExamined": "CHEST"})
+    assert upload(client, headers, chest, "auto").json()["exam_type"] == "chest_xray"
+
+
+def test_auto_without_a_routable_header_asks_the_user_to_choose(client: httpx.Client) -> None:
+    headers = bearer(client)
+    reply = upload(client, headers, sample_image_bytes("skin_lesion"), "auto")
+    assert reply.status_code == 422
+    assert "could not determine exam type automatically; choose one" in reply.json()["detail"]
+    head = make_dicom(ramp(64, 64), extra={"Modality": "CT", "BodyPartExamined": "HEAD"})
+    assert upload(client, headers, head, "auto").status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "words"),
+    [
+        (b"%PDF-1.7 definitely not an image", 415, "not a JPEG, PNG or DICOM"),
+        (b"GIF89a" + b"\x00" * 64, 415, "GIF"),
+        (jpeg_bytes(synthetic_image("chest_xray"))[:300], 422, "header cannot be read"),
+        (jpeg_bytes(synthetic_image("chest_xray"))[:3000], 422, "truncated or corrupt"),
+        (jpeg_bytes(synthetic_image("chest_xray", (16, 16))), 422, "at least 32 pixels"),
+    ],
+    ids=["pdf", "gif", "jpeg-cut-in-its-header", "jpeg-cut-in-its-pixels", "too-small"],
+)
+def test_a_bad_file_gets_a_clear_4xx_and_nothing_is_stored(
+    client: httpx.Client, stack: Stack, data: bytes, status: int, words: str
+) -> None:
+    headers = bearer(client)
+    before = set(stored_files(stack.home))
+    reply = upload(client, headers, data, "chest_xray")
+    assert reply.status_code == status, reply.text
+    assert words in reply.json()["detail"]
+    assert set(stored_files(stack.home)) == before
+    assert client.get("/api/v1/diagnoses", headers=headers).json()["total"] == 0
+
+
+def test_bad_form_fields_are_422_per_field(client: httpx.Client) -> None:
+    headers = bearer(client)
+    wrong_type = upload(client, headers, sample_image_bytes("chest_xray"), "brain_mri")
+    assert wrong_type.status_code == 422 and "exam_type" in wrong_type.json()["errors"]
+    no_file = client.post("/api/v1/diagnoses", data={"exam_type": "chest_xray"}, headers=headers)
+    assert no_file.status_code == 422 and no_file.json()["errors"] == {"file": "This field is required."}
+    empty = upload(client, headers, b"", "chest_xray")
+    assert empty.status_code == 422 and "file" in empty.json()["errors"]
+
+
+def test_history_is_newest_first_filterable_paged_and_private(client: httpx.Client) -> None:
+    owner = bearer(client)
+    ids = [upload(client, owner, sample_image_bytes(t), t).json()["id"]
+           for t in ("chest_xray", "skin_lesion", "chest_xray")]
+    page = client.get("/api/v1/diagnoses", headers=owner).json()
+    assert page["total"] == 3
+    assert [item["id"] for item in page["items"]] == list(reversed(ids))
+    chest = client.get("/api/v1/diagnoses", params={"exam_type": "chest_xray"}, headers=owner).json()
+    assert chest["total"] == 2 and [item["id"] for item in chest["items"]] == [ids[2], ids[0]]
+    second = client.get("/api/v1/diagnoses", params={"limit": 1, "offset": 1}, headers=owner).json()
+    assert [item["id"] for item in second["items"]] == [ids[1]] and second["total"] == 3
+    bad = client.get("/api/v1/diagnoses", params={"limit": 0, "exam_type": "x"}, headers=owner)
+    assert bad.status_code == 422 and set(bad.json()["errors"]) == {"limit", "exam_type"}
+
+    stranger = bearer(client)
+    assert client.get("/api/v1/diagnoses", headers=stranger).json() == {
+        "items": [], "total": 0, "limit": 20, "offset": 0}
+    for method, path in [("GET", ""), ("GET", "/image"), ("GET", "/heatmap"), ("DELETE", "")]:
+        reply = client.request(method, f"/api/v1/diagnoses/{ids[0]}{path}", headers=stranger)
+        assert reply.status_code == 404, (method, path)
+        assert reply.json()["detail"]
+    assert client.get(f"/api/v1/diagnoses/{ids[0]}", headers=owner).status_code == 200
+
+
+def test_delete_removes_the_record_and_the_image_once_nothing_uses_it(client: httpx.Client, stack: Stack) -> None:
+    headers = bearer(client)
+    image = png_bytes(synthetic_image("skin_lesion", (120, 100), seed=int(uuid.uuid4().int % 1000)))
+    first = upload(client, headers, image, "skin_lesion", explain=True).json()
+    second = upload(client, headers, image, "skin_lesion").json()
+    import hashlib
+
+    digest = hashlib.sha256(image).hexdigest()
+    path = stack.home / "uploads" / digest[:2] / digest[2:4] / digest
+    assert path.exists()
+
+    assert client.delete(f"/api/v1/diagnoses/{first['id']}", headers=headers).status_code == 204
+    assert client.get(f"/api/v1/diagnoses/{first['id']}", headers=headers).status_code == 404
+    assert path.exists(), "the second record still uses the same upload"
+    assert client.get(second["image_url"], headers=headers).content == image
+
+    assert client.delete(f"/api/v1/diagnoses/{second['id']}", headers=headers).status_code == 204
+    assert not path.exists()
+    assert client.get("/api/v1/diagnoses", headers=headers).json()["total"] == 0
+    assert client.delete(f"/api/v1/diagnoses/{second['id']}", headers=headers).status_code == 404
+
+
+# --- models, health, metrics --------------------------------------------------------------------
+
+def test_models_lists_every_model_card_without_logging_in(client: httpx.Client, stack: Stack) -> None:
+    reply = client.get("/api/v1/models")
+    assert reply.status_code == 200
+    cards = {card["exam_type"]: card for card in reply.json()}
+    assert set(cards) == set(SPECS)
+    for exam_type, card in cards.items():
+        loaded = stack.models[exam_type].servicer.loaded.card
+        assert card["name"] == loaded["name"] and card["version"] == loaded["version"]
+        assert card["task"] == SPECS[exam_type].task
+        assert [label["code"] for label in card["labels"]] == SPECS[exam_type].label_codes
+        assert card["intended_use"] and card["limitations"] and "metrics" in card
+
+
+def test_health_readiness_and_metrics(client: httpx.Client) -> None:
+    assert client.get("/healthz").status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["services"] == {"auth": "SERVING", "bone": "SERVING", "skin": "SERVING",
+                                        "pneumonia": "SERVING"}
+    headers = bearer(client)
+    upload(client, headers, sample_image_bytes("bone_xray"), "bone_xray")
+    metrics = client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert 'drtech_diagnoses_total{exam_type="bone_xray",status="completed"}' in metrics.text
+    assert 'route="/api/v1/diagnoses",status="201"' in metrics.text
+
+
+def test_readyz_names_a_stopped_service_and_an_unavailable_model_gives_a_failed_record_to_retry(
+    stack: Stack, tmp_path: Path
+) -> None:
+    spec = model_spec(PNEUMONIA, tmp_path / "models")
+    pneumonia = start_model(spec, serving_settings(), port=0, load=False)  # listening, NOT_SERVING
+    gateway = start_gateway(stack.settings(tmp_path / "home", DRTECH_PNEUMONIA_ADDR=pneumonia.target))
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=60) as client:
+            loading = client.get("/readyz")
+            assert loading.status_code == 503
+            assert "pneumonia (NOT_SERVING)" in loading.json()["detail"]
+
+            headers = bearer(client)
+            image = sample_image_bytes("chest_xray")
+            reply = upload(client, headers, image, "chest_xray")
+            assert reply.status_code == 201, reply.text
+            failed = reply.json()
+            assert failed["status"] == "failed" and "unavailable" in failed["detail"]
+            assert failed["label"] is None and failed["probabilities"] == {}
+            assert client.get(failed["image_url"], headers=headers).content == image  # the upload is kept
+
+            pneumonia.load_model()
+            assert client.get("/readyz").status_code == 200
+            retried = client.post(f"/api/v1/diagnoses/{failed['id']}/retry", headers=headers)
+            assert retried.status_code == 200, retried.text
+            assert retried.json()["status"] == "completed" and retried.json()["id"] == failed["id"]
+            again = client.post(f"/api/v1/diagnoses/{failed['id']}/retry", headers=headers)
+            assert again.status_code == 409
+
+            pneumonia.stop(grace=0)
+            stopped = client.get("/readyz")
+            assert stopped.status_code == 503
+            assert stopped.json()["detail"].startswith("not ready: pneumonia (")
+            assert "auth" not in stopped.json()["detail"]
+            assert client.get("/healthz").status_code == 200
+    finally:
+        gateway.stop()
+        pneumonia.stop(grace=0)

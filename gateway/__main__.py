@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import socket
 import sys
 
@@ -54,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("gateway")
     settings = settings.model_copy(update={"host": args.host, "http_port": args.port})
     sock = bind_socket(args.host, args.port)
+    # uvicorn handles SIGINT/SIGTERM while serving (graceful shutdown), then re-raises the signal
+    # with the previous handler restored; with these no-op handlers that ends in a clean exit 0.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)
     return asyncio.run(serve(settings, sock))
 
 

@@ -1,0 +1,79 @@
+"""The gateway's records on a real database: SQLite, and PostgreSQL when DRTECH_TEST_POSTGRES_URL is set."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+
+from gateway import records
+from gateway.database import create_database_engine, migrate, session_factory
+from gateway.records import Diagnosis
+from services.auth.testing import fresh_postgres_schema, postgres_unavailable_reason
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'gateway.db'}"
+        return
+    reason = postgres_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with fresh_postgres_schema() as url:
+        yield url
+
+
+def record(user_id: str, exam_type: str, image: str, minutes: int) -> Diagnosis:
+    return Diagnosis(
+        user_id=user_id, exam_type=exam_type, requested_exam_type=exam_type, status="completed",
+        label="NORMAL", label_display="Normal", confidence=0.9, probabilities={"NORMAL": 0.9, "ABNORMAL": 0.1},
+        model_name="bone", model_version="1", extra={"kl_grade": 1}, explain=False, image_sha256=image,
+        media_type="image/png", created_at=records.utc_now() + timedelta(minutes=minutes),
+    )
+
+
+def test_migrations_create_the_schema_and_are_idempotent(database_url: str) -> None:
+    engine = create_database_engine(database_url)
+    try:
+        migrate(engine)
+        migrate(engine)
+        inspector = inspect(engine)
+        assert {"diagnoses", "gateway_alembic_version"} <= set(inspector.get_table_names())
+        columns = {column["name"] for column in inspector.get_columns("diagnoses")}
+        assert {"id", "user_id", "exam_type", "status", "detail", "label", "label_display", "confidence",
+                "probabilities", "model_name", "model_version", "extra", "heatmap_sha256", "image_sha256",
+                "media_type", "created_at"} <= columns
+    finally:
+        engine.dispose()
+
+
+def test_records_list_newest_first_per_user_and_track_shared_images(database_url: str) -> None:
+    engine = create_database_engine(database_url)
+    try:
+        migrate(engine)
+        sessions = session_factory(engine)
+        with sessions() as session:
+            old = records.add(session, record("alice", "bone_xray", "a" * 64, 0))
+            new = records.add(session, record("alice", "chest_xray", "a" * 64, 5))
+            records.add(session, record("bob", "bone_xray", "b" * 64, 1))
+
+            rows, total = records.list_owned(session, "alice", limit=10, offset=0)
+            assert total == 2 and [r.id for r in rows] == [new.id, old.id]
+            assert rows[1].probabilities == {"NORMAL": 0.9, "ABNORMAL": 0.1} and rows[1].extra == {"kl_grade": 1}
+            rows, total = records.list_owned(session, "alice", limit=10, offset=0, exam_type="bone_xray")
+            assert total == 1 and rows[0].id == old.id
+            assert records.get_owned(session, old.id, "bob") is None
+            assert records.get_owned(session, old.id, "alice") is not None
+
+            session.delete(session.get(Diagnosis, old.id))
+            session.commit()
+            assert records.image_in_use(session, "a" * 64)
+            session.delete(session.get(Diagnosis, new.id))
+            session.commit()
+            assert not records.image_in_use(session, "a" * 64)
+    finally:
+        engine.dispose()

@@ -21,5 +21,11 @@ INFERENCE = Histogram(
     ["task"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+BATCH_SIZE = Histogram(
+    "drtech_serving_batch_size",
+    "Requests that shared one model run.",
+    ["task"],
+    buckets=(1, 2, 4, 8, 16, 32),
+)
 IN_FLIGHT = Gauge("drtech_serving_in_flight_requests", "gRPC calls being handled now.", ["task"])
 READY = Gauge("drtech_serving_model_ready", "1 once the model is loaded and warmed, 0 otherwise.", ["task"])

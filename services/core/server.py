@@ -98,6 +98,7 @@ class RunningServer:
         metrics.READY.labels(self.spec.task).set(0)
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        self.servicer.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

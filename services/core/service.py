@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
 from services.core import heatmap, metrics
+from services.core.batching import Batcher
 from services.core.errors import ModelNotReady
 from services.core.imaging import SUPPORTED_MEDIA_TYPES, ImageLimits, read_image
 from services.core.preprocessing import to_model_input
@@ -74,7 +74,10 @@ def image_limits(settings: ServingSettings) -> ImageLimits:
 
 
 class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
-    """Answers UNAVAILABLE until `set_model` is called, then diagnoses with that model."""
+    """Answers UNAVAILABLE until `set_model` is called, then diagnoses with that model.
+
+    Inference goes through one Batcher, so concurrent calls share model runs.
+    """
 
     def __init__(self, spec: TaskSpec, settings: ServingSettings) -> None:
         self.spec = spec
@@ -85,9 +88,23 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
         # after the resize in to_model_input.
         self.draft_size = (2 * width, 2 * height)
         self._loaded: LoadedModel | None = None
+        self._batcher: Batcher | None = None
 
     def set_model(self, loaded: LoadedModel) -> None:
+        self._batcher = Batcher(
+            loaded.model.run, self.settings.max_batch_size, on_batch=self._record_batch, name=self.spec.task
+        )
         self._loaded = loaded
+
+    def close(self) -> None:
+        """Stop the batcher after the server has drained; later calls get UNAVAILABLE."""
+        self._loaded = None
+        if self._batcher is not None:
+            self._batcher.close()
+
+    def _record_batch(self, size: int, seconds: float) -> None:
+        metrics.BATCH_SIZE.labels(self.spec.task).observe(size)
+        metrics.INFERENCE.labels(self.spec.task).observe(seconds)
 
     @property
     def loaded(self) -> LoadedModel:
@@ -102,12 +119,11 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
         loaded = self.loaded
         request_id = request.request_id or uuid.uuid4().hex
         decoded = read_image(request.image, request.media_type, self.limits, self.draft_size)
-        batch = to_model_input(decoded.image, self.spec.input_size)[np.newaxis]
-
-        started = time.perf_counter()
-        prediction = loaded.model.run(batch)
-        inference_seconds = time.perf_counter() - started
-        metrics.INFERENCE.labels(self.spec.task).observe(inference_seconds)
+        batcher = self._batcher
+        if batcher is None:
+            raise ModelNotReady(f"the {self.spec.task} model is not loaded")
+        batched = batcher.predict(to_model_input(decoded.image, self.spec.input_size))
+        prediction, inference_seconds = batched.prediction, batched.seconds
 
         probabilities = prediction.probabilities[0].astype(np.float64)
         index = int(np.argmax(probabilities))

@@ -34,6 +34,8 @@ class ServingSettings(BaseSettings):
     providers: str = "CPUExecutionProvider"
     worker_threads: int = Field(default=8, ge=1)        # concurrent gRPC calls handled
     warmup_runs: int = Field(default=3, ge=1)
+    # Calls that arrive while the model is busy run together, up to this many (1 = one at a time).
+    max_batch_size: int = Field(default=8, ge=1)
     metrics_port: int = Field(default=0, ge=0, le=65535)   # Prometheus /metrics over HTTP; 0 = off
     # Connections are closed after this long so clients re-resolve DNS and spread over new pods.
     max_connection_age_seconds: float = Field(default=300.0, gt=0)

@@ -1,0 +1,116 @@
+"""Opportunistic batching: requests that arrive while the model is busy run together as one batch.
+
+One worker thread owns the model. It takes the oldest waiting image and every other image already
+queued (up to `max_batch_size`) and runs them as one batch. Nothing ever waits for a batch to fill,
+so a lone request pays no extra latency; under load, calls share a model run instead of competing
+for the same cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.core.errors import ModelNotReady
+from services.core.runtime import Prediction
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchedPrediction:
+    prediction: Prediction      # this request's rows only (batch dimension 1)
+    batch_size: int             # how many requests shared the model run
+    seconds: float              # how long the shared model run took
+
+
+_Job = tuple[np.ndarray, Future]
+_STOP = object()
+
+
+class Batcher:
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], Prediction],
+        max_batch_size: int,
+        on_batch: Callable[[int, float], None] | None = None,
+        name: str = "model",
+    ) -> None:
+        self._run = run
+        self.max_batch_size = max(1, max_batch_size)
+        self._on_batch = on_batch
+        self._queue: queue.Queue[_Job | object] = queue.Queue()
+        self._closed = False
+        self._lock = threading.Lock()
+        self._worker = threading.Thread(target=self._loop, name=f"{name}-batcher", daemon=True)
+        self._worker.start()
+
+    def predict(self, item: np.ndarray) -> BatchedPrediction:
+        """Run one preprocessed image (H, W, 3); blocks until its batch has run."""
+        future: Future[BatchedPrediction] = Future()
+        with self._lock:
+            if self._closed:
+                raise ModelNotReady("the model is shutting down")
+            self._queue.put((item, future))
+        return future.result()
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the worker."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        self._worker.join()
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            jobs: list[_Job] = [first]  # type: ignore[list-item]
+            stop_after = False
+            while len(jobs) < self.max_batch_size:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is _STOP:
+                    stop_after = True
+                    break
+                jobs.append(job)  # type: ignore[arg-type]
+            self._run_batch(jobs)
+            if stop_after:
+                return
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        try:
+            started = time.perf_counter()
+            prediction = self._run(np.stack([item for item, _ in jobs]))
+            seconds = time.perf_counter() - started
+        except BaseException as error:  # hand the failure to every caller waiting on this batch
+            for _, future in jobs:
+                future.set_exception(error)
+            return
+        if self._on_batch is not None:
+            self._on_batch(len(jobs), seconds)
+        for index, (_, future) in enumerate(jobs):
+            rows = slice(index, index + 1)
+            future.set_result(
+                BatchedPrediction(
+                    prediction=Prediction(
+                        probabilities=prediction.probabilities[rows],
+                        cam=prediction.cam[rows],
+                        extra={name: values[rows] for name, values in prediction.extra.items()},
+                    ),
+                    batch_size=len(jobs),
+                    seconds=seconds,
+                )
+            )

@@ -32,7 +32,9 @@ def _rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def _latencies(stub: diagnosis_pb2_grpc.DiagnosisServiceStub, image: bytes, calls: int, explain: bool) -> dict:
+def _latencies(
+    stub: diagnosis_pb2_grpc.DiagnosisServiceStub, image: bytes, calls: int, explain: bool
+) -> dict:
     wall, inference = [], []
     for _ in range(calls):
         started = time.perf_counter()
@@ -49,7 +51,9 @@ def _latencies(stub: diagnosis_pb2_grpc.DiagnosisServiceStub, image: bytes, call
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--task", required=True, choices=["bone", "skin", "pneumonia"])
     parser.add_argument("--image", type=Path, help="image to send (default: a generated 512x512 JPEG)")
     parser.add_argument("--calls", type=int, default=30)

@@ -41,7 +41,9 @@ def usable_providers(requested: list[str] | None) -> list[str]:
     usable = [name for name in requested if name in available]
     missing = [name for name in requested if name not in available]
     if not usable:
-        raise ModelContractError(f"none of the execution providers {requested} is available (have {available})")
+        raise ModelContractError(
+            f"none of the execution providers {requested} is available (have {available})"
+        )
     if missing:
         logger.warning("execution providers %s are not available here; using %s", missing, usable)
     return usable

@@ -118,6 +118,13 @@ class OnnxModel:
         started = time.perf_counter()
         for _ in range(max(runs, 1)):
             prediction = self.run(dummy)
+        # Shapes the graph left symbolic are checked here, on a real run.
+        classes = len(self.spec.labels)
+        if prediction.probabilities.shape != (1, classes) or prediction.cam.shape[-1] != classes:
+            raise ModelContractError(
+                f"{self.path}: warm-up gave probabilities {prediction.probabilities.shape} and cam "
+                f"{prediction.cam.shape}; expected (1, {classes}) and (1, h, w, {classes})"
+            )
         if not np.all(np.isfinite(prediction.probabilities)):
             raise ModelContractError(f"{self.path}: warm-up produced non-finite probabilities")
         return time.perf_counter() - started

@@ -1,0 +1,92 @@
+"""`python -m training.evaluate`: ONNX Runtime + shared preprocessing on a folder in the dataset's layout,
+one JSON object as the last line; and the metrics and intervals it reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.serving_models import build_model
+from tests.support import synthetic_image
+from training.evaluate import main
+from training.metrics import binary_metrics, multiclass_metrics, with_intervals
+
+
+def _kermany_test_tree(root):
+    folder = root / "chest_xray" / "test"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (folder / label).mkdir(parents=True)
+    for i in range(4):
+        synthetic_image("chest_xray", seed=i).save(folder / "NORMAL" / f"IM-000{i}-0001.jpeg")
+        synthetic_image("chest_xray", seed=10 + i).save(folder / "PNEUMONIA" / f"person{i}_virus_{i}.jpeg")
+
+
+def test_pneumonia_evaluation_prints_one_json_object_last(tmp_path, capsys):
+    _kermany_test_tree(tmp_path)
+    onnx.save(build_model(2), tmp_path / "model.onnx")
+
+    code = main(["--task", "pneumonia", "--data", str(tmp_path), "--model", str(tmp_path / "model.onnx")])
+
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["task"] == "pneumonia" and result["n"] == 8
+    assert result["labels"] == ["NORMAL", "PNEUMONIA"]
+    for key in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "f1", "kappa"):
+        assert 0.0 <= result[key] <= 1.0 or key == "kappa"
+    assert np.array(result["confusion_matrix"]).sum() == 8
+
+
+def test_bone_on_knee_data_excludes_kl1_and_grades(tmp_path, capsys):
+    for grade, patient in (("0", "100"), ("1", "101"), ("2", "102"), ("3", "103"), ("4", "104")):
+        folder = tmp_path / "knee_kl" / "val" / grade
+        folder.mkdir(parents=True)
+        synthetic_image("bone_xray", seed=int(grade)).save(folder / f"{patient}L.jpg")
+    onnx.save(build_model(2, kl_grades=True), tmp_path / "model.onnx")
+
+    code = main(["--task", "bone", "--data", str(tmp_path), "--model", str(tmp_path / "model.onnx")])
+
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n"] == 4 and result["n_kl"] == 5 and result["kl_excluded_from_binary"] == 1
+    assert result["labels"] == ["NORMAL", "ABNORMAL"]
+    assert 0.0 <= result["kl_grade_accuracy"] <= 1.0
+    assert np.array(result["kl_confusion_matrix"]).sum() == 5
+
+
+def test_wrong_layout_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    onnx.save(build_model(2), tmp_path / "model.onnx")
+
+    code = main(["--task", "pneumonia", "--data", str(tmp_path), "--model", str(tmp_path / "model.onnx")])
+
+    assert code == 2
+    assert "'test' split" in capsys.readouterr().err
+
+
+def test_perfect_binary_predictions_score_one_with_a_tight_interval():
+    y = np.array([0, 0, 1, 1, 1, 0] * 10)
+    p = np.stack([1 - y, y], axis=1).astype(float)
+    groups = [f"p{i // 2}" for i in range(len(y))]
+
+    result = with_intervals(binary_metrics(), y, p, groups, rounds=50)
+
+    for name in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "f1", "kappa"):
+        assert result[name] == {"value": 1.0, "ci95_low": 1.0, "ci95_high": 1.0}
+
+
+def test_multiclass_metrics_and_intervals_cover_the_value():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    p = rng.dirichlet([1, 1, 1], 300)
+    p[np.arange(300), y] += 0.5          # informative but imperfect
+    p /= p.sum(axis=1, keepdims=True)
+    metrics = multiclass_metrics(["a", "b", "c"], sensitivity_of="c")
+
+    result = with_intervals(metrics, y, p, [str(i) for i in range(300)], rounds=100)
+
+    assert set(result) == {"accuracy", "balanced_accuracy", "auc", "macro_f1", "c_sensitivity"}
+    for value in result.values():
+        assert value["ci95_low"] <= value["value"] <= value["ci95_high"]
+    assert 0.6 < result["auc"]["value"] < 1.0

@@ -1,0 +1,68 @@
+"""Export: the Keras serving graph and its ONNX file agree, with the contract's names and shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.training
+pytest.importorskip("tensorflow", reason="TensorFlow (the training extra) is not installed")
+pytest.importorskip("tf2onnx", reason="tf2onnx (the training extra) is not installed")
+
+
+def _tiny_backbone():
+    """224x224x3 -> 7x7x8 feature map, standing in for MobileNetV2's 7x7x1280."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((224, 224, 3))
+    x = keras.layers.AveragePooling2D(32)(inputs)
+    x = keras.layers.Conv2D(8, 1, activation="relu")(x)
+    return keras.Model(inputs, x)
+
+
+def _images(n: int = 100) -> np.ndarray:
+    return np.random.default_rng(0).uniform(-1, 1, (n, 224, 224, 3)).astype(np.float32)
+
+
+def test_exported_model_matches_keras_and_the_file_contract(tmp_path):
+    import onnxruntime as ort
+
+    from training.export import build_export_model, parity, to_onnx
+
+    rng = np.random.default_rng(1)
+    kernel, bias = rng.normal(0, 1, (8, 2)).astype(np.float32), rng.normal(0, 1, 2).astype(np.float32)
+    model = build_export_model(_tiny_backbone(), kernel, bias)
+
+    path = to_onnx(model, tmp_path / "model.onnx")
+    differences = parity(model, path, _images())
+
+    assert differences["probabilities"] <= 1e-4
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.shape[1:]) for i in session.get_inputs()] == [("input", [224, 224, 3])]
+    assert [(o.name, o.shape[1:]) for o in session.get_outputs()] == [
+        ("probabilities", [2]), ("cam", [7, 7, 2])]
+    probabilities, cam = session.run(["probabilities", "cam"], {"input": _images(4)})
+    # CAM is the head applied at each position: its spatial mean plus the bias gives the logits.
+    logits = cam.mean(axis=(1, 2)) + bias
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+
+
+def test_bone_export_adds_kl_probabilities(tmp_path):
+    import onnxruntime as ort
+
+    from training.export import build_export_model, to_onnx
+
+    rng = np.random.default_rng(2)
+    model = build_export_model(
+        _tiny_backbone(), rng.normal(0, 1, (8, 2)).astype(np.float32), np.zeros(2, np.float32),
+        rng.normal(0, 1, (8, 5)).astype(np.float32), np.zeros(5, np.float32))
+
+    path = to_onnx(model, tmp_path / "model.onnx")
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "cam", "kl_probabilities"]
+    kl = session.run(["kl_probabilities"], {"input": _images(3)})[0]
+    assert kl.shape == (3, 5)
+    np.testing.assert_allclose(kl.sum(axis=1), 1.0, atol=1e-5)

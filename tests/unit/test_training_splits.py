@@ -1,0 +1,104 @@
+"""Group splits: no patient/lesion in two splits, stratified by label, reproducible from the seed."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from training.datasets import Record
+from training.splits import (
+    SplitRecord, assert_no_group_leakage, train_val_split_with_given_test, train_val_test_split,
+    write_split_csv,
+)
+
+
+def _records(n_groups: int = 400, root: Path = Path("/data")) -> list[Record]:
+    """Groups of 1-3 images; labels imbalanced 70/20/10, one label per group."""
+    records = []
+    for g in range(n_groups):
+        label = "a" if g % 10 < 7 else ("b" if g % 10 < 9 else "c")
+        for i in range(1 + g % 3):
+            records.append(Record(root / f"g{g}_{i}.jpg", label, f"g{g}"))
+    return records
+
+
+def test_no_group_is_in_two_splits_and_sizes_are_70_15_15():
+    records = _records()
+
+    split = train_val_test_split(records)
+
+    split_of_group: dict[str, set[str]] = {}
+    for item in split:
+        split_of_group.setdefault(item.record.group, set()).add(item.split)
+    assert all(len(splits) == 1 for splits in split_of_group.values())
+    sizes = Counter(item.split for item in split)
+    assert sum(sizes.values()) == len(records)
+    assert sizes["train"] / len(records) == pytest.approx(0.70, abs=0.04)
+    assert sizes["val"] / len(records) == pytest.approx(0.15, abs=0.03)
+    assert sizes["test"] / len(records) == pytest.approx(0.15, abs=0.03)
+
+
+def test_every_split_keeps_the_label_proportions():
+    records = _records()
+    overall = Counter(r.label for r in records)
+
+    split = train_val_test_split(records)
+
+    for name in ("train", "val", "test"):
+        labels = Counter(item.record.label for item in split if item.split == name)
+        total = sum(labels.values())
+        for label, count in overall.items():
+            assert labels[label] / total == pytest.approx(count / len(records), abs=0.05), (name, label)
+
+
+def test_same_seed_same_split_other_seed_other_split():
+    records = _records()
+
+    first = [s.split for s in train_val_test_split(records, seed=1)]
+    again = [s.split for s in train_val_test_split(records, seed=1)]
+    other = [s.split for s in train_val_test_split(records, seed=2)]
+
+    assert first == again
+    assert first != other
+
+
+def test_given_test_folder_stays_test_and_train_is_split_by_group():
+    train = _records(200)
+    test = [Record(Path(f"/data/t{i}.jpg"), "a", f"t{i}") for i in range(20)]
+
+    split = train_val_split_with_given_test(train, test)
+
+    assert [s.split for s in split if s.record in test] == ["test"] * 20
+    assert {s.split for s in split if s.record in train} == {"train", "val"}
+
+
+def test_leakage_is_detected():
+    leaked = [SplitRecord(Record(Path("/x/1.jpg"), "a", "p1"), "train"),
+              SplitRecord(Record(Path("/x/2.jpg"), "a", "p1"), "test")]
+
+    with pytest.raises(ValueError, match="'p1' is in both 'train' and 'test'"):
+        assert_no_group_leakage(leaked)
+
+
+def test_given_test_patient_also_in_train_is_refused():
+    train = _records(40)
+    test = [Record(Path("/data/other.jpg"), "a", "g0")]
+
+    with pytest.raises(ValueError, match="'g0'"):
+        train_val_split_with_given_test(train, test)
+
+
+def test_split_csv_holds_relative_paths_only(tmp_path):
+    records = _records(40, root=tmp_path / "data" / "images")
+    split = train_val_test_split(records)
+
+    write_split_csv(split, tmp_path / "model" / "split.csv", tmp_path / "data")
+
+    with (tmp_path / "model" / "split.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(records)
+    assert rows[0].keys() == {"path", "label", "group", "split"}
+    assert all(row["path"].startswith("images/g") for row in rows)

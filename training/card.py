@@ -1,0 +1,227 @@
+"""Model card (card.json + card.md) from figures measured by training.train."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from training.export import OPSET
+from training.paths import MODEL_VERSION
+from training.splits import SEED, SplitRecord, counts
+from training.tasks import SPECS, TASK_DATA
+
+GROUP_NOUN = {"pneumonia": "patients", "skin": "lesions", "bone": "patients"}
+NOT_CLINICAL = "Not for clinical use: a research and engineering demonstration, not a medical device."
+
+INTENDED_USE = {
+    "pneumonia": "Demonstrates triage-style classification of pediatric frontal chest X-rays as NORMAL or "
+    "PNEUMONIA inside the Dr.Tech platform, with a class activation map for review.",
+    "skin": "Demonstrates 7-class classification of dermatoscopic skin-lesion images (HAM10000 classes) "
+    "inside the Dr.Tech platform, with a class activation map for review.",
+    "bone": "Demonstrates knee osteoarthritis screening on knee radiographs (NORMAL = KL0, ABNORMAL = KL>=2) "
+    "plus a Kellgren-Lawrence grade 0-4 estimate, inside the Dr.Tech platform.",
+}
+
+LIMITATIONS = {
+    "pneumonia": [
+        NOT_CLINICAL,
+        "Trained and tested only on pediatric (age 1-5) anterior-posterior chest X-rays from one center "
+        "(Guangzhou Women and Children's Medical Center); adult, lateral or other-site images are out of scope.",
+        "Test figures come from a patient-disjoint split of the Kermany train folder, not from an external "
+        "site; models trained this way are known to score lower on Kermany's official test folder, which "
+        "was collected separately.",
+        "Images were resized to 224x224 without keeping the aspect ratio; bacterial and viral pneumonia are "
+        "not distinguished.",
+    ],
+    "skin": [
+        NOT_CLINICAL,
+        "Trained only on HAM10000 dermatoscopy images (downsized 200x150); clinical (non-dermatoscopic) "
+        "photographs and other populations/devices are out of scope.",
+        "Rare classes (df, vasc, akiec) have few examples; their per-class figures are uncertain.",
+        "Test figures come from a lesion-disjoint split of HAM10000, not from an external site.",
+    ],
+    "bone": [
+        NOT_CLINICAL,
+        "This is knee osteoarthritis (OA) grading from knee radiographs (Osteoarthritis Initiative, cropped "
+        "knee joints); it is NOT trained on MURA upper-limb studies and says nothing about fractures or "
+        "other bones.",
+        "NORMAL/ABNORMAL means KL0 vs KL>=2; KL1 ('doubtful') images were excluded from the binary head's "
+        "training and binary test figures, so KL1 knees get an arbitrary binary answer.",
+        "KL grading has substantial inter-reader variability; adjacent-grade confusions are common.",
+    ],
+}
+
+
+def _label_counts(split: Sequence[SplitRecord]) -> dict[str, int]:
+    return dict(sorted(Counter(s.record.label for s in split).items()))
+
+
+def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, float], test: dict[str, Any],
+          heads: dict[str, Any], finetune: dict[str, Any] | None, parameters: int, timing: dict[str, Any],
+          parity: dict[str, float], parity_images: int, interface: dict[str, Any], model_bytes: int,
+          data_root: Path) -> dict[str, Any]:
+    spec = SPECS[task]
+    data = TASK_DATA[task]
+    backbone = "MobileNetV2 (alpha 1.0, 224x224), ImageNet weights (TF-slim checkpoint, Apache 2.0)"
+    if finetune:
+        backbone += f", last {finetune['blocks']} block(s) + Conv_1 fine-tuned (BatchNorm frozen)"
+    else:
+        backbone += ", frozen"
+    heads_text = "global average pool -> dropout 0.3 -> Dense(C, softmax)"
+    if task == "bone":
+        heads_text += "; two heads on the same pooled features: probabilities (NORMAL/ABNORMAL) and " \
+                      "kl_probabilities (KL 0-4)"
+    metric_keys = [k for k in test if isinstance(test[k], dict)]
+    card: dict[str, Any] = {
+        "name": task,
+        "version": MODEL_VERSION,
+        "task": task,
+        "exam_type": spec.exam_type,
+        "labels": spec.label_codes,
+        "label_names": {label.code: label.display_name for label in spec.labels},
+        "architecture": {
+            "backbone": backbone,
+            "head": heads_text,
+            "cam": "1x1 conv (no bias) of the last 7x7x1280 feature map with the dense head's kernel: "
+                   "class activation map = Grad-CAM for a GAP + dense head (spatial mean = logit - bias)",
+            "input": {"name": "input", "shape": ["N", 224, 224, 3], "dtype": "float32",
+                      "preprocessing": "services.core.preprocessing.to_model_input (RGB, 224x224 bilinear, "
+                                       "x/127.5 - 1)"},
+            "outputs": [{"name": name, "shape": shape} for name, shape, _ in interface["outputs"]],
+            "format": f"ONNX opset {OPSET} (tf2onnx from Keras)",
+        },
+        "parameters": parameters,
+        "model_bytes": model_bytes,
+        "data": {
+            "source": data.source,
+            "licence": data.licence,
+            "images": len(split),
+            "groups": len({s.record.group for s in split}),
+            "counts": _label_counts(split),
+        },
+        "split": {
+            "method": data.split_method,
+            "seed": SEED,
+            "counts": counts(split),
+            "file": "split.csv (path relative to the data root, label, group, split)",
+            "leakage_check": f"asserted: no {GROUP_NOUN[task][:-1]} id in more than one split",
+        },
+        "decision_threshold": (
+            "argmax of probabilities (7 classes)" if task == "skin"
+            else f"{spec.label_codes[1]} if P({spec.label_codes[1]}) >= 0.5 (argmax)"
+        ),
+        "metrics": {
+            "split": "test (held out; never used for training or model choice)",
+            "measured_with": "ONNX Runtime on model.onnx with the shared preprocessing",
+            "n": test["n"],
+            "interval": f"95% percentile bootstrap over {GROUP_NOUN[task]}, 1000 resamples",
+            **{k: test[k] for k in metric_keys},
+            "confusion_matrix": {"rows": "true", "columns": "predicted", "labels": spec.label_codes,
+                                 "matrix": test["confusion_matrix"]},
+        },
+        "validation_metrics": validation,
+        "training": {
+            "heads": heads,
+            "finetune": finetune,
+            "optimizer": "Adam (heads lr 1e-3; fine-tuning lr 1e-4), early stopping on validation loss",
+            **timing,
+            "seconds": round(sum(v for v in timing.values() if v is not None), 1),
+            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared with other jobs), "
+                       "TensorFlow CPU",
+            "note": "seconds = frozen-feature extraction (once, cached) + split, fine-tuning and head "
+                    "training; export and evaluation not included",
+        },
+        "export": {"onnx_keras_parity_max_abs_diff": parity, "parity_images": parity_images},
+        "intended_use": INTENDED_USE[task],
+        "limitations": LIMITATIONS[task],
+    }
+    if task == "bone":
+        card["metrics"]["binary_definition"] = "NORMAL = KL0, ABNORMAL = KL>=2; KL1 excluded " \
+            f"({test.get('kl_excluded_from_binary', 0)} test images)"
+        card["metrics"]["n_kl"] = test.get("n_kl")
+        card["metrics"]["kl_confusion_matrix"] = {"rows": "true KL", "columns": "predicted KL",
+                                                  "matrix": test.get("kl_confusion_matrix")}
+    return card
+
+
+def _markdown(card: dict[str, Any]) -> str:
+    metrics = card["metrics"]
+    lines = [
+        f"# Model card: {card['name']} {card['version']}",
+        "",
+        f"**{NOT_CLINICAL}**",
+        "",
+        f"- Task: `{card['task']}` (exam type `{card['exam_type']}`), labels {', '.join(card['labels'])}",
+        f"- Architecture: {card['architecture']['backbone']}; head: {card['architecture']['head']}",
+        f"- Parameters: {card['parameters']:,}; ONNX size {card['model_bytes']:,} bytes; "
+        f"{card['architecture']['format']}",
+        f"- Decision threshold: {card['decision_threshold']}",
+        "",
+        "## Intended use",
+        "",
+        card["intended_use"],
+        "",
+        "## Data",
+        "",
+        f"- Source: {card['data']['source']}",
+        f"- Licence: {card['data']['licence']}",
+        f"- {card['data']['images']} images, {card['data']['groups']} {GROUP_NOUN[card['task']]}; "
+        f"per label: {card['data']['counts']}",
+        "",
+        "## Split",
+        "",
+        f"- Method: {card['split']['method']} (seed {card['split']['seed']}); {card['split']['leakage_check']}",
+    ]
+    for name, value in card["split"]["counts"].items():
+        lines.append(f"- {name}: {value}")
+    lines += [
+        "",
+        f"## Held-out test metrics (n = {metrics['n']})",
+        "",
+        f"Measured with {metrics['measured_with']}; {metrics['interval']}.",
+        "",
+        "| metric | value | 95% CI |",
+        "|---|---|---|",
+    ]
+    for key, value in metrics.items():
+        if isinstance(value, dict) and "value" in value:
+            lines.append(f"| {key} | {value['value']:.4f} | {value['ci95_low']:.4f} - {value['ci95_high']:.4f} |")
+    matrix = metrics["confusion_matrix"]
+    lines += ["", "Confusion matrix (rows true, columns predicted):", "",
+              "| | " + " | ".join(matrix["labels"]) + " |",
+              "|---" * (len(matrix["labels"]) + 1) + "|"]
+    for label, row in zip(matrix["labels"], matrix["matrix"], strict=True):
+        lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    if "kl_confusion_matrix" in metrics:
+        lines += ["", f"KL grade confusion (n = {metrics['n_kl']}, rows true KL0-4, columns predicted):", "",
+                  "| | 0 | 1 | 2 | 3 | 4 |", "|---|---|---|---|---|---|"]
+        for grade, row in enumerate(metrics["kl_confusion_matrix"]["matrix"]):
+            lines.append(f"| {grade} | " + " | ".join(str(v) for v in row) + " |")
+    lines += [
+        "",
+        f"Validation (model choice): {json.dumps(card['validation_metrics'])}",
+        "",
+        "## Training",
+        "",
+        f"- {card['training']['optimizer']}; heads: {json.dumps(card['training']['heads'])}",
+        f"- Fine-tuning: {json.dumps(card['training']['finetune'])}",
+        f"- Time: {card['training']['seconds']} s on {card['training']['machine']} "
+        f"({card['training']['note']})",
+        f"- Export parity (Keras vs ONNX Runtime, {card['export']['parity_images']} validation images): "
+        f"{json.dumps(card['export']['onnx_keras_parity_max_abs_diff'])}",
+        "",
+        "## Limitations",
+        "",
+    ]
+    lines += [f"- {item}" for item in card["limitations"]]
+    return "\n".join(lines) + "\n"
+
+
+def write(card: dict[str, Any], out: Path) -> None:
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    (out / "card.md").write_text(_markdown(card), encoding="utf-8")

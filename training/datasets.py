@@ -1,0 +1,155 @@
+"""Readers for each dataset's own published layout -> records (path, label, group).
+
+The group is the unit that must never straddle splits (patient or lesion), so that the
+held-out figures are not inflated by near-duplicate images of one patient or lesion.
+Readers only list files; images are decoded later by the shared preprocessing.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+KERMANY_LABELS = ("NORMAL", "PNEUMONIA")
+HAM10000_LABELS = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+KL_GRADES = ("0", "1", "2", "3", "4")
+MURA_LABELS = ("NORMAL", "ABNORMAL")
+
+_IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
+_KERMANY_PATIENT = re.compile(r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)[-_]")
+_KNEE_PATIENT = re.compile(r"^(\d+)[LR]?\.(jpe?g|png)$", re.IGNORECASE)
+_MURA_STUDY = re.compile(r"/(patient\d+)/study\d+_(positive|negative)/")
+
+
+class DatasetLayoutError(ValueError):
+    """The folder is not in the dataset's published layout (missing file/folder, unknown label)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    path: Path      # absolute path of one image
+    label: str      # the dataset's own label (Kermany class, HAM10000 dx, KL grade "0".."4", MURA class)
+    group: str      # patient or lesion id: never split across train/val/test
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DatasetLayoutError(f"{what}: folder not found: {path}")
+    return path
+
+
+def kermany_patient_id(file_name: str) -> str:
+    """Patient id from a Kermany file name: personNNN_..., IM-XXXX-..., NORMAL2-IM-XXXX-..."""
+    match = _KERMANY_PATIENT.match(file_name)
+    if match is None:
+        raise DatasetLayoutError(f"Kermany file name without a patient id: {file_name!r}")
+    return match.group(1)
+
+
+def read_kermany(root: Path, split: str = "train") -> list[Record]:
+    """Kermany chest X-rays: `<root>/chest_xray/<split>/{NORMAL,PNEUMONIA}/*.jpeg` (root may be chest_xray/)."""
+    root = Path(root)
+    base = root if root.name == "chest_xray" else root / "chest_xray"
+    split_dir = _require_dir(base / split, f"Kermany '{split}' split")
+    unknown = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in KERMANY_LABELS)
+    if unknown:
+        raise DatasetLayoutError(f"unknown Kermany label folder(s) {unknown} in {split_dir}; expected {KERMANY_LABELS}")
+    records = []
+    for label in KERMANY_LABELS:
+        folder = _require_dir(split_dir / label, f"Kermany label {label}")
+        records += [Record(p, label, kermany_patient_id(p.name)) for p in _images_in(folder)]
+    if not records:
+        raise DatasetLayoutError(f"no images under {split_dir}")
+    return records
+
+
+def read_ham10000(root: Path) -> list[Record]:
+    """HAM10000: `HAM10000_metadata.csv` + images in `HAM10000_images/` or `HAM10000_images_part_{1,2}/`.
+
+    `root` is the folder holding the CSV, or its parent with a `ham10000/` child. Group = lesion_id.
+    """
+    root = Path(root)
+    if not (root / "HAM10000_metadata.csv").is_file() and (root / "ham10000").is_dir():
+        root = root / "ham10000"
+    metadata = root / "HAM10000_metadata.csv"
+    if not metadata.is_file():
+        raise DatasetLayoutError(f"HAM10000 metadata file not found: {metadata}")
+    image_dirs = [d for d in (root / "HAM10000_images", root / "HAM10000_images_part_1",
+                              root / "HAM10000_images_part_2") if d.is_dir()]
+    if not image_dirs:
+        raise DatasetLayoutError(
+            f"no HAM10000 image folder in {root}: expected HAM10000_images/ or HAM10000_images_part_1/ and _2/"
+        )
+    by_id = {p.stem: p for d in image_dirs for p in _images_in(d)}
+    records = []
+    with metadata.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing_columns = {"lesion_id", "image_id", "dx"} - set(reader.fieldnames or ())
+        if missing_columns:
+            raise DatasetLayoutError(f"{metadata} lacks column(s) {sorted(missing_columns)}")
+        for row in reader:
+            if row["dx"] not in HAM10000_LABELS:
+                raise DatasetLayoutError(f"unknown HAM10000 dx {row['dx']!r} for {row['image_id']} in {metadata}")
+            path = by_id.get(row["image_id"])
+            if path is None:
+                raise DatasetLayoutError(f"image {row['image_id']} listed in {metadata} not found in {image_dirs}")
+            records.append(Record(path, row["dx"], row["lesion_id"]))
+    if not records:
+        raise DatasetLayoutError(f"{metadata} lists no images")
+    return records
+
+
+def knee_patient_id(file_name: str) -> str:
+    """OAI patient id from a knee file name `<patient>{L,R}.jpg`."""
+    match = _KNEE_PATIENT.match(file_name)
+    if match is None:
+        raise DatasetLayoutError(f"knee file name without an OAI patient id: {file_name!r}")
+    return match.group(1)
+
+
+def read_knee_kl(root: Path, split: str) -> list[Record]:
+    """Knee KL: `<root>/knee_kl/<split>/{0..4}/*.jpg` (root may be knee_kl/). Label = KL grade as text."""
+    root = Path(root)
+    base = root if root.name == "knee_kl" else root / "knee_kl"
+    split_dir = _require_dir(base / split, f"knee KL '{split}' split")
+    unknown = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in KL_GRADES)
+    if unknown:
+        raise DatasetLayoutError(f"unknown KL grade folder(s) {unknown} in {split_dir}; expected {KL_GRADES}")
+    records = []
+    for grade in KL_GRADES:
+        folder = _require_dir(split_dir / grade, f"knee KL grade {grade}")
+        records += [Record(p, grade, knee_patient_id(p.name)) for p in _images_in(folder)]
+    if not records:
+        raise DatasetLayoutError(f"no images under {split_dir}")
+    return records
+
+
+def read_mura(root: Path, split: str = "train") -> list[Record]:
+    """MURA v1.1: `MURA-v1.1/{train,valid}_image_paths.csv`; label from the study folder
+    (`studyN_positive` = ABNORMAL, `studyN_negative` = NORMAL), group = patient."""
+    root = Path(root)
+    base = root if root.name == "MURA-v1.1" else root / "MURA-v1.1"
+    listing = base / f"{split}_image_paths.csv"
+    if not listing.is_file():
+        raise DatasetLayoutError(f"MURA image list not found: {listing}")
+    records = []
+    for line in listing.read_text(encoding="utf-8").splitlines():
+        relative = line.strip()
+        if not relative:
+            continue
+        match = _MURA_STUDY.search(relative)
+        if match is None:
+            raise DatasetLayoutError(f"MURA path without patientNNNNN/studyN_(positive|negative): {relative!r}")
+        # Paths in the CSV start with "MURA-v1.1/"; resolve them against the folder that holds it.
+        path = base.parent / relative
+        label = "ABNORMAL" if match.group(2) == "positive" else "NORMAL"
+        records.append(Record(path, label, match.group(1)))
+    if not records:
+        raise DatasetLayoutError(f"{listing} lists no images")
+    return records

@@ -1,0 +1,130 @@
+"""Evaluate a shipped model through ONNX Runtime + the shared preprocessing on labelled data.
+
+    python -m training.evaluate --task pneumonia --data ../shared/data [--model PATH]
+        [--split test] [--split-csv services/pneumonia/model/split.csv]
+
+The LAST line printed is one JSON object: task, n, labels, accuracy, balanced_accuracy, auc,
+confusion_matrix (+ binary: sensitivity, specificity, f1, kappa; skin: macro_f1, mel_sensitivity;
+bone on knee data: KL0 = NORMAL, KL>=2 = ABNORMAL, KL1 excluded, plus kl_grade_accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training import datasets
+from training.datasets import Record
+from training.inference import run_onnx
+from training.metrics import (
+    binary_metrics, confusion, multiclass_metrics, point_values, with_intervals,
+)
+from training.paths import data_dir
+from training.tasks import SPECS, label_index
+
+
+def _metric_set(task: str):
+    if task == "skin":
+        return multiclass_metrics(SPECS["skin"].label_codes, sensitivity_of="mel")
+    return binary_metrics()
+
+
+def evaluate_records(task: str, model_path: Path, records: Sequence[Record],
+                     intervals: bool = False) -> dict[str, Any]:
+    """Metrics of the model at `model_path` on `records` (dataset labels: KL grades for knee data)."""
+    spec = SPECS[task]
+    knee = task == "bone" and all(r.label in datasets.KL_GRADES for r in records)
+    outputs = ("probabilities", "kl_probabilities") if knee else ("probabilities",)
+    result_outputs = run_onnx(model_path, [r.path for r in records], outputs)
+    probabilities = result_outputs["probabilities"]
+    if knee:
+        y_all = np.array([int(r.label) for r in records])
+        keep = np.array([label_index("bone", r.label) is not None for r in records])
+        y = np.array([label_index("bone", r.label) for r in records if label_index("bone", r.label) is not None])
+    else:
+        keep = np.ones(len(records), dtype=bool)
+        y = np.array([spec.label_codes.index(r.label) for r in records])
+    p = probabilities[keep]
+    groups = [r.group for r, k in zip(records, keep, strict=True) if k]
+    metrics = _metric_set(task)
+    values = with_intervals(metrics, y, p, groups) if intervals else point_values(metrics, y, p)
+    result: dict[str, Any] = {"task": task, "n": int(len(y)), "labels": spec.label_codes}
+    result.update(values)
+    result["confusion_matrix"] = confusion(y, p.argmax(1), len(spec.labels))
+    if knee:
+        kl = result_outputs["kl_probabilities"]
+        kl_metrics = {
+            "kl_grade_accuracy": lambda yy, pp: float((pp.argmax(1) == yy).mean()),
+            "kl_grade_mae": lambda yy, pp: float(np.abs(pp.argmax(1) - yy).mean()),
+        }
+        all_groups = [r.group for r in records]
+        kl_values = (with_intervals(kl_metrics, y_all, kl, all_groups) if intervals
+                     else point_values(kl_metrics, y_all, kl))
+        result.update(kl_values)
+        result["n_kl"] = int(len(y_all))
+        result["kl_excluded_from_binary"] = int((~keep).sum())
+        result["kl_confusion_matrix"] = confusion(y_all, kl.argmax(1), len(datasets.KL_GRADES))
+    return result
+
+
+def records_for(task: str, root: Path, split: str | None) -> list[Record]:
+    """Records of `root` in the task's dataset layout (bone: knee KL, or MURA if present)."""
+    root = Path(root)
+    if task == "pneumonia":
+        return datasets.read_kermany(root, split or "test")
+    if task == "skin":
+        return datasets.read_ham10000(root)
+    if task == "bone":
+        if (root / "MURA-v1.1").is_dir() or root.name == "MURA-v1.1":
+            return datasets.read_mura(root, split or "valid")
+        base = root if root.name == "knee_kl" else root / "knee_kl"
+        if split is None:
+            # The knee release calls its held-out patients "val"; a "test" folder wins if present.
+            split = "test" if (base / "test").is_dir() else "val"
+        return datasets.read_knee_kl(root, split)
+    raise ValueError(f"unknown task {task!r}")
+
+
+def records_from_split_csv(csv_path: Path, root: Path, split: str) -> list[Record]:
+    """The rows of a model's split.csv (written by training) that belong to `split`."""
+    with Path(csv_path).open(newline="", encoding="utf-8") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["split"] == split]
+    if not rows:
+        raise ValueError(f"{csv_path} has no rows in split {split!r}")
+    return [Record(Path(root) / row["path"], row["label"], row["group"]) for row in rows]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", required=True, choices=sorted(SPECS))
+    parser.add_argument("--data", help="dataset root (default: DRTECH_DATA_DIR or ../shared/data)")
+    parser.add_argument("--model", type=Path, help="ONNX model (default: the shipped services/<task>/model)")
+    parser.add_argument("--split", help="dataset split folder (pneumonia: test; bone: test, else val / valid)")
+    parser.add_argument("--split-csv", type=Path,
+                        help="evaluate the rows of this split.csv whose split is --split (default test)")
+    parser.add_argument("--intervals", action="store_true", help="add 95%% group-bootstrap intervals")
+    args = parser.parse_args(argv)
+    root = data_dir(args.data)
+    model = args.model or SPECS[args.task].model_path
+    try:
+        if args.split_csv:
+            records = records_from_split_csv(args.split_csv, root, args.split or "test")
+        else:
+            records = records_for(args.task, root, args.split)
+        result = evaluate_records(args.task, model, records, intervals=args.intervals)
+    except (datasets.DatasetLayoutError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

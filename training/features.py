@@ -1,0 +1,73 @@
+"""Frozen-backbone features, computed once per image and cached under training/cache/ (git-ignored).
+
+Each image goes through `services.core.preprocessing.to_model_input`, the same code serving runs.
+Two tensors are kept per image: the pooled last feature map (1280, what the frozen head trains on)
+and the output of block 13 (7x7x160, float16) so the top MobileNetV2 blocks can be fine-tuned
+without re-running the whole backbone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from services.core.preprocessing import to_model_input
+from training.paths import CACHE_DIR
+
+log = logging.getLogger(__name__)
+
+MID_LAYER = "block_13_project_BN"   # 7x7x160: the input of block 14
+BATCH = 64
+
+
+@dataclass
+class Features:
+    pooled: np.ndarray      # (N, 1280) float32: global average pool of the backbone output
+    mid: np.ndarray         # (N, 7, 7, 160) float16: block 13 output
+    seconds: float | None   # wall time the extraction took when it ran (kept in the cache)
+
+
+def load_image(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        image.load()
+        return to_model_input(image)
+
+
+def _cache_key(paths: Sequence[Path]) -> str:
+    digest = hashlib.sha256("\n".join(str(p) for p in paths).encode()).hexdigest()
+    return digest[:16]
+
+
+def extract(backbone, paths: Sequence[Path], name: str, cache_dir: Path = CACHE_DIR) -> Features:
+    """Features for `paths` in order; reads the cache if the same path list was extracted before."""
+    import keras
+    import tensorflow as tf
+
+    cache = cache_dir / f"{name}-{_cache_key(paths)}.npz"
+    if cache.is_file():
+        with np.load(cache) as stored:
+            seconds = float(stored["seconds"]) if "seconds" in stored.files else None
+            return Features(stored["pooled"], stored["mid"], seconds)
+    probe = keras.Model(backbone.input, [backbone.get_layer(MID_LAYER).output, backbone.output])
+    run = tf.function(lambda batch: probe(batch, training=False))
+    pooled, mid = [], []
+    started = time.monotonic()
+    for start in range(0, len(paths), BATCH):
+        batch = np.stack([load_image(p) for p in paths[start:start + BATCH]])
+        middle, last = run(tf.constant(batch))
+        mid.append(middle.numpy().astype(np.float16))
+        pooled.append(last.numpy().mean(axis=(1, 2)))
+        done = start + len(batch)
+        if (start // BATCH) % 10 == 0 or done == len(paths):
+            log.info("%s: %d/%d images, %.1f img/s", name, done, len(paths), done / (time.monotonic() - started))
+    features = Features(np.concatenate(pooled), np.concatenate(mid), time.monotonic() - started)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, pooled=features.pooled, mid=features.mid, seconds=features.seconds)
+    return features

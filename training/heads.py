@@ -1,0 +1,152 @@
+"""Classifier heads on backbone features, and fine-tuning of the top MobileNetV2 blocks.
+
+Head: global average pool -> dropout -> Dense(C, softmax). Trained with Adam, balanced class
+weights, early stopping on the validation loss; the L2 strength is chosen on the validation split.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.utils.class_weight import compute_class_weight
+
+log = logging.getLogger(__name__)
+
+DROPOUT = 0.3
+L2_GRID = (0.0, 1e-4, 1e-3)
+
+
+@dataclass
+class TrainedHead:
+    kernel: np.ndarray          # (1280, C)
+    bias: np.ndarray            # (C,)
+    l2: float
+    val_score: float
+    epochs: int
+
+
+def class_weights(y: np.ndarray, n_classes: int, balanced: bool = True) -> dict[int, float]:
+    if not balanced:
+        return {c: 1.0 for c in range(n_classes)}
+    present = np.unique(y)
+    weights = compute_class_weight("balanced", classes=present, y=y)
+    result = {c: 1.0 for c in range(n_classes)}
+    result.update({int(c): float(w) for c, w in zip(present, weights, strict=True)})
+    return result
+
+
+def softmax_probabilities(features: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    logits = features @ kernel + bias
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def train_head(
+    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int,
+    score: Callable[[np.ndarray, np.ndarray], float], balanced: bool = True, seed: int = 0,
+) -> TrainedHead:
+    """Fit dropout + Dense(softmax) on pooled features; pick the L2 with the best validation `score`."""
+    import keras
+
+    best: TrainedHead | None = None
+    for l2 in L2_GRID:
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential([
+            keras.Input((x_train.shape[1],)),
+            keras.layers.Dropout(DROPOUT),
+            keras.layers.Dense(n_classes, activation="softmax",
+                               kernel_regularizer=keras.regularizers.L2(l2) if l2 else None),
+        ])
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=15, restore_best_weights=True)
+        history = model.fit(
+            x_train, y_train, validation_data=(x_val, y_val), epochs=300, batch_size=64,
+            class_weight=class_weights(y_train, n_classes, balanced), callbacks=[stop], verbose=0,
+        )
+        kernel, bias = model.layers[-1].get_weights()
+        value = score(y_val, softmax_probabilities(x_val, kernel, bias))
+        log.info("head l2=%g: %d epochs, val score %.4f", l2, len(history.history["loss"]), value)
+        if best is None or value > best.val_score:
+            best = TrainedHead(kernel, bias, l2, value, len(history.history["loss"]))
+    assert best is not None
+    return best
+
+
+# --- fine-tuning the top blocks on cached block-13 activations -----------------------------------
+
+FIRST_TOP_BLOCK = 14
+LAST_BLOCK = 16
+
+
+def _block_layers(backbone, number: int) -> list:
+    names = [f"block_{number}_{part}" for part in (
+        "expand", "expand_BN", "expand_relu", "depthwise", "depthwise_BN", "depthwise_relu",
+        "project", "project_BN")]
+    return [backbone.get_layer(name) for name in names]
+
+
+def apply_blocks(backbone, x, first: int, last: int):
+    """Apply MobileNetV2 blocks first..last (stride 1, 7x7) of `backbone` to tensor x, sharing its layers."""
+    for number in range(first, last + 1):
+        h = x
+        for layer in _block_layers(backbone, number):
+            h = layer(h)
+        add_names = {layer.name for layer in backbone.layers}
+        x = backbone.get_layer(f"block_{number}_add")([x, h]) if f"block_{number}_add" in add_names else h
+    return x
+
+
+def apply_top(backbone, x, first: int):
+    """Blocks first..16 and the final 1x1 conv + BN + ReLU6: block-13 output -> 7x7x1280 map."""
+    x = apply_blocks(backbone, x, first, LAST_BLOCK)
+    for name in ("Conv_1", "Conv_1_bn", "out_relu"):
+        x = backbone.get_layer(name)(x)
+    return x
+
+
+def pooled_from_mid(backbone, mid: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Pooled features from cached block-13 activations through the (possibly fine-tuned) top."""
+    import keras
+
+    inputs = keras.Input(mid.shape[1:])
+    top = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(apply_top(backbone, inputs, FIRST_TOP_BLOCK)))
+    return top.predict(mid.astype(np.float32), batch_size=batch, verbose=0)
+
+
+def finetune_top(
+    backbone, mid_train: np.ndarray, y_train: np.ndarray, mid_val: np.ndarray, y_val: np.ndarray,
+    n_classes: int, trainable_blocks: int, balanced: bool = True, epochs: int = 12, seed: int = 0,
+) -> dict[str, float]:
+    """Fine-tune the last `trainable_blocks` blocks (+ Conv_1) in place, BatchNorm kept frozen.
+
+    Blocks between 14 and the first trainable one stay frozen but are still applied (their input
+    is the cached block-13 output). Returns the best validation loss and epochs run.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    first_trainable = LAST_BLOCK - trainable_blocks + 1
+    for layer in backbone.layers:
+        is_top = layer.name.startswith("Conv_1") or any(
+            layer.name.startswith(f"block_{n}_") for n in range(first_trainable, LAST_BLOCK + 1))
+        # BatchNorm stays in inference mode with its ImageNet statistics: batches here are small.
+        layer.trainable = is_top and not isinstance(layer, keras.layers.BatchNormalization)
+    inputs = keras.Input(mid_train.shape[1:])
+    x = keras.layers.GlobalAveragePooling2D()(apply_top(backbone, inputs, FIRST_TOP_BLOCK))
+    x = keras.layers.Dropout(DROPOUT)(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)
+    history = model.fit(
+        mid_train.astype(np.float32), y_train, validation_data=(mid_val.astype(np.float32), y_val),
+        epochs=epochs, batch_size=32, class_weight=class_weights(y_train, n_classes, balanced),
+        callbacks=[stop], verbose=2,
+    )
+    for layer in backbone.layers:
+        layer.trainable = False
+    return {"val_loss": float(min(history.history["val_loss"])), "epochs": len(history.history["loss"])}

@@ -1,0 +1,106 @@
+"""Held-out metrics with 95% bootstrap intervals resampled over groups (patients / lesions).
+
+Resampling whole groups rather than images keeps the interval honest when one patient
+contributes several images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from sklearn import metrics as skm
+
+BOOTSTRAP_ROUNDS = 1000
+BOOTSTRAP_SEED = 7
+
+Metric = Callable[[np.ndarray, np.ndarray], float]   # (y_true, probabilities) -> value
+
+
+def _binary(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return (p[:, 1] >= 0.5).astype(int)
+
+
+def binary_metrics() -> dict[str, Metric]:
+    """Positive class = index 1 (PNEUMONIA / ABNORMAL); decision: P(positive) >= 0.5."""
+    def sensitivity(y, p):
+        return float(skm.recall_score(y, _binary(y, p), pos_label=1, zero_division=0))
+
+    def specificity(y, p):
+        return float(skm.recall_score(y, _binary(y, p), pos_label=0, zero_division=0))
+
+    return {
+        "accuracy": lambda y, p: float(skm.accuracy_score(y, _binary(y, p))),
+        "balanced_accuracy": lambda y, p: float(skm.balanced_accuracy_score(y, _binary(y, p))),
+        "auc": lambda y, p: float(skm.roc_auc_score(y, p[:, 1])),
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "f1": lambda y, p: float(skm.f1_score(y, _binary(y, p), pos_label=1, zero_division=0)),
+        "kappa": lambda y, p: float(skm.cohen_kappa_score(y, _binary(y, p))),
+    }
+
+
+def multiclass_metrics(labels: Sequence[str], sensitivity_of: str | None = None) -> dict[str, Metric]:
+    """Accuracy, balanced accuracy, macro one-vs-rest AUC, macro F1 (+ one class's sensitivity)."""
+    classes = list(range(len(labels)))
+
+    def auc(y, p):
+        present = np.unique(y)
+        if len(present) < 2:
+            return float("nan")
+        # Macro OvR AUC over the classes present in this sample (a rare class may be missing
+        # from a bootstrap resample); probabilities renormalised over them as sklearn requires.
+        sub = p[:, present] / p[:, present].sum(axis=1, keepdims=True)
+        if len(present) == 2:
+            return float(skm.roc_auc_score(y == present[1], sub[:, 1]))
+        return float(skm.roc_auc_score(y, sub, multi_class="ovr", average="macro", labels=present))
+
+    result: dict[str, Metric] = {
+        "accuracy": lambda y, p: float(skm.accuracy_score(y, p.argmax(1))),
+        "balanced_accuracy": lambda y, p: float(skm.balanced_accuracy_score(y, p.argmax(1))),
+        "auc": auc,
+        "macro_f1": lambda y, p: float(skm.f1_score(y, p.argmax(1), labels=classes, average="macro",
+                                                     zero_division=0)),
+    }
+    if sensitivity_of is not None:
+        index = list(labels).index(sensitivity_of)
+        result[f"{sensitivity_of}_sensitivity"] = lambda y, p: float(
+            skm.recall_score(y, p.argmax(1), labels=[index], average="macro", zero_division=0)
+        )
+    return result
+
+
+def with_intervals(
+    metrics: dict[str, Metric], y: np.ndarray, p: np.ndarray, groups: Sequence[str],
+    rounds: int = BOOTSTRAP_ROUNDS, seed: int = BOOTSTRAP_SEED,
+) -> dict[str, dict[str, float]]:
+    """{name: {value, ci95_low, ci95_high}}; the interval is a percentile group bootstrap."""
+    y = np.asarray(y)
+    p = np.asarray(p, dtype=np.float64)
+    unique, group_index = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(group_index == g) for g in range(len(unique))]
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {name: [] for name in metrics}
+    for _ in range(rounds):
+        chosen = rng.integers(0, len(unique), len(unique))
+        index = np.concatenate([members[g] for g in chosen])
+        for name, metric in metrics.items():
+            if name == "auc" and len(np.unique(y[index])) < 2:
+                continue
+            samples[name].append(metric(y[index], p[index]))
+    result = {}
+    for name, metric in metrics.items():
+        values = np.asarray([v for v in samples[name] if not np.isnan(v)])
+        low, high = np.percentile(values, [2.5, 97.5]) if len(values) else (float("nan"), float("nan"))
+        result[name] = {"value": round(metric(y, p), 4), "ci95_low": round(float(low), 4),
+                        "ci95_high": round(float(high), 4)}
+    return result
+
+
+def point_values(metrics: dict[str, Metric], y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    return {name: round(metric(np.asarray(y), np.asarray(p)), 4) for name, metric in metrics.items()}
+
+
+def confusion(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> list[list[int]]:
+    """Rows = true class, columns = predicted class, in label order."""
+    return skm.confusion_matrix(y, predicted, labels=list(range(n_classes))).tolist()

@@ -1,0 +1,102 @@
+"""Leak-free, stratified, seeded group splits, written to a CSV next to the model for audit.
+
+Every group (patient or lesion) lands in exactly one split, so no patient's or lesion's images
+are seen in training and then scored as held-out.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sklearn.model_selection import StratifiedGroupKFold
+
+from training.datasets import Record
+
+SEED = 20261126
+# Twenty folds of ~5% each: 3 folds test, 3 folds val, 14 folds train gives ~70/15/15.
+_FOLDS = 20
+
+
+@dataclass(frozen=True)
+class SplitRecord:
+    record: Record
+    split: str          # "train", "val" or "test"
+
+
+def _fold_of_each(records: Sequence[Record], folds: int, seed: int) -> list[int]:
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    labels = [r.label for r in records]
+    groups = [r.group for r in records]
+    fold_of = [-1] * len(records)
+    for fold, (_, held) in enumerate(splitter.split(labels, labels, groups)):
+        for index in held:
+            fold_of[index] = fold
+    return fold_of
+
+
+def group_split(
+    records: Sequence[Record], fractions: dict[str, int], seed: int = SEED
+) -> list[SplitRecord]:
+    """Assign whole groups to splits, stratified by label.
+
+    `fractions` maps split name -> number of twentieths, e.g. {"train": 14, "val": 3, "test": 3}.
+    """
+    if sum(fractions.values()) != _FOLDS:
+        raise ValueError(f"split fractions must add up to {_FOLDS} twentieths, got {fractions}")
+    fold_of = _fold_of_each(records, _FOLDS, seed)
+    split_of_fold: list[str] = []
+    for name, count in fractions.items():
+        split_of_fold += [name] * count
+    result = [SplitRecord(r, split_of_fold[f]) for r, f in zip(records, fold_of, strict=True)]
+    assert_no_group_leakage(result)
+    return result
+
+
+def train_val_test_split(records: Sequence[Record], seed: int = SEED) -> list[SplitRecord]:
+    """~70/15/15 by group (pneumonia: patient; skin: lesion)."""
+    return group_split(records, {"test": 3, "val": 3, "train": 14}, seed)
+
+
+def train_val_split_with_given_test(
+    train_records: Sequence[Record], test_records: Sequence[Record], seed: int = SEED
+) -> list[SplitRecord]:
+    """~85/15 by group of the given train records, and the dataset's own held-out folder as test."""
+    split = group_split(train_records, {"val": 3, "train": 17}, seed)
+    split += [SplitRecord(r, "test") for r in test_records]
+    assert_no_group_leakage(split)
+    return split
+
+
+def assert_no_group_leakage(split: Sequence[SplitRecord]) -> None:
+    """Raise if any group appears in more than one split."""
+    seen: dict[str, str] = {}
+    for item in split:
+        previous = seen.setdefault(item.record.group, item.split)
+        if previous != item.split:
+            raise ValueError(f"group {item.record.group!r} is in both {previous!r} and {item.split!r}")
+
+
+def counts(split: Sequence[SplitRecord]) -> dict[str, dict[str, int]]:
+    """{split: {label: images}} plus a 'groups' entry per split."""
+    result: dict[str, dict[str, int]] = {}
+    for name in ("train", "val", "test"):
+        items = [s for s in split if s.split == name]
+        by_label = Counter(s.record.label for s in items)
+        result[name] = {"images": len(items), "groups": len({s.record.group for s in items}),
+                        **dict(sorted(by_label.items()))}
+    return result
+
+
+def write_split_csv(split: Sequence[SplitRecord], path: Path, data_root: Path) -> None:
+    """CSV path,label,group,split with paths relative to the data root (never the images themselves)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "group", "split"])
+        for item in split:
+            relative = item.record.path.resolve().relative_to(Path(data_root).resolve())
+            writer.writerow([relative.as_posix(), item.record.label, item.record.group, item.split])

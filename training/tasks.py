@@ -1,0 +1,74 @@
+"""What each task trains on: its records, split, and how dataset labels map to model labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.bone.spec import SPEC as BONE
+from services.core.spec import TaskSpec
+from services.pneumonia.spec import SPEC as PNEUMONIA
+from services.skin.spec import SPEC as SKIN
+from training import datasets
+from training.splits import SplitRecord, train_val_split_with_given_test, train_val_test_split
+
+SPECS: dict[str, TaskSpec] = {"bone": BONE, "skin": SKIN, "pneumonia": PNEUMONIA}
+
+
+@dataclass(frozen=True)
+class TaskData:
+    source: str
+    licence: str
+    split_method: str
+
+
+TASK_DATA = {
+    "pneumonia": TaskData(
+        source="Kermany pediatric chest X-rays, original train split (Guangzhou Women and Children's "
+        "Medical Center), Mendeley Data doi:10.17632/rscbjbr9sj.2",
+        licence="CC BY 4.0 (Kermany, Zhang, Goldbaum 2018)",
+        split_method="StratifiedGroupKFold(20 folds, shuffled, seeded) by patient id from the file name: "
+        "14 folds train / 3 val / 3 test (~70/15/15) of the Kermany train folder",
+    ),
+    "skin": TaskData(
+        source="HAM10000 dermatoscopic images (downsized 3x to 200x150), Harvard Dataverse doi:10.7910/DVN/DBW86T",
+        licence="CC BY-NC 4.0, non-commercial (Tschandl, Rosendahl, Kittler 2018, Sci Data 5:180161)",
+        split_method="StratifiedGroupKFold(20 folds, shuffled, seeded) by lesion_id: "
+        "14 folds train / 3 val / 3 test (~70/15/15)",
+    ),
+    "bone": TaskData(
+        source="Knee radiographs from the Osteoarthritis Initiative, Kellgren-Lawrence graded "
+        "(Chen 2018), Mendeley Data doi:10.17632/56rmx5bjcr.1",
+        licence="CC BY 4.0 (Chen P. 2018); images from the OAI",
+        split_method="given knee_kl/train split by OAI patient id with StratifiedGroupKFold(20 folds, shuffled, "
+        "seeded) on KL grade: 17 folds train / 3 val (~85/15); the given knee_kl/val folder "
+        "(patient-disjoint) is the held-out test",
+    ),
+}
+
+
+def load_split(task: str, data_root: Path) -> list[SplitRecord]:
+    if task == "pneumonia":
+        return train_val_test_split(datasets.read_kermany(data_root, "train"))
+    if task == "skin":
+        return train_val_test_split(datasets.read_ham10000(data_root))
+    if task == "bone":
+        return train_val_split_with_given_test(
+            datasets.read_knee_kl(data_root, "train"), datasets.read_knee_kl(data_root, "val")
+        )
+    raise ValueError(f"unknown task {task!r}; expected one of {sorted(SPECS)}")
+
+
+def binary_bone_label(kl_grade: str) -> int | None:
+    """KL0 -> NORMAL (0), KL>=2 -> ABNORMAL (1); KL1 ('doubtful') has no binary label."""
+    grade = int(kl_grade)
+    if grade == 1:
+        return None
+    return 0 if grade == 0 else 1
+
+
+def label_index(task: str, label: str) -> int | None:
+    """Index into SPECS[task].labels for a dataset label (None: excluded from the binary head)."""
+    if task == "bone":
+        return binary_bone_label(label)
+    return SPECS[task].label_codes.index(label)

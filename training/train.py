@@ -1,0 +1,140 @@
+"""Train, export and document one shipped model.
+
+    python -m training.train --task {bone,skin,pneumonia} --data DIR [--out services/T/model]
+        [--finetune-blocks N]
+
+Steps: group split (written as split.csv) -> frozen MobileNetV2 features (cached) -> optionally
+fine-tune the top N blocks on cached block-13 activations -> heads (dropout + Dense softmax,
+balanced class weights, early stopping, L2 chosen on val) -> ONNX export with CAM -> parity
+check -> held-out test metrics through ONNX Runtime -> card.json + card.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from training import card as model_card
+from training.backbone import build_backbone
+from training.evaluate import evaluate_records
+from training.features import extract, load_image
+from training.heads import finetune_top, pooled_from_mid, softmax_probabilities, train_head
+from training.metrics import binary_metrics, multiclass_metrics, point_values
+from training.paths import PROJECT_ROOT, data_dir
+from training.splits import SEED, counts, write_split_csv
+from training.tasks import SPECS, label_index, load_split
+
+log = logging.getLogger("training.train")
+PARITY_IMAGES = 128
+
+
+def _balanced_accuracy(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import balanced_accuracy_score
+    return float(balanced_accuracy_score(y, p.argmax(1)))
+
+
+def _accuracy(y: np.ndarray, p: np.ndarray) -> float:
+    return float((p.argmax(1) == y).mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", required=True, choices=sorted(SPECS))
+    parser.add_argument("--data", help="dataset root (default: DRTECH_DATA_DIR or ../shared/data)")
+    parser.add_argument("--weights", help="MobileNetV2 .npy folder (default: DRTECH_WEIGHTS_DIR or ../shared/weights)")
+    parser.add_argument("--out", type=Path, help="output folder (default: services/<task>/model)")
+    parser.add_argument("--finetune-blocks", type=int, default=0, choices=(0, 1, 2, 3),
+                        help="fine-tune the last N MobileNetV2 blocks (+ Conv_1); 0 = frozen backbone")
+    parser.add_argument("--finetune-epochs", type=int, default=12)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    import keras
+
+    keras.utils.set_random_seed(SEED)
+    task, spec = args.task, SPECS[args.task]
+    root = data_dir(args.data)
+    out = args.out or spec.model_dir
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    split = load_split(task, root)
+    write_split_csv(split, out / "split.csv", root)
+    log.info("split: %s", json.dumps(counts(split)))
+    train_val = [s for s in split if s.split in ("train", "val")]
+    is_train = np.array([s.split == "train" for s in train_val])
+    backbone = build_backbone(args.weights)
+    features = extract(backbone, [s.record.path for s in train_val], task)
+
+    dataset_labels = [s.record.label for s in train_val]
+    finetune_info = None
+    if args.finetune_blocks:
+        # Bone fine-tunes on the KL grade (all images); the other tasks on their own labels.
+        y_ft = np.array([int(lab) for lab in dataset_labels]) if task == "bone" else \
+            np.array([label_index(task, lab) for lab in dataset_labels])
+        n_ft = 5 if task == "bone" else len(spec.labels)
+        finetune_info = finetune_top(
+            backbone, features.mid[is_train], y_ft[is_train], features.mid[~is_train], y_ft[~is_train],
+            n_ft, args.finetune_blocks, epochs=args.finetune_epochs, seed=SEED)
+        finetune_info["blocks"] = args.finetune_blocks
+        pooled = pooled_from_mid(backbone, features.mid)
+    else:
+        pooled = features.pooled
+
+    # The main head: binary bone excludes KL1 ("doubtful"); the others use every image.
+    y = np.array([-1 if label_index(task, lab) is None else label_index(task, lab) for lab in dataset_labels])
+    used = y >= 0
+    tr, va = is_train & used, ~is_train & used
+    head = train_head(pooled[tr], y[tr], pooled[va], y[va], len(spec.labels), _balanced_accuracy, seed=SEED)
+    val_probabilities = softmax_probabilities(pooled[va], head.kernel, head.bias)
+    metric_set = multiclass_metrics(spec.label_codes, "mel") if task == "skin" else binary_metrics()
+    validation = point_values(metric_set, y[va], val_probabilities)
+    heads_info = {"probabilities": {"l2": head.l2, "epochs": head.epochs, "class_weight": "balanced",
+                                    "dropout": 0.3, "selected_by": "validation balanced accuracy"}}
+    kl_kernel = kl_bias = None
+    if task == "bone":
+        kl = np.array([int(lab) for lab in dataset_labels])
+        # Exact-grade accuracy is the KL target, so this head is fit without class re-weighting.
+        kl_head = train_head(pooled[is_train], kl[is_train], pooled[~is_train], kl[~is_train], 5, _accuracy,
+                             balanced=False, seed=SEED)
+        kl_kernel, kl_bias = kl_head.kernel, kl_head.bias
+        validation["kl_grade_accuracy"] = round(kl_head.val_score, 4)
+        heads_info["kl_probabilities"] = {"l2": kl_head.l2, "epochs": kl_head.epochs, "class_weight": "none",
+                                          "dropout": 0.3, "selected_by": "validation KL exact accuracy"}
+    log.info("validation: %s", json.dumps(validation))
+    # Extraction time is stored with the cached features, so a rerun still reports it.
+    fit_seconds = time.monotonic() - started
+    timing = {"feature_extraction_seconds": None if features.seconds is None else round(features.seconds, 1),
+              "split_finetune_and_heads_seconds": round(fit_seconds, 1)}
+
+    from training.export import build_export_model, onnx_interface, parity, to_onnx
+
+    export_model = build_export_model(backbone, head.kernel, head.bias, kl_kernel, kl_bias)
+    onnx_path = to_onnx(export_model, out / "model.onnx")
+    val_paths = [s.record.path for s in train_val if s.split == "val"][:PARITY_IMAGES]
+    differences = parity(export_model, onnx_path, np.stack([load_image(p) for p in val_paths]))
+    log.info("parity on %d validation images: %s", len(val_paths), differences)
+
+    test_records = [s.record for s in split if s.split == "test"]
+    test = evaluate_records(task, onnx_path, test_records, intervals=True)
+    log.info("held-out test: %s", json.dumps(test))
+    card = model_card.build(
+        task=task, split=split, validation=validation, test=test, heads=heads_info,
+        finetune=finetune_info, parameters=int(export_model.count_params()),
+        timing=timing, parity=differences, parity_images=len(val_paths),
+        interface=onnx_interface(onnx_path), model_bytes=onnx_path.stat().st_size,
+        data_root=root,
+    )
+    model_card.write(card, out)
+    log.info("wrote %s (%s bytes) and card to %s", onnx_path, onnx_path.stat().st_size,
+             out.resolve().relative_to(PROJECT_ROOT) if out.resolve().is_relative_to(PROJECT_ROOT) else out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -88,9 +88,7 @@ async def authenticate_token(ctx: GatewayContext, token: str) -> auth_pb2.User:
         raise to_api_error(error, "authentication") from None
 
 
-async def current_caller(
-    request: Request, ctx: Annotated[GatewayContext, Depends(get_context)]
-) -> Caller:
+async def current_caller(request: Request, ctx: Annotated[GatewayContext, Depends(get_context)]) -> Caller:
     found = token_from_request(request, ctx.settings.cookie_name)
     if found is None:
         raise ApiError(401, NOT_AUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
@@ -123,8 +121,11 @@ async def sign_up(body: SignUpBody, ctx: ContextDep) -> dict:
         user = await ctx.backends.auth.SignUp(request, timeout=ctx.settings.auth_timeout_s)
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.ALREADY_EXISTS:
-            raise ApiError(409, "An account with this email already exists.", errors={
-                "email": "An account with this email already exists."}) from None
+            raise ApiError(
+                409,
+                "An account with this email already exists.",
+                errors={"email": "An account with this email already exists."},
+            ) from None
         if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
             violations = field_violations(error)
             if violations:
@@ -140,12 +141,18 @@ async def log_in(body: LogInBody, request: Request, response: Response, ctx: Con
         session = await ctx.backends.auth.LogIn(login, timeout=ctx.settings.auth_timeout_s)
     except grpc.aio.AioRpcError as error:
         code = error.code()
-        if code in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}:
+        if code in {
+            grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.NOT_FOUND,
+        }:
             # One message whether or not the email exists.
             raise ApiError(401, BAD_CREDENTIALS, headers={"WWW-Authenticate": "Bearer"}) from None
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             raise ApiError(
-                429, error.details() or "Too many failed log-ins; try again later.", headers={"Retry-After": "60"}
+                429,
+                error.details() or "Too many failed log-ins; try again later.",
+                headers={"Retry-After": "60"},
             ) from None
         if is_unreachable(error):
             raise unavailable("authentication") from None
@@ -178,14 +185,20 @@ async def log_out(request: Request, ctx: ContextDep) -> Response:
     token, via_cookie = found
     check_csrf(request, via_cookie)
     try:
-        await ctx.backends.auth.LogOut(auth_pb2.LogOutRequest(access_token=token), timeout=ctx.settings.auth_timeout_s)
+        await ctx.backends.auth.LogOut(
+            auth_pb2.LogOutRequest(access_token=token), timeout=ctx.settings.auth_timeout_s
+        )
     except grpc.aio.AioRpcError as error:
         if error.code() not in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT}:
             raise to_api_error(error, "authentication") from None
         # An already invalid token: logging out is idempotent.
     response = Response(status_code=204)
     response.delete_cookie(
-        ctx.settings.cookie_name, path="/", secure=bool(ctx.settings.cookie_secure), httponly=True, samesite="lax"
+        ctx.settings.cookie_name,
+        path="/",
+        secure=bool(ctx.settings.cookie_secure),
+        httponly=True,
+        samesite="lax",
     )
     return response
 

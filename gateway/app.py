@@ -31,8 +31,10 @@ _SECURITY_HEADERS = [
     (b"referrer-policy", b"same-origin"),
     (
         b"content-security-policy",
-        b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-        b"object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'",
+        (
+            b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+            b"object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+        ),
     ),
 ]
 

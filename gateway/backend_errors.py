@@ -15,7 +15,9 @@ def is_unreachable(error: grpc.aio.AioRpcError) -> bool:
 
 
 def unavailable(service: str) -> ApiError:
-    return ApiError(503, f"The {service} service is unavailable; try again shortly.", headers={"Retry-After": "5"})
+    return ApiError(
+        503, f"The {service} service is unavailable; try again shortly.", headers={"Retry-After": "5"}
+    )
 
 
 def to_api_error(error: grpc.aio.AioRpcError, service: str) -> ApiError:

@@ -77,10 +77,11 @@ def check_image(data: bytes, max_bytes: int) -> str:
     return decoded.media_type
 
 
-async def run_model(
-    ctx: GatewayContext, record: Diagnosis, data: bytes
-) -> tuple[Diagnosis, ApiError | None]:
-    """Call the model service and fill in `record`; the error to answer with when the model rejects the image."""
+async def run_model(ctx: GatewayContext, record: Diagnosis, data: bytes) -> tuple[Diagnosis, ApiError | None]:
+    """Call the model service and fill in `record`.
+
+    Returns the record and, when the model rejects the image, the error to answer with.
+    """
     stub = ctx.backends.models[record.exam_type]
     service = MODEL_SERVICES[record.exam_type]
     request = diagnosis_pb2.DiagnoseRequest(
@@ -94,8 +95,14 @@ async def run_model(
             status = 415 if message.lower().startswith("unsupported media type") else 422
             return record, ApiError(status, f"The {service} model cannot use this image: {message}")
         reason = "is unavailable" if is_unreachable(error) else "failed"
-        log.warning("diagnosis %s: %s service %s: %s %s", record.id, service, reason, error.code().name,
-                    error.details())
+        log.warning(
+            "diagnosis %s: %s service %s: %s %s",
+            record.id,
+            service,
+            reason,
+            error.code().name,
+            error.details(),
+        )
         record.status = STATUS_FAILED
         record.detail = (
             f"The {service} model service {reason} ({error.code().name}); the upload is kept, "

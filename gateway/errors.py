@@ -2,7 +2,8 @@
 
 Invalid fields (FastAPI's own request validation and the auth service's BadRequest violations alike)
 use one shape, 422:
-    {"detail": "Invalid fields: email: Enter a valid email address...", "errors": {"email": "Enter a valid..."}}
+    {"detail": "Invalid fields: email: Enter a valid email address...",
+     "errors": {"email": "Enter a valid email address..."}}
 """
 
 from __future__ import annotations
@@ -91,8 +92,12 @@ def validation_errors(exc: RequestValidationError) -> dict[str, str]:
     return errors
 
 
-def error_response(status_code: int, detail: str, errors: Mapping[str, str] | None = None,
-                   headers: Mapping[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status_code: int,
+    detail: str,
+    errors: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     body: dict[str, Any] = {"detail": detail}
     if errors:
         body["errors"] = dict(errors)

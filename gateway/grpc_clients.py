@@ -24,8 +24,10 @@ _SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 def channel_target(address: str) -> str:
     """`host:port` -> `dns:///host:port`; an address that already names a scheme is kept."""
-    return address if "://" in address or address.startswith(("dns:", "unix:", "ipv4:", "ipv6:")) else (
-        f"dns:///{address}"
+    return (
+        address
+        if "://" in address or address.startswith(("dns:", "unix:", "ipv4:", "ipv6:"))
+        else (f"dns:///{address}")
     )
 
 
@@ -75,7 +77,9 @@ class Backends:
 
         async def check(backend: Backend) -> tuple[str, str]:
             try:
-                reply = await backend.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+                reply = await backend.health.Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
+                )
             except grpc.aio.AioRpcError as error:
                 return backend.name, f"unreachable at {backend.address} ({error.code().name})"
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -15,16 +15,22 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "drtech_http_requests_total", "HTTP requests served", ["method", "route", "status"],
+            "drtech_http_requests_total",
+            "HTTP requests served",
+            ["method", "route", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "drtech_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+            "drtech_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.diagnoses = Counter(
-            "drtech_diagnoses_total", "Diagnoses made, by exam type and outcome", ["exam_type", "status"],
+            "drtech_diagnoses_total",
+            "Diagnoses made, by exam type and outcome",
+            ["exam_type", "status"],
             registry=self.registry,
         )
 

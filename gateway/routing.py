@@ -17,9 +17,34 @@ CANNOT_ROUTE = "could not determine exam type automatically; choose one of chest
 # DICOM BodyPartExamined values (PS3.16 CID 4031 codes and common free-text variants).
 _CHEST_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS", "RIBS"}
 _BONE_PARTS = {
-    "KNEE", "LEG", "LOWER LEG", "LOWERLEG", "UPPER LEG", "FEMUR", "TIBIA", "FIBULA", "ANKLE", "FOOT", "HIP",
-    "PELVIS", "SHOULDER", "HUMERUS", "ARM", "UPPER ARM", "ELBOW", "FOREARM", "WRIST", "HAND", "FINGER",
-    "EXTREMITY", "LOWER EXTREMITY", "UPPER EXTREMITY", "BONE", "SKELETON", "CLAVICLE", "SCAPULA",
+    "KNEE",
+    "LEG",
+    "LOWER LEG",
+    "LOWERLEG",
+    "UPPER LEG",
+    "FEMUR",
+    "TIBIA",
+    "FIBULA",
+    "ANKLE",
+    "FOOT",
+    "HIP",
+    "PELVIS",
+    "SHOULDER",
+    "HUMERUS",
+    "ARM",
+    "UPPER ARM",
+    "ELBOW",
+    "FOREARM",
+    "WRIST",
+    "HAND",
+    "FINGER",
+    "EXTREMITY",
+    "LOWER EXTREMITY",
+    "UPPER EXTREMITY",
+    "BONE",
+    "SKELETON",
+    "CLAVICLE",
+    "SCAPULA",
 }
 _SKIN_PARTS = {"SKIN"}
 # XC: external-camera photography, the modality DICOM dermoscopy uses (PS3.3 supplement 221).

@@ -1,4 +1,4 @@
-"""Gateway settings (env prefix ``DRTECH_GATEWAY_``, plus the shared ``DRTECH_*`` names), validated at start-up."""
+"""Gateway settings (prefix ``DRTECH_GATEWAY_`` plus the shared ``DRTECH_*`` names), validated at start."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ class GatewaySettings(BaseSettings):
     # Empty: a SQLite file at $DRTECH_HOME/gateway.db.
     database_url: str = ""
 
-    # Largest accepted upload: what the model services accept (20 MiB less room for the rest of the gRPC message).
+    # Largest accepted upload: what the model services accept (20 MiB, less room for the rest of the
+    # gRPC message).
     max_upload_bytes: int = Field(default=20 * MIB - 64 * 1024, ge=1024)
 
     # gRPC deadlines, seconds. Every call has one.

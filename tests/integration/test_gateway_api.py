@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -44,7 +43,9 @@ THROTTLE_AFTER = 3
 
 def serving_settings() -> ServingSettings:
     # Small and explicit so the suite shares the machine politely and ignores the environment.
-    return ServingSettings(intra_op_threads=1, worker_threads=4, warmup_runs=1, grace_seconds=0, metrics_port=0)
+    return ServingSettings(
+        intra_op_threads=1, worker_threads=4, warmup_runs=1, grace_seconds=0, metrics_port=0
+    )
 
 
 def model_spec(spec: TaskSpec, scratch: Path) -> TaskSpec:
@@ -78,9 +79,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("drtech-home")
     auth = start_auth(
         AuthSettings(
-            home=home, port=0, grace_s=0,
+            home=home,
+            port=0,
+            grace_s=0,
             # Cheap argon2 so the suite is fast; production uses the RFC 9106 defaults.
-            argon2_time_cost=1, argon2_memory_kib=1024, argon2_parallelism=1,
+            argon2_time_cost=1,
+            argon2_memory_kib=1024,
+            argon2_parallelism=1,
             throttle_max_failures_per_email=THROTTLE_AFTER,
         )
     )
@@ -109,8 +114,12 @@ def client(stack: Stack) -> Iterator[httpx.Client]:
 
 
 def sign_up(client: httpx.Client, **fields: str) -> dict:
-    body = {"email": f"user-{uuid.uuid4().hex[:10]}@example.org", "password": PASSWORD,
-            "first_name": "Ada", "surname": "Lovelace"}
+    body = {
+        "email": f"user-{uuid.uuid4().hex[:10]}@example.org",
+        "password": PASSWORD,
+        "first_name": "Ada",
+        "surname": "Lovelace",
+    }
     body.update(fields)
     reply = client.post("/api/v1/auth/signup", json=body)
     assert reply.status_code == 201, reply.text
@@ -126,8 +135,15 @@ def bearer(client: httpx.Client, stack: Stack | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {reply.json()['access_token']}"}
 
 
-def upload(client: httpx.Client, headers: dict[str, str], data: bytes, exam_type: str, explain: bool = False,
-           name: str = "upload.jpg", content_type: str = "image/jpeg") -> httpx.Response:
+def upload(
+    client: httpx.Client,
+    headers: dict[str, str],
+    data: bytes,
+    exam_type: str,
+    explain: bool = False,
+    name: str = "upload.jpg",
+    content_type: str = "image/jpeg",
+) -> httpx.Response:
     return client.post(
         "/api/v1/diagnoses",
         params={"explain": "true"} if explain else None,
@@ -149,25 +165,40 @@ def stored_files(home: Path, folder: str = "uploads") -> list[Path]:
 
 # --- accounts -----------------------------------------------------------------------------------
 
+
 def test_sign_up_returns_201_with_the_account_and_refuses_a_taken_email(client: httpx.Client) -> None:
     email = f"Mixed.Case-{uuid.uuid4().hex[:6]}@Example.org"
-    reply = client.post("/api/v1/auth/signup", json={
-        "email": email, "password": PASSWORD, "first_name": "Grace", "surname": "Hopper",
-        "city": "Arlington", "zip": "22201", "gender": "female", "birth_date": "1906-12-09"})
+    reply = client.post(
+        "/api/v1/auth/signup",
+        json={
+            "email": email,
+            "password": PASSWORD,
+            "first_name": "Grace",
+            "surname": "Hopper",
+            "city": "Arlington",
+            "zip": "22201",
+            "gender": "female",
+            "birth_date": "1906-12-09",
+        },
+    )
     assert reply.status_code == 201, reply.text
     body = reply.json()
     assert set(body) == {"id", "email", "first_name", "surname"}
     assert body["email"] == email.lower() and body["first_name"] == "Grace"
 
-    again = client.post("/api/v1/auth/signup", json={
-        "email": email.upper(), "password": PASSWORD, "first_name": "G", "surname": "H"})
+    again = client.post(
+        "/api/v1/auth/signup",
+        json={"email": email.upper(), "password": PASSWORD, "first_name": "G", "surname": "H"},
+    )
     assert again.status_code == 409
     assert "already exists" in again.json()["detail"]
 
 
 def test_sign_up_with_invalid_fields_is_422_with_a_message_per_field(client: httpx.Client) -> None:
-    reply = client.post("/api/v1/auth/signup", json={
-        "email": "nobody", "password": "aaaaaaaa", "first_name": "", "surname": "Doe", "zip": "ABCDE"})
+    reply = client.post(
+        "/api/v1/auth/signup",
+        json={"email": "nobody", "password": "aaaaaaaa", "first_name": "", "surname": "Doe", "zip": "ABCDE"},
+    )
     assert reply.status_code == 422
     errors = reply.json()["errors"]
     assert set(errors) == {"email", "password", "first_name", "zip"}
@@ -194,8 +225,12 @@ def test_log_in_gives_a_bearer_token_and_an_httponly_lax_cookie(client: httpx.Cl
 
 def test_bad_credentials_get_the_same_401_whether_or_not_the_email_exists(client: httpx.Client) -> None:
     account = sign_up(client)
-    wrong_password = client.post("/api/v1/auth/login", json={"email": account["email"], "password": "nope12345"})
-    unknown_email = client.post("/api/v1/auth/login", json={"email": "ghost@example.org", "password": PASSWORD})
+    wrong_password = client.post(
+        "/api/v1/auth/login", json={"email": account["email"], "password": "nope12345"}
+    )
+    unknown_email = client.post(
+        "/api/v1/auth/login", json={"email": "ghost@example.org", "password": PASSWORD}
+    )
     assert wrong_password.status_code == unknown_email.status_code == 401
     assert wrong_password.json() == unknown_email.json() == {"detail": "Incorrect email or password."}
 
@@ -203,7 +238,9 @@ def test_bad_credentials_get_the_same_401_whether_or_not_the_email_exists(client
 def test_repeated_failed_log_ins_are_throttled_with_429(client: httpx.Client) -> None:
     account = sign_up(client)
     codes = [
-        client.post("/api/v1/auth/login", json={"email": account["email"], "password": "wrong-pass-1"}).status_code
+        client.post(
+            "/api/v1/auth/login", json={"email": account["email"], "password": "wrong-pass-1"}
+        ).status_code
         for _ in range(THROTTLE_AFTER + 1)
     ]
     assert codes[:THROTTLE_AFTER] == [401] * THROTTLE_AFTER
@@ -215,7 +252,8 @@ def test_repeated_failed_log_ins_are_throttled_with_429(client: httpx.Client) ->
 def test_log_out_revokes_the_token_at_once_and_clears_the_cookie(client: httpx.Client) -> None:
     account = sign_up(client)
     token = client.post("/api/v1/auth/login", json={"email": account["email"], "password": PASSWORD}).json()[
-        "access_token"]
+        "access_token"
+    ]
     headers = {"Authorization": f"Bearer {token}"}
     assert client.get("/api/v1/me", headers=headers).status_code == 200
     reply = client.post("/api/v1/auth/logout", headers=headers)
@@ -244,8 +282,11 @@ def test_cookie_sessions_need_the_csrf_header_to_change_anything(client: httpx.C
 
 # --- diagnoses ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("exam_type", sorted(SPECS))
-def test_each_exam_type_is_diagnosed_by_its_own_model(client: httpx.Client, stack: Stack, exam_type: str) -> None:
+def test_each_exam_type_is_diagnosed_by_its_own_model(
+    client: httpx.Client, stack: Stack, exam_type: str
+) -> None:
     headers = bearer(client)
     reply = upload(client, headers, sample_image_bytes(exam_type), exam_type)
     assert reply.status_code == 201, reply.text
@@ -278,10 +319,14 @@ def test_explain_true_gives_a_heatmap_png(client: httpx.Client) -> None:
     assert Image.open(io.BytesIO(heatmap.content)).format == "PNG"
 
 
-def test_the_stored_upload_is_the_original_bytes_named_by_their_sha256(client: httpx.Client, stack: Stack) -> None:
+def test_the_stored_upload_is_the_original_bytes_named_by_their_sha256(
+    client: httpx.Client, stack: Stack
+) -> None:
     headers = bearer(client)
     original = png_bytes(synthetic_image("chest_xray", (300, 280), seed=7))
-    d = upload(client, headers, original, "chest_xray", name="../../evil name.png", content_type="image/png").json()
+    d = upload(
+        client, headers, original, "chest_xray", name="../../evil name.png", content_type="image/png"
+    ).json()
     image = client.get(d["image_url"], headers=headers)
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert image.content == original
@@ -360,8 +405,10 @@ def test_bad_form_fields_are_422_per_field(client: httpx.Client) -> None:
 
 def test_history_is_newest_first_filterable_paged_and_private(client: httpx.Client) -> None:
     owner = bearer(client)
-    ids = [upload(client, owner, sample_image_bytes(t), t).json()["id"]
-           for t in ("chest_xray", "skin_lesion", "chest_xray")]
+    ids = [
+        upload(client, owner, sample_image_bytes(t), t).json()["id"]
+        for t in ("chest_xray", "skin_lesion", "chest_xray")
+    ]
     page = client.get("/api/v1/diagnoses", headers=owner).json()
     assert page["total"] == 3
     assert [item["id"] for item in page["items"]] == list(reversed(ids))
@@ -374,7 +421,11 @@ def test_history_is_newest_first_filterable_paged_and_private(client: httpx.Clie
 
     stranger = bearer(client)
     assert client.get("/api/v1/diagnoses", headers=stranger).json() == {
-        "items": [], "total": 0, "limit": 20, "offset": 0}
+        "items": [],
+        "total": 0,
+        "limit": 20,
+        "offset": 0,
+    }
     for method, path in [("GET", ""), ("GET", "/image"), ("GET", "/heatmap"), ("DELETE", "")]:
         reply = client.request(method, f"/api/v1/diagnoses/{ids[0]}{path}", headers=stranger)
         assert reply.status_code == 404, (method, path)
@@ -382,7 +433,9 @@ def test_history_is_newest_first_filterable_paged_and_private(client: httpx.Clie
     assert client.get(f"/api/v1/diagnoses/{ids[0]}", headers=owner).status_code == 200
 
 
-def test_delete_removes_the_record_and_the_image_once_nothing_uses_it(client: httpx.Client, stack: Stack) -> None:
+def test_delete_removes_the_record_and_the_image_once_nothing_uses_it(
+    client: httpx.Client, stack: Stack
+) -> None:
     headers = bearer(client)
     image = png_bytes(synthetic_image("skin_lesion", (120, 100), seed=int(uuid.uuid4().int % 1000)))
     first = upload(client, headers, image, "skin_lesion", explain=True).json()
@@ -406,6 +459,7 @@ def test_delete_removes_the_record_and_the_image_once_nothing_uses_it(client: ht
 
 # --- models, health, metrics --------------------------------------------------------------------
 
+
 def test_models_lists_every_model_card_without_logging_in(client: httpx.Client, stack: Stack) -> None:
     reply = client.get("/api/v1/models")
     assert reply.status_code == 200
@@ -423,8 +477,12 @@ def test_health_readiness_and_metrics(client: httpx.Client) -> None:
     assert client.get("/healthz").status_code == 200
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json()["services"] == {"auth": "SERVING", "bone": "SERVING", "skin": "SERVING",
-                                        "pneumonia": "SERVING"}
+    assert ready.json()["services"] == {
+        "auth": "SERVING",
+        "bone": "SERVING",
+        "skin": "SERVING",
+        "pneumonia": "SERVING",
+    }
     headers = bearer(client)
     upload(client, headers, sample_image_bytes("bone_xray"), "bone_xray")
     metrics = client.get("/metrics")
@@ -471,3 +529,31 @@ def test_readyz_names_a_stopped_service_and_an_unavailable_model_gives_a_failed_
     finally:
         gateway.stop()
         pneumonia.stop(grace=0)
+
+
+def test_an_image_the_model_rejects_is_422_with_its_message_and_not_kept(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # This model service demands bigger images than the gateway's own check does.
+    skin = start_model(
+        model_spec(SKIN, tmp_path / "models"),
+        serving_settings().model_copy(update={"min_image_side": 64}),
+        port=0,
+    )
+    home = tmp_path / "home"
+    gateway = start_gateway(stack.settings(home, DRTECH_SKIN_ADDR=skin.target))
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=60) as client:
+            headers = bearer(client)
+            small = png_bytes(synthetic_image("skin_lesion", (48, 48)))
+            reply = upload(client, headers, small, "skin_lesion")
+            assert reply.status_code == 422, reply.text
+            assert reply.json()["detail"].startswith("The skin model cannot use this image: ")
+            assert "64" in reply.json()["detail"]
+            assert client.get("/api/v1/diagnoses", headers=headers).json()["total"] == 0
+            assert stored_files(home) == []
+            metrics = client.get("/metrics").text
+            assert 'drtech_diagnoses_total{exam_type="skin_lesion",status="rejected"} 1.0' in metrics
+    finally:
+        gateway.stop()
+        skin.stop(grace=0)

@@ -29,10 +29,21 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 def record(user_id: str, exam_type: str, image: str, minutes: int) -> Diagnosis:
     return Diagnosis(
-        user_id=user_id, exam_type=exam_type, requested_exam_type=exam_type, status="completed",
-        label="NORMAL", label_display="Normal", confidence=0.9, probabilities={"NORMAL": 0.9, "ABNORMAL": 0.1},
-        model_name="bone", model_version="1", extra={"kl_grade": 1}, explain=False, image_sha256=image,
-        media_type="image/png", created_at=records.utc_now() + timedelta(minutes=minutes),
+        user_id=user_id,
+        exam_type=exam_type,
+        requested_exam_type=exam_type,
+        status="completed",
+        label="NORMAL",
+        label_display="Normal",
+        confidence=0.9,
+        probabilities={"NORMAL": 0.9, "ABNORMAL": 0.1},
+        model_name="bone",
+        model_version="1",
+        extra={"kl_grade": 1},
+        explain=False,
+        image_sha256=image,
+        media_type="image/png",
+        created_at=records.utc_now() + timedelta(minutes=minutes),
     )
 
 
@@ -44,9 +55,24 @@ def test_migrations_create_the_schema_and_are_idempotent(database_url: str) -> N
         inspector = inspect(engine)
         assert {"diagnoses", "gateway_alembic_version"} <= set(inspector.get_table_names())
         columns = {column["name"] for column in inspector.get_columns("diagnoses")}
-        assert {"id", "user_id", "exam_type", "status", "detail", "label", "label_display", "confidence",
-                "probabilities", "model_name", "model_version", "extra", "heatmap_sha256", "image_sha256",
-                "media_type", "created_at"} <= columns
+        assert {
+            "id",
+            "user_id",
+            "exam_type",
+            "status",
+            "detail",
+            "label",
+            "label_display",
+            "confidence",
+            "probabilities",
+            "model_name",
+            "model_version",
+            "extra",
+            "heatmap_sha256",
+            "image_sha256",
+            "media_type",
+            "created_at",
+        } <= columns
     finally:
         engine.dispose()
 
@@ -63,7 +89,9 @@ def test_records_list_newest_first_per_user_and_track_shared_images(database_url
 
             rows, total = records.list_owned(session, "alice", limit=10, offset=0)
             assert total == 2 and [r.id for r in rows] == [new.id, old.id]
-            assert rows[1].probabilities == {"NORMAL": 0.9, "ABNORMAL": 0.1} and rows[1].extra == {"kl_grade": 1}
+            assert rows[1].probabilities == {"NORMAL": 0.9, "ABNORMAL": 0.1} and rows[1].extra == {
+                "kl_grade": 1
+            }
             rows, total = records.list_owned(session, "alice", limit=10, offset=0, exam_type="bone_xray")
             assert total == 1 and rows[0].id == old.id
             assert records.get_owned(session, old.id, "bob") is None

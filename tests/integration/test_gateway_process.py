@@ -19,11 +19,21 @@ def test_python_m_gateway_serves_on_a_free_port_and_stops_cleanly_on_sigterm(tmp
     env = dict(os.environ)
     # Backends that are certainly not there: the gateway must still start and say it is not ready.
     dead = f"127.0.0.1:{free_port()}"
-    env.update(DRTECH_HOME=str(tmp_path), DRTECH_AUTH_ADDR=dead, DRTECH_BONE_ADDR=dead, DRTECH_SKIN_ADDR=dead,
-               DRTECH_PNEUMONIA_ADDR=dead, PYTHONUNBUFFERED="1")
+    env.update(
+        DRTECH_HOME=str(tmp_path),
+        DRTECH_AUTH_ADDR=dead,
+        DRTECH_BONE_ADDR=dead,
+        DRTECH_SKIN_ADDR=dead,
+        DRTECH_PNEUMONIA_ADDR=dead,
+        PYTHONUNBUFFERED="1",
+    )
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--port", "0"], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "gateway", "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         lines: list[str] = []

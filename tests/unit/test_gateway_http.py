@@ -36,12 +36,17 @@ def test_settings_default_to_development_paths_and_ports(tmp_path: Path) -> None
     assert settings.http_port == 8000 and settings.host == "127.0.0.1"
     assert settings.auth_addr == "127.0.0.1:50051"
     assert settings.model_addresses() == {
-        "bone_xray": "127.0.0.1:50052", "skin_lesion": "127.0.0.1:50053", "chest_xray": "127.0.0.1:50054"}
+        "bone_xray": "127.0.0.1:50052",
+        "skin_lesion": "127.0.0.1:50053",
+        "chest_xray": "127.0.0.1:50054",
+    }
     assert settings.cookie_secure is False
     assert GatewaySettings(DRTECH_HOME=tmp_path, DRTECH_ENV="production").cookie_secure is True
 
 
-def test_startup_creates_the_database_schema_with_alembic(client: TestClient, settings: GatewaySettings) -> None:
+def test_startup_creates_the_database_schema_with_alembic(
+    client: TestClient, settings: GatewaySettings
+) -> None:
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(settings.database_url)
@@ -69,8 +74,15 @@ def test_signup_schema_errors_are_422_with_one_message_per_field(client: TestCli
 def test_signup_rule_errors_use_the_same_shape_and_the_auth_services_messages(client: TestClient) -> None:
     reply = client.post(
         "/api/v1/auth/signup",
-        json={"email": "not-an-email", "password": "short", "first_name": "Ada", "surname": " ",
-              "zip": "1234", "birth_date": "2999-01-01", "gender": "robot"},
+        json={
+            "email": "not-an-email",
+            "password": "short",
+            "first_name": "Ada",
+            "surname": " ",
+            "zip": "1234",
+            "birth_date": "2999-01-01",
+            "gender": "robot",
+        },
     )
     assert reply.status_code == 422
     errors = reply.json()["errors"]
@@ -149,7 +161,9 @@ def test_metrics_count_requests_by_route_template_and_status(client: TestClient)
 
 
 @pytest.mark.parametrize("path", PAGES)
-def test_every_page_says_not_for_clinical_use_and_loads_nothing_from_elsewhere(client: TestClient, path: str) -> None:
+def test_every_page_says_not_for_clinical_use_and_loads_nothing_from_elsewhere(
+    client: TestClient, path: str
+) -> None:
     reply = client.get(path)
     assert reply.status_code == 200
     assert "text/html" in reply.headers["content-type"]
@@ -160,8 +174,19 @@ def test_every_page_says_not_for_clinical_use_and_loads_nothing_from_elsewhere(c
 
 def test_the_signup_page_has_a_labelled_input_for_every_field(client: TestClient) -> None:
     html = client.get("/signup").text
-    for field in ["email", "password", "first_name", "surname", "address1", "address2", "city", "state", "zip",
-                  "gender", "birth_date"]:
+    for field in [
+        "email",
+        "password",
+        "first_name",
+        "surname",
+        "address1",
+        "address2",
+        "city",
+        "state",
+        "zip",
+        "gender",
+        "birth_date",
+    ]:
         assert f'<label for="{field}"' in html
         assert f'id="{field}-error"' in html
 

@@ -11,31 +11,41 @@ from gateway.records import Diagnosis
 from gateway.serialization import clean_extra, diagnosis_json, iso_utc, model_card_json, struct_to_dict
 from protos.drtech.v1 import diagnosis_pb2
 
-API_FIELDS = {"id", "exam_type", "status", "label", "label_display", "confidence", "probabilities", "model",
-              "created_at", "extra"}
+API_FIELDS = {
+    "id",
+    "exam_type",
+    "status",
+    "label",
+    "label_display",
+    "confidence",
+    "probabilities",
+    "model",
+    "created_at",
+    "extra",
+}
 
 
 def completed_record(**overrides) -> Diagnosis:
-    values = dict(
-        id="6f1c3d7e-0000-4000-8000-000000000001",
-        user_id="u1",
-        exam_type="chest_xray",
-        requested_exam_type="chest_xray",
-        status="completed",
-        detail=None,
-        label="PNEUMONIA",
-        label_display="Pneumonia",
-        confidence=0.973,
-        probabilities={"NORMAL": 0.027, "PNEUMONIA": 0.973},
-        model_name="pneumonia",
-        model_version="2026.11.1",
-        extra={},
-        explain=False,
-        heatmap_sha256=None,
-        image_sha256="a" * 64,
-        media_type="image/jpeg",
-        created_at=datetime(2026, 11, 25, 19, 0, 0, tzinfo=UTC),
-    )
+    values = {
+        "id": "6f1c3d7e-0000-4000-8000-000000000001",
+        "user_id": "u1",
+        "exam_type": "chest_xray",
+        "requested_exam_type": "chest_xray",
+        "status": "completed",
+        "detail": None,
+        "label": "PNEUMONIA",
+        "label_display": "Pneumonia",
+        "confidence": 0.973,
+        "probabilities": {"NORMAL": 0.027, "PNEUMONIA": 0.973},
+        "model_name": "pneumonia",
+        "model_version": "2026.11.1",
+        "extra": {},
+        "explain": False,
+        "heatmap_sha256": None,
+        "image_sha256": "a" * 64,
+        "media_type": "image/jpeg",
+        "created_at": datetime(2026, 11, 25, 19, 0, 0, tzinfo=UTC),
+    }
     values.update(overrides)
     return Diagnosis(**values)
 
@@ -66,9 +76,16 @@ def test_an_explained_diagnosis_links_its_heatmap() -> None:
 
 
 def test_a_failed_diagnosis_says_why_and_has_no_result() -> None:
-    record = completed_record(status="failed", detail="The pneumonia model service is unavailable",
-                              label=None, label_display=None, confidence=None, probabilities={},
-                              model_name=None, model_version=None)
+    record = completed_record(
+        status="failed",
+        detail="The pneumonia model service is unavailable",
+        label=None,
+        label_display=None,
+        confidence=None,
+        probabilities={},
+        model_name=None,
+        model_version=None,
+    )
     body = diagnosis_json(record)
     assert body["status"] == "failed" and body["detail"].startswith("The pneumonia")
     assert body["label"] is None and body["probabilities"] == {}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from services.core.errors import InvalidImage, UnsupportedMediaType
 
@@ -43,6 +43,7 @@ _OTHER_IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
 )
 
 _ACCEPTED = "send a JPEG, PNG or DICOM image"
+_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,13 @@ def _read_raster(
         ) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise InvalidImage(f"the {expected_format} image is truncated or corrupt ({error})") from None
+    # Camera photos (skin lesions) may be stored sideways with an EXIF orientation tag; turn them
+    # the way a browser displays them, so the heatmap lines up with what the user sees.
+    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    if orientation != 1:
+        image = ImageOps.exif_transpose(image)
+        if orientation in (5, 6, 7, 8):
+            original_size = original_size[::-1]
     return _to_rgb_or_l(image), original_size
 
 

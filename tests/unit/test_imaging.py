@@ -158,6 +158,14 @@ def test_large_jpeg_is_draft_decoded_but_keeps_its_original_size() -> None:
     assert decoded.image.size[0] <= 1000           # decoded at 1/2 scale or less
 
 
+def test_jpeg_exif_orientation_is_applied_like_a_browser_does() -> None:
+    # Stored 64 wide x 48 high with orientation 6 ("rotate 90 clockwise to display").
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    decoded = read_image(encode(gradient_rgb(64, 48), "JPEG", exif=exif.tobytes()))
+    assert (decoded.width, decoded.height) == (48, 64) == decoded.image.size
+
+
 def test_truncated_jpeg_is_refused_as_truncated() -> None:
     data = encode(gradient_rgb(256, 256), "JPEG")
     with pytest.raises(InvalidImage, match="truncated or corrupt"):

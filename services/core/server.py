@@ -83,7 +83,8 @@ class RunningServer:
         """Load and warm the model, then report SERVING. Raises ModelContractError if it cannot."""
         self.servicer.set_model(load_model(self.spec, self.settings))
         if self._stopped.is_set():
-            return   # a shutdown began while the model was loading: stay NOT_SERVING
+            self.servicer.close()   # a shutdown began while the model was loading: stay NOT_SERVING
+            return
         for name in HEALTH_NAMES:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         metrics.READY.labels(self.spec.task).set(1)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
 from services.core import heatmap, metrics
 from services.core.batching import Batcher

@@ -78,6 +78,30 @@ function showFieldErrors(form, errors) {
   if (first) first.focus();
 }
 
+// Plain-words names of every class, by exam type, from the public model cards (fetched once).
+let labelNamesPromise = null;
+function labelNames() {
+  labelNamesPromise = labelNamesPromise || api("/api/v1/models")
+    .then((cards) => Object.fromEntries(cards.map((card) =>
+      [card.exam_type, Object.fromEntries((card.labels || []).map((l) => [l.code, l.display_name]))])))
+    .catch(() => ({}));
+  return labelNamesPromise;
+}
+
+// Flatten a card's metrics ({"test": {"auc": 0.91}} -> [["test auc", 0.91]]), numbers and text only.
+function flatMetrics(metrics, prefix = "", depth = 0) {
+  const rows = [];
+  for (const [key, value] of Object.entries(metrics || {})) {
+    const name = prefix ? `${prefix} ${key}` : key;
+    if (value !== null && typeof value === "object" && !Array.isArray(value) && depth < 2) {
+      rows.push(...flatMetrics(value, name, depth + 1));
+    } else if (typeof value === "number" || typeof value === "string") {
+      rows.push([name, value]);
+    }
+  }
+  return rows;
+}
+
 function percent(value) {
   return `${(value * 100).toFixed(1)}%`;
 }
@@ -152,7 +176,7 @@ function findingText(d) {
   return text;
 }
 
-function renderResult(d) {
+async function renderResult(d) {
   const section = $("#result");
   section.hidden = false;
   $("#result-finding").textContent = findingText(d);
@@ -164,7 +188,7 @@ function renderResult(d) {
     retry.addEventListener("click", async () => {
       retry.disabled = true;
       try {
-        renderResult(await api(`/api/v1/diagnoses/${d.id}/retry`, { method: "POST" }));
+        await renderResult(await api(`/api/v1/diagnoses/${d.id}/retry`, { method: "POST" }));
       } catch (error) {
         detail.textContent = error.message;
         retry.disabled = false;
@@ -176,7 +200,7 @@ function renderResult(d) {
   const bars = $("#result-bars");
   bars.replaceChildren();
   const entries = Object.entries(d.probabilities || {}).sort((a, b) => b[1] - a[1]);
-  const names = (d.extra && d.extra.label_names) || {};
+  const names = (await labelNames())[d.exam_type] || {};
   for (const [code, p] of entries) {
     const fill = el("span", { className: "bar-fill" + (code === d.label ? " top" : "") });
     fill.style.width = `${Math.max(0, Math.min(1, p)) * 100}%`; // CSSOM: allowed by the CSP
@@ -230,8 +254,9 @@ function initDiagnose() {
     try {
       const diagnosis = await api(`/api/v1/diagnoses?explain=${explain}`, { method: "POST", body: data });
       setStatus(diagnosis.status === "completed" ? "Done." : "The model could not answer.", "info");
-      renderResult(diagnosis);
+      await renderResult(diagnosis);
       $("#result").scrollIntoView({ behavior: "smooth" });
+      $("#result-finding").focus();
     } catch (error) {
       if (error.status === 401) window.location.assign("/login?next=/app");
       setStatus(error.message);
@@ -246,7 +271,7 @@ async function initResultPage() {
   const section = $("#result");
   if (!section || !section.dataset.diagnosisId) return;
   try {
-    renderResult(await api(`/api/v1/diagnoses/${encodeURIComponent(section.dataset.diagnosisId)}`));
+    await renderResult(await api(`/api/v1/diagnoses/${encodeURIComponent(section.dataset.diagnosisId)}`));
   } catch (error) {
     setStatus(error.message);
   }
@@ -311,9 +336,9 @@ function initModels() {
   api("/api/v1/models").then((cards) => {
     box.replaceChildren(...cards.map((card) => {
       const metrics = el("dl", { className: "facts" });
-      for (const [name, value] of Object.entries(card.metrics || {})) {
-        if (typeof value === "object") continue;
-        metrics.append(el("dt", { text: name }), el("dd", { text: typeof value === "number" ? value.toFixed(3) : String(value) }));
+      for (const [name, value] of flatMetrics(card.metrics)) {
+        const shown = typeof value === "number" && !Number.isInteger(value) ? value.toFixed(3) : String(value);
+        metrics.append(el("dt", { text: name }), el("dd", { text: shown }));
       }
       const limitations = el("ul", {}, ...(card.limitations || []).map((text) => el("li", { text })));
       return el("article", { className: "card" },

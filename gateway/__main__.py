@@ -33,6 +33,7 @@ async def serve(settings: GatewaySettings, sock: socket.socket) -> int:
         create_app(settings),
         log_config=None,  # keep our one-line log format
         proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=15,
     )
     server = uvicorn.Server(config)

@@ -25,6 +25,9 @@ class GatewaySettings(BaseSettings):
     max_message_bytes: int = Field(default=20 * MIB, ge=4096, validation_alias="DRTECH_MAX_MESSAGE_BYTES")
 
     host: str = "127.0.0.1"
+    # Proxies (comma-separated IPs, or "*") whose X-Forwarded-For/-Proto uvicorn trusts, so the client
+    # IP passed to the auth service for log-in throttling is the real one behind an ingress.
+    forwarded_allow_ips: str = "127.0.0.1"
     # Any SQLAlchemy URL, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/drtech.
     # Empty: a SQLite file at $DRTECH_HOME/gateway.db.
     database_url: str = ""

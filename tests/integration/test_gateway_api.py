@@ -50,7 +50,7 @@ def serving_settings() -> ServingSettings:
 
 def model_spec(spec: TaskSpec, scratch: Path) -> TaskSpec:
     """The shipped model when it exists, else a contract-shaped stand-in model for the same labels."""
-    if spec.model_path.exists():
+    if spec.model_path.exists() and spec.card_path.exists():
         return spec
     return write_fixture_model(spec, scratch / spec.task)
 

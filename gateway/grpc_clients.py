@@ -24,11 +24,9 @@ _SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 def channel_target(address: str) -> str:
     """`host:port` -> `dns:///host:port`; an address that already names a scheme is kept."""
-    return (
-        address
-        if "://" in address or address.startswith(("dns:", "unix:", "ipv4:", "ipv6:"))
-        else (f"dns:///{address}")
-    )
+    if "://" in address or address.startswith(("dns:", "unix:", "ipv4:", "ipv6:")):
+        return address
+    return f"dns:///{address}"
 
 
 def open_channel(address: str, max_message_bytes: int) -> grpc.aio.Channel:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.grpc_clients import channel_target
 from gateway.routing import AUTO, CANNOT_ROUTE, choose_exam_type, route_dicom
 
 
@@ -43,3 +44,12 @@ def test_auto_does_not_guess_when_the_header_does_not_say(tags: dict[str, str]) 
 def test_auto_cannot_route_a_plain_photo_yet(media_type: str) -> None:
     assert choose_exam_type(AUTO, media_type, {}) is None
     assert "choose one" in CANNOT_ROUTE
+
+
+def test_backend_addresses_use_the_dns_resolver_so_round_robin_sees_every_pod() -> None:
+    assert channel_target("127.0.0.1:50052") == "dns:///127.0.0.1:50052"
+    assert (
+        channel_target("bone.drtech.svc.cluster.local:50052") == "dns:///bone.drtech.svc.cluster.local:50052"
+    )
+    assert channel_target("dns:///bone:50052") == "dns:///bone:50052"
+    assert channel_target("unix:/run/bone.sock") == "unix:/run/bone.sock"

@@ -6,13 +6,15 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Our own version table, so the gateway and the auth service can share one PostgreSQL database.
 VERSION_TABLE = "gateway_alembic_version"
+# PostgreSQL advisory lock key: several gateway replicas starting at once migrate one at a time.
+_MIGRATION_LOCK_ID = 0x64725F6777  # "dr_gw"
 
 
 def create_database_engine(url: str) -> Engine:
@@ -42,6 +44,9 @@ def migrate(engine: Engine) -> None:
     """Bring the schema to the latest revision (idempotent)."""
     config = alembic_config()
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Held until this transaction ends; PostgreSQL releases it even if the process dies.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

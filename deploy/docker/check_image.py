@@ -20,8 +20,10 @@ def main() -> int:
     for task in TASKS:
         spec = importlib.import_module(f"services.{task}.spec").SPEC
         if "site-packages" not in str(spec.model_dir):
-            print(f"services.{task} was imported from {spec.model_dir}, not the installed package",
-                  file=sys.stderr)
+            print(
+                f"services.{task} was imported from {spec.model_dir}, not the installed package",
+                file=sys.stderr,
+            )
             return 1
         missing += [str(path) for path in (spec.model_path, spec.card_path) if not path.is_file()]
     if missing:

@@ -56,7 +56,10 @@ SHARED_ENV = {"DRTECH_LOG_LEVEL"}
 # Settings the manifests already use that the serving core is still adding (docs: deploy/k8s/README.md).
 PENDING_SETTINGS = {"DRTECH_SERVING_PROVIDERS"}
 # How long each component drains on SIGTERM, by the environment variable its manifest sets.
-GRACE_ENV = {"auth": "DRTECH_AUTH_GRACE_S", **{task: "DRTECH_SERVING_GRACE_SECONDS" for task in MODEL_SERVICES}}
+GRACE_ENV = {
+    "auth": "DRTECH_AUTH_GRACE_S",
+    **{task: "DRTECH_SERVING_GRACE_SECONDS" for task in MODEL_SERVICES},
+}
 # Secrets the operator creates (deploy/k8s/README.md); never committed.
 EXTERNAL_SECRETS = {"drtech-database", "drtech-tls"}
 MIN_KUBERNETES = "1.27.0"  # native gRPC probes are GA from 1.27
@@ -107,7 +110,11 @@ def renderer() -> list[str] | None:
 @functools.cache
 def kubectl_kustomize_major() -> int:
     result = subprocess.run(
-        ["kubectl", "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=60
+        ["kubectl", "version", "--client", "-o", "json"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if result.returncode != 0:
         return 0
@@ -127,12 +134,16 @@ needs_renderer = pytest.mark.skipif(
 def render(folder: str) -> tuple[dict[str, Any], ...]:
     command = renderer()
     assert command is not None
-    result = subprocess.run([*command, str(K8S / folder)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*command, str(K8S / folder)], check=False, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, f"{' '.join(command)} {folder} failed:\n{result.stderr}"
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc is not None)
 
 
-def of_kind(objects: list[dict[str, Any]] | tuple[dict[str, Any], ...], kind: str) -> dict[str, dict[str, Any]]:
+def of_kind(
+    objects: list[dict[str, Any]] | tuple[dict[str, Any], ...], kind: str
+) -> dict[str, dict[str, Any]]:
     return {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == kind}
 
 
@@ -179,7 +190,9 @@ def gateway_grace_seconds() -> float:
     """uvicorn's graceful-shutdown timeout, as gateway/__main__.py sets it."""
     source = (REPO / "gateway" / "__main__.py").read_text(encoding="utf-8")
     match = re.search(r"timeout_graceful_shutdown\s*=\s*(\d+(?:\.\d+)?)", source)
-    assert match, "gateway/__main__.py no longer sets timeout_graceful_shutdown: update this test and gateway.yaml"
+    assert match, (
+        "gateway/__main__.py no longer sets timeout_graceful_shutdown: update this test and gateway.yaml"
+    )
     return float(match.group(1))
 
 
@@ -187,7 +200,9 @@ def gateway_grace_seconds() -> float:
 # Invariants every set of objects (the base as written, or a rendered overlay) must meet
 
 
-def workload_problems(objects: list[dict[str, Any]] | tuple[dict[str, Any], ...], rendered: bool) -> Iterator[str]:
+def workload_problems(
+    objects: list[dict[str, Any]] | tuple[dict[str, Any], ...], rendered: bool
+) -> Iterator[str]:
     """Yield one line per broken invariant; empty means the workloads are fine."""
     deployments = of_kind(objects, "Deployment")
     services = of_kind(objects, "Service")
@@ -306,16 +321,19 @@ def workload_problems(objects: list[dict[str, Any]] | tuple[dict[str, Any], ...]
     if gateway_service is None:
         yield "gateway: no Service"
     else:
-        if gateway_service["spec"].get("type", "ClusterIP") != "ClusterIP" or gateway_service["spec"].get(
-            "clusterIP"
-        ) == "None":
+        if (
+            gateway_service["spec"].get("type", "ClusterIP") != "ClusterIP"
+            or gateway_service["spec"].get("clusterIP") == "None"
+        ):
             yield "gateway: Service must be a plain ClusterIP (the Ingress controller balances HTTP)"
         if [p.get("targetPort") for p in gateway_service["spec"]["ports"]] != ["http"]:
             yield "gateway: Service must target the container port named http"
 
     for name, service in services.items():
         selector = service["spec"].get("selector", {})
-        if not any(selects(selector, d["spec"]["template"]["metadata"]["labels"]) for d in deployments.values()):
+        if not any(
+            selects(selector, d["spec"]["template"]["metadata"]["labels"]) for d in deployments.values()
+        ):
             yield f"Service {name}: selector {selector} matches no Deployment's pods"
 
     for name, hpa in autoscalers.items():
@@ -375,7 +393,7 @@ def probe_problems(name: str, where: str, container: dict[str, Any]) -> Iterator
             yield f"{where}: must expose exactly one port, named http, {GATEWAY_PORT} (got {ports})"
         paths = {kind: probe.get("httpGet", {}).get("path") for kind, probe in probes.items()}
         if paths != {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}:
-            yield f"{where}: probes must be httpGet /healthz (startup, liveness) and /readyz (readiness): {paths}"
+            yield f"{where}: probes must be /healthz (startup, liveness) and /readyz (readiness): {paths}"
         if any(probe.get("httpGet", {}).get("port") != "http" for probe in probes.values()):
             yield f"{where}: HTTP probes must use the port named http"
     # Warm-up (model load + warm-up runs) must fit in the startup probe's window.
@@ -388,13 +406,19 @@ def network_policy_problems(
     objects: list[dict[str, Any]] | tuple[dict[str, Any], ...], deployments: dict[str, dict[str, Any]]
 ) -> Iterator[str]:
     policies = list(of_kind(objects, "NetworkPolicy").values())
-    gateway_labels = deployments.get("gateway", {}).get("spec", {}).get("template", {}).get("metadata", {}).get(
-        "labels", {}
+    gateway_labels = (
+        deployments.get("gateway", {})
+        .get("spec", {})
+        .get("template", {})
+        .get("metadata", {})
+        .get("labels", {})
     )
     for name, deployment in deployments.items():
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         applying = [
-            p for p in policies if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+            p
+            for p in policies
+            if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
             and selects(p["spec"]["podSelector"].get("matchLabels", {}), labels)
         ]
         if not any(not p["spec"].get("ingress") for p in applying):
@@ -409,7 +433,8 @@ def network_policy_problems(
         for rule in rules:
             peers = rule.get("from", [])
             only_gateway = peers and all(
-                set(peer) == {"podSelector"} and selects(peer["podSelector"].get("matchLabels", {}), gateway_labels)
+                set(peer) == {"podSelector"}
+                and selects(peer["podSelector"].get("matchLabels", {}), gateway_labels)
                 and peer["podSelector"].get("matchLabels")
                 for peer in peers
             )
@@ -471,7 +496,9 @@ def test_base_keeps_sqlite_components_to_one_replica() -> None:
     auth = of_kind(objects, "Deployment")["auth"]
     assert auth["spec"]["replicas"] == 1
     assert auth["spec"]["strategy"]["type"] == "Recreate"
-    assert "auth" not in {h["spec"]["scaleTargetRef"]["name"] for h in of_kind(objects, "HorizontalPodAutoscaler").values()}
+    assert "auth" not in {
+        h["spec"]["scaleTargetRef"]["name"] for h in of_kind(objects, "HorizontalPodAutoscaler").values()
+    }
     assert of_kind(objects, "PersistentVolumeClaim")["auth-data"]["spec"]["accessModes"] == ["ReadWriteOnce"]
     server = containers(auth)[0]
     assert env_value(server, "DRTECH_AUTH_DATABASE_URL") is None, "the base's default is SQLite"
@@ -479,7 +506,9 @@ def test_base_keeps_sqlite_components_to_one_replica() -> None:
 
 def test_each_model_service_scales_on_its_own() -> None:
     objects = base_objects()
-    autoscalers = {h["spec"]["scaleTargetRef"]["name"]: h for h in of_kind(objects, "HorizontalPodAutoscaler").values()}
+    autoscalers = {
+        h["spec"]["scaleTargetRef"]["name"]: h for h in of_kind(objects, "HorizontalPodAutoscaler").values()
+    }
     for task in MODEL_SERVICES:
         assert task in autoscalers, f"{task} has no HorizontalPodAutoscaler"
     assert "gateway" in autoscalers
@@ -510,25 +539,43 @@ def test_invariant_checks_catch_a_broken_manifest() -> None:
     """The checks above can fail: break one thing at a time in a copy of the base and see it reported."""
     breakages = {
         "ClusterIP Service for a model service": (
-            lambda objs: of_kind(objs, "Service")["bone"]["spec"].pop("clusterIP"), "headless"),
+            lambda objs: of_kind(objs, "Service")["bone"]["spec"].pop("clusterIP"),
+            "headless",
+        ),
         "HTTP probe on a gRPC service": (
             lambda objs: containers(of_kind(objs, "Deployment")["skin"])[0].update(
-                readinessProbe={"httpGet": {"path": "/", "port": 50053}}), "native grpc probe"),
+                readinessProbe={"httpGet": {"path": "/", "port": 50053}}
+            ),
+            "native grpc probe",
+        ),
         "writable root filesystem": (
             lambda objs: containers(of_kind(objs, "Deployment")["auth"])[0]["securityContext"].update(
-                readOnlyRootFilesystem=False), "read-only"),
+                readOnlyRootFilesystem=False
+            ),
+            "read-only",
+        ),
         "misspelt setting": (
             lambda objs: containers(of_kind(objs, "Deployment")["pneumonia"])[0]["env"].append(
-                {"name": "DRTECH_SERVING_HOSTNAME", "value": "0.0.0.0"}), "read by no setting"),
+                {"name": "DRTECH_SERVING_HOSTNAME", "value": "0.0.0.0"}
+            ),
+            "read by no setting",
+        ),
         "port not named grpc": (
             lambda objs: containers(of_kind(objs, "Deployment")["bone"])[0]["ports"][0].update(name="rpc"),
-            "named grpc"),
+            "named grpc",
+        ),
         "no memory limit": (
             lambda objs: containers(of_kind(objs, "Deployment")["gateway"])[0]["resources"]["limits"].pop(
-                "memory"), "limits.memory"),
+                "memory"
+            ),
+            "limits.memory",
+        ),
         "model service open to every pod": (
-            lambda objs: of_kind(objs, "NetworkPolicy")["bone-from-gateway"]["spec"]["ingress"][0].pop("from"),
-            "more than the gateway"),
+            lambda objs: of_kind(objs, "NetworkPolicy")["bone-from-gateway"]["spec"]["ingress"][0].pop(
+                "from"
+            ),
+            "more than the gateway",
+        ),
     }
     for what, (breakage, expected) in breakages.items():
         objects = base_objects()
@@ -540,14 +587,18 @@ def test_invariant_checks_catch_a_broken_manifest() -> None:
 def test_image_definition_installs_serving_extras_without_tensorflow() -> None:
     dockerfile = (REPO / "deploy" / "docker" / "Dockerfile").read_text(encoding="utf-8")
     assert "python:3.11-slim" in dockerfile
-    assert '.[serving,auth,gateway]' in dockerfile
+    assert ".[serving,auth,gateway]" in dockerfile
     assert "grpc_tools.protoc" in dockerfile, "the image generates the gRPC code at build time"
-    assert re.search(r"^USER 10001", dockerfile, re.MULTILINE), "the image runs as the non-root uid the pods use"
+    assert re.search(r"^USER 10001", dockerfile, re.MULTILINE), (
+        "the image runs as the non-root uid the pods use"
+    )
     assert "tensorflow" not in dockerfile.lower().replace("no tensorflow", "")
     ignored = (REPO / ".dockerignore").read_text(encoding="utf-8").split()
     for path in (".venv", "var", "training", "tests"):
         assert path in ignored, f".dockerignore must exclude {path}"
-    assert not any(p.startswith("services") for p in ignored), "the shipped models must stay in the build context"
+    assert not any(p.startswith("services") for p in ignored), (
+        "the shipped models must stay in the build context"
+    )
     # The uid the pods declare is the image's.
     for deployment in of_kind(base_objects(), "Deployment").values():
         assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 10001
@@ -577,14 +628,22 @@ def test_overlay_renders_and_meets_every_invariant(overlay: str) -> None:
 def test_sqlite_components_never_run_more_than_one_replica(overlay: str) -> None:
     """Auth and the gateway may scale out only when their database URL comes from a Secret."""
     objects = render(f"overlays/{overlay}")
-    autoscalers = {h["spec"]["scaleTargetRef"]["name"]: h for h in of_kind(objects, "HorizontalPodAutoscaler").values()}
+    autoscalers = {
+        h["spec"]["scaleTargetRef"]["name"]: h for h in of_kind(objects, "HorizontalPodAutoscaler").values()
+    }
     for name, variable in (("auth", "DRTECH_AUTH_DATABASE_URL"), ("gateway", "DRTECH_GATEWAY_DATABASE_URL")):
         deployment = of_kind(objects, "Deployment")[name]
         url = env_value(containers(deployment)[0], variable)
         if url is not None:
-            assert "secretKeyRef" in url.get("valueFrom", {}), f"{overlay}: {variable} must come from a Secret"
+            assert "secretKeyRef" in url.get("valueFrom", {}), (
+                f"{overlay}: {variable} must come from a Secret"
+            )
             continue
-        most = autoscalers[name]["spec"]["maxReplicas"] if name in autoscalers else deployment["spec"].get("replicas", 1)
+        most = (
+            autoscalers[name]["spec"]["maxReplicas"]
+            if name in autoscalers
+            else deployment["spec"].get("replicas", 1)
+        )
         assert most == 1, f"{overlay}: {name} uses SQLite but may run {most} replicas"
 
 
@@ -614,7 +673,9 @@ def test_production_overlay_uses_postgresql_from_a_secret_and_several_replicas()
         assert url["valueFrom"]["secretKeyRef"]["name"] == "drtech-database"
     assert deployments["auth"]["spec"]["replicas"] >= 2
     assert deployments["auth"]["spec"]["strategy"]["type"] == "RollingUpdate"
-    assert "auth-data" not in of_kind(objects, "PersistentVolumeClaim"), "auth keeps no SQLite file in production"
+    assert "auth-data" not in of_kind(objects, "PersistentVolumeClaim"), (
+        "auth keeps no SQLite file in production"
+    )
     for hpa in of_kind(objects, "HorizontalPodAutoscaler").values():
         assert hpa["spec"]["minReplicas"] >= 2, hpa["metadata"]["name"]
     ingress = of_kind(objects, "Ingress")["gateway"]
@@ -638,7 +699,9 @@ def test_gpu_overlay_puts_only_the_model_services_on_gpus_with_cuda() -> None:
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
         providers = env_value(server, "DRTECH_SERVING_PROVIDERS")
         assert providers is not None and providers["value"].split(",")[0] == "CUDAExecutionProvider"
-        assert server["image"] == "registry.example.com/drtech:2026.11.1-gpu", "CUDA needs the gpu image variant"
+        assert server["image"] == "registry.example.com/drtech:2026.11.1-gpu", (
+            "CUDA needs the gpu image variant"
+        )
     # Still production underneath.
     config = next(iter(of_kind(objects, "ConfigMap").values()))["data"]
     assert config["DRTECH_ENV"] == "production"
@@ -654,5 +717,7 @@ def test_rendered_objects_match_the_kubernetes_schema(overlay: str) -> None:
         try:
             kubernetes_validate.validate(obj, MIN_KUBERNETES, strict=True)
         except kubernetes_validate.ValidationError as error:
-            pytest.fail(f"{overlay}: {obj['kind']}/{obj['metadata']['name']} is invalid for "
-                        f"Kubernetes {MIN_KUBERNETES}: {error.message} at {list(error.path)}")
+            pytest.fail(
+                f"{overlay}: {obj['kind']}/{obj['metadata']['name']} is invalid for "
+                f"Kubernetes {MIN_KUBERNETES}: {error.message} at {list(error.path)}"
+            )

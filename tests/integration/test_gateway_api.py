@@ -557,3 +557,28 @@ def test_an_image_the_model_rejects_is_422_with_its_message_and_not_kept(
     finally:
         gateway.stop()
         skin.stop(grace=0)
+
+
+@pytest.mark.postgres
+def test_the_gateway_keeps_its_records_in_postgresql(stack: Stack, tmp_path: Path) -> None:
+    from services.auth.testing import fresh_postgres_schema, postgres_unavailable_reason
+
+    reason = postgres_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with fresh_postgres_schema() as url:
+        gateway = start_gateway(stack.settings(tmp_path, database_url=url))
+        try:
+            with httpx.Client(base_url=gateway.url, timeout=60) as client:
+                headers = bearer(client)
+                made = upload(client, headers, sample_image_bytes("chest_xray"), "chest_xray", explain=True)
+                assert made.status_code == 201, made.text
+                listed = client.get("/api/v1/diagnoses", headers=headers).json()
+                assert [item["id"] for item in listed["items"]] == [made.json()["id"]]
+                assert listed["items"][0] == made.json()
+                assert (
+                    client.delete(made.json()["image_url"][: -len("/image")], headers=headers).status_code
+                    == 204
+                )
+        finally:
+            gateway.stop()

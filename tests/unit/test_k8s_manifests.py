@@ -242,61 +242,12 @@ def workload_problems(
 
         for container in containers(deployment):
             where = f"{name}/{container['name']}"
-            image = container["image"]
-            if not re.match(r"^[\w./-]*drtech(-gpu)?(:[\w.-]+)?$", image) or image.endswith(":latest"):
-                yield f"{where}: image '{image}' is not a pinned Dr.Tech image"
-            if rendered and ":" not in image.rsplit("/", 1)[-1]:
-                yield f"{where}: rendered image '{image}' has no tag"
-
-            security = container.get("securityContext", {})
-            if security.get("allowPrivilegeEscalation") is not False:
-                yield f"{where}: allowPrivilegeEscalation must be false"
-            if security.get("readOnlyRootFilesystem") is not True:
-                yield f"{where}: root filesystem must be read-only"
-            if security.get("capabilities", {}).get("drop") != ["ALL"]:
-                yield f"{where}: must drop ALL capabilities"
-            if security.get("privileged"):
-                yield f"{where}: must not be privileged"
-
-            resources = container.get("resources", {})
-            for section in ("requests", "limits"):
-                for resource in ("cpu", "memory"):
-                    if resource not in resources.get(section, {}):
-                        yield f"{where}: resources.{section}.{resource} is not set"
-
-            mounts = {mount["mountPath"]: mount["name"] for mount in container.get("volumeMounts", [])}
-            for path, volume in mounts.items():
-                if volume not in volumes:
-                    yield f"{where}: mounts '{volume}' at {path}, which is not a volume of the pod"
-            if "emptyDir" not in volumes.get(mounts.get("/tmp", ""), {}):
-                yield f"{where}: a read-only root needs an emptyDir at /tmp"
-
-            for source in container.get("envFrom", []):
-                ref = source.get("configMapRef", {}).get("name")
-                if ref is not None and ref not in configmaps:
-                    yield f"{where}: envFrom names ConfigMap '{ref}', which is not defined"
-            for entry in container.get("env", []):
-                secret = entry.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
-                if secret is not None and secret not in EXTERNAL_SECRETS | set(of_kind(objects, "Secret")):
-                    yield f"{where}: env {entry['name']} reads unknown Secret '{secret}'"
-
+            yield from container_problems(where, container, volumes, rendered)
+            yield from reference_problems(where, container, objects, configmaps)
             yield from env_name_problems(name, where, container)
             yield from command_problems(name, where, container)
             yield from probe_problems(name, where, container)
-
-            grace = gateway_grace_seconds() if name == "gateway" else None
-            grace_entry = env_value(container, GRACE_ENV[name]) if name in GRACE_ENV else None
-            if name in GRACE_ENV:
-                if grace_entry is None:
-                    yield f"{where}: sets no {GRACE_ENV[name]}, so the termination grace is unchecked"
-                    continue
-                grace = float(grace_entry["value"])
-            needed = prestop_sleep_seconds(container) + (grace or 0.0)
-            if pod.get("terminationGracePeriodSeconds", 30) <= needed:
-                yield (
-                    f"{where}: terminationGracePeriodSeconds {pod.get('terminationGracePeriodSeconds', 30)} "
-                    f"must exceed preStop + the app's grace ({needed:g} s)"
-                )
+            yield from termination_problems(name, where, container, pod)
 
         targeted = [hpa for hpa in autoscalers.values() if hpa["spec"]["scaleTargetRef"]["name"] == name]
         if targeted and "replicas" in deployment["spec"]:
@@ -354,6 +305,76 @@ def workload_problems(
                 backend = path["backend"]["service"]
                 if backend["name"] != "gateway" or backend["port"].get("name") != "http":
                     yield f"Ingress {name}: must route to Service gateway, port http"
+
+
+def container_problems(
+    where: str, container: dict[str, Any], volumes: dict[str, dict[str, Any]], rendered: bool
+) -> Iterator[str]:
+    """Pinned image, hardened security context, requests and limits, writable /tmp."""
+    image = container["image"]
+    if not re.match(r"^[\w./-]*drtech(-gpu)?(:[\w.-]+)?$", image) or image.endswith(":latest"):
+        yield f"{where}: image '{image}' is not a pinned Dr.Tech image"
+    if rendered and ":" not in image.rsplit("/", 1)[-1]:
+        yield f"{where}: rendered image '{image}' has no tag"
+
+    security = container.get("securityContext", {})
+    if security.get("allowPrivilegeEscalation") is not False:
+        yield f"{where}: allowPrivilegeEscalation must be false"
+    if security.get("readOnlyRootFilesystem") is not True:
+        yield f"{where}: root filesystem must be read-only"
+    if security.get("capabilities", {}).get("drop") != ["ALL"]:
+        yield f"{where}: must drop ALL capabilities"
+    if security.get("privileged"):
+        yield f"{where}: must not be privileged"
+
+    resources = container.get("resources", {})
+    for section in ("requests", "limits"):
+        for resource in ("cpu", "memory"):
+            if resource not in resources.get(section, {}):
+                yield f"{where}: resources.{section}.{resource} is not set"
+
+    mounts = {mount["mountPath"]: mount["name"] for mount in container.get("volumeMounts", [])}
+    for path, volume in mounts.items():
+        if volume not in volumes:
+            yield f"{where}: mounts '{volume}' at {path}, which is not a volume of the pod"
+    if "emptyDir" not in volumes.get(mounts.get("/tmp", ""), {}):
+        yield f"{where}: a read-only root needs an emptyDir at /tmp"
+
+
+def reference_problems(
+    where: str,
+    container: dict[str, Any],
+    objects: list[dict[str, Any]] | tuple[dict[str, Any], ...],
+    configmaps: set[str],
+) -> Iterator[str]:
+    """Every ConfigMap and Secret the container reads exists (or is one the operator creates)."""
+    for source in container.get("envFrom", []):
+        ref = source.get("configMapRef", {}).get("name")
+        if ref is not None and ref not in configmaps:
+            yield f"{where}: envFrom names ConfigMap '{ref}', which is not defined"
+    secrets = EXTERNAL_SECRETS | set(of_kind(objects, "Secret"))
+    for entry in container.get("env", []):
+        secret = entry.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+        if secret is not None and secret not in secrets:
+            yield f"{where}: env {entry['name']} reads unknown Secret '{secret}'"
+
+
+def termination_problems(
+    name: str, where: str, container: dict[str, Any], pod: dict[str, Any]
+) -> Iterator[str]:
+    """SIGKILL must not come before the preStop sleep and the app's own drain have both finished."""
+    if name == "gateway":
+        grace = gateway_grace_seconds()
+    else:
+        entry = env_value(container, GRACE_ENV[name])
+        if entry is None:
+            yield f"{where}: sets no {GRACE_ENV[name]}, so its drain time is unknown"
+            return
+        grace = float(entry["value"])
+    needed = prestop_sleep_seconds(container) + grace
+    allowed = pod.get("terminationGracePeriodSeconds", 30)
+    if allowed <= needed:
+        yield f"{where}: terminationGracePeriodSeconds {allowed} must exceed preStop + drain ({needed:g} s)"
 
 
 def env_name_problems(name: str, where: str, container: dict[str, Any]) -> Iterator[str]:
@@ -535,53 +556,61 @@ def test_gateway_shares_its_upload_store_and_reaches_services_by_headless_dns() 
     assert any(item.startswith("CLUSTER_DOMAIN=") for item in configmap)
 
 
-def test_invariant_checks_catch_a_broken_manifest() -> None:
-    """The checks above can fail: break one thing at a time in a copy of the base and see it reported."""
-    breakages = {
-        "ClusterIP Service for a model service": (
-            lambda objs: of_kind(objs, "Service")["bone"]["spec"].pop("clusterIP"),
-            "headless",
+# One manifest mistake each, and the words the invariant checks must report it with.
+BREAKAGES = {
+    "ClusterIP Service for a model service": (
+        lambda objs: of_kind(objs, "Service")["bone"]["spec"].pop("clusterIP"),
+        "headless",
+    ),
+    "HTTP probe on a gRPC service": (
+        lambda objs: containers(of_kind(objs, "Deployment")["skin"])[0].update(
+            readinessProbe={"httpGet": {"path": "/", "port": 50053}}
         ),
-        "HTTP probe on a gRPC service": (
-            lambda objs: containers(of_kind(objs, "Deployment")["skin"])[0].update(
-                readinessProbe={"httpGet": {"path": "/", "port": 50053}}
-            ),
-            "native grpc probe",
+        "native grpc probe",
+    ),
+    "writable root filesystem": (
+        lambda objs: containers(of_kind(objs, "Deployment")["auth"])[0]["securityContext"].update(
+            readOnlyRootFilesystem=False
         ),
-        "writable root filesystem": (
-            lambda objs: containers(of_kind(objs, "Deployment")["auth"])[0]["securityContext"].update(
-                readOnlyRootFilesystem=False
-            ),
-            "read-only",
+        "read-only",
+    ),
+    "misspelt setting": (
+        lambda objs: containers(of_kind(objs, "Deployment")["pneumonia"])[0]["env"].append(
+            {"name": "DRTECH_SERVING_HOSTNAME", "value": "0.0.0.0"}
         ),
-        "misspelt setting": (
-            lambda objs: containers(of_kind(objs, "Deployment")["pneumonia"])[0]["env"].append(
-                {"name": "DRTECH_SERVING_HOSTNAME", "value": "0.0.0.0"}
-            ),
-            "read by no setting",
+        "read by no setting",
+    ),
+    "port not named grpc": (
+        lambda objs: containers(of_kind(objs, "Deployment")["bone"])[0]["ports"][0].update(name="rpc"),
+        "named grpc",
+    ),
+    "no memory limit": (
+        lambda objs: containers(of_kind(objs, "Deployment")["gateway"])[0]["resources"]["limits"].pop(
+            "memory"
         ),
-        "port not named grpc": (
-            lambda objs: containers(of_kind(objs, "Deployment")["bone"])[0]["ports"][0].update(name="rpc"),
-            "named grpc",
+        "limits.memory",
+    ),
+    "SIGKILL before the drain ends": (
+        lambda objs: of_kind(objs, "Deployment")["auth"]["spec"]["template"]["spec"].update(
+            terminationGracePeriodSeconds=10
         ),
-        "no memory limit": (
-            lambda objs: containers(of_kind(objs, "Deployment")["gateway"])[0]["resources"]["limits"].pop(
-                "memory"
-            ),
-            "limits.memory",
-        ),
-        "model service open to every pod": (
-            lambda objs: of_kind(objs, "NetworkPolicy")["bone-from-gateway"]["spec"]["ingress"][0].pop(
-                "from"
-            ),
-            "more than the gateway",
-        ),
-    }
-    for what, (breakage, expected) in breakages.items():
-        objects = base_objects()
-        breakage(objects)
-        problems = list(workload_problems(objects, rendered=False))
-        assert any(expected in problem for problem in problems), f"{what} went unnoticed: {problems}"
+        "must exceed preStop + drain",
+    ),
+    "model service open to every pod": (
+        lambda objs: of_kind(objs, "NetworkPolicy")["bone-from-gateway"]["spec"]["ingress"][0].pop("from"),
+        "more than the gateway",
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", BREAKAGES)
+def test_invariant_checks_catch_a_broken_manifest(mistake: str) -> None:
+    """The checks can fail: break one thing in a copy of the base and see it reported."""
+    breakage, expected = BREAKAGES[mistake]
+    objects = base_objects()
+    breakage(objects)
+    problems = list(workload_problems(objects, rendered=False))
+    assert any(expected in problem for problem in problems), f"{mistake} went unnoticed: {problems}"
 
 
 def test_image_definition_installs_serving_extras_without_tensorflow() -> None:

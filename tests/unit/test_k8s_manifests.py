@@ -53,8 +53,6 @@ SETTINGS: dict[str, type[BaseSettings]] = {
 }
 # Read outside the settings classes (services/core/logs.py).
 SHARED_ENV = {"DRTECH_LOG_LEVEL"}
-# Settings the manifests already use that the serving core is still adding (docs: deploy/k8s/README.md).
-PENDING_SETTINGS = {"DRTECH_SERVING_PROVIDERS"}
 # How long each component drains on SIGTERM, by the environment variable its manifest sets.
 GRACE_ENV = {
     "auth": "DRTECH_AUTH_GRACE_S",
@@ -379,7 +377,7 @@ def termination_problems(
 
 def env_name_problems(name: str, where: str, container: dict[str, Any]) -> Iterator[str]:
     """A misspelt setting is silently ignored by pydantic-settings (extra="ignore"): catch it here."""
-    known = settings_env_names(SETTINGS[name]) | SHARED_ENV | PENDING_SETTINGS
+    known = settings_env_names(SETTINGS[name]) | SHARED_ENV
     for entry in container.get("env", []):
         if entry["name"].startswith("DRTECH_") and entry["name"] not in known:
             yield f"{where}: env {entry['name']} is read by no setting of {SETTINGS[name].__name__}"

@@ -117,14 +117,47 @@ def pooled_from_mid(backbone, mid: np.ndarray, batch: int = 256) -> np.ndarray:
     return top.predict(mid.astype(np.float32), batch_size=batch, verbose=0)
 
 
+def _best_on_validation(x_val: np.ndarray, y_val: np.ndarray, score: Callable[[np.ndarray, np.ndarray], float],
+                        patience: int):
+    """Keras callback: score the validation split each epoch, keep the best weights, stop after
+    `patience` epochs without improvement. The (class-weighted) training loss and the task's
+    score disagree on imbalanced data, so the score, not the validation loss, decides."""
+    import keras
+
+    class BestOnValidation(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.best_score = -np.inf
+            self.best_epoch = -1
+            self.best_weights = None
+            self.history: list[float] = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = score(y_val, self.model.predict(x_val, batch_size=256, verbose=0))
+            self.history.append(round(float(value), 4))
+            log.info("fine-tune epoch %d: validation score %.4f", epoch + 1, value)
+            if value > self.best_score:
+                self.best_score, self.best_epoch = value, epoch
+                self.best_weights = self.model.get_weights()
+            elif epoch - self.best_epoch >= patience:
+                self.model.stop_training = True
+
+        def on_train_end(self, logs=None):
+            if self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+
+    return BestOnValidation()
+
+
 def finetune_top(
     backbone, mid_train: np.ndarray, y_train: np.ndarray, mid_val: np.ndarray, y_val: np.ndarray,
-    n_classes: int, trainable_blocks: int, balanced: bool = True, epochs: int = 12, seed: int = 0,
-) -> dict[str, float]:
+    n_classes: int, trainable_blocks: int, score: Callable[[np.ndarray, np.ndarray], float],
+    balanced: bool = True, epochs: int = 12, learning_rate: float = 1e-4, seed: int = 0,
+) -> dict[str, object]:
     """Fine-tune the last `trainable_blocks` blocks (+ Conv_1) in place, BatchNorm kept frozen.
 
     Blocks between 14 and the first trainable one stay frozen but are still applied (their input
-    is the cached block-13 output). Returns the best validation loss and epochs run.
+    is the cached block-13 output). Keeps the epoch with the best validation `score`.
     """
     import keras
 
@@ -140,13 +173,14 @@ def finetune_top(
     x = keras.layers.Dropout(DROPOUT)(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax")(x)
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)
-    history = model.fit(
-        mid_train.astype(np.float32), y_train, validation_data=(mid_val.astype(np.float32), y_val),
-        epochs=epochs, batch_size=32, class_weight=class_weights(y_train, n_classes, balanced),
-        callbacks=[stop], verbose=2,
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
+    best = _best_on_validation(mid_val.astype(np.float32), y_val, score, patience=4)
+    model.fit(
+        mid_train.astype(np.float32), y_train, epochs=epochs, batch_size=32,
+        class_weight=class_weights(y_train, n_classes, balanced), callbacks=[best], verbose=2,
     )
     for layer in backbone.layers:
         layer.trainable = False
-    return {"val_loss": float(min(history.history["val_loss"])), "epochs": len(history.history["loss"])}
+    return {"best_validation_score": round(float(best.best_score), 4), "best_epoch": best.best_epoch + 1,
+            "epochs_run": len(best.history), "validation_score_per_epoch": best.history,
+            "learning_rate": learning_rate, "class_weight": "balanced" if balanced else "none"}

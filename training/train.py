@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default: services/<task>/model)")
     parser.add_argument("--finetune-blocks", type=int, default=0, choices=(0, 1, 2, 3),
                         help="fine-tune the last N MobileNetV2 blocks (+ Conv_1); 0 = frozen backbone")
-    parser.add_argument("--finetune-epochs", type=int, default=12)
+    parser.add_argument("--finetune-epochs", type=int, default=15)
+    parser.add_argument("--finetune-lr", type=float, default=1e-4)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -78,9 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         y_ft = np.array([int(lab) for lab in dataset_labels]) if task == "bone" else \
             np.array([label_index(task, lab) for lab in dataset_labels])
         n_ft = 5 if task == "bone" else len(spec.labels)
+        # Bone fine-tunes for exact KL grade (unweighted, scored by accuracy); the others for
+        # balanced accuracy with balanced class weights.
         finetune_info = finetune_top(
             backbone, features.mid[is_train], y_ft[is_train], features.mid[~is_train], y_ft[~is_train],
-            n_ft, args.finetune_blocks, epochs=args.finetune_epochs, seed=SEED)
+            n_ft, args.finetune_blocks, score=_accuracy if task == "bone" else _balanced_accuracy,
+            balanced=task != "bone", epochs=args.finetune_epochs, learning_rate=args.finetune_lr, seed=SEED)
         finetune_info["blocks"] = args.finetune_blocks
         pooled = pooled_from_mid(backbone, features.mid)
     else:

@@ -34,8 +34,9 @@ def test_pneumonia_evaluation_prints_one_json_object_last(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["task"] == "pneumonia" and result["n"] == 8
     assert result["labels"] == ["NORMAL", "PNEUMONIA"]
-    for key in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "f1", "kappa"):
-        assert 0.0 <= result[key] <= 1.0 or key == "kappa"
+    for key in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "f1"):
+        assert 0.0 <= result[key] <= 1.0
+    assert -1.0 <= result["kappa"] <= 1.0
     assert np.array(result["confusion_matrix"]).sum() == 8
 
 

@@ -5,6 +5,8 @@ Runs on SQLite and on PostgreSQL (DRTECH_TEST_POSTGRES_URL, a fresh schema per t
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from sqlalchemy import Engine, inspect
 from services.auth.database import alembic_config, make_engine, migrate
 from services.auth.models import Base
 from services.auth.testing import fresh_postgres_schema, postgres_unavailable_reason
+from tests.support import ROOT
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -98,3 +101,44 @@ def migrate_down(engine: Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, "base")
+
+
+REPLICA = """
+import sys
+from services.auth.database import make_engine, migrate
+engine = make_engine(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()  # start together
+migrate(engine)
+"""
+
+
+def test_replicas_starting_together_migrate_one_after_the_other(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("several replicas share a database only on PostgreSQL")
+    # Separate processes, as replicas are (Alembic's context is per process, not per thread).
+    url = engine.url.render_as_string(hide_password=False)
+    replicas = [
+        subprocess.Popen(
+            [sys.executable, "-c", REPLICA, url],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    for replica in replicas:
+        assert replica.stdout is not None and replica.stdout.readline().strip() == "ready"
+    for replica in replicas:
+        assert replica.stdin is not None
+        replica.stdin.write("go\n")
+        replica.stdin.flush()
+    failures = []
+    for replica in replicas:
+        _, stderr = replica.communicate(timeout=120)
+        if replica.returncode != 0:
+            failures.append(next(line for line in reversed(stderr.splitlines()) if "Error" in line))
+    assert failures == []
+    assert current_revision(engine) == head_revision()

@@ -139,6 +139,7 @@ def test_replicas_starting_together_migrate_one_after_the_other(engine: Engine) 
     for replica in replicas:
         _, stderr = replica.communicate(timeout=120)
         if replica.returncode != 0:
-            failures.append(next(line for line in reversed(stderr.splitlines()) if "Error" in line))
+            error_lines = [line for line in stderr.splitlines() if "Error" in line]
+            failures.append(error_lines[-1] if error_lines else stderr[-300:])
     assert failures == []
     assert current_revision(engine) == head_revision()

@@ -237,6 +237,10 @@ def workload_problems(
             claim = volume.get("persistentVolumeClaim", {}).get("claimName")
             if claim and claim not in claims:
                 yield f"{name}: volume '{volume['name']}' claims '{claim}', which is not defined"
+            elif claim and claims[claim]["spec"]["accessModes"] == ["ReadWriteOnce"]:
+                # A rolling update would start the new pod while the old one holds the volume.
+                if deployment["spec"].get("strategy", {}).get("type") != "Recreate":
+                    yield f"{name}: mounts ReadWriteOnce claim '{claim}' but is not updated with Recreate"
 
         for container in containers(deployment):
             where = f"{name}/{container['name']}"

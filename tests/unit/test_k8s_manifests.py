@@ -20,6 +20,7 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,8 @@ GRACE_ENV = {
 }
 # Secrets the operator creates (deploy/k8s/README.md); never committed.
 EXTERNAL_SECRETS = {"drtech-database", "drtech-tls"}
+# Images are tagged with the project's version.
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
 MIN_KUBERNETES = "1.27.0"  # native gRPC probes are GA from 1.27
 
 
@@ -630,6 +633,8 @@ def test_image_definition_installs_serving_extras_without_tensorflow() -> None:
     assert not any(p.startswith("services") for p in ignored), (
         "the shipped models must stay in the build context"
     )
+    base_images = load_yaml_documents(BASE / "kustomization.yaml")[0]["images"]
+    assert base_images == [{"name": "drtech", "newTag": VERSION}], "the base image tag is the project version"
     # The uid the pods declare is the image's.
     for deployment in of_kind(base_objects(), "Deployment").values():
         assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 10001
@@ -712,7 +717,7 @@ def test_production_overlay_uses_postgresql_from_a_secret_and_several_replicas()
     ingress = of_kind(objects, "Ingress")["gateway"]
     assert ingress["spec"]["tls"][0]["secretName"] == "drtech-tls"
     for deployment in deployments.values():
-        assert containers(deployment)[0]["image"] == "registry.example.com/drtech:2026.11.1"
+        assert containers(deployment)[0]["image"] == f"registry.example.com/drtech:{VERSION}"
 
 
 @needs_renderer
@@ -730,7 +735,7 @@ def test_gpu_overlay_puts_only_the_model_services_on_gpus_with_cuda() -> None:
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
         providers = env_value(server, "DRTECH_SERVING_PROVIDERS")
         assert providers is not None and providers["value"].split(",")[0] == "CUDAExecutionProvider"
-        assert server["image"] == "registry.example.com/drtech:2026.11.1-gpu", (
+        assert server["image"] == f"registry.example.com/drtech:{VERSION}-gpu", (
             "CUDA needs the gpu image variant"
         )
     # Still production underneath.

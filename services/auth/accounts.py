@@ -5,18 +5,27 @@ Every method opens its own database transaction, so one ``Accounts`` serves all 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.auth.credentials import Passwords, new_token, token_hash
 from services.auth.errors import BadCredentials, EmailTaken, InvalidToken, Throttled, UserNotFound
 from services.auth.models import AuthSession, LoginFailure, User, utc_now
-from services.auth.validation import EMAIL_MAX_LENGTH, ValidationError, normalize_email, validate_sign_up
+from services.auth.validation import (
+    EMAIL_MAX_LENGTH,
+    PASSWORD_MAX_LENGTH,
+    ValidationError,
+    normalize_email,
+    validate_sign_up,
+)
+
+log = logging.getLogger(__name__)
 
 CLIENT_IP_MAX_LENGTH = 64
 
@@ -73,6 +82,7 @@ class Accounts:
                 db.add(user)
         except IntegrityError as error:  # someone signed up with the same email in between
             raise EmailTaken() from error
+        log.info("signed up user %s", user.id)
         return user
 
     def log_in(self, email: str, password: str, client_ip: str = "") -> LoggedIn:
@@ -85,9 +95,14 @@ class Accounts:
         with self._sessions.begin() as db:
             user = db.scalar(select(User).where(User.email == email))
         # The slow argon2 work happens outside any transaction, so it holds no connection or lock.
-        if user is None:
-            self._passwords.verify_dummy(password)
-        if user is None or not self._passwords.verify(user.password_hash, password):
+        if len(password) > PASSWORD_MAX_LENGTH:
+            matches = False  # no account has one (the policy caps it); do not spend argon2 on megabytes
+        elif user is None:
+            self._passwords.verify_dummy(password)  # as slow as a real check: timing reveals no accounts
+            matches = False
+        else:
+            matches = self._passwords.verify(user.password_hash, password)
+        if user is None or not matches:
             with self._sessions.begin() as db:
                 db.add(LoginFailure(email=email, client_ip=client_ip, created_at=now))
                 # Failures older than the window no longer count; drop them so the table stays small.
@@ -105,6 +120,13 @@ class Accounts:
                 user.password_hash = new_hash
             # A successful log-in clears this account's failures (not the IP's).
             db.execute(delete(LoginFailure).where(LoginFailure.email == email))
+            # ...and forgets its sessions that can no longer be used, so the table does not grow forever.
+            db.execute(
+                delete(AuthSession).where(
+                    AuthSession.user_id == user.id,
+                    or_(AuthSession.expires_at <= now, AuthSession.revoked_at.is_not(None)),
+                )
+            )
             db.add(
                 AuthSession(
                     user_id=user.id, token_hash=token_hash(token), created_at=now, expires_at=expires_at
@@ -114,11 +136,13 @@ class Accounts:
 
     def _check_throttle(self, email: str, client_ip: str, now: datetime) -> None:
         since = now - self._throttle.window
-        checks = [(LoginFailure.email == email, self._throttle.max_failures_per_email)]
+        checks = [("email", LoginFailure.email == email, self._throttle.max_failures_per_email)]
         if client_ip:
-            checks.append((LoginFailure.client_ip == client_ip, self._throttle.max_failures_per_ip))
+            checks.append(
+                ("client IP", LoginFailure.client_ip == client_ip, self._throttle.max_failures_per_ip)
+            )
         with self._sessions.begin() as db:
-            for condition, limit in checks:
+            for what, condition, limit in checks:
                 recent = db.scalars(
                     select(LoginFailure.created_at)
                     .where(condition, LoginFailure.created_at >= since)
@@ -126,6 +150,7 @@ class Accounts:
                     .limit(limit)
                 ).all()
                 if len(recent) >= limit:
+                    log.warning("log-in throttled: %d recent failures for the %s", len(recent), what)
                     # Blocked until the oldest of the `limit` most recent failures leaves the window.
                     raise Throttled(retry_after_s=(recent[-1] + self._throttle.window - now).total_seconds())
 

@@ -10,6 +10,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -118,6 +119,21 @@ def field_violations(error: grpc.RpcError) -> dict[str, str]:
             detail.Unpack(bad_request)
             return {v.field: v.description for v in bad_request.field_violations}
     raise AssertionError("no google.rpc.BadRequest in the status details")
+
+
+def read_tables(database_url: str) -> dict[str, list[dict[str, object]]]:
+    """Every row of every table, read straight from the database (not through the service)."""
+    engine = create_engine(database_url)
+    try:
+        metadata = MetaData()
+        metadata.reflect(engine)
+        with engine.connect() as connection:
+            return {
+                table.name: [dict(row._mapping) for row in connection.execute(select(table))]
+                for table in metadata.sorted_tables
+            }
+    finally:
+        engine.dispose()
 
 
 def test_health_is_serving_once_started_and_reflection_lists_the_service(start) -> None:
@@ -299,22 +315,9 @@ def test_the_database_keeps_no_plaintext_password_or_token(start, database_url: 
     token = client.log_in(user.email, password).access_token
     rpc_error(client.log_in, user.email, "another secret 43")
 
-    engine = create_engine(database_url)
-    try:
-        metadata = MetaData()
-        metadata.reflect(engine)
-        with engine.connect() as connection:
-            everything = " ".join(
-                str(value)
-                for table in metadata.sorted_tables
-                for row in connection.execute(select(table))
-                for value in row
-            )
-            token_hashes = list(
-                connection.execute(select(metadata.tables["sessions"].c.token_hash)).scalars()
-            )
-    finally:
-        engine.dispose()
+    tables = read_tables(database_url)
+    everything = " ".join(str(value) for rows in tables.values() for row in rows for value in row.values())
+    token_hashes = [row["token_hash"] for row in tables["sessions"]]
     assert user.email in everything  # the dump did read the tables
     for secret in (password, "another secret 43", token):
         assert secret not in everything
@@ -328,14 +331,8 @@ def test_a_password_hashed_with_old_parameters_is_rehashed_at_log_in(start, data
     _, new = start(argon2_time_cost=2)
     new.log_in(user.email)
 
-    engine = create_engine(database_url)
-    try:
-        metadata = MetaData()
-        metadata.reflect(engine, only=["users"])
-        with engine.connect() as connection:
-            stored = connection.execute(select(metadata.tables["users"].c.password_hash)).scalar_one()
-    finally:
-        engine.dispose()
+    [row] = read_tables(database_url)["users"]
+    stored = row["password_hash"]
     assert stored.startswith("$argon2id$") and ",t=2," in stored
     assert new.log_in(user.email).access_token  # and the new hash verifies
 
@@ -344,3 +341,48 @@ def test_requests_over_the_message_size_limit_are_refused(start) -> None:
     _, client = start(max_message_bytes=4096)
     error = rpc_error(client.sign_up, address1="x" * 10_000)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_concurrent_sign_ups_with_one_email_create_one_account(client: Client) -> None:
+    def attempt(_: int) -> str:
+        try:
+            client.sign_up(email="race@example.com")
+            return "created"
+        except grpc.RpcError as error:
+            return error.code().name
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        outcomes = sorted(pool.map(attempt, range(6)))
+    assert outcomes == ["ALREADY_EXISTS"] * 5 + ["created"]
+
+
+def test_concurrent_users_each_get_their_own_working_session(client: Client) -> None:
+    def sign_up_and_log_in(_: int) -> tuple[str, str]:
+        user = client.sign_up()
+        token = client.log_in(user.email).access_token
+        return user.id, client.authenticate(token).id
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        pairs = list(pool.map(sign_up_and_log_in, range(12)))
+    assert all(signed_up == authenticated for signed_up, authenticated in pairs)
+    assert len({signed_up for signed_up, _ in pairs}) == 12
+
+
+def test_an_overlong_password_is_just_a_failed_log_in(client: Client) -> None:
+    user = client.sign_up()
+    error = rpc_error(client.log_in, user.email, "a1" * 100_000)
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error.details() == "Incorrect email or password."
+
+
+def test_log_in_forgets_the_users_dead_sessions(start, database_url: str) -> None:
+    _, client = start(session_ttl_hours=1 / 3600)
+    user = client.sign_up()
+    revoked = client.log_in(user.email).access_token
+    client.log_out(revoked)
+    client.log_in(user.email)  # expires within a second
+    time.sleep(1.2)
+    live = client.log_in(user.email).access_token
+
+    kept = [row["token_hash"] for row in read_tables(database_url)["sessions"]]
+    assert kept == [hashlib.sha256(live.encode()).hexdigest()]

@@ -21,6 +21,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 def make_engine(database_url: str) -> Engine:
     """An engine for ``database_url``; for a SQLite file, its directory is created first."""
     url = make_url(database_url)
+    if url.drivername == "postgresql":
+        # A plain postgresql:// URL means psycopg2 to SQLAlchemy; the auth extra installs psycopg 3.
+        url = url.set(drivername="postgresql+psycopg")
     if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
 

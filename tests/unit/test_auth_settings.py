@@ -1,0 +1,51 @@
+"""Auth settings and engine creation: where the database lives and which driver talks to it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from services.auth.database import make_engine
+from services.auth.settings import AuthSettings
+
+
+def test_the_default_database_is_a_sqlite_file_under_drtech_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("DRTECH_AUTH_DATABASE_URL", raising=False)
+    monkeypatch.setenv("DRTECH_HOME", str(tmp_path / "state"))
+    assert AuthSettings().database_url == f"sqlite:///{tmp_path}/state/auth.db"
+
+
+def test_settings_come_from_drtech_auth_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRTECH_AUTH_DATABASE_URL", "postgresql+psycopg://postgres@db:5432/auth")
+    monkeypatch.setenv("DRTECH_AUTH_PORT", "6000")
+    monkeypatch.setenv("DRTECH_AUTH_SESSION_TTL_HOURS", "0.5")
+    settings = AuthSettings()
+    assert (settings.database_url, settings.port, settings.session_ttl_hours) == (
+        "postgresql+psycopg://postgres@db:5432/auth",
+        6000,
+        0.5,
+    )
+
+
+@pytest.mark.parametrize(
+    "bad", [{"port": 70000}, {"session_ttl_hours": 0}, {"throttle_max_failures_per_email": 0}]
+)
+def test_bad_settings_are_refused_at_start(bad: dict[str, float]) -> None:
+    with pytest.raises(ValidationError):
+        AuthSettings(**bad)
+
+
+def test_the_sqlite_directory_is_created(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'a' / 'b' / 'auth.db'}")
+    engine.dispose()
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+def test_a_plain_postgresql_url_uses_psycopg_3() -> None:
+    engine = make_engine("postgresql://postgres@127.0.0.1:5432/test")  # connects lazily: no socket here
+    assert engine.dialect.driver == "psycopg"
+    engine.dispose()

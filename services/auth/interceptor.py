@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,11 @@ def _status(code: int, message: str, *details: Any) -> status_pb2.Status:
 
 
 class DomainErrorInterceptor(grpc.ServerInterceptor):
+    """Turns AuthService errors into statuses, and refuses its calls with UNAVAILABLE until ``ready``."""
+
+    def __init__(self, ready: threading.Event) -> None:
+        self._ready = ready
+
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
@@ -72,6 +78,8 @@ class DomainErrorInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            if not self._ready.is_set():
+                context.abort(grpc.StatusCode.UNAVAILABLE, "The auth service is starting; try again shortly.")
             try:
                 return behavior(request, context)
             except Exception as error:  # noqa: BLE001 - every error leaves as a status, never a traceback

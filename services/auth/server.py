@@ -7,12 +7,14 @@ flips it back to NOT_SERVING before the server drains calls in flight for the gr
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent import futures
 from datetime import timedelta
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy import Engine
 
 from protos.drtech.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.accounts import Accounts, ThrottlePolicy
@@ -31,8 +33,8 @@ class AuthServer:
     """A running auth server; ``port`` is the bound port (useful when settings asked for port 0)."""
 
     def __init__(
-        self, server: grpc.Server, health_servicer: health.HealthServicer, port: int, engine
-    ) -> None:  # type: ignore[no-untyped-def]
+        self, server: grpc.Server, health_servicer: health.HealthServicer, port: int, engine: Engine
+    ) -> None:
         self._server = server
         self._health = health_servicer
         self._engine = engine
@@ -48,7 +50,7 @@ class AuthServer:
         return self._server.wait_for_termination(timeout_s)
 
 
-def build_accounts(settings: AuthSettings, engine) -> Accounts:  # type: ignore[no-untyped-def]
+def build_accounts(settings: AuthSettings, engine: Engine) -> Accounts:
     return Accounts(
         session_factory=make_session_factory(engine),
         passwords=Passwords(
@@ -72,9 +74,10 @@ def start_server(settings: AuthSettings | None = None) -> AuthServer:
     """
     settings = settings or AuthSettings()
     engine = make_engine(settings.database_url)
+    ready = threading.Event()  # AuthService calls get UNAVAILABLE until the database is migrated
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="auth"),
-        interceptors=[DomainErrorInterceptor()],
+        interceptors=[DomainErrorInterceptor(ready)],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -103,6 +106,7 @@ def start_server(settings: AuthSettings | None = None) -> AuthServer:
     except Exception:
         running.stop(0)
         raise
+    ready.set()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(

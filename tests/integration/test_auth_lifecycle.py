@@ -10,8 +10,10 @@ import threading
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from protos.drtech.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.server import start_server
 from services.auth.settings import AuthSettings
 from tests.support import ROOT, free_port
@@ -84,6 +86,11 @@ def test_health_is_not_serving_while_the_database_is_unreachable(tmp_path: Path)
                 request = health_pb2.HealthCheckRequest(service=service)
                 reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=10)
                 assert reply.status == NOT_SERVING
+            # A client that ignores health gets a clear UNAVAILABLE, not an internal error.
+            with pytest.raises(grpc.RpcError) as caught:
+                auth_pb2_grpc.AuthServiceStub(channel).GetUser(auth_pb2.GetUserRequest(id="x"), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert caught.value.details() == "The auth service is starting; try again shortly."
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
     finally:

@@ -310,3 +310,24 @@ def test_stop_lets_a_call_in_flight_finish_and_refuses_new_ones(tmp_path: Path) 
         with pytest.raises(grpc.RpcError) as refused:
             stub.Diagnose(diagnosis_pb2.DiagnoseRequest(image=image_bytes("skin")), timeout=TIMEOUT)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_concurrent_calls_with_batching_each_get_their_own_answer(fixture_specs: dict[str, TaskSpec]) -> None:
+    # Flat colours the fixture model answers very differently, so a mix-up would show.
+    images = [jpeg_bytes(Image.new("RGB", (64, 64), (30 * i, 255 - 30 * i, 60 + 20 * i))) for i in range(8)]
+    request = diagnosis_pb2.DiagnoseRequest
+    running = start_server(fixture_specs["skin"], settings(max_batch_size=4, worker_threads=8), port=0)
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            stub = diagnosis_pb2_grpc.DiagnosisServiceStub(channel)
+            one_by_one = [stub.Diagnose(request(image=image), timeout=TIMEOUT) for image in images]
+            calls = [stub.Diagnose.future(request(image=image), timeout=TIMEOUT) for image in images]
+            together = [call.result() for call in calls]
+    finally:
+        running.stop(grace=0)
+    assert len({round(reply.confidence, 4) for reply in one_by_one}) > 1
+    for alone, batched in zip(one_by_one, together):
+        assert batched.label == alone.label
+        assert [p.probability for p in batched.probabilities] == pytest.approx(
+            [p.probability for p in alone.probabilities], abs=1e-5
+        )

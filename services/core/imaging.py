@@ -257,7 +257,10 @@ def _read_dicom(data: bytes, limits: ImageLimits) -> Image.Image:
         raise InvalidImage(f"the DICOM pixel data has an unexpected shape {array.shape}")
 
     # Modality LUT (rescale slope/intercept) first, then the VOI LUT or window, as a viewer does.
-    values = pixels.apply_modality_lut(array, dataset).astype(np.float64)
+    try:
+        values = pixels.apply_modality_lut(array, dataset).astype(np.float64)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as error:
+        raise InvalidImage(f"the DICOM rescale / modality LUT cannot be applied ({error})") from None
     low, high = float(values.min()), float(values.max())
     if "WindowCenter" in dataset or "VOILUTSequence" in dataset:
         try:

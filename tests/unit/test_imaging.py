@@ -276,6 +276,32 @@ def test_truncated_dicom_is_refused() -> None:
         read_image(data[: len(data) // 2])
 
 
+@pytest.mark.parametrize("kind", ["jpeg", "png", "dicom"])
+def test_corrupted_uploads_only_ever_raise_invalid_image(kind: str) -> None:
+    """Random byte flips, cuts and insertions: decoded or refused clearly, never another exception."""
+    base = {
+        "jpeg": encode(gradient_rgb(128, 96), "JPEG"),
+        "png": encode(gradient_rgb(128, 96), "PNG"),
+        "dicom": make_dicom(ramp(64, 64), window=(1000.0, 200.0), rescale=(1.0, 0.0)),
+    }[kind]
+    rng = np.random.default_rng(1)
+    for trial in range(150):
+        data = bytearray(base)
+        if trial % 3 == 0:
+            for _ in range(int(rng.integers(1, 10))):
+                data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+        elif trial % 3 == 1:
+            data = data[: int(rng.integers(1, len(data)))]
+        else:
+            position = int(rng.integers(0, len(data)))
+            data[position:position] = rng.bytes(int(rng.integers(1, 50)))
+        try:
+            decoded = read_image(bytes(data), draft_size=(448, 448))
+        except InvalidImage:
+            continue
+        assert decoded.image.mode in ("RGB", "L")
+
+
 def test_routing_tags_are_modality_and_body_part_only() -> None:
     tags = dicom_routing_tags(make_dicom(ramp()))
     assert tags == {"Modality": "CR", "BodyPartExamined": "CHEST"}

@@ -128,16 +128,21 @@ def decode_image(
 def dicom_routing_tags(data: bytes) -> dict[str, str]:
     """Modality and BodyPartExamined of a DICOM upload, for routing; {} when not DICOM.
 
-    Reads the header only and returns no patient-identifying tags.
+    Reads the header only and returns no patient-identifying tags. Raises InvalidImage if the
+    DICOM header cannot be parsed at all.
     """
     if sniff_media_type(data) != DICOM:
         return {}
     dataset = _parse_dicom(data, stop_before_pixels=True)
     tags = {}
     for keyword in ("Modality", "BodyPartExamined"):
-        value = dataset.get(keyword)
-        if value:
-            tags[keyword] = str(value).strip()
+        try:
+            value = dataset.get(keyword)
+            text = str(value).strip() if value else ""
+        except Exception:  # a malformed element (pydicom parses lazily): treat the tag as absent
+            text = ""
+        if text:
+            tags[keyword] = text
     return tags
 
 
@@ -217,11 +222,24 @@ def _parse_dicom(data: bytes, stop_before_pixels: bool = False) -> Any:
 
     try:
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+    except InvalidDicomError as error:
         raise InvalidImage(f"the DICOM file cannot be read ({error})") from None
+    except Exception as error:  # malformed input can fail inside pydicom with any exception type
+        raise InvalidImage(f"the DICOM file cannot be read ({type(error).__name__}: {error})") from None
 
 
 def _read_dicom(data: bytes, limits: ImageLimits) -> Image.Image:
+    try:
+        return _decode_dicom(data, limits)
+    except InvalidImage:
+        raise
+    except Exception as error:
+        # pydicom parses elements lazily, so a malformed file can fail on any later access with
+        # any exception type (struct.error, BytesLengthException, NotImplementedError, ...).
+        raise InvalidImage(f"the DICOM file is malformed ({type(error).__name__}: {error})") from None
+
+
+def _decode_dicom(data: bytes, limits: ImageLimits) -> Image.Image:
     from pydicom import pixels
 
     dataset = _parse_dicom(data)

@@ -285,7 +285,7 @@ def test_corrupted_uploads_only_ever_raise_invalid_image(kind: str) -> None:
         "dicom": make_dicom(ramp(64, 64), window=(1000.0, 200.0), rescale=(1.0, 0.0)),
     }[kind]
     rng = np.random.default_rng(1)
-    for trial in range(150):
+    for trial in range(300):
         data = bytearray(base)
         if trial % 3 == 0:
             for _ in range(int(rng.integers(1, 10))):
@@ -296,6 +296,7 @@ def test_corrupted_uploads_only_ever_raise_invalid_image(kind: str) -> None:
             position = int(rng.integers(0, len(data)))
             data[position:position] = rng.bytes(int(rng.integers(1, 50)))
         try:
+            assert isinstance(dicom_routing_tags(bytes(data)), dict)
             decoded = read_image(bytes(data), draft_size=(448, 448))
         except InvalidImage:
             continue

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from services.core.errors import InvalidImage, UnsupportedMediaType
 
@@ -44,6 +44,17 @@ _OTHER_IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
 
 _ACCEPTED = "send a JPEG, PNG or DICOM image"
 _EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the transpose that displays it upright (the table ImageOps.exif_transpose
+# uses; called directly because exif_transpose also rewrites the EXIF block, which fails on junk).
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 @dataclass(frozen=True)
@@ -195,9 +206,12 @@ def _read_raster(
         raise InvalidImage(f"the {expected_format} image is truncated or corrupt ({error})") from None
     # Camera photos (skin lesions) may be stored sideways with an EXIF orientation tag; turn them
     # the way a browser displays them, so the heatmap lines up with what the user sees.
-    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-    if orientation != 1:
-        image = ImageOps.exif_transpose(image)
+    try:
+        orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block must not cost the image: show it as stored
+        orientation = 1
+    if orientation in _EXIF_TRANSPOSE:
+        image = image.transpose(_EXIF_TRANSPOSE[orientation])
         if orientation in (5, 6, 7, 8):
             original_size = original_size[::-1]
     return _to_rgb_or_l(image), original_size

@@ -164,6 +164,9 @@ def test_jpeg_exif_orientation_is_applied_like_a_browser_does() -> None:
     exif[0x0112] = 6
     decoded = read_image(encode(gradient_rgb(64, 48), "JPEG", exif=exif.tobytes()))
     assert (decoded.width, decoded.height) == (48, 64) == decoded.image.size
+    top, bottom = decoded.image.getpixel((24, 0)), decoded.image.getpixel((24, 63))
+    assert top[2] > 200 and top[0] < 50          # the stored left edge (blue) is now on top
+    assert bottom[0] > 200 and bottom[2] < 50    # the stored right edge (red) at the bottom
 
 
 def test_truncated_jpeg_is_refused_as_truncated() -> None:

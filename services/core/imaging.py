@@ -28,7 +28,8 @@ SUPPORTED_MEDIA_TYPES: tuple[str, ...] = (JPEG, PNG, DICOM)
 # Declared types that say nothing about the content; we sniff instead.
 _UNSPECIFIC_MEDIA_TYPES = {"", "application/octet-stream", "binary/octet-stream"}
 _MEDIA_TYPE_ALIASES = {
-    "image/jpg": JPEG, "image/pjpeg": JPEG, "image/x-png": PNG, "application/dicom+file": DICOM,
+    "image/jpg": JPEG, "image/pjpeg": JPEG, "image/x-png": PNG,
+    "application/dicom+file": DICOM, "image/dicom": DICOM, "image/x-dicom": DICOM,
 }
 
 # Formats people commonly upload that we recognise only to say clearly that they are not accepted.

@@ -63,6 +63,7 @@ def _label_counts(split: Sequence[SplitRecord]) -> dict[str, int]:
 
 def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, float], test: dict[str, Any],
           heads: dict[str, Any], finetune: dict[str, Any] | None, parameters: int, timing: dict[str, Any],
+          augmentation: str,
           parity: dict[str, float], parity_images: int, interface: dict[str, Any], model_bytes: int,
           data_root: Path) -> dict[str, Any]:
     spec = SPECS[task]
@@ -128,6 +129,10 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
         "training": {
             "heads": heads,
             "finetune": finetune,
+            "augmentation": {"none": "none",
+                             "horizontal": "features of horizontally flipped training images added",
+                             "flips": "features of horizontally, vertically and doubly flipped training "
+                                      "images added"}[augmentation],
             "optimizer": "Adam (heads lr 1e-3; fine-tuning lr 1e-4), early stopping on validation loss",
             **timing,
             "seconds": round(sum(v for v in timing.values() if v is not None), 1),
@@ -210,6 +215,7 @@ def _markdown(card: dict[str, Any]) -> str:
         "",
         f"- {card['training']['optimizer']}; heads: {json.dumps(card['training']['heads'])}",
         f"- Fine-tuning: {json.dumps(card['training']['finetune'])}",
+        f"- Augmentation: {card['training']['augmentation']}",
         f"- Time: {card['training']['seconds']} s on {card['training']['machine']} "
         f"({card['training']['note']})",
         f"- Export parity (Keras vs ONNX Runtime, {card['export']['parity_images']} validation images): "

@@ -2,8 +2,8 @@
 
 Each image goes through `services.core.preprocessing.to_model_input`, the same code serving runs.
 Two tensors are kept per image: the pooled last feature map (1280, what the frozen head trains on)
-and the output of block 13 (7x7x160, float16) so the top MobileNetV2 blocks can be fine-tuned
-without re-running the whole backbone.
+and an intermediate activation (float16; block 13's 7x7x160 output by default, or an earlier one)
+so the top MobileNetV2 blocks can be fine-tuned without re-running the whole backbone.
 """
 
 from __future__ import annotations
@@ -23,21 +23,30 @@ from training.paths import CACHE_DIR
 
 log = logging.getLogger(__name__)
 
-MID_LAYER = "block_13_project_BN"   # 7x7x160: the input of block 14
+MID_LAYER = "block_13_project_BN"   # 7x7x160: the input of block 14 (default)
 BATCH = 64
 
 
 @dataclass
 class Features:
     pooled: np.ndarray      # (N, 1280) float32: global average pool of the backbone output
-    mid: np.ndarray         # (N, 7, 7, 160) float16: block 13 output
+    mid: np.ndarray         # float16 intermediate activation, e.g. (N, 7, 7, 160) for block 13
     seconds: float | None   # wall time the extraction took when it ran (kept in the cache)
 
 
-def load_image(path: Path) -> np.ndarray:
+# Flips used to augment training images (applied after the shared preprocessing).
+FLIPS = {
+    "none": lambda array: array,
+    "horizontal": lambda array: array[:, ::-1],
+    "vertical": lambda array: array[::-1, :],
+    "both": lambda array: array[::-1, ::-1],
+}
+
+
+def load_image(path: Path, flip: str = "none") -> np.ndarray:
     with Image.open(path) as image:
         image.load()
-        return to_model_input(image)
+        return np.ascontiguousarray(FLIPS[flip](to_model_input(image)))
 
 
 def _cache_key(paths: Sequence[Path]) -> str:
@@ -45,22 +54,25 @@ def _cache_key(paths: Sequence[Path]) -> str:
     return digest[:16]
 
 
-def extract(backbone, paths: Sequence[Path], name: str, cache_dir: Path = CACHE_DIR) -> Features:
-    """Features for `paths` in order; reads the cache if the same path list was extracted before."""
+def extract(backbone, paths: Sequence[Path], name: str, cache_dir: Path = CACHE_DIR,
+            flip: str = "none", mid_layer: str = MID_LAYER) -> Features:
+    """Features for `paths` in order (optionally of flipped images); reads the cache if the same
+    path list was extracted before. `mid` holds the output of `mid_layer`."""
     import keras
     import tensorflow as tf
 
-    cache = cache_dir / f"{name}-{_cache_key(paths)}.npz"
+    suffix = ("" if flip == "none" else f"-flip_{flip}") + ("" if mid_layer == MID_LAYER else f"-{mid_layer}")
+    cache = cache_dir / f"{name}-{_cache_key(paths)}{suffix}.npz"
     if cache.is_file():
         with np.load(cache) as stored:
             seconds = float(stored["seconds"]) if "seconds" in stored.files else None
             return Features(stored["pooled"], stored["mid"], seconds)
-    probe = keras.Model(backbone.input, [backbone.get_layer(MID_LAYER).output, backbone.output])
+    probe = keras.Model(backbone.input, [backbone.get_layer(mid_layer).output, backbone.output])
     run = tf.function(lambda batch: probe(batch, training=False))
     pooled, mid = [], []
     started = time.monotonic()
     for start in range(0, len(paths), BATCH):
-        batch = np.stack([load_image(p) for p in paths[start:start + BATCH]])
+        batch = np.stack([load_image(p, flip) for p in paths[start:start + BATCH]])
         middle, last = run(tf.constant(batch))
         mid.append(middle.numpy().astype(np.float16))
         pooled.append(last.numpy().mean(axis=(1, 2)))

@@ -76,45 +76,26 @@ def train_head(
     return best
 
 
-# --- fine-tuning the top blocks on cached block-13 activations -----------------------------------
+# --- fine-tuning the top blocks on cached intermediate activations ------------------------------
 
-FIRST_TOP_BLOCK = 14
 LAST_BLOCK = 16
+DEFAULT_MID_LAYER = "block_13_project_BN"   # 7x7x160, the input of block 14
 
 
-def _block_layers(backbone, number: int) -> list:
-    names = [f"block_{number}_{part}" for part in (
-        "expand", "expand_BN", "expand_relu", "depthwise", "depthwise_BN", "depthwise_relu",
-        "project", "project_BN")]
-    return [backbone.get_layer(name) for name in names]
-
-
-def apply_blocks(backbone, x, first: int, last: int):
-    """Apply MobileNetV2 blocks first..last (stride 1, 7x7) of `backbone` to tensor x, sharing its layers."""
-    for number in range(first, last + 1):
-        h = x
-        for layer in _block_layers(backbone, number):
-            h = layer(h)
-        add_names = {layer.name for layer in backbone.layers}
-        x = backbone.get_layer(f"block_{number}_add")([x, h]) if f"block_{number}_add" in add_names else h
-    return x
-
-
-def apply_top(backbone, x, first: int):
-    """Blocks first..16 and the final 1x1 conv + BN + ReLU6: block-13 output -> 7x7x1280 map."""
-    x = apply_blocks(backbone, x, first, LAST_BLOCK)
-    for name in ("Conv_1", "Conv_1_bn", "out_relu"):
-        x = backbone.get_layer(name)(x)
-    return x
-
-
-def pooled_from_mid(backbone, mid: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Pooled features from cached block-13 activations through the (possibly fine-tuned) top."""
+def top_model(backbone, mid_layer: str = DEFAULT_MID_LAYER):
+    """The backbone from `mid_layer`'s output to the pooled 1280-vector, sharing the backbone's layers
+    (so fine-tuning it changes the backbone that is exported)."""
     import keras
 
-    inputs = keras.Input(mid.shape[1:])
-    top = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(apply_top(backbone, inputs, FIRST_TOP_BLOCK)))
-    return top.predict(mid.astype(np.float32), batch_size=batch, verbose=0)
+    feature_map = keras.Model(backbone.get_layer(mid_layer).output, backbone.output)
+    inputs = keras.Input(feature_map.inputs[0].shape[1:])
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(feature_map(inputs)))
+
+
+def pooled_from_mid(backbone, mid: np.ndarray, batch: int = 256,
+                    mid_layer: str = DEFAULT_MID_LAYER) -> np.ndarray:
+    """Pooled features from cached `mid_layer` activations through the (possibly fine-tuned) top."""
+    return top_model(backbone, mid_layer).predict(mid.astype(np.float32), batch_size=batch, verbose=0)
 
 
 def _best_on_validation(x_val: np.ndarray, y_val: np.ndarray, score: Callable[[np.ndarray, np.ndarray], float],
@@ -153,11 +134,13 @@ def finetune_top(
     backbone, mid_train: np.ndarray, y_train: np.ndarray, mid_val: np.ndarray, y_val: np.ndarray,
     n_classes: int, trainable_blocks: int, score: Callable[[np.ndarray, np.ndarray], float],
     balanced: bool = True, epochs: int = 12, learning_rate: float = 1e-4, seed: int = 0,
-) -> dict[str, object]:
+    mid_layer: str = DEFAULT_MID_LAYER,
+) -> tuple[TrainedHead, dict[str, object]]:
     """Fine-tune the last `trainable_blocks` blocks (+ Conv_1) in place, BatchNorm kept frozen.
 
-    Blocks between 14 and the first trainable one stay frozen but are still applied (their input
-    is the cached block-13 output). Keeps the epoch with the best validation `score`.
+    Blocks between `mid_layer` and the first trainable one stay frozen but are still applied (their
+    input is the cached `mid_layer` output). Keeps the epoch with the best validation `score`; returns
+    the head trained with it and a summary.
     """
     import keras
 
@@ -169,7 +152,7 @@ def finetune_top(
         # BatchNorm stays in inference mode with its ImageNet statistics: batches here are small.
         layer.trainable = is_top and not isinstance(layer, keras.layers.BatchNormalization)
     inputs = keras.Input(mid_train.shape[1:])
-    x = keras.layers.GlobalAveragePooling2D()(apply_top(backbone, inputs, FIRST_TOP_BLOCK))
+    x = top_model(backbone, mid_layer)(inputs)
     x = keras.layers.Dropout(DROPOUT)(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax")(x)
     model = keras.Model(inputs, outputs)
@@ -181,6 +164,8 @@ def finetune_top(
     )
     for layer in backbone.layers:
         layer.trainable = False
-    return {"best_validation_score": round(float(best.best_score), 4), "best_epoch": best.best_epoch + 1,
+    kernel, bias = model.layers[-1].get_weights()
+    head = TrainedHead(kernel, bias, 0.0, float(best.best_score), best.best_epoch + 1)
+    return head, {"best_validation_score": round(float(best.best_score), 4), "best_epoch": best.best_epoch + 1,
             "epochs_run": len(best.history), "validation_score_per_epoch": best.history,
             "learning_rate": learning_rate, "class_weight": "balanced" if balanced else "none"}

@@ -22,7 +22,7 @@ import numpy as np
 from training import card as model_card
 from training.backbone import build_backbone
 from training.evaluate import evaluate_records
-from training.features import extract, load_image
+from training.features import MID_LAYER, Features, extract, load_image
 from training.heads import finetune_top, pooled_from_mid, softmax_probabilities, train_head
 from training.metrics import binary_metrics, multiclass_metrics, point_values
 from training.paths import PROJECT_ROOT, data_dir
@@ -48,12 +48,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="dataset root (default: DRTECH_DATA_DIR or ../shared/data)")
     parser.add_argument("--weights", help="MobileNetV2 .npy folder (default: DRTECH_WEIGHTS_DIR or ../shared/weights)")
     parser.add_argument("--out", type=Path, help="output folder (default: services/<task>/model)")
-    parser.add_argument("--finetune-blocks", type=int, default=0, choices=(0, 1, 2, 3),
+    parser.add_argument("--finetune-blocks", type=int, default=0, choices=range(0, 11),
                         help="fine-tune the last N MobileNetV2 blocks (+ Conv_1); 0 = frozen backbone")
+    parser.add_argument("--mid-layer", default=MID_LAYER, choices=(MID_LAYER, "block_6_project_BN"),
+                        help="cached activation fine-tuning starts from (block_6: up to 10 blocks, slower)")
     parser.add_argument("--finetune-epochs", type=int, default=15)
     parser.add_argument("--finetune-lr", type=float, default=1e-4)
+    parser.add_argument("--augment", choices=("none", "horizontal", "flips"), default="none",
+                        help="add features of flipped training images (horizontal; or horizontal+vertical+both)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    # Blocks after the cached layer can be fine-tuned: 3 after block 13, 10 after block 6.
+    available = 16 - int(args.mid_layer.split("_")[1])
+    if args.finetune_blocks > available:
+        parser.error(f"--finetune-blocks {args.finetune_blocks}: only {available} blocks follow {args.mid_layer}")
 
     import keras
 
@@ -70,9 +79,23 @@ def main(argv: list[str] | None = None) -> int:
     train_val = [s for s in split if s.split in ("train", "val")]
     is_train = np.array([s.split == "train" for s in train_val])
     backbone = build_backbone(args.weights)
-    features = extract(backbone, [s.record.path for s in train_val], task)
+    features = extract(backbone, [s.record.path for s in train_val], task, mid_layer=args.mid_layer)
 
     dataset_labels = [s.record.label for s in train_val]
+    # Flip augmentation: features of flipped training images are added as extra training rows
+    # (validation stays unflipped). Knees are mirror images left/right; dermatoscopy has no
+    # up/down or left/right.
+    flips = {"none": [], "horizontal": ["horizontal"], "flips": ["horizontal", "vertical", "both"]}[args.augment]
+    train_paths = [s.record.path for s in train_val if s.split == "train"]
+    train_labels = [s.record.label for s in train_val if s.split == "train"]
+    for flip in flips:
+        extra = extract(backbone, train_paths, task, flip=flip, mid_layer=args.mid_layer)
+        features = Features(np.concatenate([features.pooled, extra.pooled]),
+                            np.concatenate([features.mid, extra.mid]),
+                            None if features.seconds is None or extra.seconds is None
+                            else features.seconds + extra.seconds)
+        dataset_labels += train_labels
+        is_train = np.concatenate([is_train, np.ones(len(train_paths), dtype=bool)])
     finetune_info = None
     if args.finetune_blocks:
         # Bone fine-tunes on the KL grade (all images); the other tasks on their own labels.
@@ -81,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         n_ft = 5 if task == "bone" else len(spec.labels)
         # Bone fine-tunes for exact KL grade (unweighted, scored by accuracy); the others for
         # balanced accuracy with balanced class weights.
-        finetune_info = finetune_top(
+        finetune_head, finetune_info = finetune_top(
             backbone, features.mid[is_train], y_ft[is_train], features.mid[~is_train], y_ft[~is_train],
             n_ft, args.finetune_blocks, score=_accuracy if task == "bone" else _balanced_accuracy,
-            balanced=task != "bone", epochs=args.finetune_epochs, learning_rate=args.finetune_lr, seed=SEED)
+            balanced=task != "bone", epochs=args.finetune_epochs, learning_rate=args.finetune_lr, seed=SEED,
+            mid_layer=args.mid_layer)
         finetune_info["blocks"] = args.finetune_blocks
-        pooled = pooled_from_mid(backbone, features.mid)
+        finetune_info["from_cached_layer"] = args.mid_layer
+        pooled = pooled_from_mid(backbone, features.mid, mid_layer=args.mid_layer)
     else:
         pooled = features.pooled
 
@@ -95,21 +120,30 @@ def main(argv: list[str] | None = None) -> int:
     used = y >= 0
     tr, va = is_train & used, ~is_train & used
     head = train_head(pooled[tr], y[tr], pooled[va], y[va], len(spec.labels), _balanced_accuracy, seed=SEED)
+    head_source = "head refit on pooled features"
+    if finetune_info and task != "bone" and finetune_head.val_score > head.val_score:
+        # The head trained jointly with the fine-tuned blocks can beat one refit on their output.
+        head, head_source = finetune_head, "head trained jointly with the fine-tuned blocks"
     val_probabilities = softmax_probabilities(pooled[va], head.kernel, head.bias)
     metric_set = multiclass_metrics(spec.label_codes, "mel") if task == "skin" else binary_metrics()
     validation = point_values(metric_set, y[va], val_probabilities)
     heads_info = {"probabilities": {"l2": head.l2, "epochs": head.epochs, "class_weight": "balanced",
-                                    "dropout": 0.3, "selected_by": "validation balanced accuracy"}}
+                                    "dropout": 0.3, "source": head_source,
+                                    "selected_by": "validation balanced accuracy"}}
     kl_kernel = kl_bias = None
     if task == "bone":
         kl = np.array([int(lab) for lab in dataset_labels])
         # Exact-grade accuracy is the KL target, so this head is fit without class re-weighting.
         kl_head = train_head(pooled[is_train], kl[is_train], pooled[~is_train], kl[~is_train], 5, _accuracy,
                              balanced=False, seed=SEED)
+        kl_source = "head refit on pooled features"
+        if finetune_info and finetune_head.val_score > kl_head.val_score:
+            kl_head, kl_source = finetune_head, "head trained jointly with the fine-tuned blocks"
         kl_kernel, kl_bias = kl_head.kernel, kl_head.bias
         validation["kl_grade_accuracy"] = round(kl_head.val_score, 4)
         heads_info["kl_probabilities"] = {"l2": kl_head.l2, "epochs": kl_head.epochs, "class_weight": "none",
-                                          "dropout": 0.3, "selected_by": "validation KL exact accuracy"}
+                                          "dropout": 0.3, "source": kl_source,
+                                          "selected_by": "validation KL exact accuracy"}
     log.info("validation: %s", json.dumps(validation))
     # Extraction time is stored with the cached features, so a rerun still reports it.
     fit_seconds = time.monotonic() - started
@@ -130,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     card = model_card.build(
         task=task, split=split, validation=validation, test=test, heads=heads_info,
         finetune=finetune_info, parameters=int(export_model.count_params()),
-        timing=timing, parity=differences, parity_images=len(val_paths),
+        timing=timing, augmentation=args.augment, parity=differences, parity_images=len(val_paths),
         interface=onnx_interface(onnx_path), model_bytes=onnx_path.stat().st_size,
         data_root=root,
     )

@@ -1,4 +1,4 @@
-"""Run the whole platform locally: auth, the three model services and the gateway.
+"""Run the whole platform locally: auth, the three model services, the router and the gateway.
 
 `make run` calls this. Each component runs as its own process (as in Kubernetes), started in
 dependency order; the supervisor waits until each one is healthy, prints the URL, and on Ctrl-C
@@ -57,6 +57,7 @@ def components() -> list[Component]:
         Component("bone", "services.bone", _port("DRTECH_BONE_PORT", 50052), "grpc"),
         Component("skin", "services.skin", _port("DRTECH_SKIN_PORT", 50053), "grpc"),
         Component("pneumonia", "services.pneumonia", _port("DRTECH_PNEUMONIA_PORT", 50054), "grpc"),
+        Component("router", "services.router", _port("DRTECH_ROUTER_PORT", 50055), "grpc"),
         Component("gateway", "gateway", _port("DRTECH_HTTP_PORT", 8000), "http"),
     ]
 

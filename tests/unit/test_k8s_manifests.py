@@ -35,6 +35,7 @@ from services.auth.settings import AuthSettings
 from services.bone.spec import SPEC as BONE
 from services.core.settings import ServingSettings
 from services.pneumonia.spec import SPEC as PNEUMONIA
+from services.router.spec import SPEC as ROUTER
 from services.skin.spec import SPEC as SKIN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +45,7 @@ OVERLAYS = ("dev", "production", "gpu")
 NAMESPACES = {"dev": "drtech-dev", "production": "drtech", "gpu": "drtech"}
 
 # docs/architecture.md: processes and ports. The model services' ports come from their specs.
-MODEL_SERVICES = {spec.task: spec.default_port for spec in (BONE, SKIN, PNEUMONIA)}
+MODEL_SERVICES = {spec.task: spec.default_port for spec in (BONE, SKIN, PNEUMONIA, ROUTER)}
 GRPC_SERVICES = {"auth": 50051, **MODEL_SERVICES}
 GATEWAY_PORT = 8000
 SETTINGS: dict[str, type[BaseSettings]] = {

@@ -46,6 +46,22 @@ class SignUpBody(BaseModel):
     birth_date: str | None = None
 
 
+class SignUpDraft(BaseModel):
+    """A sign-up form as it is being filled in: every field may still be missing."""
+
+    email: str | None = None
+    password: str | None = None
+    first_name: str | None = None
+    surname: str | None = None
+    address1: str | None = None
+    address2: str | None = None
+    city: str | None = None
+    state: str | None = None
+    zip: str | None = None
+    gender: str | None = None
+    birth_date: str | None = None
+
+
 class LogInBody(BaseModel):
     email: str
     password: str
@@ -132,6 +148,20 @@ async def sign_up(body: SignUpBody, ctx: ContextDep) -> dict:
                 raise invalid_fields(violations) from None
         raise to_api_error(error, "authentication") from None
     return {"id": user.id, "email": user.email, "first_name": user.first_name, "surname": user.surname}
+
+
+@router.post("/auth/signup/check")
+async def check_sign_up(body: SignUpDraft) -> dict[str, dict[str, str]]:
+    """The sign-up rules' per-field messages for a draft form, without creating anything.
+
+    The web UI calls this as the user fills the form, so its client-side messages are the server's
+    own (services/auth/validation.py) and cannot drift from what POST /auth/signup answers.
+    """
+    try:
+        validate_sign_up(body.model_dump())
+    except ValidationError as error:
+        return {"errors": error.violations}
+    return {"errors": {}}
 
 
 @router.post("/auth/login")

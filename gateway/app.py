@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import accounts, diagnoses, operations, web
+from gateway import accounts, diagnoses, model_files, operations, previews, web
 from gateway.context import GatewayContext
 from gateway.database import create_database_engine, migrate, session_factory
 from gateway.errors import error_response, install_error_handlers
@@ -124,6 +124,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(accounts.router)
     app.include_router(diagnoses.router)
     app.include_router(operations.router)
+    app.include_router(model_files.router)
+    app.include_router(previews.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     # Outermost last: size limit, then security headers, then metrics (which sees the final status).

@@ -24,12 +24,13 @@ from sqlalchemy.orm import Session
 
 from gateway import records
 from gateway.accounts import CallerDep, ContextDep
+from gateway.auto_routing import classify_exam_type
 from gateway.backend_errors import is_unreachable
 from gateway.context import GatewayContext
 from gateway.errors import ApiError, invalid_fields
 from gateway.grpc_clients import MODEL_SERVICES
 from gateway.records import STATUS_COMPLETED, STATUS_FAILED, Diagnosis
-from gateway.routing import CANNOT_ROUTE, choose_exam_type
+from gateway.routing import choose_exam_type
 from gateway.serialization import clean_extra, diagnosis_json, struct_to_dict
 from protos.drtech.v1 import diagnosis_pb2
 from services.core.errors import InvalidImage, UnsupportedMediaType
@@ -160,13 +161,15 @@ async def create_diagnosis(
     data = await read_upload(file, max_bytes)
     media_type = await run_in_threadpool(check_image, data, max_bytes)
     tags = await run_in_threadpool(dicom_routing_tags, data) if media_type == DICOM else {}
+    record_id = str(uuid.uuid4())
     chosen = choose_exam_type(exam_type, media_type, tags)
     if chosen is None:
-        raise ApiError(422, CANNOT_ROUTE, errors={"exam_type": CANNOT_ROUTE})
+        # auto without DICOM routing tags: the router model decides, or refuses a foreign image.
+        chosen = await classify_exam_type(ctx, data, media_type, record_id)
 
     digest = await run_in_threadpool(ctx.uploads.put, data)
     record = Diagnosis(
-        id=str(uuid.uuid4()),
+        id=record_id,
         user_id=caller.user.id,
         exam_type=chosen,
         requested_exam_type=exam_type,

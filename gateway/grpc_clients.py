@@ -61,6 +61,9 @@ class Backends:
             exam_type: Backend(MODEL_SERVICES[exam_type], address, open_channel(address, size))
             for exam_type, address in settings.model_addresses().items()
         }
+        # The router model service answers exam_type=auto for uploads without DICOM routing tags.
+        self.router_backend = Backend("router", settings.router_addr, open_channel(settings.router_addr, size))
+        self.router = diagnosis_pb2_grpc.DiagnosisServiceStub(self.router_backend.channel)
         self.auth = auth_pb2_grpc.AuthServiceStub(self.auth_backend.channel)
         self.models: dict[str, diagnosis_pb2_grpc.DiagnosisServiceStub] = {
             exam_type: diagnosis_pb2_grpc.DiagnosisServiceStub(backend.channel)
@@ -68,7 +71,7 @@ class Backends:
         }
 
     def all(self) -> list[Backend]:
-        return [self.auth_backend, *self.model_backends.values()]
+        return [self.auth_backend, *self.model_backends.values(), self.router_backend]
 
     async def check_health(self, timeout_s: float) -> dict[str, str]:
         """name -> "SERVING" or the reason it is not (not serving, unreachable, ...)."""

@@ -8,12 +8,14 @@ from typing import Any
 
 import grpc
 from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from gateway.accounts import ContextDep
 from gateway.errors import ApiError
+from gateway.model_files import plot_names, plot_url
 from gateway.serialization import model_card_json
-from protos.drtech.v1 import diagnosis_pb2
+from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
 
 log = logging.getLogger("gateway.operations")
 router = APIRouter()
@@ -44,19 +46,25 @@ async def metrics(request: Request, ctx: ContextDep) -> Response:
 
 @router.get("/api/v1/models")
 async def models(ctx: ContextDep) -> list[dict[str, Any]]:
-    """Every model service's card (no login). A service that cannot answer is left out and logged."""
+    """Every model service's card, the router's last (no login), with URLs of its training plots.
 
-    async def card(exam_type: str) -> dict[str, Any] | None:
+    A service that cannot answer is left out and logged."""
+
+    async def card(name: str, stub: diagnosis_pb2_grpc.DiagnosisServiceStub) -> dict[str, Any] | None:
         try:
-            info = await ctx.backends.models[exam_type].GetModelInfo(
+            info = await stub.GetModelInfo(
                 diagnosis_pb2.GetModelInfoRequest(), timeout=ctx.settings.model_info_timeout_s
             )
         except grpc.aio.AioRpcError as error:
-            log.warning("model info for %s unavailable: %s", exam_type, error.code().name)
+            log.warning("model info for %s unavailable: %s", name, error.code().name)
             return None
-        return model_card_json(info)
+        found = model_card_json(info)
+        names = await run_in_threadpool(plot_names, ctx.settings.models_dir, found["task"])
+        found["plots"] = [plot_url(found["task"], plot) for plot in names]
+        return found
 
-    cards = await asyncio.gather(*(card(exam_type) for exam_type in ctx.backends.models))
+    stubs = [*ctx.backends.models.items(), ("auto", ctx.backends.router)]
+    cards = await asyncio.gather(*(card(name, stub) for name, stub in stubs))
     found = [c for c in cards if c is not None]
     if not found:
         raise ApiError(503, "No model service is available right now.", headers={"Retry-After": "5"})

@@ -1,8 +1,8 @@
 """Which model service an upload goes to.
 
 An explicit exam type wins. For `auto`, a DICOM upload is routed from its header (Modality and
-BodyPartExamined); anything else cannot be routed yet (a router model is a later issue), so the
-caller is asked to choose.
+BodyPartExamined); anything else (a JPEG or PNG, or a DICOM whose header does not say) goes to the
+router model service (gateway/auto_routing.py), which also refuses images that are none of the three.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from collections.abc import Mapping
 EXAM_TYPES: tuple[str, ...] = ("chest_xray", "skin_lesion", "bone_xray")
 AUTO = "auto"
 
-CANNOT_ROUTE = "could not determine exam type automatically; choose one of chest_xray, skin_lesion, bone_xray"
 
 # DICOM BodyPartExamined values (PS3.16 CID 4031 codes and common free-text variants).
 _CHEST_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS", "RIBS"}

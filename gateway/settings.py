@@ -22,9 +22,14 @@ class GatewaySettings(BaseSettings):
     bone_addr: str = Field(default="127.0.0.1:50052", validation_alias="DRTECH_BONE_ADDR")
     skin_addr: str = Field(default="127.0.0.1:50053", validation_alias="DRTECH_SKIN_ADDR")
     pneumonia_addr: str = Field(default="127.0.0.1:50054", validation_alias="DRTECH_PNEUMONIA_ADDR")
+    # The router model service: picks the exam type for `auto` uploads without DICOM routing tags.
+    router_addr: str = Field(default="127.0.0.1:50055", validation_alias="DRTECH_ROUTER_ADDR")
     max_message_bytes: int = Field(default=20 * MIB, ge=4096, validation_alias="DRTECH_MAX_MESSAGE_BYTES")
 
     host: str = "127.0.0.1"
+    # Where the model folders are (services/<task>/model/): the gateway serves the training plots
+    # found there on the model cards. The image ships the whole project, so this is the default.
+    models_dir: Path = Path(__file__).resolve().parent.parent / "services"
     # Proxies (comma-separated IPs, or "*") whose X-Forwarded-For/-Proto uvicorn trusts, so the client
     # IP passed to the auth service for log-in throttling is the real one behind an ingress.
     forwarded_allow_ips: str = "127.0.0.1"
@@ -39,6 +44,7 @@ class GatewaySettings(BaseSettings):
     # gRPC deadlines, seconds. Every call has one.
     auth_timeout_s: float = Field(default=5.0, gt=0)
     diagnose_timeout_s: float = Field(default=30.0, gt=0)
+    route_timeout_s: float = Field(default=15.0, gt=0)
     model_info_timeout_s: float = Field(default=5.0, gt=0)
     health_timeout_s: float = Field(default=2.0, gt=0)
 

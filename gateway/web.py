@@ -26,7 +26,7 @@ EXAM_TYPES = [
     ("chest_xray", "Chest X-ray", "pneumonia or normal"),
     ("skin_lesion", "Skin lesion (dermoscopy)", "seven kinds of lesion"),
     ("bone_xray", "Bone X-ray (knee)", "normal or abnormal, with a severity grade"),
-    ("auto", "Let Dr.Tech decide", "DICOM files only, from their header"),
+    ("auto", "Let Dr.Tech decide", "from the DICOM header, or recognised by the router model"),
 ]
 
 

@@ -88,20 +88,6 @@ function labelNames() {
   return labelNamesPromise;
 }
 
-// Flatten a card's metrics ({"test": {"auc": 0.91}} -> [["test auc", 0.91]]), numbers and text only.
-function flatMetrics(metrics, prefix = "", depth = 0) {
-  const rows = [];
-  for (const [key, value] of Object.entries(metrics || {})) {
-    const name = prefix ? `${prefix} ${key}` : key;
-    if (value !== null && typeof value === "object" && !Array.isArray(value) && depth < 2) {
-      rows.push(...flatMetrics(value, name, depth + 1));
-    } else if (typeof value === "number" || typeof value === "string") {
-      rows.push([name, value]);
-    }
-  }
-  return rows;
-}
-
 function percent(value) {
   return `${(value * 100).toFixed(1)}%`;
 }
@@ -131,14 +117,51 @@ function formValues(form) {
   return values;
 }
 
+// The sign-up rules live in services/auth/validation.py; POST /api/v1/auth/signup/check runs them on a
+// draft without creating anything, so the messages shown while typing are the server's own.
+async function checkSignup(values) {
+  try {
+    const reply = await api("/api/v1/auth/signup/check", { method: "POST", body: values });
+    return (reply && reply.errors) || {};
+  } catch (_) {
+    return null; // cannot check now: the server checks again on submit
+  }
+}
+
+function showFieldError(form, field, message) {
+  const slot = form.querySelector(`#${CSS.escape(field)}-error`);
+  const input = form.querySelector(`[name="${CSS.escape(field)}"]`);
+  if (slot) slot.textContent = message || "";
+  if (input) {
+    if (message) input.setAttribute("aria-invalid", "true");
+    else input.removeAttribute("aria-invalid");
+  }
+}
+
 function initSignup() {
   const form = $("#signup-form");
   if (!form) return;
+  const touched = new Set();
+  // Check a field when the user leaves it (not on every key press: no messages while typing).
+  form.addEventListener("focusout", async (event) => {
+    const name = event.target && event.target.name;
+    if (!name || !event.target.value) return;
+    touched.add(name);
+    const errors = await checkSignup(formValues(form));
+    if (errors === null) return;
+    for (const field of touched) showFieldError(form, field, errors[field]);
+  });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     clearFieldErrors(form);
     setStatus("");
     const values = formValues(form);
+    const errors = await checkSignup(values);
+    if (errors && Object.keys(errors).length) {
+      setStatus("Please correct the fields marked below.");
+      showFieldErrors(form, errors);
+      return;
+    }
     try {
       await api("/api/v1/auth/signup", { method: "POST", body: values });
       await api("/api/v1/auth/login", { method: "POST", body: { email: values.email, password: values.password } });
@@ -169,11 +192,21 @@ function initLogin() {
 }
 
 // ---- one result ----------------------------------------------------------------------------
+const TASK_OF_EXAM = { chest_xray: "pneumonia", skin_lesion: "skin", bone_xray: "bone" };
+
 function findingText(d) {
   if (d.status !== "completed") return "No result: the model could not answer.";
   let text = `Finding: ${d.label_display} (${percent(d.confidence)} probability).`;
   if (d.extra && d.extra.kl_grade !== undefined) text += ` Kellgren–Lawrence grade ${d.extra.kl_grade} of 4.`;
   return text;
+}
+
+function setHeatmapOpacity(value) {
+  const heatmap = $("#result-heatmap");
+  const slider = $("#heatmap-opacity");
+  heatmap.style.opacity = String(value / 100); // CSSOM: allowed by the CSP
+  slider.setAttribute("aria-valuetext", `${value}%`);
+  $("#heatmap-opacity-value").textContent = `${value}%`;
 }
 
 async function renderResult(d) {
@@ -207,38 +240,144 @@ async function renderResult(d) {
     const name = code === d.label && d.label_display ? d.label_display : names[code] || code;
     bars.append(
       el("li", { className: "bar" },
-        el("span", { className: "bar-label", text: `${name} (${code})` }),
+        el("span", { className: "bar-label", text: name }),
         el("span", { className: "bar-track", role: "img", "aria-label": `${name}: ${percent(p)}` }, fill),
         el("span", { className: "bar-value", text: percent(p) })),
     );
   }
-  $("#result-exam").textContent = EXAM_NAMES[d.exam_type] || d.exam_type;
+  let exam = EXAM_NAMES[d.exam_type] || d.exam_type;
+  if (d.requested_exam_type === "auto") exam += " (recognised automatically)";
+  $("#result-exam").textContent = exam;
   $("#result-model").textContent = d.model && d.model.name ? `${d.model.name} ${d.model.version || ""}` : "—";
+  const task = (d.model && d.model.name) || TASK_OF_EXAM[d.exam_type];
+  $("#result-card-link").href = `/models#model-${task}`;
+  $("#result-card-link").textContent = `${task} model card`;
   $("#result-when").textContent = formatDate(d.created_at);
 
   const image = $("#result-image");
   image.src = d.image_url;
   const heatmap = $("#result-heatmap");
-  const toggleWrap = $("#heatmap-toggle-wrap");
+  const controls = $("#heatmap-controls");
   const toggle = $("#heatmap-toggle");
+  const slider = $("#heatmap-opacity");
   if (d.heatmap_url) {
     heatmap.src = d.heatmap_url;
-    toggleWrap.hidden = false;
+    controls.hidden = false;
+    $("#no-heatmap").hidden = true;
     toggle.checked = true;
     heatmap.hidden = false;
-    toggle.onchange = () => (heatmap.hidden = !toggle.checked);
+    slider.disabled = false;
+    toggle.onchange = () => {
+      heatmap.hidden = !toggle.checked;
+      slider.disabled = !toggle.checked;
+    };
+    slider.oninput = () => setHeatmapOpacity(Number(slider.value));
+    setHeatmapOpacity(Number(slider.value));
+    $("#heatmap-method").textContent = d.heatmap_method
+      ? `Method: ${d.heatmap_method === "grad-cam" ? "Grad-CAM" : d.heatmap_method}; red marks the regions that most supported “${d.label_display}”.`
+      : "";
   } else {
-    toggleWrap.hidden = true;
+    controls.hidden = true;
     heatmap.hidden = true;
+    $("#no-heatmap").hidden = d.status !== "completed";
   }
+}
+
+function isDicomFile(file) {
+  return /\.(dcm|dicom)$/i.test(file.name) || file.type === "application/dicom";
+}
+
+// Preview the chosen file: JPEG/PNG in the browser; DICOM rendered by the gateway (browsers cannot).
+async function showPreview(file) {
+  const figure = $("#preview");
+  const img = $("#preview-image");
+  const form = $("#diagnose-form");
+  showFieldError(form, "file", "");
+  if (img.dataset.url) URL.revokeObjectURL(img.dataset.url);
+  figure.hidden = true;
+  if (!file) return;
+  $("#preview-name").textContent = `${file.name} (${(file.size / 1024).toFixed(0)} KiB)`;
+  let url;
+  if (isDicomFile(file) || !/^image\/(jpeg|png)$/.test(file.type)) {
+    const data = new FormData();
+    data.append("file", file);
+    try {
+      const response = await fetch("/api/v1/previews", {
+        method: "POST", body: data, credentials: "same-origin", headers: { "X-Requested-With": "fetch" },
+      });
+      if (!response.ok) {
+        let body = null;
+        try { body = await response.json(); } catch (_) { body = null; }
+        throw new ApiError(response.status, body);
+      }
+      url = URL.createObjectURL(await response.blob());
+    } catch (error) {
+      showFieldError(form, "file", error.message);
+      return;
+    }
+  } else {
+    url = URL.createObjectURL(file);
+  }
+  img.dataset.url = url;
+  img.src = url;
+  figure.hidden = false;
+}
+
+function initDropzone() {
+  const zone = $("#dropzone");
+  const input = $("#file");
+  if (!zone || !input) return;
+  input.addEventListener("change", () => showPreview(input.files[0]));
+  for (const name of ["dragenter", "dragover"]) {
+    zone.addEventListener(name, (event) => {
+      event.preventDefault();
+      zone.classList.add("dragging");
+    });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    zone.addEventListener(name, () => zone.classList.remove("dragging"));
+  }
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const files = event.dataTransfer && event.dataTransfer.files;
+    if (!files || !files.length) return;
+    input.files = files;
+    showPreview(files[0]);
+  });
+}
+
+// POST with upload progress (fetch() cannot report it); resolves to the parsed JSON reply.
+function postWithProgress(url, data, onProgress) {
+  return new Promise((resolve, reject) => {
+    const request = new XMLHttpRequest();
+    request.open("POST", url);
+    request.setRequestHeader("X-Requested-With", "fetch");
+    request.setRequestHeader("Accept", "application/json");
+    request.responseType = "json";
+    request.upload.onprogress = (event) => {
+      if (event.lengthComputable) onProgress(event.loaded / event.total);
+    };
+    request.upload.onload = () => onProgress(1);
+    request.onload = () => {
+      if (request.status >= 200 && request.status < 300) resolve(request.response);
+      else reject(new ApiError(request.status, request.response));
+    };
+    request.onerror = () => reject(new ApiError(0, { detail: "The server cannot be reached; check your connection." }));
+    request.send(data);
+  });
 }
 
 function initDiagnose() {
   const form = $("#diagnose-form");
   if (!form) return;
+  initDropzone();
+  const progress = $("#progress");
+  const bar = $("#progress-bar");
+  const label = $("#progress-label");
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     clearFieldErrors(form);
+    setStatus("");
     const file = $("#file").files[0];
     if (!file) {
       showFieldErrors(form, { file: "Choose an image file." });
@@ -250,18 +389,32 @@ function initDiagnose() {
     const explain = $("#explain").checked;
     const button = $("#diagnose-button");
     button.disabled = true;
-    setStatus("Analysing the image…", "info");
+    $("#result").hidden = true;
+    progress.hidden = false;
+    bar.value = 0;
+    label.textContent = "Uploading…";
     try {
-      const diagnosis = await api(`/api/v1/diagnoses?explain=${explain}`, { method: "POST", body: data });
+      const diagnosis = await postWithProgress(`/api/v1/diagnoses?explain=${explain}`, data, (fraction) => {
+        if (fraction < 1) {
+          bar.value = Math.round(fraction * 100);
+        } else {
+          bar.removeAttribute("value"); // indeterminate while the model runs
+          label.textContent = "Analysing the image…";
+        }
+      });
       setStatus(diagnosis.status === "completed" ? "Done." : "The model could not answer.", "info");
       await renderResult(diagnosis);
       $("#result").scrollIntoView({ behavior: "smooth" });
       $("#result-finding").focus();
     } catch (error) {
-      if (error.status === 401) window.location.assign("/login?next=/app");
+      if (error.status === 401) {
+        window.location.assign("/login?next=/app");
+        return;
+      }
       setStatus(error.message);
       showFieldErrors(form, error.errors || {});
     } finally {
+      progress.hidden = true;
       button.disabled = false;
     }
   });
@@ -330,25 +483,120 @@ function initHistory() {
 }
 
 // ---- model cards ---------------------------------------------------------------------------
+function isInterval(value) {
+  return value !== null && typeof value === "object" && typeof value.value === "number";
+}
+
+function metricRows(metrics) {
+  const rows = [];
+  for (const [key, value] of Object.entries(metrics || {})) {
+    const name = key.replace(/_/g, " ");
+    if (isInterval(value)) {
+      let shown = value.value.toFixed(3);
+      if (typeof value.ci95_low === "number" && typeof value.ci95_high === "number") {
+        shown += ` (95% CI ${value.ci95_low.toFixed(3)}–${value.ci95_high.toFixed(3)})`;
+      }
+      rows.push([name, shown]);
+    } else if (typeof value === "number") {
+      rows.push([name, Number.isInteger(value) ? String(value) : value.toFixed(3)]);
+    } else if (typeof value === "string") {
+      rows.push([name, value]);
+    }
+  }
+  return rows;
+}
+
+function modelCard(card) {
+  const title = card.exam_type === "auto" ? "Router (exam type = auto)" : EXAM_NAMES[card.exam_type] || card.exam_type;
+  const metrics = el("dl", { className: "facts metrics" });
+  for (const [name, value] of metricRows(card.metrics)) metrics.append(el("dt", { text: name }), el("dd", { text: value }));
+  const data = card.data || {};
+  const about = el("dl", { className: "facts" });
+  const facts = [
+    ["Intended use", card.intended_use],
+    ["Labels", (card.labels || []).map((l) => l.display_name).join(", ")],
+    ["Data", data.source],
+    ["Licence", data.licence],
+    ["Images", data.images ? `${data.images} images of ${data.groups || "?"} patients/lesions` : null],
+    ["Split", card.split && card.split.method],
+    ["Architecture", card.architecture && card.architecture.head
+      ? `${card.architecture.backbone || ""}; head: ${card.architecture.head}` : null],
+  ];
+  for (const [name, value] of facts) if (value) about.append(el("dt", { text: name }), el("dd", { text: String(value) }));
+  const plots = (card.plots || []).map((url) => el("figure", { className: "plot" },
+    el("img", { src: url, alt: `Training plot ${url.split("/").pop()} of the ${card.name} model`, loading: "lazy" }),
+    el("figcaption", { text: url.split("/").pop().replace(/\.png$/, "").replace(/[_-]/g, " ") })));
+  const parts = [
+    el("h2", { text: `${title} — ${card.name} ${card.version}` }),
+    about,
+    el("h3", { text: "Held-out metrics" }),
+  ];
+  if (card.metrics && card.metrics.split) parts.push(el("p", { className: "hint", text: `${card.metrics.split}; ${card.metrics.interval || ""}` }));
+  parts.push(metrics);
+  if (plots.length) parts.push(el("h3", { text: "Training plots" }), el("div", { className: "plots" }, ...plots));
+  parts.push(el("h3", { text: "Limitations" }), el("ul", {}, ...(card.limitations || []).map((text) => el("li", { text }))));
+  parts.push(el("p", { className: "disclaimer", text: "Not for clinical use." }));
+  return el("article", { className: "card model-card", id: `model-${card.task || card.name}` }, ...parts);
+}
+
 function initModels() {
   const box = $("#model-cards");
   if (!box) return;
   api("/api/v1/models").then((cards) => {
-    box.replaceChildren(...cards.map((card) => {
-      const metrics = el("dl", { className: "facts" });
-      for (const [name, value] of flatMetrics(card.metrics)) {
-        const shown = typeof value === "number" && !Number.isInteger(value) ? value.toFixed(3) : String(value);
-        metrics.append(el("dt", { text: name }), el("dd", { text: shown }));
-      }
-      const limitations = el("ul", {}, ...(card.limitations || []).map((text) => el("li", { text })));
-      return el("article", { className: "card" },
-        el("h2", { text: `${EXAM_NAMES[card.exam_type] || card.exam_type} — ${card.name} ${card.version}` }),
-        el("p", { text: card.intended_use || "" }),
-        el("p", { text: "Labels: " + (card.labels || []).map((l) => `${l.display_name} (${l.code})`).join(", ") }),
-        el("h3", { text: "Held-out metrics" }), metrics,
-        el("h3", { text: "Limitations" }), limitations);
-    }));
-  }).catch((error) => setStatus(error.message));
+    box.replaceChildren(...cards.map(modelCard));
+    $("#model-toc").replaceChildren(el("ul", {}, ...cards.map((card) =>
+      el("li", {}, el("a", { href: `#model-${card.task || card.name}`, text: card.exam_type === "auto" ? "Router" : EXAM_NAMES[card.exam_type] || card.name })))));
+    box.setAttribute("aria-busy", "false");
+    if (window.location.hash) {
+      const target = document.getElementById(window.location.hash.slice(1));
+      if (target) target.scrollIntoView();
+    }
+  }).catch((error) => {
+    box.setAttribute("aria-busy", "false");
+    box.replaceChildren();
+    setStatus(error.message);
+  });
+}
+
+// ---- home carousel (WAI-ARIA APG pattern: buttons, slide picker, pause; no motion if reduced) ----
+function initCarousel() {
+  const root = $("#carousel");
+  if (!root) return;
+  const slides = [...root.querySelectorAll(".slide")];
+  const dots = [...root.querySelectorAll("#carousel-dots button")];
+  const live = $("#carousel-slides");
+  const pause = $("#carousel-pause");
+  let current = 0;
+  let timer = null;
+  root.classList.add("js");
+  function show(index) {
+    current = (index + slides.length) % slides.length;
+    slides.forEach((slide, i) => (slide.hidden = i !== current));
+    dots.forEach((dot, i) => dot.setAttribute("aria-current", i === current ? "true" : "false"));
+  }
+  function stop() {
+    if (timer) clearInterval(timer);
+    timer = null;
+    live.setAttribute("aria-live", "polite");
+    pause.textContent = "Play";
+    pause.setAttribute("aria-label", "Start automatic slide show");
+  }
+  function start() {
+    timer = setInterval(() => show(current + 1), 7000);
+    live.setAttribute("aria-live", "off"); // do not announce slides that change by themselves
+    pause.textContent = "Pause";
+    pause.setAttribute("aria-label", "Stop automatic slide show");
+  }
+  $("#carousel-prev").addEventListener("click", () => { stop(); show(current - 1); });
+  $("#carousel-next").addEventListener("click", () => { stop(); show(current + 1); });
+  dots.forEach((dot, i) => dot.addEventListener("click", () => { stop(); show(i); }));
+  pause.addEventListener("click", () => (timer ? stop() : start()));
+  root.addEventListener("focusin", stop);
+  show(0);
+  if (!window.matchMedia("(prefers-reduced-motion: reduce)").matches) {
+    pause.hidden = false;
+    start();
+  }
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -359,4 +607,5 @@ document.addEventListener("DOMContentLoaded", () => {
   initResultPage();
   initHistory();
   initModels();
+  initCarousel();
 });

@@ -63,6 +63,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         DRTECH_BONE_PORT=str(free_port()),
         DRTECH_SKIN_PORT=str(free_port()),
         DRTECH_PNEUMONIA_PORT=str(free_port()),
+        DRTECH_ROUTER_PORT=str(free_port()),
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "services.supervisor", "--start-timeout", "180"],
@@ -178,7 +179,7 @@ def test_a_new_user_gets_a_diagnosis_of_each_kind_and_sees_the_history(platform:
         assert client.get("/api/v1/diagnoses", headers=auth).json()["total"] == 2
 
         models = client.get("/api/v1/models").json()
-        assert {card["name"] for card in models} == {"bone", "skin", "pneumonia"}
+        assert {card["name"] for card in models} == {"bone", "skin", "pneumonia", "router"}
 
         assert client.post("/api/v1/auth/logout", headers=auth).status_code == 204
         assert client.get("/api/v1/me", headers=auth).status_code == 401

@@ -30,6 +30,7 @@ from services.core.server import start_server as start_model
 from services.core.settings import ServingSettings
 from services.core.spec import TaskSpec
 from services.pneumonia.spec import SPEC as PNEUMONIA
+from services.router.spec import SPEC as ROUTER
 from services.skin.spec import SPEC as SKIN
 from tests.serving_models import write_fixture_model
 from tests.support import jpeg_bytes, sample_image_bytes, synthetic_image
@@ -69,6 +70,7 @@ class Stack:
             "DRTECH_BONE_ADDR": self.models["bone_xray"].target,
             "DRTECH_SKIN_ADDR": self.models["skin_lesion"].target,
             "DRTECH_PNEUMONIA_ADDR": self.models["chest_xray"].target,
+            "DRTECH_ROUTER_ADDR": self.models["auto"].target,
         }
         values.update(overrides)
         return GatewaySettings(**values)
@@ -95,6 +97,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         scratch = tmp_path_factory.mktemp("models")
         for exam_type, spec in SPECS.items():
             models[exam_type] = start_model(model_spec(spec, scratch), serving_settings(), port=0)
+        models["auto"] = start_model(ROUTER, serving_settings(), port=0)
         running = Stack(home, f"127.0.0.1:{auth.port}", models, None)  # type: ignore[arg-type]
         gateway = start_gateway(running.settings(home))
         running.gateway = gateway
@@ -361,13 +364,16 @@ def test_auto_routes_a_dicom_by_its_header_and_the_image_comes_back_as_png(clien
     assert upload(client, headers, chest, "auto").json()["exam_type"] == "chest_xray"
 
 
-def test_auto_without_a_routable_header_asks_the_user_to_choose(client: httpx.Client) -> None:
+def test_auto_without_a_routable_header_asks_the_router_model(client: httpx.Client) -> None:
     headers = bearer(client)
     reply = upload(client, headers, sample_image_bytes("skin_lesion"), "auto")
-    assert reply.status_code == 422
-    assert "could not determine exam type automatically; choose one" in reply.json()["detail"]
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["exam_type"] == "skin_lesion"
+    # A CT head slice is none of the three kinds: the router refuses it.
     head = make_dicom(ramp(64, 64), extra={"Modality": "CT", "BodyPartExamined": "HEAD"})
-    assert upload(client, headers, head, "auto").status_code == 422
+    refused = upload(client, headers, head, "auto")
+    assert refused.status_code == 422
+    assert "does not look like" in refused.json()["detail"]
 
 
 @pytest.mark.parametrize(
@@ -464,12 +470,13 @@ def test_models_lists_every_model_card_without_logging_in(client: httpx.Client, 
     reply = client.get("/api/v1/models")
     assert reply.status_code == 200
     cards = {card["exam_type"]: card for card in reply.json()}
-    assert set(cards) == set(SPECS)
+    specs = {**SPECS, "auto": ROUTER}   # the router's card comes last
+    assert set(cards) == set(specs) and reply.json()[-1]["exam_type"] == "auto"
     for exam_type, card in cards.items():
         loaded = stack.models[exam_type].servicer.loaded.card
         assert card["name"] == loaded["name"] and card["version"] == loaded["version"]
-        assert card["task"] == SPECS[exam_type].task
-        assert [label["code"] for label in card["labels"]] == SPECS[exam_type].label_codes
+        assert card["task"] == specs[exam_type].task
+        assert [label["code"] for label in card["labels"]] == specs[exam_type].label_codes
         assert card["intended_use"] and card["limitations"] and "metrics" in card
 
 
@@ -482,6 +489,7 @@ def test_health_readiness_and_metrics(client: httpx.Client) -> None:
         "bone": "SERVING",
         "skin": "SERVING",
         "pneumonia": "SERVING",
+        "router": "SERVING",
     }
     headers = bearer(client)
     upload(client, headers, sample_image_bytes("bone_xray"), "bone_xray")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.auto_routing import decide
 from gateway.grpc_clients import channel_target
-from gateway.routing import AUTO, CANNOT_ROUTE, choose_exam_type, route_dicom
+from gateway.routing import AUTO, choose_exam_type, route_dicom
 
 
 @pytest.mark.parametrize("exam_type", ["chest_xray", "skin_lesion", "bone_xray"])
@@ -41,9 +42,8 @@ def test_auto_does_not_guess_when_the_header_does_not_say(tags: dict[str, str]) 
 
 
 @pytest.mark.parametrize("media_type", ["image/jpeg", "image/png"])
-def test_auto_cannot_route_a_plain_photo_yet(media_type: str) -> None:
+def test_auto_leaves_a_plain_image_to_the_router_model(media_type: str) -> None:
     assert choose_exam_type(AUTO, media_type, {}) is None
-    assert "choose one" in CANNOT_ROUTE
 
 
 def test_backend_addresses_use_the_dns_resolver_so_round_robin_sees_every_pod() -> None:
@@ -53,3 +53,19 @@ def test_backend_addresses_use_the_dns_resolver_so_round_robin_sees_every_pod() 
     )
     assert channel_target("dns:///bone:50052") == "dns:///bone:50052"
     assert channel_target("unix:/run/bone.sock") == "unix:/run/bone.sock"
+
+
+@pytest.mark.parametrize(
+    ("label", "ood_ratio", "expected"),
+    [
+        ("chest_xray", 0.3, "chest_xray"),
+        ("skin_lesion", 1.0, "skin_lesion"),
+        ("bone_xray", 1.01, None),            # past the threshold: none of the three
+        ("bone_xray", float("nan"), None),    # no usable score: refuse rather than guess
+        ("router_only_label", 0.1, None),
+    ],
+)
+def test_the_router_answer_is_used_only_for_an_image_of_a_known_kind(
+    label: str, ood_ratio: float, expected: str | None
+) -> None:
+    assert decide(label, ood_ratio) == expected

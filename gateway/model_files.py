@@ -1,0 +1,57 @@
+"""Training plots shipped next to each model (services/<task>/model/*.png), served for the model cards.
+
+Training writes its figures (learning curves, ROC, calibration, confusion matrix) as PNGs beside
+model.onnx; the gateway lists and serves them read-only. Only plain `*.png` names directly in a
+known task's model folder are served, so a request can never reach another file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+
+from gateway.accounts import ContextDep
+from gateway.errors import ApiError
+
+router = APIRouter(prefix="/api/v1")
+
+TASKS: tuple[str, ...] = ("bone", "skin", "pneumonia", "router")
+_PLOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.png$")
+
+
+def plot_names(models_dir: Path, task: str) -> list[str]:
+    """The PNG file names in `<models_dir>/<task>/model/`, sorted; [] for an unknown task or no folder."""
+    if task not in TASKS:
+        return []
+    folder = models_dir / task / "model"
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and _PLOT_NAME.fullmatch(p.name))
+
+
+def plot_url(task: str, name: str) -> str:
+    return f"/api/v1/models/{task}/plots/{name}"
+
+
+@router.get("/models/{task}/plots")
+async def list_plots(task: str, ctx: ContextDep) -> dict[str, list[str]]:
+    if task not in TASKS:
+        raise ApiError(404, f"No model named {task!r}; models are {', '.join(TASKS)}.")
+    names = await run_in_threadpool(plot_names, ctx.settings.models_dir, task)
+    return {"plots": [plot_url(task, name) for name in names]}
+
+
+@router.get("/models/{task}/plots/{name}", response_class=FileResponse)
+async def get_plot(task: str, name: str, ctx: ContextDep) -> FileResponse:
+    names = await run_in_threadpool(plot_names, ctx.settings.models_dir, task)
+    if name not in names:
+        raise ApiError(404, f"The {task} model has no plot named {name!r}.")
+    return FileResponse(
+        ctx.settings.models_dir / task / "model" / name,
+        media_type="image/png",
+        headers={"Cache-Control": "public, max-age=300"},
+    )

@@ -1,0 +1,46 @@
+"""Previews: a PNG of an image the user is about to upload, so a DICOM can be seen before diagnosing.
+
+Browsers cannot show DICOM, so the web UI sends the chosen file here first; the gateway decodes it
+with the same code the model services use (services/core/imaging.py: rescale, VOI LUT/window,
+MONOCHROME1 inverted, first frame) and answers a downscaled PNG. Nothing is stored or logged: the
+file's header (patient name, IDs) never leaves this function.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Annotated
+
+from fastapi import APIRouter, File, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from PIL import Image
+
+from gateway.accounts import CallerDep, ContextDep
+from gateway.diagnoses import check_image, read_upload
+from services.core.imaging import decode_image
+
+router = APIRouter(prefix="/api/v1")
+
+PREVIEW_SIDE = 512
+
+
+def preview_png(data: bytes) -> bytes:
+    image = decode_image(data)
+    image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@router.post("/previews", response_class=Response)
+async def create_preview(
+    caller: CallerDep,
+    ctx: ContextDep,
+    file: Annotated[UploadFile, File(description="JPEG, PNG or DICOM image")],
+) -> Response:
+    """A PNG preview (at most 512 px a side) of an upload; 415/422 as for a diagnosis. Nothing is kept."""
+    max_bytes = ctx.settings.max_upload_bytes
+    data = await read_upload(file, max_bytes)
+    await run_in_threadpool(check_image, data, max_bytes)
+    return Response(await run_in_threadpool(preview_png, data), media_type="image/png",
+                    headers={"Cache-Control": "no-store"})

@@ -1,0 +1,110 @@
+"""The whole platform in this process, for the web tests: auth, the four model services, the gateway.
+
+Everything listens on free ports. Diagnosis services use the shipped models when they exist (else a
+contract-shaped stand-in, as in tests/integration/test_gateway_api.py); the router always uses its
+shipped model, because its out-of-distribution output is what auto-routing relies on.
+Every log record of every component is kept in `Stack.logs`, so tests can check what was logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.settings import GatewaySettings
+from gateway.testing import RunningGateway, start_gateway
+from services.auth.server import start_server as start_auth
+from services.auth.settings import AuthSettings
+from services.bone.spec import SPEC as BONE
+from services.core.server import RunningServer
+from services.core.server import start_server as start_model
+from services.core.settings import ServingSettings
+from services.core.spec import TaskSpec
+from services.pneumonia.spec import SPEC as PNEUMONIA
+from services.router.spec import SPEC as ROUTER
+from services.skin.spec import SPEC as SKIN
+from tests.serving_models import write_fixture_model
+
+SPECS: dict[str, TaskSpec] = {"bone_xray": BONE, "skin_lesion": SKIN, "chest_xray": PNEUMONIA}
+
+
+class KeptLogs(logging.Handler):
+    """Keeps every formatted record (message and arguments) of every logger."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(f"{record.name} {record.getMessage()} {record.exc_text or ''}")
+        except Exception:  # noqa: BLE001 - a badly formatted record is kept raw
+            self.lines.append(f"{record.name} {record.msg!r} {record.args!r}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@dataclass
+class Stack:
+    home: Path
+    gateway: RunningGateway
+    models: dict[str, RunningServer]
+    logs: KeptLogs = field(repr=False, default_factory=KeptLogs)
+
+    @property
+    def url(self) -> str:
+        return self.gateway.url
+
+
+def serving_settings() -> ServingSettings:
+    return ServingSettings(intra_op_threads=1, worker_threads=4, warmup_runs=1, grace_seconds=0, metrics_port=0)
+
+
+def _spec(spec: TaskSpec, scratch: Path) -> TaskSpec:
+    if spec.model_path.exists() and spec.card_path.exists():
+        return spec
+    return write_fixture_model(spec, scratch / spec.task)
+
+
+@contextmanager
+def running_stack(home: Path, scratch: Path, models_dir: Path | None = None) -> Iterator[Stack]:
+    if not ROUTER.model_path.exists():
+        raise RuntimeError(f"the router model is missing at {ROUTER.model_path}; run python -m training.router")
+    logs = KeptLogs()
+    root = logging.getLogger()
+    previous_level = root.level
+    root.addHandler(logs)
+    root.setLevel(logging.DEBUG)
+    auth = start_auth(
+        AuthSettings(home=home, port=0, grace_s=0, argon2_time_cost=1, argon2_memory_kib=1024, argon2_parallelism=1)
+    )
+    models: dict[str, RunningServer] = {}
+    gateway = None
+    try:
+        for exam_type, spec in SPECS.items():
+            models[exam_type] = start_model(_spec(spec, scratch), serving_settings(), port=0)
+        models["auto"] = start_model(ROUTER, serving_settings(), port=0)
+        values: dict[str, object] = {
+            "DRTECH_HOME": home,
+            "DRTECH_AUTH_ADDR": f"127.0.0.1:{auth.port}",
+            "DRTECH_BONE_ADDR": models["bone_xray"].target,
+            "DRTECH_SKIN_ADDR": models["skin_lesion"].target,
+            "DRTECH_PNEUMONIA_ADDR": models["chest_xray"].target,
+            "DRTECH_ROUTER_ADDR": models["auto"].target,
+        }
+        if models_dir is not None:
+            values["models_dir"] = models_dir
+        gateway = start_gateway(GatewaySettings(**values))
+        yield Stack(home=home, gateway=gateway, models=models, logs=logs)
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        for server in models.values():
+            server.stop(grace=0)
+        auth.stop(0)
+        root.removeHandler(logs)
+        root.setLevel(previous_level)

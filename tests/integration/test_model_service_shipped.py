@@ -73,3 +73,22 @@ def test_shipped_model_info_carries_the_card(shipped: RunningServer, stub) -> No
     assert [label.code for label in info.labels] == shipped.spec.label_codes
     assert MessageToDict(info.metrics), "the card has no held-out metrics"
     assert info.intended_use
+
+
+def test_shipped_router_serves_its_kind_and_ood_ratio_through_the_same_core() -> None:
+    """The router is a fourth task folder on the same core: its extra output comes back as a list."""
+    from services.router.spec import SPEC as ROUTER
+
+    if not ROUTER.model_path.is_file():
+        pytest.skip(f"router model not exported yet: {ROUTER.model_path} is missing")
+    running = start_server(ROUTER, ServingSettings(intra_op_threads=1, warmup_runs=1), port=0)
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            stub = diagnosis_pb2_grpc.DiagnosisServiceStub(channel)
+            request = diagnosis_pb2.DiagnoseRequest(image=sample_image_bytes("chest_xray"))
+            reply = stub.Diagnose(request, timeout=TIMEOUT)
+    finally:
+        running.stop(grace=0)
+    assert reply.label in ROUTER.label_codes
+    ratios = MessageToDict(reply.extra)["ood_ratio"]
+    assert len(ratios) == 1 and np.isfinite(ratios[0]) and ratios[0] >= 0

@@ -211,6 +211,7 @@ function setHeatmapOpacity(value) {
 
 async function renderResult(d) {
   const section = $("#result");
+  section.dataset.ready = "false";
   section.hidden = false;
   $("#result-finding").textContent = findingText(d);
   const detail = $("#result-detail");
@@ -273,21 +274,37 @@ async function renderResult(d) {
     };
     slider.oninput = () => setHeatmapOpacity(Number(slider.value));
     setHeatmapOpacity(Number(slider.value));
-    $("#heatmap-method").textContent = d.heatmap_method
-      ? `Method: ${d.heatmap_method === "grad-cam" ? "Grad-CAM" : d.heatmap_method}; red marks the regions that most supported “${d.label_display}”.`
-      : "";
+    $("#heatmap-method").textContent =
+      `Grad-CAM: the redder a region, the more it supported “${d.label_display}”; clear regions did not.`;
   } else {
     controls.hidden = true;
     heatmap.hidden = true;
     $("#no-heatmap").hidden = d.status !== "completed";
   }
+  section.dataset.ready = "true"; // every part is filled in (tests wait for this)
 }
 
 function isDicomFile(file) {
   return /\.(dcm|dicom)$/i.test(file.name) || file.type === "application/dicom";
 }
 
-// Preview the chosen file: JPEG/PNG in the browser; DICOM rendered by the gateway (browsers cannot).
+// A PNG of the file rendered by the gateway (the same decoder as the models); throws ApiError.
+async function serverPreview(file) {
+  const data = new FormData();
+  data.append("file", file);
+  const response = await fetch("/api/v1/previews", {
+    method: "POST", body: data, credentials: "same-origin", headers: { "X-Requested-With": "fetch" },
+  });
+  if (!response.ok) {
+    let body = null;
+    try { body = await response.json(); } catch (_) { body = null; }
+    throw new ApiError(response.status, body);
+  }
+  return URL.createObjectURL(await response.blob());
+}
+
+// Preview the chosen file: JPEG/PNG in the browser; DICOM (which browsers cannot show), or a file
+// the browser cannot show, rendered by the gateway, whose refusal explains what is wrong with it.
 async function showPreview(file) {
   const figure = $("#preview");
   const img = $("#preview-image");
@@ -295,31 +312,29 @@ async function showPreview(file) {
   showFieldError(form, "file", "");
   if (img.dataset.url) URL.revokeObjectURL(img.dataset.url);
   figure.hidden = true;
+  img.onerror = null;
   if (!file) return;
   $("#preview-name").textContent = `${file.name} (${(file.size / 1024).toFixed(0)} KiB)`;
-  let url;
-  if (isDicomFile(file) || !/^image\/(jpeg|png)$/.test(file.type)) {
-    const data = new FormData();
-    data.append("file", file);
+  const fromServer = async () => {
     try {
-      const response = await fetch("/api/v1/previews", {
-        method: "POST", body: data, credentials: "same-origin", headers: { "X-Requested-With": "fetch" },
-      });
-      if (!response.ok) {
-        let body = null;
-        try { body = await response.json(); } catch (_) { body = null; }
-        throw new ApiError(response.status, body);
-      }
-      url = URL.createObjectURL(await response.blob());
+      img.dataset.url = await serverPreview(file);
+      img.src = img.dataset.url;
+      figure.hidden = false;
     } catch (error) {
+      figure.hidden = true;
       showFieldError(form, "file", error.message);
-      return;
     }
-  } else {
-    url = URL.createObjectURL(file);
+  };
+  if (isDicomFile(file) || !/^image\/(jpeg|png)$/.test(file.type)) {
+    await fromServer();
+    return;
   }
-  img.dataset.url = url;
-  img.src = url;
+  img.onerror = () => {
+    img.onerror = null;
+    fromServer();
+  };
+  img.dataset.url = URL.createObjectURL(file);
+  img.src = img.dataset.url;
   figure.hidden = false;
 }
 
@@ -487,9 +502,17 @@ function isInterval(value) {
   return value !== null && typeof value === "object" && typeof value.value === "number";
 }
 
+// Headline metrics first, in this order; then the rest alphabetically. Described above the table.
+const METRIC_ORDER = ["accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "f1", "kappa"];
+const METRIC_NOTES = new Set(["split", "interval", "measured_with"]);
+
 function metricRows(metrics) {
   const rows = [];
-  for (const [key, value] of Object.entries(metrics || {})) {
+  const rank = (key) => (METRIC_ORDER.includes(key) ? METRIC_ORDER.indexOf(key) : METRIC_ORDER.length);
+  const keys = Object.keys(metrics || {}).filter((key) => !METRIC_NOTES.has(key))
+    .sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+  for (const key of keys) {
+    const value = metrics[key];
     const name = key.replace(/_/g, " ");
     if (isInterval(value)) {
       let shown = value.value.toFixed(3);
@@ -531,7 +554,9 @@ function modelCard(card) {
     about,
     el("h3", { text: "Held-out metrics" }),
   ];
-  if (card.metrics && card.metrics.split) parts.push(el("p", { className: "hint", text: `${card.metrics.split}; ${card.metrics.interval || ""}` }));
+  const m = card.metrics || {};
+  const notes = [m.split, m.measured_with, m.interval ? `intervals: ${m.interval}` : null].filter(Boolean);
+  if (notes.length) parts.push(el("p", { className: "hint", text: notes.join("; ") + "." }));
   parts.push(metrics);
   if (plots.length) parts.push(el("h3", { text: "Training plots" }), el("div", { className: "plots" }, ...plots));
   parts.push(el("h3", { text: "Limitations" }), el("ul", {}, ...(card.limitations || []).map((text) => el("li", { text }))));

@@ -1,0 +1,303 @@
+"""The web UI in a real browser (Playwright driving Debian's Chromium, headless) against the real stack.
+
+The platform runs in this process on free ports (tests/web_stack.py: auth, the three diagnosis
+services, the router, the gateway). The tests run in file order as one visitor's story: sign up
+(a refused form first), log in, diagnose one image of each kind, a foreign image and a bad file,
+history, models, log out. Every page is photographed at desktop and phone width under
+test-results/screenshots/ (git-ignored). Skips when Chromium or Playwright is absent.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support import ROOT, jpeg_bytes, sample_image_bytes
+from tests.unit.test_imaging import make_dicom
+from tests.web_stack import Stack, running_stack
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path(os.environ.get("DRTECH_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = ROOT / "test-results" / "screenshots"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 375, "height": 740}
+PASSWORD = "correct horse 42"
+EMAIL = f"browser-{uuid.uuid4().hex[:10]}@example.org"
+PATIENT_NAME = "Zyxwvut^Qwertyline"
+PATIENT_ID = "PID-SECRET-4242"
+
+if not CHROMIUM.exists():
+    pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set DRTECH_CHROMIUM)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package (dev extra) is not installed")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("home"), tmp_path_factory.mktemp("models")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, stack: Stack) -> Iterator:
+    """One visitor's tab, kept across the tests of this file (they tell one story, in order)."""
+    context = browser.new_context(viewport=DESKTOP, base_url=stack.url)
+    # Nothing outside the platform may be fetched: no CDN, no web font.
+    outside: list[str] = []
+    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(stack.url)
+                  else (outside.append(route.request.url), route.abort()))
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("dialog", lambda dialog: dialog.accept())
+    yield page
+    context.close()
+    assert outside == [], f"the UI fetched from outside the platform: {outside}"
+    assert errors == [], f"JavaScript errors: {errors}"
+
+
+def shoot(page, name: str) -> None:
+    """Desktop and phone-width screenshots; at phone width nothing may overflow sideways."""
+    page.screenshot(path=str(SCREENSHOTS / f"{name}-desktop.png"), full_page=True)
+    page.set_viewport_size(PHONE)
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    page.screenshot(path=str(SCREENSHOTS / f"{name}-phone.png"), full_page=True)
+    page.set_viewport_size(DESKTOP)
+    assert overflow <= 0, f"{name}: the page is {overflow}px wider than a phone screen"
+
+
+def write_file(tmp: Path, name: str, data: bytes) -> Path:
+    path = tmp / name
+    path.write_bytes(data)
+    return path
+
+
+# --- the story ----------------------------------------------------------------------------------
+
+
+def test_home_has_a_keyboard_usable_carousel_three_steps_and_a_footer(page) -> None:
+    page.goto("/")
+    carousel = page.locator("[aria-roledescription=carousel]")
+    slides = carousel.locator("[aria-roledescription=slide]")
+    assert slides.count() == 3
+    assert slides.nth(0).is_visible() and not slides.nth(1).is_visible()
+    page.focus("#carousel-next")
+    page.keyboard.press("Enter")
+    assert slides.nth(1).is_visible() and not slides.nth(0).is_visible()
+    assert "Sign up" in slides.nth(1).inner_text()
+    page.get_by_role("button", name="Slide 3: a quote").click()
+    assert slides.nth(2).locator("blockquote").is_visible()
+    assert page.locator(".steps > li").count() == 3
+    footer = page.locator("footer")
+    assert "contact@" in footer.inner_text() and "©" in footer.inner_text()
+    page.get_by_role("button", name="Slide 1: what Dr.Tech does").click()
+    shoot(page, "01-home")
+
+
+def test_sign_up_shows_the_servers_own_message_next_to_each_bad_field(page, stack: Stack) -> None:
+    page.goto("/signup")
+    for field in ("first_name", "surname", "email", "password", "address1", "address2", "city", "state",
+                  "zip", "gender", "birth_date"):
+        label = page.locator(f"label[for={field}]")
+        assert label.count() == 1 and label.inner_text().strip(), f"{field} has no label"
+    bad = {"email": "not-an-email", "password": "short", "first_name": "Ada", "surname": "Lovelace",
+           "zip": "12", "birth_date": "2999-01-01"}
+    for field, value in bad.items():
+        page.fill(f"#{field}", value)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#email-error:not(:empty)")
+    shown = {field: page.inner_text(f"#{field}-error") for field in ("email", "password", "zip", "birth_date")}
+    # The same form sent straight to the API: the server's 422 says exactly the same.
+    server = httpx.post(f"{stack.url}/api/v1/auth/signup", json={**bad, "gender": ""}).json()["errors"]
+    assert shown == {field: server[field] for field in shown}
+    assert set(server) == set(shown)
+    assert page.get_attribute("#zip", "aria-invalid") == "true"
+    assert "correct the fields" in page.inner_text("#form-status")
+    shoot(page, "02-signup-refused")
+
+    page.fill("#email", EMAIL)
+    page.fill("#password", PASSWORD)
+    page.fill("#zip", "12345")
+    page.fill("#birth_date", "1990-05-17")
+    page.select_option("#gender", "female")
+    page.fill("#address1", "1 Main Street")
+    page.fill("#city", "Springfield")
+    with page.expect_navigation(url="**/app"):
+        page.click("button[type=submit]")
+
+
+def test_log_out_then_log_in_with_the_keyboard(page) -> None:
+    page.click("#logout-button")
+    page.wait_for_url("**/")
+    page.goto("/login")
+    shoot(page, "03-login")
+    page.focus("#email")
+    page.keyboard.type(EMAIL)
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    with page.expect_navigation(url="**/app"):
+        page.keyboard.press("Enter")
+    assert "Log out (Ada)" in page.inner_text("nav")
+
+
+def diagnose(page, path: Path, exam_type: str) -> None:
+    page.goto("/app")
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector("#preview:not([hidden]) #preview-image")
+    page.wait_for_function("() => document.querySelector('#preview-image').naturalWidth > 0")
+    page.check(f"#exam-{exam_type}")
+    page.click("#diagnose-button")
+    page.wait_for_selector("#result[data-ready=true]", timeout=60_000)
+
+
+@pytest.mark.parametrize(
+    ("kind", "exam_type", "expected_exam"),
+    [("chest_xray", "chest_xray", "Chest X-ray"), ("skin_lesion", "auto", "Skin lesion"),
+     ("bone_dicom", "auto", "Bone X-ray")],
+)
+def test_each_kind_of_image_gets_a_result_card_with_a_heatmap_to_toggle_and_fade(
+    page, stack: Stack, tmp_path: Path, kind: str, exam_type: str, expected_exam: str
+) -> None:
+    if kind == "bone_dicom":
+        knee = np.asarray(Image.open(io.BytesIO(sample_image_bytes("bone_xray"))).convert("L"), dtype=np.uint16)
+        data = make_dicom(knee * 16, extra={"Modality": "DX", "BodyPartExamined": "KNEE",
+                                            "PatientName": PATIENT_NAME, "PatientID": PATIENT_ID})
+        path = write_file(tmp_path, "knee.dcm", data)
+    else:
+        path = write_file(tmp_path, f"{kind}.jpg", sample_image_bytes(kind))
+    diagnose(page, path, exam_type)
+
+    finding = page.inner_text("#result-finding")
+    assert finding.startswith("Finding: ") and "% probability" in finding
+    assert page.inner_text("#result-exam").startswith(expected_exam)
+    if exam_type == "auto":
+        assert "recognised automatically" in page.inner_text("#result-exam")
+    bars = page.locator("#result-bars > li")
+    assert bars.count() == {"chest_xray": 2, "skin_lesion": 7, "bone_dicom": 2}[kind]
+    assert "Not for clinical use" in page.inner_text("#result")
+    link = page.locator("#result-card-link")
+    assert link.get_attribute("href").startswith("/models#model-")
+    assert page.inner_text("#result-model").strip().endswith("2026.11.1")
+
+    heatmap = page.locator("#result-heatmap")
+    page.wait_for_function("() => document.querySelector('#result-heatmap').naturalWidth > 0")
+    page.wait_for_function("() => document.querySelector('#result-image').naturalWidth > 0")
+    assert heatmap.is_visible()
+    page.fill("#heatmap-opacity", "30")
+    assert heatmap.evaluate("node => getComputedStyle(node).opacity") == "0.3"
+    assert page.inner_text("#heatmap-opacity-value") == "30%"
+    page.fill("#heatmap-opacity", "80")
+    shoot(page, f"04-result-{kind}")
+    page.uncheck("#heatmap-toggle")
+    assert not heatmap.is_visible()
+    page.check("#heatmap-toggle")
+    assert heatmap.is_visible()
+    assert PATIENT_NAME not in page.content() and PATIENT_ID not in page.content()
+
+
+def test_a_dicom_is_previewed_before_it_is_sent(page, tmp_path: Path) -> None:
+    knee = np.asarray(Image.open(io.BytesIO(sample_image_bytes("bone_xray"))).convert("L"), dtype=np.uint16)
+    path = write_file(tmp_path, "preview.dcm", make_dicom(knee * 16, extra={"PatientName": PATIENT_NAME}))
+    page.goto("/app")
+    page.set_input_files("#file", str(path))
+    page.wait_for_function("() => document.querySelector('#preview-image').naturalWidth > 0")
+    assert page.locator("#preview-image").get_attribute("src").startswith("blob:")
+    shoot(page, "05-client-dicom-preview")
+
+
+def test_an_image_that_is_none_of_the_three_and_a_bad_file_get_a_clear_message(page, tmp_path: Path) -> None:
+    noise = np.random.default_rng(3).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    page.goto("/app")
+    page.set_input_files("#file", str(write_file(tmp_path, "noise.jpg", jpeg_bytes(Image.fromarray(noise)))))
+    page.check("#exam-auto")
+    page.click("#diagnose-button")
+    page.wait_for_selector("#file-error:not(:empty)")
+    assert "does not look like a chest X-ray" in page.inner_text("#file-error")
+    assert page.locator("#result").is_hidden()
+
+    page.set_input_files("#file", str(write_file(tmp_path, "report.jpg", b"%PDF-1.4 this is not an image" * 20)))
+    page.wait_for_selector("#file-error:not(:empty)")   # the preview already says so
+    page.check("#exam-chest_xray")
+    page.click("#diagnose-button")
+    page.wait_for_selector("#form-status:not(:empty)")
+    message = page.inner_text("#form-status")
+    assert "Unsupported file" in message or "cannot be used" in message
+    assert "Traceback" not in page.content()
+    shoot(page, "06-client-bad-file")
+
+
+def test_history_lists_newest_first_filters_opens_and_deletes(page) -> None:
+    page.goto("/history")
+    items = page.locator("#history-list > li")
+    items.first.wait_for()
+    assert items.count() == 3
+    texts = [items.nth(i).inner_text() for i in range(3)]
+    assert texts[0].startswith("Bone X-ray") and texts[2].startswith("Chest X-ray")   # newest first
+    page.wait_for_function("() => [...document.querySelectorAll('#history-list img')].every(i => i.naturalWidth > 0)")
+    shoot(page, "07-history")
+
+    page.select_option("#filter-exam", "skin_lesion")
+    page.wait_for_function("() => document.querySelectorAll('#history-list > li').length === 1")
+    assert items.first.inner_text().startswith("Skin lesion")
+    page.select_option("#filter-exam", "")
+    page.wait_for_function("() => document.querySelectorAll('#history-list > li').length === 3")
+
+    items.nth(2).get_by_role("link").click()
+    page.wait_for_selector("#result[data-ready=true]")
+    assert page.inner_text("#result-exam").startswith("Chest X-ray")
+    page.go_back()
+    items.first.wait_for()
+    items.nth(0).get_by_role("button", name="Delete").click()   # the confirmation dialog is accepted
+    page.wait_for_function("() => document.querySelectorAll('#history-list > li').length === 2")
+    assert not items.first.inner_text().startswith("Bone X-ray")
+
+
+def test_models_page_shows_every_card_with_data_intervals_and_limitations(page) -> None:
+    page.goto("/models")
+    cards = page.locator("article.model-card")
+    cards.first.wait_for()
+    assert cards.count() == 4
+    for index in range(4):
+        text = cards.nth(index).inner_text()
+        assert "Licence" in text and "95% CI" in text and "Limitations" in text, text[:200]
+    assert "Router" in cards.nth(3).inner_text() and "ood rejection rate" in cards.nth(3).inner_text()
+    shoot(page, "08-models")
+
+
+def test_after_log_out_the_client_page_sends_you_to_log_in(page) -> None:
+    page.goto("/app")
+    page.click("#logout-button")
+    page.wait_for_url("**/")
+    page.goto("/app")
+    assert "/login" in page.url
+    assert page.locator("#login-form").is_visible()
+    page.goto("/history")
+    assert "/login" in page.url
+
+
+def test_the_screenshots_are_there() -> None:
+    names = sorted(p.name for p in SCREENSHOTS.glob("*.png"))
+    assert len(names) >= 18, names
+    assert shutil.disk_usage(SCREENSHOTS).free > 0

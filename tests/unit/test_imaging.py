@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
     ExplicitVRLittleEndian,
-    JPEGLSLossless,
+    MPEG2MPML,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
@@ -259,12 +259,13 @@ def test_dicom_with_an_undecodable_transfer_syntax_is_refused_naming_it() -> Non
     from pydicom import dcmread
 
     ds = dcmread(io.BytesIO(data))
-    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
-    ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7not really JPEG-LS"])
+    # MPEG-2 video: no pydicom decoder exists (JPEG, JPEG-LS and JPEG 2000 decode with pylibjpeg).
+    ds.file_meta.TransferSyntaxUID = MPEG2MPML
+    ds.PixelData = encapsulate([b"\x00\x00\x01\xb3not really MPEG-2"])
     ds["PixelData"].VR = "OB"
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    with pytest.raises(InvalidImage, match="transfer syntax JPEG-LS Lossless.*cannot be decoded"):
+    with pytest.raises(InvalidImage, match="transfer syntax MPEG2 Main Profile / Main Level.*cannot be decoded"):
         read_image(buffer.getvalue())
 
 

@@ -176,7 +176,9 @@ class Mahalanobis:
         eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
         self.vectors = eigenvectors[:, :components].astype(np.float32)         # (D, k)
         self.inverse_variances = (1.0 / eigenvalues[:components]).astype(np.float32)
-        self.inverse_rest = np.float32(1.0 / eigenvalues[components:].mean())
+        rest = eigenvalues[components:]
+        # With every component kept there is no residual term (and the distance is exact).
+        self.inverse_rest = np.float32(1.0 / rest.mean()) if rest.size else np.float32(0.0)
 
     def distance(self, features: np.ndarray) -> np.ndarray:
         diff = features[:, None, :] - self.means[None, :, :]                   # (N, C, D)
@@ -347,6 +349,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parity = float(np.abs(keras_probabilities - test_out["probabilities"][:64]).max())
     if parity > PARITY_TOLERANCE:
         raise AssertionError(f"ONNX/Keras parity failed: {parity:.2e}")
+    # The distance inside the graph must be the one the threshold was set with.
+    expected_ratio = ood.distance(X["test"]) / threshold
+    ratio_parity = float(np.max(np.abs(test_out["ood_ratio"][:, 0] - expected_ratio) / np.maximum(expected_ratio, 1e-6)))
+    if ratio_parity > 1e-3:
+        raise AssertionError(f"ONNX ood_ratio differs from the fitted distance by {ratio_parity:.2e} (relative)")
     correct = test_out["probabilities"].argmax(1) == Y["test"]
     false_rejections = test_out["ood_ratio"][:, 0] > 1.0
 
@@ -385,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "format": f"ONNX opset {OPSET} (tf2onnx from Keras)",
         },
         "model_bytes": onnx_path.stat().st_size,
+        "export": {"probabilities_max_abs_diff_keras_onnx": parity, "ood_ratio_max_rel_diff_numpy_onnx": ratio_parity},
         "ood": {
             "method": (f"Mahalanobis distance of the pooled features to the nearest class mean, shared "
                        f"Ledoit-Wolf covariance, top {COMPONENTS} principal components + isotropic residual; "

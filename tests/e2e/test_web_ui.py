@@ -122,6 +122,12 @@ def test_sign_up_shows_the_servers_own_message_next_to_each_bad_field(page, stac
                   "zip", "gender", "birth_date"):
         label = page.locator(f"label[for={field}]")
         assert label.count() == 1 and label.inner_text().strip(), f"{field} has no label"
+    # Leaving a field checks it at once, with the server's rule, before anything is submitted.
+    page.fill("#zip", "12")
+    page.keyboard.press("Tab")
+    page.wait_for_selector("#zip-error:not(:empty)")
+    assert "5 digits" in page.inner_text("#zip-error")
+    assert page.inner_text("#email-error") == ""   # untouched fields stay quiet
     bad = {"email": "not-an-email", "password": "short", "first_name": "Ada", "surname": "Lovelace",
            "zip": "12", "birth_date": "2999-01-01"}
     for field, value in bad.items():
@@ -168,8 +174,16 @@ def diagnose(page, path: Path, exam_type: str) -> None:
     page.wait_for_selector("#preview:not([hidden]) #preview-image")
     page.wait_for_function("() => document.querySelector('#preview-image').naturalWidth > 0")
     page.check(f"#exam-{exam_type}")
+    # The progress indicator shows while the upload and the model run (too briefly to photograph).
+    page.evaluate("""() => {
+      window.sawProgress = false;
+      new MutationObserver(() => { if (!document.querySelector('#progress').hidden) window.sawProgress = true; })
+        .observe(document.querySelector('#progress'), { attributes: true });
+    }""")
     page.click("#diagnose-button")
     page.wait_for_selector("#result[data-ready=true]", timeout=60_000)
+    assert page.evaluate("() => window.sawProgress") is True
+    assert page.locator("#progress").is_hidden()
 
 
 @pytest.mark.parametrize(

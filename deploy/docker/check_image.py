@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-TASKS = ("bone", "skin", "pneumonia")
+TASKS = ("bone", "skin", "pneumonia", "router")
 
 
 def main() -> int:

@@ -15,6 +15,8 @@ from training.paths import MODEL_VERSION
 from training.splits import SEED, SplitRecord, counts
 from training.tasks import SPECS, TASK_DATA
 
+OPTIMIZER = ("Adam; heads: lr 1e-3, early stopping on validation loss; fine-tuning: lr 1e-4, "
+             "the epoch with the best validation score is kept")
 GROUP_NOUN = {"pneumonia": "patients", "skin": "lesions", "bone": "patients"}
 NOT_CLINICAL = "Not for clinical use: a research and engineering demonstration, not a medical device."
 
@@ -43,6 +45,8 @@ LIMITATIONS = {
         "Trained only on HAM10000 dermatoscopy images (downsized 200x150); clinical (non-dermatoscopic) "
         "photographs and other populations/devices are out of scope.",
         "Rare classes (df, vasc, akiec) have few examples; their per-class figures are uncertain.",
+        "Melanoma sensitivity is modest (see mel_sensitivity): many melanomas are called nv or bkl, so the "
+        "model must not be used to rule out melanoma.",
         "Test figures come from a lesion-disjoint split of HAM10000, not from an external site.",
     ],
     "bone": [
@@ -133,7 +137,7 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
                              "horizontal": "features of horizontally flipped training images added",
                              "flips": "features of horizontally, vertically and doubly flipped training "
                                       "images added"}[augmentation],
-            "optimizer": "Adam (heads lr 1e-3; fine-tuning lr 1e-4), early stopping on validation loss",
+            "optimizer": OPTIMIZER,
             **timing,
             "seconds": round(sum(v for v in timing.values() if v is not None), 1),
             "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared with other jobs), "
@@ -231,3 +235,23 @@ def _markdown(card: dict[str, Any]) -> str:
 def write(card: dict[str, Any], out: Path) -> None:
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     (out / "card.md").write_text(_markdown(card), encoding="utf-8")
+
+
+def refresh_text(folder: Path) -> None:
+    """Rewrite a card's fixed wording (intended use, limitations, optimizer note) from this module and
+    re-render card.md from card.json; measured figures are left exactly as they are."""
+    card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
+    card["intended_use"] = INTENDED_USE[card["task"]]
+    card["limitations"] = LIMITATIONS[card["task"]]
+    card["training"]["optimizer"] = OPTIMIZER
+    card["training"].setdefault("augmentation", "none")   # cards from before augmentation existed
+    write(card, folder)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m training.card", description=refresh_text.__doc__)
+    parser.add_argument("folders", nargs="+", type=Path, help="model folders holding card.json")
+    for folder in parser.parse_args().folders:
+        refresh_text(folder)

@@ -1,4 +1,4 @@
-"""Class activation map -> RGBA PNG overlay at the input image's size.
+"""Class activation map -> RGBA PNG overlay with the input image's aspect ratio, at most 512 px long.
 
 With a global-average-pooling + dense head, the CAM of a class (last conv features weighted by
 that class's dense weights) is exactly Grad-CAM, so the model exports it as an output and the
@@ -15,6 +15,20 @@ from PIL import Image, ImageOps
 METHOD = "grad-cam"
 # Most opaque an overlay pixel gets, so the radiograph stays visible under the hottest region.
 MAX_ALPHA = 0.6
+# Long side of the overlay PNG. A 7x7 map upsampled holds no detail beyond this, and drawing and
+# encoding it at a 2048x2048 upload's size cost +187 ms per explained request; clients stretch it
+# over the image (the web UI does, with CSS).
+MAX_OVERLAY_SIDE = 512
+
+
+def overlay_size(image_size: tuple[int, int], max_side: int = MAX_OVERLAY_SIDE) -> tuple[int, int]:
+    """The overlay's (width, height): the image's size scaled down to `max_side`, aspect kept."""
+    width, height = image_size
+    longest = max(width, height)
+    if longest <= max_side:
+        return width, height
+    scale = max_side / longest
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def normalise_cam(cam: np.ndarray) -> np.ndarray:
@@ -27,7 +41,7 @@ def normalise_cam(cam: np.ndarray) -> np.ndarray:
 
 
 def overlay_png(cam: np.ndarray, size: tuple[int, int]) -> bytes:
-    """Encode one class's CAM (h, w) as an RGBA PNG of `size` (width, height).
+    """Encode one class's CAM (h, w) as an RGBA PNG of `size` (width, height); see overlay_size.
 
     Colour runs blue (low) -> yellow -> red (high); alpha grows with the weight, so regions the
     model ignored stay transparent.

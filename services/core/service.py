@@ -145,12 +145,12 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
         )
         response.extra.update(extra_fields(prediction))
         if request.explain:
-            size = (decoded.width, decoded.height)
+            width, height = heatmap.overlay_size((decoded.width, decoded.height))
             response.heatmap.CopyFrom(
                 diagnosis_pb2.Heatmap(
-                    png=heatmap.overlay_png(prediction.cam[0, :, :, index], size),
-                    width=decoded.width,
-                    height=decoded.height,
+                    png=heatmap.overlay_png(prediction.cam[0, :, :, index], (width, height)),
+                    width=width,
+                    height=height,
                     method=heatmap.METHOD,
                     target_label=label.code,
                 )

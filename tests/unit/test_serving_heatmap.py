@@ -36,3 +36,12 @@ def test_hot_region_is_red_and_opaque_and_cold_region_transparent() -> None:
     assert red > 200 and green < 80 and blue < 80
     assert alpha == round(MAX_ALPHA * 255)
     assert image[690, 690, 3] == 0   # bottom-right: transparent
+
+
+def test_overlay_of_a_large_image_is_capped_at_512_px_with_its_aspect_ratio() -> None:
+    from services.core.heatmap import overlay_size
+
+    assert overlay_size((2048, 2048)) == (512, 512)
+    assert overlay_size((3000, 1500)) == (512, 256)
+    assert overlay_size((1024, 4096)) == (128, 512)
+    assert overlay_size((320, 256)) == (320, 256)   # small images keep their size

@@ -1,9 +1,9 @@
 """Opportunistic batching: requests that arrive while the model is busy run together as one batch.
 
 One worker thread owns the model. It takes the oldest waiting image and every other image already
-queued (up to `max_batch_size`) and runs them as one batch. Nothing ever waits for a batch to fill,
-so a lone request pays no extra latency; under load, calls share a model run instead of competing
-for the same cores.
+queued (up to `max_batch_size`) and runs them as one batch. By default nothing waits for a batch
+to fill, so a lone request pays no extra latency; under load, calls share a model run instead of
+competing for the same cores. `max_wait_seconds` > 0 lets a partial batch wait that long for more.
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ class Batcher:
         max_batch_size: int,
         on_batch: Callable[[int, float], None] | None = None,
         name: str = "model",
+        max_wait_seconds: float = 0.0,
     ) -> None:
         self._run = run
         self.max_batch_size = max(1, max_batch_size)
+        self.max_wait_seconds = max(0.0, max_wait_seconds)
         self._on_batch = on_batch
         self._queue: queue.Queue[_Job | object] = queue.Queue()
         self._closed = False
@@ -77,9 +79,11 @@ class Batcher:
                 return
             jobs: list[_Job] = [first]  # type: ignore[list-item]
             stop_after = False
+            deadline = time.monotonic() + self.max_wait_seconds
             while len(jobs) < self.max_batch_size:
                 try:
-                    job = self._queue.get_nowait()
+                    remaining = deadline - time.monotonic()
+                    job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if job is _STOP:

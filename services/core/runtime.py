@@ -2,6 +2,11 @@
 
 Contract (docs/architecture.md): input `input` float32 [N, H, W, 3]; outputs `probabilities`
 [N, C] and `cam` [N, h, w, C]; plus any task-specific extra outputs named in the TaskSpec.
+
+ONNX Runtime is the default runtime (DRTECH_SERVING_RUNTIME=onnxruntime): it runs the shipped
+model.onnx on CPU or, with DRTECH_SERVING_PROVIDERS, a GPU from the same file. `open_model` also
+offers LiteRT (services/core/litert_runtime.py, where a model.tflite exists) and TensorFlow
+(services/core/tensorflow_runtime.py, a benchmark baseline that needs the training extra).
 """
 
 from __future__ import annotations
@@ -34,6 +39,76 @@ class Prediction:
     extra: dict[str, np.ndarray]       # extra output name -> (N, ...)
 
 
+RUNTIMES = ("onnxruntime", "litert", "tensorflow")
+# ONNX Runtime graph optimisation levels by setting name.
+GRAPH_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class ModelRuntime:
+    """What every runtime backend provides: `run` a batch, and a checked `warm_up`.
+
+    `run` is only ever called from one thread at a time (the Batcher's worker).
+    """
+
+    spec: TaskSpec
+    path: Path
+    providers: list[str]
+    load_seconds: float
+
+    def run(self, batch: np.ndarray) -> Prediction:
+        raise NotImplementedError
+
+    def warm_up(self, runs: int = 3) -> float:
+        """Run dummy batches so the first real request does not pay for lazy initialisation.
+
+        Returns the seconds it took.
+        """
+        width, height = self.spec.input_size
+        dummy = np.zeros((1, height, width, 3), dtype=np.float32)
+        started = time.perf_counter()
+        for _ in range(max(runs, 1)):
+            prediction = self.run(dummy)
+        # Shapes the graph left symbolic are checked here, on a real run.
+        classes = len(self.spec.labels)
+        if prediction.probabilities.shape != (1, classes) or prediction.cam.shape[-1] != classes:
+            raise ModelContractError(
+                f"{self.path}: warm-up gave probabilities {prediction.probabilities.shape} and cam "
+                f"{prediction.cam.shape}; expected (1, {classes}) and (1, h, w, {classes})"
+            )
+        if not np.all(np.isfinite(prediction.probabilities)):
+            raise ModelContractError(f"{self.path}: warm-up produced non-finite probabilities")
+        return time.perf_counter() - started
+
+
+def open_model(
+    spec: TaskSpec,
+    runtime: str = "onnxruntime",
+    intra_op_threads: int = 0,
+    providers: list[str] | None = None,
+    graph_optimization: str = "all",
+    memory_arena: bool = True,
+) -> ModelRuntime:
+    """Load the task's model with the chosen runtime (imported only when chosen)."""
+    if runtime == "onnxruntime":
+        return OnnxModel(
+            spec, intra_op_threads, providers, graph_optimization=graph_optimization, memory_arena=memory_arena
+        )
+    if runtime == "litert":
+        from services.core.litert_runtime import LiteRtModel
+
+        return LiteRtModel(spec, intra_op_threads)
+    if runtime == "tensorflow":
+        from services.core.tensorflow_runtime import TensorFlowModel
+
+        return TensorFlowModel(spec, intra_op_threads)
+    raise ModelContractError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+
+
 def usable_providers(requested: list[str] | None) -> list[str]:
     """The requested execution providers this ONNX Runtime build has, in order; CPU if none asked."""
     requested = requested or ["CPUExecutionProvider"]
@@ -49,7 +124,7 @@ def usable_providers(requested: list[str] | None) -> list[str]:
     return usable
 
 
-class OnnxModel:
+class OnnxModel(ModelRuntime):
     """One InferenceSession for the process. `run` is safe to call from several threads at once."""
 
     def __init__(
@@ -58,6 +133,8 @@ class OnnxModel:
         intra_op_threads: int = 0,
         providers: list[str] | None = None,
         model_path: Path | None = None,
+        graph_optimization: str = "all",
+        memory_arena: bool = True,
     ) -> None:
         self.spec = spec
         self.path = Path(model_path or spec.model_path)
@@ -66,7 +143,13 @@ class OnnxModel:
                 f"model file {self.path} does not exist; train and export the {spec.task} model"
             )
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if graph_optimization not in GRAPH_OPTIMIZATION:
+            raise ModelContractError(
+                f"unknown graph optimisation level {graph_optimization!r}; choose one of {list(GRAPH_OPTIMIZATION)}"
+            )
+        options.graph_optimization_level = GRAPH_OPTIMIZATION[graph_optimization]
+        # The arena keeps activation buffers between runs (faster); off trades speed for memory.
+        options.enable_cpu_mem_arena = memory_arena
         # 0 lets ONNX Runtime use every core; in a pod set it to the CPU limit.
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -107,24 +190,3 @@ class OnnxModel:
             cam=named.pop(CAM),
             extra=named,
         )
-
-    def warm_up(self, runs: int = 3) -> float:
-        """Run dummy batches so the first real request does not pay for lazy initialisation.
-
-        Returns the seconds it took.
-        """
-        width, height = self.spec.input_size
-        dummy = np.zeros((1, height, width, 3), dtype=np.float32)
-        started = time.perf_counter()
-        for _ in range(max(runs, 1)):
-            prediction = self.run(dummy)
-        # Shapes the graph left symbolic are checked here, on a real run.
-        classes = len(self.spec.labels)
-        if prediction.probabilities.shape != (1, classes) or prediction.cam.shape[-1] != classes:
-            raise ModelContractError(
-                f"{self.path}: warm-up gave probabilities {prediction.probabilities.shape} and cam "
-                f"{prediction.cam.shape}; expected (1, {classes}) and (1, h, w, {classes})"
-            )
-        if not np.all(np.isfinite(prediction.probabilities)):
-            raise ModelContractError(f"{self.path}: warm-up produced non-finite probabilities")
-        return time.perf_counter() - started

@@ -20,7 +20,7 @@ from services.core.batching import Batcher
 from services.core.errors import ModelNotReady
 from services.core.imaging import SUPPORTED_MEDIA_TYPES, ImageLimits, read_image
 from services.core.preprocessing import to_model_input
-from services.core.runtime import ModelContractError, OnnxModel, Prediction
+from services.core.runtime import ModelContractError, ModelRuntime, Prediction, open_model
 from services.core.settings import ServingSettings
 from services.core.spec import TaskSpec
 
@@ -33,7 +33,7 @@ PROBABILITIES_SUFFIX = "_probabilities"
 
 @dataclass(frozen=True)
 class LoadedModel:
-    model: OnnxModel
+    model: ModelRuntime
     card: dict[str, Any]
     name: str
     version: str
@@ -56,7 +56,14 @@ def load_model(spec: TaskSpec, settings: ServingSettings) -> LoadedModel:
             raise ModelContractError(
                 f"model card labels {card_labels} differ from the {spec.task} spec's {spec.label_codes}"
             )
-    model = OnnxModel(spec, intra_op_threads=settings.intra_op_threads, providers=settings.provider_list)
+    model = open_model(
+        spec,
+        settings.runtime,
+        intra_op_threads=settings.intra_op_threads,
+        providers=settings.provider_list,
+        graph_optimization=settings.graph_optimization,
+        memory_arena=settings.memory_arena,
+    )
     warm_seconds = model.warm_up(settings.warmup_runs)
     logger.info(
         "loaded %s model %s %s on %s in %.2fs, %d warm-up runs in %.2fs",
@@ -93,7 +100,11 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
 
     def set_model(self, loaded: LoadedModel) -> None:
         self._batcher = Batcher(
-            loaded.model.run, self.settings.max_batch_size, on_batch=self._record_batch, name=self.spec.task
+            loaded.model.run,
+            self.settings.max_batch_size,
+            on_batch=self._record_batch,
+            name=self.spec.task,
+            max_wait_seconds=self.settings.max_batch_wait_ms / 1000.0,
         )
         self._loaded = loaded
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,7 +29,14 @@ class ServingSettings(BaseSettings):
     max_image_pixels: int = Field(default=64_000_000, gt=0)
     min_image_side: int = Field(default=32, ge=1)
     grace_seconds: float = Field(default=10.0, ge=0)     # in-flight calls get this long on SIGTERM
-    intra_op_threads: int = Field(default=0, ge=0)      # ONNX Runtime threads per inference; 0 = all cores
+    intra_op_threads: int = Field(default=0, ge=0)      # runtime threads per inference; 0 = all cores
+    # Which runtime runs the model (chosen by `make bench`, see benchmarks/README.md):
+    # onnxruntime (default: model.onnx, CPU or GPU providers), litert (model.tflite in the model
+    # folder, checked against model.onnx at load), tensorflow (baseline only; needs TensorFlow).
+    runtime: Literal["onnxruntime", "litert", "tensorflow"] = "onnxruntime"
+    # ONNX Runtime session options: graph optimisation level and the CPU memory arena.
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    memory_arena: bool = True
     # ONNX Runtime execution providers in order of preference, comma-separated,
     # e.g. "CUDAExecutionProvider,CPUExecutionProvider" on a GPU node.
     providers: str = "CPUExecutionProvider"
@@ -38,6 +46,9 @@ class ServingSettings(BaseSettings):
     # Off by default: on CPU, MobileNetV2 costs the same per image at batch 1, 4 or 8 (measured
     # 8.0 / 8.9 / 8.5 ms per image, one thread); raise it on a GPU, where batches are cheaper.
     max_batch_size: int = Field(default=1, ge=1)
+    # With batching on, how long the batch worker waits for more calls before running a partial
+    # batch. 0: never wait (a lone call pays no extra latency).
+    max_batch_wait_ms: float = Field(default=0.0, ge=0)
     metrics_port: int = Field(default=0, ge=0, le=65535)   # Prometheus /metrics over HTTP; 0 = off
     # Connections are closed after this long so clients re-resolve DNS and spread over new pods.
     max_connection_age_seconds: float = Field(default=300.0, gt=0)

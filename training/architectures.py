@@ -227,15 +227,18 @@ def pneumonia_cnn_5block(
     import keras
 
     if n_classes != 2:
-        raise ValueError(f"the 5-block CNN is binary (one sigmoid output); n_classes must be 2, got {n_classes}")
+        raise ValueError(
+            f"the 5-block CNN is binary (one sigmoid output); n_classes must be 2, got {n_classes}"
+        )
     inputs = _input(input_size)
     x = _from_minus1_1_to_0_1(inputs)
     x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="block1_conv1")(x)
     x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="block1_conv2")(x)
     x = keras.layers.MaxPooling2D(2, name="block1_pool")(x)
     for block, filters in ((2, 32), (3, 64), (4, 128), (5, 256)):
-        x = keras.layers.SeparableConv2D(filters, 3, padding="same", activation="relu", name=f"block{block}_sep1")(x)
-        x = keras.layers.SeparableConv2D(filters, 3, padding="same", activation="relu", name=f"block{block}_sep2")(x)
+        for n in (1, 2):
+            x = keras.layers.SeparableConv2D(filters, 3, padding="same", activation="relu",
+                                             name=f"block{block}_sep{n}")(x)
         x = keras.layers.BatchNormalization(name=f"block{block}_bn")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
         if block >= 4:
@@ -289,12 +292,14 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture(
             "bone_mobilenet_v1", "bone", bone_mobilenet_v1, (224, 224), (32, 32),
             "x/127.5 - 1 (Keras 'tf' mode)", "softmax", 6,
-            "original bone transfer model: MobileNet v1 alpha 1.0, GAP + Dense 1024/1024/512, top 17 layers trainable",
+            "original bone transfer model: MobileNet v1 alpha 1.0, GAP + Dense 1024/1024/512, "
+            "top 17 layers trainable",
         ),
         Architecture(
             "bone_vgg_scratch", "bone", bone_vgg_scratch, (224, 224), (16, 16),
             "x/255", "softmax", 7,
-            "original bone scratch model ('Figure 2.11'), our reading: 4 VGG blocks 32-64-128-256 + Dense 256/128",
+            "original bone scratch model ('Figure 2.11'), our reading: 4 VGG blocks 32-64-128-256 "
+            "+ Dense 256/128",
         ),
         Architecture(
             "skin_cnn_75x100", "skin", skin_cnn_75x100, (100, 75), (4, 4),

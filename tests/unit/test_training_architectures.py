@@ -73,7 +73,8 @@ def test_skin_cnn_is_the_kernels_layer_list():
 
     assert kinds == ["Conv2D", "Conv2D", "MaxPooling2D", "Dropout", "Conv2D", "Conv2D", "MaxPooling2D",
                      "Dropout", "Flatten", "Dense", "Dropout", "Dense"]
-    assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == [0.25, 0.40, 0.5]
+    rates = [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    assert rates == [0.25, 0.40, 0.5]
     assert model.count_params() == 3_752_999
     assert model.output_shape == (None, 7)
 
@@ -102,8 +103,8 @@ def test_scratch_models_convert_the_shared_input_range_to_the_originals():
     x = np.array([[-1.0, 0.0, 1.0]], dtype="float32")             # pixels 0, 127.5, 255
 
     np.testing.assert_allclose(np.asarray(unit(x)), [[0.0, 0.5, 1.0]], atol=1e-6)
-    np.testing.assert_allclose(np.asarray(standardised(x)), [[(0 - 120) / 60, (127.5 - 120) / 60, (255 - 120) / 60]],
-                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(standardised(x)),
+                               [[(0 - 120) / 60, (127.5 - 120) / 60, (255 - 120) / 60]], atol=1e-5)
     with pytest.raises(ValueError, match="both"):
         build("skin_cnn_75x100", pixel_mean=120.0)
 
@@ -131,7 +132,8 @@ def test_bone_mobilenet_v1_trains_only_its_top_17_backbone_layers_and_the_head()
     backbone = model.layers[1:model.layers.index(model.get_layer("gap"))]
     trainable = [layer.name for layer in backbone if layer.trainable]
     assert len(trainable) == 17 and trainable == [layer.name for layer in backbone[-17:]]
-    assert [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)] == [1024, 1024, 512, 2]
+    dense = [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert dense == [1024, 1024, 512, 2]
     assert len(str(model.count_params())) - 1 == ARCHITECTURES["bone_mobilenet_v1"].parameters_order
 
     loss, before, after = _one_training_step(model)
@@ -155,7 +157,8 @@ def test_inception_resnet_v2_builds_and_predicts_at_its_minimum_size():
 
 
 def test_weights_come_only_from_a_file_the_user_passes(tmp_path: Path):
-    reference = keras.applications.MobileNet(input_shape=(32, 32, 3), alpha=1.0, include_top=False, weights=None)
+    reference = keras.applications.MobileNet(input_shape=(32, 32, 3), alpha=1.0, include_top=False,
+                                             weights=None)
     path = tmp_path / "mobilenet_v1_no_top.weights.h5"
     reference.save_weights(path)
 
@@ -176,7 +179,8 @@ def test_mobilenet_v2_default_fine_tunes_only_the_last_blocks():
     model = build("mobilenet_v2_finetuned", n_classes=2, finetune_blocks=1)
 
     trainable = sorted({layer.name for layer in model.layers if layer.trainable and layer.weights})
-    assert trainable == ["Conv_1", "block_16_depthwise", "block_16_expand", "block_16_project", "probabilities"]
+    assert trainable == ["Conv_1", "block_16_depthwise", "block_16_expand", "block_16_project",
+                         "probabilities"]
 
     loss, before, after = _one_training_step(model)
 

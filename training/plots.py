@@ -97,7 +97,9 @@ def roc_curves(y: np.ndarray, probabilities: np.ndarray, labels: Sequence[str], 
     if p.ndim == 1 or p.shape[1] == 1:
         p = np.stack([1 - p.reshape(-1), p.reshape(-1)], axis=1)
     if p.shape != (len(y), len(labels)):
-        raise ValueError(f"probabilities shape {p.shape} does not match {len(y)} samples x {len(labels)} labels")
+        raise ValueError(
+            f"probabilities shape {p.shape} does not match {len(y)} samples x {len(labels)} labels"
+        )
     classes = [1] if len(labels) == 2 else range(len(labels))
     figure = _figure()
     axes = figure.add_subplot()

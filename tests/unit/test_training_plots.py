@@ -59,6 +59,7 @@ def test_reliability_diagram_before_and_after_calibration(tmp_path: Path):
     p = np.clip(0.35 * y + rng.uniform(0, 0.65, 300), 0, 1)
     softened = 0.5 + (p - 0.5) * 0.6
 
-    _assert_png(plots.reliability_diagram({"before": p, "after T": softened}, y, tmp_path / "reliability.png"))
+    series = {"before": p, "after T": softened}
+    _assert_png(plots.reliability_diagram(series, y, tmp_path / "reliability.png"))
     with pytest.raises(ValueError, match="at least one"):
         plots.reliability_diagram({}, y, tmp_path / "bad.png")

@@ -5,12 +5,13 @@ PY     := $(VENV)/bin/python
 PROTOS := $(wildcard protos/drtech/v1/*.proto)
 GENERATED := $(PROTOS:.proto=_pb2.py)
 
-.PHONY: run test protos install-run install-test test-fast bench-runtimes clean help
+.PHONY: run test protos install-run install-test install-bench test-fast bench bench-runtimes clean help
 
 help:
 	@echo "make run    - set up and serve the whole platform at http://127.0.0.1:$${DRTECH_HTTP_PORT:-8000}"
 	@echo "make test   - set up and run the test suite"
 	@echo "make protos - regenerate gRPC code from protos/"
+	@echo "make bench  - measure serving throughput/latency against the baselines (not a test)"
 
 run: install-run protos
 	$(PY) -m services.supervisor
@@ -35,13 +36,23 @@ $(VENV)/.test-installed: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[serving,auth,gateway,training,dev]'
 	touch $@ $(VENV)/.run-installed
 
+$(VENV)/.bench-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[serving,auth,gateway,training,bench,dev]'
+	touch $@
+
 install-run: $(VENV)/.run-installed
+install-bench: $(VENV)/.bench-installed
 install-test: $(VENV)/.test-installed
 
 protos: $(GENERATED)
 
 $(GENERATED): $(PROTOS) | $(PY)
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+
+# The serving path against the model alone and the baselines (TF runtime service, Flask + per-request
+# Keras load); writes benchmarks/results/serving-*.{json,md}. Not a test. BENCH_ARGS="--seconds 2" shortens it.
+bench: install-bench protos
+	$(PY) -m benchmarks.serving $(BENCH_ARGS)
 
 # Runtime comparison (TensorFlow vs LiteRT vs ONNX Runtime) on this machine; not a test.
 bench-runtimes: install-test protos

@@ -1,0 +1,517 @@
+"""`make bench`: the serving path measured against the model alone and against what users would pick.
+
+In one run on this machine, per model (bone, skin, pneumonia):
+  1. ceiling   - the shipped model.onnx alone in ONNX Runtime (serving settings), best batch size;
+  2. service   - the model service over gRPC (`python -m services.<task>`), concurrency 1, 4, 16;
+  3. gateway   - the whole path: bearer token (auth service), multipart upload, routing, storage,
+                 record (`python -m gateway`), concurrency 1, 4, 16;
+and two baselines on a Keras model of the same architecture (benchmarks/models.py):
+  - tf service - the same serving core with the TensorFlow runtime (SavedModel loaded once), the
+                 TensorFlow Serving way, over the same gRPC interface;
+  - original   - a Flask endpoint that loads the Keras model per request (benchmarks/original_flask.py);
+plus the LiteRT runtime on that model (the runtime decision) and the service with micro-batching on
+(the batching decision). Every service's seconds from start to SERVING and peak RSS are reported.
+
+The load generator runs in this process on the same cores as the servers: its CPU use is reported
+with each row ("client cores"), because on a small machine it takes cycles from the servers.
+
+    python -m benchmarks.serving [--seconds 5] [--tasks pneumonia] [--no-baselines] [--out DIR]
+
+Not a test. Needs the `bench` extra (TensorFlow, Flask) for the baselines. Prints a table and writes
+benchmarks/results/serving-<time>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+TASKS = ("bone", "skin", "pneumonia")
+EXAM_TYPES = {"bone": "bone_xray", "skin": "skin_lesion", "pneumonia": "chest_xray"}
+CONCURRENCY = (1, 4, 16)
+
+# --- the image and the machine -------------------------------------------------------------------
+
+
+def sample_jpeg(size: int = 1024, seed: int = 0) -> bytes:
+    """A radiograph-like JPEG: smooth shading plus grain (noise alone would compress unrealistically)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    shade = 128 + 90 * np.sin(3 * x) * np.cos(2 * y) + rng.normal(0, 12, (size, size))
+    gray = np.clip(shade, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(gray, mode="L").convert("RGB").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def describe_machine() -> dict[str, Any]:
+    machine: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
+    try:
+        machine["cpu"] = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+        machine["memory_gib"] = round(
+            int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024, 1
+        )
+        machine["load_average_at_start"] = os.getloadavg()
+    except (OSError, StopIteration, ValueError):
+        pass
+    import onnxruntime
+
+    machine["onnxruntime"] = onnxruntime.__version__
+    return machine
+
+
+# --- measurement ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """What a closed-loop load at one concurrency gave."""
+
+    concurrency: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    client_cpu_seconds: float = 0.0
+
+    def summary(self, images_per_call: int = 1) -> dict[str, Any]:
+        ms = np.asarray(self.latencies) * 1000 if self.latencies else np.asarray([np.nan])
+        return {
+            "concurrency": self.concurrency,
+            "images_per_s": round(len(self.latencies) * images_per_call / self.seconds, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 1),
+            "p99_ms": round(float(np.percentile(ms, 99)), 1),
+            "calls": len(self.latencies),
+            "errors": self.errors,
+            "client_cores": round(self.client_cpu_seconds / self.seconds, 2),
+        }
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def closed_loop(call: Callable[[], Awaitable[None]], concurrency: int, seconds: float) -> Load:
+    """`concurrency` workers each send the next call as soon as the last answers, for `seconds`.
+
+    One warm-up call per worker is not counted.
+    """
+    await asyncio.gather(*(call() for _ in range(concurrency)))
+    load = Load(concurrency, seconds)
+    cpu_started = _cpu_seconds()
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            try:
+                await call()
+            except Exception:  # noqa: BLE001 - counted, not fatal: a benchmark reports errors
+                load.errors += 1
+                continue
+            load.latencies.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    load.seconds = time.perf_counter() - started
+    load.client_cpu_seconds = _cpu_seconds() - cpu_started
+    return load
+
+
+def ceiling(model_dir: Path, spec: Any, seconds: float, batch_sizes: tuple[int, ...] = (1, 4, 8)) -> dict:
+    """The model alone: the shipped file in ONNX Runtime with the serving defaults, per batch size."""
+    from services.core.runtime import open_model
+
+    model = open_model(replace(spec, model_dir=model_dir))
+    model.warm_up(2)
+    rng = np.random.default_rng(0)
+    rows = {}
+    for size in batch_sizes:
+        batch = rng.uniform(-1, 1, (size, 224, 224, 3)).astype(np.float32)
+        model.run(batch)
+        calls, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds or calls < 3:
+            model.run(batch)
+            calls += 1
+        elapsed = time.perf_counter() - started
+        rows[size] = {"images_per_s": round(calls * size / elapsed, 1), "ms_per_batch": round(1000 * elapsed / calls, 2)}
+    best = max(rows, key=lambda size: rows[size]["images_per_s"])
+    return {"by_batch_size": rows, "best_batch_size": best, "images_per_s": rows[best]["images_per_s"]}
+
+
+async def grpc_loads(target: str, image: bytes, concurrencies: tuple[int, ...], seconds: float) -> list[dict]:
+    import grpc
+
+    from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
+
+    limit = 32 * 1024 * 1024
+    options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:   # one channel, reused
+        stub = diagnosis_pb2_grpc.DiagnosisServiceStub(channel)
+        request = diagnosis_pb2.DiagnoseRequest(image=image, media_type="image/jpeg")
+
+        async def call() -> None:
+            await stub.Diagnose(request, timeout=120)
+
+        return [(await closed_loop(call, c, seconds)).summary() for c in concurrencies]
+
+
+async def gateway_loads(
+    url: str, exam_type: str, image: bytes, concurrencies: tuple[int, ...], seconds: float
+) -> list[dict]:
+    import httpx
+
+    limits = httpx.Limits(max_connections=max(concurrencies), max_keepalive_connections=max(concurrencies))
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        email = f"bench-{time.time_ns()}@example.com"
+        password = "bench-pass-123"
+        reply = await client.post("/api/v1/auth/signup", json={
+            "email": email, "password": password, "first_name": "Bench", "surname": "Mark",
+        })
+        reply.raise_for_status()
+        reply = await client.post("/api/v1/auth/login", json={"email": email, "password": password})
+        reply.raise_for_status()
+        headers = {"Authorization": f"Bearer {reply.json()['access_token']}"}
+        client.cookies.clear()   # the bearer token only, as an API client
+
+        async def call() -> None:
+            answer = await client.post(
+                "/api/v1/diagnoses", headers=headers, data={"exam_type": exam_type},
+                files={"file": ("image.jpg", image, "image/jpeg")},
+            )
+            if answer.status_code != 201 or answer.json().get("status") != "completed":
+                raise RuntimeError(f"{answer.status_code} {answer.text[:200]}")
+
+        return [(await closed_loop(call, c, seconds)).summary() for c in concurrencies]
+
+
+async def original_loads(url: str, image: bytes, requests: int) -> dict:
+    """Sequential requests only: each one loads the model, so concurrency would just queue them."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+        load = Load(1, 0.0)
+        cpu_started, started = _cpu_seconds(), time.perf_counter()
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            answer = await client.post("/predict", files={"file": ("image.jpg", image, "image/jpeg")})
+            answer.raise_for_status()
+            load.latencies.append(time.perf_counter() - t0)
+        load.seconds = time.perf_counter() - started
+        load.client_cpu_seconds = _cpu_seconds() - cpu_started
+        return load.summary()
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen
+    address: str
+    seconds_to_ready: float
+
+    def peak_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):   # the resident set's high-water mark
+                return round(int(line.split()[1]) / 1024, 1)
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def start_process(name: str, args: list[str], env: dict[str, str], timeout_s: float = 180) -> Process:
+    """Start `python <args>`; ready when it prints `listening on ADDRESS` (model services: SERVING)."""
+    started = time.perf_counter()
+    popen = subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    while True:
+        line = popen.stdout.readline() if popen.stdout else ""
+        if line.startswith("listening on "):
+            return Process(name, popen, line.removeprefix("listening on ").strip(), time.perf_counter() - started)
+        if not line and popen.poll() is not None:
+            raise RuntimeError(f"{name} exited with {popen.returncode} before it was ready")
+        if time.perf_counter() - started > timeout_s:
+            popen.kill()
+            raise RuntimeError(f"{name} was not ready after {timeout_s}s")
+
+
+@contextmanager
+def processes() -> Iterator[list[Process]]:
+    running: list[Process] = []
+    try:
+        yield running
+    finally:
+        for process in reversed(running):
+            process.stop()
+
+
+def serving_env(**values: Any) -> dict[str, str]:
+    return {f"DRTECH_SERVING_{key.upper()}": str(value) for key, value in values.items()}
+
+
+def process_row(process: Process) -> dict[str, Any]:
+    return {"seconds_to_ready": round(process.seconds_to_ready, 2), "peak_rss_mib": process.peak_rss_mib()}
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from services.core.spec import TaskSpec
+
+    specs: dict[str, TaskSpec] = {}
+    for task in args.tasks:
+        module = __import__(f"services.{task}.spec", fromlist=["SPEC"])
+        specs[task] = module.SPEC
+    image = args.image.read_bytes() if args.image else sample_jpeg()
+    results: dict[str, Any] = {"image_bytes": len(image), "seconds_per_measurement": args.seconds, "models": {}}
+    concurrencies = tuple(args.concurrency)
+
+    with tempfile.TemporaryDirectory(prefix="drtech-bench-") as scratch, processes() as running:
+        home = Path(scratch) / "home"
+        auth = start_process("auth", ["-m", "services.auth", "--port", "0"], {
+            "DRTECH_HOME": str(home), "DRTECH_AUTH_ARGON2_TIME_COST": "1",
+            "DRTECH_AUTH_ARGON2_MEMORY_KIB": "8192", "DRTECH_AUTH_ARGON2_PARALLELISM": "1",
+        })
+        running.append(auth)
+        services: dict[str, Process] = {}
+        for task in specs:
+            services[task] = start_process(task, ["-m", f"services.{task}", "--port", "0"], serving_env(
+                port=0, max_batch_size=args.max_batch_size, max_batch_wait_ms=args.max_batch_wait_ms,
+            ))
+            running.append(services[task])
+        gateway_env = {
+            "DRTECH_HOME": str(home), "DRTECH_AUTH_ADDR": auth.address,
+            "DRTECH_ROUTER_ADDR": "127.0.0.1:9",   # unused: the benchmark names the exam type
+            **{f"DRTECH_{task.upper()}_ADDR": process.address for task, process in services.items()},
+        }
+        gateway = start_process("gateway", ["-m", "gateway", "--port", "0"], gateway_env)
+        running.append(gateway)
+        results["gateway_process"] = process_row(gateway)
+
+        for task, spec in specs.items():
+            print(f"[{task}] ceiling, service, gateway ...", flush=True)
+            row = {"ceiling": ceiling(spec.model_dir, spec, args.seconds)}
+            row["service"] = asyncio.run(grpc_loads(services[task].address, image, concurrencies, args.seconds))
+            row["gateway"] = asyncio.run(
+                gateway_loads(gateway.address, EXAM_TYPES[task], image, concurrencies, args.seconds)
+            )
+            row["service_process"] = process_row(services[task])
+            results["models"][task] = row
+        results["gateway_process"] = process_row(gateway)
+        results["auth_process"] = process_row(auth)
+
+        first = next(iter(specs))
+        if args.batching:
+            print(f"[{first}] micro-batching ...", flush=True)
+            results["batching"] = {}
+            for size, wait_ms in ((4, 0), (8, 0), (8, 5)):
+                service = start_process(f"{first}-batch{size}", ["-m", f"services.{first}", "--port", "0"],
+                                        serving_env(port=0, max_batch_size=size, max_batch_wait_ms=wait_ms))
+                running.append(service)
+                loads = asyncio.run(grpc_loads(service.address, image, (max(concurrencies),), args.seconds))
+                results["batching"][f"max_batch_size={size} max_batch_wait_ms={wait_ms}"] = loads[0]
+                service.stop()
+
+        if args.baselines:
+            task = args.baseline_task if args.baseline_task in specs else first
+            spec = specs[task]
+            print(f"[{task}] baselines: exporting a Keras model of the same architecture ...", flush=True)
+            from benchmarks.models import export_model_folder
+
+            folder = export_model_folder(spec, Path(scratch) / "same-architecture")
+            baselines: dict[str, Any] = {"task": task}
+            for runtime in ("tensorflow", "litert", "onnxruntime"):
+                print(f"[{task}] {runtime} service on the same-architecture model ...", flush=True)
+                service = start_process(f"{task}-{runtime}", ["-m", f"services.{task}", "--port", "0"],
+                                        serving_env(port=0, runtime=runtime, model_dir=folder))
+                running.append(service)
+                loads = asyncio.run(grpc_loads(service.address, image, concurrencies, args.seconds))
+                baselines[f"{runtime} service"] = {"loads": loads, **process_row(service)}
+                service.stop()
+            print(f"[{task}] original approach (Flask, Keras model loaded per request) ...", flush=True)
+            original = start_process("original", ["-m", "benchmarks.original_flask", "--model",
+                                                   str(folder / "model.keras")], {})
+            running.append(original)
+            baselines["original"] = {
+                "loads": [asyncio.run(original_loads(original.address, image, args.original_requests))],
+                **process_row(original),
+            }
+            original.stop()
+            results["baselines"] = baselines
+    return results
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def _at(loads: list[dict], concurrency: int) -> dict | None:
+    return next((load for load in loads if load["concurrency"] == concurrency), None)
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 5 with its measured value and whether it holds."""
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, value: float, goal: str, holds: bool) -> None:
+        checks.append({"target": name, "measured": round(value, 2), "goal": goal, "holds": bool(holds)})
+
+    top = max(load["concurrency"] for row in results["models"].values() for load in row["service"])
+    for task, row in results["models"].items():
+        ceiling_rate = row["ceiling"]["images_per_s"]
+        service, gateway = _at(row["service"], top), _at(row["gateway"], top)
+        check(f"{task}: service c{top} / ceiling", service["images_per_s"] / ceiling_rate, ">= 0.90",
+              service["images_per_s"] >= 0.9 * ceiling_rate)
+        check(f"{task}: gateway c{top} / ceiling", gateway["images_per_s"] / ceiling_rate, ">= 0.75",
+              gateway["images_per_s"] >= 0.75 * ceiling_rate)
+        single = _at(row["gateway"], 1)
+        if single:
+            ratio = gateway["p99_ms"] / single["p50_ms"]
+            check(f"{task}: gateway p99 c{top} / p50 c1", ratio, "<= 3", ratio <= 3)
+        process = row["service_process"]
+        check(f"{task}: service seconds to SERVING", process["seconds_to_ready"], "<= 5",
+              process["seconds_to_ready"] <= 5)
+        check(f"{task}: service peak RSS MiB", process["peak_rss_mib"], "< 400", process["peak_rss_mib"] < 400)
+    baselines = results.get("baselines")
+    if baselines:
+        task = baselines["task"]
+        row = results["models"][task]
+        service, gateway = _at(row["service"], top), _at(row["gateway"], top)
+        tf_rate = _at(baselines["tensorflow service"]["loads"], top)["images_per_s"]
+        original_rate = baselines["original"]["loads"][0]["images_per_s"]
+        check(f"{task}: service c{top} / TF-runtime service c{top}", service["images_per_s"] / tf_rate, ">= 3",
+              service["images_per_s"] >= 3 * tf_rate)
+        check(f"{task}: gateway c{top} / original (Flask, per-request load)",
+              gateway["images_per_s"] / original_rate, ">= 50", gateway["images_per_s"] >= 50 * original_rate)
+    return checks
+
+
+def _load_lines(name: str, loads: list[dict], reference: float | None) -> list[str]:
+    lines = []
+    for load in loads:
+        ratio = f"{load['images_per_s'] / reference:.2f}" if reference else ""
+        lines.append(
+            f"| {name} | {load['concurrency']} | {load['images_per_s']:.1f} | {load['p50_ms']:.1f} "
+            f"| {load['p99_ms']:.1f} | {ratio} | {load['client_cores']:.2f} | {load['errors']} |"
+        )
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    results = report["results"]
+    lines = [f"# Serving benchmark {report['measured_at']}", "", f"Machine: `{json.dumps(report['machine'])}`", "",
+             f"Image: {results['image_bytes']} bytes JPEG; {results['seconds_per_measurement']} s per measurement. "
+             "The load generator shares the machine's cores with the servers (client cores = its CPU use).", ""]
+    header = ["| path | concurrency | images/s | p50 ms | p99 ms | / ceiling | client cores | errors |",
+              "|---|---|---|---|---|---|---|---|"]
+    for task, row in results["models"].items():
+        ceiling_row = row["ceiling"]
+        rate = ceiling_row["images_per_s"]
+        by_size = ", ".join(f"batch {size}: {value['images_per_s']}" for size, value in ceiling_row["by_batch_size"].items())
+        lines += [f"## {task}", "", f"Ceiling (model alone, ONNX Runtime): **{rate} images/s** at batch "
+                  f"{ceiling_row['best_batch_size']} ({by_size}).", "", *header]
+        lines += _load_lines("service (gRPC)", row["service"], rate)
+        lines += _load_lines("gateway (HTTP)", row["gateway"], rate)
+        process = row["service_process"]
+        lines += ["", f"Service: SERVING after {process['seconds_to_ready']} s, peak RSS {process['peak_rss_mib']} MiB.", ""]
+    lines += [f"Gateway process peak RSS {results['gateway_process']['peak_rss_mib']} MiB; auth "
+              f"{results['auth_process']['peak_rss_mib']} MiB.", ""]
+    if "batching" in results:
+        lines += ["## Micro-batching (first model, highest concurrency)", "", *header]
+        for name, load in results["batching"].items():
+            lines += _load_lines(name, [load], None)
+        lines.append("")
+    baselines = results.get("baselines")
+    if baselines:
+        task = baselines["task"]
+        rate = results["models"][task]["ceiling"]["images_per_s"]
+        lines += [f"## Baselines and runtimes ({task}, a Keras model of the same architecture)", "", *header]
+        for name in ("tensorflow service", "litert service", "onnxruntime service", "original"):
+            if name in baselines:
+                lines += _load_lines(name, baselines[name]["loads"], rate)
+        lines.append("")
+        for name in ("tensorflow service", "litert service", "onnxruntime service", "original"):
+            if name in baselines:
+                lines.append(f"- {name}: ready after {baselines[name]['seconds_to_ready']} s, "
+                             f"peak RSS {baselines[name]['peak_rss_mib']} MiB")
+        lines.append("")
+    lines += ["## Targets", "", "| target | measured | goal | holds |", "|---|---|---|---|"]
+    for check in report["targets"]:
+        lines.append(f"| {check['target']} | {check['measured']} | {check['goal']} | {'yes' if check['holds'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per measurement")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    parser.add_argument("--image", type=Path, help="image to send (default: a generated 1024x1024 JPEG)")
+    parser.add_argument("--max-batch-size", type=int, default=1, help="the model services' micro-batching")
+    parser.add_argument("--max-batch-wait-ms", type=float, default=0.0)
+    parser.add_argument("--no-batching", dest="batching", action="store_false", help="skip the batching runs")
+    parser.add_argument("--no-baselines", dest="baselines", action="store_false",
+                        help="skip TF/LiteRT/original baselines (no TensorFlow needed)")
+    parser.add_argument("--baseline-task", default="pneumonia", choices=TASKS)
+    parser.add_argument("--original-requests", type=int, default=3, help="requests to the Flask baseline")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    machine = describe_machine()
+    started = time.perf_counter()
+    results = run(args)
+    report = {"measured_at": stamp, "machine": machine, "results": results,
+              "wall_seconds": round(time.perf_counter() - started, 1)}
+    report["targets"] = targets(results)
+    text = markdown(report)
+    print("\n" + text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"serving-{stamp}.json").write_text(json.dumps(report, indent=2))
+    (args.out / f"serving-{stamp}.md").write_text(text)
+    print(f"wrote {args.out / f'serving-{stamp}'}.json and .md ({report['wall_seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

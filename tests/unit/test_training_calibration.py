@@ -124,3 +124,18 @@ def test_the_temperature_is_baked_into_the_keras_model_and_its_onnx_export(tmp_p
     assert np.abs(model.predict(images, verbose=0) - expected).max() > 0.02      # T really changed it
     with pytest.raises(ValueError, match="Dense with softmax or sigmoid"):
         with_temperature(keras.Model(inputs, pooled), 2.0)
+
+
+def test_a_sigmoid_output_is_calibrated_the_same_way():
+    keras = pytest.importorskip("keras")
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="p_positive")(inputs))
+    x = np.random.default_rng(1).normal(0, 2, (5, 3)).astype("float32")
+    kernel, bias = model.get_layer("p_positive").get_weights()
+
+    calibrated = with_temperature(model, 0.5)
+
+    expected = apply_temperature(x @ kernel + bias, 0.5)
+    np.testing.assert_allclose(calibrated.predict(x, verbose=0)[:, 0], expected, atol=1e-5)

@@ -48,6 +48,17 @@ TASKS = ("bone", "skin", "pneumonia")
 EXAM_TYPES = {"bone": "bone_xray", "skin": "skin_lesion", "pneumonia": "chest_xray"}
 CONCURRENCY = (1, 4, 16)
 
+
+def SERVICE_CONFIGURATIONS(cores: int) -> list[dict[str, Any]]:  # noqa: N802 - a table, not a function
+    """Serving settings compared on the first model at the highest concurrency (the defaults first)."""
+    return [
+        {"model_workers": cores, "intra_op_threads": 1},                        # the default
+        {"model_workers": 1, "intra_op_threads": cores},                        # one run over every core
+        {"model_workers": 1, "intra_op_threads": cores, "intra_op_spinning": 1},
+        {"model_workers": cores, "intra_op_threads": 1, "max_batch_size": 4},
+        {"model_workers": 1, "intra_op_threads": cores, "max_batch_size": 8, "max_batch_wait_ms": 5},
+    ]
+
 # --- the image and the machine -------------------------------------------------------------------
 
 
@@ -147,25 +158,50 @@ async def closed_loop(call: Callable[[], Awaitable[None]], concurrency: int, sec
     return load
 
 
-def ceiling(model_dir: Path, spec: Any, seconds: float, batch_sizes: tuple[int, ...] = (1, 4, 8)) -> dict:
-    """The model alone: the shipped file in ONNX Runtime with the serving defaults, per batch size."""
+def _run_rate(model: Any, batch: np.ndarray, streams: int, seconds: float) -> float:
+    """Images/s with `streams` threads each running `batch` back to back (GIL released in the runtime)."""
+    import threading
+
+    model.run(batch)
+    counts = [0] * streams
+    deadline = time.perf_counter() + seconds
+
+    def stream(index: int) -> None:
+        while time.perf_counter() < deadline or counts[index] < 2:
+            model.run(batch)
+            counts[index] += 1
+
+    threads = [threading.Thread(target=stream, args=(index,)) for index in range(streams)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return round(sum(counts) * len(batch) / (time.perf_counter() - started), 1)
+
+
+def ceiling(
+    model_dir: Path, spec: Any, seconds: float, batch_sizes: tuple[int, ...] = (1, 4, 8), cores: int | None = None
+) -> dict:
+    """The model alone: the shipped file in ONNX Runtime, the best of one run over every core and one
+    single-threaded run per core side by side, at each batch size (no decoding, no RPC)."""
     from services.core.runtime import open_model
 
-    model = open_model(replace(spec, model_dir=model_dir))
-    model.warm_up(2)
+    cores = cores or len(os.sched_getaffinity(0))
+    spec = replace(spec, model_dir=model_dir)
     rng = np.random.default_rng(0)
-    rows = {}
-    for size in batch_sizes:
-        batch = rng.uniform(-1, 1, (size, 224, 224, 3)).astype(np.float32)
-        model.run(batch)
-        calls, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds or calls < 3:
-            model.run(batch)
-            calls += 1
-        elapsed = time.perf_counter() - started
-        rows[size] = {"images_per_s": round(calls * size / elapsed, 1), "ms_per_batch": round(1000 * elapsed / calls, 2)}
-    best = max(rows, key=lambda size: rows[size]["images_per_s"])
-    return {"by_batch_size": rows, "best_batch_size": best, "images_per_s": rows[best]["images_per_s"]}
+    rows: dict[str, dict[str, Any]] = {}
+    for streams, threads in {(1, cores), (cores, 1)}:
+        model = open_model(spec, intra_op_threads=threads, spinning=streams == 1)
+        model.warm_up(2)
+        for size in batch_sizes:
+            batch = rng.uniform(-1, 1, (size, 224, 224, 3)).astype(np.float32)
+            rows[f"{streams} run(s) x {threads} thread(s), batch {size}"] = {
+                "runs": streams, "threads": threads, "batch_size": size,
+                "images_per_s": _run_rate(model, batch, streams, seconds),
+            }
+    best = max(rows, key=lambda name: rows[name]["images_per_s"])
+    return {"configurations": rows, "best": best, "images_per_s": rows[best]["images_per_s"]}
 
 
 async def grpc_loads(target: str, image: bytes, concurrencies: tuple[int, ...], seconds: float) -> list[dict]:
@@ -317,7 +353,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         services: dict[str, Process] = {}
         for task in specs:
             services[task] = start_process(task, ["-m", f"services.{task}", "--port", "0"], serving_env(
-                port=0, max_batch_size=args.max_batch_size, max_batch_wait_ms=args.max_batch_wait_ms,
+                port=0, **dict(setting.split("=", 1) for setting in args.serving),
             ))
             running.append(services[task])
         gateway_env = {
@@ -343,14 +379,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         first = next(iter(specs))
         if args.batching:
-            print(f"[{first}] micro-batching ...", flush=True)
+            print(f"[{first}] serving configurations (workers, threads, micro-batching) ...", flush=True)
             results["batching"] = {}
-            for size, wait_ms in ((4, 0), (8, 0), (8, 5)):
-                service = start_process(f"{first}-batch{size}", ["-m", f"services.{first}", "--port", "0"],
-                                        serving_env(port=0, max_batch_size=size, max_batch_wait_ms=wait_ms))
+            cores = len(os.sched_getaffinity(0))
+            for settings in SERVICE_CONFIGURATIONS(cores):
+                service = start_process(f"{first}-variant", ["-m", f"services.{first}", "--port", "0"],
+                                        serving_env(port=0, **settings))
                 running.append(service)
                 loads = asyncio.run(grpc_loads(service.address, image, (max(concurrencies),), args.seconds))
-                results["batching"][f"max_batch_size={size} max_batch_wait_ms={wait_ms}"] = loads[0]
+                results["batching"][" ".join(f"{key}={value}" for key, value in settings.items())] = loads[0]
                 service.stop()
 
         if args.baselines:
@@ -447,9 +484,9 @@ def markdown(report: dict[str, Any]) -> str:
     for task, row in results["models"].items():
         ceiling_row = row["ceiling"]
         rate = ceiling_row["images_per_s"]
-        by_size = ", ".join(f"batch {size}: {value['images_per_s']}" for size, value in ceiling_row["by_batch_size"].items())
-        lines += [f"## {task}", "", f"Ceiling (model alone, ONNX Runtime): **{rate} images/s** at batch "
-                  f"{ceiling_row['best_batch_size']} ({by_size}).", "", *header]
+        tried = "; ".join(f"{name}: {value['images_per_s']}" for name, value in ceiling_row["configurations"].items())
+        lines += [f"## {task}", "", f"Ceiling (model alone, ONNX Runtime): **{rate} images/s** with "
+                  f"{ceiling_row['best']} (tried {tried}).", "", *header]
         lines += _load_lines("service (gRPC)", row["service"], rate)
         lines += _load_lines("gateway (HTTP)", row["gateway"], rate)
         process = row["service_process"]
@@ -457,7 +494,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"Gateway process peak RSS {results['gateway_process']['peak_rss_mib']} MiB; auth "
               f"{results['auth_process']['peak_rss_mib']} MiB.", ""]
     if "batching" in results:
-        lines += ["## Micro-batching (first model, highest concurrency)", "", *header]
+        lines += ["## Serving configurations (first model, highest concurrency)", "", *header]
         for name, load in results["batching"].items():
             lines += _load_lines(name, [load], None)
         lines.append("")
@@ -487,9 +524,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--image", type=Path, help="image to send (default: a generated 1024x1024 JPEG)")
-    parser.add_argument("--max-batch-size", type=int, default=1, help="the model services' micro-batching")
-    parser.add_argument("--max-batch-wait-ms", type=float, default=0.0)
-    parser.add_argument("--no-batching", dest="batching", action="store_false", help="skip the batching runs")
+    parser.add_argument("--serving", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="serving settings for the model services, e.g. max_batch_size=8 (default: defaults)")
+    parser.add_argument("--no-variants", dest="batching", action="store_false",
+                        help="skip the serving-configuration runs (workers, threads, micro-batching)")
     parser.add_argument("--no-baselines", dest="baselines", action="store_false",
                         help="skip TF/LiteRT/original baselines (no TensorFlow needed)")
     parser.add_argument("--baseline-task", default="pneumonia", choices=TASKS)

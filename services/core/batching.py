@@ -1,7 +1,9 @@
 """Opportunistic batching: requests that arrive while the model is busy run together as one batch.
 
-One worker thread owns the model. It takes the oldest waiting image and every other image already
-queued (up to `max_batch_size`) and runs them as one batch. By default nothing waits for a batch
+Worker threads (one by default) run the model. Each takes the oldest waiting image and every other
+image already queued (up to `max_batch_size`) and runs them as one batch. Several workers run
+batches side by side, e.g. one single-threaded ONNX Runtime run per core, which on CPU gives more
+images per second than one run spread over every core (see services/core/settings.py). By default nothing waits for a batch
 to fill, so a lone request pays no extra latency; under load, calls share a model run instead of
 competing for the same cores. `max_wait_seconds` > 0 lets a partial batch wait that long for more.
 """
@@ -43,6 +45,7 @@ class Batcher:
         on_batch: Callable[[int, float], None] | None = None,
         name: str = "model",
         max_wait_seconds: float = 0.0,
+        workers: int = 1,
     ) -> None:
         self._run = run
         self.max_batch_size = max(1, max_batch_size)
@@ -51,8 +54,12 @@ class Batcher:
         self._queue: queue.Queue[_Job | object] = queue.Queue()
         self._closed = False
         self._lock = threading.Lock()
-        self._worker = threading.Thread(target=self._loop, name=f"{name}-batcher", daemon=True)
-        self._worker.start()
+        self._workers = [
+            threading.Thread(target=self._loop, name=f"{name}-batcher-{index}", daemon=True)
+            for index in range(max(1, workers))
+        ]
+        for worker in self._workers:
+            worker.start()
 
     def predict(self, item: np.ndarray) -> BatchedPrediction:
         """Run one preprocessed image (H, W, 3); blocks until its batch has run."""
@@ -64,13 +71,15 @@ class Batcher:
         return future.result()
 
     def close(self) -> None:
-        """Finish what is queued, then stop the worker."""
+        """Finish what is queued, then stop the workers."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._queue.put(_STOP)
-        self._worker.join()
+            for _ in self._workers:   # each worker stops at the first _STOP it takes
+                self._queue.put(_STOP)
+        for worker in self._workers:
+            worker.join()
 
     def _loop(self) -> None:
         while True:

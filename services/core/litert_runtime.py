@@ -11,6 +11,7 @@ stale or wrongly converted .tflite is refused instead of served.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ PARITY_TOLERANCE = 1e-3
 
 
 class LiteRtModel(ModelRuntime):
-    """One interpreter; `run` must not be called from two threads at once (the Batcher ensures it)."""
+    """One interpreter per thread that runs it: an interpreter must not run on two threads at once."""
 
     def __init__(self, spec: TaskSpec, intra_op_threads: int = 0, model_path: Path | None = None) -> None:
         try:
@@ -44,12 +45,15 @@ class LiteRtModel(ModelRuntime):
         started = time.perf_counter()
         # 0 means every core, as for ONNX Runtime. XNNPACK is LiteRT's default CPU delegate.
         threads = intra_op_threads or os.cpu_count() or 1
-        self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+        self._new_interpreter = lambda: Interpreter(model_path=str(self.path), num_threads=threads)
+        self._local = threading.local()
+        self.interpreter = self._new_interpreter()
         signatures = self.interpreter.get_signature_list()
         if len(signatures) != 1:
             raise ModelContractError(f"{self.path}: expected one signature, found {sorted(signatures)}")
         (name, io_names), = signatures.items()
-        self.runner = self.interpreter.get_signature_runner(name)
+        self._signature = name
+        self._local.runner = self.interpreter.get_signature_runner(name)
         self.output_names = [PROBABILITIES, CAM, *spec.extra_outputs]
         inputs, outputs = list(io_names["inputs"]), sorted(io_names["outputs"])
         positional = [f"output_{index}" for index in range(len(self.output_names))]
@@ -71,7 +75,10 @@ class LiteRtModel(ModelRuntime):
 
     def run(self, batch: np.ndarray) -> Prediction:
         """Run a preprocessed float32 batch (N, H, W, 3); the runner resizes for a new batch size."""
-        values = self.runner(**{self._input: np.ascontiguousarray(batch, dtype=np.float32)})
+        runner = getattr(self._local, "runner", None)
+        if runner is None:
+            runner = self._local.runner = self._new_interpreter().get_signature_runner(self._signature)
+        values = runner(**{self._input: np.ascontiguousarray(batch, dtype=np.float32)})
         named = {name: values[key] for name, key in self._names.items()}
         return Prediction(
             probabilities=named.pop(PROBABILITIES),

@@ -56,19 +56,21 @@ def load_model(spec: TaskSpec, settings: ServingSettings) -> LoadedModel:
             raise ModelContractError(
                 f"model card labels {card_labels} differ from the {spec.task} spec's {spec.label_codes}"
             )
+    workers, threads = settings.inference_plan()
     model = open_model(
         spec,
         settings.runtime,
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=threads,
         providers=settings.provider_list,
         graph_optimization=settings.graph_optimization,
         memory_arena=settings.memory_arena,
+        spinning=settings.intra_op_spinning,
     )
     warm_seconds = model.warm_up(settings.warmup_runs)
     logger.info(
-        "loaded %s model %s %s on %s in %.2fs, %d warm-up runs in %.2fs",
-        spec.task, card["name"], card["version"], ",".join(model.providers), model.load_seconds,
-        settings.warmup_runs, warm_seconds,
+        "loaded %s model %s %s with %s on %s in %.2fs (%d workers x %d threads), %d warm-up runs in %.2fs",
+        spec.task, card["name"], card["version"], settings.runtime, ",".join(model.providers),
+        model.load_seconds, workers, threads, settings.warmup_runs, warm_seconds,
     )
     return LoadedModel(model=model, card=card, name=str(card["name"]), version=str(card["version"]))
 
@@ -105,6 +107,7 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
             on_batch=self._record_batch,
             name=self.spec.task,
             max_wait_seconds=self.settings.max_batch_wait_ms / 1000.0,
+            workers=self.settings.inference_plan()[0],
         )
         self._loaded = loaded
 

@@ -82,3 +82,44 @@ def test_closed_batcher_refuses_new_calls(slow_model: OnnxModel) -> None:
     batcher.close()
     with pytest.raises(ModelNotReady):
         batcher.predict(images(1)[0])
+
+
+def test_several_workers_run_batches_side_by_side_and_all_stop_on_close() -> None:
+    running, peak, lock = 0, 0, threading.Lock()
+    both_running = threading.Event()
+
+    def model(batch: np.ndarray):
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+            if running == 2:
+                both_running.set()
+        both_running.wait(5)   # a run returns only once another run is in flight beside it
+        with lock:
+            running -= 1
+        from services.core.runtime import Prediction
+
+        return Prediction(np.full((len(batch), 2), 0.5), np.zeros((len(batch), 7, 7, 2)), {})
+
+    batcher = Batcher(model, max_batch_size=1, workers=2)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(batcher.predict, images(2)))
+    batcher.close()
+    assert peak == 2 and all(result.batch_size == 1 for result in results)
+    assert not any(worker.is_alive() for worker in batcher._workers)
+
+
+def test_max_wait_lets_a_partial_batch_wait_for_calls_that_arrive_soon(slow_model: OnnxModel) -> None:
+    sizes: list[int] = []
+    batcher = Batcher(lambda batch: slow_model.run(batch), max_batch_size=4, max_wait_seconds=0.5,
+                      on_batch=lambda size, _: sizes.append(size))
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            first = pool.submit(batcher.predict, images(1)[0])
+            threading.Event().wait(0.1)   # arrives after the first call, within its wait
+            second = pool.submit(batcher.predict, images(1)[0])
+            first.result(timeout=10), second.result(timeout=10)
+    finally:
+        batcher.close()
+    assert sizes == [2]

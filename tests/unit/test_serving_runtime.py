@@ -98,3 +98,28 @@ def test_invalid_settings_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DRTECH_SERVING_PORT", "70000")
     with pytest.raises(ValueError, match="port"):
         ServingSettings()
+
+
+def test_inference_plan_defaults_to_one_single_threaded_worker_per_core() -> None:
+    from services.core.settings import ServingSettings
+
+    assert ServingSettings().inference_plan(cores=4) == (4, 1)
+    # Only the thread count set (e.g. a pod's CPU limit): one worker with that many threads.
+    assert ServingSettings(intra_op_threads=2).inference_plan(cores=16) == (1, 2)
+    assert ServingSettings(model_workers=3).inference_plan(cores=16) == (3, 1)
+    assert ServingSettings(model_workers=2, intra_op_threads=4).inference_plan(cores=16) == (2, 4)
+
+
+def test_an_unknown_runtime_is_a_clear_error(tmp_path: Path) -> None:
+    from services.core.runtime import open_model
+
+    with pytest.raises(ModelContractError, match="unknown runtime 'tensorrt'"):
+        open_model(write_fixture_model(PNEUMONIA, tmp_path), "tensorrt")
+
+
+def test_litert_without_a_tflite_file_says_to_use_onnxruntime(tmp_path: Path) -> None:
+    pytest.importorskip("ai_edge_litert")
+    from services.core.runtime import open_model
+
+    with pytest.raises(ModelContractError, match="model.tflite.*onnxruntime"):
+        open_model(write_fixture_model(PNEUMONIA, tmp_path), "litert")

@@ -1,8 +1,10 @@
 """Diagnoses: upload an image, have the right model service classify it, keep the record.
 
 Policy (documented in the README):
-- The upload is sniffed and decoded here first: not JPEG/PNG/DICOM -> 415, undecodable -> 422,
-  nothing stored in either case.
+- The upload is sniffed and its header checked here first (type, size limits, DICOM transfer
+  syntax), without decoding pixels, which the model service does anyway: not JPEG/PNG/DICOM -> 415,
+  unreadable header or out of limits -> 422, nothing stored in either case. Pixel data that turn out
+  corrupt are refused by the model service (below) -> 422, and the upload is removed again.
 - A model service that rejects the image (INVALID_ARGUMENT, e.g. too small) -> 422 with its
   message; no record is kept and the upload is removed unless another record uses the same bytes.
 - A model service that cannot answer (UNAVAILABLE, DEADLINE_EXCEEDED, or any other failure) ->
@@ -34,7 +36,7 @@ from gateway.routing import choose_exam_type
 from gateway.serialization import clean_extra, diagnosis_json, struct_to_dict
 from protos.drtech.v1 import diagnosis_pb2
 from services.core.errors import InvalidImage, UnsupportedMediaType
-from services.core.imaging import DICOM, ImageLimits, decode_image, dicom_routing_tags, read_image
+from services.core.imaging import DICOM, ImageLimits, decode_image, dicom_routing_tags, read_header
 
 log = logging.getLogger("gateway.diagnoses")
 router = APIRouter(prefix="/api/v1")
@@ -68,9 +70,13 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
 
 
 def check_image(data: bytes, max_bytes: int) -> str:
-    """The sniffed media type of a decodable upload; 415 or 422 otherwise. Blocking (decodes)."""
+    """The sniffed media type of an upload whose header passes; 415 or 422 otherwise. Blocking.
+
+    Pixels are not decoded here: the model service decodes them once (a 1024x1024 JPEG: ~5 ms
+    of gateway CPU per upload saved).
+    """
     try:
-        decoded = read_image(data, None, ImageLimits(max_bytes=max_bytes), draft_size=(224, 224))
+        decoded = read_header(data, None, ImageLimits(max_bytes=max_bytes))
     except UnsupportedMediaType as error:
         raise ApiError(415, f"Unsupported file: {error}.") from None
     except InvalidImage as error:

@@ -112,6 +112,7 @@ class Load:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     client_cpu_seconds: float = 0.0
+    server_cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self, images_per_call: int = 1) -> dict[str, Any]:
         ms = np.asarray(self.latencies) * 1000 if self.latencies else np.asarray([np.nan])
@@ -123,6 +124,11 @@ class Load:
             "calls": len(self.latencies),
             "errors": self.errors,
             "client_cores": round(self.client_cpu_seconds / self.seconds, 2),
+            # CPU each server process used per image served: where the cores went.
+            "server_cpu_ms_per_image": {
+                name: round(1000 * seconds / max(1, len(self.latencies) * images_per_call), 1)
+                for name, seconds in self.server_cpu_seconds.items()
+            },
         }
 
 
@@ -131,7 +137,9 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def closed_loop(call: Callable[[], Awaitable[None]], concurrency: int, seconds: float) -> Load:
+async def closed_loop(
+    call: Callable[[], Awaitable[None]], concurrency: int, seconds: float, watch: list[Process] = ()  # type: ignore[assignment]
+) -> Load:
     """`concurrency` workers each send the next call as soon as the last answers, for `seconds`.
 
     One warm-up call per worker is not counted.
@@ -139,6 +147,7 @@ async def closed_loop(call: Callable[[], Awaitable[None]], concurrency: int, sec
     await asyncio.gather(*(call() for _ in range(concurrency)))
     load = Load(concurrency, seconds)
     cpu_started = _cpu_seconds()
+    servers_started = {process.name: process.cpu_seconds() for process in watch}
     started = time.perf_counter()
     deadline = started + seconds
 
@@ -155,6 +164,9 @@ async def closed_loop(call: Callable[[], Awaitable[None]], concurrency: int, sec
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     load.seconds = time.perf_counter() - started
     load.client_cpu_seconds = _cpu_seconds() - cpu_started
+    load.server_cpu_seconds = {
+        process.name: process.cpu_seconds() - servers_started[process.name] for process in watch
+    }
     return load
 
 
@@ -204,7 +216,9 @@ def ceiling(
     return {"configurations": rows, "best": best, "images_per_s": rows[best]["images_per_s"]}
 
 
-async def grpc_loads(target: str, image: bytes, concurrencies: tuple[int, ...], seconds: float) -> list[dict]:
+async def grpc_loads(
+    target: str, image: bytes, concurrencies: tuple[int, ...], seconds: float, watch: list[Process] = ()  # type: ignore[assignment]
+) -> list[dict]:
     import grpc
 
     from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
@@ -218,11 +232,12 @@ async def grpc_loads(target: str, image: bytes, concurrencies: tuple[int, ...], 
         async def call() -> None:
             await stub.Diagnose(request, timeout=120)
 
-        return [(await closed_loop(call, c, seconds)).summary() for c in concurrencies]
+        return [(await closed_loop(call, c, seconds, watch)).summary() for c in concurrencies]
 
 
 async def gateway_loads(
-    url: str, exam_type: str, image: bytes, concurrencies: tuple[int, ...], seconds: float
+    url: str, exam_type: str, image: bytes, concurrencies: tuple[int, ...], seconds: float,
+    watch: list[Process] = (),  # type: ignore[assignment]
 ) -> list[dict]:
     import httpx
 
@@ -247,7 +262,7 @@ async def gateway_loads(
             if answer.status_code != 201 or answer.json().get("status") != "completed":
                 raise RuntimeError(f"{answer.status_code} {answer.text[:200]}")
 
-        return [(await closed_loop(call, c, seconds)).summary() for c in concurrencies]
+        return [(await closed_loop(call, c, seconds, watch)).summary() for c in concurrencies]
 
 
 async def original_loads(url: str, image: bytes, requests: int) -> dict:
@@ -276,6 +291,11 @@ class Process:
     popen: subprocess.Popen
     address: str
     seconds_to_ready: float
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the process (all its threads) so far."""
+        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def peak_rss_mib(self) -> float:
         for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
@@ -368,10 +388,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for task, spec in specs.items():
             print(f"[{task}] ceiling, service, gateway ...", flush=True)
             row = {"ceiling": ceiling(spec.model_dir, spec, args.seconds)}
-            row["service"] = asyncio.run(grpc_loads(services[task].address, image, concurrencies, args.seconds))
-            row["gateway"] = asyncio.run(
-                gateway_loads(gateway.address, EXAM_TYPES[task], image, concurrencies, args.seconds)
+            row["service"] = asyncio.run(
+                grpc_loads(services[task].address, image, concurrencies, args.seconds, [services[task]])
             )
+            row["gateway"] = asyncio.run(gateway_loads(
+                gateway.address, EXAM_TYPES[task], image, concurrencies, args.seconds, [gateway, auth, services[task]]
+            ))
             row["service_process"] = process_row(services[task])
             results["models"][task] = row
         results["gateway_process"] = process_row(gateway)
@@ -386,7 +408,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 service = start_process(f"{first}-variant", ["-m", f"services.{first}", "--port", "0"],
                                         serving_env(port=0, **settings))
                 running.append(service)
-                loads = asyncio.run(grpc_loads(service.address, image, (max(concurrencies),), args.seconds))
+                loads = asyncio.run(grpc_loads(service.address, image, (max(concurrencies),), args.seconds, [service]))
                 results["batching"][" ".join(f"{key}={value}" for key, value in settings.items())] = loads[0]
                 service.stop()
 
@@ -403,7 +425,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 service = start_process(f"{task}-{runtime}", ["-m", f"services.{task}", "--port", "0"],
                                         serving_env(port=0, runtime=runtime, model_dir=folder))
                 running.append(service)
-                loads = asyncio.run(grpc_loads(service.address, image, concurrencies, args.seconds))
+                loads = asyncio.run(grpc_loads(service.address, image, concurrencies, args.seconds, [service]))
                 baselines[f"{runtime} service"] = {"loads": loads, **process_row(service)}
                 service.stop()
             print(f"[{task}] original approach (Flask, Keras model loaded per request) ...", flush=True)
@@ -467,9 +489,10 @@ def _load_lines(name: str, loads: list[dict], reference: float | None) -> list[s
     lines = []
     for load in loads:
         ratio = f"{load['images_per_s'] / reference:.2f}" if reference else ""
+        cpu = ", ".join(f"{name} {ms}" for name, ms in load.get("server_cpu_ms_per_image", {}).items())
         lines.append(
             f"| {name} | {load['concurrency']} | {load['images_per_s']:.1f} | {load['p50_ms']:.1f} "
-            f"| {load['p99_ms']:.1f} | {ratio} | {load['client_cores']:.2f} | {load['errors']} |"
+            f"| {load['p99_ms']:.1f} | {ratio} | {load['client_cores']:.2f} | {cpu} | {load['errors']} |"
         )
     return lines
 
@@ -479,8 +502,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Serving benchmark {report['measured_at']}", "", f"Machine: `{json.dumps(report['machine'])}`", "",
              f"Image: {results['image_bytes']} bytes JPEG; {results['seconds_per_measurement']} s per measurement. "
              "The load generator shares the machine's cores with the servers (client cores = its CPU use).", ""]
-    header = ["| path | concurrency | images/s | p50 ms | p99 ms | / ceiling | client cores | errors |",
-              "|---|---|---|---|---|---|---|---|"]
+    header = ["| path | concurrency | images/s | p50 ms | p99 ms | / ceiling | client cores | server CPU ms/image | errors |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for task, row in results["models"].items():
         ceiling_row = row["ceiling"]
         rate = ceiling_row["images_per_s"]

@@ -29,7 +29,10 @@ class TensorFlowModel(ModelRuntime):
         if not (self.path / "saved_model.pb").is_file():
             raise ModelContractError(f"{self.path} is not a SavedModel folder")
         if intra_op_threads:
-            tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+            except RuntimeError:   # TensorFlow already started in this process (tests): keep its setting
+                pass
         started = time.perf_counter()
         self._tf = tf
         self.signature = tf.saved_model.load(str(self.path)).signatures["serving_default"]

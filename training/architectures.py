@@ -211,6 +211,7 @@ def skin_inception_resnet_v2(
 
 def pneumonia_cnn_5block(
     n_classes: int = 2, input_size: tuple[int, int] = (150, 150), weights: str | Path | None = None,
+    he_init: bool = False,
 ):
     """Original pneumonia model: the well-known Kermany kernel's 5-block CNN at 150x150, x/255 input.
 
@@ -223,6 +224,13 @@ def pneumonia_cnn_5block(
       Flatten (4x4x256 at 150x150), Dense 512 ReLU, Dropout 0.7, Dense 128 ReLU, Dropout 0.5,
       Dense 64 ReLU, Dropout 0.3, Dense 1 sigmoid = P(PNEUMONIA)   (~2.31M parameters)
     The output is one sigmoid, as in the original (binary cross-entropy); `n_classes` must be 2.
+
+    `he_init` (our deviation, registered as `pneumonia_cnn_5block_he`): Keras' default Glorot
+    initialiser counts a depthwise kernel's fan-in as 3x3xC although each output sums only 3x3
+    inputs, so at initialisation every separable convolution shrinks the signal ~10x (measured:
+    per-channel variance 8e-4 after block 1, 3e-19 after block 5) — far below BatchNorm's epsilon,
+    and the trained model then gives one constant output in inference mode (training/COMPARISON.md).
+    With `he_init` the depthwise kernels are N(0, 2/9) and the pointwise kernels He-normal.
     """
     import keras
 
@@ -230,6 +238,10 @@ def pneumonia_cnn_5block(
         raise ValueError(
             f"the 5-block CNN is binary (one sigmoid output); n_classes must be 2, got {n_classes}"
         )
+    initialisers = {}
+    if he_init:
+        initialisers = {"depthwise_initializer": keras.initializers.RandomNormal(stddev=(2 / 9) ** 0.5),
+                        "pointwise_initializer": keras.initializers.HeNormal()}
     inputs = _input(input_size)
     x = _from_minus1_1_to_0_1(inputs)
     x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="block1_conv1")(x)
@@ -238,7 +250,7 @@ def pneumonia_cnn_5block(
     for block, filters in ((2, 32), (3, 64), (4, 128), (5, 256)):
         for n in (1, 2):
             x = keras.layers.SeparableConv2D(filters, 3, padding="same", activation="relu",
-                                             name=f"block{block}_sep{n}")(x)
+                                             name=f"block{block}_sep{n}", **initialisers)(x)
         x = keras.layers.BatchNormalization(name=f"block{block}_bn")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
         if block >= 4:
@@ -253,6 +265,11 @@ def pneumonia_cnn_5block(
     if path is not None:
         model.load_weights(path)
     return model
+
+
+def pneumonia_cnn_5block_he(**kwargs):
+    """The 5-block CNN with He initialisation of its separable convolutions (see pneumonia_cnn_5block)."""
+    return pneumonia_cnn_5block(he_init=True, **kwargs)
 
 
 # --- our default --------------------------------------------------------------------------------
@@ -315,6 +332,11 @@ ARCHITECTURES: dict[str, Architecture] = {
             "pneumonia_cnn_5block", "pneumonia", pneumonia_cnn_5block, (150, 150), (32, 32),
             "x/255", "sigmoid", 6,
             "original pneumonia model: the Kermany kernel's 5-block CNN (Conv16 + 4 SeparableConv blocks)",
+        ),
+        Architecture(
+            "pneumonia_cnn_5block_he", "pneumonia", pneumonia_cnn_5block_he, (150, 150), (32, 32),
+            "x/255", "sigmoid", 6,
+            "the 5-block CNN with He-initialised separable convolutions (our fix of vanishing activations)",
         ),
         Architecture(
             "mobilenet_v2_finetuned", "any", mobilenet_v2_finetuned, (224, 224), (224, 224),

@@ -44,7 +44,7 @@ def _trainable_mask(model) -> list[bool]:
 def test_registry_names_task_input_size_and_preprocessing_of_each():
     assert set(ARCHITECTURES) == {
         "bone_mobilenet_v1", "bone_vgg_scratch", "skin_cnn_75x100", "skin_inception_resnet_v2",
-        "pneumonia_cnn_5block", "mobilenet_v2_finetuned",
+        "pneumonia_cnn_5block", "pneumonia_cnn_5block_he", "mobilenet_v2_finetuned",
     }
     assert ARCHITECTURES["skin_cnn_75x100"].input_size == (100, 75)          # (width, height)
     assert ARCHITECTURES["pneumonia_cnn_5block"].input_size == (150, 150)
@@ -113,6 +113,7 @@ def test_scratch_models_convert_the_shared_input_range_to_the_originals():
     ("bone_vgg_scratch", {"input_size": (32, 32)}),
     ("skin_cnn_75x100", {}),
     ("pneumonia_cnn_5block", {"input_size": (32, 32)}),
+    ("pneumonia_cnn_5block_he", {"input_size": (32, 32)}),
 ])
 def test_scratch_models_take_a_training_step(name, kwargs):
     keras.utils.set_random_seed(0)
@@ -189,3 +190,18 @@ def test_mobilenet_v2_default_fine_tunes_only_the_last_blocks():
     tuned = [i for i, w in enumerate(model.weights) if w.path.startswith("block_16_project/")][0]
     assert np.array_equal(before[frozen], after[frozen])
     assert not np.array_equal(before[tuned], after[tuned])
+
+
+def test_he_init_keeps_the_5_block_cnns_activations_from_vanishing():
+    """Faithful (Glorot) separable convolutions shrink the signal ~10x each, to far below BatchNorm's
+    epsilon (1e-3) by block 5; the He-initialised variant keeps it at a usable scale."""
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 64, 64, 3)).astype("float32")
+
+    def block5_variance(name: str) -> float:
+        keras.utils.set_random_seed(0)
+        model = build(name, input_size=(64, 64))
+        features = keras.Model(model.input, model.get_layer("block5_sep2").output)(images, training=False)
+        return float(np.median(np.asarray(features).reshape(-1, 256).var(axis=0)))
+
+    assert block5_variance("pneumonia_cnn_5block") < 1e-8
+    assert block5_variance("pneumonia_cnn_5block_he") > 1e-4

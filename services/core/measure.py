@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 
 from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
+from services.core.settings import ServingSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             "diagnose": plain,
             "diagnose_explain": explained,
             "cpu_count": os.cpu_count(),
-            "intra_op_threads": os.environ.get("DRTECH_SERVING_INTRA_OP_THREADS", "0 (all cores)"),
+            "model_workers_x_threads": ServingSettings().inference_plan(),
         }
         print(json.dumps(result, indent=2))
         return 0

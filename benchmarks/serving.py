@@ -216,6 +216,22 @@ def ceiling(
     return {"configurations": rows, "best": best, "images_per_s": rows[best]["images_per_s"]}
 
 
+def session_options(model_dir: Path, spec: Any, seconds: float, cores: int | None = None) -> dict[str, float]:
+    """ONNX Runtime session options (graph optimisation level x memory arena) in the serving layout:
+    one single-threaded run per core, batch 1. Images/s per combination."""
+    from services.core.runtime import open_model
+
+    cores = cores or len(os.sched_getaffinity(0))
+    spec = replace(spec, model_dir=model_dir)
+    batch = np.random.default_rng(0).uniform(-1, 1, (1, 224, 224, 3)).astype(np.float32)
+    rates = {}
+    for level in ("basic", "extended", "all"):
+        for arena in (True, False):
+            model = open_model(spec, intra_op_threads=1, graph_optimization=level, memory_arena=arena)
+            rates[f"graph_optimization={level} memory_arena={arena}"] = _run_rate(model, batch, cores, seconds)
+    return rates
+
+
 async def grpc_loads(
     target: str, image: bytes, concurrencies: tuple[int, ...], seconds: float, watch: list[Process] = ()  # type: ignore[assignment]
 ) -> list[dict]:
@@ -400,6 +416,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["auth_process"] = process_row(auth)
 
         first = next(iter(specs))
+        print(f"[{first}] ONNX Runtime session options ...", flush=True)
+        results["session_options"] = {"task": first, **session_options(
+            specs[first].model_dir, specs[first], max(1.0, args.seconds / 2)
+        )}
         if args.batching:
             print(f"[{first}] serving configurations (workers, threads, micro-batching) ...", flush=True)
             results["batching"] = {}
@@ -516,6 +536,11 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"Service: SERVING after {process['seconds_to_ready']} s, peak RSS {process['peak_rss_mib']} MiB.", ""]
     lines += [f"Gateway process peak RSS {results['gateway_process']['peak_rss_mib']} MiB; auth "
               f"{results['auth_process']['peak_rss_mib']} MiB.", ""]
+    if "session_options" in results:
+        options = dict(results["session_options"])
+        lines += [f"## ONNX Runtime session options ({options.pop('task')}, model alone, one run per core, batch 1)",
+                  "", "| options | images/s |", "|---|---|"]
+        lines += [f"| {name} | {rate} |" for name, rate in options.items()] + [""]
     if "batching" in results:
         lines += ["## Serving configurations (first model, highest concurrency)", "", *header]
         for name, load in results["batching"].items():

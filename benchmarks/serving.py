@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -438,7 +439,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"[{task}] baselines: exporting a Keras model of the same architecture ...", flush=True)
             from benchmarks.models import export_model_folder
 
-            folder = export_model_folder(spec, Path(scratch) / "same-architecture")
+            with contextlib.redirect_stdout(io.StringIO()):   # Keras prints every exported signature
+                folder = export_model_folder(spec, Path(scratch) / "same-architecture")
             baselines: dict[str, Any] = {"task": task}
             for runtime in ("tensorflow", "litert", "onnxruntime"):
                 print(f"[{task}] {runtime} service on the same-architecture model ...", flush=True)
@@ -583,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TensorFlow's start-up chatter (here and in children)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     machine = describe_machine()
     started = time.perf_counter()

@@ -70,6 +70,10 @@ class ServingSettings(BaseSettings):
             return self.model_workers, self.intra_op_threads or 1
         if self.intra_op_threads:
             return 1, self.intra_op_threads
+        if any(name != "CPUExecutionProvider" for name in self.provider_list):
+            # An accelerator runs one batch at a time anyway: one worker (0 = the runtime's default
+            # threads for CPU fallback ops); raise max_batch_size there instead.
+            return 1, 0
         return cores, 1
 
     @property

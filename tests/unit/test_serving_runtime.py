@@ -108,6 +108,9 @@ def test_inference_plan_defaults_to_one_single_threaded_worker_per_core() -> Non
     assert ServingSettings(intra_op_threads=2).inference_plan(cores=16) == (1, 2)
     assert ServingSettings(model_workers=3).inference_plan(cores=16) == (3, 1)
     assert ServingSettings(model_workers=2, intra_op_threads=4).inference_plan(cores=16) == (2, 4)
+    # A GPU node: one worker feeding the accelerator.
+    gpu = ServingSettings(providers="CUDAExecutionProvider,CPUExecutionProvider")
+    assert gpu.inference_plan(cores=16) == (1, 0)
 
 
 def test_an_unknown_runtime_is_a_clear_error(tmp_path: Path) -> None:

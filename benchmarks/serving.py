@@ -63,13 +63,17 @@ def SERVICE_CONFIGURATIONS(cores: int) -> list[dict[str, Any]]:  # noqa: N802 - 
 # --- the image and the machine -------------------------------------------------------------------
 
 
-def sample_jpeg(size: int = 1024, seed: int = 0) -> bytes:
-    """A radiograph-like JPEG: smooth shading plus grain (noise alone would compress unrealistically)."""
+def sample_jpeg(size: int = 1024, seed: int = 0, grain: float = 4.0) -> bytes:
+    """A radiograph-like JPEG: smooth shading plus grain (noise alone would compress unrealistically).
+
+    1024x1024 at quality 90 with grain 4 is ~200 KB. Decoding cost grows with the bytes: with grain
+    12 (~400 KB) decoding takes ~1.5x as long; `--image` measures a real file instead.
+    """
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size] / size
-    shade = 128 + 90 * np.sin(3 * x) * np.cos(2 * y) + rng.normal(0, 12, (size, size))
+    shade = 128 + 90 * np.sin(3 * x) * np.cos(2 * y) + rng.normal(0, grain, (size, size))
     gray = np.clip(shade, 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(gray, mode="L").convert("RGB").save(buffer, format="JPEG", quality=90)
@@ -215,6 +219,31 @@ def ceiling(
             }
     best = max(rows, key=lambda name: rows[name]["images_per_s"])
     return {"configurations": rows, "best": best, "images_per_s": rows[best]["images_per_s"]}
+
+
+def cpu_costs(model_dir: Path, spec: Any, image: bytes, runs: int = 30) -> dict[str, float]:
+    """CPU ms per image, one thread: the model alone (batch 1) and the service's own decoding and
+    pre-processing of `image`. Their ratio bounds how close a CPU-bound service gets to the ceiling."""
+    from services.core.imaging import read_image
+    from services.core.preprocessing import to_model_input
+    from services.core.runtime import open_model
+
+    spec = replace(spec, model_dir=model_dir)
+    model = open_model(spec, intra_op_threads=1)
+    width, height = spec.input_size
+    batch = np.zeros((1, height, width, 3), np.float32)
+
+    def prepare() -> None:
+        to_model_input(read_image(image, None, draft_size=(2 * width, 2 * height)).image, spec.input_size)
+
+    costs = {}
+    for name, work in (("model_cpu_ms", lambda: model.run(batch)), ("decode_and_preprocess_cpu_ms", prepare)):
+        work()
+        started = time.thread_time()
+        for _ in range(runs):
+            work()
+        costs[name] = round(1000 * (time.thread_time() - started) / runs, 2)
+    return costs
 
 
 def session_options(model_dir: Path, spec: Any, seconds: float, cores: int | None = None) -> dict[str, float]:
@@ -404,7 +433,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         for task, spec in specs.items():
             print(f"[{task}] ceiling, service, gateway ...", flush=True)
-            row = {"ceiling": ceiling(spec.model_dir, spec, args.seconds)}
+            row = {"ceiling": ceiling(spec.model_dir, spec, args.seconds),
+                   "cpu_per_image": cpu_costs(spec.model_dir, spec, image)}
             row["service"] = asyncio.run(
                 grpc_loads(services[task].address, image, concurrencies, args.seconds, [services[task]])
             )
@@ -530,8 +560,13 @@ def markdown(report: dict[str, Any]) -> str:
         ceiling_row = row["ceiling"]
         rate = ceiling_row["images_per_s"]
         tried = "; ".join(f"{name}: {value['images_per_s']}" for name, value in ceiling_row["configurations"].items())
+        costs = row.get("cpu_per_image", {})
         lines += [f"## {task}", "", f"Ceiling (model alone, ONNX Runtime): **{rate} images/s** with "
-                  f"{ceiling_row['best']} (tried {tried}).", "", *header]
+                  f"{ceiling_row['best']} (tried {tried}).", ""]
+        if costs:
+            lines += [f"CPU per image, one thread: model {costs['model_cpu_ms']} ms; the service's decoding and "
+                      f"pre-processing of this image {costs['decode_and_preprocess_cpu_ms']} ms.", ""]
+        lines += header
         lines += _load_lines("service (gRPC)", row["service"], rate)
         lines += _load_lines("gateway (HTTP)", row["gateway"], rate)
         process = row["service_process"]

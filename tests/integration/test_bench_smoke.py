@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.serving import ceiling, grpc_loads, markdown, sample_jpeg, targets
+from benchmarks.serving import ceiling, cpu_costs, grpc_loads, markdown, sample_jpeg, targets
 from gateway.settings import GatewaySettings
 from gateway.testing import start_gateway
 from services.core.server import start_server
@@ -29,23 +29,26 @@ def test_bench_measures_a_real_service_and_reports_ratios_and_targets(tmp_path: 
     try:
         top = ceiling(spec.model_dir, spec, seconds=0.1, batch_sizes=(1, 2), cores=2)
         loads = asyncio.run(grpc_loads(running.target, sample_jpeg(256), (1, 2), seconds=0.3))
+        costs = cpu_costs(spec.model_dir, spec, sample_jpeg(256), runs=2)
     finally:
         running.stop(grace=0)
     assert len(top["configurations"]) == 4 and top["images_per_s"] > 0
     assert top["configurations"][top["best"]]["images_per_s"] == top["images_per_s"]
+    assert costs["model_cpu_ms"] > 0 and costs["decode_and_preprocess_cpu_ms"] > 0
     assert [load["concurrency"] for load in loads] == [1, 2]
     assert all(load["calls"] > 0 and load["errors"] == 0 and load["p99_ms"] >= load["p50_ms"] for load in loads)
 
     process = {"seconds_to_ready": 1.0, "peak_rss_mib": 100.0}
     results = {
         "image_bytes": 1, "seconds_per_measurement": 0.3,
-        "models": {"pneumonia": {"ceiling": top, "service": loads, "gateway": loads, "service_process": process}},
+        "models": {"pneumonia": {"ceiling": top, "cpu_per_image": costs, "service": loads, "gateway": loads, "service_process": process}},
         "gateway_process": process, "auth_process": process,
     }
     report = {"measured_at": "now", "machine": {"cores": 2}, "results": results, "targets": targets(results)}
     names = [check["target"] for check in report["targets"]]
     assert "pneumonia: service c2 / ceiling" in names and "pneumonia: service peak RSS MiB" in names
-    assert "| service (gRPC) | 2 |" in markdown(report)
+    text = markdown(report)
+    assert "| service (gRPC) | 2 |" in text and "CPU per image, one thread" in text
 
 
 def test_gateway_answers_kept_alive_requests_without_nagle_delay(tmp_path: Path) -> None:

@@ -32,20 +32,6 @@ NOT_AUTHENTICATED = "Not authenticated: send 'Authorization: Bearer <access_toke
 BAD_TOKEN = "Your session is invalid, expired or logged out; log in again."
 
 
-class SignUpBody(BaseModel):
-    email: str
-    password: str
-    first_name: str
-    surname: str
-    address1: str | None = None
-    address2: str | None = None
-    city: str | None = None
-    state: str | None = None
-    zip: str | None = None
-    gender: str | None = None
-    birth_date: str | None = None
-
-
 class SignUpDraft(BaseModel):
     """A sign-up form as it is being filled in: every field may still be missing."""
 
@@ -60,6 +46,15 @@ class SignUpDraft(BaseModel):
     zip: str | None = None
     gender: str | None = None
     birth_date: str | None = None
+
+
+class SignUpBody(SignUpDraft):
+    """A submitted sign-up form: email, password and both names are required."""
+
+    email: str
+    password: str
+    first_name: str
+    surname: str
 
 
 class LogInBody(BaseModel):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from services.auth.testing import fresh_postgres_schema, postgres_unavailable_reason
 from tests.support import data_dir
 
 
@@ -16,3 +18,17 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"real data not found at {path} (set DRTECH_DATA_DIR)")
     return path
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each database test runs on a fresh SQLite file and on a fresh PostgreSQL schema
+    (skipped, with the reason, when DRTECH_TEST_POSTGRES_URL is unset or unreachable)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    reason = postgres_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with fresh_postgres_schema() as url:
+        yield url

@@ -25,22 +25,9 @@ from sqlalchemy import MetaData, create_engine, select
 from protos.drtech.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.server import AuthServer, start_server
 from services.auth.settings import AuthSettings
-from services.auth.testing import fresh_postgres_schema, postgres_unavailable_reason
 
 DEADLINE_S = 10
 PASSWORD = "correct horse 7"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'auth.db'}"
-        return
-    reason = postgres_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with fresh_postgres_schema() as url:
-        yield url
 
 
 class Client:

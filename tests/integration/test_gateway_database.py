@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
 from sqlalchemy import inspect
 
 from gateway import records
 from gateway.database import create_database_engine, migrate, session_factory
 from gateway.records import Diagnosis
-from services.auth.testing import fresh_postgres_schema, postgres_unavailable_reason
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'gateway.db'}"
-        return
-    reason = postgres_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with fresh_postgres_schema() as url:
-        yield url
 
 
 def record(user_id: str, exam_type: str, image: str, minutes: int) -> Diagnosis:

@@ -1,0 +1,361 @@
+"""End-to-end training of a Keras classifier on a task's own split, the way the original trained.
+
+    python -m training.finetune --task {bone,skin,pneumonia} [--arch mobilenet_v2_finetuned]
+        [--data DIR] [--weights DIR] [--epochs N] [--batch-size N] [--out DIR]
+
+Adam, class weights for imbalance, the task's augmentations (random flips / rotation / zoom /
+shift, applied to the training batches only), ReduceLROnPlateau, EarlyStopping and
+ModelCheckpoint on a validation score, seeded, Keras progress output. Writes to `--out`:
+`model.weights.h5` (the best epoch's weights of the classifier), `history.json` (every epoch's
+logs, the settings and timings) and `training_curves.png`.
+
+Only Keras 3, NumPy, Pillow and the serving preprocessing are used, so the same code runs on any
+Keras backend: TensorFlow on this CPU, or `KERAS_BACKEND=torch` on a GPU machine that has PyTorch
+and no TensorFlow. `training.train --backbone-weights OUT/model.weights.h5` then builds the shipped
+model (heads, calibration, ONNX export, held-out evaluation, card) from these weights.
+
+Labels trained on: skin and pneumonia their own classes; bone the KL grade 0-4 (all images), from
+which the shipped model's normal/abnormal head is refit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from services.core.preprocessing import resized_rgb
+from training.paths import data_dir
+from training.splits import SEED, SplitRecord, write_split_csv
+from training.tasks import SPECS, label_index, load_split
+
+log = logging.getLogger("training.finetune")
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random transforms of training images (Keras preprocessing layers, active only in training)."""
+
+    flip: str | None        # "horizontal", "vertical", "horizontal_and_vertical" or None
+    rotation: float         # fraction of a full turn, e.g. 10/360 for +-10 degrees
+    zoom: float             # +- fraction
+    shift: float            # +- fraction of width and height
+    source: str             # what the original did and why ours differs, if it does
+
+
+# The original's augmentations, read from its notebooks, adjusted where anatomy says otherwise.
+AUGMENTATIONS: dict[str, Augmentation] = {
+    "skin": Augmentation(
+        "horizontal_and_vertical", 0.5, 0.1, 0.1,
+        "original (HAM10000 Keras kernel): rotation 10 deg, zoom 0.1, shifts 0.1, no flips; ours adds "
+        "flips and any rotation, since a dermatoscopic image has no up or left"),
+    "bone": Augmentation(
+        "horizontal", 10 / 360, 0.1, 0.05,
+        "original (MURA MobileNet): flips and small rotations; ours: left/right flip (left and right "
+        "knees are mirror images), rotation 10 deg, zoom 0.1, shift 0.05"),
+    "pneumonia": Augmentation(
+        None, 10 / 360, 0.1, 0.05,
+        "original (Kermany kernel): zoom 0.3 and vertical flips; ours: rotation 10 deg, zoom 0.1, "
+        "shift 0.05 and no flips (a flipped chest film puts the heart on the wrong side)"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    task: str
+    arch: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    class_weight: str           # "balanced" or "none"
+    monitor: str                # validation score that picks the epoch
+    early_stopping_patience: int
+    max_minutes: float | None   # wall-clock budget: stop after the epoch that passes it
+    reduce_lr_patience: int
+    reduce_lr_factor: float
+    seed: int
+
+
+def training_labels(task: str, records: Sequence[SplitRecord]) -> np.ndarray:
+    """Integer targets: the KL grade for bone, the task's label index otherwise."""
+    if task == "bone":
+        return np.array([int(s.record.label) for s in records])
+    return np.array([label_index(task, s.record.label) for s in records])
+
+
+def n_training_classes(task: str) -> int:
+    return 5 if task == "bone" else len(SPECS[task].labels)
+
+
+def load_pixels(paths: Sequence[Path], size: tuple[int, int], workers: int = 8) -> np.ndarray:
+    """uint8 (N, height, width, 3) through the serving preprocessing (decoded in threads)."""
+    def one(path: Path) -> np.ndarray:
+        with Image.open(path) as image:
+            return resized_rgb(image, size)
+
+    with ThreadPoolExecutor(workers) as pool:
+        return np.stack(list(pool.map(one, paths)))
+
+
+def sample_weights(y: np.ndarray, n_classes: int, balanced: bool) -> np.ndarray:
+    """Per-image weights: n / (k * count(class)) ('balanced', as sklearn), or ones."""
+    if not balanced:
+        return np.ones(len(y), dtype=np.float32)
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    per_class = np.zeros(n_classes)
+    per_class[present] = len(y) / (present.sum() * counts[present])
+    return per_class[y].astype(np.float32)
+
+
+def _batches_class():
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        """uint8 images in memory -> (images, labels[, weights]) batches; shuffled each epoch."""
+
+        def __init__(self, pixels: np.ndarray, y: np.ndarray, weights: np.ndarray | None,
+                     batch_size: int, shuffle: bool, seed: int):
+            super().__init__()
+            self.pixels, self.y, self.weights = pixels, y, weights
+            self.batch_size, self.shuffle = batch_size, shuffle
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(len(y)) if shuffle else np.arange(len(y))
+
+        def __len__(self) -> int:
+            return math.ceil(len(self.y) / self.batch_size)
+
+        def __getitem__(self, index: int):
+            rows = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+            batch = (self.pixels[rows], self.y[rows])
+            return batch if self.weights is None else (*batch, self.weights[rows])
+
+        def on_epoch_end(self) -> None:
+            if self.shuffle:
+                self.order = self.rng.permutation(len(self.y))
+
+    return Batches
+
+
+def build_trainer(model, augmentation: Augmentation, input_size: tuple[int, int]):
+    """uint8 image -> [-1, 1] -> random augmentation (training only) -> `model`.
+
+    The classifier itself keeps the serving contract (float input in [-1, 1]); scaling on the
+    device keeps the host->device copy in uint8.
+    """
+    import keras
+
+    width, height = input_size
+    inputs = keras.Input((height, width, 3), dtype="uint8", name="pixels")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
+    if augmentation.flip:
+        x = keras.layers.RandomFlip(augmentation.flip, seed=SEED, name="flip")(x)
+    if augmentation.rotation:
+        x = keras.layers.RandomRotation(augmentation.rotation, fill_mode="reflect", seed=SEED, name="rotation")(x)
+    if augmentation.zoom:
+        x = keras.layers.RandomZoom(augmentation.zoom, fill_mode="reflect", seed=SEED, name="zoom")(x)
+    if augmentation.shift:
+        x = keras.layers.RandomTranslation(augmentation.shift, augmentation.shift, fill_mode="reflect",
+                                           seed=SEED, name="shift")(x)
+    return keras.Model(inputs, model(x), name="trainer")
+
+
+def balanced_accuracy(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> float:
+    """Mean per-class recall over the classes present in `y`."""
+    recalls = [float((predicted[y == c] == c).mean()) for c in range(n_classes) if (y == c).any()]
+    return float(np.mean(recalls))
+
+
+def _validation_score_callback(pixels: np.ndarray, y: np.ndarray, n_classes: int, batch_size: int):
+    """Adds `val_balanced_accuracy` to each epoch's logs (before checkpointing reads them)."""
+    import keras
+
+    class ValidationScore(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            probabilities = self.model.predict(pixels, batch_size=batch_size, verbose=0)
+            score = balanced_accuracy(y, np.asarray(probabilities).argmax(1), n_classes)
+            if logs is not None:
+                logs["val_balanced_accuracy"] = score
+            log.info("epoch %d: val balanced accuracy %.4f", epoch + 1, score)
+
+    return ValidationScore()
+
+
+def _time_limit_callback(minutes: float):
+    """Stops training after the first epoch that ends past `minutes` of fitting (a lent GPU's budget)."""
+    import keras
+
+    class TimeLimit(keras.callbacks.Callback):
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self.started = time.monotonic()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if time.monotonic() - self.started > minutes * 60:
+                log.info("stopping after epoch %d: the %.1f-minute budget is spent", epoch + 1, minutes)
+                self.model.stop_training = True
+
+    return TimeLimit()
+
+
+def build_model(arch: str, task: str, weights: str | None):
+    """The classifier to train: our MobileNetV2 (all blocks trainable, BatchNorm frozen) or an
+    original architecture from training.architectures."""
+    from training import architectures
+
+    n_classes = n_training_classes(task)
+    if arch == "mobilenet_v2_finetuned":
+        return architectures.mobilenet_v2_finetuned(n_classes, weights=weights, finetune_blocks=16)
+    spec = architectures.ARCHITECTURES[arch]
+    if spec.output != "softmax":
+        raise ValueError(f"{arch} ends in a {spec.output} unit; training.finetune trains softmax classifiers")
+    return architectures.build(arch, n_classes=n_classes, input_size=spec.input_size, weights=weights)
+
+
+def input_size_of(arch: str) -> tuple[int, int]:
+    from training.architectures import ARCHITECTURES
+
+    return ARCHITECTURES[arch].input_size
+
+
+def fit(
+    model, task: str, split: Sequence[SplitRecord], out: Path, settings: Settings,
+    augmentation: Augmentation, input_size: tuple[int, int],
+) -> dict:
+    """Train `model` end-to-end on the train rows of `split`, pick the epoch on the val rows.
+
+    Returns the history record (also written to out/history.json); the best weights are in
+    `model` and in out/model.weights.h5.
+    """
+    import keras
+
+    keras.utils.set_random_seed(settings.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    n_classes = n_training_classes(task)
+    train = [s for s in split if s.split == "train"]
+    val = [s for s in split if s.split == "val"]
+    started = time.monotonic()
+    x_train = load_pixels([s.record.path for s in train], input_size)
+    x_val = load_pixels([s.record.path for s in val], input_size)
+    load_seconds = time.monotonic() - started
+    log.info("loaded %d train + %d val images in %.1f s", len(train), len(val), load_seconds)
+    y_train, y_val = training_labels(task, train), training_labels(task, val)
+
+    Batches = _batches_class()
+    weights = sample_weights(y_train, n_classes, settings.class_weight == "balanced")
+    train_batches = Batches(x_train, y_train, weights, settings.batch_size, True, settings.seed)
+    val_batches = Batches(x_val, y_val, None, settings.batch_size, False, settings.seed)
+
+    trainer = build_trainer(model, augmentation, input_size)
+    trainer.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
+                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    checkpoint = out / "checkpoint.weights.h5"
+    mode = "min" if settings.monitor.endswith("loss") else "max"
+    callbacks = [
+        _validation_score_callback(x_val, y_val, n_classes, settings.batch_size),
+        keras.callbacks.ModelCheckpoint(checkpoint, monitor=settings.monitor, mode=mode,
+                                        save_best_only=True, save_weights_only=True),
+        keras.callbacks.ReduceLROnPlateau(monitor=settings.monitor, mode=mode, factor=settings.reduce_lr_factor,
+                                          patience=settings.reduce_lr_patience, min_lr=1e-7),
+        keras.callbacks.EarlyStopping(monitor=settings.monitor, mode=mode,
+                                      patience=settings.early_stopping_patience),
+    ]
+    if settings.max_minutes:
+        callbacks.append(_time_limit_callback(settings.max_minutes))
+    fit_started = time.monotonic()
+    history = trainer.fit(train_batches, validation_data=val_batches, epochs=settings.epochs,
+                          callbacks=callbacks, verbose=2)
+    fit_seconds = time.monotonic() - fit_started
+    trainer.load_weights(checkpoint)    # the best epoch (trainer and model share variables)
+    checkpoint.unlink()
+    model.save_weights(out / "model.weights.h5")
+
+    logs = {key: [float(v) for v in values] for key, values in history.history.items()}
+    scores = logs[settings.monitor]
+    best = int(np.argmin(scores) if mode == "min" else np.argmax(scores))
+    record = {
+        "task": task, "settings": asdict(settings), "augmentation": asdict(augmentation),
+        "input_size": list(input_size), "train_images": len(train), "val_images": len(val),
+        "best_epoch": best + 1, "epochs_run": len(scores), "best_validation_score": scores[best],
+        "history": logs, "load_seconds": round(load_seconds, 1), "fit_seconds": round(fit_seconds, 1),
+        "keras_backend": keras.backend.backend(), "device": _device_description(),
+        "parameters": int(model.count_params()),
+    }
+    (out / "history.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    _plot_curves(logs, out / "training_curves.png", f"{task} {settings.arch}")
+    return record
+
+
+def _device_description() -> str:
+    """Where the run trained: the GPU's name under PyTorch, else the CPU."""
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.get_device_name(0)} (PyTorch {torch.__version__})"
+    import os
+    import platform
+
+    return f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
+
+
+def _plot_curves(logs: dict[str, list[float]], path: Path, title: str) -> None:
+    try:
+        from training.plots import training_curves
+    except ImportError as error:    # matplotlib missing on a bare GPU machine: the JSON has it all
+        log.warning("no training_curves.png: %s", error)
+        return
+    training_curves(logs, path, title=title)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", required=True, choices=sorted(SPECS))
+    parser.add_argument("--arch", default="mobilenet_v2_finetuned",
+                        help="training.architectures name (softmax output); default our MobileNetV2")
+    parser.add_argument("--data", help="dataset root (default: DRTECH_DATA_DIR or ../shared/data)")
+    parser.add_argument("--weights", help="pretrained weights: the MobileNetV2 .npy folder, or a weight "
+                        "file for an original transfer architecture (never downloaded)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (e.g. training/runs/skin)")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--class-weight", choices=("balanced", "none"),
+                        help="default: none for bone (exact KL grade accuracy), balanced otherwise")
+    parser.add_argument("--patience", type=int, default=6, help="EarlyStopping patience (epochs)")
+    parser.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this wall time")
+    parser.add_argument("--seed", type=int, default=SEED)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    task = args.task
+    class_weight = args.class_weight or ("none" if task == "bone" else "balanced")
+    settings = Settings(
+        task=task, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, class_weight=class_weight,
+        monitor="val_accuracy" if task == "bone" else "val_balanced_accuracy",
+        early_stopping_patience=args.patience, max_minutes=args.max_minutes, reduce_lr_patience=2, reduce_lr_factor=0.3, seed=args.seed,
+    )
+    root = data_dir(args.data)
+    split = load_split(task, root)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_split_csv(split, args.out / "split.csv", root)
+    model = build_model(args.arch, task, args.weights)
+    record = fit(model, task, split, args.out, settings, AUGMENTATIONS[task], input_size_of(args.arch))
+    log.info("best epoch %d of %d: %s %.4f; fit %.0f s on %s", record["best_epoch"], record["epochs_run"],
+             settings.monitor, record["best_validation_score"], record["fit_seconds"], record["device"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -230,11 +230,11 @@ def cpu_costs(model_dir: Path, spec: Any, image: bytes, runs: int = 30) -> dict[
 
     spec = replace(spec, model_dir=model_dir)
     model = open_model(spec, intra_op_threads=1)
-    width, height = spec.input_size
+    width, height = model.input_size
     batch = np.zeros((1, height, width, 3), np.float32)
 
     def prepare() -> None:
-        to_model_input(read_image(image, None, draft_size=(2 * width, 2 * height)).image, spec.input_size)
+        to_model_input(read_image(image, None, draft_size=(2 * width, 2 * height)).image, model.input_size)
 
     costs = {}
     for name, work in (("model_cpu_ms", lambda: model.run(batch)), ("decode_and_preprocess_cpu_ms", prepare)):

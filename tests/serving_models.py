@@ -1,6 +1,7 @@
 """Tiny ONNX models with the shipped model file contract, for serving tests that must not wait on training.
 
-The graph is a miniature of the real head: 32x32 average pooling gives a 7x7x3 "feature map",
+The graph is a miniature of the real head: 32x32 average pooling gives a 7x7x3 "feature map"
+(at the default 224x224 input; `input_size` gives other sizes, e.g. 150x150 -> a 4x4 map),
 a 1x1 dense layer gives per-class CAMs, their spatial mean gives logits, softmax gives
 probabilities — so CAM and probabilities are consistent, as in the exported MobileNetV2 models.
 `slow_matmuls` adds input-dependent busy work so a call stays in flight long enough to observe.
@@ -20,9 +21,16 @@ from services.core.spec import TaskSpec
 
 
 def build_model(
-    num_classes: int, kl_grades: bool = False, slow_matmuls: int = 0, seed: int = 0
+    num_classes: int, kl_grades: bool = False, slow_matmuls: int = 0, seed: int = 0,
+    input_size: tuple[int, int] | None = (224, 224),
 ) -> onnx.ModelProto:
+    """`input_size` (width, height), or None for a model whose height and width are left symbolic."""
     rng = np.random.default_rng(seed)
+    if input_size is None:
+        sides, grid = ["H", "W"], ["h", "w"]
+    else:
+        sides = [input_size[1], input_size[0]]
+        grid = [side // 32 for side in sides]
     weights = {
         "head_w": rng.normal(0, 20, (3, num_classes)).astype(np.float32),
         "head_b": rng.normal(0, 0.1, (num_classes,)).astype(np.float32),
@@ -32,7 +40,7 @@ def build_model(
     nodes = [
         helper.make_node("Transpose", ["input"], ["nchw"], perm=[0, 3, 1, 2]),
         helper.make_node("AveragePool", ["nchw"], ["pooled"], kernel_shape=[32, 32], strides=[32, 32]),
-        helper.make_node("Transpose", ["pooled"], ["features"], perm=[0, 2, 3, 1]),      # [N, 7, 7, 3]
+        helper.make_node("Transpose", ["pooled"], ["features"], perm=[0, 2, 3, 1]),      # [N, h, w, 3]
         helper.make_node("MatMul", ["features", "head_w"], ["cam"]),                      # [N, 7, 7, C]
         helper.make_node("ReduceMean", ["cam", "spatial_axes"], ["mean_cam"], keepdims=0),
         helper.make_node("Add", ["mean_cam", "head_b"], ["logits_plain"]),
@@ -54,7 +62,7 @@ def build_model(
     nodes.append(helper.make_node("Softmax", [logits], ["probabilities"], axis=-1))
     outputs = [
         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", num_classes]),
-        helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", 7, 7, num_classes]),
+        helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", *grid, num_classes]),
     ]
     if kl_grades:
         nodes += [
@@ -66,7 +74,7 @@ def build_model(
     graph = helper.make_graph(
         nodes,
         "drtech_fixture",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 224, 224, 3])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *sides, 3])],
         outputs,
         initializer=[numpy_helper.from_array(value, name) for name, value in weights.items()],
     )

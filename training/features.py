@@ -43,10 +43,11 @@ FLIPS = {
 }
 
 
-def load_image(path: Path, flip: str = "none") -> np.ndarray:
+def load_image(path: Path, flip: str = "none", size: tuple[int, int] = (224, 224)) -> np.ndarray:
+    """The image at `path` as the model input at `size` (width, height), optionally flipped."""
     with Image.open(path) as image:
         image.load()
-        return np.ascontiguousarray(FLIPS[flip](to_model_input(image)))
+        return np.ascontiguousarray(FLIPS[flip](to_model_input(image, size)))
 
 
 def _cache_key(paths: Sequence[Path]) -> str:

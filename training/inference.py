@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.core.runtime import input_size_of
 from training.features import load_image
 
 BATCH = 32
@@ -20,9 +21,11 @@ def run_onnx(model_path: Path, paths: Sequence[Path], outputs: Sequence[str] = (
     if not Path(model_path).is_file():
         raise FileNotFoundError(f"ONNX model not found: {model_path}")
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    # Images are resized to the model's own input size, as serving does (ModelRuntime.input_size).
+    size = input_size_of(session.get_inputs()[0].shape, Path(model_path))
     collected: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
     for start in range(0, len(paths), batch):
-        images = np.stack([load_image(p) for p in paths[start:start + batch]])
+        images = np.stack([load_image(p, size=size) for p in paths[start:start + batch]])
         for name, value in zip(outputs, session.run(list(outputs), {"input": images}), strict=True):
             collected[name].append(value)
     return {name: np.concatenate(values) for name, values in collected.items()}

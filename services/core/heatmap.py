@@ -47,7 +47,8 @@ def overlay_png(cam: np.ndarray, size: tuple[int, int]) -> bytes:
     model ignored stay transparent.
     """
     weights = normalise_cam(cam)
-    # Bilinear upsampling in float, so the 7x7 grid becomes a smooth map, not blocks.
+    # Bilinear upsampling in float, so the coarse grid (7x7 for MobileNetV2, any h x w for other
+    # architectures) becomes a smooth map, not blocks.
     upsampled = Image.fromarray(weights, mode="F").resize(size, Image.Resampling.BILINEAR)
     level = np.clip(np.asarray(upsampled), 0.0, 1.0)
     gray = Image.fromarray(np.rint(level * 255).astype(np.uint8), mode="L")

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from services.core.runtime import CAM, PROBABILITIES, ModelContractError, ModelRuntime, Prediction
+from services.core.runtime import (
+    CAM, PROBABILITIES, ModelContractError, ModelRuntime, Prediction, input_size_of,
+)
 from services.core.spec import TaskSpec
 
 TFLITE_NAME = "model.tflite"
@@ -69,6 +71,8 @@ class LiteRtModel(ModelRuntime):
         if len(inputs) != 1:
             raise ModelContractError(f"{self.path}: signature {name!r} has inputs {inputs}; expected one")
         self._input = inputs[0]
+        self.input_size = input_size_of(
+            [int(side) for side in self._local.runner.get_input_details()[self._input]["shape"]], self.path)
         self.load_seconds = time.perf_counter() - started
         self.providers = ["LiteRT/XNNPACK"]
         self._check_parity()
@@ -93,7 +97,12 @@ class LiteRtModel(ModelRuntime):
         from services.core.runtime import OnnxModel
 
         reference = OnnxModel(self.spec, intra_op_threads=1, model_path=onnx_path)
-        width, height = self.spec.input_size
+        if reference.input_size != self.input_size:
+            raise ModelContractError(
+                f"{self.path} takes {self.input_size} images but {onnx_path} takes {reference.input_size}; "
+                "re-export both from the same model"
+            )
+        width, height = self.input_size
         batch = np.random.default_rng(0).uniform(-1, 1, (2, height, width, 3)).astype(np.float32)
         expected, got = reference.run(batch), self.run(batch)
         difference = float(np.max(np.abs(expected.probabilities - got.probabilities)))

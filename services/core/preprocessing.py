@@ -1,6 +1,8 @@
 """Image -> model input. The one preprocessing path: training and serving both call it.
 
-The shipped models are MobileNetV2-based: RGB, 224x224, scaled to [-1, 1] (x/127.5 - 1).
+Every model takes RGB scaled to [-1, 1] (x/127.5 - 1) at its own input size: `size` is the model
+file's input (services.core.runtime.ModelRuntime.input_size; 224x224 for the MobileNetV2 default,
+e.g. 150x150 for the original pneumonia CNN, which converts to its own range inside the model).
 Grayscale radiographs are replicated to three channels. The aspect ratio is not kept, matching
 how the training data were resized (Kermany and knee images are square crops/resizes).
 """

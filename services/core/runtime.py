@@ -2,6 +2,7 @@
 
 Contract (docs/architecture.md): input `input` float32 [N, H, W, 3]; outputs `probabilities`
 [N, C] and `cam` [N, h, w, C]; plus any task-specific extra outputs named in the TaskSpec.
+H and W are fixed in the model file and are the size serving resizes images to (`input_size`).
 
 ONNX Runtime is the default runtime (DRTECH_SERVING_RUNTIME=onnxruntime): it runs the shipped
 model.onnx on CPU or, with DRTECH_SERVING_PROVIDERS, a GPU from the same file. `open_model` also
@@ -59,6 +60,7 @@ class ModelRuntime:
     path: Path
     providers: list[str]
     load_seconds: float
+    input_size: tuple[int, int]        # (width, height) of the model's input, read from the model file
 
     def run(self, batch: np.ndarray) -> Prediction:
         raise NotImplementedError
@@ -68,7 +70,7 @@ class ModelRuntime:
 
         Returns the seconds it took.
         """
-        width, height = self.spec.input_size
+        width, height = self.input_size
         dummy = np.zeros((1, height, width, 3), dtype=np.float32)
         started = time.perf_counter()
         for _ in range(max(runs, 1)):
@@ -83,6 +85,15 @@ class ModelRuntime:
         if not np.all(np.isfinite(prediction.probabilities)):
             raise ModelContractError(f"{self.path}: warm-up produced non-finite probabilities")
         return time.perf_counter() - started
+
+
+def input_size_of(shape: list, path: Path) -> tuple[int, int]:
+    """(width, height) from a model input shape [N, H, W, 3] whose H and W are fixed numbers."""
+    if len(shape) != 4 or shape[3] != 3 or not all(isinstance(side, int) and side > 0 for side in shape[1:3]):
+        raise ModelContractError(
+            f"{path}: input shape {list(shape)}, expected [N, H, W, 3] with fixed H and W"
+        )
+    return int(shape[2]), int(shape[1])
 
 
 def open_model(
@@ -175,10 +186,7 @@ class OnnxModel(ModelRuntime):
         missing = [name for name in self.output_names if name not in outputs]
         if missing:
             raise ModelContractError(f"{self.path}: missing outputs {missing} (has {sorted(outputs)})")
-        width, height = self.spec.input_size
-        shape = inputs[INPUT_NAME].shape
-        if len(shape) != 4 or list(shape[1:]) != [height, width, 3]:
-            raise ModelContractError(f"{self.path}: input shape {shape}, expected [N, {height}, {width}, 3]")
+        self.input_size = input_size_of(inputs[INPUT_NAME].shape, self.path)
         classes = outputs[PROBABILITIES].shape[-1]
         if isinstance(classes, int) and classes != len(self.spec.labels):
             raise ModelContractError(

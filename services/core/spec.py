@@ -26,7 +26,8 @@ class TaskSpec:
     exam_type: str               # public API name: "bone_xray", "skin_lesion", "chest_xray"
     labels: tuple[Label, ...]    # in the model's output order
     model_dir: Path              # holds model.onnx, card.json, card.md
-    input_size: tuple[int, int] = (224, 224)   # (width, height) fed to the model
+    # The input size is not here: it is the model file's own input shape (ModelRuntime.input_size),
+    # so a 150x150 or 224x224 model is served at the size it was trained at.
     color_mode: str = "RGB"      # what the model takes after preprocessing
     default_port: int = 50052
     # Extra ONNX outputs and how they surface in DiagnoseResponse.extra, e.g. KL grade.

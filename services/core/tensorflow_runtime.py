@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from services.core.runtime import CAM, INPUT_NAME, PROBABILITIES, ModelContractError, ModelRuntime, Prediction
+from services.core.runtime import (
+    CAM, INPUT_NAME, PROBABILITIES, ModelContractError, ModelRuntime, Prediction, input_size_of,
+)
 from services.core.spec import TaskSpec
 
 SAVED_MODEL_DIR = "saved_model"
@@ -36,6 +38,10 @@ class TensorFlowModel(ModelRuntime):
         started = time.perf_counter()
         self._tf = tf
         self.signature = tf.saved_model.load(str(self.path)).signatures["serving_default"]
+        _, inputs = self.signature.structured_input_signature
+        if INPUT_NAME not in inputs:
+            raise ModelContractError(f"{self.path}: serving_default has no input named {INPUT_NAME!r}")
+        self.input_size = input_size_of(inputs[INPUT_NAME].shape.as_list(), self.path)
         self.load_seconds = time.perf_counter() - started
         self.providers = ["TensorFlow/CPU"]
 

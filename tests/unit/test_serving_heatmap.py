@@ -45,3 +45,16 @@ def test_overlay_of_a_large_image_is_capped_at_512_px_with_its_aspect_ratio() ->
     assert overlay_size((3000, 1500)) == (512, 256)
     assert overlay_size((1024, 4096)) == (128, 512)
     assert overlay_size((320, 256)) == (320, 256)   # small images keep their size
+
+
+def test_any_cam_grid_becomes_an_overlay_hot_where_the_grid_is() -> None:
+    # e.g. the 75x100 skin CNN's 18x25 grid, or a 2x2 one: the overlay is at the image's size and
+    # the hot cell stays at its place (here the right-most column, mid-height).
+    for rows, columns in ((18, 25), (9, 9), (2, 2)):
+        cam = np.zeros((rows, columns))
+        cam[rows // 2, columns - 1] = 1.0
+        image = np.asarray(Image.open(io.BytesIO(overlay_png(cam, (400, 300)))))
+        assert image.shape == (300, 400, 4)
+        hottest_row, hottest_column = np.unravel_index(np.argmax(image[..., 3]), image.shape[:2])
+        assert abs(hottest_row / 300 - (rows // 2 + 0.5) / rows) < 0.6 / rows
+        assert hottest_column / 400 > 1 - 1.0 / columns

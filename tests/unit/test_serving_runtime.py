@@ -17,6 +17,7 @@ from services.core.runtime import ModelContractError, OnnxModel
 from services.core.service import extra_fields
 from services.core.settings import ServingSettings
 from services.pneumonia.spec import SPEC as PNEUMONIA
+from services.skin.spec import SPEC as SKIN
 from tests.serving_models import build_model, write_fixture_model
 
 
@@ -52,10 +53,24 @@ def test_model_without_a_promised_output_is_refused(tmp_path: Path) -> None:
         OnnxModel(replace(BONE, model_dir=tmp_path))
 
 
-def test_model_with_another_input_size_is_refused(tmp_path: Path) -> None:
-    onnx.save(build_model(2), tmp_path / "model.onnx")
-    with pytest.raises(ModelContractError, match=r"expected \[N, 256, 256, 3\]"):
-        OnnxModel(replace(PNEUMONIA, model_dir=tmp_path, input_size=(256, 256)))
+def test_the_input_size_is_the_model_files_own(tmp_path: Path) -> None:
+    # A 150x150 model (the original pneumonia CNN's size) is run at 150x150, its CAM grid 4x4.
+    onnx.save(build_model(2, input_size=(150, 150)), tmp_path / "model.onnx")
+    model = OnnxModel(replace(PNEUMONIA, model_dir=tmp_path), intra_op_threads=1)
+    assert model.input_size == (150, 150)
+    assert model.warm_up(1) > 0
+    assert model.run(np.zeros((1, 150, 150, 3), np.float32)).cam.shape == (1, 4, 4, 2)
+
+
+def test_a_non_square_input_size_is_width_then_height(tmp_path: Path) -> None:
+    onnx.save(build_model(7, input_size=(100, 75)), tmp_path / "model.onnx")
+    assert OnnxModel(replace(SKIN, model_dir=tmp_path), intra_op_threads=1).input_size == (100, 75)
+
+
+def test_model_without_a_fixed_input_size_is_refused(tmp_path: Path) -> None:
+    onnx.save(build_model(2, input_size=None), tmp_path / "model.onnx")
+    with pytest.raises(ModelContractError, match=r"expected \[N, H, W, 3\] with fixed H and W"):
+        OnnxModel(replace(PNEUMONIA, model_dir=tmp_path))
 
 
 @pytest.mark.parametrize(

@@ -158,6 +158,56 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
     return card
 
 
+def for_architecture(*, task: str, arch: Any, split: Sequence[SplitRecord], validation: dict[str, float],
+                     test: dict[str, Any], record: dict[str, Any], parity: dict[str, float],
+                     parity_images: int, interface: dict[str, Any], model_bytes: int,
+                     data_root: Path) -> dict[str, Any]:
+    """Card of a whole classifier from training/architectures.py trained end to end by
+    training.finetune (`record` is its history.json) and exported by
+    training.export.classifier_to_onnx: the shared sections of `build`, with the architecture,
+    training and input-size wording of this model."""
+    width, height = arch.input_size
+    card = build(task=task, split=split, validation=validation, test=test, heads={}, finetune=None,
+                 parameters=record["parameters"], timing={}, augmentation="none", parity=parity,
+                 parity_images=parity_images, interface=interface, model_bytes=model_bytes,
+                 data_root=data_root)
+    settings = record["settings"]
+    card["name"] = f"{task}-{arch.name}"
+    card["architecture"] = {
+        "name": arch.name,
+        "backbone": f"{arch.name} (training.architectures): {arch.reading}",
+        "head": "softmax over the labels" if arch.output == "softmax" else
+                "one sigmoid unit p = P(positive), exported as the two columns [1 - p, p]",
+        "cam": "Grad-CAM of each class on the last convolutional feature map, computed inside the "
+               "graph (training.export.classifier_to_onnx); weights = gradient summed over positions",
+        "input": {"name": "input", "shape": ["N", height, width, 3], "dtype": "float32",
+                  "preprocessing": f"services.core.preprocessing.to_model_input (RGB, {width}x{height} "
+                                   f"bilinear, x/127.5 - 1); inside the model: {arch.preprocessing}"},
+        "outputs": [{"name": name, "shape": shape} for name, shape, _ in interface["outputs"]],
+        "format": f"ONNX opset {OPSET} (tf2onnx from a Keras tf.function)",
+    }
+    card["training"] = {
+        "heads": {"output": card["architecture"]["head"]},
+        "finetune": {"end_to_end": "training.finetune", "best_epoch": record["best_epoch"],
+                     "epochs_run": record["epochs_run"], "monitor": settings["monitor"],
+                     "best_validation_score": round(record["best_validation_score"], 4),
+                     "train_images": record["train_images"], "val_images": record["val_images"]},
+        "augmentation": record["augmentation"]["source"],
+        "optimizer": f"Adam lr {settings['learning_rate']}, batch {settings['batch_size']}, class weights "
+                     f"{settings['class_weight']}, ReduceLROnPlateau (x{settings['reduce_lr_factor']} after "
+                     f"{settings['reduce_lr_patience']}), EarlyStopping (patience "
+                     f"{settings['early_stopping_patience']}); the epoch with the best {settings['monitor']} "
+                     "is kept (ModelCheckpoint)",
+        "load_seconds": record["load_seconds"],
+        "fit_seconds": record["fit_seconds"],
+        "seconds": round(record["load_seconds"] + record["fit_seconds"], 1),
+        "machine": record["device"] + f", Keras backend {record['keras_backend']}",
+        "note": "seconds = image loading + end-to-end fitting; export and evaluation not included",
+    }
+    card["limitations"] = [item.replace("224x224", f"{width}x{height}") for item in card["limitations"]]
+    return card
+
+
 def _markdown(card: dict[str, Any]) -> str:
     metrics = card["metrics"]
     lines = [
@@ -243,7 +293,8 @@ def refresh_text(folder: Path) -> None:
     card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
     card["intended_use"] = INTENDED_USE[card["task"]]
     card["limitations"] = LIMITATIONS[card["task"]]
-    card["training"]["optimizer"] = OPTIMIZER
+    if "name" not in card["architecture"]:    # for_architecture cards carry their own optimizer text
+        card["training"]["optimizer"] = OPTIMIZER
     card["training"].setdefault("augmentation", "none")   # cards from before augmentation existed
     write(card, folder)
 

@@ -162,3 +162,30 @@ def with_temperature(model, temperature: float):
     scaled = keras.layers.Rescaling(1.0 / temperature, name="temperature_scaling")(logits)
     outputs = keras.layers.Activation(name, name=last.name)(scaled)
     return keras.Model(model.inputs, outputs, name=f"{model.name}_calibrated")
+
+
+def temperature_report(logits: np.ndarray, y: np.ndarray, temperature: float,
+                       n_bins: int = DEFAULT_BINS) -> dict[str, float]:
+    """n, ECE (`n_bins` bins) and mean NLL of softmax(logits) before and softmax(logits / T) after."""
+    before = apply_temperature(logits, 1.0)
+    after = apply_temperature(logits, temperature)
+    return {
+        "n": int(len(y)),
+        "ece_before": round(expected_calibration_error(before, y, n_bins), 4),
+        "ece_after": round(expected_calibration_error(after, y, n_bins), 4),
+        "nll_before": round(negative_log_likelihood(logits, y, 1.0), 4),
+        "nll_after": round(negative_log_likelihood(logits, y, temperature), 4),
+    }
+
+
+def logits_of_calibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Logits (up to a constant per row) of a model that outputs softmax(logits / T).
+
+    T * log p = logits + T * const, so apply_temperature(result, 1) is the uncalibrated output and
+    apply_temperature(result, T) gives `probabilities` back: the before/after comparison on the
+    test split can be made from the shipped (calibrated) model's own outputs. Probabilities that
+    underflowed to 0 in float32 are clipped at float32's smallest normal number.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    return temperature * logits_from_probabilities(probabilities, eps=float(np.finfo(np.float32).tiny))

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from training.calibration import DEFAULT_BINS
 from training.export import OPSET
 from training.paths import MODEL_VERSION
 from training.splits import SEED, SplitRecord, counts
-from training.tasks import SPECS, TASK_DATA
+from training.tasks import MURA_DATA, SPECS, TASK_DATA
 
 OPTIMIZER = ("Adam; heads: lr 1e-3, early stopping on validation loss; fine-tuning: lr 1e-4, "
              "the epoch with the best validation score is kept")
@@ -28,6 +29,28 @@ INTENDED_USE = {
     "bone": "Demonstrates knee osteoarthritis screening on knee radiographs (NORMAL = KL0, ABNORMAL = KL>=2) "
     "plus a Kellgren-Lawrence grade 0-4 estimate, inside the Dr.Tech platform.",
 }
+
+# Bone trained on MURA (training.tasks.uses_mura) is a different model with its own wording.
+INTENDED_USE_MURA = ("Demonstrates normal/abnormal classification of upper-limb radiographs (MURA study "
+                     "types) inside the Dr.Tech platform; a study's probability is the mean over its views.")
+LIMITATIONS_MURA = [
+    NOT_CLINICAL,
+    "Trained on MURA upper-limb radiographs (elbow, finger, forearm, hand, humerus, shoulder, wrist) from "
+    "one hospital; other body parts, including knees, are out of scope.",
+    "Normal/abnormal only: no Kellgren-Lawrence grade and no localisation or type of abnormality.",
+    "Held-out figures are on MURA's valid split; radiologist agreement on MURA is itself imperfect.",
+]
+
+CALIBRATION_METHOD = ("temperature scaling (Guo et al. 2017): softmax(logits / T), one T > 0 per head "
+                      "fitted by minimising the negative log-likelihood on the validation split, and baked "
+                      "into model.onnx")
+CALIBRATION_NOTE = ("T does not change the arg-max, so accuracy, balanced accuracy and AUC are unchanged; "
+                    "test 'after' figures are model.onnx's own outputs, 'before' undoes T on them; ECE over "
+                    f"{DEFAULT_BINS} equal-width confidence bins, NLL = mean negative log-likelihood")
+HELD_OUT_PLOTS = {"confusion_matrix.png": "confusion matrix (held-out test)",
+                  "roc.png": "ROC curve (held-out test)",
+                  "reliability.png": "reliability diagram before and after temperature scaling "
+                                     "(held-out test)"}
 
 LIMITATIONS = {
     "pneumonia": [
@@ -69,16 +92,20 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
           heads: dict[str, Any], finetune: dict[str, Any] | None, parameters: int, timing: dict[str, Any],
           augmentation: str,
           parity: dict[str, float], parity_images: int, interface: dict[str, Any], model_bytes: int,
-          data_root: Path) -> dict[str, Any]:
+          data_root: Path, calibration: dict[str, dict[str, Any]] | None = None,
+          curves: dict[str, str] | None = None, mura: bool = False) -> dict[str, Any]:
+    """`calibration`: {head: {"temperature", "validation": report, "test": report}} with reports from
+    training.calibration.temperature_report; `curves`: {PNG file name: the fit it shows}; `mura`: bone
+    trained on MURA (normal/abnormal only) rather than knee KL data."""
     spec = SPECS[task]
-    data = TASK_DATA[task]
+    data = MURA_DATA if mura else TASK_DATA[task]
     backbone = "MobileNetV2 (alpha 1.0, 224x224), ImageNet weights (TF-slim checkpoint, Apache 2.0)"
     if finetune:
         backbone += f", last {finetune['blocks']} block(s) + Conv_1 fine-tuned (BatchNorm frozen)"
     else:
         backbone += ", frozen"
     heads_text = "global average pool -> dropout 0.3 -> Dense(C, softmax)"
-    if task == "bone":
+    if task == "bone" and not mura:
         heads_text += "; two heads on the same pooled features: probabilities (NORMAL/ABNORMAL) and " \
                       "kl_probabilities (KL 0-4)"
     metric_keys = [k for k in test if isinstance(test[k], dict)]
@@ -103,6 +130,7 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
         "parameters": parameters,
         "model_bytes": model_bytes,
         "data": {
+            "dataset": "mura" if mura else task,
             "source": data.source,
             "licence": data.licence,
             "images": len(split),
@@ -126,6 +154,7 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
             "n": test["n"],
             "interval": f"95% percentile bootstrap over {GROUP_NOUN[task]}, 1000 resamples",
             **{k: test[k] for k in metric_keys},
+            **{k: test[k] for k in ("studies", "study_accuracy") if k in test},
             "confusion_matrix": {"rows": "true", "columns": "predicted", "labels": spec.label_codes,
                                  "matrix": test["confusion_matrix"]},
         },
@@ -146,10 +175,18 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
                     "training; export and evaluation not included",
         },
         "export": {"onnx_keras_parity_max_abs_diff": parity, "parity_images": parity_images},
-        "intended_use": INTENDED_USE[task],
-        "limitations": LIMITATIONS[task],
+        "intended_use": INTENDED_USE_MURA if mura else INTENDED_USE[task],
+        "limitations": LIMITATIONS_MURA if mura else LIMITATIONS[task],
     }
-    if task == "bone":
+    if calibration:
+        card["calibration"] = {"method": CALIBRATION_METHOD, "ece_bins": DEFAULT_BINS, "heads": calibration,
+                               "note": CALIBRATION_NOTE}
+    held_out = dict(HELD_OUT_PLOTS)
+    if task == "bone" and not mura:
+        held_out["kl_confusion_matrix.png"] = "KL grade confusion matrix (held-out test)"
+    card["plots"] = {"training_curves": dict(curves or {}), "held_out": held_out,
+                     "held_out_command": f"python -m training.model_plots --task {task}"}
+    if task == "bone" and not mura:
         card["metrics"]["binary_definition"] = "NORMAL = KL0, ABNORMAL = KL>=2; KL1 excluded " \
             f"({test.get('kl_excluded_from_binary', 0)} test images)"
         card["metrics"]["n_kl"] = test.get("n_kl")
@@ -256,6 +293,9 @@ def _markdown(card: dict[str, Any]) -> str:
               "|---" * (len(matrix["labels"]) + 1) + "|"]
     for label, row in zip(matrix["labels"], matrix["matrix"], strict=True):
         lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    if "study_kappa" in metrics:
+        lines += ["", f"MURA study level ({metrics['studies']} studies, probability = mean over views): "
+                  f"accuracy {metrics['study_accuracy']}, Cohen's kappa {json.dumps(metrics['study_kappa'])}"]
     if "kl_confusion_matrix" in metrics:
         lines += ["", f"KL grade confusion (n = {metrics['n_kl']}, rows true KL0-4, columns predicted):", "",
                   "| | 0 | 1 | 2 | 3 | 4 |", "|---|---|---|---|---|---|"]
@@ -275,11 +315,40 @@ def _markdown(card: dict[str, Any]) -> str:
         f"- Export parity (Keras vs ONNX Runtime, {card['export']['parity_images']} validation images): "
         f"{json.dumps(card['export']['onnx_keras_parity_max_abs_diff'])}",
         "",
-        "## Limitations",
-        "",
     ]
+    lines += _calibration_lines(card) + _plot_lines(card)
+    lines += ["## Limitations", ""]
     lines += [f"- {item}" for item in card["limitations"]]
     return "\n".join(lines) + "\n"
+
+
+def _calibration_lines(card: dict[str, Any]) -> list[str]:
+    calibration = card.get("calibration")
+    if not calibration:
+        return []
+    lines = ["## Calibration", "", f"Method: {calibration['method']}. {calibration['note']}.", "",
+             "| head | T | split | n | ECE before | ECE after | NLL before | NLL after |",
+             "|---|---|---|---|---|---|---|---|"]
+    for head, values in calibration["heads"].items():
+        for split in ("validation", "test"):
+            if split in values:
+                r = values[split]
+                lines.append(f"| {head} | {values['temperature']:.3f} | {split} | {r['n']} | "
+                             f"{r['ece_before']:.4f} | {r['ece_after']:.4f} | {r['nll_before']:.4f} | "
+                             f"{r['nll_after']:.4f} |")
+    return lines + [""]
+
+
+def _plot_lines(card: dict[str, Any]) -> list[str]:
+    plots = card.get("plots")
+    if not plots:
+        return []
+    lines = ["## Plots", ""]
+    lines += [f"- `{name}`: training curves of the {fit} (loss and accuracy per epoch, training vs "
+              "validation)" for name, fit in plots["training_curves"].items()]
+    lines += [f"- `{name}`: {what}, drawn by `{plots['held_out_command']}`"
+              for name, what in plots["held_out"].items()]
+    return lines + [""]
 
 
 def write(card: dict[str, Any], out: Path) -> None:
@@ -291,8 +360,9 @@ def refresh_text(folder: Path) -> None:
     """Rewrite a card's fixed wording (intended use, limitations, optimizer note) from this module and
     re-render card.md from card.json; measured figures are left exactly as they are."""
     card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
-    card["intended_use"] = INTENDED_USE[card["task"]]
-    card["limitations"] = LIMITATIONS[card["task"]]
+    mura = card["data"].get("dataset") == "mura"
+    card["intended_use"] = INTENDED_USE_MURA if mura else INTENDED_USE[card["task"]]
+    card["limitations"] = LIMITATIONS_MURA if mura else LIMITATIONS[card["task"]]
     if "name" not in card["architecture"]:    # for_architecture cards carry their own optimizer text
         card["training"]["optimizer"] = OPTIMIZER
     card["training"].setdefault("augmentation", "none")   # cards from before augmentation existed

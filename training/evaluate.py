@@ -5,7 +5,9 @@
 
 The LAST line printed is one JSON object: task, n, labels, accuracy, balanced_accuracy, auc,
 confusion_matrix (+ binary: sensitivity, specificity, f1, kappa; skin: macro_f1, mel_sensitivity;
-bone on knee data: KL0 = NORMAL, KL>=2 = ABNORMAL, KL1 excluded, plus kl_grade_accuracy).
+bone on knee data: KL0 = NORMAL, KL>=2 = ABNORMAL, KL1 excluded, plus kl_grade_accuracy; bone on
+MURA: studies, study_accuracy and study_kappa per study type and overall, a study's probability
+being the mean over its views as in the MURA paper).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from training import datasets
+from training import datasets, mura
 from training.datasets import Record
 from training.inference import run_onnx
 from training.metrics import (
@@ -36,30 +38,53 @@ def _metric_set(task: str):
     return binary_metrics()
 
 
+def is_knee(task: str, records: Sequence[Record]) -> bool:
+    """Bone records labelled with KL grades (knee data) rather than MURA's NORMAL / ABNORMAL."""
+    return task == "bone" and all(r.label in datasets.KL_GRADES for r in records)
+
+
+def binary_targets(task: str, records: Sequence[Record]) -> tuple[np.ndarray, np.ndarray]:
+    """(keep, y): which records the `probabilities` head is scored on, and their label indices.
+
+    Everything is kept except KL1 knees, which have no NORMAL/ABNORMAL label.
+    """
+    indices = [label_index(task, r.label) for r in records]
+    keep = np.array([index is not None for index in indices], dtype=bool)
+    return keep, np.array([index for index in indices if index is not None], dtype=int)
+
+
+def outputs_for(task: str, records: Sequence[Record]) -> tuple[str, ...]:
+    return ("probabilities", "kl_probabilities") if is_knee(task, records) else ("probabilities",)
+
+
 def evaluate_records(task: str, model_path: Path, records: Sequence[Record],
                      intervals: bool = False) -> dict[str, Any]:
     """Metrics of the model at `model_path` on `records` (dataset labels: KL grades for knee data)."""
+    outputs = run_onnx(model_path, [r.path for r in records], outputs_for(task, records))
+    return score_outputs(task, records, outputs, intervals)
+
+
+def score_outputs(task: str, records: Sequence[Record], outputs: dict[str, np.ndarray],
+                  intervals: bool = False) -> dict[str, Any]:
+    """Metrics of a model's `outputs` (training.inference.run_onnx of `records`, in order).
+
+    Bone on MURA also gets the MURA paper's study-level figures (mean P(abnormal) over a study's
+    views, Cohen's kappa per study type); bone on knee data the KL grade figures.
+    """
     spec = SPECS[task]
-    knee = task == "bone" and all(r.label in datasets.KL_GRADES for r in records)
-    outputs = ("probabilities", "kl_probabilities") if knee else ("probabilities",)
-    result_outputs = run_onnx(model_path, [r.path for r in records], outputs)
-    probabilities = result_outputs["probabilities"]
-    if knee:
-        y_all = np.array([int(r.label) for r in records])
-        keep = np.array([label_index("bone", r.label) is not None for r in records])
-        y = np.array([label_index("bone", r.label) for r in records if label_index("bone", r.label) is not None])
-    else:
-        keep = np.ones(len(records), dtype=bool)
-        y = np.array([spec.label_codes.index(r.label) for r in records])
-    p = probabilities[keep]
+    keep, y = binary_targets(task, records)
+    p = outputs["probabilities"][keep]
     groups = [r.group for r, k in zip(records, keep, strict=True) if k]
     metrics = _metric_set(task)
     values = with_intervals(metrics, y, p, groups) if intervals else point_values(metrics, y, p)
     result: dict[str, Any] = {"task": task, "n": int(len(y)), "labels": spec.label_codes}
     result.update(values)
     result["confusion_matrix"] = confusion(y, p.argmax(1), len(spec.labels))
-    if knee:
-        kl = result_outputs["kl_probabilities"]
+    if task == "bone" and records and all(mura.is_mura_path(r.path) for r in records):
+        result.update(mura.study_report(mura.images_from_records(records), outputs["probabilities"]))
+    if is_knee(task, records):
+        y_all = np.array([int(r.label) for r in records])
+        kl = outputs["kl_probabilities"]
         kl_metrics = {
             "kl_grade_accuracy": lambda yy, pp: float((pp.argmax(1) == yy).mean()),
             "kl_grade_mae": lambda yy, pp: float(np.abs(pp.argmax(1) - yy).mean()),

@@ -21,30 +21,43 @@ MAX_MODEL_BYTES = 15 * 1024 * 1024
 PARITY_TOLERANCE = 1e-4
 
 
+def _softmax_head(pooled, kernel: np.ndarray, bias: np.ndarray, temperature: float, name: str):
+    """Dense logits -> divide by the temperature -> softmax, the output layer named `name`."""
+    import keras
+
+    if temperature <= 0:
+        raise ValueError(f"{name}: temperature must be positive, got {temperature}")
+    dense = keras.layers.Dense(kernel.shape[1], name=f"{name}_logits")
+    logits = dense(pooled)
+    dense.set_weights([kernel, bias])
+    scaled = keras.layers.Rescaling(1.0 / temperature, name=f"{name}_temperature")(logits)
+    return keras.layers.Activation("softmax", name=name)(scaled)
+
+
 def build_export_model(backbone, kernel: np.ndarray, bias: np.ndarray,
-                       kl_kernel: np.ndarray | None = None, kl_bias: np.ndarray | None = None):
+                       kl_kernel: np.ndarray | None = None, kl_bias: np.ndarray | None = None,
+                       *, temperature: float = 1.0, kl_temperature: float = 1.0):
     """Keras model: image -> probabilities, cam (and kl_probabilities).
 
-    `cam` is the last 7x7x1280 feature map through a 1x1 conv holding the dense head's kernel (no
-    bias), so its spatial mean is the logit minus the bias: the class activation map, which equals
-    Grad-CAM for a GAP + dense head (serving applies ReLU and normalises it).
+    Each head is softmax(logits / T) with its temperature (training.calibration, fitted on the
+    validation split) baked in, so the exported file serves calibrated probabilities; T = 1 is the
+    plain softmax. `cam` is the last 7x7x1280 feature map through a 1x1 conv holding the dense head's
+    kernel (no bias), so its spatial mean is the logit minus the bias: the class activation map,
+    which equals Grad-CAM for a GAP + dense head (serving applies ReLU and normalises it). CAM is
+    not divided by T: serving normalises it, so a positive scale would not change it.
     """
     import keras
 
     n_classes = kernel.shape[1]
     feature_map = backbone.output
     pooled = keras.layers.GlobalAveragePooling2D(name="pooled")(feature_map)
-    dense = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")
-    probabilities = dense(pooled)
-    dense.set_weights([kernel, bias])
+    probabilities = _softmax_head(pooled, kernel, bias, temperature, "probabilities")
     cam_conv = keras.layers.Conv2D(n_classes, 1, use_bias=False, name="cam")
     cam = cam_conv(feature_map)
     cam_conv.set_weights([kernel.reshape(1, 1, *kernel.shape)])
     outputs = [probabilities, cam]
     if kl_kernel is not None:
-        kl_dense = keras.layers.Dense(kl_kernel.shape[1], activation="softmax", name="kl_probabilities")
-        outputs.append(kl_dense(pooled))
-        kl_dense.set_weights([kl_kernel, kl_bias])
+        outputs.append(_softmax_head(pooled, kl_kernel, kl_bias, kl_temperature, "kl_probabilities"))
     return keras.Model(backbone.input, outputs, name="drtech_export")
 
 

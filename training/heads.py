@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
@@ -26,6 +26,9 @@ class TrainedHead:
     l2: float
     val_score: float
     epochs: int
+    # Keras History.history of the fit that produced this head (loss, accuracy, val_loss,
+    # val_accuracy per epoch), drawn by training.plots.training_curves.
+    history: dict[str, list[float]] = field(default_factory=dict)
 
 
 def class_weights(y: np.ndarray, n_classes: int, balanced: bool = True) -> dict[int, float]:
@@ -48,6 +51,7 @@ def softmax_probabilities(features: np.ndarray, kernel: np.ndarray, bias: np.nda
 def train_head(
     x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int,
     score: Callable[[np.ndarray, np.ndarray], float], balanced: bool = True, seed: int = 0,
+    max_epochs: int = 300,
 ) -> TrainedHead:
     """Fit dropout + Dense(softmax) on pooled features; pick the L2 with the best validation `score`."""
     import keras
@@ -61,19 +65,25 @@ def train_head(
             keras.layers.Dense(n_classes, activation="softmax",
                                kernel_regularizer=keras.regularizers.L2(l2) if l2 else None),
         ])
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=15, restore_best_weights=True)
         history = model.fit(
-            x_train, y_train, validation_data=(x_val, y_val), epochs=300, batch_size=64,
+            x_train, y_train, validation_data=(x_val, y_val), epochs=max_epochs, batch_size=64,
             class_weight=class_weights(y_train, n_classes, balanced), callbacks=[stop], verbose=0,
         )
         kernel, bias = model.layers[-1].get_weights()
         value = score(y_val, softmax_probabilities(x_val, kernel, bias))
         log.info("head l2=%g: %d epochs, val score %.4f", l2, len(history.history["loss"]), value)
         if best is None or value > best.val_score:
-            best = TrainedHead(kernel, bias, l2, value, len(history.history["loss"]))
+            best = TrainedHead(kernel, bias, l2, value, len(history.history["loss"]),
+                               _floats(history.history))
     assert best is not None
     return best
+
+
+def _floats(history: dict) -> dict[str, list[float]]:
+    return {key: [float(v) for v in values] for key, values in history.items()}
 
 
 # --- fine-tuning the top blocks on cached intermediate activations ------------------------------
@@ -102,7 +112,8 @@ def _best_on_validation(x_val: np.ndarray, y_val: np.ndarray, score: Callable[[n
                         patience: int):
     """Keras callback: score the validation split each epoch, keep the best weights, stop after
     `patience` epochs without improvement. The (class-weighted) training loss and the task's
-    score disagree on imbalanced data, so the score, not the validation loss, decides."""
+    score disagree on imbalanced data, so the score, not the validation loss, decides. The
+    validation loss and accuracy of the same predictions are kept for the training curves."""
     import keras
 
     class BestOnValidation(keras.callbacks.Callback):
@@ -112,10 +123,17 @@ def _best_on_validation(x_val: np.ndarray, y_val: np.ndarray, score: Callable[[n
             self.best_epoch = -1
             self.best_weights = None
             self.history: list[float] = []
+            self.val_loss: list[float] = []
+            self.val_accuracy: list[float] = []
 
         def on_epoch_end(self, epoch, logs=None):
-            value = score(y_val, self.model.predict(x_val, batch_size=256, verbose=0))
+            predicted = self.model.predict(x_val, batch_size=256, verbose=0)
+            value = score(y_val, predicted)
             self.history.append(round(float(value), 4))
+            # Unweighted cross-entropy, as Keras reports val_loss (class weights apply to training only).
+            chosen = np.clip(predicted[np.arange(len(y_val)), y_val], 1e-7, 1.0)
+            self.val_loss.append(float(-np.log(chosen).mean()))
+            self.val_accuracy.append(float((predicted.argmax(1) == y_val).mean()))
             log.info("fine-tune epoch %d: validation score %.4f", epoch + 1, value)
             if value > self.best_score:
                 self.best_score, self.best_epoch = value, epoch
@@ -156,16 +174,18 @@ def finetune_top(
     x = keras.layers.Dropout(DROPOUT)(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax")(x)
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
     best = _best_on_validation(mid_val.astype(np.float32), y_val, score, patience=4)
-    model.fit(
+    fitted = model.fit(
         mid_train.astype(np.float32), y_train, epochs=epochs, batch_size=32,
         class_weight=class_weights(y_train, n_classes, balanced), callbacks=[best], verbose=2,
     )
     for layer in backbone.layers:
         layer.trainable = False
     kernel, bias = model.layers[-1].get_weights()
-    head = TrainedHead(kernel, bias, 0.0, float(best.best_score), best.best_epoch + 1)
+    history = {**_floats(fitted.history), "val_loss": best.val_loss, "val_accuracy": best.val_accuracy}
+    head = TrainedHead(kernel, bias, 0.0, float(best.best_score), best.best_epoch + 1, history)
     return head, {"best_validation_score": round(float(best.best_score), 4), "best_epoch": best.best_epoch + 1,
             "epochs_run": len(best.history), "validation_score_per_epoch": best.history,
             "learning_rate": learning_rate, "class_weight": "balanced" if balanced else "none"}

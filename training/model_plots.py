@@ -4,13 +4,15 @@
 
 Runs `services/<task>/model/model.onnx` (ONNX Runtime, the serving preprocessing) on the test rows
 of that model's `split.csv` and writes `confusion_matrix.png`, `roc.png` and `reliability.png`
-(bone also `kl_confusion_matrix.png`). Training curves need the Keras history of the run that made
-the model; `training.plots.training_curves` draws them when a run keeps it.
+(bone on knee data also `kl_confusion_matrix.png`); the reliability diagram shows the shipped
+(temperature-scaled) model and, with the T from card.json undone, the model before calibration.
+Training curves (`training_curves*.png`) are written by training.train from the run's Keras history.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,33 +20,28 @@ import numpy as np
 
 from services.core.spec import TaskSpec
 from training import datasets, plots
-from training.evaluate import records_from_split_csv
+from training.calibration import apply_temperature, logits_of_calibrated
+from training.evaluate import binary_targets, is_knee, outputs_for, records_from_split_csv
 from training.inference import run_onnx
 from training.metrics import confusion
 from training.paths import data_dir
-from training.tasks import SPECS, label_index
+from training.tasks import SPECS
 
 
 def write_plots(spec: TaskSpec, root: Path) -> list[Path]:
     """Score the model's held-out test rows and draw its plots; returns the files written."""
     records = records_from_split_csv(spec.model_dir / "split.csv", root, "test")
-    knee = spec.task == "bone"
-    outputs = ("probabilities", "kl_probabilities") if knee else ("probabilities",)
-    scored = run_onnx(spec.model_path, [r.path for r in records], outputs)
+    knee = is_knee(spec.task, records)
+    scored = run_onnx(spec.model_path, [r.path for r in records], outputs_for(spec.task, records))
     probabilities = scored["probabilities"]
-    if knee:
-        keep = np.array([label_index("bone", r.label) is not None for r in records])
-        y = np.array([label_index("bone", r.label) for r in records if label_index("bone", r.label) is not None])
-    else:
-        keep = np.ones(len(records), dtype=bool)
-        y = np.array([spec.label_codes.index(r.label) for r in records])
+    keep, y = binary_targets(spec.task, records)
     p = probabilities[keep]
     names = [label.display_name for label in spec.labels]
     out = spec.model_dir
     written = [
         plots.confusion_matrix(confusion(y, p.argmax(1), len(names)), names, out / "confusion_matrix.png"),
         plots.roc_curves(y, p, names, out / "roc.png"),
-        plots.reliability_diagram({spec.task: p}, y, out / "reliability.png"),
+        plots.reliability_diagram(_before_and_after(spec, p), y, out / "reliability.png"),
     ]
     if knee:
         y_kl = np.array([int(r.label) for r in records])
@@ -55,6 +52,18 @@ def write_plots(spec: TaskSpec, root: Path) -> list[Path]:
                                    title="KL grade confusion matrix (held-out)")
         )
     return written
+
+
+def _before_and_after(spec: TaskSpec, p: np.ndarray) -> dict[str, np.ndarray]:
+    """The shipped probabilities and, when the card records a temperature T baked into the model,
+    the uncalibrated ones they came from (T undone, see calibration.logits_of_calibrated)."""
+    card_path = spec.model_dir / "card.json"
+    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
+    temperature = card.get("calibration", {}).get("heads", {}).get("probabilities", {}).get("temperature")
+    if temperature is None:
+        return {spec.task: p}
+    return {"before temperature scaling": apply_temperature(logits_of_calibrated(p, temperature), 1.0),
+            f"shipped (T = {temperature:.3g})": p}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

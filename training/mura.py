@@ -127,6 +127,31 @@ def as_records(images: Sequence[MuraImage]) -> list[Record]:
     return [Record(image.path, image.label, image.patient_id) for image in images]
 
 
+_STUDY_OF_PATH = re.compile(
+    r"(?:^|/)(?P<split>train|valid)/XR_(?P<type>[A-Z]+)/(?P<patient>patient\d+)/"
+    r"(?P<study>study\d+_(?:positive|negative))/[^/]+$"
+)
+
+
+def is_mura_path(path: Path) -> bool:
+    return _STUDY_OF_PATH.search(Path(path).as_posix()) is not None
+
+
+def images_from_records(records: Sequence[Record]) -> list[MuraImage]:
+    """MuraImage per record (e.g. a split.csv row), its study, patient and type read from the path."""
+    images = []
+    for record in records:
+        match = _STUDY_OF_PATH.search(Path(record.path).as_posix())
+        if match is None:
+            raise DatasetLayoutError(f"not a MURA view path (.../XR_<TYPE>/patientN/studyN_<label>/...): "
+                                     f"{record.path}")
+        if record.label not in MURA_LABELS:
+            raise DatasetLayoutError(f"unknown MURA label {record.label!r} for {record.path}")
+        study_id = f"MURA-v1.1/{match['split']}/XR_{match['type']}/{match['patient']}/{match['study']}"
+        images.append(MuraImage(Path(record.path), record.label, study_id, match["patient"], match["type"]))
+    return images
+
+
 @dataclass(frozen=True)
 class StudyPrediction:
     study_id: str
@@ -182,3 +207,15 @@ def study_kappa(studies: Sequence[StudyPrediction]) -> dict[str, float]:
         else:
             result[name] = float(cohen_kappa_score(y, predicted))
     return result
+
+
+def study_report(images: Sequence[MuraImage], p_abnormal: np.ndarray) -> dict[str, object]:
+    """The MURA paper's study-level figures: studies, accuracy and Cohen's kappa per study type and
+    overall (None where undefined), from the mean P(abnormal) over each study's views."""
+    studies = study_predictions(images, p_abnormal)
+    kappa = study_kappa(studies)
+    return {
+        "studies": len(studies),
+        "study_accuracy": round(float(np.mean([s.predicted == s.y for s in studies])), 4),
+        "study_kappa": {name: None if np.isnan(value) else round(value, 4) for name, value in kappa.items()},
+    }

@@ -9,7 +9,7 @@ from services.bone.spec import SPEC as BONE
 from services.core.spec import TaskSpec
 from services.pneumonia.spec import SPEC as PNEUMONIA
 from services.skin.spec import SPEC as SKIN
-from training import datasets
+from training import datasets, mura
 from training.splits import SplitRecord, train_val_split_with_given_test, train_val_test_split
 
 SPECS: dict[str, TaskSpec] = {"bone": BONE, "skin": SKIN, "pneumonia": PNEUMONIA}
@@ -47,11 +47,40 @@ TASK_DATA = {
 }
 
 
+MURA_DATA = TaskData(
+    source="MURA v1.1 upper-limb radiographs (Stanford ML Group; Rajpurkar et al. 2017), "
+    "labelled normal/abnormal per study",
+    licence="Stanford MURA research use agreement (no redistribution)",
+    split_method="given MURA train split by patient with StratifiedGroupKFold(20 folds, shuffled, seeded): "
+    "17 folds train / 3 val (~85/15); MURA's own valid split (patient-disjoint) is the held-out test",
+)
+
+
+def uses_mura(task: str, data_root: Path) -> bool:
+    """Bone trains on MURA (normal/abnormal per view, no KL grade) when `data_root/MURA-v1.1` exists."""
+    return task == "bone" and (Path(data_root) / "MURA-v1.1").is_dir()
+
+
+def task_data(task: str, data_root: Path) -> TaskData:
+    """What `load_split(task, data_root)` reads, for the model card."""
+    return MURA_DATA if uses_mura(task, data_root) else TASK_DATA[task]
+
+
 def load_split(task: str, data_root: Path) -> list[SplitRecord]:
+    """The task's records split by group (patient or lesion) into train / val / test.
+
+    Bone: MURA when `data_root/MURA-v1.1` exists (its train split -> train/val by patient, its
+    valid split -> test), else the knee KL data.
+    """
     if task == "pneumonia":
         return train_val_test_split(datasets.read_kermany(data_root, "train"))
     if task == "skin":
         return train_val_test_split(datasets.read_ham10000(data_root))
+    if uses_mura(task, data_root):
+        return train_val_split_with_given_test(
+            mura.as_records(mura.read_mura_images(data_root, "train")),
+            mura.as_records(mura.read_mura_images(data_root, "valid")),
+        )
     if task == "bone":
         return train_val_split_with_given_test(
             datasets.read_knee_kl(data_root, "train"), datasets.read_knee_kl(data_root, "val")
@@ -68,7 +97,12 @@ def binary_bone_label(kl_grade: str) -> int | None:
 
 
 def label_index(task: str, label: str) -> int | None:
-    """Index into SPECS[task].labels for a dataset label (None: excluded from the binary head)."""
+    """Index into SPECS[task].labels for a dataset label (None: excluded from the binary head).
+
+    Bone labels are KL grades "0".."4" (knee data) or MURA's NORMAL / ABNORMAL.
+    """
+    if task == "bone" and label in datasets.MURA_LABELS:
+        return datasets.MURA_LABELS.index(label)
     if task == "bone":
         return binary_bone_label(label)
     return SPECS[task].label_codes.index(label)

@@ -7,6 +7,12 @@ Steps: group split (written as split.csv) -> frozen MobileNetV2 features (cached
 fine-tune the top N blocks on cached block-13 activations -> heads (dropout + Dense softmax,
 balanced class weights, early stopping, L2 chosen on val) -> ONNX export with CAM -> parity
 check -> held-out test metrics through ONNX Runtime -> card.json + card.md.
+
+Calibration: each head's temperature T is fitted on its validation logits (training.calibration)
+and baked into model.onnx, so serving, the held-out test metrics and the card's test ECE all come
+from the calibrated model. Every Keras fit kept (heads, fine-tuning) is drawn as
+training_curves*.png next to the model. Bone trains on MURA (normal/abnormal, no KL head) when the
+data root holds MURA-v1.1/, else on the knee KL data.
 """
 
 from __future__ import annotations
@@ -20,14 +26,17 @@ from pathlib import Path
 import numpy as np
 
 from training import card as model_card
+from training import plots
 from training.backbone import build_backbone
-from training.evaluate import evaluate_records
+from training.calibration import fit_temperature, logits_of_calibrated, temperature_report
+from training.evaluate import binary_targets, outputs_for, score_outputs
 from training.features import MID_LAYER, Features, extract, load_image
 from training.heads import finetune_top, pooled_from_mid, softmax_probabilities, train_head
 from training.metrics import binary_metrics, multiclass_metrics, point_values
 from training.paths import PROJECT_ROOT, data_dir
 from training.splits import SEED, counts, write_split_csv
-from training.tasks import SPECS, label_index, load_split
+from training.inference import run_onnx
+from training.tasks import SPECS, label_index, load_split, uses_mura
 
 log = logging.getLogger("training.train")
 PARITY_IMAGES = 128
@@ -96,18 +105,20 @@ def main(argv: list[str] | None = None) -> int:
                             else features.seconds + extra.seconds)
         dataset_labels += train_labels
         is_train = np.concatenate([is_train, np.ones(len(train_paths), dtype=bool)])
+    # Knee data carries KL grades (a second, KL head); MURA is normal/abnormal only.
+    has_kl = task == "bone" and not uses_mura(task, root)
     finetune_info = None
     if args.finetune_blocks:
-        # Bone fine-tunes on the KL grade (all images); the other tasks on their own labels.
-        y_ft = np.array([int(lab) for lab in dataset_labels]) if task == "bone" else \
+        # Bone on knees fine-tunes on the KL grade (all images); the other tasks on their own labels.
+        y_ft = np.array([int(lab) for lab in dataset_labels]) if has_kl else \
             np.array([label_index(task, lab) for lab in dataset_labels])
-        n_ft = 5 if task == "bone" else len(spec.labels)
+        n_ft = 5 if has_kl else len(spec.labels)
         # Bone fine-tunes for exact KL grade (unweighted, scored by accuracy); the others for
         # balanced accuracy with balanced class weights.
         finetune_head, finetune_info = finetune_top(
             backbone, features.mid[is_train], y_ft[is_train], features.mid[~is_train], y_ft[~is_train],
-            n_ft, args.finetune_blocks, score=_accuracy if task == "bone" else _balanced_accuracy,
-            balanced=task != "bone", epochs=args.finetune_epochs, learning_rate=args.finetune_lr, seed=SEED,
+            n_ft, args.finetune_blocks, score=_accuracy if has_kl else _balanced_accuracy,
+            balanced=not has_kl, epochs=args.finetune_epochs, learning_rate=args.finetune_lr, seed=SEED,
             mid_layer=args.mid_layer)
         finetune_info["blocks"] = args.finetune_blocks
         finetune_info["from_cached_layer"] = args.mid_layer
@@ -119,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     y = np.array([-1 if label_index(task, lab) is None else label_index(task, lab) for lab in dataset_labels])
     used = y >= 0
     tr, va = is_train & used, ~is_train & used
-    head = train_head(pooled[tr], y[tr], pooled[va], y[va], len(spec.labels), _balanced_accuracy, seed=SEED)
+    head = refit_head = train_head(pooled[tr], y[tr], pooled[va], y[va], len(spec.labels), _balanced_accuracy,
+                                   seed=SEED)
     head_source = "head refit on pooled features"
-    if finetune_info and task != "bone" and finetune_head.val_score > head.val_score:
+    if finetune_info and not has_kl and finetune_head.val_score > head.val_score:
         # The head trained jointly with the fine-tuned blocks can beat one refit on their output.
         head, head_source = finetune_head, "head trained jointly with the fine-tuned blocks"
     val_probabilities = softmax_probabilities(pooled[va], head.kernel, head.bias)
@@ -130,12 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     heads_info = {"probabilities": {"l2": head.l2, "epochs": head.epochs, "class_weight": "balanced",
                                     "dropout": 0.3, "source": head_source,
                                     "selected_by": "validation balanced accuracy"}}
-    kl_kernel = kl_bias = None
-    if task == "bone":
+    kl_kernel = kl_bias = kl_head = None
+    if has_kl:
         kl = np.array([int(lab) for lab in dataset_labels])
         # Exact-grade accuracy is the KL target, so this head is fit without class re-weighting.
-        kl_head = train_head(pooled[is_train], kl[is_train], pooled[~is_train], kl[~is_train], 5, _accuracy,
-                             balanced=False, seed=SEED)
+        kl_head = kl_refit = train_head(pooled[is_train], kl[is_train], pooled[~is_train], kl[~is_train], 5,
+                                        _accuracy, balanced=False, seed=SEED)
         kl_source = "head refit on pooled features"
         if finetune_info and finetune_head.val_score > kl_head.val_score:
             kl_head, kl_source = finetune_head, "head trained jointly with the fine-tuned blocks"
@@ -145,6 +157,35 @@ def main(argv: list[str] | None = None) -> int:
                                           "dropout": 0.3, "source": kl_source,
                                           "selected_by": "validation KL exact accuracy"}
     log.info("validation: %s", json.dumps(validation))
+
+    # Temperature scaling, one T per head, fitted on validation logits only (never on test rows).
+    val_logits = pooled[va] @ head.kernel + head.bias
+    temperature = round(fit_temperature(val_logits, y[va]), 6)
+    calibration = {"probabilities": {"temperature": temperature,
+                                     "validation": temperature_report(val_logits, y[va], temperature)}}
+    kl_temperature = 1.0
+    if kl_head is not None:
+        kl_val_logits = pooled[~is_train] @ kl_kernel + kl_bias
+        kl_temperature = round(fit_temperature(kl_val_logits, kl[~is_train]), 6)
+        calibration["kl_probabilities"] = {
+            "temperature": kl_temperature,
+            "validation": temperature_report(kl_val_logits, kl[~is_train], kl_temperature)}
+    log.info("calibration on validation: %s", json.dumps(calibration))
+
+    # Training curves of every fit the run kept (the L2 grid's other fits are not kept).
+    fits = {"training_curves.png": ("probabilities head (refit on pooled features)", refit_head,
+                                    "probabilities head")}
+    if kl_head is not None:
+        fits["training_curves_kl.png"] = ("kl_probabilities head (refit on pooled features)", kl_refit,
+                                          "KL grade head")
+    if finetune_info:
+        fits["training_curves_finetune.png"] = ("fine-tuning of the top blocks with its own head",
+                                                finetune_head, "fine-tuning")
+    curves = {}
+    for name, (fit, trained, title) in fits.items():
+        if trained.history:
+            plots.training_curves(trained.history, out / name, title=title)
+            curves[name] = fit
     # Extraction time is stored with the cached features, so a rerun still reports it.
     fit_seconds = time.monotonic() - started
     timing = {"feature_extraction_seconds": None if features.seconds is None else round(features.seconds, 1),
@@ -152,21 +193,32 @@ def main(argv: list[str] | None = None) -> int:
 
     from training.export import build_export_model, onnx_interface, parity, to_onnx
 
-    export_model = build_export_model(backbone, head.kernel, head.bias, kl_kernel, kl_bias)
+    export_model = build_export_model(backbone, head.kernel, head.bias, kl_kernel, kl_bias,
+                                      temperature=temperature, kl_temperature=kl_temperature)
     onnx_path = to_onnx(export_model, out / "model.onnx")
     val_paths = [s.record.path for s in train_val if s.split == "val"][:PARITY_IMAGES]
     differences = parity(export_model, onnx_path, np.stack([load_image(p) for p in val_paths]))
     log.info("parity on %d validation images: %s", len(val_paths), differences)
 
     test_records = [s.record for s in split if s.split == "test"]
-    test = evaluate_records(task, onnx_path, test_records, intervals=True)
+    # Held-out metrics and test calibration from the exported, calibrated model's own outputs.
+    test_outputs = run_onnx(onnx_path, [r.path for r in test_records], outputs_for(task, test_records))
+    test = score_outputs(task, test_records, test_outputs, intervals=True)
     log.info("held-out test: %s", json.dumps(test))
+    keep, y_test = binary_targets(task, test_records)
+    calibration["probabilities"]["test"] = temperature_report(
+        logits_of_calibrated(test_outputs["probabilities"][keep], temperature), y_test, temperature)
+    if kl_head is not None:
+        calibration["kl_probabilities"]["test"] = temperature_report(
+            logits_of_calibrated(test_outputs["kl_probabilities"], kl_temperature),
+            np.array([int(r.label) for r in test_records]), kl_temperature)
+    log.info("calibration: %s", json.dumps(calibration))
     card = model_card.build(
         task=task, split=split, validation=validation, test=test, heads=heads_info,
         finetune=finetune_info, parameters=int(export_model.count_params()),
         timing=timing, augmentation=args.augment, parity=differences, parity_images=len(val_paths),
         interface=onnx_interface(onnx_path), model_bytes=onnx_path.stat().st_size,
-        data_root=root,
+        data_root=root, calibration=calibration, curves=curves, mura=uses_mura(task, root),
     )
     model_card.write(card, out)
     log.info("wrote %s (%s bytes) and card to %s", onnx_path, onnx_path.stat().st_size,

@@ -11,7 +11,7 @@ from scipy import special
 
 from training.calibration import (
     apply_temperature, expected_calibration_error, fit_temperature, logits_from_probabilities,
-    negative_log_likelihood, reliability_bins, with_temperature,
+    logits_of_calibrated, negative_log_likelihood, reliability_bins, temperature_report, with_temperature,
 )
 
 
@@ -53,6 +53,32 @@ def test_calibrated_logits_keep_a_temperature_of_about_one(make):
     logits, y = make()
 
     assert fit_temperature(logits, y) == pytest.approx(1.0, abs=0.06)
+
+
+def test_the_report_gives_ece_and_nll_before_and_after_the_fitted_temperature():
+    logits, y = _calibrated_multiclass(n=3000)
+    over_confident = 4.0 * logits
+    temperature = fit_temperature(over_confident, y)
+
+    report = temperature_report(over_confident, y, temperature)
+
+    assert set(report) == {"n", "ece_before", "ece_after", "nll_before", "nll_after"}
+    assert report["n"] == 3000
+    assert report["nll_after"] < report["nll_before"]
+    assert report["ece_after"] < report["ece_before"]
+    assert report["ece_before"] == pytest.approx(
+        expected_calibration_error(apply_temperature(over_confident, 1.0), y, 15), abs=1e-4)
+
+
+@pytest.mark.parametrize("make", [_calibrated_multiclass, _calibrated_binary])
+def test_a_calibrated_models_outputs_give_back_the_uncalibrated_ones(make):
+    logits, _ = make(n=200)
+    shipped = apply_temperature(logits, 2.0).astype(np.float32)      # what the exported model outputs
+
+    recovered = logits_of_calibrated(shipped, 2.0)
+
+    np.testing.assert_allclose(apply_temperature(recovered, 1.0), apply_temperature(logits, 1.0), atol=1e-4)
+    np.testing.assert_allclose(apply_temperature(recovered, 2.0), shipped, atol=1e-6)
 
 
 def test_temperature_never_changes_the_predicted_class():

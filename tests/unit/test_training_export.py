@@ -66,3 +66,31 @@ def test_bone_export_adds_kl_probabilities(tmp_path):
     kl = session.run(["kl_probabilities"], {"input": _images(3)})[0]
     assert kl.shape == (3, 5)
     np.testing.assert_allclose(kl.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_the_exported_probabilities_are_the_softmax_of_the_logits_over_each_heads_temperature(tmp_path):
+    import onnxruntime as ort
+
+    from training.calibration import apply_temperature
+    from training.export import build_export_model, parity, to_onnx
+
+    rng = np.random.default_rng(3)
+    kernel, bias = rng.normal(0, 3, (8, 2)).astype(np.float32), rng.normal(0, 1, 2).astype(np.float32)
+    kl_kernel, kl_bias = rng.normal(0, 3, (8, 5)).astype(np.float32), rng.normal(0, 1, 5).astype(np.float32)
+    backbone = _tiny_backbone()
+    model = build_export_model(backbone, kernel, bias, kl_kernel, kl_bias, temperature=2.5, kl_temperature=0.6)
+
+    path = to_onnx(model, tmp_path / "model.onnx")
+    parity(model, path, _images())
+
+    images = _images(6)
+    pooled = backbone.predict(images, verbose=0).mean(axis=(1, 2))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    probabilities, cam, kl = session.run(["probabilities", "cam", "kl_probabilities"], {"input": images})
+    np.testing.assert_allclose(probabilities, apply_temperature(pooled @ kernel + bias, 2.5), atol=1e-5)
+    np.testing.assert_allclose(kl, apply_temperature(pooled @ kl_kernel + kl_bias, 0.6), atol=1e-5)
+    # the CAM stays the unscaled head (serving normalises it), and the temperature really moved the output
+    np.testing.assert_allclose(cam.mean(axis=(1, 2)) + bias, pooled @ kernel + bias, atol=1e-4)
+    assert np.abs(probabilities - apply_temperature(pooled @ kernel + bias, 1.0)).max() > 0.01
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        build_export_model(backbone, kernel, bias, temperature=0.0)

@@ -1,16 +1,22 @@
 """MURA v1.1 in its own layout: records per view, study-level probability = mean over views,
-Cohen's kappa per study type and overall (as in the MURA paper); clear errors on a wrong layout."""
+Cohen's kappa per study type and overall (as in the MURA paper); clear errors on a wrong layout;
+the bone task's split of MURA by patient, and the study-level figures `training.evaluate` reports."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import json
+from collections import defaultdict
+
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 
 from training.datasets import DatasetLayoutError
 from training.mura import as_records, read_labeled_studies, read_mura_images, study_kappa, study_predictions
+from training.tasks import load_split
 
 # (study type, patient, study folder, P(abnormal) of each view the "model" gives)
 VALID_STUDIES = [
@@ -151,3 +157,77 @@ def test_an_unlabelled_study_a_missing_view_or_a_foreign_path_is_refused(tmp_pat
         read_mura_images(tmp_path, "valid", check_files=False)
     with pytest.raises(ValueError, match="unknown MURA split"):
         read_mura_images(tmp_path, "test")
+
+
+# 30 training patients over three study types; patient 7n has a second study (another type), so a
+# patient-level split must keep both studies together.
+TRAIN_STUDIES = [
+    (("ELBOW", "WRIST", "HAND")[n % 3], f"patient{n:05d}", f"study1_{'positive' if n % 2 else 'negative'}",
+     [0.5] * (1 + n % 3))
+    for n in range(1, 31)
+] + [("SHOULDER", f"patient{n:05d}", "study2_positive", [0.5]) for n in range(7, 31, 7)]
+
+
+def test_bone_splits_mura_train_by_patient_and_holds_out_mura_valid(tmp_path: Path):
+    _write_mura(tmp_path, "train", TRAIN_STUDIES)
+    _write_mura(tmp_path, "valid")
+
+    split = load_split("bone", tmp_path)
+
+    split_of_patient = defaultdict(set)
+    for item in split:
+        split_of_patient[item.record.group].add(item.split)
+    assert all(len(splits) == 1 for splits in split_of_patient.values())          # patient-disjoint
+    assert {item.split for item in split} == {"train", "val", "test"}
+    test_paths = sorted(item.record.path for item in split if item.split == "test")
+    assert test_paths == sorted(image.path for image in read_mura_images(tmp_path, "valid"))
+    assert len(split) - len(test_paths) == len(read_mura_images(tmp_path, "train"))
+    assert {item.record.label for item in split} == {"NORMAL", "ABNORMAL"}      # no KL grades on MURA
+
+
+def _brightness_model() -> onnx.ModelProto:
+    """A stand-in model with P(abnormal) = sigmoid(10 * (mean input + 0.5)). On the fixture's grey views
+    (image n has grey level 40n, input 40n/127.5 - 1): view 1 -> 0.13, view 2 -> 0.78, view 3 -> 0.99."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    constants = {"axes": np.array([1, 2, 3], np.int64), "offset": np.array(0.5, np.float32),
+                 "scale": np.array(10.0, np.float32), "zero": np.array(0.0, np.float32),
+                 "column": np.array([1], np.int64)}
+    nodes = [
+        helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=0),
+        helper.make_node("Add", ["mean", "offset"], ["shifted"]),
+        helper.make_node("Mul", ["shifted", "scale"], ["logit"]),
+        helper.make_node("Unsqueeze", ["logit", "column"], ["abnormal"]),
+        helper.make_node("Mul", ["abnormal", "zero"], ["normal"]),
+        helper.make_node("Concat", ["normal", "abnormal"], ["logits"], axis=1),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "brightness", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 224, 224, 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])],
+        initializer=[numpy_helper.from_array(value, name) for name, value in constants.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    return model
+
+
+def test_evaluate_reports_study_probability_as_the_mean_of_views_and_kappa_per_study_type(tmp_path, capsys):
+    from training.evaluate import main
+
+    _write_mura(tmp_path, "valid")
+    onnx.save(_brightness_model(), tmp_path / "model.onnx")
+
+    code = main(["--task", "bone", "--data", str(tmp_path), "--model", str(tmp_path / "model.onnx")])
+
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n"] == 12 and result["labels"] == ["NORMAL", "ABNORMAL"]
+    assert "kl_grade_accuracy" not in result
+    # Study means (views 0.13 / 0.78 / 0.99): ELBOW 11001 (1) .46 -> 0, 11002 (0) .63 -> 1,
+    # 11003 (1) .46 -> 0, 11004 (0) .13 -> 0; WRIST 11001 (1) .46 -> 0, 11005 (0) .46 -> 0.
+    # (The max over views would call 11001 and 11003 abnormal instead.)
+    assert result["studies"] == 6
+    assert result["study_accuracy"] == pytest.approx(2 / 6, abs=1e-4)
+    # ELBOW: y 1,0,1,0 vs 0,1,0,0: p_o = 1/4, p_e = .5*.25 + .5*.75 = .5 -> -0.5
+    # WRIST: y 1,0 vs 0,0: p_o = 1/2, p_e = .5 -> 0; overall: p_o = 2/6, p_e = .5*(1/6) + .5*(5/6) -> -1/3
+    assert result["study_kappa"] == pytest.approx({"ELBOW": -0.5, "WRIST": 0.0, "overall": -1 / 3}, abs=1e-4)

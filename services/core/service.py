@@ -19,7 +19,7 @@ from services.core import heatmap, metrics
 from services.core.batching import Batcher
 from services.core.errors import ModelNotReady
 from services.core.imaging import SUPPORTED_MEDIA_TYPES, ImageLimits, read_image
-from services.core.preprocessing import to_model_input
+from services.core.preprocessing import draft_size_for, to_model_input
 from services.core.runtime import ModelContractError, ModelRuntime, Prediction, open_model
 from services.core.settings import ServingSettings
 from services.core.spec import TaskSpec
@@ -129,10 +129,10 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
     ) -> diagnosis_pb2.DiagnoseResponse:
         loaded = self.loaded
         request_id = request.request_id or uuid.uuid4().hex
-        # Draft-decode big JPEGs to no less than twice the model's input (its own size, from the
-        # model file): much faster, same result after the resize in to_model_input.
-        width, height = loaded.model.input_size
-        decoded = read_image(request.image, request.media_type, self.limits, (2 * width, 2 * height))
+        # Draft-decode big JPEGs (model input size from the model file): much faster, nearly the
+        # same model input after the resize in to_model_input.
+        draft = draft_size_for(loaded.model.input_size)
+        decoded = read_image(request.image, request.media_type, self.limits, draft)
         batcher = self._batcher
         if batcher is None:
             raise ModelNotReady(f"the {self.spec.task} model is not loaded")

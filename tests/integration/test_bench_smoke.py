@@ -13,7 +13,9 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.serving import ceiling, cpu_costs, grpc_loads, markdown, sample_jpeg, targets
+from benchmarks.serving import (
+    ceiling, cpu_costs, grpc_loads, markdown, recheck_ceiling, sample_jpeg, targets,
+)
 from gateway.settings import GatewaySettings
 from gateway.testing import start_gateway
 from services.core.server import start_server
@@ -28,12 +30,15 @@ def test_bench_measures_a_real_service_and_reports_ratios_and_targets(tmp_path: 
     running = start_server(spec, ServingSettings(intra_op_threads=1, warmup_runs=1, grace_seconds=0), port=0)
     try:
         top = ceiling(spec.model_dir, spec, seconds=0.1, batch_sizes=(1, 2), cores=2)
+        first_best = top["images_per_s"]
+        top = recheck_ceiling(spec.model_dir, spec, 0.1, top)
         loads = asyncio.run(grpc_loads(running.target, sample_jpeg(256), (1, 2), seconds=0.3))
         costs = cpu_costs(spec.model_dir, spec, sample_jpeg(256), runs=2)
     finally:
         running.stop(grace=0)
     assert len(top["configurations"]) == 4 and top["images_per_s"] > 0
-    assert top["configurations"][top["best"]]["images_per_s"] == top["images_per_s"]
+    assert top["configurations"][top["best"]]["images_per_s"] == first_best == top["first_images_per_s"]
+    assert top["images_per_s"] == max(first_best, top["recheck_images_per_s"])   # the stricter reference
     assert costs["model_cpu_ms"] > 0 and costs["decode_and_preprocess_cpu_ms"] > 0
     assert [load["concurrency"] for load in loads] == [1, 2]
     assert all(load["calls"] > 0 and load["errors"] == 0 and load["p99_ms"] >= load["p50_ms"] for load in loads)
@@ -49,6 +54,8 @@ def test_bench_measures_a_real_service_and_reports_ratios_and_targets(tmp_path: 
     assert "pneumonia: service c2 / ceiling" in names and "pneumonia: service peak RSS MiB" in names
     text = markdown(report)
     assert "| service (gRPC) | 2 |" in text and "CPU per image, one thread" in text
+    assert "gateway path" in text and "of the ceiling" in text   # what bounds each ratio
+    assert "again after them" in text
 
 
 def test_gateway_answers_kept_alive_requests_without_nagle_delay(tmp_path: Path) -> None:

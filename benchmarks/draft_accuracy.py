@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from services.core.imaging import read_image
-from services.core.preprocessing import to_model_input
+from services.core.preprocessing import draft_size_for, to_model_input
 from services.core.runtime import OnnxModel
 from training.evaluate import records_from_split_csv
 from training.paths import data_dir
@@ -74,7 +74,7 @@ def resaved_jpeg(data: bytes) -> bytes:
 
 
 def probabilities(model: OnnxModel, uploads: Sequence[bytes], draft: tuple[int, int] | None) -> np.ndarray:
-    size = model.spec.input_size
+    size = model.input_size
     rows = []
     for start in range(0, len(uploads), BATCH):
         batch = np.stack([
@@ -95,10 +95,8 @@ def compare(reference: np.ndarray, other: np.ndarray) -> dict[str, Any]:
 
 
 def measure(task: str, root: Path, limit: int, sides: Sequence[int]) -> list[dict[str, Any]]:
-    spec = SPECS[task]
-    model = OnnxModel(spec)
-    width, height = spec.input_size
-    drafts = {"draft2x": (2 * width, 2 * height), "draft1x": (width, height)}
+    model = OnnxModel(SPECS[task])
+    drafts = {"draft2x": draft_size_for(model.input_size), "draft1x": model.input_size}
     paths = val_paths(task, root, limit)
     stored = [p.read_bytes() for p in paths]
     as_stored = probabilities(model, stored, None)

@@ -216,7 +216,8 @@ def ceiling(
         model = open_model(spec, intra_op_threads=threads, spinning=streams == 1)
         model.warm_up(2)
         for size in batch_sizes:
-            batch = rng.uniform(-1, 1, (size, 224, 224, 3)).astype(np.float32)
+            width, height = model.input_size
+            batch = rng.uniform(-1, 1, (size, height, width, 3)).astype(np.float32)
             rows[f"{streams} run(s) x {threads} thread(s), batch {size}"] = {
                 "runs": streams, "threads": threads, "batch_size": size,
                 "images_per_s": _run_rate(model, batch, streams, seconds),
@@ -238,7 +239,8 @@ def recheck_ceiling(model_dir: Path, spec: Any, seconds: float, measured: dict) 
     model = open_model(replace(spec, model_dir=model_dir), intra_op_threads=best["threads"],
                        spinning=best["runs"] == 1)
     model.warm_up(2)
-    batch = np.random.default_rng(0).uniform(-1, 1, (best["batch_size"], 224, 224, 3)).astype(np.float32)
+    width, height = model.input_size
+    batch = np.random.default_rng(0).uniform(-1, 1, (best["batch_size"], height, width, 3)).astype(np.float32)
     again = _run_rate(model, batch, best["runs"], seconds)
     first = measured["images_per_s"]
     return {**measured, "first_images_per_s": first, "recheck_images_per_s": again,
@@ -249,7 +251,7 @@ def cpu_costs(model_dir: Path, spec: Any, image: bytes, runs: int = 30) -> dict[
     """CPU ms per image, one thread: the model alone (batch 1) and the service's own decoding and
     pre-processing of `image`. Their ratio bounds how close a CPU-bound service gets to the ceiling."""
     from services.core.imaging import read_image
-    from services.core.preprocessing import to_model_input
+    from services.core.preprocessing import draft_size_for, to_model_input
     from services.core.runtime import open_model
 
     spec = replace(spec, model_dir=model_dir)
@@ -257,8 +259,8 @@ def cpu_costs(model_dir: Path, spec: Any, image: bytes, runs: int = 30) -> dict[
     width, height = model.input_size
     batch = np.zeros((1, height, width, 3), np.float32)
 
-    def prepare() -> None:
-        to_model_input(read_image(image, None, draft_size=(2 * width, 2 * height)).image, model.input_size)
+    def prepare() -> None:   # what the service does with an upload (services/core/service.py)
+        to_model_input(read_image(image, None, draft_size=draft_size_for(model.input_size)).image, model.input_size)
 
     costs = {}
     for name, work in (("model_cpu_ms", lambda: model.run(batch)), ("decode_and_preprocess_cpu_ms", prepare)):
@@ -277,11 +279,12 @@ def session_options(model_dir: Path, spec: Any, seconds: float, cores: int | Non
 
     cores = cores or len(os.sched_getaffinity(0))
     spec = replace(spec, model_dir=model_dir)
-    batch = np.random.default_rng(0).uniform(-1, 1, (1, 224, 224, 3)).astype(np.float32)
     rates = {}
     for level in ("basic", "extended", "all"):
         for arena in (True, False):
             model = open_model(spec, intra_op_threads=1, graph_optimization=level, memory_arena=arena)
+            width, height = model.input_size
+            batch = np.random.default_rng(0).uniform(-1, 1, (1, height, width, 3)).astype(np.float32)
             rates[f"graph_optimization={level} memory_arena={arena}"] = _run_rate(model, batch, cores, seconds)
     return rates
 

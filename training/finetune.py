@@ -333,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--class-weight", choices=("balanced", "none"),
                         help="default: none for bone (exact KL grade accuracy), balanced otherwise")
     parser.add_argument("--patience", type=int, default=6, help="EarlyStopping patience (epochs)")
+    parser.add_argument("--init-weights", type=Path,
+                        help="start from these model.weights.h5 (a previous run of the same --task/--arch)")
+    parser.add_argument("--reduce-lr-patience", type=int, default=2)
     parser.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this wall time")
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args(argv)
@@ -344,13 +347,15 @@ def main(argv: list[str] | None = None) -> int:
         task=task, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, class_weight=class_weight,
         monitor="val_accuracy" if task == "bone" else "val_balanced_accuracy",
-        early_stopping_patience=args.patience, max_minutes=args.max_minutes, reduce_lr_patience=2, reduce_lr_factor=0.3, seed=args.seed,
+        early_stopping_patience=args.patience, max_minutes=args.max_minutes, reduce_lr_patience=args.reduce_lr_patience, reduce_lr_factor=0.3, seed=args.seed,
     )
     root = data_dir(args.data)
     split = load_split(task, root)
     args.out.mkdir(parents=True, exist_ok=True)
     write_split_csv(split, args.out / "split.csv", root)
     model = build_model(args.arch, task, args.weights)
+    if args.init_weights:
+        model.load_weights(args.init_weights)
     record = fit(model, task, split, args.out, settings, AUGMENTATIONS[task], input_size_of(args.arch))
     log.info("best epoch %d of %d: %s %.4f; fit %.0f s on %s", record["best_epoch"], record["epochs_run"],
              settings.monitor, record["best_validation_score"], record["fit_seconds"], record["device"])

@@ -59,6 +59,11 @@ def measure(stack: dict[str, Process], path: str, task: str, image: bytes, secon
     return asyncio.run(loads)[0]
 
 
+def process_name(name: str) -> str:
+    """"before-gateway" -> "gateway": the same process of either side gets the same name."""
+    return name.split("-", 1)[1]
+
+
 def gray_jpeg(image: bytes) -> bytes:
     """The same picture as a one-channel JPEG (how radiographs usually arrive)."""
     from PIL import Image
@@ -69,7 +74,9 @@ def gray_jpeg(image: bytes) -> bytes:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--before", type=Path, required=True, help="the other checkout (its protos built)")
     parser.add_argument("--task", choices=TASKS, default="pneumonia")
     parser.add_argument("--rounds", type=int, default=4)
@@ -96,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for side in order:
                     row = measure(stacks[side], path, args.task, image, args.seconds)
                     rows.setdefault((path, side), []).append(row)
-                    cpu = ", ".join(f"{name.split('-', 1)[1]} {ms}" for name, ms in row["server_cpu_ms_per_image"].items())
+                    cpu = ", ".join(f"{process_name(name)} {ms}"
+                                    for name, ms in row["server_cpu_ms_per_image"].items())
                     print(f"round {round_index + 1} {path:7s} {side:6s} {row['images_per_s']:6.1f} img/s  "
                           f"p50 {row['p50_ms']:6.1f} ms  client cores {row['client_cores']:.2f}  "
                           f"server CPU ms/image: {cpu}  errors {row['errors']}", flush=True)
@@ -108,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for (path, side), measured in rows.items():
         names = measured[0]["server_cpu_ms_per_image"]
         cpu = ", ".join(
-            f"{name.split('-', 1)[1]} {statistics.median(row['server_cpu_ms_per_image'][name] for row in measured):.1f}"
+            f"{process_name(name)} "
+            f"{statistics.median(row['server_cpu_ms_per_image'][name] for row in measured):.1f}"
             for name in names
         )
         print(f"| {path} | {side} | {statistics.median(row['images_per_s'] for row in measured):.1f} | "

@@ -123,7 +123,9 @@ def measure(task: str, root: Path, limit: int, sides: Sequence[int]) -> list[dic
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", help="dataset root (default: DRTECH_DATA_DIR or ../shared/data)")
     parser.add_argument("--tasks", nargs="+", choices=sorted(SPECS), default=["bone", "skin", "pneumonia"])
     parser.add_argument("--images", type=int, default=400, help="validation images per task (0 = all)")
@@ -135,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no dataset root at {root} (set --data or DRTECH_DATA_DIR)", file=sys.stderr)
         return 2
     rows = [row for task in args.tasks for row in measure(task, root, args.images, args.sides)]
-    print("\n| task | images | upload | decoding | against | max abs delta p | mean abs delta p | top label changed |")
+    print("\n| task | images | upload | decoding | against | max abs delta p | mean abs delta p "
+          "| top label changed |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['task']} | {row['images']} | {row['upload']} | {row['decoding']} | {row['against']} | "

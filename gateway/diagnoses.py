@@ -133,7 +133,9 @@ async def run_model(ctx: GatewayContext, record: Diagnosis, data: bytes) -> tupl
     return record, None
 
 
-def keep_upload_and_record(ctx: GatewayContext, session: Session, record: Diagnosis, data: bytes) -> Diagnosis:
+def keep_upload_and_record(
+    ctx: GatewayContext, session: Session, record: Diagnosis, data: bytes
+) -> Diagnosis:
     """Store the upload, then its record. Blocking: one thread hand-off for the three steps, which
     as separate hand-offs cost the gateway ~0.2 ms of CPU each (`python -m benchmarks.ab`)."""
     record.image_sha256 = ctx.uploads.put(data)

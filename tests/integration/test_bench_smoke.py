@@ -57,6 +57,12 @@ def test_bench_measures_a_real_service_and_reports_ratios_and_targets(tmp_path: 
     assert "gateway path" in text and "of the ceiling" in text   # what bounds each ratio
     assert "again after them" in text
 
+    # A ceiling that moved during the run marks the ratio targets as unreliable, whatever they show.
+    moved = {**top, "first_images_per_s": 100.0, "recheck_images_per_s": 50.0}
+    results["models"]["pneumonia"]["ceiling"] = moved
+    ratio_checks = [check for check in targets(results) if check["target"].endswith("/ ceiling")]
+    assert ratio_checks and all(check["note"].startswith("unreliable") for check in ratio_checks)
+
 
 def test_gateway_answers_kept_alive_requests_without_nagle_delay(tmp_path: Path) -> None:
     dead = f"127.0.0.1:{free_port()}"

@@ -294,6 +294,19 @@ def fit(
     return record
 
 
+def _record_previous_run(history_file: Path, init_weights: Path) -> None:
+    """A continued run keeps the history of the run(s) it started from, so the card shows them all."""
+    record = json.loads(history_file.read_text(encoding="utf-8"))
+    record["init_weights"] = str(init_weights)
+    previous = init_weights.parent / "history.json"
+    if previous.is_file():
+        earlier = json.loads(previous.read_text(encoding="utf-8"))
+        summary = {key: earlier[key] for key in ("settings", "best_epoch", "epochs_run", "best_validation_score",
+                                                  "fit_seconds", "device", "keras_backend")}
+        record["previous_runs"] = [*earlier.get("previous_runs", []), summary]
+    history_file.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
 def _device_description() -> str:
     """Where the run trained: the GPU's name under PyTorch, else the CPU."""
     import keras
@@ -357,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.init_weights:
         model.load_weights(args.init_weights)
     record = fit(model, task, split, args.out, settings, AUGMENTATIONS[task], input_size_of(args.arch))
+    if args.init_weights:
+        _record_previous_run(args.out / "history.json", args.init_weights)
     log.info("best epoch %d of %d: %s %.4f; fit %.0f s on %s", record["best_epoch"], record["epochs_run"],
              settings.monitor, record["best_validation_score"], record["fit_seconds"], record["device"])
     return 0

@@ -1,7 +1,12 @@
 """Train, export and document one shipped model.
 
     python -m training.train --task {bone,skin,pneumonia} --data DIR [--out services/T/model]
-        [--finetune-blocks N]
+        [--finetune-blocks N | --backbone-weights RUN/model.weights.h5]
+    python -m training.train --task {skin,pneumonia} --arch NAME ...   (training.arch_training)
+
+`--backbone-weights` takes a `python -m training.finetune` run (end-to-end fine-tuning of the whole
+MobileNetV2, e.g. on a GPU): its backbone replaces the ImageNet one below and its own head joins
+the candidate heads. `--arch` trains one of training.architectures end to end instead.
 
 Steps: group split (written as split.csv) -> frozen MobileNetV2 features (cached) -> optionally
 fine-tune the top N blocks on cached block-13 activations -> heads (dropout + Dense softmax,
@@ -19,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import sys
 import logging
 import time
 from pathlib import Path
@@ -31,7 +38,7 @@ from training.backbone import build_backbone
 from training.calibration import fit_temperature, logits_of_calibrated, temperature_report
 from training.evaluate import binary_targets, outputs_for, score_outputs
 from training.features import MID_LAYER, Features, extract, load_image
-from training.heads import finetune_top, pooled_from_mid, softmax_probabilities, train_head
+from training.heads import TrainedHead, finetune_top, pooled_from_mid, softmax_probabilities, train_head
 from training.metrics import binary_metrics, multiclass_metrics, point_values
 from training.paths import PROJECT_ROOT, data_dir
 from training.splits import SEED, counts, write_split_csv
@@ -51,7 +58,44 @@ def _accuracy(y: np.ndarray, p: np.ndarray) -> float:
     return float((p.argmax(1) == y).mean())
 
 
+def _end_to_end_backbone(task: str, weights_file: Path, imagenet_weights: str | None):
+    """The backbone and head of a training.finetune run (its history.json must sit beside the weights)."""
+    import hashlib
+
+    import keras
+
+    from training.architectures import mobilenet_v2_finetuned
+    from training.finetune import n_training_classes
+
+    history_file = weights_file.parent / "history.json"
+    record = json.loads(history_file.read_text(encoding="utf-8"))
+    if record["task"] != task or record["settings"]["arch"] != "mobilenet_v2_finetuned":
+        raise ValueError(f"{weights_file} is a {record['task']}/{record['settings']['arch']} run, "
+                         f"not {task}/mobilenet_v2_finetuned")
+    model = mobilenet_v2_finetuned(n_training_classes(task), weights=imagenet_weights, finetune_blocks=16)
+    model.load_weights(weights_file)
+    backbone = keras.Model(model.input, model.get_layer("gap").input, name="mobilenet_v2_finetuned_backbone")
+    kernel, bias = (np.asarray(w) for w in model.get_layer("probabilities").get_weights())
+    head = TrainedHead(kernel, bias, l2=0.0, val_score=float("nan"), epochs=record["best_epoch"])
+    info = {
+        "blocks": 16, "end_to_end": "python -m training.finetune (all blocks + Conv_1, BatchNorm frozen)",
+        "weights_sha256": hashlib.sha256(weights_file.read_bytes()).hexdigest(),
+        "device": record["device"], "keras_backend": record["keras_backend"],
+        "fit_seconds": record["fit_seconds"], "best_epoch": record["best_epoch"],
+        "epochs_run": record["epochs_run"], "best_validation_score": round(record["best_validation_score"], 4),
+        "monitor": record["settings"]["monitor"], "settings": record["settings"],
+        "augmentation": record["augmentation"], "previous_runs": record.get("previous_runs", []),
+    }
+    return backbone, head, info
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(arg == "--arch" or arg.startswith("--arch=") for arg in argv):
+        # One of the original's architectures (or ours) trained end to end: its own pipeline.
+        from training import arch_training
+
+        return arch_training.main(argv)
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", required=True, choices=sorted(SPECS))
     parser.add_argument("--data", help="dataset root (default: DRTECH_DATA_DIR or ../shared/data)")
@@ -63,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="cached activation fine-tuning starts from (block_6: up to 10 blocks, slower)")
     parser.add_argument("--finetune-epochs", type=int, default=15)
     parser.add_argument("--finetune-lr", type=float, default=1e-4)
+    parser.add_argument("--backbone-weights", type=Path,
+                        help="model.weights.h5 of a `python -m training.finetune` run of this task: its whole "
+                        "fine-tuned MobileNetV2 is the backbone, and its own head is a candidate head")
     parser.add_argument("--augment", choices=("none", "horizontal", "flips"), default="none",
                         help="add features of flipped training images (horizontal; or horizontal+vertical+both)")
     args = parser.parse_args(argv)
@@ -87,8 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     log.info("split: %s", json.dumps(counts(split)))
     train_val = [s for s in split if s.split in ("train", "val")]
     is_train = np.array([s.split == "train" for s in train_val])
-    backbone = build_backbone(args.weights)
-    features = extract(backbone, [s.record.path for s in train_val], task, mid_layer=args.mid_layer)
+    if args.backbone_weights and args.finetune_blocks:
+        parser.error("--backbone-weights is already fine-tuned end to end: leave out --finetune-blocks")
+    feature_name = task
+    if args.backbone_weights:
+        backbone, end_to_end_head, finetune_info = _end_to_end_backbone(task, args.backbone_weights, args.weights)
+        feature_name = f"{task}-{finetune_info['weights_sha256'][:12]}"
+    else:
+        backbone, end_to_end_head, finetune_info = build_backbone(args.weights), None, None
+    features = extract(backbone, [s.record.path for s in train_val], feature_name, mid_layer=args.mid_layer)
 
     dataset_labels = [s.record.label for s in train_val]
     # Flip augmentation: features of flipped training images are added as extra training rows
@@ -98,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     train_paths = [s.record.path for s in train_val if s.split == "train"]
     train_labels = [s.record.label for s in train_val if s.split == "train"]
     for flip in flips:
-        extra = extract(backbone, train_paths, task, flip=flip, mid_layer=args.mid_layer)
+        extra = extract(backbone, train_paths, feature_name, flip=flip, mid_layer=args.mid_layer)
         features = Features(np.concatenate([features.pooled, extra.pooled]),
                             np.concatenate([features.mid, extra.mid]),
                             None if features.seconds is None or extra.seconds is None
@@ -107,7 +161,16 @@ def main(argv: list[str] | None = None) -> int:
         is_train = np.concatenate([is_train, np.ones(len(train_paths), dtype=bool)])
     # Knee data carries KL grades (a second, KL head); MURA is normal/abnormal only.
     has_kl = task == "bone" and not uses_mura(task, root)
-    finetune_info = None
+    pooled = features.pooled
+    if end_to_end_head is not None:
+        # Score the end-to-end run's own head on validation, like the other candidate heads.
+        y_e2e = np.array([int(lab) for lab in dataset_labels]) if has_kl else \
+            np.array([-1 if label_index(task, lab) is None else label_index(task, lab) for lab in dataset_labels])
+        keep = ~is_train & (y_e2e >= 0)
+        probabilities = softmax_probabilities(pooled[keep], end_to_end_head.kernel, end_to_end_head.bias)
+        end_to_end_head.val_score = (_accuracy if has_kl else _balanced_accuracy)(y_e2e[keep], probabilities)
+        finetune_head = end_to_end_head
+        log.info("end-to-end head on validation: %.4f", end_to_end_head.val_score)
     if args.finetune_blocks:
         # Bone on knees fine-tunes on the KL grade (all images); the other tasks on their own labels.
         y_ft = np.array([int(lab) for lab in dataset_labels]) if has_kl else \
@@ -123,8 +186,6 @@ def main(argv: list[str] | None = None) -> int:
         finetune_info["blocks"] = args.finetune_blocks
         finetune_info["from_cached_layer"] = args.mid_layer
         pooled = pooled_from_mid(backbone, features.mid, mid_layer=args.mid_layer)
-    else:
-        pooled = features.pooled
 
     # The main head: binary bone excludes KL1 ("doubtful"); the others use every image.
     y = np.array([-1 if label_index(task, lab) is None else label_index(task, lab) for lab in dataset_labels])
@@ -172,16 +233,21 @@ def main(argv: list[str] | None = None) -> int:
             "validation": temperature_report(kl_val_logits, kl[~is_train], kl_temperature)}
     log.info("calibration on validation: %s", json.dumps(calibration))
 
+    curves = {}
     # Training curves of every fit the run kept (the L2 grid's other fits are not kept).
     fits = {"training_curves.png": ("probabilities head (refit on pooled features)", refit_head,
                                     "probabilities head")}
     if kl_head is not None:
         fits["training_curves_kl.png"] = ("kl_probabilities head (refit on pooled features)", kl_refit,
                                           "KL grade head")
-    if finetune_info:
+    if args.backbone_weights:
+        finetune_curves = args.backbone_weights.parent / "training_curves.png"
+        if finetune_curves.is_file():
+            shutil.copyfile(finetune_curves, out / "training_curves_finetune.png")
+            curves["training_curves_finetune.png"] = "end-to-end fine-tuning (training.finetune)"
+    elif finetune_info:
         fits["training_curves_finetune.png"] = ("fine-tuning of the top blocks with its own head",
                                                 finetune_head, "fine-tuning")
-    curves = {}
     for name, (fit, trained, title) in fits.items():
         if trained.history:
             plots.training_curves(trained.history, out / name, title=title)

@@ -1,0 +1,167 @@
+"""training.finetune: end-to-end training that keeps the best validation epoch, records how it
+trained, and whose weights training.train can take as its backbone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.training
+keras = pytest.importorskip("keras")
+
+from services.core.preprocessing import resized_rgb, scale  # noqa: E402
+from tests.support import synthetic_image  # noqa: E402
+from training import finetune  # noqa: E402
+from training.datasets import Record  # noqa: E402
+from training.paths import weights_dir  # noqa: E402
+from training.splits import SplitRecord  # noqa: E402
+
+
+def _tiny_skin_split(root: Path) -> list[SplitRecord]:
+    """Two lesions of each of two classes per split; mel images are darker, so a step can learn."""
+    split = []
+    for part in ("train", "val"):
+        for label in ("nv", "mel"):
+            for index in range(3):
+                path = root / f"{part}-{label}-{index}.jpg"
+                image = synthetic_image("skin_lesion", (40, 30), seed=index)
+                if label == "mel":
+                    image = image.point(lambda v: v // 2)
+                image.save(path)
+                split.append(SplitRecord(Record(path, label, f"{part}{label}{index}"), part))
+    return split
+
+
+def _tiny_classifier(n_classes: int = 7):
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x))
+
+
+def _settings(**overrides) -> finetune.Settings:
+    values = dict(task="skin", arch="tiny", epochs=3, batch_size=4, learning_rate=1e-2, class_weight="balanced",
+                  monitor="val_balanced_accuracy", early_stopping_patience=5, max_minutes=None,
+                  reduce_lr_patience=2, reduce_lr_factor=0.3, seed=1)
+    return finetune.Settings(**{**values, **overrides})
+
+
+def test_balanced_sample_weights_are_sklearns_class_weights():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.array([0, 0, 0, 0, 2, 2, 5])
+    expected = compute_class_weight("balanced", classes=np.array([0, 2, 5]), y=y)
+    weights = finetune.sample_weights(y, 7, balanced=True)
+    assert weights[0] == pytest.approx(expected[0]) and weights[4] == pytest.approx(expected[1])
+    assert weights[6] == pytest.approx(expected[2])
+    assert (finetune.sample_weights(y, 7, balanced=False) == 1).all()
+
+
+def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
+    y = np.array([0, 0, 0, 1])
+    assert finetune.balanced_accuracy(y, np.array([0, 0, 1, 1]), 7) == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_augmentations_respect_anatomy():
+    assert finetune.AUGMENTATIONS["pneumonia"].flip is None        # the heart stays on the left
+    assert finetune.AUGMENTATIONS["bone"].flip == "horizontal"     # left and right knees mirror
+    assert finetune.AUGMENTATIONS["skin"].flip == "horizontal_and_vertical"
+
+
+def test_pixels_are_loaded_through_the_serving_preprocessing(tmp_path):
+    path = tmp_path / "a.jpg"
+    synthetic_image("skin_lesion", (40, 30)).save(path)
+    from PIL import Image
+
+    pixels = finetune.load_pixels([path], (32, 32))
+    assert pixels.dtype == np.uint8 and pixels.shape == (1, 32, 32, 3)
+    np.testing.assert_array_equal(pixels[0], resized_rgb(Image.open(path), (32, 32)))
+
+
+def test_fit_keeps_the_best_epoch_and_writes_weights_history_and_curves(tmp_path):
+    split = _tiny_skin_split(tmp_path)
+    model = _tiny_classifier()
+    out = tmp_path / "run"
+
+    record = finetune.fit(model, "skin", split, out, _settings(), finetune.AUGMENTATIONS["skin"], (32, 32))
+
+    assert {"model.weights.h5", "history.json", "training_curves.png"} <= {p.name for p in out.iterdir()}
+    assert not (out / "checkpoint.weights.h5").exists()
+    scores = record["history"]["val_balanced_accuracy"]
+    assert record["epochs_run"] == len(scores) == 3
+    assert record["best_validation_score"] == max(scores)
+    assert {"loss", "val_loss", "accuracy", "learning_rate"} <= set(record["history"])
+    assert json.loads((out / "history.json").read_text())["train_images"] == 6
+    # The saved weights are the model's weights after fit, and reload into a fresh model.
+    val = [s.record.path for s in split if s.split == "val"]
+    x = scale(finetune.load_pixels(val, (32, 32)))
+    fresh = _tiny_classifier()
+    fresh.load_weights(out / "model.weights.h5")
+    np.testing.assert_allclose(fresh.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_augmentation_is_active_in_training_only(tmp_path):
+    model = _tiny_classifier()
+    trainer = finetune.build_trainer(model, finetune.AUGMENTATIONS["skin"], (32, 32))
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(trainer.predict(pixels, verbose=0), model.predict(scale(pixels), verbose=0),
+                               atol=1e-6)
+    augmented = np.asarray(trainer(pixels, training=True))
+    assert not np.allclose(augmented, model.predict(scale(pixels), verbose=0))
+
+
+def test_time_budget_stops_after_the_epoch_that_passes_it(tmp_path):
+    record = finetune.fit(_tiny_classifier(), "skin", _tiny_skin_split(tmp_path), tmp_path / "run",
+                          _settings(epochs=5, max_minutes=1e-6), finetune.AUGMENTATIONS["skin"], (32, 32))
+    assert record["epochs_run"] == 1
+
+
+def test_a_continued_run_records_the_run_it_started_from(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, best in ((first, 2), (second, 1)):
+        folder.mkdir()
+        (folder / "history.json").write_text(json.dumps({
+            "settings": {"arch": "a"}, "best_epoch": best, "epochs_run": 3, "best_validation_score": 0.5,
+            "fit_seconds": 10.0, "device": "GPU", "keras_backend": "torch"}))
+    finetune._record_previous_run(second / "history.json", first / "model.weights.h5")
+    record = json.loads((second / "history.json").read_text())
+    assert record["init_weights"].endswith("first/model.weights.h5")
+    assert [run["best_epoch"] for run in record["previous_runs"]] == [2]
+
+
+def test_training_train_dispatches_arch_to_arch_training(tmp_path, capsys):
+    from training.train import main
+
+    assert main(["--task", "bone", "--arch", "bone_vgg_scratch", "--data", str(tmp_path),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "bone's shipped model is built by training.train" in capsys.readouterr().err
+
+
+def test_train_takes_a_finetune_run_as_its_backbone(tmp_path):
+    if not weights_dir().is_dir():
+        pytest.skip(f"MobileNetV2 weights not found at {weights_dir()} (set DRTECH_WEIGHTS_DIR)")
+    from training.architectures import mobilenet_v2_finetuned
+    from training.train import _end_to_end_backbone
+
+    model = mobilenet_v2_finetuned(7, finetune_blocks=16)
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save_weights(run / "model.weights.h5")
+    (run / "history.json").write_text(json.dumps({
+        "task": "skin", "settings": {"arch": "mobilenet_v2_finetuned", "monitor": "val_balanced_accuracy"},
+        "augmentation": {}, "best_epoch": 4, "epochs_run": 6, "best_validation_score": 0.61,
+        "fit_seconds": 100.0, "device": "GPU", "keras_backend": "torch"}))
+
+    backbone, head, info = _end_to_end_backbone("skin", run / "model.weights.h5", None)
+
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 224, 224, 3)).astype(np.float32)
+    pooled = np.asarray(backbone(x)).mean(axis=(1, 2))
+    logits = pooled @ head.kernel + head.bias
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(expected, np.asarray(model(x)), atol=1e-5)
+    assert info["best_epoch"] == 4 and len(info["weights_sha256"]) == 64
+    with pytest.raises(ValueError, match="not bone"):
+        _end_to_end_backbone("bone", run / "model.weights.h5", None)

@@ -6,7 +6,8 @@ Grad-CAM = ReLU(sum_k w_kc A_k) / Z: the class activation map the model exports 
 positive 1/Z that the service's normalisation removes. Two checks on each shipped model.onnx make
 that hold for the file actually shipped, not just for the code that wrote it:
 1. the graph: `cam` is a 1x1 convolution of the same tensor the head's global average pool reads;
-2. the numbers: log p_c - log p_0 = mean(cam_c) - mean(cam_0) + constant on any input, i.e. each
+2. the numbers: T (log p_c - log p_0) = mean(cam_c) - mean(cam_0) + constant on any input (T: the
+   card's calibration temperature, baked into the probabilities), i.e. each
    logit is the spatial mean of its CAM plus a bias, so the head is linear in the pooled features.
 """
 
@@ -52,7 +53,10 @@ def test_each_logit_is_the_mean_of_its_cam_plus_a_constant(spec) -> None:
               for seed in range(3)]
     images += [rng.uniform(-1, 1, (224, 224, 3)).astype(np.float32) * scale for scale in (0.2, 0.6)]
     probabilities, cam = session.run(["probabilities", "cam"], {"input": np.stack(images)})
-    log_p = np.log(np.clip(probabilities.astype(np.float64), 1e-30, None))
+    # Calibrated models output softmax(logits / T) (T in the card); the CAM is not scaled.
+    heads = spec.load_card().get("calibration", {}).get("heads", {})
+    temperature = heads.get("probabilities", {}).get("temperature", 1.0)
+    log_p = temperature * np.log(np.clip(probabilities.astype(np.float64), 1e-30, None))
     usable = (probabilities > 1e-12).all(axis=1)            # log p is exact only away from underflow
     assert usable.sum() >= 3
     offsets = (log_p - log_p[:, :1]) - (cam.mean(axis=(1, 2)) - cam.mean(axis=(1, 2))[:, :1])

@@ -333,6 +333,9 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> Image.Image:
         raise InvalidImage(f"the DICOM pixel data cannot be decoded ({error})") from None
 
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if photometric == "PALETTE COLOR" and array.ndim == 2:
+        # The stored values are indices into the red/green/blue palette tables, not grey levels.
+        return Image.fromarray(_apply_palette(array, dataset), mode="RGB")
     if array.ndim == 3 and array.shape[-1] == 3:
         # Colour DICOM (e.g. dermoscopy); pydicom has already converted YBR to RGB.
         if array.dtype != np.uint8:
@@ -360,6 +363,22 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> Image.Image:
     if photometric == "MONOCHROME1":
         gray = 255 - gray   # MONOCHROME1: the lowest value is displayed white
     return Image.fromarray(gray, mode="L")
+
+
+def _apply_palette(indices: np.ndarray, dataset: Any) -> np.ndarray:
+    """PALETTE COLOR indices -> 8-bit RGB through the dataset's own palette tables (pydicom's LUT
+    code, which handles the first mapped value, segmented tables and 8- or 16-bit entries)."""
+    from pydicom import pixels
+
+    try:
+        colours = pixels.apply_color_lut(indices, dataset)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as error:
+        raise InvalidImage(f"the DICOM palette colour lookup table cannot be applied ({error})") from None
+    rgb = colours[..., :3]   # an alpha table, if any, is dropped like PNG transparency
+    if rgb.dtype == np.uint8:
+        return np.ascontiguousarray(rgb)
+    # 16-bit entries span 0..65535.
+    return _scale_to_uint8(rgb, 0.0, float(np.iinfo(rgb.dtype).max))
 
 
 def _can_decode(transfer_syntax: Any) -> bool:

@@ -241,6 +241,64 @@ def test_window_center_and_width_set_the_contrast() -> None:
     assert image[0, 32] == 255
 
 
+def make_palette_dicom(indices: np.ndarray, lut_rgb: np.ndarray, lut_bits: int = 16) -> bytes:
+    """A PALETTE COLOR DICOM file: 8-bit `indices` (rows, cols) into `lut_rgb` (entries, 3).
+
+    `lut_rgb` holds the colours as 8-bit values; with 16-bit entries each is stored as v * 257,
+    which spans 0..65535 as a 16-bit palette does.
+    """
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "XC"
+    ds.Rows, ds.Columns = indices.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = indices.astype(np.uint8).tobytes()
+    entries = len(lut_rgb)
+    stored = lut_rgb.astype("<u2") * 257 if lut_bits == 16 else lut_rgb.astype(np.uint8)
+    for channel, colour in enumerate(("Red", "Green", "Blue")):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [entries, 0, lut_bits])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", np.ascontiguousarray(stored[:, channel]).tobytes())
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("lut_bits", [16, 8])
+def test_palette_color_dicom_decodes_to_its_lut_colours(lut_bits: int) -> None:
+    # 256 distinct colours, none of them grey, so reading the indices as grey levels cannot pass.
+    values = np.arange(256)
+    lut = np.stack([values, 255 - values, (values * 7) % 256], axis=1).astype(np.uint8)
+    indices = np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1))   # columns 0, 4, ..., 252
+    indices[:, 0] = 255
+    image = read_image(make_palette_dicom(indices, lut, lut_bits)).image
+    assert image.mode == "RGB" and image.size == (64, 48)
+    assert np.array_equal(np.asarray(image), lut[indices])
+
+
+def test_palette_color_dicom_without_its_lut_is_refused() -> None:
+    data = make_palette_dicom(np.zeros((48, 48), dtype=np.uint8), np.zeros((256, 3), dtype=np.uint8))
+    from pydicom import dcmread
+
+    ds = dcmread(io.BytesIO(data))
+    for colour in ("Red", "Green", "Blue"):
+        delattr(ds, f"{colour}PaletteColorLookupTableData")
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    with pytest.raises(InvalidImage, match="palette"):
+        read_image(buffer.getvalue())
+
+
 def test_multi_frame_dicom_uses_the_first_frame() -> None:
     first = ramp(48, 48)
     second = np.full((48, 48), 4095, dtype=np.uint16)
@@ -280,13 +338,16 @@ def test_truncated_dicom_is_refused() -> None:
         read_image(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize("kind", ["jpeg", "png", "dicom"])
+@pytest.mark.parametrize("kind", ["jpeg", "png", "dicom", "palette"])
 def test_corrupted_uploads_only_ever_raise_invalid_image(kind: str) -> None:
     """Random byte flips, cuts and insertions: decoded or refused clearly, never another exception."""
     base = {
         "jpeg": encode(gradient_rgb(128, 96), "JPEG"),
         "png": encode(gradient_rgb(128, 96), "PNG"),
         "dicom": make_dicom(ramp(64, 64), window=(1000.0, 200.0), rescale=(1.0, 0.0)),
+        "palette": make_palette_dicom(
+            np.tile(np.arange(64, dtype=np.uint8), (64, 1)), np.tile(np.arange(256, dtype=np.uint8)[:, None], (1, 3))
+        ),
     }[kind]
     rng = np.random.default_rng(1)
     for trial in range(300):

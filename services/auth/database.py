@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,35 @@ def ping(engine: Engine) -> None:
     """Raise when the database cannot be reached."""
     with engine.connect() as connection:
         connection.execute(text("SELECT 1"))
+
+
+def make_probe_engine(engine: Engine) -> Engine:
+    """An engine for health checks of ``engine``'s database: a new connection for every check.
+
+    The service's pooled connections can outlive the database they were opened on (an open SQLite
+    file keeps working after its volume goes; pool_pre_ping only runs at checkout), so the check
+    opens afresh what a new connection would. A SQLite file is opened read-write without create, so
+    a missing file counts as unreachable instead of being replaced by an empty one.
+    """
+    url = engine.url
+    if url.get_backend_name() == "sqlite":
+        if not url.database or url.database == ":memory:":
+            return engine   # nothing to lose but the process itself
+        path = Path(url.database).expanduser().resolve().as_posix()
+        probe_url = url.set(database=f"file:{quote(path)}", query={"mode": "rw", "uri": "true"})
+        return create_engine(probe_url, poolclass=NullPool, connect_args={"timeout": 1})
+    # A short connect timeout, so a database that drops packets fails the check instead of stalling it.
+    return create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 3})
+
+
+def database_reachable(probe: Engine) -> bool:
+    """True when ``SELECT 1`` succeeds on the probe engine (see make_probe_engine)."""
+    try:
+        ping(probe)
+    except SQLAlchemyError as error:
+        log.debug("database check failed: %s", error)
+        return False
+    return True
 
 
 def wait_until_reachable(engine: Engine, wait_s: float, retry_every_s: float = 1.0) -> None:

@@ -1,7 +1,11 @@
 """The auth gRPC server: AuthService, grpc.health.v1 and reflection, started in-process or by ``__main__``.
 
-Health is NOT_SERVING until the database is reachable and migrated to head, then SERVING; ``stop()``
-flips it back to NOT_SERVING before the server drains calls in flight for the grace period.
+Health ("" and ``drtech.v1.AuthService``) is NOT_SERVING until the database is reachable and migrated
+to head, then follows the database: a ``SELECT 1`` every ``database_check_s`` on a fresh connection
+flips it to NOT_SERVING while the database is unreachable and back to SERVING when it answers again.
+The ``liveness`` service name is SERVING once started whatever the database does (a restart would not
+bring the database back). ``stop()`` flips everything to NOT_SERVING before the server drains calls in
+flight for the grace period.
 """
 
 from __future__ import annotations
@@ -19,7 +23,14 @@ from sqlalchemy import Engine
 from protos.drtech.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.accounts import Accounts, ThrottlePolicy
 from services.auth.credentials import Passwords
-from services.auth.database import make_engine, make_session_factory, migrate, wait_until_reachable
+from services.auth.database import (
+    database_reachable,
+    make_engine,
+    make_probe_engine,
+    make_session_factory,
+    migrate,
+    wait_until_reachable,
+)
 from services.auth.interceptor import DomainErrorInterceptor
 from services.auth.servicer import AuthServicer
 from services.auth.settings import AuthSettings
@@ -27,6 +38,45 @@ from services.auth.settings import AuthSettings
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+# The health names that follow the database (readiness), and the one that does not (liveness probes).
+READINESS_NAMES = ("", SERVICE_NAME)
+LIVENESS_NAME = "liveness"
+
+
+class DatabaseHealth:
+    """Re-checks the database every ``interval_s`` on its own thread and sets READINESS_NAMES to match.
+
+    Only changes are set, so a health Watch sees one update per transition.
+    """
+
+    def __init__(self, health_servicer: health.HealthServicer, probe: Engine, interval_s: float) -> None:
+        self._health = health_servicer
+        self._probe = probe
+        self._interval_s = interval_s
+        self._reachable = True   # started only after the database answered and was migrated
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="auth-database-health", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval_s):
+            reachable = database_reachable(self._probe)
+            if reachable == self._reachable:
+                continue
+            self._reachable = reachable
+            if reachable:
+                log.info("database reachable again: health SERVING")
+            else:
+                log.warning("database unreachable: health NOT_SERVING until it answers again")
+            status = health_pb2.HealthCheckResponse.SERVING if reachable else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in READINESS_NAMES:
+                self._health.set(name, status)
 
 
 class AuthServer:
@@ -38,12 +88,24 @@ class AuthServer:
         self._server = server
         self._health = health_servicer
         self._engine = engine
+        self._database_health: DatabaseHealth | None = None
+        self._probe: Engine | None = None
         self.port = port
+
+    def follow_database(self, probe: Engine, interval_s: float) -> None:
+        """From now on, keep health in step with the database (see DatabaseHealth)."""
+        self._probe = probe
+        self._database_health = DatabaseHealth(self._health, probe, interval_s)
+        self._database_health.start()
 
     def stop(self, grace_s: float | None = None) -> None:
         """Report NOT_SERVING, let calls in flight finish (up to ``grace_s``), then release the database."""
-        self._health.enter_graceful_shutdown()
+        self._health.enter_graceful_shutdown()   # later sets (from the database check) are ignored
+        if self._database_health is not None:
+            self._database_health.stop()
         self._server.stop(grace_s).wait()
+        if self._probe is not None:
+            self._probe.dispose()
         self._engine.dispose()
 
     def wait_for_termination(self, timeout_s: float | None = None) -> bool:
@@ -86,7 +148,7 @@ def start_server(settings: AuthSettings | None = None) -> AuthServer:
         ],
     )
     health_servicer = health.HealthServicer()
-    for name in ("", SERVICE_NAME):
+    for name in (*READINESS_NAMES, LIVENESS_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(build_accounts(settings, engine)), server)
@@ -107,8 +169,9 @@ def start_server(settings: AuthSettings | None = None) -> AuthServer:
         running.stop(0)
         raise
     ready.set()
-    for name in ("", SERVICE_NAME):
+    for name in (*READINESS_NAMES, LIVENESS_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running.follow_database(make_probe_engine(engine), settings.database_check_s)
     log.info(
         "serving on %s:%d (database %s)", settings.host, port, engine.url.render_as_string(hide_password=True)
     )

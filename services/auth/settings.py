@@ -18,6 +18,8 @@ class AuthSettings(BaseSettings):
     database_url: str = ""
     # At start-up, keep retrying an unreachable database this long (health stays NOT_SERVING meanwhile).
     database_wait_s: float = Field(default=30.0, ge=0)
+    # After start-up, check the database this often; health is NOT_SERVING while it is unreachable.
+    database_check_s: float = Field(default=5.0, gt=0)
 
     host: str = "127.0.0.1"
     port: int = Field(default=50051, ge=0, le=65535)

@@ -14,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.drtech.v1 import auth_pb2, auth_pb2_grpc
+from services.auth.database import database_reachable, make_engine, make_probe_engine
 from services.auth.server import start_server
 from services.auth.settings import AuthSettings
 from tests.support import ROOT, free_port
@@ -112,3 +113,43 @@ def test_health_turns_not_serving_as_soon_as_a_graceful_stop_begins(tmp_path: Pa
             assert next(updates).status == NOT_SERVING
         finally:
             stopping.join()
+
+
+def test_health_follows_the_database_after_start_up(tmp_path: Path) -> None:
+    """Health goes NOT_SERVING when the database becomes unreachable, and back when it returns.
+
+    The SQLite file's directory is moved away and back: the service can no longer open its database
+    there, whatever connections it already holds (the same as a volume or server going away).
+    """
+    database_dir = tmp_path / "database"
+    server = start_server(
+        AuthSettings(database_url=f"sqlite:///{database_dir / 'auth.db'}", port=0, database_check_s=0.05)
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            updates = health.Watch(health_pb2.HealthCheckRequest(service="drtech.v1.AuthService"), timeout=10)
+            assert next(updates).status == SERVING
+
+            database_dir.rename(tmp_path / "moved-away")
+            assert next(updates).status == NOT_SERVING
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == NOT_SERVING
+            # Liveness is about the process, not the database: restarting it would not bring the database back.
+            liveness = health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=10)
+            assert liveness.status == SERVING
+
+            (tmp_path / "moved-away").rename(database_dir)
+            assert next(updates).status == SERVING
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == SERVING
+            updates.cancel()
+    finally:
+        server.stop(0)
+
+
+def test_the_database_check_says_unreachable_for_a_closed_postgresql_port() -> None:
+    """The periodic check's own engine, pointed at a port where no PostgreSQL listens."""
+    probe = make_probe_engine(make_engine(UNREACHABLE))
+    try:
+        assert database_reachable(probe) is False
+    finally:
+        probe.dispose()

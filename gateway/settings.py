@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -30,8 +31,10 @@ class GatewaySettings(BaseSettings):
     # Where the model folders are (services/<task>/model/): the gateway serves the training plots
     # found there on the model cards. The image ships the whole project, so this is the default.
     models_dir: Path = Path(__file__).resolve().parent.parent / "services"
-    # Proxies (comma-separated IPs, or "*") whose X-Forwarded-For/-Proto uvicorn trusts, so the client
-    # IP passed to the auth service for log-in throttling is the real one behind an ingress.
+    # Proxies (comma-separated IP addresses or CIDR networks; "*" for anyone, refused in production)
+    # whose X-Forwarded-For/-Proto uvicorn trusts, so the client IP passed to the auth service for
+    # log-in throttling is the real one behind an ingress. Behind a k8s Ingress: the controller's
+    # address range (deploy/k8s: INGRESS_CONTROLLER_CIDRS in drtech-config).
     forwarded_allow_ips: str = "127.0.0.1"
     # Any SQLAlchemy URL, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/drtech.
     # Empty: a SQLite file at $DRTECH_HOME/gateway.db.
@@ -53,8 +56,33 @@ class GatewaySettings(BaseSettings):
     cookie_name: str = "drtech_session"
     cookie_secure: bool | None = None
 
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses_or_networks(cls, value: str) -> str:
+        # uvicorn takes an entry it cannot parse as a literal name that never matches a TCP peer,
+        # so a typo would silently trust nobody: refuse it at start instead.
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        if entries == ["*"]:
+            return "*"
+        if not entries:
+            raise ValueError("forwarded_allow_ips is empty; give IP addresses or networks (CIDR), or '*'")
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry)   # strict: host bits set (10.244.1.0/16) is a mistake
+            except ValueError:
+                raise ValueError(
+                    f"forwarded_allow_ips entry {entry!r} is not an IP address or network (CIDR); "
+                    "give e.g. 10.244.0.0/16,127.0.0.1, or '*' alone"
+                ) from None
+        return ",".join(entries)
+
     @model_validator(mode="after")
     def _derived_defaults(self) -> GatewaySettings:
+        if self.env == "production" and self.forwarded_allow_ips == "*":
+            raise ValueError(
+                "forwarded_allow_ips must name the proxies (the ingress controller's addresses), "
+                "not '*' in production: anyone could then choose their client IP"
+            )
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.home / 'gateway.db').as_posix()}"
         if self.cookie_secure is None:

@@ -44,6 +44,20 @@ def test_settings_default_to_development_paths_and_ports(tmp_path: Path) -> None
     assert GatewaySettings(DRTECH_HOME=tmp_path, DRTECH_ENV="production").cookie_secure is True
 
 
+def test_trusted_proxies_are_addresses_or_networks_and_never_everyone_in_production(tmp_path: Path) -> None:
+    """X-Forwarded-For is believed only from these (log-in throttling keys on the client IP)."""
+    settings = GatewaySettings(DRTECH_HOME=tmp_path, forwarded_allow_ips=" 10.244.0.0/16, 127.0.0.1,::1 ")
+    assert settings.forwarded_allow_ips == "10.244.0.0/16,127.0.0.1,::1"
+    # "*" lets any caller choose its own client IP: fine on a laptop, refused in production.
+    assert GatewaySettings(DRTECH_HOME=tmp_path, forwarded_allow_ips="*").forwarded_allow_ips == "*"
+    with pytest.raises(ValueError, match="not '\\*' in production"):
+        GatewaySettings(DRTECH_HOME=tmp_path, DRTECH_ENV="production", forwarded_allow_ips="*")
+    # uvicorn would silently treat a mistyped network as a name that never matches.
+    for wrong in ("10.244.0.0/33", "10.244.1.0/16", "ingress-nginx", ""):
+        with pytest.raises(ValueError, match="forwarded_allow_ips"):
+            GatewaySettings(DRTECH_HOME=tmp_path, forwarded_allow_ips=wrong)
+
+
 def test_startup_creates_the_database_schema_with_alembic(
     client: TestClient, settings: GatewaySettings
 ) -> None:

@@ -562,6 +562,32 @@ def test_gateway_shares_its_upload_store_and_reaches_services_by_headless_dns() 
     assert any(item.startswith("CLUSTER_DOMAIN=") for item in configmap)
 
 
+def trusted_proxies(objects: list[dict[str, Any]] | tuple[dict[str, Any], ...], literals: list[str]) -> str:
+    """The gateway's DRTECH_GATEWAY_FORWARDED_ALLOW_IPS, resolved from the drtech-config key it names."""
+    server = containers(of_kind(objects, "Deployment")["gateway"])[0]
+    # uvicorn's own FORWARDED_ALLOW_IPS is ignored: the gateway always passes its setting.
+    assert env_value(server, "FORWARDED_ALLOW_IPS") is None
+    entry = env_value(server, "DRTECH_GATEWAY_FORWARDED_ALLOW_IPS")
+    assert entry is not None, "the gateway must say which proxies' X-Forwarded-For it trusts"
+    reference = entry["valueFrom"]["configMapKeyRef"]
+    assert reference["name"].startswith("drtech-config")
+    values = dict(item.split("=", 1) for item in literals)
+    return values[reference["key"]]
+
+
+def assert_trusted_proxies_are_a_restricted_range(value: str) -> None:
+    """Not everyone ("*"), and addresses or networks that GatewaySettings accepts."""
+    assert "*" not in value, "any pod could then choose its client IP (and dodge log-in throttling)"
+    GatewaySettings(forwarded_allow_ips=value, DRTECH_ENV="production")
+
+
+def test_gateway_trusts_x_forwarded_for_only_from_the_ingress_controller_range() -> None:
+    literals = load_yaml_documents(BASE / "kustomization.yaml")[0]["configMapGenerator"][0]["literals"]
+    value = trusted_proxies(base_objects(), literals)
+    assert value == "10.244.0.0/16", "the documented default (deploy/k8s/README.md)"
+    assert_trusted_proxies_are_a_restricted_range(value)
+
+
 # One manifest mistake each, and the words the invariant checks must report it with.
 BREAKAGES = {
     "ClusterIP Service for a model service": (
@@ -742,6 +768,17 @@ def test_gpu_overlay_puts_only_the_model_services_on_gpus_with_cuda() -> None:
     # Still production underneath.
     config = next(iter(of_kind(objects, "ConfigMap").values()))["data"]
     assert config["DRTECH_ENV"] == "production"
+
+
+@needs_renderer
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rendered_gateway_trusts_only_a_restricted_proxy_range(overlay: str) -> None:
+    objects = render(f"overlays/{overlay}")
+    configmap = next(
+        obj for obj in objects if obj["kind"] == "ConfigMap" and obj["metadata"]["name"].startswith("drtech-config")
+    )
+    literals = [f"{key}={value}" for key, value in configmap["data"].items()]
+    assert_trusted_proxies_are_a_restricted_range(trusted_proxies(objects, literals))
 
 
 @needs_renderer

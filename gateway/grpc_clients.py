@@ -51,6 +51,15 @@ class Backend:
         return health_pb2_grpc.HealthStub(self.channel)
 
 
+async def check_backend(backend: Backend, timeout_s: float) -> str:
+    """"SERVING" or the reason the backend is not (its health status, or unreachable and why)."""
+    try:
+        reply = await backend.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+    except grpc.aio.AioRpcError as error:
+        return f"unreachable at {backend.address} ({error.code().name})"
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
 class Backends:
     """The auth service and every model service. Must be created inside the running event loop."""
 
@@ -74,20 +83,10 @@ class Backends:
         return [self.auth_backend, *self.model_backends.values(), self.router_backend]
 
     async def check_health(self, timeout_s: float) -> dict[str, str]:
-        """name -> "SERVING" or the reason it is not (not serving, unreachable, ...)."""
-
-        async def check(backend: Backend) -> tuple[str, str]:
-            try:
-                reply = await backend.health.Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
-                )
-            except grpc.aio.AioRpcError as error:
-                return backend.name, f"unreachable at {backend.address} ({error.code().name})"
-            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-            return backend.name, status
-
-        results = await asyncio.gather(*(check(backend) for backend in self.all()))
-        return dict(results)
+        """name -> "SERVING" or the reason it is not (not serving, unreachable, ...), for every backend."""
+        backends = self.all()
+        states = await asyncio.gather(*(check_backend(backend, timeout_s) for backend in backends))
+        return {backend.name: state for backend, state in zip(backends, states, strict=True)}
 
     async def close(self) -> None:
         await asyncio.gather(*(backend.channel.close() for backend in self.all()))

@@ -1,15 +1,20 @@
-"""Operational endpoints: /healthz, /readyz, /metrics, and the public model cards."""
+"""Operational endpoints: /healthz, /readyz, /readyz/gateway, /metrics, and the public model cards."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import grpc
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.accounts import ContextDep
 from gateway.errors import ApiError
@@ -29,13 +34,74 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(ctx: ContextDep) -> JSONResponse:
-    """Ready when the auth service and every model service report SERVING (grpc.health.v1)."""
+    """The whole platform (API.md): ready when the auth service and every model service report
+    SERVING (grpc.health.v1); 503 naming what is down. Not the k8s readiness probe: see below."""
     services = await ctx.backends.check_health(ctx.settings.health_timeout_s)
     down = {name: state for name, state in services.items() if state != "SERVING"}
     if down:
-        named = ", ".join(f"{name} ({state})" for name, state in down.items())
-        return JSONResponse({"detail": f"not ready: {named}", "services": services}, status_code=503)
+        return JSONResponse({"detail": _not_ready(down), "services": services}, status_code=503)
     return JSONResponse({"status": "ready", "services": services})
+
+
+@router.get("/readyz/gateway")
+async def gateway_readyz(ctx: ContextDep) -> JSONResponse:
+    """This gateway can serve (the k8s readiness probe): the auth service SERVING, its records
+    database answering, its upload and heatmap stores writable.
+
+    Model services are reported under "services" but not required: with one down, the gateway
+    stays in the Service, the other exam types keep working, and uploads for the missing one get
+    the API's own answer (a `failed` record to retry, or 503) instead of the ingress's.
+    """
+    timeout_s = ctx.settings.health_timeout_s
+    services, database, uploads, heatmaps = await asyncio.gather(
+        ctx.backends.check_health(timeout_s),
+        _database_state(ctx.engine, timeout_s),
+        run_in_threadpool(store_state, ctx.uploads.root),
+        run_in_threadpool(store_state, ctx.heatmaps.root),
+    )
+    checks = {"auth": services["auth"], "database": database, "uploads": uploads, "heatmaps": heatmaps}
+    failing = {name: state for name, state in checks.items() if state not in ("SERVING", "ok")}
+    body = {"checks": checks, "services": services}
+    if failing:
+        return JSONResponse({"detail": _not_ready(failing), **body}, status_code=503)
+    return JSONResponse({"status": "ready", **body})
+
+
+def _not_ready(states: dict[str, str]) -> str:
+    return "not ready: " + ", ".join(f"{name} ({state})" for name, state in states.items())
+
+
+def database_state(engine: Engine) -> str:
+    """"ok" when `SELECT 1` succeeds, else what failed. PostgreSQL engines ping pooled connections
+    at checkout (pool_pre_ping), so a database that went away fails here rather than passing."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as error:
+        cause = getattr(error, "orig", None) or error
+        return f"unreachable ({type(cause).__name__})"
+    return "ok"
+
+
+async def _database_state(engine: Engine, timeout_s: float) -> str:
+    try:
+        return await asyncio.wait_for(run_in_threadpool(database_state, engine), timeout_s)
+    except TimeoutError:
+        return f"no answer within {timeout_s:g} s"
+
+
+def store_state(root: Path) -> str:
+    """"ok" when a file can be created (and removed) under `root`, else why not.
+
+    Creates `root` if it is missing, as the first upload would."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=root, prefix=".ready-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as error:
+        return f"not writable ({type(error).__name__}: {error.strerror or error})"
+    return "ok"
 
 
 @router.get("/metrics")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from services.pneumonia.spec import SPEC as PNEUMONIA
 from services.router.spec import SPEC as ROUTER
 from services.skin.spec import SPEC as SKIN
 from tests.serving_models import write_fixture_model
-from tests.support import jpeg_bytes, sample_image_bytes, synthetic_image
+from tests.support import free_port, jpeg_bytes, sample_image_bytes, synthetic_image
 from tests.unit.test_imaging import make_dicom, ramp
 
 SPECS: dict[str, TaskSpec] = {"bone_xray": BONE, "skin_lesion": SKIN, "chest_xray": PNEUMONIA}
@@ -480,6 +481,9 @@ def test_models_lists_every_model_card_without_logging_in(client: httpx.Client, 
         assert card["intended_use"] and card["limitations"] and "metrics" in card
 
 
+GATEWAY_CHECKS_OK = {"auth": "SERVING", "database": "ok", "uploads": "ok", "heatmaps": "ok"}
+
+
 def test_health_readiness_and_metrics(client: httpx.Client) -> None:
     assert client.get("/healthz").status_code == 200
     ready = client.get("/readyz")
@@ -491,6 +495,9 @@ def test_health_readiness_and_metrics(client: httpx.Client) -> None:
         "pneumonia": "SERVING",
         "router": "SERVING",
     }
+    serving = client.get("/readyz/gateway")
+    assert serving.status_code == 200, serving.text
+    assert serving.json() == {"status": "ready", "checks": GATEWAY_CHECKS_OK, "services": ready.json()["services"]}
     headers = bearer(client)
     upload(client, headers, sample_image_bytes("bone_xray"), "bone_xray")
     metrics = client.get("/metrics")
@@ -510,6 +517,11 @@ def test_readyz_names_a_stopped_service_and_an_unavailable_model_gives_a_failed_
             loading = client.get("/readyz")
             assert loading.status_code == 503
             assert "pneumonia (NOT_SERVING)" in loading.json()["detail"]
+            # The gateway itself can serve: it stays in the k8s Service, and says which model is down.
+            serving = client.get("/readyz/gateway")
+            assert serving.status_code == 200, serving.text
+            assert serving.json()["checks"] == GATEWAY_CHECKS_OK
+            assert serving.json()["services"]["pneumonia"] == "NOT_SERVING"
 
             headers = bearer(client)
             image = sample_image_bytes("chest_xray")
@@ -537,6 +549,49 @@ def test_readyz_names_a_stopped_service_and_an_unavailable_model_gives_a_failed_
     finally:
         gateway.stop()
         pneumonia.stop(grace=0)
+
+
+def test_gateway_readiness_needs_auth_and_its_own_storage_not_every_model_service(
+    stack: Stack, tmp_path: Path
+) -> None:
+    nothing_there = f"127.0.0.1:{free_port()}"
+    home = tmp_path / "home"
+    gateway = start_gateway(stack.settings(home, DRTECH_BONE_ADDR=nothing_there))
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=60) as client:
+            serving = client.get("/readyz/gateway")
+            assert serving.status_code == 200, serving.text
+            assert serving.json()["checks"] == GATEWAY_CHECKS_OK
+            assert serving.json()["services"]["bone"].startswith(f"unreachable at {nothing_there}")
+            assert serving.json()["services"]["skin"] == "SERVING"
+            assert client.get("/readyz").status_code == 503   # the whole platform is not all there
+
+            # So a bone upload still gets the API's own answer, and the other models still serve.
+            headers = bearer(client)
+            failed = upload(client, headers, sample_image_bytes("bone_xray"), "bone_xray")
+            assert failed.status_code == 201 and failed.json()["status"] == "failed", failed.text
+            assert "unavailable" in failed.json()["detail"]
+            done = upload(client, headers, sample_image_bytes("skin_lesion"), "skin_lesion")
+            assert done.status_code == 201 and done.json()["status"] == "completed", done.text
+
+            # Its upload store unusable (here: a file where the folder should be): not ready.
+            shutil.rmtree(home / "uploads")
+            (home / "uploads").write_text("not a folder")
+            broken = client.get("/readyz/gateway")
+            assert broken.status_code == 503
+            assert broken.json()["detail"].startswith("not ready: uploads (")
+            assert broken.json()["checks"]["database"] == "ok"
+    finally:
+        gateway.stop()
+
+    without_auth = start_gateway(stack.settings(tmp_path / "home2", DRTECH_AUTH_ADDR=nothing_there))
+    try:
+        with httpx.Client(base_url=without_auth.url, timeout=60) as client:
+            down = client.get("/readyz/gateway")
+            assert down.status_code == 503
+            assert down.json()["detail"] == f"not ready: auth (unreachable at {nothing_there} (UNAVAILABLE))"
+    finally:
+        without_auth.stop()
 
 
 def test_an_image_the_model_rejects_is_422_with_its_message_and_not_kept(

@@ -8,6 +8,7 @@ from sqlalchemy import inspect
 
 from gateway import records
 from gateway.database import create_database_engine, migrate, session_factory
+from gateway.operations import database_state
 from gateway.records import Diagnosis
 
 
@@ -89,3 +90,17 @@ def test_records_list_newest_first_per_user_and_track_shared_images(database_url
             assert not records.image_in_use(session, "a" * 64)
     finally:
         engine.dispose()
+
+
+def test_the_readiness_check_says_ok_for_a_live_database_and_unreachable_for_a_closed_one(
+    database_url: str,
+) -> None:
+    live = create_database_engine(database_url)
+    # Nothing listens on port 9: connecting is refused at once.
+    closed = create_database_engine("postgresql+psycopg://postgres@127.0.0.1:9/nowhere")
+    try:
+        assert database_state(live) == "ok"
+        assert database_state(closed) == "unreachable (OperationalError)"
+    finally:
+        live.dispose()
+        closed.dispose()

@@ -419,8 +419,10 @@ def probe_problems(name: str, where: str, container: dict[str, Any]) -> Iterator
         if ports != {"http": GATEWAY_PORT}:
             yield f"{where}: must expose exactly one port, named http, {GATEWAY_PORT} (got {ports})"
         paths = {kind: probe.get("httpGet", {}).get("path") for kind, probe in probes.items()}
-        if paths != {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}:
-            yield f"{where}: probes must be /healthz (startup, liveness) and /readyz (readiness): {paths}"
+        # Readiness is the gateway's own (/readyz/gateway), not /readyz (every model service too).
+        expected = {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz/gateway"}
+        if paths != expected:
+            yield f"{where}: probes must be /healthz (startup, liveness) and /readyz/gateway (readiness): {paths}"
         if any(probe.get("httpGet", {}).get("port") != "http" for probe in probes.values()):
             yield f"{where}: HTTP probes must use the port named http"
     # Warm-up (model load + warm-up runs) must fit in the startup probe's window.
@@ -627,6 +629,12 @@ BREAKAGES = {
             terminationGracePeriodSeconds=10
         ),
         "must exceed preStop + drain",
+    ),
+    "gateway readiness on every model service": (
+        lambda objs: containers(of_kind(objs, "Deployment")["gateway"])[0]["readinessProbe"]["httpGet"].update(
+            path="/readyz"
+        ),
+        "/readyz/gateway (readiness)",
     ),
     "model service open to every pod": (
         lambda objs: of_kind(objs, "NetworkPolicy")["bone-from-gateway"]["spec"]["ingress"][0].pop("from"),

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.serving import (
-    ceiling, cpu_costs, grpc_loads, markdown, recheck_ceiling, sample_jpeg, targets,
+    baseline_failure, ceiling, cpu_costs, grpc_loads, markdown, recheck_ceiling, sample_jpeg, targets,
 )
 from gateway.settings import GatewaySettings
 from gateway.testing import start_gateway
@@ -62,6 +62,14 @@ def test_bench_measures_a_real_service_and_reports_ratios_and_targets(tmp_path: 
     results["models"]["pneumonia"]["ceiling"] = moved
     ratio_checks = [check for check in targets(results) if check["target"].endswith("/ ceiling")]
     assert ratio_checks and all(check["note"].startswith("unreliable") for check in ratio_checks)
+
+    # A baseline that cannot start is reported and the rest of the run still written.
+    results["baselines"] = {"task": "pneumonia", "errors": {}}
+    with baseline_failure(results["baselines"], "original"):
+        raise RuntimeError("original exited with 1 before it was ready")
+    report["targets"] = targets(results)
+    assert not any("original" in check["target"] for check in report["targets"])
+    assert "- original: **not measured**, RuntimeError: original exited" in markdown(report)
 
 
 def test_gateway_answers_kept_alive_requests_without_nagle_delay(tmp_path: Path) -> None:

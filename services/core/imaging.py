@@ -205,9 +205,38 @@ def _check_size(width: int, height: int, limits: ImageLimits) -> None:
         )
 
 
+# A real JPEG has a few dozen segments before its first scan (an ICC profile split over APP2
+# segments: at most 255). Pillow walks the header segment by segment in Python, so a crafted file
+# of a million tiny segments would cost seconds of CPU per request; refuse it after this many.
+MAX_JPEG_HEADER_SEGMENTS = 1024
+
+
+def _check_jpeg_header_segments(data: bytes) -> None:
+    """Count the markers before the first start-of-scan; malformed structure is left to Pillow."""
+    offset, markers = 2, 0
+    while offset + 4 <= len(data) and data[offset] == 0xFF:
+        markers += 1
+        if markers > MAX_JPEG_HEADER_SEGMENTS:
+            raise InvalidImage(
+                f"the JPEG header has more than {MAX_JPEG_HEADER_SEGMENTS} segments before its image data; "
+                "a camera or scanner writes a few dozen"
+            )
+        marker = data[offset + 1]
+        if marker == 0xDA:               # start of scan: the header ends here
+            return
+        if marker == 0xFF:               # a fill byte before a marker
+            offset += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:   # markers without a length
+            offset += 2
+        else:
+            offset += 2 + int.from_bytes(data[offset + 2:offset + 4], "big")
+
+
 def _open_raster(data: bytes, media_type: str, limits: ImageLimits) -> Image.Image:
     """Open (header only, pixels not decoded yet) a JPEG or PNG."""
     expected_format = "JPEG" if media_type == JPEG else "PNG"
+    if media_type == JPEG:
+        _check_jpeg_header_segments(data)
     try:
         with warnings.catch_warnings():
             # Our own pixel limit is checked below; Pillow's global bomb check must not decide first.

@@ -372,3 +372,24 @@ def test_routing_tags_are_modality_and_body_part_only() -> None:
     tags = dicom_routing_tags(make_dicom(ramp()))
     assert tags == {"Modality": "CR", "BodyPartExamined": "CHEST"}
     assert dicom_routing_tags(encode(gradient_rgb(), "PNG")) == {}
+
+
+def _with_comment_segments(jpeg: bytes, count: int) -> bytes:
+    """The JPEG with `count` empty COM segments inserted right after its SOI marker."""
+    return jpeg[:2] + b"\xff\xfe\x00\x02" * count + jpeg[2:]
+
+
+def test_a_jpeg_header_flooded_with_segments_is_refused_before_pillow_walks_it():
+    from services.core.imaging import MAX_JPEG_HEADER_SEGMENTS, read_header
+
+    good = encode(gradient_rgb(), "JPEG")
+    flooded = _with_comment_segments(good, 1_000_000)   # ~4 MB: seconds of Pillow's header loop
+    with pytest.raises(InvalidImage, match=f"more than {MAX_JPEG_HEADER_SEGMENTS} segments"):
+        read_header(flooded)
+    with pytest.raises(InvalidImage, match="segments before its image data"):
+        read_image(flooded)
+
+
+def test_a_jpeg_with_many_but_plausible_header_segments_still_reads():
+    jpeg = _with_comment_segments(encode(gradient_rgb(), "JPEG"), 300)
+    assert read_image(jpeg).image.size == (64, 48)

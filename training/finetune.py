@@ -5,7 +5,7 @@
 
 Adam, class weights for imbalance, the task's augmentations (random flips / rotation / zoom /
 shift, applied to the training batches only), ReduceLROnPlateau, EarlyStopping and
-ModelCheckpoint on a validation score, seeded, Keras progress output. Writes to `--out`:
+ModelCheckpoint on a validation score, seeded, Keras progress bars (one line per epoch when the output is not a terminal). Writes to `--out`:
 `model.weights.h5` (the best epoch's weights of the classifier), `history.json` (every epoch's
 logs, the settings and timings) and `training_curves.png`.
 
@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -272,7 +273,7 @@ def fit(
         callbacks.append(_time_limit_callback(settings.max_minutes))
     fit_started = time.monotonic()
     history = trainer.fit(train_batches, validation_data=val_batches, epochs=settings.epochs,
-                          callbacks=callbacks, verbose=2)
+                          callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
     fit_seconds = time.monotonic() - fit_started
     trainer.load_weights(checkpoint)    # the best epoch (trainer and model share variables)
     checkpoint.unlink()

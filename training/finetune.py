@@ -5,9 +5,10 @@
 
 Adam, class weights for imbalance, the task's augmentations (random flips / rotation / zoom /
 shift, applied to the training batches only), ReduceLROnPlateau, EarlyStopping and
-ModelCheckpoint on a validation score, seeded, Keras progress bars (one line per epoch when the output is not a terminal). Writes to `--out`:
-`model.weights.h5` (the best epoch's weights of the classifier), `history.json` (every epoch's
-logs, the settings and timings) and `training_curves.png`.
+ModelCheckpoint on a validation score, seeded, Keras progress bars (one line per epoch when the
+output is not a terminal). Writes to `--out`: `model.weights.h5` (the best epoch's weights of the
+classifier), `history.json` (every epoch's logs, the settings and timings) and
+`training_curves.png`.
 
 Only Keras 3, NumPy, Pillow and the serving preprocessing are used, so the same code runs on any
 Keras backend: TensorFlow on this CPU, or `KERAS_BACKEND=torch` on a GPU machine that has PyTorch

@@ -1,0 +1,59 @@
+"""Each shipped diagnosis model folder is one consistent, auditable whole: the card describes the
+model file next to it, its split has no patient or lesion on two sides, its probabilities are
+calibrated, and it says it is not for clinical use. Model folders are copied from training runs by
+hand, so these catch a card, split or model.onnx from different runs."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+
+import pytest
+
+from services.bone.spec import SPEC as BONE
+from services.pneumonia.spec import SPEC as PNEUMONIA
+from services.skin.spec import SPEC as SKIN
+
+SHIPPED = [spec for spec in (BONE, SKIN, PNEUMONIA) if spec.model_path.exists()]
+
+
+@pytest.mark.parametrize("spec", SHIPPED, ids=lambda spec: spec.task)
+def test_the_card_describes_the_model_file_beside_it(spec) -> None:
+    card = spec.load_card()
+    assert card["model_bytes"] == spec.model_path.stat().st_size
+    assert card["task"] == spec.task and card["labels"] == spec.label_codes
+
+
+@pytest.mark.parametrize("spec", SHIPPED, ids=lambda spec: spec.task)
+def test_the_split_beside_the_model_keeps_each_group_on_one_side(spec) -> None:
+    sides: dict[str, set[str]] = defaultdict(set)
+    with (spec.model_dir / "split.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        sides[row["group"]].add(row["split"])
+    assert {row["split"] for row in rows} == {"train", "val", "test"}
+    leaked = {group: splits for group, splits in sides.items() if len(splits) > 1}
+    assert not leaked, f"groups in more than one split: {dict(list(leaked.items())[:5])}"
+    # The card's held-out count is the split's test rows (bone: KL1, "doubtful", has no binary label).
+    scored = [row for row in rows if row["split"] == "test" and not (spec.task == "bone" and row["label"] == "1")]
+    assert spec.load_card()["metrics"]["n"] == len(scored)
+
+
+@pytest.mark.parametrize("spec", SHIPPED, ids=lambda spec: spec.task)
+def test_every_head_is_temperature_calibrated_on_validation(spec) -> None:
+    heads = spec.load_card()["calibration"]["heads"]
+    expected = {"probabilities", "kl_probabilities"} if "kl_probabilities" in spec.extra_outputs else {"probabilities"}
+    assert set(heads) == expected
+    for head in heads.values():
+        assert head["temperature"] > 0
+        assert {"ece_before", "ece_after", "nll_before", "nll_after"} <= set(head["validation"])
+        # T minimises validation NLL, so it can only lower it.
+        assert head["validation"]["nll_after"] <= head["validation"]["nll_before"]
+        assert "test" in head
+
+
+@pytest.mark.parametrize("spec", SHIPPED, ids=lambda spec: spec.task)
+def test_the_card_says_it_is_not_for_clinical_use(spec) -> None:
+    card = spec.load_card()
+    assert any("not for clinical use" in line.lower() for line in card["limitations"])
+    assert "not for clinical use" in (spec.model_dir / "card.md").read_text(encoding="utf-8").lower()

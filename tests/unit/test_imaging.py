@@ -43,6 +43,19 @@ def gradient_rgb(width: int = 64, height: int = 48) -> Image.Image:
     return Image.fromarray(array, "RGB")
 
 
+def _secondary_capture() -> Dataset:
+    """An empty Secondary Capture dataset with its Part 10 file meta (explicit VR little endian)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    return ds
+
+
 def make_dicom(
     pixels: np.ndarray,
     *,
@@ -54,14 +67,7 @@ def make_dicom(
     extra: dict | None = None,
 ) -> bytes:
     """A minimal Part 10 DICOM file around `pixels` (frames, rows, cols) or (rows, cols), uint16."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds = _secondary_capture()
     ds.PatientName = "Doe^Jane"
     ds.PatientID = "12345"
     ds.Modality = "CR"
@@ -247,14 +253,7 @@ def make_palette_dicom(indices: np.ndarray, lut_rgb: np.ndarray, lut_bits: int =
     `lut_rgb` holds the colours as 8-bit values; with 16-bit entries each is stored as v * 257,
     which spans 0..65535 as a 16-bit palette does.
     """
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds = _secondary_capture()
     ds.Modality = "XC"
     ds.Rows, ds.Columns = indices.shape
     ds.SamplesPerPixel = 1

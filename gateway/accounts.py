@@ -14,7 +14,8 @@ from typing import Annotated
 
 import grpc
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
+from pydantic_core import PydanticCustomError
 
 from gateway.backend_errors import is_unreachable, to_api_error, unavailable
 from gateway.context import GatewayContext, get_context
@@ -32,34 +33,48 @@ NOT_AUTHENTICATED = "Not authenticated: send 'Authorization: Bearer <access_toke
 BAD_TOKEN = "Your session is invalid, expired or logged out; log in again."
 
 
+def _encodable(value: str) -> str:
+    # JSON may escape a lone UTF-16 surrogate ("\ud800"), which no protobuf or UTF-8 database holds.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError(
+            "string_unicode", "Must be valid text (it holds an unpaired surrogate)."
+        ) from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+
+
 class SignUpDraft(BaseModel):
     """A sign-up form as it is being filled in: every field may still be missing."""
 
-    email: str | None = None
-    password: str | None = None
-    first_name: str | None = None
-    surname: str | None = None
-    address1: str | None = None
-    address2: str | None = None
-    city: str | None = None
-    state: str | None = None
-    zip: str | None = None
-    gender: str | None = None
-    birth_date: str | None = None
+    email: Text | None = None
+    password: Text | None = None
+    first_name: Text | None = None
+    surname: Text | None = None
+    address1: Text | None = None
+    address2: Text | None = None
+    city: Text | None = None
+    state: Text | None = None
+    zip: Text | None = None
+    gender: Text | None = None
+    birth_date: Text | None = None
 
 
 class SignUpBody(SignUpDraft):
     """A submitted sign-up form: email, password and both names are required."""
 
-    email: str
-    password: str
-    first_name: str
-    surname: str
+    email: Text
+    password: Text
+    first_name: Text
+    surname: Text
 
 
 class LogInBody(BaseModel):
-    email: str
-    password: str
+    email: Text
+    password: Text
 
 
 @dataclass(frozen=True)

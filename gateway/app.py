@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -60,30 +60,63 @@ class SecurityHeaders:
         await self.app(scope, receive, send_wrapper)
 
 
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` once a body streams past the limit; FastAPI re-raises an HTTPException
+    met while parsing a form or JSON body, so it answers 413 through the API's error handler."""
+
+
 class BodySizeLimit:
-    """Refuse a request whose declared Content-Length is over the limit with 413, before reading it."""
+    """Refuse a body over the limit with 413: by its declared Content-Length before reading it, and
+    by counting the bytes of one sent without a length (chunked) so that it is never read past the
+    limit."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        limit_mib = (max_bytes - _FORM_OVERHEAD_BYTES) / (1024 * 1024)
+        self.message = f"The request is larger than the {limit_mib:.0f} MiB upload limit."
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope.get("headers", []):
-                if name == b"content-length":
-                    try:
-                        length = int(value)
-                    except ValueError:
-                        length = -1
-                    if length < 0:
-                        await error_response(400, "Invalid Content-Length header.")(scope, receive, send)
-                        return
-                    if length > self.max_bytes:
-                        limit_mib = (self.max_bytes - _FORM_OVERHEAD_BYTES) / (1024 * 1024)
-                        message = f"The request is larger than the {limit_mib:.0f} MiB upload limit."
-                        await error_response(413, message)(scope, receive, send)
-                        return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    length = -1
+                if length < 0:
+                    await error_response(400, "Invalid Content-Length header.")(scope, receive, send)
+                    return
+                if length > self.max_bytes:
+                    await error_response(413, self.message)(scope, receive, send)
+                    return
+
+        received = 0
+        response_started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(413, self.message)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge:
+            # Read outside a route (no handler ran): answer here, unless a response already began.
+            if response_started:
+                raise
+            await error_response(413, self.message)(scope, receive, send)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:

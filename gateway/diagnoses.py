@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import grpc
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from PIL import Image
 from sqlalchemy.orm import Session
 
 from gateway import records
@@ -35,6 +36,7 @@ from gateway.grpc_clients import MODEL_SERVICES
 from gateway.records import STATUS_COMPLETED, STATUS_FAILED, Diagnosis
 from gateway.routing import choose_exam_type
 from gateway.serialization import clean_extra, diagnosis_json, struct_to_dict
+from gateway.storage import sha256_hex
 from protos.drtech.v1 import diagnosis_pb2
 from services.core.errors import InvalidImage, UnsupportedMediaType
 from services.core.imaging import DICOM, ImageLimits, decode_image, dicom_routing_tags, read_header
@@ -45,6 +47,8 @@ router = APIRouter(prefix="/api/v1")
 ExamType = Literal["chest_xray", "skin_lesion", "bone_xray"]
 RequestedExamType = Literal["chest_xray", "skin_lesion", "bone_xray", "auto"]
 T = TypeVar("T")
+# Far past any history, and within the 64-bit integer SQLite and PostgreSQL take for OFFSET.
+MAX_OFFSET = 1_000_000_000
 
 
 async def in_session(ctx: GatewayContext, work: Callable[[Session], T]) -> T:
@@ -85,10 +89,11 @@ def check_image(data: bytes, max_bytes: int) -> str:
     return decoded.media_type
 
 
-async def run_model(ctx: GatewayContext, record: Diagnosis, data: bytes) -> tuple[Diagnosis, ApiError | None]:
-    """Call the model service and fill in `record`.
+async def run_model(ctx: GatewayContext, record: Diagnosis, data: bytes) -> bytes | None:
+    """Call the model service and fill in `record`; returns the heatmap PNG when there is one.
 
-    Returns the record and, when the model rejects the image, the error to answer with.
+    A model service that is down or fails leaves the record `failed` (the upload is kept, to
+    retry); an image the model rejects raises the 415/422 to answer with.
     """
     stub = ctx.backends.models[record.exam_type]
     service = MODEL_SERVICES[record.exam_type]
@@ -101,7 +106,7 @@ async def run_model(ctx: GatewayContext, record: Diagnosis, data: bytes) -> tupl
         if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
             message = error.details() or "the model service rejected the image"
             status = 415 if message.lower().startswith("unsupported media type") else 422
-            return record, ApiError(status, f"The {service} model cannot use this image: {message}")
+            raise ApiError(status, f"The {service} model cannot use this image: {message}") from None
         reason = "is unavailable" if is_unreachable(error) else "failed"
         log.warning(
             "diagnosis %s: %s service %s: %s %s",
@@ -116,7 +121,7 @@ async def run_model(ctx: GatewayContext, record: Diagnosis, data: bytes) -> tupl
             f"The {service} model service {reason} ({error.code().name}); the upload is kept, "
             f"retry with POST /api/v1/diagnoses/{record.id}/retry."
         )
-        return record, None
+        return None
 
     record.status = STATUS_COMPLETED
     record.detail = None
@@ -128,38 +133,51 @@ async def run_model(ctx: GatewayContext, record: Diagnosis, data: bytes) -> tupl
     record.model_version = reply.model.version
     record.extra = clean_extra(struct_to_dict(reply.extra)) if reply.HasField("extra") else {}
     if reply.HasField("heatmap") and reply.heatmap.png:
-        record.heatmap_sha256 = await run_in_threadpool(ctx.heatmaps.put, reply.heatmap.png)
+        record.heatmap_sha256 = sha256_hex(reply.heatmap.png)
         record.heatmap_method = reply.heatmap.method or None
-    return record, None
+        return reply.heatmap.png
+    return None
+
+
+def _keep_blobs_after_commit(ctx: GatewayContext, record: Diagnosis, data: bytes | None,
+                             heatmap: bytes | None) -> None:
+    """The writer's half of the blob protocol (gateway/storage.py): once the record is committed, put
+    back a blob that a concurrent delete of another record with the same bytes removed meanwhile."""
+    if data is not None and not ctx.uploads.exists(record.image_sha256):
+        ctx.uploads.put(data)
+    if heatmap is not None and record.heatmap_sha256 and not ctx.heatmaps.exists(record.heatmap_sha256):
+        ctx.heatmaps.put(heatmap)
 
 
 def keep_upload_and_record(
-    ctx: GatewayContext, session: Session, record: Diagnosis, data: bytes
+    ctx: GatewayContext, session: Session, record: Diagnosis, data: bytes, heatmap: bytes | None
 ) -> Diagnosis:
-    """Store the upload, then its record. Blocking: one thread hand-off for the three steps, which
-    as separate hand-offs cost the gateway ~0.2 ms of CPU each (`python -m benchmarks.ab`)."""
+    """Store the upload and heatmap, then their record. Blocking: one thread hand-off for all the
+    steps, which as separate hand-offs cost the gateway ~0.2 ms of CPU each (`python -m benchmarks.ab`)."""
     record.image_sha256 = ctx.uploads.put(data)
+    if heatmap is not None:
+        ctx.heatmaps.put(heatmap)
     records.add(session, record)
-    if not ctx.uploads.exists(record.image_sha256):
-        # A concurrent delete of another record with the same bytes removed the blob in between.
-        ctx.uploads.put(data)
+    _keep_blobs_after_commit(ctx, record, data, heatmap)
     return record
 
 
-async def _forget_blobs(ctx: GatewayContext, image_sha: str | None, heatmap_sha: str | None) -> None:
-    """Delete stored blobs that no record references any more."""
+def forget_blobs(ctx: GatewayContext, image_sha: str | None, heatmap_sha: str | None) -> None:
+    """Delete stored blobs that no record names any more (the deleter's half of the blob protocol).
+    Blocking."""
+    for store, digest, in_use in (
+        (ctx.uploads, image_sha, records.image_in_use),
+        (ctx.heatmaps, heatmap_sha, records.heatmap_in_use),
+    ):
+        if not digest:
+            continue
 
-    def unused(session: Session) -> tuple[bool, bool]:
-        return (
-            bool(image_sha) and not records.image_in_use(session, image_sha),
-            bool(heatmap_sha) and not records.heatmap_in_use(session, heatmap_sha),
-        )
+        def named(digest: str = digest, in_use: Callable[[Session, str], bool] = in_use) -> bool:
+            with ctx.sessions() as session:
+                return in_use(session, digest)
 
-    drop_image, drop_heatmap = await in_session(ctx, unused)
-    if drop_image and image_sha:
-        await run_in_threadpool(ctx.uploads.delete, image_sha)
-    if drop_heatmap and heatmap_sha:
-        await run_in_threadpool(ctx.heatmaps.delete, heatmap_sha)
+        if not named():
+            store.delete_unused(digest, named)
 
 
 async def _owned(ctx: GatewayContext, diagnosis_id: str, user_id: str) -> Diagnosis:
@@ -200,11 +218,12 @@ async def create_diagnosis(
         extra={},
         created_at=records.utc_now(),
     )
-    record, rejection = await run_model(ctx, record, data)
-    if rejection is not None:
+    try:
+        heatmap = await run_model(ctx, record, data)
+    except ApiError:
         ctx.metrics.diagnoses.labels(chosen, "rejected").inc()
-        raise rejection   # nothing was stored: an upload is only kept with its record
-    record = await in_session(ctx, lambda s: keep_upload_and_record(ctx, s, record, data))
+        raise   # nothing was stored: an upload is only kept with its record
+    record = await in_session(ctx, lambda s: keep_upload_and_record(ctx, s, record, data, heatmap))
     ctx.metrics.diagnoses.labels(chosen, record.status).inc()
     return diagnosis_json(record)
 
@@ -219,19 +238,27 @@ async def retry_diagnosis(diagnosis_id: str, caller: CallerDep, ctx: ContextDep)
         data = await run_in_threadpool(ctx.uploads.get, record.image_sha256)
     except FileNotFoundError:
         raise ApiError(410, "The stored upload is gone; upload the image again.") from None
-    record, rejection = await run_model(ctx, record, data)
-    if rejection is not None:
-        raise rejection
+    heatmap = await run_model(ctx, record, data)
 
-    def save(session: Session) -> Diagnosis:
-        merged = session.merge(record)
-        session.commit()
-        session.refresh(merged)
-        return merged
+    def save(session: Session) -> Diagnosis | None:
+        if heatmap is not None:
+            ctx.heatmaps.put(heatmap)
+        # Only a record that still exists and is still failed: a delete or another retry may have
+        # come first while the model ran (merging would bring a deleted record back).
+        saved = records.save_retry(session, record)
+        if saved is None:
+            forget_blobs(ctx, None, record.heatmap_sha256)
+        else:
+            _keep_blobs_after_commit(ctx, saved, None, heatmap)
+        return saved
 
-    record = await in_session(ctx, save)
-    ctx.metrics.diagnoses.labels(record.exam_type, record.status).inc()
-    return diagnosis_json(record)
+    saved = await in_session(ctx, save)
+    if saved is None:
+        if await in_session(ctx, lambda s: records.get_owned(s, diagnosis_id, caller.user.id)) is None:
+            raise ApiError(404, f"No diagnosis {diagnosis_id} found for this account.")
+        raise ApiError(409, "This diagnosis has already completed; there is nothing to retry.")
+    ctx.metrics.diagnoses.labels(saved.exam_type, saved.status).inc()
+    return diagnosis_json(saved)
 
 
 @router.get("/diagnoses")
@@ -239,7 +266,7 @@ async def list_diagnoses(
     caller: CallerDep,
     ctx: ContextDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     exam_type: Annotated[ExamType | None, Query()] = None,
 ) -> dict[str, Any]:
     rows, total = await in_session(
@@ -262,14 +289,22 @@ async def delete_diagnosis(diagnosis_id: str, caller: CallerDep, ctx: ContextDep
         if found is not None:
             session.delete(found)
             session.commit()
+        forget_blobs(ctx, record.image_sha256, record.heatmap_sha256)
 
     await in_session(ctx, delete)
-    await _forget_blobs(ctx, record.image_sha256, record.heatmap_sha256)
     return Response(status_code=204)
 
 
-def render_png(data: bytes) -> bytes:
-    image = decode_image(data)
+def render_png(data: bytes, max_side: int | None = None) -> bytes:
+    """A PNG of the decoded image (at most `max_side` px a side when given); 422 when the pixels
+    cannot be decoded (a truncated PNG, a DICOM with less pixel data than its header says), which
+    the header check alone does not catch. Blocking."""
+    try:
+        image = decode_image(data)
+    except InvalidImage as error:
+        raise ApiError(422, f"The image cannot be shown: {error}.") from None
+    if max_side is not None:
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -8,28 +8,17 @@ file's header (patient name, IDs) never leaves this function.
 
 from __future__ import annotations
 
-import io
 from typing import Annotated
 
 from fastapi import APIRouter, File, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from PIL import Image
 
 from gateway.accounts import CallerDep, ContextDep
-from gateway.diagnoses import check_image, read_upload
-from services.core.imaging import decode_image
+from gateway.diagnoses import check_image, read_upload, render_png
 
 router = APIRouter(prefix="/api/v1")
 
 PREVIEW_SIDE = 512
-
-
-def preview_png(data: bytes) -> bytes:
-    image = decode_image(data)
-    image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @router.post("/previews", response_class=Response)
@@ -42,5 +31,5 @@ async def create_preview(
     max_bytes = ctx.settings.max_upload_bytes
     data = await read_upload(file, max_bytes)
     await run_in_threadpool(check_image, data, max_bytes)
-    return Response(await run_in_threadpool(preview_png, data), media_type="image/png",
+    return Response(await run_in_threadpool(render_png, data, PREVIEW_SIDE), media_type="image/png",
                     headers={"Cache-Control": "no-store"})

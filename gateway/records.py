@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Index, String, Text, func, select
+from sqlalchemy import JSON, Boolean, DateTime, Float, Index, String, Text, func, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 STATUS_COMPLETED = "completed"
@@ -62,6 +62,26 @@ def add(session: Session, record: Diagnosis) -> Diagnosis:
     session.commit()
     session.refresh(record)
     return record
+
+
+# What a model run fills in (run_model); the rest of a record never changes after it is created.
+RESULT_COLUMNS = ("status", "detail", "label", "label_display", "confidence", "probabilities", "model_name",
+                  "model_version", "extra", "heatmap_sha256", "heatmap_method")
+
+
+def save_retry(session: Session, record: Diagnosis) -> Diagnosis | None:
+    """Write a retried run's results onto the stored record, only if it still exists and is still
+    failed (one conditional UPDATE, so a delete or a concurrent retry that came first wins); None
+    when it did not."""
+    values = {name: getattr(record, name) for name in RESULT_COLUMNS}
+    changed = session.execute(
+        update(Diagnosis)
+        .where(Diagnosis.id == record.id, Diagnosis.status == STATUS_FAILED)
+        .values(**values, updated_at=utc_now())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.commit()
+    return session.get(Diagnosis, record.id) if changed else None
 
 
 def get_owned(session: Session, diagnosis_id: str, user_id: str) -> Diagnosis | None:

@@ -3,6 +3,12 @@
 Uploads are kept byte for byte under `<root>/<aa>/<bb>/<sha256>`; the client's file name is never
 used (no path traversal, no collisions, the same image stored once). Writes are atomic: a temporary
 file in the same directory tree, fsynced, then renamed into place.
+
+One blob can back many records, so deleting one races with storing the same bytes for a new record
+(its `put` finds the file and skips writing it). The two sides keep to one protocol that never
+loses a blob a committed record names: a writer commits its record and then calls `put` again if
+the blob has gone missing; a deleter uses `delete_unused`, which moves the blob aside, asks the
+database again, and puts it back when a record appeared meanwhile.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import hashlib
 import os
 import re
 import tempfile
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -57,3 +65,20 @@ class BlobStore:
 
     def delete(self, digest: str) -> None:
         self.path_for(digest).unlink(missing_ok=True)
+
+    def delete_unused(self, digest: str, in_use: Callable[[], bool]) -> bool:
+        """Delete the blob unless `in_use()` (a fresh database query, asked after the blob has been
+        moved aside) finds a record that names it; True when it was deleted."""
+        target = self.path_for(digest)
+        aside = target.with_name(f".deleting-{digest}-{uuid.uuid4().hex}")
+        try:
+            os.rename(target, aside)
+        except FileNotFoundError:
+            return False
+        if in_use():
+            # The record was committed after our first check; its writer may already have put the
+            # same bytes back, which replacing them again leaves unchanged.
+            os.replace(aside, target)
+            return False
+        aside.unlink()
+        return True

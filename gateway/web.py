@@ -73,11 +73,18 @@ async def signup_page(request: Request) -> Response:
     )
 
 
+def _same_site_path(target: str) -> bool:
+    """Only a path on this site may follow log-in (no open redirect). Browsers read `\\` as `/` and
+    drop tabs and newlines, so `/\\evil.example` or `/<tab>/evil.example` would leave the site."""
+    return (target.startswith("/") and not target.startswith("//") and "\\" not in target
+            and not any(ord(c) <= 0x20 or ord(c) == 0x7F for c in target))
+
+
 @router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request) -> Response:
     next_path = request.query_params.get("next", "/app")
-    if not next_path.startswith("/") or next_path.startswith("//"):
-        next_path = "/app"  # only same-site paths: no open redirect
+    if not _same_site_path(next_path):
+        next_path = "/app"
     return _page(request, "login.html", await _signed_in_user(request), next_path=next_path)
 
 

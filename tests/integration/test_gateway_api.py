@@ -425,6 +425,8 @@ def test_history_is_newest_first_filterable_paged_and_private(client: httpx.Clie
     assert [item["id"] for item in second["items"]] == [ids[1]] and second["total"] == 3
     bad = client.get("/api/v1/diagnoses", params={"limit": 0, "exam_type": "x"}, headers=owner)
     assert bad.status_code == 422 and set(bad.json()["errors"]) == {"limit", "exam_type"}
+    huge = client.get("/api/v1/diagnoses", params={"offset": 10**23}, headers=owner)
+    assert huge.status_code == 422 and set(huge.json()["errors"]) == {"offset"}
 
     stranger = bearer(client)
     assert client.get("/api/v1/diagnoses", headers=stranger).json() == {
@@ -531,6 +533,14 @@ def test_readyz_names_a_stopped_service_and_an_unavailable_model_gives_a_failed_
             assert failed["status"] == "failed" and "unavailable" in failed["detail"]
             assert failed["label"] is None and failed["probabilities"] == {}
             assert client.get(failed["image_url"], headers=headers).content == image  # the upload is kept
+            # A failed record's upload was never decoded: one whose pixels cannot be shown is a 422.
+            short_dicom = make_dicom(ramp())[:-100]
+            broken = upload(client, headers, short_dicom, "chest_xray", name="x.dcm",
+                            content_type="application/dicom")
+            assert broken.status_code == 201 and broken.json()["status"] == "failed", broken.text
+            shown = client.get(broken.json()["image_url"], headers=headers)
+            assert shown.status_code == 422
+            assert shown.json()["detail"].startswith("The image cannot be shown: ")
 
             pneumonia.load_model()
             assert client.get("/readyz").status_code == 200

@@ -104,3 +104,41 @@ def test_the_readiness_check_says_ok_for_a_live_database_and_unreachable_for_a_c
     finally:
         live.dispose()
         closed.dispose()
+
+
+def test_a_retry_saves_only_onto_a_record_that_still_exists_and_is_still_failed(database_url: str) -> None:
+    """A delete, or another retry, that lands while the model runs wins: the retry's results are not
+    written (a merge would have brought the deleted record back)."""
+    engine = create_database_engine(database_url)
+    try:
+        migrate(engine)
+        sessions = session_factory(engine)
+        with sessions() as session:
+            failed = record("alice", "chest_xray", "c" * 64, 0)
+            failed.status, failed.label, failed.probabilities = "failed", None, {}
+            records.add(session, failed)
+            retried = records.get_owned(session, failed.id, "alice")
+            session.expunge(retried)
+        retried.status, retried.label, retried.confidence = "completed", "PNEUMONIA", 0.8
+
+        with sessions() as session:
+            saved = records.save_retry(session, retried)
+            assert saved is not None and saved.status == "completed" and saved.label == "PNEUMONIA"
+            assert saved.image_sha256 == "c" * 64 and saved.user_id == "alice"
+        with sessions() as session:
+            assert records.save_retry(session, retried) is None   # a second retry finds it completed
+
+        with sessions() as session:
+            gone = record("alice", "chest_xray", "d" * 64, 1)
+            gone.status = "failed"
+            records.add(session, gone)
+            gone_id = gone.id
+            session.expunge(gone)
+            session.delete(session.get(Diagnosis, gone_id))
+            session.commit()
+        gone.status = "completed"
+        with sessions() as session:
+            assert records.save_retry(session, gone) is None
+            assert session.get(Diagnosis, gone_id) is None
+    finally:
+        engine.dispose()

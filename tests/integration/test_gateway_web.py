@@ -110,6 +110,15 @@ def test_a_dicom_preview_is_a_png_and_nothing_is_stored(client: httpx.Client, st
     assert after == before
     bad = client.post("/api/v1/previews", files={"file": ("x.dcm", b"nope" * 100, "application/dicom")}, headers=headers)
     assert bad.status_code in {415, 422} and "Traceback" not in bad.text
+    # Headers that pass but pixels that do not decode: a PNG cut in half, a DICOM short of pixel data.
+    png = io.BytesIO()
+    Image.open(io.BytesIO(sample_image_bytes("bone_xray"))).save(png, format="PNG")
+    short_dicom = knee_dicom()[:-1000]
+    for name, data, kind in [("half.png", png.getvalue()[: len(png.getvalue()) // 2], "image/png"),
+                             ("short.dcm", short_dicom, "application/dicom")]:
+        broken = client.post("/api/v1/previews", files={"file": (name, data, kind)}, headers=headers)
+        assert broken.status_code == 422, (name, broken.text)
+        assert broken.json()["detail"].startswith("The image cannot be shown: ")
     assert client.post("/api/v1/previews", files={"file": ("knee.dcm", knee_dicom(), "application/dicom")}).status_code == 401
 
 

@@ -6,6 +6,7 @@ never called by these requests (they fail before any gRPC call is made).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,6 +139,19 @@ def test_calls_without_a_token_are_401_with_a_detail(client: TestClient, method:
     assert reply.headers["www-authenticate"] == "Bearer"
 
 
+def test_text_with_an_unpaired_surrogate_is_422_for_its_field_not_a_500(client: TestClient) -> None:
+    """JSON can escape half a UTF-16 pair ("\\ud800"), which protobuf and UTF-8 cannot carry."""
+    for path, body, field in [
+        ("/api/v1/auth/login", '{"email": "a@example.org", "password": "\\ud800xxxxxxxx"}', "password"),
+        ("/api/v1/auth/signup", ('{"email": "a@example.org", "password": "correct horse 42", '
+                                '"first_name": "A\\ud800", "surname": "B"}'), "first_name"),
+        ("/api/v1/auth/signup/check", '{"city": "\\udfff"}', "city"),
+    ]:
+        reply = client.post(path, content=body, headers={"Content-Type": "application/json"})
+        assert reply.status_code == 422, (path, reply.text)
+        assert reply.json()["errors"] == {field: "Must be valid text (it holds an unpaired surrogate)."}
+
+
 def test_cookie_authenticated_changes_need_the_csrf_header(client: TestClient) -> None:
     client.cookies.set("drtech_session", "some-token")
     for method, path in [("POST", "/api/v1/auth/logout"), ("DELETE", "/api/v1/diagnoses/1")]:
@@ -155,6 +169,49 @@ def test_an_upload_over_the_limit_is_413_before_it_is_read(client: TestClient) -
     )
     assert reply.status_code == 413
     assert "limit" in reply.json()["detail"]
+
+
+def test_a_chunked_upload_over_the_limit_is_413_without_reading_the_rest(settings: GatewaySettings) -> None:
+    """No Content-Length to refuse by: the bytes are counted and reading stops at the limit, before
+    the form is parsed or the caller authenticated (driven at the ASGI level, since the test client
+    would buffer the whole body first)."""
+    head = (b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n")
+    chunks_read = 0
+    replies: list[dict] = []
+
+    async def receive() -> dict:
+        nonlocal chunks_read
+        chunks_read += 1   # 1000 chunks of 16 KiB (16 MB) offered; the limit is 4 KiB + form overhead
+        return {"type": "http.request", "body": head if chunks_read == 1 else b"0" * 16384,
+                "more_body": chunks_read < 1000}
+
+    async def send(message: dict) -> None:
+        replies.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/api/v1/diagnoses", "raw_path": b"/api/v1/diagnoses",
+        "root_path": "", "query_string": b"", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000),
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"multipart/form-data; boundary=xyz"),
+                    (b"transfer-encoding", b"chunked")],
+    }
+    asyncio.run(create_app(settings)(scope, receive, send))
+
+    assert replies[0]["type"] == "http.response.start" and replies[0]["status"] == 413
+    assert b"limit" in b"".join(m.get("body", b"") for m in replies[1:])
+    assert chunks_read < 10
+
+
+def test_a_chunked_json_body_over_the_limit_is_413(client: TestClient) -> None:
+    def body() -> Iterator[bytes]:
+        yield b'{"email": "'
+        for _ in range(100):
+            yield b"a" * 16384
+        yield b'"}'
+
+    reply = client.post("/api/v1/auth/login", content=body(), headers={"Content-Type": "application/json"})
+    assert reply.status_code == 413
 
 
 def test_unknown_paths_and_methods_get_json_errors(client: TestClient) -> None:
@@ -212,8 +269,18 @@ def test_pages_that_need_an_account_send_visitors_to_log_in(client: TestClient, 
     assert reply.headers["location"] == f"/login?next={path}"
 
 
-def test_login_page_refuses_an_open_redirect(client: TestClient) -> None:
-    assert 'data-next="/app"' in client.get("/login", params={"next": "//evil.example/x"}).text
+@pytest.mark.parametrize("target", [
+    "//evil.example/x", "https://evil.example", "/\\evil.example", "/\t/evil.example", "/\n/evil.example",
+    "/ /evil.example", "evil.example",
+])
+def test_login_page_refuses_an_open_redirect(client: TestClient, target: str) -> None:
+    """Browsers read a backslash as a slash and drop tabs and newlines: each of these would leave the site."""
+    assert 'data-next="/app"' in client.get("/login", params={"next": target}).text
+
+
+def test_login_page_keeps_a_same_site_next_page(client: TestClient) -> None:
+    page = client.get("/login", params={"next": "/results/abc?x=1"}).text
+    assert 'data-next="/results/abc?x=1"' in page.replace("&amp;", "&")
 
 
 def test_static_assets_are_served_and_self_contained(client: TestClient) -> None:

@@ -19,7 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from gateway.backend_errors import is_unreachable, to_api_error, unavailable
 from gateway.context import GatewayContext, get_context
-from gateway.errors import ApiError, field_violations, invalid_fields
+from gateway.errors import ApiError, field_violations, invalid_fields, retry_after_s
 from gateway.serialization import iso_utc, user_json
 from protos.drtech.v1 import auth_pb2
 from services.auth.validation import ValidationError, validate_sign_up
@@ -192,7 +192,7 @@ async def log_in(body: LogInBody, request: Request, response: Response, ctx: Con
             raise ApiError(
                 429,
                 error.details() or "Too many failed log-ins; try again later.",
-                headers={"Retry-After": "60"},
+                headers={"Retry-After": str(retry_after_s(error) or 60)},
             ) from None
         if is_unreachable(error):
             raise unavailable("authentication") from None

@@ -9,6 +9,7 @@ use one shape, 422:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,6 +62,17 @@ def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
             for violation in bad_request.field_violations:
                 violations.setdefault(violation.field, violation.description)
     return violations
+
+
+def retry_after_s(error: grpc.aio.AioRpcError) -> int | None:
+    """The whole seconds to wait (rounded up) that a gRPC error's google.rpc.RetryInfo carries."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return max(1, math.ceil(info.retry_delay.ToMilliseconds() / 1000))
+    return None
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:

@@ -90,7 +90,19 @@ class Accounts:
         email = normalize_email(email)[:EMAIL_MAX_LENGTH]
         client_ip = client_ip.strip()[:CLIENT_IP_MAX_LENGTH]
         now = utc_now()
-        self._check_throttle(email, client_ip, now)
+        # The attempt is written (as a failure, until it succeeds) before the throttle is checked,
+        # so parallel guesses see each other: of N at once, at most the limit get to try a password.
+        attempt = LoginFailure(email=email, client_ip=client_ip, created_at=now)
+        with self._sessions.begin() as db:
+            db.add(attempt)
+            db.flush()
+            attempt_id = attempt.id
+        try:
+            self._check_throttle(email, client_ip, now, attempt_id)
+        except Throttled:
+            with self._sessions.begin() as db:
+                db.execute(delete(LoginFailure).where(LoginFailure.id == attempt_id))
+            raise
 
         with self._sessions.begin() as db:
             user = db.scalar(select(User).where(User.email == email))
@@ -104,8 +116,8 @@ class Accounts:
             matches = self._passwords.verify(user.password_hash, password)
         if user is None or not matches:
             with self._sessions.begin() as db:
-                db.add(LoginFailure(email=email, client_ip=client_ip, created_at=now))
-                # Failures older than the window no longer count; drop them so the table stays small.
+                # The attempt's row stays: it is this failure. Failures older than the window no
+                # longer count; drop them so the table stays small.
                 db.execute(delete(LoginFailure).where(LoginFailure.created_at < now - self._throttle.window))
             raise BadCredentials()
 
@@ -118,7 +130,7 @@ class Accounts:
             if new_hash is not None:
                 db.execute(update(User).where(User.id == user.id).values(password_hash=new_hash))
                 user.password_hash = new_hash
-            # A successful log-in clears this account's failures (not the IP's).
+            # A successful log-in clears this account's failures (not the IP's), its own attempt included.
             db.execute(delete(LoginFailure).where(LoginFailure.email == email))
             # ...and forgets its sessions that can no longer be used, so the table does not grow forever.
             db.execute(
@@ -134,7 +146,9 @@ class Accounts:
             )
         return LoggedIn(access_token=token, expires_at=expires_at, user=user)
 
-    def _check_throttle(self, email: str, client_ip: str, now: datetime) -> None:
+    def _check_throttle(self, email: str, client_ip: str, now: datetime, attempt_id: int) -> None:
+        """Throttled when the email or the IP already has `limit` failures (or attempts in flight)
+        in the window, not counting this attempt."""
         since = now - self._throttle.window
         checks = [("email", LoginFailure.email == email, self._throttle.max_failures_per_email)]
         if client_ip:
@@ -145,7 +159,7 @@ class Accounts:
             for what, condition, limit in checks:
                 recent = db.scalars(
                     select(LoginFailure.created_at)
-                    .where(condition, LoginFailure.created_at >= since)
+                    .where(condition, LoginFailure.created_at >= since, LoginFailure.id != attempt_id)
                     .order_by(LoginFailure.created_at.desc())
                     .limit(limit)
                 ).all()

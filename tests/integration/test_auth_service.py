@@ -373,3 +373,19 @@ def test_log_in_forgets_the_users_dead_sessions(start, database_url: str) -> Non
 
     kept = [row["token_hash"] for row in read_tables(database_url)["sessions"]]
     assert kept == [hashlib.sha256(live.encode()).hexdigest()]
+
+
+def test_parallel_guesses_get_no_more_tries_than_the_limit(start) -> None:
+    """Each attempt is recorded before the throttle is checked, so guesses sent at once see each
+    other instead of all passing a check that none of them has counted in yet."""
+    _, client = start(throttle_max_failures_per_email=3)
+    user = client.sign_up()
+    with ThreadPoolExecutor(12) as pool:
+        errors = list(pool.map(
+            lambda n: rpc_error(client.log_in, user.email, f"wrong password {n}", client_ip=f"198.51.100.{n}"),
+            range(12),
+        ))
+    codes = [error.code() for error in errors]
+    assert set(codes) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    # Passwords tried: at most the limit (a throttled attempt tries none and is not counted as one).
+    assert codes.count(grpc.StatusCode.UNAUTHENTICATED) <= 3

@@ -251,6 +251,8 @@ def test_repeated_failed_log_ins_are_throttled_with_429(client: httpx.Client) ->
     assert codes[-1] == 429
     throttled = client.post("/api/v1/auth/login", json={"email": account["email"], "password": PASSWORD})
     assert throttled.status_code == 429 and throttled.json()["detail"]
+    # The auth service's own wait: until the oldest counted failure leaves the 15-minute window.
+    assert 14 * 60 < int(throttled.headers["Retry-After"]) <= 15 * 60
 
 
 def test_log_out_revokes_the_token_at_once_and_clears_the_cookie(client: httpx.Client) -> None:

@@ -380,11 +380,11 @@ def test_parallel_guesses_get_no_more_tries_than_the_limit(start) -> None:
     other instead of all passing a check that none of them has counted in yet."""
     _, client = start(throttle_max_failures_per_email=3)
     user = client.sign_up()
+    def guess(n: int) -> grpc.RpcError:
+        return rpc_error(client.log_in, user.email, f"wrong password {n}", client_ip=f"198.51.100.{n}")
+
     with ThreadPoolExecutor(12) as pool:
-        errors = list(pool.map(
-            lambda n: rpc_error(client.log_in, user.email, f"wrong password {n}", client_ip=f"198.51.100.{n}"),
-            range(12),
-        ))
+        errors = list(pool.map(guess, range(12)))
     codes = [error.code() for error in errors]
     assert set(codes) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}
     # Passwords tried: at most the limit (a throttled attempt tries none and is not counted as one).

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import grpc
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BeforeValidator, Field
 from PIL import Image
 from sqlalchemy.orm import Session
 
@@ -49,6 +50,7 @@ RequestedExamType = Literal["chest_xray", "skin_lesion", "bone_xray", "auto"]
 T = TypeVar("T")
 # Far past any history, and within the 64-bit integer SQLite and PostgreSQL take for OFFSET.
 MAX_OFFSET = 1_000_000_000
+DEFAULT_PAGE_SIZE = 20
 
 
 async def in_session(ctx: GatewayContext, work: Callable[[Session], T]) -> T:
@@ -261,14 +263,25 @@ async def retry_diagnosis(diagnosis_id: str, caller: CallerDep, ctx: ContextDep)
     return diagnosis_json(saved)
 
 
+def _empty_is_absent(value: Any) -> Any:
+    return None if value == "" else value
+
+
+# A query parameter that may be left out, or sent empty: API.md writes the list's query as
+# `?limit=&offset=&exam_type=`, and an empty value there means "not given".
+OptionalQuery = Annotated[T | None, BeforeValidator(_empty_is_absent), Query()]
+
+
 @router.get("/diagnoses")
 async def list_diagnoses(
     caller: CallerDep,
     ctx: ContextDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-    exam_type: Annotated[ExamType | None, Query()] = None,
+    limit: OptionalQuery[Annotated[int, Field(ge=1, le=100)]] = None,
+    offset: OptionalQuery[Annotated[int, Field(ge=0, le=MAX_OFFSET)]] = None,
+    exam_type: OptionalQuery[ExamType] = None,
 ) -> dict[str, Any]:
+    limit = DEFAULT_PAGE_SIZE if limit is None else limit
+    offset = offset or 0
     rows, total = await in_session(
         ctx, lambda s: records.list_owned(s, caller.user.id, limit=limit, offset=offset, exam_type=exam_type)
     )

@@ -427,6 +427,8 @@ def test_history_is_newest_first_filterable_paged_and_private(client: httpx.Clie
     assert [item["id"] for item in second["items"]] == [ids[1]] and second["total"] == 3
     bad = client.get("/api/v1/diagnoses", params={"limit": 0, "exam_type": "x"}, headers=owner)
     assert bad.status_code == 422 and set(bad.json()["errors"]) == {"limit", "exam_type"}
+    blank = client.get("/api/v1/diagnoses?limit=&offset=&exam_type=", headers=owner).json()
+    assert blank == page   # API.md's template with empty values: every one takes its default
     huge = client.get("/api/v1/diagnoses", params={"offset": 10**23}, headers=owner)
     assert huge.status_code == 422 and set(huge.json()["errors"]) == {"offset"}
 

@@ -23,8 +23,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import grpc
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BeforeValidator, Field
 from PIL import Image
+from pydantic import BeforeValidator, Field
 from sqlalchemy.orm import Session
 
 from gateway import records

@@ -108,22 +108,26 @@ class Batcher:
             started = time.perf_counter()
             prediction = self._run(np.stack([item for item, _ in jobs]))
             seconds = time.perf_counter() - started
-        except BaseException as error:  # hand the failure to every caller waiting on this batch
-            for _, future in jobs:
-                future.set_exception(error)
-            return
-        if self._on_batch is not None:
-            self._on_batch(len(jobs), seconds)
-        for index, (_, future) in enumerate(jobs):
-            rows = slice(index, index + 1)
-            future.set_result(
+            results = [
                 BatchedPrediction(
                     prediction=Prediction(
-                        probabilities=prediction.probabilities[rows],
-                        cam=prediction.cam[rows],
-                        extra={name: values[rows] for name, values in prediction.extra.items()},
+                        probabilities=prediction.probabilities[index:index + 1],
+                        cam=prediction.cam[index:index + 1],
+                        extra={name: values[index:index + 1] for name, values in prediction.extra.items()},
                     ),
                     batch_size=len(jobs),
                     seconds=seconds,
                 )
-            )
+                for index in range(len(jobs))
+            ]
+        except BaseException as error:  # hand the failure to every caller waiting on this batch
+            for _, future in jobs:
+                future.set_exception(error)
+            return
+        for (_, future), result in zip(jobs, results, strict=True):
+            future.set_result(result)
+        if self._on_batch is not None:
+            try:
+                self._on_batch(len(jobs), seconds)
+            except Exception:   # a metrics callback must never stop the batching thread
+                logger.exception("batch callback failed")

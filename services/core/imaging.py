@@ -11,6 +11,7 @@ Stays free of gRPC and ONNX Runtime imports: the gateway and training may use it
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -232,11 +233,33 @@ def _check_jpeg_header_segments(data: bytes) -> None:
             offset += 2 + int.from_bytes(data[offset + 2:offset + 4], "big")
 
 
+# The same for PNG: a real file has a handful of chunks before its image data (IHDR, colour and
+# text chunks); Pillow reads each in Python.
+MAX_PNG_HEADER_CHUNKS = 1024
+
+
+def _check_png_header_chunks(data: bytes) -> None:
+    """Count the chunks before the first IDAT; malformed structure is left to Pillow."""
+    offset, chunks = 8, 0
+    while offset + 8 <= len(data):
+        chunks += 1
+        if chunks > MAX_PNG_HEADER_CHUNKS:
+            raise InvalidImage(
+                f"the PNG header has more than {MAX_PNG_HEADER_CHUNKS} chunks before its image data; "
+                "an imaging program writes a handful"
+            )
+        if data[offset + 4:offset + 8] in (b"IDAT", b"IEND"):
+            return
+        offset += 12 + int.from_bytes(data[offset:offset + 4], "big")   # length, type, data, CRC
+
+
 def _open_raster(data: bytes, media_type: str, limits: ImageLimits) -> Image.Image:
     """Open (header only, pixels not decoded yet) a JPEG or PNG."""
     expected_format = "JPEG" if media_type == JPEG else "PNG"
     if media_type == JPEG:
         _check_jpeg_header_segments(data)
+    else:
+        _check_png_header_chunks(data)
     try:
         with warnings.catch_warnings():
             # Our own pixel limit is checked below; Pillow's global bomb check must not decide first.
@@ -289,7 +312,9 @@ def _to_rgb_or_l(image: Image.Image) -> Image.Image:
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale PNG (common for radiographs): stretch to 8 bits rather than clip.
-        array = np.asarray(image, dtype=np.float64)
+        array = np.asarray(image)
+        if array.dtype.kind == "i" and array.min() >= 0 and array.max() <= 65535:
+            array = array.astype(np.uint16)   # Pillow's "I" mode: int32 holding 16-bit values
         return Image.fromarray(_scale_to_uint8(array, float(array.min()), float(array.max())), mode="L")
     if image.mode in ("LA", "La"):
         return image.convert("L")
@@ -373,25 +398,55 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> Image.Image:
     if array.ndim != 2:
         raise InvalidImage(f"the DICOM pixel data has an unexpected shape {array.shape}")
 
-    # Modality LUT (rescale slope/intercept) first, then the VOI LUT or window, as a viewer does.
-    try:
-        values = pixels.apply_modality_lut(array, dataset).astype(np.float64)
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as error:
-        raise InvalidImage(f"the DICOM rescale / modality LUT cannot be applied ({error})") from None
-    low, high = float(values.min()), float(values.max())
-    if "WindowCenter" in dataset or "VOILUTSequence" in dataset:
-        try:
-            windowed = pixels.apply_voi_lut(values, dataset, index=0).astype(np.float64)
-            # The window's own output range (what a viewer maps to black..white), so an image
-            # that does not fill its window keeps the contrast the window asks for.
-            low, high = _voi_output_range(windowed, dataset)
-            values = windowed
-        except (ValueError, AttributeError, KeyError, TypeError, IndexError, NotImplementedError):
-            pass  # a malformed window or LUT: show the full value range instead of refusing the image
-    gray = _scale_to_uint8(values, low, high)
+    gray = _grey_levels_of(array, dataset)
     if photometric == "MONOCHROME1":
         gray = 255 - gray   # MONOCHROME1: the lowest value is displayed white
     return Image.fromarray(gray, mode="L")
+
+
+def _grey_levels_of(array: np.ndarray, dataset: Any) -> np.ndarray:
+    """8-bit display levels of a grey DICOM image. Integer pixels of up to 16 bits (nearly all)
+    take at most 65536 distinct values: those go through the modality and VOI LUTs once, and each
+    pixel is looked up, so a 64 M pixel image costs ~7 bytes per pixel instead of float images."""
+    if array.dtype.kind in "ui" and array.dtype.itemsize <= 2:
+        base = int(array.min())
+        index = array - base if array.dtype.kind == "u" else array.astype(np.int32) - base
+        levels = np.arange(base, int(array.max()) + 1).astype(array.dtype)
+        present = np.zeros(len(levels), dtype=bool)
+        present[index] = True
+        return _display_levels(levels, dataset, present)[index]
+    return _display_levels(array, dataset, None)
+
+
+def _display_levels(stored: np.ndarray, dataset: Any, present: np.ndarray | None) -> np.ndarray:
+    """Stored values -> 8-bit levels; the value range (when no window sets it) is taken over the
+    entries `present` marks (the levels that occur in the image), or over all of them."""
+    from pydicom import pixels
+
+    def occurring(values: np.ndarray) -> np.ndarray:
+        return values if present is None else values[present]
+
+    # Modality LUT (rescale slope/intercept) first, then the VOI LUT or window, as a viewer does.
+    try:
+        values = pixels.apply_modality_lut(stored, dataset)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as error:
+        raise InvalidImage(f"the DICOM rescale / modality LUT cannot be applied ({error})") from None
+    low, high = float(occurring(values).min()), float(occurring(values).max())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise InvalidImage("the DICOM rescale slope / intercept give values that are not finite numbers")
+    if "WindowCenter" in dataset or "VOILUTSequence" in dataset:
+        try:
+            windowed = pixels.apply_voi_lut(values, dataset, index=0)
+            # The window's own output range (what a viewer maps to black..white), so an image
+            # that does not fill its window keeps the contrast the window asks for.
+            window_low, window_high = _voi_output_range(occurring(windowed), dataset)
+            if not (math.isfinite(window_low) and math.isfinite(window_high)
+                    and np.isfinite(windowed).all()):
+                raise ValueError("the window is not finite numbers")
+            low, high, values = window_low, window_high, windowed
+        except (ValueError, AttributeError, KeyError, TypeError, IndexError, NotImplementedError):
+            pass  # a malformed window or LUT: show the full value range instead of refusing the image
+    return _scale_to_uint8(values, low, high)
 
 
 def _apply_palette(indices: np.ndarray, dataset: Any) -> np.ndarray:
@@ -433,9 +488,19 @@ def _voi_output_range(values: np.ndarray, dataset: Any) -> tuple[float, float]:
 
 
 def _scale_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map low..high linearly onto 0..255. One float32 working copy, changed in place: a 64 M pixel
+    image must fit a model pod's memory (float64 with temporaries cost ~32 bytes per pixel)."""
     if high <= low:
         return np.zeros(values.shape, dtype=np.uint8)
     if values.dtype == np.uint8 and low == 0 and high == 255:
         return values
-    scaled = (values.astype(np.float64) - low) * (255.0 / (high - low))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    if values.dtype in (np.uint8, np.uint16) and values.ndim >= 2:
+        # Integer pixels: scale the 256 or 65536 possible values once and look each pixel up.
+        levels = np.arange(np.iinfo(values.dtype).max + 1, dtype=np.float32)
+        return _scale_to_uint8(levels, low, high)[values]
+    scaled = values.astype(np.float32)
+    scaled -= np.float32(low)
+    scaled *= np.float32(255.0 / (high - low))
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, 255, out=scaled)
+    return scaled.astype(np.uint8)

@@ -247,6 +247,68 @@ def test_window_center_and_width_set_the_contrast() -> None:
     assert image[0, 32] == 255
 
 
+def test_each_stored_level_maps_as_the_whole_image_would() -> None:
+    """Grey DICOM pixels go through the LUTs once per distinct stored value, then are looked up:
+    the result equals mapping every pixel (signed pixels and a VOI window included)."""
+    from pydicom import dcmread
+
+    from services.core.imaging import _display_levels, _grey_levels_of
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(100, 3000, size=(40, 50)).astype(np.uint16)
+    for options in ({}, {"rescale": (2.0, -1024.0)}, {"window": (1500.0, 800.0)},
+                    {"rescale": (-1.0, 500.0), "window": (-200.0, 1000.0)}):
+        dataset = dcmread(io.BytesIO(make_dicom(pixels, **options)))
+        whole = _display_levels(pixels, dataset, None)
+        assert np.array_equal(_grey_levels_of(pixels, dataset), whole), options
+    signed = rng.integers(-2000, 2000, size=(40, 50)).astype(np.int16)
+    dataset = dcmread(io.BytesIO(make_dicom(pixels, window=(0.0, 1000.0))))
+    assert np.array_equal(_grey_levels_of(signed, dataset), _display_levels(signed, dataset, None))
+
+
+@pytest.mark.parametrize("kind", ["png16", "dicom"])
+def test_decoding_a_large_grey_image_needs_a_few_bytes_per_pixel(kind: str) -> None:
+    """A model pod decodes images up to max_pixels (64 M) within its memory limit: float64
+    working copies cost ~32-36 bytes per pixel (2 GiB for 64 M pixels); lookups cost < 8."""
+    import tracemalloc
+
+    side = 1500
+    values = np.tile(np.arange(side, dtype=np.uint16) * 40, (side, 1))
+    data = (encode(Image.fromarray(values), "PNG") if kind == "png16"
+            else make_dicom(values % 4096, rescale=(1.0, -1024.0), window=(40.0, 400.0)))
+    tracemalloc.start()
+    try:
+        decode_image(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak / (side * side) < 8
+
+
+def test_a_non_finite_rescale_is_refused_and_a_non_finite_window_falls_back_to_the_full_range() -> None:
+    with pytest.raises(InvalidImage, match="not finite"):
+        decode_image(make_dicom(ramp(), extra={"RescaleSlope": "NaN", "RescaleIntercept": "0"}))
+    with pytest.raises(InvalidImage, match="not finite"):
+        decode_image(make_dicom(ramp(), extra={"RescaleSlope": "inf", "RescaleIntercept": "0"}))
+    shown = np.asarray(decode_image(make_dicom(ramp(), extra={"WindowCenter": "NaN", "WindowWidth": "400"})))
+    assert shown[0, 0] == 0 and shown[0, -1] == 255   # the full ramp, not a black image
+
+
+def test_a_png_of_many_empty_header_chunks_is_refused_before_pillow_reads_them() -> None:
+    """Pillow reads PNG chunks in Python: 100,000 empty ones cost ~0.5 s of CPU per read."""
+    import struct
+    import zlib
+
+    png = encode(gradient_rgb(), "PNG")
+    chunk = struct.pack(">I", 0) + b"abCd" + struct.pack(">I", zlib.crc32(b"abCd"))
+    ihdr_end = 8 + 12 + 13
+    crafted = png[:ihdr_end] + chunk * 100_000 + png[ihdr_end:]
+    with pytest.raises(InvalidImage, match="more than 1024 chunks"):
+        read_image(crafted)
+    with_text = png[:ihdr_end] + chunk * 50 + png[ihdr_end:]   # a few ancillary chunks are fine
+    assert read_image(with_text).image.size == (64, 48)
+
+
 def make_palette_dicom(indices: np.ndarray, lut_rgb: np.ndarray, lut_bits: int = 16) -> bytes:
     """A PALETTE COLOR DICOM file: 8-bit `indices` (rows, cols) into `lut_rgb` (entries, 3).
 

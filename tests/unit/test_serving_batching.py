@@ -77,6 +77,30 @@ def test_a_failing_run_fails_every_call_in_its_batch() -> None:
         batcher.close()
 
 
+def test_a_run_with_a_malformed_answer_fails_its_calls_and_the_batcher_keeps_serving(
+    slow_model: OnnxModel,
+) -> None:
+    """Nothing after the model run may kill the batching thread: its callers would wait forever."""
+    runs = []
+
+    def flaky(batch: np.ndarray):
+        runs.append(len(batch))
+        return None if len(runs) == 1 else slow_model.run(batch)   # the first answer has no outputs
+
+    def broken_metrics(size: int, seconds: float) -> None:
+        raise RuntimeError("metrics exploded")
+
+    batcher = Batcher(flaky, max_batch_size=4, on_batch=broken_metrics)
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            with pytest.raises(AttributeError):
+                pool.submit(batcher.predict, images(1)[0]).result(timeout=10)
+            for _ in range(2):   # a failing callback is logged; the answers still come
+                assert pool.submit(batcher.predict, images(1)[0]).result(timeout=10).batch_size == 1
+    finally:
+        batcher.close()
+
+
 def test_closed_batcher_refuses_new_calls(slow_model: OnnxModel) -> None:
     batcher = Batcher(slow_model.run, max_batch_size=2)
     batcher.close()

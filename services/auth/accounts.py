@@ -87,8 +87,10 @@ class Accounts:
 
     def log_in(self, email: str, password: str, client_ip: str = "") -> LoggedIn:
         """Start a session. Raises Throttled, or BadCredentials (unknown email and bad password alike)."""
-        email = normalize_email(email)[:EMAIL_MAX_LENGTH]
-        client_ip = client_ip.strip()[:CLIENT_IP_MAX_LENGTH]
+        # PostgreSQL text cannot hold NUL: such an email is no account's (sign-up refuses control
+        # characters), so it becomes one that cannot match, and is throttled like any other.
+        email = normalize_email(email).replace("\x00", "\ufffd")[:EMAIL_MAX_LENGTH]
+        client_ip = client_ip.replace("\x00", "").strip()[:CLIENT_IP_MAX_LENGTH]
         now = utc_now()
         # The attempt is written (as a failure, until it succeeds) before the throttle is checked,
         # so parallel guesses see each other: of N at once, at most the limit get to try a password.

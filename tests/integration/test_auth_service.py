@@ -389,3 +389,14 @@ def test_parallel_guesses_get_no_more_tries_than_the_limit(start) -> None:
     assert set(codes) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}
     # Passwords tried: at most the limit (a throttled attempt tries none and is not counted as one).
     assert codes.count(grpc.StatusCode.UNAUTHENTICATED) <= 3
+
+
+def test_nul_characters_get_a_clear_answer_not_an_internal_error(client: Client) -> None:
+    """PostgreSQL text cannot hold NUL: such an email is simply not an account, and a sign-up
+    field with one is refused by validation."""
+    user = client.sign_up()
+    for email in ("nobody\x00@example.com", user.email + "\x00"):
+        assert rpc_error(client.log_in, email).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert client.log_in(user.email, client_ip="192.0.2.1\x00").access_token
+    error = rpc_error(client.sign_up, first_name="Ada\x00")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

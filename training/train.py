@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import logging
@@ -40,7 +41,7 @@ from training.evaluate import binary_targets, outputs_for, score_outputs
 from training.features import MID_LAYER, Features, extract, load_image
 from training.heads import TrainedHead, finetune_top, pooled_from_mid, softmax_probabilities, train_head
 from training.metrics import binary_metrics, multiclass_metrics, point_values
-from training.paths import PROJECT_ROOT, data_dir
+from training.paths import MODEL_VERSION, PROJECT_ROOT, data_dir
 from training.splits import SEED, counts, write_split_csv
 from training.inference import run_onnx
 from training.tasks import SPECS, label_index, load_split, uses_mura
@@ -112,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
                         "fine-tuned MobileNetV2 is the backbone, and its own head is a candidate head")
     parser.add_argument("--augment", choices=("none", "horizontal", "flips"), default="none",
                         help="add features of flipped training images (horizontal; or horizontal+vertical+both)")
+    parser.add_argument("--version", default=MODEL_VERSION,
+                        help=f"the model version in its card, shown with every answer (default {MODEL_VERSION})")
     args = parser.parse_args(argv)
+    if not re.fullmatch(r"[0-9A-Za-z][0-9A-Za-z.+-]{0,39}", args.version):
+        parser.error(f"--version {args.version!r}: use letters, digits, '.', '+' or '-' (e.g. 2026.11.2)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     # Blocks after the cached layer can be fine-tuned: 3 after block 13, 10 after block 6.
@@ -286,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         interface=onnx_interface(onnx_path), model_bytes=onnx_path.stat().st_size,
         data_root=root, calibration=calibration, curves=curves, mura=uses_mura(task, root),
     )
+    card["version"] = args.version
     model_card.write(card, out)
     log.info("wrote %s (%s bytes) and card to %s", onnx_path, onnx_path.stat().st_size,
              out.resolve().relative_to(PROJECT_ROOT) if out.resolve().is_relative_to(PROJECT_ROOT) else out)

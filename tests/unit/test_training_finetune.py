@@ -140,6 +140,15 @@ def test_training_train_dispatches_arch_to_arch_training(tmp_path, capsys):
     assert "bone's shipped model is built by training.train" in capsys.readouterr().err
 
 
+def test_training_train_refuses_a_version_that_cannot_name_a_model(tmp_path, capsys):
+    from training.train import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--task", "skin", "--data", str(tmp_path), "--version", "new model!"])
+    assert stop.value.code == 2
+    assert "--version 'new model!'" in capsys.readouterr().err
+
+
 def test_train_takes_a_finetune_run_as_its_backbone(tmp_path):
     if not weights_dir().is_dir():
         pytest.skip(f"MobileNetV2 weights not found at {weights_dir()} (set DRTECH_WEIGHTS_DIR)")

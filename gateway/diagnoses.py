@@ -281,7 +281,7 @@ async def list_diagnoses(
     exam_type: OptionalQuery[ExamType] = None,
 ) -> dict[str, Any]:
     limit = DEFAULT_PAGE_SIZE if limit is None else limit
-    offset = offset or 0
+    offset = 0 if offset is None else offset
     rows, total = await in_session(
         ctx, lambda s: records.list_owned(s, caller.user.id, limit=limit, offset=offset, exam_type=exam_type)
     )

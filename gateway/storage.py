@@ -63,9 +63,6 @@ class BlobStore:
     def exists(self, digest: str) -> bool:
         return self.path_for(digest).is_file()
 
-    def delete(self, digest: str) -> None:
-        self.path_for(digest).unlink(missing_ok=True)
-
     def delete_unused(self, digest: str, in_use: Callable[[], bool]) -> bool:
         """Delete the blob unless `in_use()` (a fresh database query, asked after the blob has been
         moved aside) finds a record that names it; True when it was deleted."""

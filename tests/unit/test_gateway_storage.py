@@ -30,16 +30,6 @@ def test_no_temporary_files_are_left_behind(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.rglob(".incoming-*")]
 
 
-def test_delete_removes_the_blob_and_is_idempotent(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
-    digest = store.put(b"hello")
-    store.delete(digest)
-    assert not store.exists(digest)
-    store.delete(digest)
-    with pytest.raises(FileNotFoundError):
-        store.get(digest)
-
-
 @pytest.mark.parametrize("name", ["../../etc/passwd", "upload.jpg", "A" * 64, "", "0" * 63])
 def test_only_sha256_names_are_accepted_never_a_client_path(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValueError):
@@ -52,6 +42,8 @@ def test_delete_unused_deletes_a_blob_no_record_names(tmp_path: Path) -> None:
     assert store.delete_unused(digest, lambda: False) is True
     assert not store.exists(digest) and not list(tmp_path.rglob(".deleting-*"))
     assert store.delete_unused(digest, lambda: False) is False   # already gone
+    with pytest.raises(FileNotFoundError):
+        store.get(digest)
 
 
 def test_a_record_committed_while_the_blob_is_being_deleted_keeps_it(tmp_path: Path) -> None:

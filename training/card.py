@@ -44,6 +44,10 @@ LIMITATIONS_MURA = [
 CALIBRATION_METHOD = ("temperature scaling (Guo et al. 2017): softmax(logits / T), one T > 0 per head "
                       "fitted by minimising the negative log-likelihood on the validation split, and baked "
                       "into model.onnx")
+CALIBRATION_METHOD_TTA = ("temperature scaling (Guo et al. 2017) of the test-time augmentation's mean: "
+                          "softmax(log(mean over views of p) / T), one T > 0 per head fitted by minimising the "
+                          "negative log-likelihood on the validation split, and baked into model.onnx (each "
+                          "view is the original model, calibrated by its own T)")
 CALIBRATION_NOTE = ("T does not change the arg-max, so accuracy, balanced accuracy and AUC are unchanged; "
                     "test 'after' figures are model.onnx's own outputs, 'before' undoes T on them; ECE over "
                     f"{DEFAULT_BINS} equal-width confidence bins, NLL = mean negative log-likelihood")
@@ -108,7 +112,6 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
     if task == "bone" and not mura:
         heads_text += "; two heads on the same pooled features: probabilities (NORMAL/ABNORMAL) and " \
                       "kl_probabilities (KL 0-4)"
-    metric_keys = [k for k in test if isinstance(test[k], dict)]
     card: dict[str, Any] = {
         "name": task,
         "version": MODEL_VERSION,
@@ -148,16 +151,7 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
             "argmax of probabilities (7 classes)" if task == "skin"
             else f"{spec.label_codes[1]} if P({spec.label_codes[1]}) >= 0.5 (argmax)"
         ),
-        "metrics": {
-            "split": "test (held out; never used for training or model choice)",
-            "measured_with": "ONNX Runtime on model.onnx with the shared preprocessing",
-            "n": test["n"],
-            "interval": f"95% percentile bootstrap over {GROUP_NOUN[task]}, 1000 resamples",
-            **{k: test[k] for k in metric_keys},
-            **{k: test[k] for k in ("studies", "study_accuracy") if k in test},
-            "confusion_matrix": {"rows": "true", "columns": "predicted", "labels": spec.label_codes,
-                                 "matrix": test["confusion_matrix"]},
-        },
+        "metrics": metrics_section(task, test, mura=mura),
         "validation_metrics": validation,
         "training": {
             "heads": heads,
@@ -186,13 +180,28 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
         held_out["kl_confusion_matrix.png"] = "KL grade confusion matrix (held-out test)"
     card["plots"] = {"training_curves": dict(curves or {}), "held_out": held_out,
                      "held_out_command": f"python -m training.model_plots --task {task}"}
-    if task == "bone" and not mura:
-        card["metrics"]["binary_definition"] = "NORMAL = KL0, ABNORMAL = KL>=2; KL1 excluded " \
-            f"({test.get('kl_excluded_from_binary', 0)} test images)"
-        card["metrics"]["n_kl"] = test.get("n_kl")
-        card["metrics"]["kl_confusion_matrix"] = {"rows": "true KL", "columns": "predicted KL",
-                                                  "matrix": test.get("kl_confusion_matrix")}
     return card
+
+
+def metrics_section(task: str, test: dict[str, Any], mura: bool = False) -> dict[str, Any]:
+    """The card's held-out `metrics` from evaluate.score_outputs(..., intervals=True) of the test rows."""
+    metrics = {
+        "split": "test (held out; never used for training or model choice)",
+        "measured_with": "ONNX Runtime on model.onnx with the shared preprocessing",
+        "n": test["n"],
+        "interval": f"95% percentile bootstrap over {GROUP_NOUN[task]}, 1000 resamples",
+        **{k: v for k, v in test.items() if isinstance(v, dict)},
+        **{k: test[k] for k in ("studies", "study_accuracy") if k in test},
+        "confusion_matrix": {"rows": "true", "columns": "predicted", "labels": SPECS[task].label_codes,
+                             "matrix": test["confusion_matrix"]},
+    }
+    if task == "bone" and not mura:
+        metrics["binary_definition"] = "NORMAL = KL0, ABNORMAL = KL>=2; KL1 excluded " \
+            f"({test.get('kl_excluded_from_binary', 0)} test images)"
+        metrics["n_kl"] = test.get("n_kl")
+        metrics["kl_confusion_matrix"] = {"rows": "true KL", "columns": "predicted KL",
+                                          "matrix": test.get("kl_confusion_matrix")}
+    return metrics
 
 
 def for_architecture(*, task: str, arch: Any, split: Sequence[SplitRecord], validation: dict[str, float],
@@ -257,6 +266,7 @@ def _markdown(card: dict[str, Any]) -> str:
         f"- Parameters: {card['parameters']:,}; ONNX size {card['model_bytes']:,} bytes; "
         f"{card['architecture']['format']}",
         f"- Decision threshold: {card['decision_threshold']}",
+        *_tta_lines(card),
         "",
         "## Intended use",
         "",
@@ -314,12 +324,27 @@ def _markdown(card: dict[str, Any]) -> str:
         f"({card['training']['note']})",
         f"- Export parity (Keras vs ONNX Runtime, {card['export']['parity_images']} validation images): "
         f"{json.dumps(card['export']['onnx_keras_parity_max_abs_diff'])}",
-        "",
     ]
+    if "tta_parity_max_abs_diff" in card["export"]:
+        lines.append(f"- Test-time augmentation parity (wrapped graph vs the views run one by one, "
+                     f"{card['export']['tta_parity_images']} validation images): "
+                     f"{json.dumps(card['export']['tta_parity_max_abs_diff'])}")
+    lines.append("")
     lines += _calibration_lines(card) + _plot_lines(card)
     lines += ["## Limitations", ""]
     lines += [f"- {item}" for item in card["limitations"]]
     return "\n".join(lines) + "\n"
+
+
+def _tta_lines(card: dict[str, Any]) -> list[str]:
+    tta = card["architecture"].get("test_time_augmentation")
+    if not tta:
+        return []
+    before = tta["without_tta"]
+    line = (f"- Test-time augmentation: views {', '.join(tta['views'])}; {tta['combination']}; {tta['cost']} "
+            f"(`{tta['command']}`). Without it ({before['version']}): validation "
+            f"{json.dumps(before['validation_metrics'])}; test {json.dumps(before['test_metrics'])}")
+    return [line]
 
 
 def _calibration_lines(card: dict[str, Any]) -> list[str]:

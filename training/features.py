@@ -34,20 +34,22 @@ class Features:
     seconds: float | None   # wall time the extraction took when it ran (kept in the cache)
 
 
-# Flips used to augment training images (applied after the shared preprocessing).
-FLIPS = {
-    "none": lambda array: array,
-    "horizontal": lambda array: array[:, ::-1],
-    "vertical": lambda array: array[::-1, :],
-    "both": lambda array: array[::-1, ::-1],
-}
+# The flips of an image, as the axes of an (height, width, channels) array each reverses; used to
+# augment training images (after the shared preprocessing) and for test-time augmentation (tta.py).
+FLIP_AXES: dict[str, tuple[int, ...]] = {"none": (), "horizontal": (1,), "vertical": (0,), "both": (0, 1)}
+
+
+def flipped(array: np.ndarray, flip: str, batch: bool = False) -> np.ndarray:
+    """`array` (one HWC image, or an NHWC batch with `batch`) with `flip`'s axes reversed."""
+    axes = tuple(axis + batch for axis in FLIP_AXES[flip])
+    return np.flip(array, axes) if axes else array
 
 
 def load_image(path: Path, flip: str = "none", size: tuple[int, int] = (224, 224)) -> np.ndarray:
     """The image at `path` as the model input at `size` (width, height), optionally flipped."""
     with Image.open(path) as image:
         image.load()
-        return np.ascontiguousarray(FLIPS[flip](to_model_input(image, size)))
+        return np.ascontiguousarray(flipped(to_model_input(image, size), flip))
 
 
 def _cache_key(paths: Sequence[Path]) -> str:

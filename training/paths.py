@@ -8,6 +8,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = PROJECT_ROOT / "training" / "cache"
 MODEL_VERSION = "2026.11.1"
+# A model version as cards, answers and file names carry it (e.g. 2026.11.2).
+VERSION_PATTERN = r"[0-9A-Za-z][0-9A-Za-z.+-]{0,39}"
 
 
 def data_dir(flag: str | os.PathLike[str] | None = None) -> Path:

@@ -41,7 +41,7 @@ from training.evaluate import binary_targets, outputs_for, score_outputs
 from training.features import MID_LAYER, Features, extract, load_image
 from training.heads import TrainedHead, finetune_top, pooled_from_mid, softmax_probabilities, train_head
 from training.metrics import binary_metrics, multiclass_metrics, point_values
-from training.paths import MODEL_VERSION, PROJECT_ROOT, data_dir
+from training.paths import MODEL_VERSION, PROJECT_ROOT, VERSION_PATTERN, data_dir
 from training.splits import SEED, counts, write_split_csv
 from training.inference import run_onnx
 from training.tasks import SPECS, label_index, load_split, uses_mura
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", default=MODEL_VERSION,
                         help=f"the model version in its card, shown with every answer (default {MODEL_VERSION})")
     args = parser.parse_args(argv)
-    if not re.fullmatch(r"[0-9A-Za-z][0-9A-Za-z.+-]{0,39}", args.version):
+    if not re.fullmatch(VERSION_PATTERN, args.version):
         parser.error(f"--version {args.version!r}: use letters, digits, '.', '+' or '-' (e.g. 2026.11.2)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 

@@ -1,5 +1,9 @@
 """The shipped heatmaps are exactly Grad-CAM for the shipped heads (docs/architecture.md).
 
+A model with test-time augmentation (training/tta.py: skin, bone) answers the mean of the views'
+Grad-CAMs, each flipped back (tests/unit/test_training_tta.py); the checks below are made on the
+one-view model inside it, with that model's own temperature.
+
 Grad-CAM weights each channel k of the last feature map A by alpha_k = mean_ij d(logit_c)/dA_kij.
 For a head logit_c = sum_k w_kc * mean_ij(A_kij) + b_c that gradient is w_kc / Z everywhere, so
 Grad-CAM = ReLU(sum_k w_kc A_k) / Z: the class activation map the model exports as `cam`, up to the
@@ -24,8 +28,22 @@ from services.pneumonia.spec import SPEC as PNEUMONIA
 from services.router.spec import SPEC as ROUTER
 from services.skin.spec import SPEC as SKIN
 from tests.support import synthetic_image
+from training import tta
 
 SHIPPED = [spec for spec in (BONE, SKIN, PNEUMONIA, ROUTER) if spec.model_path.exists()]
+
+
+def _one_view_model(spec) -> onnx.ModelProto:
+    proto = onnx.load(str(spec.model_path))
+    return tta.original_model(proto) if tta.is_wrapped(proto) else proto
+
+
+def _one_view_temperature(spec) -> float:
+    card = spec.load_card()
+    augmentation = card["architecture"].get("test_time_augmentation") if isinstance(card["architecture"], dict) else None
+    if augmentation:
+        return augmentation["without_tta"]["temperatures"].get("probabilities", 1.0)
+    return card.get("calibration", {}).get("heads", {}).get("probabilities", {}).get("temperature", 1.0)
 
 
 def _producer(graph: onnx.GraphProto, tensor: str) -> onnx.NodeProto:
@@ -34,7 +52,7 @@ def _producer(graph: onnx.GraphProto, tensor: str) -> onnx.NodeProto:
 
 @pytest.mark.parametrize("spec", SHIPPED, ids=lambda spec: spec.task)
 def test_cam_is_a_1x1_convolution_of_the_feature_map_the_head_pools(spec) -> None:
-    graph = onnx.load(str(spec.model_path)).graph
+    graph = _one_view_model(spec).graph
     node = _producer(graph, "cam")
     while node.op_type in ("Transpose", "Identity"):
         node = _producer(graph, node.input[0])
@@ -47,15 +65,14 @@ def test_cam_is_a_1x1_convolution_of_the_feature_map_the_head_pools(spec) -> Non
 
 @pytest.mark.parametrize("spec", SHIPPED, ids=lambda spec: spec.task)
 def test_each_logit_is_the_mean_of_its_cam_plus_a_constant(spec) -> None:
-    session = ort.InferenceSession(str(spec.model_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(_one_view_model(spec).SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     images = [to_model_input(synthetic_image(kind, seed=seed)) for kind in ("chest_xray", "skin_lesion")
               for seed in range(3)]
     images += [rng.uniform(-1, 1, (224, 224, 3)).astype(np.float32) * scale for scale in (0.2, 0.6)]
     probabilities, cam = session.run(["probabilities", "cam"], {"input": np.stack(images)})
     # Calibrated models output softmax(logits / T) (T in the card); the CAM is not scaled.
-    heads = spec.load_card().get("calibration", {}).get("heads", {})
-    temperature = heads.get("probabilities", {}).get("temperature", 1.0)
+    temperature = _one_view_temperature(spec)
     log_p = temperature * np.log(np.clip(probabilities.astype(np.float64), 1e-30, None))
     usable = (probabilities > 1e-12).all(axis=1)            # log p is exact only away from underflow
     assert usable.sum() >= 3

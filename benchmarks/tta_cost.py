@@ -57,7 +57,7 @@ def measure(spec, calls: int, threads: int) -> dict[str, object]:
     return {
         "task": spec.task,
         "version": spec.load_card()["version"],
-        "views": list(tta.TASK_FLIPS[spec.task]),
+        "views": list(tta.TASK_VIEWS[spec.task]),
         "latency_ms_batch1": {name: round(value, 1) for name, value in latency.items()},
         "latency_ratio": round(latency["shipped"] / latency["one_view"], 2),
         f"images_per_s_batch{BATCH}": {name: round(value, 1) for name, value in rate.items()},

@@ -1,15 +1,20 @@
-"""Test-time augmentation (TTA) with exact flips, built into a shipped model's ONNX graph.
+"""Test-time augmentation (TTA) over symmetric views, built into a shipped model's ONNX graph.
 
     python -m training.tta --task {skin,bone} [--data DIR] [--model-dir services/T/model] --version V
 
-A dermatoscopic image has no up or left, and a knee radiograph is the mirror image of the other
-knee, so for these tasks a flipped image is the same case: the model is asked about every flipped
-view and their probabilities are averaged (chest films are not flipped: the heart has a side).
+A dermatoscopic image has no up or left: every flip and quarter turn of it shows the same lesion
+(skin: the 8 views of the square, a transposition and/or a flip of the model input; a transposed
+input is the photo turned by 90 degrees and then preprocessed, tests/unit/test_training_tta.py).
+The training photos are all 4:3 landscape, squashed to the square input, so a turned view is
+stretched across where the training images were stretched along, as a portrait upload would be:
+the 8 views were chosen over the 4 flips on validation (balanced accuracy 0.718 vs 0.701), not
+assumed. A knee radiograph is the mirror image of the other knee (bone: the image and its
+left/right mirror). Chest films are not flipped: the heart has a side.
 
 The wrapped graph keeps the serving contract (one `input`, the same outputs and shapes), so the
 serving core, the batcher and the gateway do not change; each image costs one backbone pass per
 view. Inside it: the views are stacked on the batch axis, run through the original graph, split
-back, the CAMs flipped back to the image's orientation, and per output the mean over views is
+back, the CAMs turned back to the image's orientation, and per output the mean over views is
 taken. The mean of calibrated probabilities is less confident than each view, so it is calibrated
 again: softmax(log(mean p) / T), one T per probability output fitted on the validation rows of
 the model's own split.csv (never the test rows). The command replaces model.onnx after checking
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import tempfile
 from collections.abc import Sequence
@@ -37,23 +43,51 @@ from training.calibration import fit_temperature, logits_of_calibrated, temperat
 from training.evaluate import binary_targets, outputs_for, records_from_split_csv, score_outputs
 from training.export import MAX_MODEL_BYTES, PARITY_TOLERANCE
 from training.features import FLIP_AXES, flipped, load_image
+from training.inference import run_onnx
+from training.model_plots import write_plots
 from training.paths import VERSION_PATTERN, data_dir
 from training.tasks import SPECS
 
 log = logging.getLogger("training.tta")
 
-# The flips that leave the diagnosis unchanged, per task (see the module docstring).
-TASK_FLIPS: dict[str, tuple[str, ...]] = {
-    "skin": ("none", "horizontal", "vertical", "both"),
+# The views that leave the diagnosis unchanged, per task (see the module docstring): a view is an
+# optional transposition (rows <-> columns: with a flip, a 90-degree rotation) followed by a flip.
+TASK_VIEWS: dict[str, tuple[str, ...]] = {
+    "skin": ("none", "horizontal", "vertical", "both",
+             "transposed", "transposed+horizontal", "transposed+vertical", "transposed+both"),
     "bone": ("none", "horizontal"),
 }
-# Axes of an NHWC batch each flip reverses (features.FLIP_AXES is per HWC image).
-BATCH_FLIP_AXES: dict[str, tuple[int, ...]] = {name: tuple(a + 1 for a in axes) for name, axes in FLIP_AXES.items()}
+VIEWS = TASK_VIEWS["skin"]
 METADATA_KEY = "drtech.test_time_augmentation"
 CAM = "cam"
 PARITY_IMAGES = 128
+PARITY_CHUNK = 16
 # Probabilities that underflowed to 0 are clipped here before the log (as calibration.logits_of_calibrated).
 TINY = float(np.finfo(np.float32).tiny)
+# NHWC: swap height and width.
+TRANSPOSE = (0, 2, 1, 3)
+
+
+def view_parts(view: str) -> tuple[bool, str]:
+    """(transposed, flip) of a view name such as "transposed+vertical"."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; views are {list(VIEWS)}")
+    transposed = view.startswith("transposed")
+    flip = (view.partition("+")[2] or "none") if transposed else view
+    return transposed, flip
+
+
+def apply_view(batch: np.ndarray, view: str) -> np.ndarray:
+    """The NHWC `batch` as the model sees it in `view`."""
+    transposed, flip = view_parts(view)
+    return flipped(batch.transpose(TRANSPOSE) if transposed else batch, flip, batch=True)
+
+
+def undo_view(batch: np.ndarray, view: str) -> np.ndarray:
+    """A map computed on `view` (NHWC, e.g. a CAM) in the original image's orientation."""
+    transposed, flip = view_parts(view)
+    back = flipped(batch, flip, batch=True)
+    return back.transpose(TRANSPOSE) if transposed else back
 
 
 def is_wrapped(proto) -> bool:
@@ -64,28 +98,43 @@ def _opset(proto) -> int:
     return max(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
 
 
-def wrap_with_flips(proto, flips: Sequence[str], temperatures: dict[str, float]):
-    """A copy of the ONNX model `proto` that averages its outputs over the flipped views `flips`.
+def check_views(proto, views: Sequence[str]) -> None:
+    """Raise ValueError unless `views` are distinct known views that fit `proto`'s input (a
+    transposed view needs a square one) and `proto` is an original model (not wrapped, no `tta/` names)."""
+    if is_wrapped(proto):
+        raise ValueError("this model already averages over views; wrap the original model")
+    names = [n.name for n in proto.graph.node] + [t for n in proto.graph.node for t in (*n.input, *n.output)]
+    names += [i.name for i in proto.graph.initializer]
+    if any(name.startswith("tta/") for name in names):
+        raise ValueError("the model already has names starting with 'tta/', which the wrapper uses")
+    if not views or len(set(views)) != len(views):
+        raise ValueError(f"views must be distinct, got {list(views)}")
+    transposed = any(view_parts(view)[0] for view in views)
+    if [i.name for i in proto.graph.input] != ["input"]:
+        raise ValueError(f"expected one graph input named 'input', got {[i.name for i in proto.graph.input]}")
+    height, width = (d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:3])
+    if transposed and not (height and height == width):
+        raise ValueError(f"a transposed view needs a square input, this model's is {height}x{width}")
+
+
+def wrap_with_views(proto, views: Sequence[str], temperatures: dict[str, float]):
+    """A copy of the ONNX model `proto` that averages its outputs over `views` of each image.
 
     `temperatures`: {probability output name: T} for every output but `cam`; each becomes
-    softmax(log(mean over views) / T). The CAM output is the mean of the views' CAMs, each flipped
-    back. Raises ValueError for a model already wrapped, an unknown flip or a missing temperature.
+    softmax(log(mean over views) / T). The CAM output is the mean of the views' CAMs, each turned
+    back. Raises ValueError for a model already wrapped, an unknown view, a transposed view of a
+    non-square input or a missing temperature.
     """
     import onnx
     from onnx import helper, numpy_helper
 
-    if is_wrapped(proto):
-        raise ValueError("this model already averages over flipped views; wrap the original model")
-    unknown = [f for f in flips if f not in BATCH_FLIP_AXES]
-    if unknown or not flips or len(set(flips)) != len(flips):
-        raise ValueError(f"flips must be distinct names from {sorted(BATCH_FLIP_AXES)}, got {list(flips)}")
+    check_views(proto, views)
+    parts_of = {view: view_parts(view) for view in views}
     outputs = [o.name for o in proto.graph.output]
     missing = sorted(set(outputs) - {CAM} - set(temperatures))
     if missing or any(not (t > 0 and np.isfinite(t)) for t in temperatures.values()):
         raise ValueError(f"need a positive temperature for every probability output: missing {missing}, "
                          f"given {temperatures}")
-    if [i.name for i in proto.graph.input] != ["input"]:
-        raise ValueError(f"expected one graph input named 'input', got {[i.name for i in proto.graph.input]}")
 
     wrapped = onnx.ModelProto()
     wrapped.CopyFrom(proto)
@@ -97,40 +146,54 @@ def wrap_with_flips(proto, flips: Sequence[str], temperatures: dict[str, float])
         node.output[:] = [inner.get(name, name) for name in node.output]
     del graph.value_info[:]
 
-    views = len(flips)
-    new_nodes, initializers = [], [
+    initializers = [
         numpy_helper.from_array(np.array([np.iinfo(np.int64).min], dtype=np.int64), "tta/int64_min"),
         numpy_helper.from_array(np.array([-1], dtype=np.int64), "tta/minus_one"),
         numpy_helper.from_array(np.array(TINY, dtype=np.float32), "tta/tiny"),
     ]
-    for axis in sorted({axis for flip in flips for axis in BATCH_FLIP_AXES[flip]}):
+    for axis in sorted({axis + 1 for _, flip in parts_of.values() for axis in FLIP_AXES[flip]}):
         initializers.append(numpy_helper.from_array(np.array([axis], dtype=np.int64), f"tta/axis_{axis}"))
 
-    def flip_node(source: str, flip: str, name: str) -> str:
-        """`source` with the flip's axes reversed (Slice with step -1), or `source` itself."""
+    def view_node(nodes: list, source: str, view: str, name: str, undo: bool = False) -> str:
+        """Nodes appended to `nodes` that turn `source` into `view` (or back, with `undo`)."""
+        transposed, flip = parts_of[view]
         current = source
-        for axis in BATCH_FLIP_AXES[flip]:
+
+        def transpose() -> None:
+            nonlocal current
+            nodes.append(helper.make_node("Transpose", [current], [f"{name}/transpose"], perm=list(TRANSPOSE),
+                                          name=f"{name}/transpose"))
+            current = f"{name}/transpose"
+
+        if transposed and not undo:
+            transpose()
+        for axis in (a + 1 for a in FLIP_AXES[flip]):
             target = f"{name}/axis_{axis}"
-            new_nodes.append(helper.make_node(
+            nodes.append(helper.make_node(
                 "Slice", [current, "tta/minus_one", "tta/int64_min", f"tta/axis_{axis}", "tta/minus_one"],
                 [target], name=target))
             current = target
+        if transposed and undo:
+            transpose()
         return current
 
-    view_inputs = [flip_node("input", flip, f"tta/view_{i}") for i, flip in enumerate(flips)]
-    new_nodes.append(helper.make_node("Concat", view_inputs, [inner["input"]], axis=0, name="tta/views"))
-    split_extra = {"num_outputs": views} if _opset(proto) >= 18 else {}
+    input_nodes: list = []
+    view_inputs = [view_node(input_nodes, "input", view, f"tta/view_{i}") for i, view in enumerate(views)]
+    input_nodes.append(helper.make_node("Concat", view_inputs, [inner["input"]], axis=0, name="tta/views"))
+    output_nodes: list = []
+    split_extra = {"num_outputs": len(views)} if _opset(proto) >= 18 else {}
     for output in outputs:
-        parts = [f"tta/{output}/view_{i}" for i in range(views)]
-        new_nodes.append(helper.make_node("Split", [inner[output]], parts, axis=0, name=f"tta/{output}/split",
-                                          **split_extra))
+        parts = [f"tta/{output}/view_{i}" for i in range(len(views))]
+        output_nodes.append(helper.make_node("Split", [inner[output]], parts, axis=0, name=f"tta/{output}/split",
+                                             **split_extra))
         if output == CAM:
-            back = [flip_node(part, flip, f"{part}/back") for part, flip in zip(parts, flips, strict=True)]
-            new_nodes.append(helper.make_node("Mean", back, [output], name="tta/cam/mean"))
+            back = [view_node(output_nodes, part, view, f"{part}/back", undo=True)
+                    for part, view in zip(parts, views, strict=True)]
+            output_nodes.append(helper.make_node("Mean", back, [output], name="tta/cam/mean"))
             continue
         temperature = f"tta/{output}/temperature"
         initializers.append(numpy_helper.from_array(np.array(temperatures[output], dtype=np.float32), temperature))
-        new_nodes += [
+        output_nodes += [
             helper.make_node("Mean", parts, [f"tta/{output}/mean"], name=f"tta/{output}/mean"),
             helper.make_node("Max", [f"tta/{output}/mean", "tta/tiny"], [f"tta/{output}/clipped"],
                              name=f"tta/{output}/clip"),
@@ -139,20 +202,19 @@ def wrap_with_flips(proto, flips: Sequence[str], temperatures: dict[str, float])
                              name=f"tta/{output}/temperature_scaling"),
             helper.make_node("Softmax", [f"tta/{output}/scaled"], [output], axis=-1, name=f"tta/{output}/softmax"),
         ]
-    # Topological order: the flips first, then the original graph, then the averaging.
-    views_end = sum(len(BATCH_FLIP_AXES[f]) for f in flips) + 1
+    # Topological order: the views first, then the original graph, then the averaging.
     original = list(graph.node)
     del graph.node[:]
-    graph.node.extend(new_nodes[:views_end] + original + new_nodes[views_end:])
+    graph.node.extend(input_nodes + original + output_nodes)
     graph.initializer.extend(initializers)
     wrapped.metadata_props.append(onnx.StringStringEntryProto(
-        key=METADATA_KEY, value=json.dumps({"flips": list(flips), "temperatures": temperatures})))
+        key=METADATA_KEY, value=json.dumps({"views": list(views), "temperatures": temperatures})))
     onnx.checker.check_model(wrapped)
     return wrapped
 
 
 def original_model(proto):
-    """The model `wrap_with_flips` wrapped, as it was (one view, its own outputs)."""
+    """The model `wrap_with_views` wrapped, as it was (one view, its own outputs)."""
     import onnx
 
     if not is_wrapped(proto):
@@ -177,14 +239,14 @@ def original_model(proto):
     return original
 
 
-def view_outputs(session, images: np.ndarray, flips: Sequence[str], names: Sequence[str]) -> list[dict[str, np.ndarray]]:
-    """The original model's outputs for each flipped view of `images` (CAMs flipped back)."""
+def view_outputs(session, images: np.ndarray, views: Sequence[str], names: Sequence[str]) -> list[dict[str, np.ndarray]]:
+    """The original model's outputs for each view of `images` (CAMs turned back)."""
     per_view = []
-    for flip in flips:
-        x = np.ascontiguousarray(flipped(images, flip, batch=True))
-        values = dict(zip(names, session.run(list(names), {"input": x}), strict=True))
+    for view in views:
+        values = dict(zip(names, session.run(list(names), {"input": np.ascontiguousarray(apply_view(images, view))}),
+                          strict=True))
         if CAM in values:
-            values[CAM] = flipped(values[CAM], flip, batch=True)
+            values[CAM] = undo_view(values[CAM], view)
         per_view.append(values)
     return per_view
 
@@ -197,39 +259,36 @@ def recalibrated(mean_probabilities: np.ndarray, temperature: float) -> np.ndarr
     return e / e.sum(axis=1, keepdims=True)
 
 
-def mean_over_views(session, paths: Sequence[Path], flips: Sequence[str], names: Sequence[str],
+def mean_over_views(session, paths: Sequence[Path], views: Sequence[str], names: Sequence[str],
                     size: tuple[int, int], batch: int = 32) -> dict[str, np.ndarray]:
-    """{output: mean over flipped views} of the original model for the images at `paths`."""
+    """{output: mean over `views`} of the original model for the images at `paths`."""
     collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for start in range(0, len(paths), batch):
         images = np.stack([load_image(p, size=size) for p in paths[start:start + batch]])
-        views = view_outputs(session, images, flips, names)
+        per_view = view_outputs(session, images, views, names)
         for name in names:
-            collected[name].append(np.mean([v[name] for v in views], axis=0))
+            collected[name].append(np.mean([v[name] for v in per_view], axis=0))
     return {name: np.concatenate(values) for name, values in collected.items()}
 
 
-def _validation_summary(task: str, scored: dict[str, Any], keys: Sequence[str]) -> dict[str, float]:
+def _validation_summary(scored: dict[str, Any], keys: Sequence[str]) -> dict[str, float]:
     return {key: round(float(scored[key]), 4) for key in keys if key in scored}
 
 
 def apply(task: str, model_dir: Path, root: Path, version: str) -> dict[str, Any]:
-    """Wrap `model_dir/model.onnx` with the task's flips, re-measure and rewrite its card; returns the card."""
+    """Wrap `model_dir/model.onnx` with the task's views, re-measure and rewrite its card; returns the card."""
     import onnx
     import onnxruntime as ort
 
     from services.core.runtime import input_size_of
-    from training.inference import run_onnx
-    from training.model_plots import write_plots
 
-    if task not in TASK_FLIPS:
-        raise ValueError(f"{task}: no flip leaves this diagnosis unchanged, so there is no exact test-time "
-                         f"augmentation (tasks with one: {sorted(TASK_FLIPS)})")
-    flips = TASK_FLIPS[task]
+    if task not in TASK_VIEWS:
+        raise ValueError(f"{task}: no flip or rotation leaves this diagnosis unchanged, so there is no exact test-time "
+                         f"augmentation (tasks with one: {sorted(TASK_VIEWS)})")
+    views = TASK_VIEWS[task]
     model_path = model_dir / "model.onnx"
     proto = onnx.load(str(model_path))
-    if is_wrapped(proto):
-        raise ValueError(f"{model_path} already averages over flipped views")
+    check_views(proto, views)
     card = json.loads((model_dir / "card.json").read_text(encoding="utf-8"))
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
@@ -238,7 +297,7 @@ def apply(task: str, model_dir: Path, root: Path, version: str) -> dict[str, Any
     test = records_from_split_csv(model_dir / "split.csv", root, "test")
 
     # One temperature per probability output, fitted on the validation rows' mean over views.
-    val_mean = mean_over_views(session, [r.path for r in val], flips, names, size)
+    val_mean = mean_over_views(session, [r.path for r in val], views, names, size)
     keep, y_val = binary_targets(task, val)
     targets = {"probabilities": (keep, y_val)}
     if "kl_probabilities" in names:
@@ -249,19 +308,19 @@ def apply(task: str, model_dir: Path, root: Path, version: str) -> dict[str, Any
         temperatures[name] = round(fit_temperature(logits, y), 6)
         calibration[name] = {"temperature": temperatures[name],
                              "validation": temperature_report(logits, y, temperatures[name])}
-    log.info("temperatures on the mean over %s: %s", flips, temperatures)
+    log.info("temperatures on the mean over %s: %s", views, temperatures)
 
-    wrapped = wrap_with_flips(proto, flips, temperatures)
+    wrapped = wrap_with_views(proto, views, temperatures)
     with tempfile.TemporaryDirectory() as tmp:
         candidate = Path(tmp) / "model.onnx"
         onnx.save(wrapped, str(candidate))
         if candidate.stat().st_size > MAX_MODEL_BYTES:
             raise ValueError(f"the wrapped model is {candidate.stat().st_size} bytes, over {MAX_MODEL_BYTES}")
-        parity = tta_parity(candidate, session, val[:PARITY_IMAGES], flips, temperatures, size)
+        parity = tta_parity(candidate, session, val[:PARITY_IMAGES], views, temperatures, size)
         log.info("parity with the view-by-view computation on %d validation images: %s",
                  min(PARITY_IMAGES, len(val)), parity)
         outputs = outputs_for(task, val)
-        validation = _validation_summary(task, score_outputs(task, val, run_onnx(candidate, [r.path for r in val],
+        validation = _validation_summary(score_outputs(task, val, run_onnx(candidate, [r.path for r in val],
                                                                                  outputs)),
                                          list(card["validation_metrics"]))
         test_outputs = run_onnx(candidate, [r.path for r in test], outputs_for(task, test))
@@ -273,7 +332,7 @@ def apply(task: str, model_dir: Path, root: Path, version: str) -> dict[str, Any
         for name, (rows, y) in test_targets.items():
             t = temperatures[name]
             calibration[name]["test"] = temperature_report(logits_of_calibrated(test_outputs[name][rows], t), y, t)
-        model_path.write_bytes(candidate.read_bytes())
+        wrapped_bytes = candidate.read_bytes()
 
     previous = {"version": card["version"],
                 "temperatures": {head: values["temperature"]
@@ -284,40 +343,63 @@ def apply(task: str, model_dir: Path, root: Path, version: str) -> dict[str, Any
     card["version"] = version
     card["validation_metrics"] = validation
     card["metrics"] = model_card.metrics_section(task, test_scored, mura=card["data"].get("dataset") == "mura")
-    card["model_bytes"] = model_path.stat().st_size
+    card["model_bytes"] = len(wrapped_bytes)
     card["architecture"]["test_time_augmentation"] = {
-        "views": list(flips),
+        "views": list(views),
         "combination": "mean of the views' probabilities, then softmax(log(mean) / T) with T fitted on the "
-                       "validation split; CAM = mean of the views' CAMs flipped back",
-        "cost": f"{len(flips)} backbone passes per image",
+                       "validation split; CAM = mean of the views' CAMs turned back",
+        "cost": f"{len(views)} backbone passes per image",
         "command": f"python -m training.tta --task {task} --version {version}",
         "without_tta": previous,
     }
+    card.setdefault("calibration", {"ece_bins": model_card.DEFAULT_BINS, "note": model_card.CALIBRATION_NOTE})
     card["calibration"]["heads"] = calibration
     card["calibration"]["method"] = model_card.CALIBRATION_METHOD_TTA
     card["export"]["tta_parity_max_abs_diff"] = parity
     card["export"]["tta_parity_images"] = min(PARITY_IMAGES, len(val))
-    model_card.write(card, model_dir)
-    for path in write_plots(replace(SPECS[task], model_dir=model_dir), root):
-        log.info("wrote %s", path)
+    # The model, its card and plots are replaced together, after everything was measured; if any
+    # step fails the folder is put back as it was, so the command can simply be run again.
+    before = {path: path.read_bytes() for path in model_dir.iterdir() if path.is_file()}
+    try:
+        _replace_file(model_path, wrapped_bytes)
+        model_card.write(card, model_dir)
+        for path in write_plots(replace(SPECS[task], model_dir=model_dir), root):
+            log.info("wrote %s", path)
+    except BaseException:
+        for path in model_dir.iterdir():
+            if path.is_file() and path not in before:
+                path.unlink()
+        for path, data in before.items():
+            _replace_file(path, data)
+        raise
     return card
 
 
-def tta_parity(wrapped_path: Path, session, records, flips: Sequence[str], temperatures: dict[str, float],
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder (never a half-written file)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def tta_parity(wrapped_path: Path, session, records, views: Sequence[str], temperatures: dict[str, float],
                size: tuple[int, int]) -> dict[str, float]:
     """Max |wrapped graph - view-by-view NumPy| per output; raises if a probability differs by > 1e-4."""
     import onnxruntime as ort
 
     wrapped = ort.InferenceSession(str(wrapped_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    images = np.stack([load_image(r.path, size=size) for r in records])
-    views = view_outputs(session, images, flips, names)
-    got = dict(zip(names, wrapped.run(names, {"input": images}), strict=True))
-    differences = {}
+    differences = dict.fromkeys(names, 0.0)
+    # In chunks: the wrapped model runs every view of every image of a call at once.
+    for start in range(0, len(records), PARITY_CHUNK):
+        images = np.stack([load_image(r.path, size=size) for r in records[start:start + PARITY_CHUNK]])
+        per_view = view_outputs(session, images, views, names)
+        got = dict(zip(names, wrapped.run(names, {"input": images}), strict=True))
+        for name in names:
+            mean = np.mean([v[name] for v in per_view], axis=0)
+            expected = mean if name == CAM else recalibrated(mean, temperatures[name])
+            differences[name] = max(differences[name], float(np.abs(got[name] - expected).max()))
     for name in names:
-        mean = np.mean([v[name] for v in views], axis=0)
-        expected = mean if name == CAM else recalibrated(mean, temperatures[name])
-        differences[name] = float(np.abs(got[name] - expected).max())
         if name != CAM and differences[name] > PARITY_TOLERANCE:
             raise AssertionError(f"TTA parity failed for {name}: max |diff| {differences[name]:.2e}")
     return differences
@@ -325,7 +407,7 @@ def tta_parity(wrapped_path: Path, session, records, flips: Sequence[str], tempe
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.tta", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", required=True, choices=sorted(TASK_FLIPS))
+    parser.add_argument("--task", required=True, choices=sorted(TASK_VIEWS))
     parser.add_argument("--data", help="dataset root (default: DRTECH_DATA_DIR or ../shared/data)")
     parser.add_argument("--model-dir", type=Path, help="model folder (default: services/<task>/model)")
     parser.add_argument("--version", required=True, help="the wrapped model's version (a new model: a new version)")

@@ -1,7 +1,7 @@
 """The shipped heatmaps are exactly Grad-CAM for the shipped heads (docs/architecture.md).
 
 A model with test-time augmentation (training/tta.py: skin, bone) answers the mean of the views'
-Grad-CAMs, each flipped back (tests/unit/test_training_tta.py); the checks below are made on the
+Grad-CAMs, each turned back (tests/unit/test_training_tta.py); the checks below are made on the
 one-view model inside it, with that model's own temperature.
 
 Grad-CAM weights each channel k of the last feature map A by alpha_k = mean_ij d(logit_c)/dA_kij.

@@ -1,5 +1,6 @@
-"""Test-time augmentation: the wrapped ONNX graph answers the mean over flipped views, recalibrated,
-with each view's CAM flipped back; a wrapped model folder is re-measured and its card says so."""
+"""Test-time augmentation: the wrapped ONNX graph answers the mean over the views of each image
+(flips, transpositions), recalibrated, with each view's CAM turned back; a wrapped model folder is
+re-measured and its card says so, or is left as it was."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
 
 from services.bone.spec import SPEC as BONE
 from services.core.preprocessing import to_model_input
@@ -26,7 +28,8 @@ from training.evaluate import outputs_for, records_from_split_csv, score_outputs
 from training.inference import run_onnx
 from training.splits import SplitRecord
 
-SKIN_FLIPS = ("none", "horizontal", "vertical", "both")
+SKIN_VIEWS = ("none", "horizontal", "vertical", "both",
+              "transposed", "transposed+horizontal", "transposed+vertical", "transposed+both")
 
 
 @pytest.fixture(autouse=True)
@@ -70,9 +73,14 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-# What each flip does to an NHWC batch, written out independently of the module under test.
+# What each view does to an NHWC batch, and how a map on the view is turned back, written out
+# independently of the module under test.
 FLIP = {"none": lambda x: x, "horizontal": lambda x: x[:, :, ::-1], "vertical": lambda x: x[:, ::-1],
         "both": lambda x: x[:, ::-1, ::-1]}
+VIEW = {**FLIP, **{f"transposed+{name}" if name != "none" else "transposed":
+                   (lambda x, f=f: f(x.transpose(0, 2, 1, 3))) for name, f in FLIP.items()}}
+UNDO = {**FLIP, **{f"transposed+{name}" if name != "none" else "transposed":
+                   (lambda c, f=f: f(c).transpose(0, 2, 1, 3)) for name, f in FLIP.items()}}
 
 
 @pytest.mark.parametrize("opset", [17, 18])
@@ -81,15 +89,16 @@ def test_wrapped_graph_is_the_recalibrated_mean_over_flipped_views(opset: int, b
     model = _asymmetric_model(opset=opset)
     x = np.random.default_rng(batch).normal(0, 1, (batch, 4, 4, 3)).astype(np.float32)
     plain = _session(model)
-    wrapped = _session(tta.wrap_with_flips(model, SKIN_FLIPS, {"probabilities": 0.7}))
+    wrapped = _session(tta.wrap_with_views(model, SKIN_VIEWS, {"probabilities": 0.7}))
 
-    views = [plain.run(["probabilities", "cam"], {"input": np.ascontiguousarray(FLIP[f](x))}) for f in SKIN_FLIPS]
+    views = [plain.run(["probabilities", "cam"], {"input": np.ascontiguousarray(VIEW[v](x))}) for v in SKIN_VIEWS]
     mean_p = np.mean([p for p, _ in views], axis=0)
     expected_p = _softmax(np.log(mean_p) / 0.7)
-    expected_cam = np.mean([FLIP[f](cam) for f, (_, cam) in zip(SKIN_FLIPS, views, strict=True)], axis=0)
+    expected_cam = np.mean([UNDO[v](cam) for v, (_, cam) in zip(SKIN_VIEWS, views, strict=True)], axis=0)
     probabilities, cam = wrapped.run(["probabilities", "cam"], {"input": x})
 
     assert not np.allclose(views[0][0], views[1][0], atol=1e-3)     # the views really differ
+    assert not np.allclose(views[0][0], views[4][0], atol=1e-3)
     np.testing.assert_allclose(probabilities, expected_p, atol=1e-6)
     np.testing.assert_allclose(cam, expected_cam, atol=1e-5)
     assert probabilities.shape == (batch, 3) and cam.shape == (batch, 4, 4, 3)
@@ -98,7 +107,7 @@ def test_wrapped_graph_is_the_recalibrated_mean_over_flipped_views(opset: int, b
 def test_horizontal_only_views_and_the_contract_are_kept() -> None:
     model = _asymmetric_model()
     x = np.random.default_rng(3).normal(0, 1, (2, 4, 4, 3)).astype(np.float32)
-    wrapped = tta.wrap_with_flips(model, ("none", "horizontal"), {"probabilities": 1.0})
+    wrapped = tta.wrap_with_views(model, ("none", "horizontal"), {"probabilities": 1.0})
     plain = _session(model)
     mean_p = np.mean([plain.run(["probabilities"], {"input": np.ascontiguousarray(FLIP[f](x))})[0]
                       for f in ("none", "horizontal")], axis=0)
@@ -107,33 +116,49 @@ def test_horizontal_only_views_and_the_contract_are_kept() -> None:
     assert [i.name for i in wrapped.graph.input] == ["input"]
     assert [o.name for o in wrapped.graph.output] == ["probabilities", "cam"]
     assert json.loads({p.key: p.value for p in wrapped.metadata_props}[tta.METADATA_KEY]) == {
-        "flips": ["none", "horizontal"], "temperatures": {"probabilities": 1.0}}
+        "views": ["none", "horizontal"], "temperatures": {"probabilities": 1.0}}
     # Only the axes a flip uses are stored (ONNX Runtime warns about unused initializers).
     assert "tta/axis_1" not in {init.name for init in wrapped.graph.initializer}
 
 
 @pytest.mark.parametrize("flips, temperatures, message", [
-    (("none", "sideways"), {"probabilities": 1.0}, "flips must be"),
-    (("none", "none"), {"probabilities": 1.0}, "flips must be"),
-    ((), {"probabilities": 1.0}, "flips must be"),
-    (SKIN_FLIPS, {}, "missing \\['probabilities'\\]"),
-    (SKIN_FLIPS, {"probabilities": 0.0}, "positive temperature"),
-    (SKIN_FLIPS, {"probabilities": float("nan")}, "positive temperature"),
+    (("none", "sideways"), {"probabilities": 1.0}, "unknown view 'sideways'"),
+    (("none", "none"), {"probabilities": 1.0}, "views must be distinct"),
+    ((), {"probabilities": 1.0}, "views must be distinct"),
+    (SKIN_VIEWS, {}, "missing \\['probabilities'\\]"),
+    (SKIN_VIEWS, {"probabilities": 0.0}, "positive temperature"),
+    (SKIN_VIEWS, {"probabilities": float("nan")}, "positive temperature"),
 ])
 def test_bad_wrapping_requests_are_refused(flips, temperatures, message) -> None:
     with pytest.raises(ValueError, match=message):
-        tta.wrap_with_flips(_asymmetric_model(), flips, temperatures)
+        tta.wrap_with_views(_asymmetric_model(), flips, temperatures)
+
+
+def test_a_transposed_view_needs_a_square_input() -> None:
+    model = _asymmetric_model()
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 5
+    with pytest.raises(ValueError, match="square input, this model's is 4x5"):
+        tta.wrap_with_views(model, ("none", "transposed"), {"probabilities": 1.0})
+    tta.wrap_with_views(model, ("none", "horizontal"), {"probabilities": 1.0})     # flips need no square
+
+
+def test_a_model_using_the_wrappers_names_is_refused() -> None:
+    model = _asymmetric_model()
+    model.graph.node[0].output[0] = "tta/cam"
+    model.graph.node[1].input[0] = "tta/cam"
+    with pytest.raises(ValueError, match="names starting with 'tta/'"):
+        tta.wrap_with_views(model, ("none", "horizontal"), {"probabilities": 1.0})
 
 
 def test_a_wrapped_model_is_not_wrapped_again() -> None:
-    wrapped = tta.wrap_with_flips(_asymmetric_model(), SKIN_FLIPS, {"probabilities": 1.0})
+    wrapped = tta.wrap_with_views(_asymmetric_model(), SKIN_VIEWS, {"probabilities": 1.0})
     with pytest.raises(ValueError, match="already averages"):
-        tta.wrap_with_flips(wrapped, SKIN_FLIPS, {"probabilities": 1.0})
+        tta.wrap_with_views(wrapped, SKIN_VIEWS, {"probabilities": 1.0})
 
 
 def test_chest_films_get_no_flips() -> None:
-    assert "pneumonia" not in tta.TASK_FLIPS
-    with pytest.raises(ValueError, match="no flip leaves this diagnosis unchanged"):
+    assert "pneumonia" not in tta.TASK_VIEWS
+    with pytest.raises(ValueError, match="no flip or rotation leaves this diagnosis unchanged"):
         tta.apply("pneumonia", Path("unused"), Path("unused"), "1")
 
 
@@ -182,7 +207,7 @@ def test_apply_replaces_the_model_and_re_measures_its_card(spec, labels, tmp_pat
     stored = json.loads((model_dir / "card.json").read_text(encoding="utf-8"))
     assert stored == card and card["version"] == "9.9.9"
     augmentation = card["architecture"]["test_time_augmentation"]
-    assert augmentation["views"] == list(tta.TASK_FLIPS[spec.task])
+    assert augmentation["views"] == list(tta.TASK_VIEWS[spec.task])
     assert augmentation["without_tta"]["version"] == "0.0.1"
     assert augmentation["without_tta"]["temperatures"] == {"probabilities": 1.0}
     heads = {"probabilities", "kl_probabilities"} if spec.task == "bone" else {"probabilities"}
@@ -198,8 +223,8 @@ def test_apply_replaces_the_model_and_re_measures_its_card(spec, labels, tmp_pat
     assert (model_dir / "reliability.png").is_file()
     # The served model answers the recalibrated mean over the views of the original model.
     images = np.stack([np.asarray(synthetic_image("skin_lesion", seed=s), np.float32) / 127.5 - 1 for s in (1, 2)])
-    views = [_session(original).run(["probabilities"], {"input": np.ascontiguousarray(FLIP[f](images))})[0]
-             for f in tta.TASK_FLIPS[spec.task]]
+    views = [_session(original).run(["probabilities"], {"input": np.ascontiguousarray(VIEW[f](images))})[0]
+             for f in tta.TASK_VIEWS[spec.task]]
     expected = _softmax(np.log(np.mean(views, axis=0)) / card["calibration"]["heads"]["probabilities"]["temperature"])
     np.testing.assert_allclose(_session(shipped).run(["probabilities"], {"input": images})[0], expected, atol=1e-5)
 
@@ -215,13 +240,32 @@ def test_apply_refuses_a_wrapped_model_and_leaves_the_folder_alone(tmp_path: Pat
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
 
 
+@pytest.mark.parametrize("failing", ["training.tta.write_plots", "training.tta.model_card.write"])
+def test_a_failure_while_replacing_leaves_the_folder_as_it_was(failing: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    model_dir = _fixture_folder(SKIN, tmp_path, SKIN.label_codes)
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+
+    def fail(*_: object, **__: object) -> None:
+        (model_dir / "half_written.png").write_bytes(b"x")
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patched, pytest.raises(OSError, match="disk full"):
+        patched.setattr(failing, fail)
+        tta.apply("skin", model_dir, tmp_path / "data", "9.9.9")
+
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
+    tta.apply("skin", model_dir, tmp_path / "data", "9.9.9")       # and it can simply be run again
+    assert tta.is_wrapped(onnx.load(str(model_dir / "model.onnx")))
+
+
 @pytest.mark.parametrize("spec", [SKIN, BONE])
 def test_the_shipped_skin_and_bone_models_average_their_task_flips(spec) -> None:
     shipped = onnx.load(str(spec.model_path))
     metadata = json.loads({p.key: p.value for p in shipped.metadata_props}[tta.METADATA_KEY])
     card = json.loads(spec.card_path.read_text(encoding="utf-8"))
 
-    assert metadata["flips"] == list(tta.TASK_FLIPS[spec.task]) == card["architecture"]["test_time_augmentation"]["views"]
+    assert metadata["views"] == list(tta.TASK_VIEWS[spec.task]) == card["architecture"]["test_time_augmentation"]["views"]
     assert metadata["temperatures"] == {head: values["temperature"]
                                         for head, values in card["calibration"]["heads"].items()}
     assert card["export"]["tta_parity_max_abs_diff"]["probabilities"] <= 1e-4
@@ -237,10 +281,10 @@ def test_the_shipped_answer_is_the_mean_over_views_of_the_model_inside(spec) -> 
     temperatures = json.loads({p.key: p.value for p in shipped.metadata_props}[tta.METADATA_KEY])["temperatures"]
 
     got = dict(zip(names, _session(shipped).run(names, {"input": images}), strict=True))
-    flips = tta.TASK_FLIPS[spec.task]
-    views = [dict(zip(names, inner.run(names, {"input": np.ascontiguousarray(FLIP[f](images))}), strict=True))
+    flips = tta.TASK_VIEWS[spec.task]
+    views = [dict(zip(names, inner.run(names, {"input": np.ascontiguousarray(VIEW[f](images))}), strict=True))
              for f in flips]
-    np.testing.assert_allclose(got["cam"], np.mean([FLIP[f](v["cam"]) for f, v in zip(flips, views, strict=True)],
+    np.testing.assert_allclose(got["cam"], np.mean([UNDO[f](v["cam"]) for f, v in zip(flips, views, strict=True)],
                                                    axis=0), atol=1e-4)
     for name, temperature in temperatures.items():
         expected = _softmax(np.log(np.mean([v[name] for v in views], axis=0).astype(np.float64)) / temperature)
@@ -250,11 +294,12 @@ def test_the_shipped_answer_is_the_mean_over_views_of_the_model_inside(spec) -> 
 
 def test_removing_the_augmentation_gives_the_original_model_back() -> None:
     model = _asymmetric_model()
-    unwrapped = tta.original_model(tta.wrap_with_flips(model, SKIN_FLIPS, {"probabilities": 0.5}))
+    unwrapped = tta.original_model(tta.wrap_with_views(model, SKIN_VIEWS, {"probabilities": 0.5}))
     x = np.random.default_rng(5).normal(0, 1, (2, 4, 4, 3)).astype(np.float32)
 
     for a, b in zip(_session(model).run(None, {"input": x}), _session(unwrapped).run(None, {"input": x}), strict=True):
         np.testing.assert_array_equal(a, b)
+    assert unwrapped == model
     assert not tta.is_wrapped(unwrapped)
     with pytest.raises(ValueError, match="no test-time augmentation"):
         tta.original_model(model)
@@ -270,3 +315,17 @@ def test_version_must_be_a_plain_name(capsys) -> None:
     with pytest.raises(SystemExit):
         tta.main(["--task", "skin", "--version", "../evil"])
     assert "use letters, digits" in capsys.readouterr().err
+
+
+def test_a_transposed_view_is_the_photo_turned_a_quarter_and_preprocessed() -> None:
+    """Why the transposed views are exact for skin: transposing the model input of a 4:3 photo is
+    preprocessing the photo turned by 90 degrees (and mirrored), up to resampling rounding."""
+    photo = synthetic_image("skin_lesion", size=(200, 150), seed=4)
+    photo.paste((40, 20, 10), (20, 10, 70, 40))                   # an off-centre mark to follow
+
+    for view, turned in [("transposed", photo.transpose(Image.Transpose.TRANSPOSE)),
+                         ("transposed+horizontal", photo.transpose(Image.Transpose.ROTATE_270)),
+                         ("transposed+vertical", photo.transpose(Image.Transpose.ROTATE_90))]:
+        seen = tta.apply_view(to_model_input(photo)[None], view)[0]
+        np.testing.assert_allclose(seen, to_model_input(turned), atol=2 / 127.5)
+        np.testing.assert_array_equal(tta.undo_view(tta.apply_view(seen[None], view), view)[0], seen)

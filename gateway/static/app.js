@@ -529,6 +529,13 @@ function metricRows(metrics) {
   return rows;
 }
 
+// The views a model averages over for each answer (training/tta.py), or null for one view.
+function testTimeAugmentation(architecture) {
+  const tta = architecture && architecture.test_time_augmentation;
+  if (!tta || !Array.isArray(tta.views)) return null;
+  return `mean over ${tta.views.length} views of each image (${tta.views.join(", ")}); ${tta.cost || ""}`;
+}
+
 function modelCard(card) {
   const title = card.exam_type === "auto" ? "Router (exam type = auto)" : EXAM_NAMES[card.exam_type] || card.exam_type;
   const metrics = el("dl", { className: "facts metrics" });
@@ -544,6 +551,7 @@ function modelCard(card) {
     ["Split", card.split && card.split.method],
     ["Architecture", card.architecture && card.architecture.head
       ? `${card.architecture.backbone || ""}; head: ${card.architecture.head}` : null],
+    ["Test-time augmentation", testTimeAugmentation(card.architecture)],
   ];
   for (const [name, value] of facts) if (value) about.append(el("dt", { text: name }), el("dd", { text: String(value) }));
   const plots = (card.plots || []).map((url) => el("figure", { className: "plot" },

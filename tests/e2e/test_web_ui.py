@@ -300,6 +300,11 @@ def test_models_page_shows_every_card_with_data_intervals_and_limitations(page) 
         text = cards.nth(index).inner_text()
         assert "Licence" in text and "95% CI" in text and "Limitations" in text, text[:200]
     assert "Router" in cards.nth(3).inner_text() and "ood rejection rate" in cards.nth(3).inner_text()
+    # Skin and bone average over views of each image (training/tta.py); pneumonia answers one view.
+    augmented = {card: "Test-time augmentation" in page.locator(f"#model-{card}").inner_text()
+                 for card in ("skin", "bone", "pneumonia")}
+    assert augmented == {"skin": True, "bone": True, "pneumonia": False}
+    assert "mean over 8 views" in page.locator("#model-skin").inner_text()
     shoot(page, "08-models")
 
 

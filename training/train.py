@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from training import card as model_card
-from training import plots
+from training import plots, tta
 from training.backbone import build_backbone
 from training.calibration import fit_temperature, logits_of_calibrated, temperature_report
 from training.evaluate import binary_targets, outputs_for, score_outputs
@@ -113,11 +113,17 @@ def main(argv: list[str] | None = None) -> int:
                         "fine-tuned MobileNetV2 is the backbone, and its own head is a candidate head")
     parser.add_argument("--augment", choices=("none", "horizontal", "flips"), default="none",
                         help="add features of flipped training images (horizontal; or horizontal+vertical+both)")
+    parser.add_argument("--tta", action="store_true",
+                        help="after export, average over the task's symmetric views (training.tta: skin 8, bone 2); "
+                        "the card keeps the one-view figures under architecture.test_time_augmentation")
     parser.add_argument("--version", default=MODEL_VERSION,
                         help=f"the model version in its card, shown with every answer (default {MODEL_VERSION})")
     args = parser.parse_args(argv)
     if not re.fullmatch(VERSION_PATTERN, args.version):
         parser.error(f"--version {args.version!r}: use letters, digits, '.', '+' or '-' (e.g. 2026.11.2)")
+    if args.tta and args.task not in tta.TASK_VIEWS:
+        parser.error(f"--tta: no flip or rotation leaves a {args.task} diagnosis unchanged "
+                     f"(tasks with views: {', '.join(sorted(tta.TASK_VIEWS))})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     # Blocks after the cached layer can be fine-tuned: 3 after block 13, 10 after block 6.
@@ -293,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     card["version"] = args.version
     model_card.write(card, out)
+    if args.tta:
+        tta.apply(task, out, root, args.version)
     log.info("wrote %s (%s bytes) and card to %s", onnx_path, onnx_path.stat().st_size,
              out.resolve().relative_to(PROJECT_ROOT) if out.resolve().is_relative_to(PROJECT_ROOT) else out)
     return 0

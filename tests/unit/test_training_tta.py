@@ -329,3 +329,12 @@ def test_a_transposed_view_is_the_photo_turned_a_quarter_and_preprocessed() -> N
         seen = tta.apply_view(to_model_input(photo)[None], view)[0]
         np.testing.assert_allclose(seen, to_model_input(turned), atol=2 / 127.5)
         np.testing.assert_array_equal(tta.undo_view(tta.apply_view(seen[None], view), view)[0], seen)
+
+
+def test_training_train_offers_tta_only_where_a_view_keeps_the_diagnosis(tmp_path: Path, capsys) -> None:
+    from training.train import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--task", "pneumonia", "--data", str(tmp_path), "--tta"])
+    assert stop.value.code == 2
+    assert "--tta: no flip or rotation leaves a pneumonia diagnosis unchanged" in capsys.readouterr().err

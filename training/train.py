@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import shutil
 import sys
 import logging
@@ -297,10 +298,11 @@ def main(argv: list[str] | None = None) -> int:
         interface=onnx_interface(onnx_path), model_bytes=onnx_path.stat().st_size,
         data_root=root, calibration=calibration, curves=curves, mura=uses_mura(task, root),
     )
-    card["version"] = args.version
+    # With --tta this card is the one-view model's, kept inside the final card under its own version.
+    card["version"] = f"{args.version}+one-view" if args.tta else args.version
     model_card.write(card, out)
     if args.tta:
-        tta.apply(task, out, root, args.version)
+        tta.apply(task, out, root, args.version, command=shlex.join(["python", "-m", "training.train", *argv]))
     log.info("wrote %s (%s bytes) and card to %s", onnx_path, onnx_path.stat().st_size,
              out.resolve().relative_to(PROJECT_ROOT) if out.resolve().is_relative_to(PROJECT_ROOT) else out)
     return 0

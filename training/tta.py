@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
@@ -275,8 +276,10 @@ def _validation_summary(scored: dict[str, Any], keys: Sequence[str]) -> dict[str
     return {key: round(float(scored[key]), 4) for key in keys if key in scored}
 
 
-def apply(task: str, model_dir: Path, root: Path, version: str) -> dict[str, Any]:
-    """Wrap `model_dir/model.onnx` with the task's views, re-measure and rewrite its card; returns the card."""
+def apply(task: str, model_dir: Path, root: Path, version: str, command: str | None = None) -> dict[str, Any]:
+    """Wrap `model_dir/model.onnx` with the task's views, re-measure and rewrite its card; returns the card.
+
+    `command`: how the card says the model was made (default: this module's command line)."""
     import onnx
     import onnxruntime as ort
 
@@ -349,7 +352,9 @@ def apply(task: str, model_dir: Path, root: Path, version: str) -> dict[str, Any
         "combination": "mean of the views' probabilities, then softmax(log(mean) / T) with T fitted on the "
                        "validation split; CAM = mean of the views' CAMs turned back",
         "cost": f"{len(views)} backbone passes per image",
-        "command": f"python -m training.tta --task {task} --version {version}",
+        "command": command or shlex.join(
+            ["python", "-m", "training.tta", "--task", task, "--version", version]
+            + ([] if model_dir.resolve() == SPECS[task].model_dir.resolve() else ["--model-dir", str(model_dir)])),
         "without_tta": previous,
     }
     card.setdefault("calibration", {"ece_bins": model_card.DEFAULT_BINS, "note": model_card.CALIBRATION_NOTE})
@@ -359,6 +364,8 @@ def apply(task: str, model_dir: Path, root: Path, version: str) -> dict[str, Any
     card["export"]["tta_parity_images"] = min(PARITY_IMAGES, len(val))
     # The model, its card and plots are replaced together, after everything was measured; if any
     # step fails the folder is put back as it was, so the command can simply be run again.
+    for stale in model_dir.glob(".*.tmp"):           # left by a run that was killed mid-write
+        stale.unlink()
     before = {path: path.read_bytes() for path in model_dir.iterdir() if path.is_file()}
     try:
         _replace_file(model_path, wrapped_bytes)
@@ -369,8 +376,14 @@ def apply(task: str, model_dir: Path, root: Path, version: str) -> dict[str, Any
         for path in model_dir.iterdir():
             if path.is_file() and path not in before:
                 path.unlink()
+        unrestored = []
         for path, data in before.items():
-            _replace_file(path, data)
+            try:
+                _replace_file(path, data)
+            except OSError:
+                unrestored.append(path.name)
+        if unrestored:
+            log.error("could not restore %s in %s: put them back from git", unrestored, model_dir)
         raise
     return card
 

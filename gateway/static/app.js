@@ -533,7 +533,8 @@ function metricRows(metrics) {
 function testTimeAugmentation(architecture) {
   const tta = architecture && architecture.test_time_augmentation;
   if (!tta || !Array.isArray(tta.views)) return null;
-  return `mean over ${tta.views.length} views of each image (${tta.views.join(", ")}); ${tta.cost || ""}`;
+  const text = `mean over ${tta.views.length} views of each image (${tta.views.join(", ")})`;
+  return tta.cost ? `${text}; ${tta.cost}` : text;
 }
 
 function modelCard(card) {

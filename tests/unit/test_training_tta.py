@@ -199,6 +199,7 @@ def _fixture_folder(spec, tmp_path: Path, labels: list[str]) -> Path:
 def test_apply_replaces_the_model_and_re_measures_its_card(spec, labels, tmp_path: Path) -> None:
     model_dir = _fixture_folder(spec, tmp_path, labels)
     original = onnx.load(str(model_dir / "model.onnx"))
+    (model_dir / ".model.onnx.tmp").write_bytes(b"left by a killed run")
 
     card = tta.apply(spec.task, model_dir, tmp_path / "data", "9.9.9")
 
@@ -210,6 +211,9 @@ def test_apply_replaces_the_model_and_re_measures_its_card(spec, labels, tmp_pat
     assert augmentation["views"] == list(tta.TASK_VIEWS[spec.task])
     assert augmentation["without_tta"]["version"] == "0.0.1"
     assert augmentation["without_tta"]["temperatures"] == {"probabilities": 1.0}
+    assert augmentation["command"] == (f"python -m training.tta --task {spec.task} --version 9.9.9 "
+                                       f"--model-dir {model_dir}")
+    assert not (model_dir / ".model.onnx.tmp").exists()
     heads = {"probabilities", "kl_probabilities"} if spec.task == "bone" else {"probabilities"}
     assert set(card["calibration"]["heads"]) == heads
     for head in heads:

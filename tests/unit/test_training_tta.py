@@ -19,7 +19,7 @@ from PIL import Image
 from services.bone.spec import SPEC as BONE
 from services.core.preprocessing import to_model_input
 from services.skin.spec import SPEC as SKIN
-from tests.serving_models import write_fixture_model
+from tests.serving_models import build_model, write_fixture_model
 from tests.support import synthetic_image
 from training import card as model_card
 from training import evaluate, metrics, tta
@@ -231,6 +231,18 @@ def test_apply_replaces_the_model_and_re_measures_its_card(spec, labels, tmp_pat
              for f in tta.TASK_VIEWS[spec.task]]
     expected = _softmax(np.log(np.mean(views, axis=0)) / card["calibration"]["heads"]["probabilities"]["temperature"])
     np.testing.assert_allclose(_session(shipped).run(["probabilities"], {"input": images})[0], expected, atol=1e-5)
+
+
+def test_apply_refuses_a_non_square_skin_model_before_any_work(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    onnx.save(build_model(len(SKIN.labels), input_size=(100, 75)), str(model_dir / "model.onnx"))
+    before = (model_dir / "model.onnx").read_bytes()
+
+    # No card or split.csv is needed to refuse: the model's input is checked first.
+    with pytest.raises(ValueError, match="square input, this model's is 75x100"):
+        tta.apply("skin", model_dir, tmp_path, "9.9.9")
+    assert (model_dir / "model.onnx").read_bytes() == before
 
 
 def test_apply_refuses_a_wrapped_model_and_leaves_the_folder_alone(tmp_path: Path) -> None:

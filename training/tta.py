@@ -272,6 +272,16 @@ def mean_over_views(session, paths: Sequence[Path], views: Sequence[str], names:
     return {name: np.concatenate(values) for name, values in collected.items()}
 
 
+def _head_targets(task: str, records, names: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{probability output: (rows of `records` it is scored on, their targets)}: the binary head
+    leaves out what binary_targets excludes (knee KL1); a KL head is scored on every row."""
+    rows, y = binary_targets(task, records)
+    targets = {"probabilities": (rows, y)}
+    if "kl_probabilities" in names:
+        targets["kl_probabilities"] = (np.ones(len(records), bool), np.array([int(r.label) for r in records]))
+    return targets
+
+
 def _validation_summary(scored: dict[str, Any], keys: Sequence[str]) -> dict[str, float]:
     return {key: round(float(scored[key]), 4) for key in keys if key in scored}
 
@@ -301,12 +311,8 @@ def apply(task: str, model_dir: Path, root: Path, version: str, command: str | N
 
     # One temperature per probability output, fitted on the validation rows' mean over views.
     val_mean = mean_over_views(session, [r.path for r in val], views, names, size)
-    keep, y_val = binary_targets(task, val)
-    targets = {"probabilities": (keep, y_val)}
-    if "kl_probabilities" in names:
-        targets["kl_probabilities"] = (np.ones(len(val), bool), np.array([int(r.label) for r in val]))
     temperatures, calibration = {}, {}
-    for name, (rows, y) in targets.items():
+    for name, (rows, y) in _head_targets(task, val, names).items():
         logits = np.log(np.maximum(val_mean[name][rows], TINY))
         temperatures[name] = round(fit_temperature(logits, y), 6)
         calibration[name] = {"temperature": temperatures[name],
@@ -322,17 +328,12 @@ def apply(task: str, model_dir: Path, root: Path, version: str, command: str | N
         parity = tta_parity(candidate, session, val[:PARITY_IMAGES], views, temperatures, size)
         log.info("parity with the view-by-view computation on %d validation images: %s",
                  min(PARITY_IMAGES, len(val)), parity)
-        outputs = outputs_for(task, val)
-        validation = _validation_summary(score_outputs(task, val, run_onnx(candidate, [r.path for r in val],
-                                                                                 outputs)),
-                                         list(card["validation_metrics"]))
+        # Scored by running the wrapped file itself (not from val_mean): the figures are the shipped model's.
+        val_outputs = run_onnx(candidate, [r.path for r in val], outputs_for(task, val))
+        validation = _validation_summary(score_outputs(task, val, val_outputs), list(card["validation_metrics"]))
         test_outputs = run_onnx(candidate, [r.path for r in test], outputs_for(task, test))
         test_scored = score_outputs(task, test, test_outputs, intervals=True)
-        keep_test, y_test = binary_targets(task, test)
-        test_targets = {"probabilities": (keep_test, y_test)}
-        if "kl_probabilities" in test_outputs:
-            test_targets["kl_probabilities"] = (np.ones(len(test), bool), np.array([int(r.label) for r in test]))
-        for name, (rows, y) in test_targets.items():
+        for name, (rows, y) in _head_targets(task, test, names).items():
             t = temperatures[name]
             calibration[name]["test"] = temperature_report(logits_of_calibrated(test_outputs[name][rows], t), y, t)
         wrapped_bytes = candidate.read_bytes()

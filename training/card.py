@@ -159,7 +159,10 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
             "augmentation": {"none": "none",
                              "horizontal": "features of horizontally flipped training images added",
                              "flips": "features of horizontally, vertically and doubly flipped training "
-                                      "images added"}[augmentation],
+                                      "images added",
+                             "views": "features of the training images in each other view of the task's "
+                                      "test-time augmentation (skin: 3 flips and 4 transposed views, i.e. "
+                                      "quarter turns; bone: the mirror) added"}[augmentation],
             "optimizer": OPTIMIZER,
             **timing,
             "seconds": round(sum(v for v in timing.values() if v is not None), 1),

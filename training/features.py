@@ -34,9 +34,15 @@ class Features:
     seconds: float | None   # wall time the extraction took when it ran (kept in the cache)
 
 
-# The flips of an image, as the axes of an (height, width, channels) array each reverses; used to
-# augment training images (after the shared preprocessing) and for test-time augmentation (tta.py).
+# The flips of an image, as the axes of an (height, width, channels) array each reverses.
 FLIP_AXES: dict[str, tuple[int, ...]] = {"none": (), "horizontal": (1,), "vertical": (0,), "both": (0, 1)}
+# The 8 symmetric views of a square model input: an optional transposition (rows <-> columns; with
+# a flip, a quarter turn) followed by a flip. Training augmentation (train.py --augment) and
+# test-time augmentation (tta.py) both name views this way.
+VIEWS: tuple[str, ...] = ("none", "horizontal", "vertical", "both",
+                          "transposed", "transposed+horizontal", "transposed+vertical", "transposed+both")
+# NHWC: swap height and width.
+TRANSPOSE = (0, 2, 1, 3)
 
 
 def flipped(array: np.ndarray, flip: str, batch: bool = False) -> np.ndarray:
@@ -45,11 +51,33 @@ def flipped(array: np.ndarray, flip: str, batch: bool = False) -> np.ndarray:
     return np.flip(array, axes) if axes else array
 
 
-def load_image(path: Path, flip: str = "none", size: tuple[int, int] = (224, 224)) -> np.ndarray:
-    """The image at `path` as the model input at `size` (width, height), optionally flipped."""
+def view_parts(view: str) -> tuple[bool, str]:
+    """(transposed, flip) of a view name such as "transposed+vertical"."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; views are {list(VIEWS)}")
+    transposed = view.startswith("transposed")
+    flip = (view.partition("+")[2] or "none") if transposed else view
+    return transposed, flip
+
+
+def apply_view(batch: np.ndarray, view: str) -> np.ndarray:
+    """The NHWC `batch` as the model sees it in `view`."""
+    transposed, flip = view_parts(view)
+    return flipped(batch.transpose(TRANSPOSE) if transposed else batch, flip, batch=True)
+
+
+def undo_view(batch: np.ndarray, view: str) -> np.ndarray:
+    """A map computed on `view` (NHWC, e.g. a CAM) in the original image's orientation."""
+    transposed, flip = view_parts(view)
+    back = flipped(batch, flip, batch=True)
+    return back.transpose(TRANSPOSE) if transposed else back
+
+
+def load_image(path: Path, view: str = "none", size: tuple[int, int] = (224, 224)) -> np.ndarray:
+    """The image at `path` as the model input at `size` (width, height), in `view` (default: as is)."""
     with Image.open(path) as image:
         image.load()
-        return np.ascontiguousarray(flipped(to_model_input(image, size), flip))
+        return np.ascontiguousarray(apply_view(to_model_input(image, size)[None], view)[0])
 
 
 def _cache_key(paths: Sequence[Path]) -> str:
@@ -58,13 +86,13 @@ def _cache_key(paths: Sequence[Path]) -> str:
 
 
 def extract(backbone, paths: Sequence[Path], name: str, cache_dir: Path = CACHE_DIR,
-            flip: str = "none", mid_layer: str = MID_LAYER) -> Features:
-    """Features for `paths` in order (optionally of flipped images); reads the cache if the same
-    path list was extracted before. `mid` holds the output of `mid_layer`."""
+            view: str = "none", mid_layer: str = MID_LAYER) -> Features:
+    """Features for `paths` in order (of the images in `view`: see VIEWS); reads the cache if the
+    same path list was extracted before. `mid` holds the output of `mid_layer`."""
     import keras
     import tensorflow as tf
 
-    suffix = ("" if flip == "none" else f"-flip_{flip}") + ("" if mid_layer == MID_LAYER else f"-{mid_layer}")
+    suffix = ("" if view == "none" else f"-view_{view}") + ("" if mid_layer == MID_LAYER else f"-{mid_layer}")
     cache = cache_dir / f"{name}-{_cache_key(paths)}{suffix}.npz"
     if cache.is_file():
         with np.load(cache) as stored:
@@ -75,7 +103,7 @@ def extract(backbone, paths: Sequence[Path], name: str, cache_dir: Path = CACHE_
     pooled, mid = [], []
     started = time.monotonic()
     for start in range(0, len(paths), BATCH):
-        batch = np.stack([load_image(p, flip) for p in paths[start:start + BATCH]])
+        batch = np.stack([load_image(p, view) for p in paths[start:start + BATCH]])
         middle, last = run(tf.constant(batch))
         mid.append(middle.numpy().astype(np.float16))
         pooled.append(last.numpy().mean(axis=(1, 2)))

@@ -49,6 +49,9 @@ from training.tasks import SPECS, label_index, load_split, uses_mura
 
 log = logging.getLogger("training.train")
 PARITY_IMAGES = 128
+# --augment: the views (training.features.VIEWS) whose features are added as training rows.
+AUGMENT_VIEWS: dict[str, list[str]] = {"none": [], "horizontal": ["horizontal"],
+                                       "flips": ["horizontal", "vertical", "both"]}
 
 
 def _balanced_accuracy(y: np.ndarray, p: np.ndarray) -> float:
@@ -112,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone-weights", type=Path,
                         help="model.weights.h5 of a `python -m training.finetune` run of this task: its whole "
                         "fine-tuned MobileNetV2 is the backbone, and its own head is a candidate head")
-    parser.add_argument("--augment", choices=("none", "horizontal", "flips"), default="none",
-                        help="add features of flipped training images (horizontal; or horizontal+vertical+both)")
+    parser.add_argument("--augment", choices=tuple(AUGMENT_VIEWS) + ("views",), default="none",
+                        help="add features of training images seen in other views: horizontal flip; flips "
+                        "(horizontal, vertical, both); views = every view of the task's test-time "
+                        "augmentation (skin: the 8 flips and quarter turns, bone: the mirror)")
     parser.add_argument("--tta", action="store_true",
                         help="after export, average over the task's symmetric views (training.tta: skin 8, bone 2); "
                         "the card keeps the one-view figures under architecture.test_time_augmentation")
@@ -122,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not re.fullmatch(VERSION_PATTERN, args.version):
         parser.error(f"--version {args.version!r}: use letters, digits, '.', '+' or '-' (e.g. 2026.11.2)")
+    if args.augment == "views" and args.task not in tta.TASK_VIEWS:
+        parser.error(f"--augment views: no flip or rotation leaves a {args.task} diagnosis unchanged")
     if args.tta and args.task not in tta.TASK_VIEWS:
         parser.error(f"--tta: no flip or rotation leaves a {args.task} diagnosis unchanged "
                      f"(tasks with views: {', '.join(sorted(tta.TASK_VIEWS))})")
@@ -157,14 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     features = extract(backbone, [s.record.path for s in train_val], feature_name, mid_layer=args.mid_layer)
 
     dataset_labels = [s.record.label for s in train_val]
-    # Flip augmentation: features of flipped training images are added as extra training rows
-    # (validation stays unflipped). Knees are mirror images left/right; dermatoscopy has no
-    # up/down or left/right.
-    flips = {"none": [], "horizontal": ["horizontal"], "flips": ["horizontal", "vertical", "both"]}[args.augment]
+    # View augmentation: features of flipped (or turned) training images are added as extra training
+    # rows (validation stays as is). Knees are mirror images left/right; dermatoscopy has no up/down
+    # or left/right.
+    views = ([v for v in tta.TASK_VIEWS[task] if v != "none"] if args.augment == "views"
+             else AUGMENT_VIEWS[args.augment])
     train_paths = [s.record.path for s in train_val if s.split == "train"]
     train_labels = [s.record.label for s in train_val if s.split == "train"]
-    for flip in flips:
-        extra = extract(backbone, train_paths, feature_name, flip=flip, mid_layer=args.mid_layer)
+    for view in views:
+        extra = extract(backbone, train_paths, feature_name, view=view, mid_layer=args.mid_layer)
         features = Features(np.concatenate([features.pooled, extra.pooled]),
                             np.concatenate([features.mid, extra.mid]),
                             None if features.seconds is None or extra.seconds is None

@@ -43,7 +43,7 @@ from training import card as model_card
 from training.calibration import fit_temperature, logits_of_calibrated, temperature_report
 from training.evaluate import binary_targets, outputs_for, records_from_split_csv, score_outputs
 from training.export import MAX_MODEL_BYTES, PARITY_TOLERANCE
-from training.features import FLIP_AXES, flipped, load_image
+from training.features import FLIP_AXES, TRANSPOSE, VIEWS, apply_view, load_image, undo_view, view_parts
 from training.inference import run_onnx
 from training.model_plots import write_plots
 from training.paths import VERSION_PATTERN, data_dir
@@ -54,41 +54,15 @@ log = logging.getLogger("training.tta")
 # The views that leave the diagnosis unchanged, per task (see the module docstring): a view is an
 # optional transposition (rows <-> columns: with a flip, a 90-degree rotation) followed by a flip.
 TASK_VIEWS: dict[str, tuple[str, ...]] = {
-    "skin": ("none", "horizontal", "vertical", "both",
-             "transposed", "transposed+horizontal", "transposed+vertical", "transposed+both"),
+    "skin": VIEWS,
     "bone": ("none", "horizontal"),
 }
-VIEWS = TASK_VIEWS["skin"]
 METADATA_KEY = "drtech.test_time_augmentation"
 CAM = "cam"
 PARITY_IMAGES = 128
 PARITY_CHUNK = 16
 # Probabilities that underflowed to 0 are clipped here before the log (as calibration.logits_of_calibrated).
 TINY = float(np.finfo(np.float32).tiny)
-# NHWC: swap height and width.
-TRANSPOSE = (0, 2, 1, 3)
-
-
-def view_parts(view: str) -> tuple[bool, str]:
-    """(transposed, flip) of a view name such as "transposed+vertical"."""
-    if view not in VIEWS:
-        raise ValueError(f"unknown view {view!r}; views are {list(VIEWS)}")
-    transposed = view.startswith("transposed")
-    flip = (view.partition("+")[2] or "none") if transposed else view
-    return transposed, flip
-
-
-def apply_view(batch: np.ndarray, view: str) -> np.ndarray:
-    """The NHWC `batch` as the model sees it in `view`."""
-    transposed, flip = view_parts(view)
-    return flipped(batch.transpose(TRANSPOSE) if transposed else batch, flip, batch=True)
-
-
-def undo_view(batch: np.ndarray, view: str) -> np.ndarray:
-    """A map computed on `view` (NHWC, e.g. a CAM) in the original image's orientation."""
-    transposed, flip = view_parts(view)
-    back = flipped(batch, flip, batch=True)
-    return back.transpose(TRANSPOSE) if transposed else back
 
 
 def is_wrapped(proto) -> bool:

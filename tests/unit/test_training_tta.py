@@ -354,3 +354,8 @@ def test_training_train_offers_tta_only_where_a_view_keeps_the_diagnosis(tmp_pat
         main(["--task", "pneumonia", "--data", str(tmp_path), "--tta"])
     assert stop.value.code == 2
     assert "--tta: no flip or rotation leaves a pneumonia diagnosis unchanged" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--task", "pneumonia", "--data", str(tmp_path), "--augment", "views"])
+    assert stop.value.code == 2
+    assert "--augment views: no flip or rotation leaves a pneumonia diagnosis unchanged" in capsys.readouterr().err

@@ -454,3 +454,45 @@ def test_a_jpeg_header_flooded_with_segments_is_refused_before_pillow_walks_it()
 def test_a_jpeg_with_many_but_plausible_header_segments_still_reads():
     jpeg = _with_comment_segments(encode(gradient_rgb(), "JPEG"), 300)
     assert read_image(jpeg).image.size == (64, 48)
+
+
+def _progressive_with_repeated_last_scan(copies: int, side: int = 512) -> bytes:
+    """A flat progressive JPEG whose last scan (a few dozen bytes) is repeated `copies` more times:
+    each copy costs the decoder a pass over every block (the scan-flood attack)."""
+    buffer = io.BytesIO()
+    Image.new("L", (side, side), 128).save(buffer, "JPEG", progressive=True, optimize=True)
+    jpeg = buffer.getvalue()
+    start = jpeg.rindex(b"\xff\xda")
+    end = jpeg.rindex(b"\xff\xd9")
+    return jpeg[:end] + jpeg[start:end] * copies + jpeg[end:]
+
+
+def test_a_progressive_jpeg_flooded_with_scans_is_refused_before_it_is_decoded():
+    from services.core.imaging import MAX_JPEG_SCANS, read_header
+
+    flooded = _progressive_with_repeated_last_scan(5000, side=2048)   # ~200 kB: minutes of decoding
+    with pytest.raises(InvalidImage, match=f"more than {MAX_JPEG_SCANS} scans"):
+        read_header(flooded)
+    with pytest.raises(InvalidImage, match="more than .* scans"):
+        read_image(flooded)
+
+
+def test_progressive_jpegs_as_encoders_write_them_still_read():
+    from services.core.imaging import MAX_JPEG_SCANS
+
+    for quality in (75, 95):
+        progressive = encode(gradient_rgb(), "JPEG", quality=quality, progressive=True)
+        assert progressive.count(b"\xff\xda") > 1
+        assert read_image(progressive).image.size == (64, 48)
+    at_the_limit = _progressive_with_repeated_last_scan(MAX_JPEG_SCANS - 6)   # Pillow writes 6 for grey
+    assert at_the_limit.count(b"\xff\xda") == MAX_JPEG_SCANS
+    assert read_image(at_the_limit).image.size == (512, 512)
+
+
+def test_scans_inside_an_exif_thumbnail_are_not_counted():
+    # An EXIF block may carry a whole JPEG thumbnail (its own start-of-scan markers) inside APP1.
+    thumbnail = _progressive_with_repeated_last_scan(200, side=16)
+    jpeg = encode(gradient_rgb(), "JPEG")
+    app1 = b"\xff\xe1" + (2 + 6 + len(thumbnail)).to_bytes(2, "big") + b"Exif\x00\x00" + thumbnail
+    with_thumbnail = jpeg[:2] + app1 + jpeg[2:]
+    assert read_image(with_thumbnail).image.size == (64, 48)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -185,6 +186,24 @@ def _parse_args(spec: TaskSpec, argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+class _LoadInBackground:
+    """`running.load_model()` in a daemon thread; `done` is set when it returns or raises (`error`)."""
+
+    def __init__(self, running: RunningServer) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self._running = running
+        threading.Thread(target=self._load, name=f"{running.spec.task}-load", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            self._running.load_model()
+        except BaseException as error:  # handed to the main thread, which decides
+            self.error = error
+        finally:
+            self.done.set()
+
+
 def serve(spec: TaskSpec, argv: list[str] | None = None) -> None:
     """Run the task's model service until SIGTERM or SIGINT. Exits non-zero if it cannot start."""
     started = time.perf_counter()
@@ -211,12 +230,25 @@ def serve(spec: TaskSpec, argv: list[str] | None = None) -> None:
         log.error("%s", error)
         raise SystemExit(1) from None
     log.info("listening on %s (NOT_SERVING until the model is warm)", running.address)
-    try:
-        running.load_model()
-    except ModelContractError as error:
-        log.error("cannot serve the %s model: %s", spec.task, error)
+    # The model loads and warms up in a thread so that a SIGTERM during a long warm-up (a GPU
+    # provider compiling its kernels, say) stops the process within the pod's grace period.
+    loading = _LoadInBackground(running)
+    while not loading.done.wait(timeout=0.2):
+        if stop_requested.is_set():
+            log.info("stopping while the model is still loading")
+            running.stop(grace=0)
+            # The loading thread is inside the runtime and cannot be interrupted; nothing it holds
+            # needs saving, so leave without waiting for it.
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(0)
+    if isinstance(loading.error, ModelContractError):
+        log.error("cannot serve the %s model: %s", spec.task, loading.error)
         running.stop(grace=0)
         raise SystemExit(1) from None
+    if loading.error is not None:
+        running.stop(grace=0)
+        raise loading.error
     if not stop_requested.is_set():
         log.info("SERVING %s after %.2fs", spec.task, time.perf_counter() - started)
         print(f"listening on {running.address}", flush=True)

@@ -62,6 +62,32 @@ def test_process_prints_its_port_serves_and_stops_cleanly_on_sigterm(tmp_path: P
             process.wait()
 
 
+def test_sigterm_during_a_long_warm_up_stops_the_process_without_waiting_for_it(tmp_path: Path) -> None:
+    write_fixture_model(PNEUMONIA, tmp_path)
+    # Ten million warm-up runs: far longer than any test waits, like a GPU provider compiling kernels.
+    process = launch("pneumonia", {"DRTECH_SERVING_MODEL_DIR": str(tmp_path),
+                                   "DRTECH_SERVING_WARMUP_RUNS": "10000000"}, "--port", "0")
+    try:
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True)
+        reader.start()
+        seen = ""
+        while "NOT_SERVING until the model is warm" not in seen:
+            seen = lines.get(timeout=START_TIMEOUT)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert process.stdout.read() == ""          # never said it was ready
+        reader.join(timeout=10)
+        logged = []
+        while not lines.empty():
+            logged.append(lines.get())
+        assert any("stopping while the model is still loading" in line for line in logged), logged
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_missing_model_exits_non_zero_naming_the_file(tmp_path: Path) -> None:
     process = launch("skin", {"DRTECH_SERVING_MODEL_DIR": str(tmp_path / "nothing-here")}, "--port", "0")
     _, stderr = process.communicate(timeout=START_TIMEOUT)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 from fastapi import FastAPI, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.staticfiles import StaticFiles
@@ -136,6 +137,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             heatmaps=BlobStore(settings.heatmaps_dir),
             metrics=metrics,
             backends=backends,
+            renders=anyio.CapacityLimiter(settings.concurrent_renders),
         )
         try:
             yield

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import anyio
+
 from fastapi import Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
@@ -23,6 +25,8 @@ class GatewayContext:
     heatmaps: BlobStore
     metrics: GatewayMetrics
     backends: Backends
+    # At most settings.concurrent_renders image renders at a time (gateway.diagnoses.rendered_png).
+    renders: anyio.CapacityLimiter
 
 
 def get_context(request: Request) -> GatewayContext:

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
+import anyio
 import grpc
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -323,6 +324,11 @@ def render_png(data: bytes, max_side: int | None = None) -> bytes:
     return buffer.getvalue()
 
 
+async def rendered_png(ctx: GatewayContext, data: bytes, max_side: int | None = None) -> bytes:
+    """render_png in a worker thread, at most `settings.concurrent_renders` at a time."""
+    return await anyio.to_thread.run_sync(render_png, data, max_side, limiter=ctx.renders)
+
+
 _PRIVATE = {"Cache-Control": "private, max-age=3600"}
 
 
@@ -335,7 +341,7 @@ async def get_image(diagnosis_id: str, caller: CallerDep, ctx: ContextDep) -> Re
         raise ApiError(410, "The stored upload is gone.") from None
     if record.media_type == DICOM:
         # Browsers cannot show DICOM: send a PNG of the decoded image (the original stays stored).
-        return Response(await run_in_threadpool(render_png, data), media_type="image/png", headers=_PRIVATE)
+        return Response(await rendered_png(ctx, data), media_type="image/png", headers=_PRIVATE)
     return Response(data, media_type=record.media_type, headers=_PRIVATE)
 
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, File, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from gateway.accounts import CallerDep, ContextDep
-from gateway.diagnoses import check_image, read_upload, render_png
+from gateway.diagnoses import check_image, read_upload, rendered_png
 
 router = APIRouter(prefix="/api/v1")
 
@@ -31,5 +31,5 @@ async def create_preview(
     max_bytes = ctx.settings.max_upload_bytes
     data = await read_upload(file, max_bytes)
     await run_in_threadpool(check_image, data, max_bytes)
-    return Response(await run_in_threadpool(render_png, data, PREVIEW_SIDE), media_type="image/png",
+    return Response(await rendered_png(ctx, data, PREVIEW_SIDE), media_type="image/png",
                     headers={"Cache-Control": "no-store"})

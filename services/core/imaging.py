@@ -396,16 +396,17 @@ def _check_dicom_dataset(dataset: Any, limits: ImageLimits) -> tuple[int, int]:
 
 
 def _decode_dicom(data: bytes, limits: ImageLimits) -> Image.Image:
-    from pydicom import pixels
-
     dataset = _parse_dicom(data)
     _check_dicom_dataset(dataset, limits)
     try:
-        # index=0: decode only the first frame of a multi-frame image.
-        array = pixels.pixel_array(dataset, index=0)
+        # index=0: decode only the first frame of a multi-frame image. as_rgb=False: YBR is turned
+        # into RGB below, band by band (pydicom converts the whole image in float64 at once).
+        array, decoded_as = _first_frame(dataset)
     except (ValueError, RuntimeError, AttributeError, KeyError, TypeError, EOFError,
             NotImplementedError) as error:
         raise InvalidImage(f"the DICOM pixel data cannot be decoded ({error})") from None
+    if decoded_as in _YBR_FULL and array.ndim == 3 and array.shape[-1] == 3:
+        _ybr_full_to_rgb_in_place(array)
 
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     if photometric == "PALETTE COLOR" and array.ndim == 2:
@@ -423,6 +424,38 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> Image.Image:
     if photometric == "MONOCHROME1":
         gray = 255 - gray   # MONOCHROME1: the lowest value is displayed white
     return Image.fromarray(gray, mode="L")
+
+
+# The photometric interpretations pydicom's as_rgb turns into RGB (YBR_PARTIAL and the JPEG 2000
+# YBR_ICT/RCT are left as pydicom leaves them).
+_YBR_FULL = ("YBR_FULL", "YBR_FULL_422")
+# pydicom converts YBR to RGB in float64 over the whole image: 1.6 GB of working memory for a
+# 64 M pixel colour DICOM, measured (a 1 MB upload). The same conversion on bands of rows gives
+# the same values in a few MB.
+YBR_BAND_ROWS = 256
+
+
+def _first_frame(dataset: Any) -> tuple[np.ndarray, str]:
+    """The first frame's pixels as stored (YBR not turned into RGB), and their colour space: a JPEG
+    decoder may have turned YBR into RGB already. What pydicom.pixels.pixel_array does, keeping the
+    decoder's account of the result."""
+    from pydicom import pixels
+    from pydicom.pixels.utils import as_pixel_options
+
+    transfer_syntax = getattr(dataset, "file_meta", {}).get("TransferSyntaxUID", None)
+    if not transfer_syntax:
+        raise AttributeError("the file meta information has no Transfer Syntax UID")
+    decoder = pixels.get_decoder(transfer_syntax)
+    array, decoded = decoder.as_array(dataset, index=0, validate=True, **as_pixel_options(dataset, as_rgb=False))
+    return array, str(decoded.get("photometric_interpretation", ""))
+
+
+def _ybr_full_to_rgb_in_place(array: np.ndarray) -> None:
+    from pydicom.pixels.processing import convert_color_space
+
+    for start in range(0, array.shape[0], YBR_BAND_ROWS):
+        band = array[start:start + YBR_BAND_ROWS]
+        band[...] = convert_color_space(band, "YBR_FULL", "RGB")
 
 
 def _grey_levels_of(array: np.ndarray, dataset: Any) -> np.ndarray:

@@ -288,3 +288,50 @@ def test_static_assets_are_served_and_self_contained(client: TestClient) -> None
         reply = client.get(asset)
         assert reply.status_code == 200
         assert "http://" not in reply.text and "https://" not in reply.text
+
+
+def test_image_renders_run_at_most_the_configured_number_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoding the largest accepted DICOM takes ~550 MB: a 768 MiB gateway renders one at a time."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    import anyio
+
+    from gateway import diagnoses
+
+    active, most, limit = 0, 0, 1
+    lock = threading.Lock()
+
+    def slow_render(data: bytes, max_side: int | None = None) -> bytes:
+        nonlocal active, most
+        with lock:
+            active += 1
+            most = max(most, active)
+        waited_until = time.monotonic() + 2
+        while most < limit and time.monotonic() < waited_until:   # give the others time to join
+            time.sleep(0.002)
+        with lock:
+            active -= 1
+        return data
+
+    monkeypatch.setattr(diagnoses, "render_png", slow_render)
+
+    async def render_many() -> list[bytes]:
+        ctx = SimpleNamespace(renders=anyio.CapacityLimiter(limit))
+        results: list[bytes] = []
+
+        async def one(index: int) -> None:
+            results.append(await diagnoses.rendered_png(ctx, bytes([index]), 512))
+
+        async with anyio.create_task_group() as group:
+            for index in range(6):
+                group.start_soon(one, index)
+        return results
+
+    assert sorted(anyio.run(render_many)) == [bytes([i]) for i in range(6)]
+    assert most == 1
+    most, limit = 0, 3
+    anyio.run(render_many)
+    assert most == 3
+    assert GatewaySettings(concurrent_renders=1).concurrent_renders == 1

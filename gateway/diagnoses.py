@@ -42,6 +42,7 @@ from gateway.storage import sha256_hex
 from protos.drtech.v1 import diagnosis_pb2
 from services.core.errors import InvalidImage, UnsupportedMediaType
 from services.core.imaging import DICOM, ImageLimits, decode_image, dicom_routing_tags, read_header
+from services.core.memory import release_after
 
 log = logging.getLogger("gateway.diagnoses")
 router = APIRouter(prefix="/api/v1")
@@ -317,10 +318,13 @@ def render_png(data: bytes, max_side: int | None = None) -> bytes:
         image = decode_image(data)
     except InvalidImage as error:
         raise ApiError(422, f"The image cannot be shown: {error}.") from None
+    pixels = image.width * image.height
     if max_side is not None:
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
+    del image
+    release_after(pixels)
     return buffer.getvalue()
 
 

@@ -18,7 +18,9 @@ from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
 from services.core import heatmap, metrics
 from services.core.batching import Batcher
 from services.core.errors import ModelNotReady
-from services.core.imaging import SUPPORTED_MEDIA_TYPES, ImageLimits, read_image
+from services.core.imaging import SUPPORTED_MEDIA_TYPES, ImageLimits, read_header, read_image
+from services.core.memory import release_after
+from services.core.pixel_budget import PixelBudget
 from services.core.preprocessing import draft_size_for, to_model_input
 from services.core.runtime import ModelContractError, ModelRuntime, Prediction, open_model
 from services.core.settings import ServingSettings
@@ -93,6 +95,7 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
         self.spec = spec
         self.settings = settings
         self.limits = image_limits(settings)
+        self.decoding = PixelBudget(settings.max_decoding_pixels)
         self._loaded: LoadedModel | None = None
         self._batcher: Batcher | None = None
 
@@ -132,11 +135,18 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
         # Draft-decode big JPEGs (model input size from the model file): much faster, nearly the
         # same model input after the resize in to_model_input.
         draft = draft_size_for(loaded.model.input_size)
-        decoded = read_image(request.image, request.media_type, self.limits, draft)
+        header = read_header(request.image, request.media_type, self.limits)
+        pixels = header.width * header.height
+        with self.decoding.hold(pixels):
+            decoded = read_image(request.image, request.media_type, self.limits, draft)
+            model_input = to_model_input(decoded.image, loaded.model.input_size)
+            media_type, original_size = decoded.media_type, (decoded.width, decoded.height)
+            del decoded   # the decoded pixels are freed, and given back, before the budget is
+            release_after(pixels)
         batcher = self._batcher
         if batcher is None:
             raise ModelNotReady(f"the {self.spec.task} model is not loaded")
-        batched = batcher.predict(to_model_input(decoded.image, loaded.model.input_size))
+        batched = batcher.predict(model_input)
         prediction, inference_seconds = batched.prediction, batched.seconds
 
         probabilities = prediction.probabilities[0].astype(np.float64)
@@ -158,7 +168,7 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
         )
         response.extra.update(extra_fields(prediction))
         if request.explain:
-            width, height = heatmap.overlay_size((decoded.width, decoded.height))
+            width, height = heatmap.overlay_size(original_size)
             response.heatmap.CopyFrom(
                 diagnosis_pb2.Heatmap(
                     png=heatmap.overlay_png(prediction.cam[0, :, :, index], (width, height)),
@@ -170,7 +180,7 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
             )
         logger.info(
             "diagnosed request %s: %s %.3f (%s %dx%d, inference %.1f ms%s)",
-            request_id, label.code, probabilities[index], decoded.media_type, decoded.width, decoded.height,
+            request_id, label.code, probabilities[index], media_type, *original_size,
             inference_seconds * 1000.0, ", explained" if request.explain else "",
         )
         return response

@@ -28,6 +28,9 @@ class ServingSettings(BaseSettings):
     # What an uploaded image may be. The byte limit leaves room for the rest of the request.
     max_image_bytes: int = Field(default=20 * MIB - 64 * 1024, gt=0)
     max_image_pixels: int = Field(default=64_000_000, gt=0)
+    # Pixels decoded at once across the worker threads (services/core/pixel_budget.py): one image of
+    # the largest size at a time (~550 MB to decode), ordinary photos side by side.
+    max_decoding_pixels: int = Field(default=64_000_000, gt=0)
     min_image_side: int = Field(default=32, ge=1)
     grace_seconds: float = Field(default=10.0, ge=0)     # in-flight calls get this long on SIGTERM
     # How inference uses the cores. Default (both 0): one model worker per core, each running

@@ -142,6 +142,18 @@ def test_service_is_serving(service: RunningServer, channel: grpc.Channel) -> No
     assert health_status(channel, DIAGNOSIS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_an_upload_is_decoded_only_when_its_pixels_fit_the_decoding_budget(service: RunningServer, stub) -> None:
+    budget = service.servicer.decoding
+    assert budget.capacity == ServingSettings().max_decoding_pixels == 64_000_000
+    with budget.hold(budget.capacity):      # as if the largest image were being decoded
+        call = stub.Diagnose.future(diagnosis_pb2.DiagnoseRequest(image=image_bytes(service.spec.task)),
+                                    timeout=TIMEOUT)
+        with pytest.raises(grpc.FutureTimeoutError):
+            call.result(timeout=0.3)
+    assert call.result(timeout=TIMEOUT).label in service.spec.label_codes
+    assert budget.held == 0
+
+
 def test_diagnose_returns_a_label_and_probabilities_that_sum_to_one(service: RunningServer, stub) -> None:
     spec = service.spec
     reply = stub.Diagnose(

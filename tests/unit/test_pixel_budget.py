@@ -1,0 +1,85 @@
+"""A model service decodes at most `max_decoding_pixels` pixels at once across its worker threads, and
+gives the freed memory back after a large image (benchmarks/decode_memory.py measures both)."""
+
+from __future__ import annotations
+
+import platform
+import sys
+import threading
+
+import pytest
+
+from services.core import memory
+from services.core.pixel_budget import PixelBudget
+
+
+def holder(budget: PixelBudget, pixels: int) -> tuple[threading.Thread, threading.Event, threading.Event]:
+    """A thread that holds `pixels` until told to let go: (thread, got them, let go)."""
+    got, let_go = threading.Event(), threading.Event()
+
+    def run() -> None:
+        with budget.hold(pixels):
+            got.set()
+            let_go.wait(10)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, got, let_go
+
+
+def test_images_that_fit_together_decode_side_by_side_and_the_next_waits_its_turn() -> None:
+    budget = PixelBudget(100)
+    first, first_got, first_go = holder(budget, 60)
+    second, second_got, second_go = holder(budget, 40)
+    assert first_got.wait(5) and second_got.wait(5)
+    assert budget.held == 100
+
+    third, third_got, third_go = holder(budget, 30)
+    assert not third_got.wait(0.2)          # 30 more do not fit while 100 are held
+    second_go.set()
+    assert third_got.wait(5)                 # 40 given back: 60 + 30 fit
+    assert budget.held == 90
+    for go, thread in ((first_go, first), (third_go, third), (second_go, second)):
+        go.set()
+        thread.join(5)
+    assert budget.held == 0
+
+
+def test_an_image_larger_than_the_budget_waits_for_the_others_and_then_holds_all_of_it() -> None:
+    budget = PixelBudget(100)
+    small, small_got, small_go = holder(budget, 10)
+    assert small_got.wait(5)
+    huge, huge_got, huge_go = holder(budget, 10_000)
+    assert not huge_got.wait(0.2)
+    small_go.set()
+    assert huge_got.wait(5)
+    assert budget.held == 100
+    huge_go.set()
+    huge.join(5)
+    small.join(5)
+    assert budget.held == 0
+
+
+def test_a_failed_decode_gives_its_pixels_back() -> None:
+    budget = PixelBudget(100)
+    with pytest.raises(RuntimeError), budget.hold(80):
+        raise RuntimeError("the pixel data cannot be decoded")
+    assert budget.held == 0
+    with pytest.raises(ValueError, match="at least 1"):
+        PixelBudget(0)
+
+
+def test_free_memory_is_given_back_to_the_system_after_a_large_image_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(memory, "_MALLOC_TRIM", calls.append)
+    memory.release_after(memory.TRIM_AFTER_PIXELS - 1)      # a small photo: left to the allocator
+    assert calls == []
+    memory.release_after(memory.TRIM_AFTER_PIXELS)
+    assert calls == [0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="malloc_trim is glibc's")
+def test_glibc_malloc_trim_is_found_and_runs() -> None:
+    assert memory._MALLOC_TRIM is not None
+    memory.release_after(memory.TRIM_AFTER_PIXELS)

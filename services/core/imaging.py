@@ -217,41 +217,54 @@ MAX_JPEG_HEADER_SEGMENTS = 1024
 # progressive script), a dozen or two after scan optimisation; nvImageCodec caps scans for the same
 # reason. At 64 scans the largest accepted image costs a few seconds at most.
 MAX_JPEG_SCANS = 64
-# The end of a scan's entropy-coded data: a 0xFF that is not a stuffed 0x00, a restart marker or fill.
-_NEXT_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+# Between and after the scans a real file has a few tables per scan; this walk is Python, so it is
+# bounded there too.
+MAX_JPEG_LATER_SEGMENTS = 1024
+# A marker: 0xFF and a code that is neither a stuffed 0x00 nor another 0xFF (a fill byte; the last
+# 0xFF of a run is the one that matches). libjpeg and Pillow skip other bytes between segments, so
+# the walk resynchronises the same way. One 0xFF per match: a pattern like 0xFF+ would backtrack
+# over long runs of fill bytes.
+_JPEG_MARKER = re.compile(rb"\xff([^\x00\xff])")
+# The end of a scan's entropy-coded data: a marker that is not a restart marker (RST0-7).
+_END_OF_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 def _check_jpeg_structure(data: bytes) -> None:
-    """Count the segments before the first scan and the scans; malformed structure is left to Pillow."""
-    offset, markers, scans = 2, 0, 0
-    while offset + 4 <= len(data) and data[offset] == 0xFF:
-        marker = data[offset + 1]
+    """Count the segments before the first scan, the scans and the segments after; malformed
+    structure is left to Pillow."""
+    offset, header_segments, later_segments, scans = 2, 0, 0, 0
+    while (found := _JPEG_MARKER.search(data, offset)) is not None:
+        marker, offset = found.group(1)[0], found.end()
         if scans == 0:
-            markers += 1
-            if markers > MAX_JPEG_HEADER_SEGMENTS:
+            header_segments += 1
+            if header_segments > MAX_JPEG_HEADER_SEGMENTS:
                 raise InvalidImage(
                     f"the JPEG header has more than {MAX_JPEG_HEADER_SEGMENTS} segments before its image data; "
                     "a camera or scanner writes a few dozen"
                 )
+        else:
+            later_segments += 1
+            if later_segments > MAX_JPEG_LATER_SEGMENTS:
+                raise InvalidImage(
+                    f"the JPEG has more than {MAX_JPEG_LATER_SEGMENTS} segments after its first scan; "
+                    "an encoder writes a few tables per scan"
+                )
         if marker == 0xD9:               # end of image
             return
-        if marker == 0xFF:               # a fill byte before a marker
-            offset += 1
-        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:   # markers without a length
-            offset += 2
-        else:
-            offset += 2 + int.from_bytes(data[offset + 2:offset + 4], "big")
-            if marker == 0xDA:           # start of scan: its entropy-coded data runs to the next marker
-                scans += 1
-                if scans > MAX_JPEG_SCANS:
-                    raise InvalidImage(
-                        f"the JPEG has more than {MAX_JPEG_SCANS} scans; a progressive encoder writes about 10, "
-                        "and each scan costs a pass over the whole image"
-                    )
-                following = _NEXT_JPEG_MARKER.search(data, offset)
-                if following is None:
-                    return
-                offset = following.start()
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:   # markers without a length
+            continue
+        offset += int.from_bytes(data[offset:offset + 2], "big")
+        if marker == 0xDA:               # start of scan: its entropy-coded data runs to the next marker
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise InvalidImage(
+                    f"the JPEG has more than {MAX_JPEG_SCANS} scans; a progressive encoder writes about 10, "
+                    "and each scan costs a pass over the whole image"
+                )
+            following = _END_OF_SCAN.search(data, offset)
+            if following is None:
+                return
+            offset = following.start()
 
 
 # The same for PNG: a real file has a handful of chunks before its image data (IHDR, colour and
@@ -400,7 +413,7 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> Image.Image:
     _check_dicom_dataset(dataset, limits)
     try:
         # index=0: decode only the first frame of a multi-frame image. as_rgb=False: YBR is turned
-        # into RGB below, band by band (pydicom converts the whole image in float64 at once).
+        # into RGB below, band by band (pydicom converts the whole image in float32 at once).
         array, decoded_as = _first_frame(dataset)
     except (ValueError, RuntimeError, AttributeError, KeyError, TypeError, EOFError,
             NotImplementedError) as error:
@@ -429,7 +442,7 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> Image.Image:
 # The photometric interpretations pydicom's as_rgb turns into RGB (YBR_PARTIAL and the JPEG 2000
 # YBR_ICT/RCT are left as pydicom leaves them).
 _YBR_FULL = ("YBR_FULL", "YBR_FULL_422")
-# pydicom converts YBR to RGB in float64 over the whole image: 1.6 GB of working memory for a
+# pydicom converts YBR to RGB in float32 over the whole image, with temporaries: 1.6 GB of working memory for a
 # 64 M pixel colour DICOM, measured (a 1 MB upload). The same conversion on bands of rows gives
 # the same values in a few MB.
 YBR_BAND_ROWS = 256

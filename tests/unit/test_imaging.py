@@ -526,6 +526,32 @@ def test_a_progressive_jpeg_flooded_with_scans_is_refused_before_it_is_decoded()
         read_image(flooded)
 
 
+def test_junk_between_segments_does_not_hide_the_scans_from_the_count():
+    """libjpeg skips bytes between segments that are not markers; the count must not stop there."""
+    from services.core.imaging import MAX_JPEG_SCANS
+
+    flooded = _progressive_with_repeated_last_scan(1000)
+    first_scan = flooded.index(b"\xff\xda")
+    for junk in (b"\x00", b"\xff\xfe\x00\x02\x00", b"junk"):
+        with pytest.raises(InvalidImage, match=f"more than {MAX_JPEG_SCANS} scans"):
+            read_image(flooded[:first_scan] + junk + flooded[first_scan:])
+    after_app0 = 2 + 2 + int.from_bytes(flooded[4:6], "big")
+    with pytest.raises(InvalidImage, match=f"more than {MAX_JPEG_SCANS} scans"):
+        read_image(flooded[:after_app0] + b"\x00" + flooded[after_app0:])
+
+
+def test_a_jpeg_flooded_with_segments_after_its_first_scan_is_refused():
+    from services.core.imaging import MAX_JPEG_LATER_SEGMENTS, read_header
+
+    jpeg = encode(gradient_rgb(), "JPEG", progressive=True)
+    end = jpeg.rindex(b"\xff\xd9")
+    for filler in (b"\xff\x01", b"\xff\xfe\x00\x02"):          # lengthless markers, empty comments
+        with pytest.raises(InvalidImage, match=f"more than {MAX_JPEG_LATER_SEGMENTS} segments after"):
+            read_header(jpeg[:end] + filler * 200_000 + jpeg[end:])
+    # A long run of fill bytes is skipped in one regular-expression step, not byte by byte.
+    assert read_image(jpeg[:end] + b"\xff" * 2_000_000 + jpeg[end:]).image.size == (64, 48)
+
+
 def test_progressive_jpegs_as_encoders_write_them_still_read():
     from services.core.imaging import MAX_JPEG_SCANS
 

@@ -442,9 +442,9 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> Image.Image:
 # The photometric interpretations pydicom's as_rgb turns into RGB (YBR_PARTIAL and the JPEG 2000
 # YBR_ICT/RCT are left as pydicom leaves them).
 _YBR_FULL = ("YBR_FULL", "YBR_FULL_422")
-# pydicom converts YBR to RGB in float32 over the whole image, with temporaries: 1.6 GB of working memory for a
-# 64 M pixel colour DICOM, measured (a 1 MB upload). The same conversion on bands of rows gives
-# the same values in a few MB.
+# pydicom converts YBR to RGB in float32 over the whole image, with temporaries: 1.6 GB of working
+# memory for a 64 M pixel colour DICOM, measured (a 1 MB upload). The same conversion on bands of
+# rows gives the same values in a few MB.
 YBR_BAND_ROWS = 256
 
 

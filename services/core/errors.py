@@ -21,3 +21,7 @@ class UnsupportedMediaType(InvalidImage):
 
 class ModelNotReady(RuntimeError):
     """The model is not loaded and warmed yet (or the service is shutting down)."""
+
+
+class ServiceBusy(RuntimeError):
+    """The service cannot take this call before its deadline (e.g. large images are being decoded)."""

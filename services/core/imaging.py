@@ -114,6 +114,18 @@ class ImageHeader:
     media_type: str           # the sniffed type
     width: int                # as stored (before any EXIF rotation)
     height: int
+    progressive: bool = False  # a progressive JPEG (decoded whole: no reduced-size decoding)
+
+    def pixels_to_decode(self, draft_size: tuple[int, int] | None = None) -> int:
+        """About how many pixels read_image(..., draft_size) holds for this upload. A baseline JPEG
+        decodes at the DCT scale Pillow's draft picks (1/2, 1/4 or 1/8 a side, never below
+        draft_size: a 64 M pixel one took 7 MiB at 1/8); a progressive JPEG keeps every coefficient
+        of the whole image until its last scan (190 MiB for the same image), so it counts whole."""
+        if self.media_type != JPEG or self.progressive or draft_size is None:
+            return self.width * self.height
+        fits = min(self.width // draft_size[0], self.height // draft_size[1])
+        scale = next((candidate for candidate in (8, 4, 2) if fits >= candidate), 1)
+        return -(-self.width // scale) * -(-self.height // scale)
 
 
 def read_header(data: bytes, media_type: str | None = None, limits: ImageLimits = ImageLimits()) -> ImageHeader:
@@ -131,6 +143,8 @@ def read_header(data: bytes, media_type: str | None = None, limits: ImageLimits 
         image = _open_raster(data, sniffed, limits)
         width, height = image.size
         _check_size(width, height, limits)
+        return ImageHeader(media_type=sniffed, width=width, height=height,
+                           progressive=bool(image.info.get("progressive") or image.info.get("progression")))
     return ImageHeader(media_type=sniffed, width=width, height=height)
 
 

@@ -3,6 +3,7 @@
 InvalidImage         -> INVALID_ARGUMENT, trailing metadata drtech-error-reason: invalid_image
 UnsupportedMediaType -> INVALID_ARGUMENT, drtech-error-reason: unsupported_media_type (gateway: 415)
 ModelNotReady        -> UNAVAILABLE
+ServiceBusy          -> UNAVAILABLE
 anything else        -> INTERNAL with a generic message; the traceback is logged with the request id.
 
 It also records each call's outcome in the Prometheus metrics, since it is where the final code is known.
@@ -18,7 +19,7 @@ from typing import Any
 import grpc
 
 from services.core import metrics
-from services.core.errors import InvalidImage, ModelNotReady, UnsupportedMediaType
+from services.core.errors import InvalidImage, ModelNotReady, ServiceBusy, UnsupportedMediaType
 
 ERROR_REASON_KEY = "drtech-error-reason"
 REQUEST_ID_KEY = "x-request-id"
@@ -34,6 +35,8 @@ def map_error(error: Exception) -> tuple[grpc.StatusCode, str, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, "invalid_image", f"invalid image: {error}"
     if isinstance(error, ModelNotReady):
         return grpc.StatusCode.UNAVAILABLE, "model_not_ready", str(error) or "the model is not ready yet"
+    if isinstance(error, ServiceBusy):
+        return grpc.StatusCode.UNAVAILABLE, "busy", str(error)
     return grpc.StatusCode.INTERNAL, "internal", "internal error"
 
 

@@ -9,18 +9,21 @@ budget, ordinary photos still decode side by side and the largest ones take turn
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 
 class PixelBudget:
-    """At most `capacity` pixels held at a time; an image larger than the capacity holds all of it."""
+    """At most `capacity` pixels held at a time, granted in arrival order (so a large image is not
+    passed over for ever by smaller ones); an image larger than the capacity holds all of it."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1 pixel, not {capacity}")
         self.capacity = capacity
         self._held = 0
+        self._waiting: deque[object] = deque()
         self._changed = threading.Condition()
 
     @property
@@ -28,16 +31,41 @@ class PixelBudget:
         with self._changed:
             return self._held
 
-    @contextmanager
-    def hold(self, pixels: int) -> Iterator[None]:
-        """Wait until `pixels` (at most the capacity) fit, hold them for the block, then give them back."""
-        amount = max(1, min(pixels, self.capacity))
+    @property
+    def waiting(self) -> int:
         with self._changed:
-            self._changed.wait_for(lambda: self._held + amount <= self.capacity)
-            self._held += amount
+            return len(self._waiting)
+
+    def acquire(self, pixels: int, timeout: float | None = None) -> int:
+        """Wait until every earlier caller has its pixels and `pixels` (at most the capacity) fit, then
+        hold them; returns the amount held, for release(). TimeoutError after `timeout` seconds."""
+        amount = max(1, min(pixels, self.capacity))
+        turn = object()
+        with self._changed:
+            self._waiting.append(turn)
+            granted = False
+            try:
+                granted = self._changed.wait_for(
+                    lambda: self._waiting[0] is turn and self._held + amount <= self.capacity, timeout)
+            finally:
+                self._waiting.remove(turn)
+                if granted:
+                    self._held += amount
+                self._changed.notify_all()   # the next in line may fit now
+        if not granted:
+            raise TimeoutError(f"{amount} pixels did not fit the decoding budget within {timeout} s")
+        return amount
+
+    def release(self, amount: int) -> None:
+        with self._changed:
+            self._held -= amount
+            self._changed.notify_all()
+
+    @contextmanager
+    def hold(self, pixels: int, timeout: float | None = None) -> Iterator[None]:
+        """acquire() for the block, release() after it."""
+        amount = self.acquire(pixels, timeout)
         try:
             yield
         finally:
-            with self._changed:
-                self._held -= amount
-                self._changed.notify_all()
+            self.release(amount)

@@ -17,7 +17,7 @@ import numpy as np
 from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
 from services.core import heatmap, metrics
 from services.core.batching import Batcher
-from services.core.errors import ModelNotReady
+from services.core.errors import ModelNotReady, ServiceBusy
 from services.core.imaging import SUPPORTED_MEDIA_TYPES, ImageLimits, read_header, read_image
 from services.core.memory import release_after
 from services.core.pixel_budget import PixelBudget
@@ -136,13 +136,19 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
         # same model input after the resize in to_model_input.
         draft = draft_size_for(loaded.model.input_size)
         header = read_header(request.image, request.media_type, self.limits)
-        pixels = header.width * header.height
-        with self.decoding.hold(pixels):
+        pixels = header.pixels_to_decode(draft)
+        try:
+            held = self.decoding.acquire(pixels, timeout=context.time_remaining() if context is not None else None)
+        except TimeoutError:
+            raise ServiceBusy(f"the {self.spec.task} service is decoding other large images; retry shortly") from None
+        try:
             decoded = read_image(request.image, request.media_type, self.limits, draft)
             model_input = to_model_input(decoded.image, loaded.model.input_size)
             media_type, original_size = decoded.media_type, (decoded.width, decoded.height)
             del decoded   # the decoded pixels are freed, and given back, before the budget is
+        finally:
             release_after(pixels)
+            self.decoding.release(held)
         batcher = self._batcher
         if batcher is None:
             raise ModelNotReady(f"the {self.spec.task} model is not loaded")

@@ -153,6 +153,20 @@ def test_an_upload_is_decoded_only_when_its_pixels_fit_the_decoding_budget(servi
     assert call.result(timeout=TIMEOUT).label in service.spec.label_codes
     assert budget.held == 0
 
+    # A call whose deadline passes while it waits frees its worker thread instead of decoding for nobody.
+    with budget.hold(budget.capacity):
+        with pytest.raises(grpc.RpcError) as failed:
+            stub.Diagnose(diagnosis_pb2.DiagnoseRequest(image=image_bytes(service.spec.task)), timeout=0.5)
+        # Whichever side sees the deadline first: the client's DEADLINE_EXCEEDED or the service's answer.
+        assert failed.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+        if failed.value.code() == grpc.StatusCode.UNAVAILABLE:
+            assert "decoding other large images; retry shortly" in failed.value.details()
+        waited_until = time.monotonic() + 5
+        while budget.waiting and time.monotonic() < waited_until:
+            time.sleep(0.01)
+        assert budget.waiting == 0
+    assert budget.held == 0
+
 
 def test_diagnose_returns_a_label_and_probabilities_that_sum_to_one(service: RunningServer, stub) -> None:
     spec = service.spec

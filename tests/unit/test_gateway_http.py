@@ -308,8 +308,9 @@ def test_image_renders_run_at_most_the_configured_number_at_a_time(monkeypatch: 
         with lock:
             active += 1
             most = max(most, active)
-        waited_until = time.monotonic() + 2
-        while most < limit and time.monotonic() < waited_until:   # give the others time to join
+        # Give one more render than the limit time to start alongside: none can with a working limiter.
+        waited_until = time.monotonic() + 0.3
+        while most <= limit and time.monotonic() < waited_until:
             time.sleep(0.002)
         with lock:
             active -= 1
@@ -334,4 +335,9 @@ def test_image_renders_run_at_most_the_configured_number_at_a_time(monkeypatch: 
     most, limit = 0, 3
     anyio.run(render_many)
     assert most == 3
-    assert GatewaySettings(concurrent_renders=1).concurrent_renders == 1
+
+
+def test_the_app_renders_with_the_configured_number_of_renders_at_a_time(tmp_path: Path) -> None:
+    with TestClient(create_app(GatewaySettings(DRTECH_HOME=tmp_path, concurrent_renders=2))) as client:
+        assert client.app.state.gateway.renders.total_tokens == 2
+    assert GatewaySettings(DRTECH_HOME=tmp_path).concurrent_renders == 1

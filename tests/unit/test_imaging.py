@@ -526,6 +526,24 @@ def test_a_progressive_jpeg_flooded_with_scans_is_refused_before_it_is_decoded()
         read_image(flooded)
 
 
+def test_the_pixels_to_decode_are_those_of_the_reduced_jpeg_unless_it_is_progressive():
+    from services.core.imaging import read_header
+
+    big = gradient_rgb(2400, 1800)
+    baseline = read_header(encode(big, "JPEG"))
+    progressive = read_header(encode(big, "JPEG", progressive=True))
+    png = read_header(encode(big, "PNG"))
+    assert (baseline.progressive, progressive.progressive) == (False, True)
+    assert baseline.pixels_to_decode((448, 448)) == 600 * 450      # 1/4 a side: still >= 448 x 448
+    assert baseline.pixels_to_decode((224, 224)) == 300 * 225      # 1/8
+    assert baseline.pixels_to_decode(None) == 2400 * 1800
+    small = read_header(encode(gradient_rgb(), "JPEG"))            # smaller than the draft size: whole
+    assert small.pixels_to_decode((448, 448)) == 64 * 48
+    # A progressive JPEG holds every coefficient of the whole image until its last scan.
+    assert progressive.pixels_to_decode((448, 448)) == png.pixels_to_decode((448, 448)) == 2400 * 1800
+    assert read_image(encode(big, "JPEG"), draft_size=(448, 448)).image.size == (600, 450)
+
+
 def test_junk_between_segments_does_not_hide_the_scans_from_the_count():
     """libjpeg skips bytes between segments that are not markers; the count must not stop there."""
     from services.core.imaging import MAX_JPEG_SCANS

@@ -60,6 +60,37 @@ def test_an_image_larger_than_the_budget_waits_for_the_others_and_then_holds_all
     assert budget.held == 0
 
 
+def test_pixels_are_granted_in_arrival_order_so_a_large_image_is_not_passed_over() -> None:
+    budget = PixelBudget(100)
+    small, small_got, small_go = holder(budget, 30)
+    assert small_got.wait(5)
+    large, large_got, large_go = holder(budget, 100)      # needs everything: waits for the small one
+    while budget.waiting < 1:
+        threading.Event().wait(0.01)
+    later, later_got, later_go = holder(budget, 10)        # would fit now, but arrived after the large one
+    assert not later_got.wait(0.2)
+    small_go.set()
+    assert large_got.wait(5)
+    assert not later_got.is_set()
+    large_go.set()
+    assert later_got.wait(5)
+    later_go.set()
+    for thread in (small, large, later):
+        thread.join(5)
+    assert budget.held == 0 and budget.waiting == 0
+
+
+def test_a_caller_that_waits_past_its_timeout_leaves_the_line() -> None:
+    budget = PixelBudget(100)
+    with budget.hold(100):
+        with pytest.raises(TimeoutError):
+            budget.acquire(1, timeout=0.05)
+        assert budget.waiting == 0
+    assert budget.held == 0
+    with budget.hold(60):                 # the line moves on as if the caller had never been there
+        assert budget.held == 60
+
+
 def test_a_failed_decode_gives_its_pixels_back() -> None:
     budget = PixelBudget(100)
     with pytest.raises(RuntimeError), budget.hold(80):

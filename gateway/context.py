@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import anyio
-
 from fastapi import Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker

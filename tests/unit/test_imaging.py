@@ -10,9 +10,9 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    MPEG2MPML,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
-    MPEG2MPML,
     SecondaryCaptureImageStorage,
     generate_uid,
 )

@@ -114,14 +114,15 @@ class ImageHeader:
     media_type: str           # the sniffed type
     width: int                # as stored (before any EXIF rotation)
     height: int
-    progressive: bool = False  # a progressive JPEG (decoded whole: no reduced-size decoding)
+    multi_scan: bool = False   # a JPEG of several scans (progressive, or one component per scan)
 
     def pixels_to_decode(self, draft_size: tuple[int, int] | None = None) -> int:
         """About how many pixels read_image(..., draft_size) holds for this upload. A baseline JPEG
         decodes at the DCT scale Pillow's draft picks (1/2, 1/4 or 1/8 a side, never below
-        draft_size: a 64 M pixel one took 7 MiB at 1/8); a progressive JPEG keeps every coefficient
-        of the whole image until its last scan (190 MiB for the same image), so it counts whole."""
-        if self.media_type != JPEG or self.progressive or draft_size is None:
+        draft_size: a 64 M pixel one took 7 MiB at 1/8); a JPEG of several scans (progressive, or
+        one component per scan) keeps every coefficient of the whole image until its last scan
+        (190 MiB for the same image, progressive), so it counts whole."""
+        if self.media_type != JPEG or self.multi_scan or draft_size is None:
             return self.width * self.height
         fits = min(self.width // draft_size[0], self.height // draft_size[1])
         scale = next((candidate for candidate in (8, 4, 2) if fits >= candidate), 1)
@@ -140,11 +141,10 @@ def read_header(data: bytes, media_type: str | None = None, limits: ImageLimits 
     if sniffed == DICOM:
         width, height = _check_dicom_header(data, limits)
     else:
-        image = _open_raster(data, sniffed, limits)
+        image, scans = _open_raster(data, sniffed, limits)
         width, height = image.size
         _check_size(width, height, limits)
-        return ImageHeader(media_type=sniffed, width=width, height=height,
-                           progressive=bool(image.info.get("progressive") or image.info.get("progression")))
+        return ImageHeader(media_type=sniffed, width=width, height=height, multi_scan=scans > 1)
     return ImageHeader(media_type=sniffed, width=width, height=height)
 
 
@@ -234,6 +234,9 @@ MAX_JPEG_SCANS = 64
 # Between and after the scans a real file has a few tables per scan; this walk is Python, so it is
 # bounded there too.
 MAX_JPEG_LATER_SEGMENTS = 1024
+# Pillow steps over padding and junk between header segments one byte at a time in Python; a real
+# file has none or a few bytes of it.
+MAX_JPEG_HEADER_JUNK_BYTES = 64 * 1024
 # A marker: 0xFF and a code that is neither a stuffed 0x00 nor another 0xFF (a fill byte; the last
 # 0xFF of a run is the one that matches). libjpeg and Pillow skip other bytes between segments, so
 # the walk resynchronises the same way. One 0xFF per match: a pattern like 0xFF+ would backtrack
@@ -241,20 +244,29 @@ MAX_JPEG_LATER_SEGMENTS = 1024
 _JPEG_MARKER = re.compile(rb"\xff([^\x00\xff])")
 # The end of a scan's entropy-coded data: a marker that is not a restart marker (RST0-7).
 _END_OF_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+# Markers without a length field as each reader sees them: Pillow reads the header (before the first
+# scan: JPG, RSTn, SOI, EOI and JPGn have none there, and an EOI does not end it); libjpeg the rest.
+_PILLOW_LENGTHLESS = frozenset({0x01, 0xC8, *range(0xD0, 0xDA), *range(0xF0, 0xFE)})
+_LIBJPEG_LENGTHLESS = frozenset({0x01, *range(0xD0, 0xDA)})
 
 
-def _check_jpeg_structure(data: bytes) -> None:
-    """Count the segments before the first scan, the scans and the segments after; malformed
-    structure is left to Pillow."""
-    offset, header_segments, later_segments, scans = 2, 0, 0, 0
+def _check_jpeg_structure(data: bytes) -> int:
+    """Count the segments before the first scan, the junk between them, the scans and the segments
+    after; returns the number of scans. Malformed structure is left to Pillow."""
+    offset, header_segments, header_junk, later_segments, scans = 2, 0, 0, 0, 0
     while (found := _JPEG_MARKER.search(data, offset)) is not None:
-        marker, offset = found.group(1)[0], found.end()
         if scans == 0:
             header_segments += 1
+            header_junk += found.start() - offset
             if header_segments > MAX_JPEG_HEADER_SEGMENTS:
                 raise InvalidImage(
                     f"the JPEG header has more than {MAX_JPEG_HEADER_SEGMENTS} segments before its image data; "
                     "a camera or scanner writes a few dozen"
+                )
+            if header_junk > MAX_JPEG_HEADER_JUNK_BYTES:
+                raise InvalidImage(
+                    f"the JPEG header has more than {MAX_JPEG_HEADER_JUNK_BYTES} bytes of padding or junk between "
+                    "its segments"
                 )
         else:
             later_segments += 1
@@ -263,9 +275,10 @@ def _check_jpeg_structure(data: bytes) -> None:
                     f"the JPEG has more than {MAX_JPEG_LATER_SEGMENTS} segments after its first scan; "
                     "an encoder writes a few tables per scan"
                 )
-        if marker == 0xD9:               # end of image
-            return
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:   # markers without a length
+        marker, offset = found.group(1)[0], found.end()
+        if marker == 0xD9 and scans:     # end of image
+            return scans
+        if marker in (_LIBJPEG_LENGTHLESS if scans else _PILLOW_LENGTHLESS):
             continue
         offset += int.from_bytes(data[offset:offset + 2], "big")
         if marker == 0xDA:               # start of scan: its entropy-coded data runs to the next marker
@@ -277,8 +290,9 @@ def _check_jpeg_structure(data: bytes) -> None:
                 )
             following = _END_OF_SCAN.search(data, offset)
             if following is None:
-                return
+                return scans
             offset = following.start()
+    return scans
 
 
 # The same for PNG: a real file has a handful of chunks before its image data (IHDR, colour and
@@ -301,11 +315,13 @@ def _check_png_header_chunks(data: bytes) -> None:
         offset += 12 + int.from_bytes(data[offset:offset + 4], "big")   # length, type, data, CRC
 
 
-def _open_raster(data: bytes, media_type: str, limits: ImageLimits) -> Image.Image:
-    """Open (header only, pixels not decoded yet) a JPEG or PNG."""
+def _open_raster(data: bytes, media_type: str, limits: ImageLimits) -> tuple[Image.Image, int]:
+    """Open (header only, pixels not decoded yet) a JPEG or PNG; returns it and its number of scans
+    (a PNG: 1)."""
     expected_format = "JPEG" if media_type == JPEG else "PNG"
+    scans = 1
     if media_type == JPEG:
-        _check_jpeg_structure(data)
+        scans = _check_jpeg_structure(data)
     else:
         _check_png_header_chunks(data)
     try:
@@ -321,14 +337,14 @@ def _open_raster(data: bytes, media_type: str, limits: ImageLimits) -> Image.Ima
         raise InvalidImage(
             f"the file starts like a {expected_format} image but its header cannot be read"
         ) from None
-    return image
+    return image, scans
 
 
 def _read_raster(
     data: bytes, media_type: str, limits: ImageLimits, draft_size: tuple[int, int] | None
 ) -> tuple[Image.Image, tuple[int, int]]:
     expected_format = "JPEG" if media_type == JPEG else "PNG"
-    image = _open_raster(data, media_type, limits)
+    image, _ = _open_raster(data, media_type, limits)
     original_size = image.size
     _check_size(*original_size, limits)
     if media_type == JPEG and draft_size is not None:

@@ -40,6 +40,8 @@ class PixelBudget:
         """Wait until every earlier caller has its pixels and `pixels` (at most the capacity) fit, then
         hold them; returns the amount held, for release(). TimeoutError after `timeout` seconds."""
         amount = max(1, min(pixels, self.capacity))
+        if timeout is not None and timeout > threading.TIMEOUT_MAX:
+            timeout = None   # gRPC's time_remaining() without a deadline: ~9e18 s, beyond what waits take
         turn = object()
         with self._changed:
             self._waiting.append(turn)

@@ -147,8 +147,8 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
             media_type, original_size = decoded.media_type, (decoded.width, decoded.height)
             del decoded   # the decoded pixels are freed, and given back, before the budget is
         finally:
-            release_after(pixels)
             self.decoding.release(held)
+            release_after(pixels)
         batcher = self._batcher
         if batcher is None:
             raise ModelNotReady(f"the {self.spec.task} model is not loaded")

@@ -526,14 +526,14 @@ def test_a_progressive_jpeg_flooded_with_scans_is_refused_before_it_is_decoded()
         read_image(flooded)
 
 
-def test_the_pixels_to_decode_are_those_of_the_reduced_jpeg_unless_it_is_progressive():
+def test_the_pixels_to_decode_are_those_of_the_reduced_jpeg_unless_it_has_several_scans():
     from services.core.imaging import read_header
 
     big = gradient_rgb(2400, 1800)
     baseline = read_header(encode(big, "JPEG"))
     progressive = read_header(encode(big, "JPEG", progressive=True))
     png = read_header(encode(big, "PNG"))
-    assert (baseline.progressive, progressive.progressive) == (False, True)
+    assert (baseline.multi_scan, progressive.multi_scan) == (False, True)
     assert baseline.pixels_to_decode((448, 448)) == 600 * 450      # 1/4 a side: still >= 448 x 448
     assert baseline.pixels_to_decode((224, 224)) == 300 * 225      # 1/8
     assert baseline.pixels_to_decode(None) == 2400 * 1800
@@ -558,6 +558,23 @@ def test_junk_between_segments_does_not_hide_the_scans_from_the_count():
         read_image(flooded[:after_app0] + b"\x00" + flooded[after_app0:])
 
 
+def test_a_jpeg_header_cannot_hide_a_segment_flood_behind_markers_pillow_reads_without_length():
+    from services.core.imaging import MAX_JPEG_HEADER_JUNK_BYTES, MAX_JPEG_HEADER_SEGMENTS, read_header
+
+    jpeg = encode(gradient_rgb(), "JPEG")
+    comments = b"\xff\xfe\x00\x02" * 200_000
+    # Pillow reads on past an early end-of-image and reads JPGn (0xF0-0xFD) markers without a length.
+    for hiding in (b"\xff\xd9", b"\xff\xf0"):
+        with pytest.raises(InvalidImage, match=f"more than {MAX_JPEG_HEADER_SEGMENTS} segments"):
+            read_header(jpeg[:2] + hiding + comments + jpeg[2:])
+    # Pillow steps over junk and fill bytes in its header one at a time.
+    after_app0 = 2 + 2 + int.from_bytes(jpeg[4:6], "big")
+    for junk in (b"\x00", b"\xff"):
+        with pytest.raises(InvalidImage, match=f"more than {MAX_JPEG_HEADER_JUNK_BYTES} bytes of padding"):
+            read_header(jpeg[:after_app0] + junk * 1_000_000 + jpeg[after_app0:])
+    assert read_image(jpeg[:after_app0] + b"\x00" * 100 + jpeg[after_app0:]).image.size == (64, 48)
+
+
 def test_a_jpeg_flooded_with_segments_after_its_first_scan_is_refused():
     from services.core.imaging import MAX_JPEG_LATER_SEGMENTS, read_header
 
@@ -566,7 +583,7 @@ def test_a_jpeg_flooded_with_segments_after_its_first_scan_is_refused():
     for filler in (b"\xff\x01", b"\xff\xfe\x00\x02"):          # lengthless markers, empty comments
         with pytest.raises(InvalidImage, match=f"more than {MAX_JPEG_LATER_SEGMENTS} segments after"):
             read_header(jpeg[:end] + filler * 200_000 + jpeg[end:])
-    # A long run of fill bytes is skipped in one regular-expression step, not byte by byte.
+    # A long run of fill bytes after the first scan is skipped in one regular-expression step.
     assert read_image(jpeg[:end] + b"\xff" * 2_000_000 + jpeg[end:]).image.size == (64, 48)
 
 

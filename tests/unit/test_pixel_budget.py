@@ -15,10 +15,15 @@ from services.core.pixel_budget import PixelBudget
 
 def holder(budget: PixelBudget, pixels: int) -> tuple[threading.Thread, threading.Event, threading.Event]:
     """A thread that holds `pixels` until told to let go: (thread, got them, let go)."""
+    return holder_with_timeout(budget, pixels, None)
+
+
+def holder_with_timeout(budget: PixelBudget, pixels: int,
+                        timeout: float | None) -> tuple[threading.Thread, threading.Event, threading.Event]:
     got, let_go = threading.Event(), threading.Event()
 
     def run() -> None:
-        with budget.hold(pixels):
+        with budget.hold(pixels, timeout):
             got.set()
             let_go.wait(10)
 
@@ -89,6 +94,18 @@ def test_a_caller_that_waits_past_its_timeout_leaves_the_line() -> None:
     assert budget.held == 0
     with budget.hold(60):                 # the line moves on as if the caller had never been there
         assert budget.held == 60
+
+
+def test_a_call_without_a_deadline_waits_as_long_as_it_takes() -> None:
+    """gRPC's time_remaining() without a deadline is ~9.2e18 s: beyond what a wait can be given."""
+    budget = PixelBudget(100)
+    with budget.hold(100):
+        waiting, got, go = holder_with_timeout(budget, 10, 9.2e18)
+        assert not got.wait(0.2)
+    assert got.wait(5)
+    go.set()
+    waiting.join(5)
+    assert budget.held == 0
 
 
 def test_a_failed_decode_gives_its_pixels_back() -> None:

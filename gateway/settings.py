@@ -43,8 +43,8 @@ class GatewaySettings(BaseSettings):
     # Largest accepted upload: what the model services accept (20 MiB, less room for the rest of the
     # gRPC message).
     max_upload_bytes: int = Field(default=20 * MIB - 64 * 1024, ge=1024)
-    # Image renders (DICOM /image, previews) at a time. Decoding the largest accepted DICOM takes
-    # ~550 MB (a 64 M pixel colour image, measured), so a 768 MiB pod renders one at a time.
+    # Image renders (DICOM /image, previews) at a time. Rendering the largest accepted DICOM (a 64 M
+    # pixel colour image) took ~750 MB in a worker thread, measured, so a 1 GiB pod renders one at a time.
     concurrent_renders: int = Field(default=1, ge=1)
 
     # gRPC deadlines, seconds. Every call has one.

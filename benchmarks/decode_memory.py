@@ -14,7 +14,6 @@ peak and final resident MiB. Not a test.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import resource
 import subprocess
@@ -28,27 +27,10 @@ VARIANTS = ("no budget", "budget", "budget + release")
 
 def colour_dicom(side: int) -> bytes:
     from PIL import Image
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
 
-    jpeg = io.BytesIO()
-    Image.new("RGB", (side, side), (120, 60, 30)).save(jpeg, "JPEG", quality=90)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows = ds.Columns = side
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = encapsulate([jpeg.getvalue()])
-    ds["PixelData"].VR = "OB"
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    from tests.unit.test_imaging import make_colour_dicom
+
+    return make_colour_dicom(Image.new("RGB", (side, side), (120, 60, 30)))
 
 
 def _resident_mib() -> float:

@@ -1,9 +1,10 @@
 """How many pixels a model service decodes at once, across its gRPC worker threads.
 
-Decoding takes memory in proportion to the image's pixels (4-8 bytes each: a 64 M pixel colour
-DICOM peaked at ~550 MB), and a service handles `worker_threads` calls side by side. Eight
-uploads of the largest accepted size at once would need several GB in a 1.5 GiB pod; with a
-budget, ordinary photos still decode side by side and the largest ones take turns.
+Decoding takes memory in proportion to the image's pixels (a 64 M pixel colour DICOM: 550 MB in a
+main thread, ~750 MB in a worker thread, measured), and a service handles `worker_threads` calls
+side by side. Eight uploads of the largest accepted size at once would need several GB in a
+1.5 GiB pod; with a budget, ordinary photos still decode side by side and the largest ones take
+turns.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ class ServingSettings(BaseSettings):
     max_image_bytes: int = Field(default=20 * MIB - 64 * 1024, gt=0)
     max_image_pixels: int = Field(default=64_000_000, gt=0)
     # Pixels decoded at once across the worker threads (services/core/pixel_budget.py): one image of
-    # the largest size at a time (~550 MB to decode), ordinary photos side by side.
+    # the largest size at a time (550-750 MB to decode, measured), ordinary photos side by side.
     max_decoding_pixels: int = Field(default=64_000_000, gt=0)
     min_image_side: int = Field(default=32, ge=1)
     grace_seconds: float = Field(default=10.0, ge=0)     # in-flight calls get this long on SIGTERM

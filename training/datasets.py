@@ -88,14 +88,22 @@ def read_ham10000(root: Path) -> list[Record]:
         )
     by_id = {p.stem: p for d in image_dirs for p in _images_in(d)}
     records = []
-    with metadata.open(newline="", encoding="utf-8") as handle:
+    listed: set[str] = set()
+    # utf-8-sig: a CSV saved "with BOM" (Excel) would otherwise name its first column "\ufefflesion_id".
+    with metadata.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         missing_columns = {"lesion_id", "image_id", "dx"} - set(reader.fieldnames or ())
         if missing_columns:
             raise DatasetLayoutError(f"{metadata} lacks column(s) {sorted(missing_columns)}")
-        for row in reader:
+        for line, row in enumerate(reader, start=2):
             if row["dx"] not in HAM10000_LABELS:
                 raise DatasetLayoutError(f"unknown HAM10000 dx {row['dx']!r} for {row['image_id']} in {metadata}")
+            # One image in two rows could land in two splits; a blank lesion would pool unrelated images.
+            if row["image_id"] in listed:
+                raise DatasetLayoutError(f"{metadata}:{line}: image {row['image_id']} is listed twice")
+            if not (row["lesion_id"] or "").strip():
+                raise DatasetLayoutError(f"{metadata}:{line}: image {row['image_id']} has no lesion_id")
+            listed.add(row["image_id"])
             path = by_id.get(row["image_id"])
             if path is None:
                 raise DatasetLayoutError(f"image {row['image_id']} listed in {metadata} not found in {image_dirs}")
@@ -139,7 +147,7 @@ def read_mura(root: Path, split: str = "train") -> list[Record]:
     if not listing.is_file():
         raise DatasetLayoutError(f"MURA image list not found: {listing}")
     records = []
-    for line in listing.read_text(encoding="utf-8").splitlines():
+    for line in listing.read_text(encoding="utf-8-sig").splitlines():
         relative = line.strip()
         if not relative:
             continue

@@ -7,7 +7,8 @@ The LAST line printed is one JSON object: task, n, labels, accuracy, balanced_ac
 confusion_matrix (+ binary: sensitivity, specificity, f1, kappa; skin: macro_f1, mel_sensitivity;
 bone on knee data: KL0 = NORMAL, KL>=2 = ABNORMAL, KL1 excluded, plus kl_grade_accuracy; bone on
 MURA: studies, study_accuracy and study_kappa per study type and overall, a study's probability
-being the mean over its views as in the MURA paper).
+being the mean over its views as in the MURA paper). A metric the data leaves undefined (AUC with
+one class, a sensitivity with no positive case) is null.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from training import datasets, mura
 from training.datasets import Record
 from training.inference import run_onnx
 from training.metrics import (
-    binary_metrics, confusion, multiclass_metrics, point_values, with_intervals,
+    binary_metrics, confusion, json_ready, multiclass_metrics, point_values, with_intervals,
 )
 from training.paths import data_dir
-from training.tasks import SPECS, label_index
+from training.tasks import SPECS, label_index, uses_mura
 
 
 def _metric_set(task: str):
@@ -73,6 +74,9 @@ def score_outputs(task: str, records: Sequence[Record], outputs: dict[str, np.nd
     """
     spec = SPECS[task]
     keep, y = binary_targets(task, records)
+    if not len(y):
+        raise ValueError(f"none of the {len(records)} images has a {task} label to score: knee KL1 "
+                         "('doubtful') images are excluded from normal/abnormal")
     p = outputs["probabilities"][keep]
     groups = [r.group for r, k in zip(records, keep, strict=True) if k]
     metrics = _metric_set(task)
@@ -105,9 +109,14 @@ def records_for(task: str, root: Path, split: str | None) -> list[Record]:
     if task == "pneumonia":
         return datasets.read_kermany(root, split or "test")
     if task == "skin":
+        if split is not None:
+            # HAM10000 is one folder of lesions with no split of its own: scoring "its test split"
+            # would score every image, training images included.
+            raise ValueError("HAM10000 has no split folders: pass --split-csv (a model's split.csv) "
+                             f"to score its {split!r} rows, or no --split to score the whole folder")
         return datasets.read_ham10000(root)
     if task == "bone":
-        if (root / "MURA-v1.1").is_dir() or root.name == "MURA-v1.1":
+        if uses_mura(task, root):
             return datasets.read_mura(root, split or "valid")
         base = root if root.name == "knee_kl" else root / "knee_kl"
         if split is None:
@@ -119,7 +128,7 @@ def records_for(task: str, root: Path, split: str | None) -> list[Record]:
 
 def records_from_split_csv(csv_path: Path, root: Path, split: str) -> list[Record]:
     """The rows of a model's split.csv (written by training) that belong to `split`."""
-    with Path(csv_path).open(newline="", encoding="utf-8") as handle:
+    with Path(csv_path).open(newline="", encoding="utf-8-sig") as handle:
         rows = [row for row in csv.DictReader(handle) if row["split"] == split]
     if not rows:
         raise ValueError(f"{csv_path} has no rows in split {split!r}")
@@ -131,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--task", required=True, choices=sorted(SPECS))
     parser.add_argument("--data", help="dataset root (default: DRTECH_DATA_DIR or ../shared/data)")
     parser.add_argument("--model", type=Path, help="ONNX model (default: the shipped services/<task>/model)")
-    parser.add_argument("--split", help="dataset split folder (pneumonia: test; bone: test, else val / valid)")
+    parser.add_argument("--split", help="dataset split folder (pneumonia: test; bone: test, else val / valid; "
+                        "skin has none: only with --split-csv)")
     parser.add_argument("--split-csv", type=Path,
                         help="evaluate the rows of this split.csv whose split is --split (default test)")
     parser.add_argument("--intervals", action="store_true", help="add 95%% group-bootstrap intervals")
@@ -147,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (datasets.DatasetLayoutError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(result))
+    print(json.dumps(json_ready(result), allow_nan=False))   # undefined metrics print as null
     return 0
 
 

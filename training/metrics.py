@@ -7,6 +7,7 @@ contributes several images.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn import metrics as skm
@@ -21,28 +22,40 @@ def _binary(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return (p[:, 1] >= 0.5).astype(int)
 
 
+def _auc(y: np.ndarray, score: np.ndarray) -> float:
+    return float(skm.roc_auc_score(y, score)) if len(np.unique(y)) == 2 else float("nan")
+
+
 def binary_metrics() -> dict[str, Metric]:
-    """Positive class = index 1 (PNEUMONIA / ABNORMAL); decision: P(positive) >= 0.5."""
+    """Positive class = index 1 (PNEUMONIA / ABNORMAL); decision: P(positive) >= 0.5.
+
+    A metric that is undefined on the data (sensitivity with no positive, AUC with one class) is
+    NaN, never 0: a set with no pneumonia did not miss every pneumonia.
+    """
     def sensitivity(y, p):
-        return float(skm.recall_score(y, _binary(y, p), pos_label=1, zero_division=0))
+        return float(skm.recall_score(y, _binary(y, p), pos_label=1, zero_division=np.nan))
 
     def specificity(y, p):
-        return float(skm.recall_score(y, _binary(y, p), pos_label=0, zero_division=0))
+        return float(skm.recall_score(y, _binary(y, p), pos_label=0, zero_division=np.nan))
 
     return {
         "accuracy": lambda y, p: float(skm.accuracy_score(y, _binary(y, p))),
         "balanced_accuracy": lambda y, p: float(skm.balanced_accuracy_score(y, _binary(y, p))),
-        "auc": lambda y, p: float(skm.roc_auc_score(y, p[:, 1])),
+        "auc": lambda y, p: _auc(y, p[:, 1]),
         "sensitivity": sensitivity,
         "specificity": specificity,
-        "f1": lambda y, p: float(skm.f1_score(y, _binary(y, p), pos_label=1, zero_division=0)),
+        "f1": lambda y, p: float(skm.f1_score(y, _binary(y, p), pos_label=1, zero_division=np.nan)),
         "kappa": lambda y, p: float(skm.cohen_kappa_score(y, _binary(y, p))),
     }
 
 
 def multiclass_metrics(labels: Sequence[str], sensitivity_of: str | None = None) -> dict[str, Metric]:
-    """Accuracy, balanced accuracy, macro one-vs-rest AUC, macro F1 (+ one class's sensitivity)."""
-    classes = list(range(len(labels)))
+    """Accuracy, balanced accuracy, macro one-vs-rest AUC, macro F1 (+ one class's sensitivity).
+
+    Macro F1 averages over the classes that occur in the labels or the predictions: a class absent
+    from both has no F1, and counting it as 0 would punish a perfect model. The sensitivity of a
+    class with no rows is NaN.
+    """
 
     def auc(y, p):
         present = np.unique(y)
@@ -59,13 +72,13 @@ def multiclass_metrics(labels: Sequence[str], sensitivity_of: str | None = None)
         "accuracy": lambda y, p: float(skm.accuracy_score(y, p.argmax(1))),
         "balanced_accuracy": lambda y, p: float(skm.balanced_accuracy_score(y, p.argmax(1))),
         "auc": auc,
-        "macro_f1": lambda y, p: float(skm.f1_score(y, p.argmax(1), labels=classes, average="macro",
-                                                     zero_division=0)),
+        "macro_f1": lambda y, p: float(skm.f1_score(y, p.argmax(1), labels=np.union1d(y, p.argmax(1)),
+                                                     average="macro", zero_division=0)),
     }
     if sensitivity_of is not None:
         index = list(labels).index(sensitivity_of)
         result[f"{sensitivity_of}_sensitivity"] = lambda y, p: float(
-            skm.recall_score(y, p.argmax(1), labels=[index], average="macro", zero_division=0)
+            skm.recall_score(y, p.argmax(1), labels=[index], average="macro", zero_division=np.nan)
         )
     return result
 
@@ -85,9 +98,7 @@ def with_intervals(
         chosen = rng.integers(0, len(unique), len(unique))
         index = np.concatenate([members[g] for g in chosen])
         for name, metric in metrics.items():
-            if name == "auc" and len(np.unique(y[index])) < 2:
-                continue
-            samples[name].append(metric(y[index], p[index]))
+            samples[name].append(metric(y[index], p[index]))   # NaN (undefined here) is left out below
     result = {}
     for name, metric in metrics.items():
         values = np.asarray([v for v in samples[name] if not np.isnan(v)])
@@ -95,6 +106,17 @@ def with_intervals(
         result[name] = {"value": round(metric(y, p), 4), "ci95_low": round(float(low), 4),
                         "ci95_high": round(float(high), 4)}
     return result
+
+
+def json_ready(value: Any) -> Any:
+    """`value` with every NaN float replaced by None (JSON has no NaN; None prints as null)."""
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
 
 
 def point_values(metrics: dict[str, Metric], y: np.ndarray, p: np.ndarray) -> dict[str, float]:

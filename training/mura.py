@@ -59,7 +59,7 @@ def _base(root: Path) -> Path:
 def _lines(path: Path) -> list[tuple[int, str]]:
     if not path.is_file():
         raise DatasetLayoutError(f"MURA file not found: {path}")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
     return [(number, line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
 
 

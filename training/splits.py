@@ -72,12 +72,16 @@ def train_val_split_with_given_test(
 
 
 def assert_no_group_leakage(split: Sequence[SplitRecord]) -> None:
-    """Raise if any group appears in more than one split."""
+    """Raise if any group, or any image file, appears in more than one split."""
     seen: dict[str, str] = {}
+    seen_paths: dict[Path, str] = {}
     for item in split:
         previous = seen.setdefault(item.record.group, item.split)
         if previous != item.split:
             raise ValueError(f"group {item.record.group!r} is in both {previous!r} and {item.split!r}")
+        previous = seen_paths.setdefault(item.record.path, item.split)
+        if previous != item.split:
+            raise ValueError(f"image {item.record.path} is in both {previous!r} and {item.split!r}")
 
 
 def counts(split: Sequence[SplitRecord]) -> dict[str, dict[str, int]]:

@@ -57,8 +57,9 @@ MURA_DATA = TaskData(
 
 
 def uses_mura(task: str, data_root: Path) -> bool:
-    """Bone trains on MURA (normal/abnormal per view, no KL grade) when `data_root/MURA-v1.1` exists."""
-    return task == "bone" and (Path(data_root) / "MURA-v1.1").is_dir()
+    """Bone trains on MURA (normal/abnormal per view, no KL grade) when `data_root` is or holds `MURA-v1.1`."""
+    data_root = Path(data_root)
+    return task == "bone" and (data_root.name == "MURA-v1.1" or (data_root / "MURA-v1.1").is_dir())
 
 
 def task_data(task: str, data_root: Path) -> TaskData:
@@ -90,6 +91,9 @@ def load_split(task: str, data_root: Path) -> list[SplitRecord]:
 
 def binary_bone_label(kl_grade: str) -> int | None:
     """KL0 -> NORMAL (0), KL>=2 -> ABNORMAL (1); KL1 ('doubtful') has no binary label."""
+    if kl_grade not in datasets.KL_GRADES:
+        raise ValueError(f"unknown bone label {kl_grade!r}: expected a KL grade {datasets.KL_GRADES} "
+                         f"or one of {datasets.MURA_LABELS}")
     grade = int(kl_grade)
     if grade == 1:
         return None

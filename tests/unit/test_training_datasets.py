@@ -119,6 +119,26 @@ def test_ham10000_bad_layouts_say_what_is_wrong(tmp_path):
         read_ham10000(tmp_path / "label")
 
 
+def test_ham10000_image_listed_twice_or_without_a_lesion_is_refused(tmp_path):
+    # Either would defeat the lesion-disjoint split: one file in two splits, or unrelated images pooled.
+    folders = {"ISIC_1": "HAM10000_images", "ISIC_2": "HAM10000_images"}
+    _ham_tree(tmp_path / "twice", [("HAM_1", "ISIC_1", "mel"), ("HAM_2", "ISIC_1", "mel")], folders)
+    with pytest.raises(DatasetLayoutError, match="ISIC_1 is listed twice"):
+        read_ham10000(tmp_path / "twice")
+
+    _ham_tree(tmp_path / "blank", [("HAM_1", "ISIC_1", "mel"), ("", "ISIC_2", "nv")], folders)
+    with pytest.raises(DatasetLayoutError, match=r"HAM10000_metadata.csv:3: image ISIC_2 has no lesion_id"):
+        read_ham10000(tmp_path / "blank")
+
+
+def test_ham10000_metadata_saved_with_a_byte_order_mark_reads(tmp_path):
+    _ham_tree(tmp_path, [("HAM_1", "ISIC_1", "mel")], {"ISIC_1": "HAM10000_images"})
+    csv_path = tmp_path / "HAM10000_metadata.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())     # as Excel's "CSV UTF-8" saves it
+
+    assert [(r.label, r.group) for r in read_ham10000(tmp_path)] == [("mel", "HAM_1")]
+
+
 def test_knee_records_carry_grade_and_patient(tmp_path):
     _image(tmp_path / "knee_kl" / "train" / "0" / "9001695L.jpg", mode="L")
     _image(tmp_path / "knee_kl" / "train" / "2" / "9001695R.jpg", mode="L")

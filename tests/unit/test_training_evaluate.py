@@ -11,8 +11,8 @@ import pytest
 
 from tests.serving_models import build_model
 from tests.support import synthetic_image
-from training.evaluate import main
-from training.metrics import binary_metrics, multiclass_metrics, with_intervals
+from training.evaluate import main, records_from_split_csv, score_outputs
+from training.metrics import binary_metrics, multiclass_metrics, point_values, with_intervals
 
 
 def _kermany_test_tree(root):
@@ -91,3 +91,76 @@ def test_multiclass_metrics_and_intervals_cover_the_value():
     for value in result.values():
         assert value["ci95_low"] <= value["value"] <= value["ci95_high"]
     assert 0.6 < result["auc"]["value"] < 1.0
+
+
+def test_skin_split_without_a_split_csv_is_refused_rather_than_scoring_every_image(tmp_path, capsys):
+    # HAM10000 has no split folders: "--split test" alone would score the training images too.
+    onnx.save(build_model(7), tmp_path / "model.onnx")
+
+    code = main(["--task", "skin", "--data", str(tmp_path), "--split", "test",
+                 "--model", str(tmp_path / "model.onnx")])
+
+    assert code == 2
+    assert "HAM10000 has no split folders: pass --split-csv" in capsys.readouterr().err
+
+
+def test_undefined_metrics_are_nan_in_python_and_null_in_the_json(tmp_path, capsys):
+    folder = tmp_path / "chest_xray" / "test"
+    (folder / "NORMAL").mkdir(parents=True)
+    (folder / "PNEUMONIA").mkdir()
+    for i in range(3):
+        synthetic_image("chest_xray", seed=i).save(folder / "NORMAL" / f"IM-000{i}-0001.jpeg")
+    onnx.save(build_model(2), tmp_path / "model.onnx")
+
+    code = main(["--task", "pneumonia", "--data", str(tmp_path), "--model", str(tmp_path / "model.onnx")])
+
+    assert code == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    # No pneumonia in the set: its sensitivity and the AUC do not exist; they are not 0.
+    assert result["sensitivity"] is None and result["auc"] is None
+    assert result["specificity"] is not None and result["n"] == 3
+
+
+def test_a_set_with_no_positive_case_has_no_sensitivity_and_its_interval_ignores_such_resamples():
+    values = point_values(binary_metrics(), np.array([0, 0]), np.array([[0.9, 0.1], [0.8, 0.2]]))
+    assert np.isnan(values["sensitivity"]) and np.isnan(values["auc"]) and np.isnan(values["f1"])
+
+    # One positive among 40 groups: many resamples lack it. They must not count as sensitivity 0.
+    y = np.array([1] + [0] * 39)
+    p = np.stack([1 - y, y], axis=1).astype(float)
+    result = with_intervals(binary_metrics(), y, p, [str(i) for i in range(40)], rounds=200)
+    assert result["sensitivity"] == {"value": 1.0, "ci95_low": 1.0, "ci95_high": 1.0}
+
+
+def test_macro_f1_skips_a_class_absent_from_labels_and_predictions_and_mel_sensitivity_needs_a_melanoma():
+    labels = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    y = np.array([0, 1, 2, 4, 5, 6])                # no df
+    metrics = multiclass_metrics(labels, sensitivity_of="mel")
+
+    perfect = point_values(metrics, y, np.eye(7)[y])
+    assert perfect["macro_f1"] == 1.0 and perfect["accuracy"] == 1.0
+
+    no_mel = y[y != 4]
+    assert np.isnan(point_values(metrics, no_mel, np.eye(7)[no_mel])["mel_sensitivity"])
+
+
+def test_only_doubtful_knees_is_a_clear_error(tmp_path, capsys):
+    folder = tmp_path / "knee_kl" / "val"
+    for grade in ("0", "1", "2", "3", "4"):
+        (folder / grade).mkdir(parents=True)
+    synthetic_image("bone_xray", seed=1).save(folder / "1" / "100L.jpg")
+    onnx.save(build_model(2, kl_grades=True), tmp_path / "model.onnx")
+
+    code = main(["--task", "bone", "--data", str(tmp_path), "--model", str(tmp_path / "model.onnx")])
+
+    assert code == 2
+    assert "KL1 ('doubtful') images are excluded" in capsys.readouterr().err
+
+
+def test_a_split_csv_row_with_an_unknown_bone_grade_is_refused(tmp_path):
+    (tmp_path / "split.csv").write_text("path,label,group,split\nknee_kl/val/5/1L.jpg,5,1,test\n")
+    records = records_from_split_csv(tmp_path / "split.csv", tmp_path, "test")
+
+    with pytest.raises(ValueError, match="unknown bone label '5'"):
+        score_outputs("bone", records, {"probabilities": np.array([[0.5, 0.5]])})

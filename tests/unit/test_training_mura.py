@@ -16,7 +16,7 @@ from PIL import Image
 
 from training.datasets import DatasetLayoutError
 from training.mura import as_records, read_labeled_studies, read_mura_images, study_kappa, study_predictions
-from training.tasks import load_split
+from training.tasks import load_split, uses_mura
 
 # (study type, patient, study folder, P(abnormal) of each view the "model" gives)
 VALID_STUDIES = [
@@ -183,6 +183,15 @@ def test_bone_splits_mura_train_by_patient_and_holds_out_mura_valid(tmp_path: Pa
     assert test_paths == sorted(image.path for image in read_mura_images(tmp_path, "valid"))
     assert len(split) - len(test_paths) == len(read_mura_images(tmp_path, "train"))
     assert {item.record.label for item in split} == {"NORMAL", "ABNORMAL"}      # no KL grades on MURA
+
+
+def test_bone_trains_on_mura_given_the_mura_folder_itself(tmp_path: Path):
+    _write_mura(tmp_path, "train", TRAIN_STUDIES)
+    _write_mura(tmp_path, "valid")
+
+    assert uses_mura("bone", tmp_path / "MURA-v1.1")
+    split = load_split("bone", tmp_path / "MURA-v1.1")
+    assert sorted(item.record.path for item in split) == sorted(item.record.path for item in load_split("bone", tmp_path))
 
 
 def _brightness_model() -> onnx.ModelProto:

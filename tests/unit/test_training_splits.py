@@ -83,6 +83,14 @@ def test_leakage_is_detected():
         assert_no_group_leakage(leaked)
 
 
+def test_one_image_in_two_splits_is_detected_even_under_two_groups():
+    leaked = [SplitRecord(Record(Path("/x/1.jpg"), "a", "p1"), "train"),
+              SplitRecord(Record(Path("/x/1.jpg"), "a", "p2"), "test")]
+
+    with pytest.raises(ValueError, match="image /x/1.jpg is in both 'train' and 'test'"):
+        assert_no_group_leakage(leaked)
+
+
 def test_given_test_patient_also_in_train_is_refused():
     train = _records(40)
     test = [Record(Path("/data/other.jpg"), "a", "g0")]

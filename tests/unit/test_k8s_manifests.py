@@ -393,8 +393,12 @@ def env_name_problems(name: str, where: str, container: dict[str, Any]) -> Itera
 
 def command_problems(name: str, where: str, container: dict[str, Any]) -> Iterator[str]:
     module = "gateway" if name == "gateway" else f"services.{name}"
-    if container.get("command") != ["python", "-m", module]:
-        yield f"{where}: command must be python -m {module}, got {container.get('command')}"
+    # `command` would replace the image's ENTRYPOINT (tini): Python as PID 1 ignores SIGTERM
+    # until it installs a handler, so a pod stopped while starting waits out its grace period.
+    if "command" in container:
+        yield f"{where}: sets command {container['command']}, which drops the image's tini entrypoint; use args"
+    elif container.get("args") != ["python", "-m", module]:
+        yield f"{where}: args must be python -m {module}, got {container.get('args')}"
     elif not (REPO / module.replace(".", "/")).is_dir():
         yield f"{where}: runs {module}, which is not a package of this repository"
 
@@ -614,6 +618,12 @@ BREAKAGES = {
         ),
         "read by no setting",
     ),
+    "command instead of args": (
+        lambda objs: containers(of_kind(objs, "Deployment")["auth"])[0].update(
+            command=["python", "-m", "services.auth"]
+        ),
+        "drops the image's tini entrypoint",
+    ),
     "port not named grpc": (
         lambda objs: containers(of_kind(objs, "Deployment")["bone"])[0]["ports"][0].update(name="rpc"),
         "named grpc",
@@ -662,6 +672,10 @@ def test_image_definition_installs_serving_extras_without_tensorflow() -> None:
         "the image runs as the non-root uid the pods use"
     )
     assert "tensorflow" not in dockerfile.lower().replace("no tensorflow", "")
+    # The pods pass only args, so this entrypoint is what forwards SIGTERM to the service.
+    assert re.search(r'^ENTRYPOINT \["/usr/bin/tini", "--"\]', dockerfile, re.MULTILINE)
+    exposed = set(re.search(r"^EXPOSE (.+)$", dockerfile, re.MULTILINE).group(1).split())
+    assert exposed == {"8000", *(str(port) for port in MODEL_SERVICES.values()), "50051"}
     ignored = (REPO / ".dockerignore").read_text(encoding="utf-8").split()
     for path in (".venv", "var", "training", "tests"):
         assert path in ignored, f".dockerignore must exclude {path}"
@@ -756,13 +770,17 @@ def test_production_overlay_uses_postgresql_from_a_secret_and_several_replicas()
 
 
 @needs_renderer
-def test_gpu_overlay_puts_only_the_model_services_on_gpus_with_cuda() -> None:
+def test_gpu_overlay_puts_only_the_three_diagnosis_services_on_gpus_with_cuda() -> None:
     objects = render("overlays/gpu")
+    on_gpu = {"bone", "skin", "pneumonia"}          # not the router: a small model, once per auto upload
+    gpu_autoscalers = {name for name, hpa in of_kind(objects, "HorizontalPodAutoscaler").items()
+                       if hpa["spec"]["maxReplicas"] == 4}
+    assert gpu_autoscalers == on_gpu, "one GPU per pod: only the GPU services' autoscalers are capped at 4"
     for name, deployment in of_kind(objects, "Deployment").items():
         pod = deployment["spec"]["template"]["spec"]
         server = containers(deployment)[0]
         limits = server["resources"]["limits"]
-        if name not in MODEL_SERVICES:
+        if name not in on_gpu:
             assert "nvidia.com/gpu" not in limits and "nodeSelector" not in pod, f"{name} needs no GPU"
             continue
         assert limits["nvidia.com/gpu"] == 1

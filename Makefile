@@ -46,8 +46,10 @@ install-test: $(VENV)/.test-installed
 
 protos: $(GENERATED)
 
-$(GENERATED): $(PROTOS) | $(PY)
-	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+# One rule per .proto, so protoc runs once for each (an explicit rule with several targets ran the
+# whole command once per target), after the install that brings grpc_tools.
+protos/drtech/v1/%_pb2.py: protos/drtech/v1/%.proto | $(VENV)/.run-installed
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $<
 
 # The serving path against the model alone and the baselines (TF runtime service, Flask + per-request
 # Keras load); writes benchmarks/results/serving-*.{json,md}. Not a test. BENCH_ARGS="--seconds 2" shortens it.

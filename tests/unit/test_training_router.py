@@ -42,3 +42,23 @@ def test_a_rate_of_zero_or_one_still_gets_an_honest_interval() -> None:
     assert everything["value"] == 1.0 and everything["ci95_high"] == 1.0
     assert everything["ci95_low"] == pytest.approx(0.930, abs=1e-3)
     assert proportion(0, 900)["ci95_high"] > 0
+
+
+def test_the_out_of_distribution_set_is_built_offline_and_is_the_one_the_card_measured(monkeypatch) -> None:
+    import json
+    import socket
+
+    from training.router import DEFAULT_OUT, ood_images
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("ood_images tried to open a network connection")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+
+    images = ood_images()
+
+    card = json.loads((DEFAULT_OUT / "card.json").read_text(encoding="utf-8"))
+    names = [name for name, _ in images]
+    assert len(names) == len(set(names)) == card["metrics"]["ood_n"]
+    assert set(names) == set(card["metrics"]["ood_ratio_by_image"])

@@ -30,7 +30,13 @@ EXAM_TYPES = [
 ]
 
 
+class AuthServiceDown(Exception):
+    """The auth service did not answer whether the session is valid."""
+
+
 async def _signed_in_user(request: Request) -> auth_pb2.User | None:
+    """The session cookie's user; None without a valid session. Raises AuthServiceDown when the auth
+    service cannot say (a page that needs the account must not send its user to log in then)."""
     ctx = get_context(request)
     token = request.cookies.get(ctx.settings.cookie_name)
     if not token:
@@ -39,14 +45,37 @@ async def _signed_in_user(request: Request) -> auth_pb2.User | None:
         return await ctx.backends.auth.Authenticate(
             auth_pb2.AuthenticateRequest(access_token=token), timeout=ctx.settings.auth_timeout_s
         )
-    except grpc.aio.AioRpcError:
+    except grpc.aio.AioRpcError as error:
+        if error.code() in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT}:
+            return None
+        raise AuthServiceDown from None
+
+
+async def _visitor(request: Request) -> auth_pb2.User | None:
+    """For public pages: a visitor whose session cannot be checked is shown them signed out."""
+    try:
+        return await _signed_in_user(request)
+    except AuthServiceDown:
         return None
 
 
-def _page(request: Request, template: str, user: auth_pb2.User | None, **context: Any) -> HTMLResponse:
+def _page(request: Request, template: str, user: auth_pb2.User | None, status_code: int = 200,
+          **context: Any) -> HTMLResponse:
     return templates.TemplateResponse(
-        request, template, {"user": user, "exam_types": EXAM_TYPES, "active": template, **context}
+        request, template, {"user": user, "exam_types": EXAM_TYPES, "active": template, **context},
+        status_code=status_code,
     )
+
+
+async def _account_page(request: Request, template: str, **context: Any) -> Response:
+    """A page for signed-in users: log-in first without a session; 503 if that cannot be checked."""
+    try:
+        user = await _signed_in_user(request)
+    except AuthServiceDown:
+        return _page(request, "unavailable.html", None, status_code=503)
+    if user is None:
+        return _to_login(request)
+    return _page(request, template, user, **context)
 
 
 def _to_login(request: Request) -> RedirectResponse:
@@ -55,7 +84,7 @@ def _to_login(request: Request) -> RedirectResponse:
 
 @router.get("/", response_class=HTMLResponse)
 async def home(request: Request) -> Response:
-    return _page(request, "home.html", await _signed_in_user(request))
+    return _page(request, "home.html", await _visitor(request))
 
 
 @router.get("/signup", response_class=HTMLResponse)
@@ -63,7 +92,7 @@ async def signup_page(request: Request) -> Response:
     return _page(
         request,
         "signup.html",
-        await _signed_in_user(request),
+        await _visitor(request),
         genders=validation.GENDERS,
         password_min=validation.PASSWORD_MIN_LENGTH,
         password_max=validation.PASSWORD_MAX_LENGTH,
@@ -85,33 +114,25 @@ async def login_page(request: Request) -> Response:
     next_path = request.query_params.get("next", "/app")
     if not _same_site_path(next_path):
         next_path = "/app"
-    return _page(request, "login.html", await _signed_in_user(request), next_path=next_path)
+    return _page(request, "login.html", await _visitor(request), next_path=next_path)
 
 
 @router.get("/app", response_class=HTMLResponse)
 async def client_page(request: Request) -> Response:
-    user = await _signed_in_user(request)
-    if user is None:
-        return _to_login(request)
-    return _page(request, "client.html", user, diagnosis_id="")
+    return await _account_page(request, "client.html", diagnosis_id="",
+                               max_upload_bytes=get_context(request).settings.max_upload_bytes)
 
 
 @router.get("/history", response_class=HTMLResponse)
 async def history_page(request: Request) -> Response:
-    user = await _signed_in_user(request)
-    if user is None:
-        return _to_login(request)
-    return _page(request, "history.html", user)
+    return await _account_page(request, "history.html")
 
 
 @router.get("/results/{diagnosis_id}", response_class=HTMLResponse)
 async def result_page(request: Request, diagnosis_id: str) -> Response:
-    user = await _signed_in_user(request)
-    if user is None:
-        return _to_login(request)
-    return _page(request, "client.html", user, diagnosis_id=diagnosis_id)
+    return await _account_page(request, "client.html", diagnosis_id=diagnosis_id)
 
 
 @router.get("/models", response_class=HTMLResponse)
 async def models_page(request: Request) -> Response:
-    return _page(request, "models.html", await _signed_in_user(request))
+    return _page(request, "models.html", await _visitor(request))

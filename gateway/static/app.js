@@ -16,6 +16,15 @@ class ApiError extends Error {
   }
 }
 
+// On a page for signed-in users, a 401 means the session has ended (expired, or logged out in
+// another tab): go to the log-in page, which comes back here. Elsewhere (log in, sign up) a 401 is
+// the answer itself ("wrong email or password") and is shown.
+function sessionEnded(status) {
+  if (status !== 401 || document.body.dataset.signedIn !== "true") return false;
+  window.location.assign(`/login?next=${encodeURIComponent(window.location.pathname)}`);
+  return true;
+}
+
 async function api(path, options = {}) {
   const headers = Object.assign({ "X-Requested-With": "fetch", Accept: "application/json" }, options.headers || {});
   let body = options.body;
@@ -31,8 +40,21 @@ async function api(path, options = {}) {
   } catch (_) {
     payload = null;
   }
-  if (!response.ok) throw new ApiError(response.status, payload);
+  if (!response.ok) {
+    sessionEnded(response.status);
+    throw new ApiError(response.status, payload);
+  }
   return payload;
+}
+
+// Runs `work` with `button` disabled, so a second click cannot send the request twice.
+async function whileDisabled(button, work) {
+  if (button) button.disabled = true;
+  try {
+    return await work();
+  } finally {
+    if (button) button.disabled = false;
+  }
 }
 
 function $(selector, root = document) {
@@ -103,9 +125,14 @@ function initLogout() {
   if (!button) return;
   button.addEventListener("click", async () => {
     try {
-      await api("/api/v1/auth/logout", { method: "POST" });
-    } finally {
+      await whileDisabled(button, () => api("/api/v1/auth/logout", { method: "POST" }));
       window.location.assign("/");
+    } catch (error) {
+      if (error.status === 401) return; // already logged out: sessionEnded() went to the log-in page
+      // Still logged in (the auth service did not answer): say so rather than pretend.
+      const message = `Logging out failed: ${error.message}`;
+      if ($("#form-status")) setStatus(message);
+      else window.alert(message);
     }
   });
 }
@@ -162,13 +189,22 @@ function initSignup() {
       showFieldErrors(form, errors);
       return;
     }
+    const button = form.querySelector('button[type="submit"]');
     try {
-      await api("/api/v1/auth/signup", { method: "POST", body: values });
-      await api("/api/v1/auth/login", { method: "POST", body: { email: values.email, password: values.password } });
-      window.location.assign("/app");
+      await whileDisabled(button, () => api("/api/v1/auth/signup", { method: "POST", body: values }));
     } catch (error) {
       setStatus(error.status === 422 ? "Please correct the fields marked below." : error.message);
       showFieldErrors(form, error.errors || {});
+      return;
+    }
+    try {
+      await api("/api/v1/auth/login", { method: "POST", body: { email: values.email, password: values.password } });
+      window.location.assign("/app");
+    } catch (error) {
+      // The account exists now: signing up again would only be refused as a duplicate.
+      button.disabled = true;
+      setStatus(`Your account was created, but logging in failed: ${error.message} Please log in.`);
+      form.append(el("p", {}, el("a", { href: "/login?next=/app", className: "button", text: "Log in" })));
     }
   });
 }
@@ -182,7 +218,8 @@ function initLogin() {
     setStatus("");
     const values = formValues(form);
     try {
-      await api("/api/v1/auth/login", { method: "POST", body: { email: values.email, password: values.password } });
+      await whileDisabled(form.querySelector('button[type="submit"]'), () =>
+        api("/api/v1/auth/login", { method: "POST", body: { email: values.email, password: values.password } }));
       window.location.assign(form.dataset.next || "/app");
     } catch (error) {
       setStatus(error.message);
@@ -215,17 +252,20 @@ async function renderResult(d) {
   section.hidden = false;
   $("#result-finding").textContent = findingText(d);
   const detail = $("#result-detail");
+  const message = el("span", { id: "result-detail-text", text: d.detail || "" });
+  detail.replaceChildren(message);
   detail.hidden = !d.detail;
-  detail.textContent = d.detail || "";
   if (d.status === "failed") {
-    const retry = el("button", { type: "button", className: "button secondary", text: "Try again" });
+    const retry = el("button", { type: "button", className: "button secondary", id: "retry-button", text: "Try again" });
     retry.addEventListener("click", async () => {
-      retry.disabled = true;
       try {
-        await renderResult(await api(`/api/v1/diagnoses/${d.id}/retry`, { method: "POST" }));
+        const again = await whileDisabled(retry, () => api(`/api/v1/diagnoses/${d.id}/retry`, { method: "POST" }));
+        setStatus(again.status === "completed" ? "Done." : "The model could not answer.", "info");
+        await renderResult(again);
       } catch (error) {
-        detail.textContent = error.message;
-        retry.disabled = false;
+        // Only the message changes: the button stays, so the user can try again later.
+        message.textContent = error.message;
+        detail.hidden = false;
       }
     });
     detail.append(" ", retry);
@@ -280,6 +320,7 @@ async function renderResult(d) {
     controls.hidden = true;
     heatmap.hidden = true;
     $("#no-heatmap").hidden = d.status !== "completed";
+    $("#no-heatmap").textContent = "No heatmap for this result (it is made only when asked for with the upload).";
   }
   section.dataset.ready = "true"; // every part is filled in (tests wait for this)
 }
@@ -305,7 +346,10 @@ async function serverPreview(file) {
 
 // Preview the chosen file: JPEG/PNG in the browser; DICOM (which browsers cannot show), or a file
 // the browser cannot show, rendered by the gateway, whose refusal explains what is wrong with it.
+let previewedFile = null; // the file whose preview is wanted; older, slower previews are dropped
+
 async function showPreview(file) {
+  previewedFile = file;
   const figure = $("#preview");
   const img = $("#preview-image");
   const form = $("#diagnose-form");
@@ -317,10 +361,16 @@ async function showPreview(file) {
   $("#preview-name").textContent = `${file.name} (${(file.size / 1024).toFixed(0)} KiB)`;
   const fromServer = async () => {
     try {
-      img.dataset.url = await serverPreview(file);
-      img.src = img.dataset.url;
+      const url = await serverPreview(file);
+      if (previewedFile !== file) {
+        URL.revokeObjectURL(url); // another file was chosen meanwhile: its preview stands
+        return;
+      }
+      img.dataset.url = url;
+      img.src = url;
       figure.hidden = false;
     } catch (error) {
+      if (previewedFile !== file) return;
       figure.hidden = true;
       showFieldError(form, "file", error.message);
     }
@@ -331,7 +381,7 @@ async function showPreview(file) {
   }
   img.onerror = () => {
     img.onerror = null;
-    fromServer();
+    if (previewedFile === file) fromServer();
   };
   img.dataset.url = URL.createObjectURL(file);
   img.src = img.dataset.url;
@@ -398,6 +448,12 @@ function initDiagnose() {
       showFieldErrors(form, { file: "Choose an image file." });
       return;
     }
+    const maxBytes = Number(form.dataset.maxBytes);
+    if (maxBytes && file.size > maxBytes) {
+      // The server would refuse it with 413 after the whole upload; say so before sending it.
+      showFieldErrors(form, { file: `This file is ${(file.size / 1048576).toFixed(1)} MiB; the largest accepted is ${(maxBytes / 1048576).toFixed(1)} MiB.` });
+      return;
+    }
     const data = new FormData();
     data.append("file", file);
     data.append("exam_type", form.querySelector('input[name="exam_type"]:checked').value);
@@ -422,10 +478,7 @@ function initDiagnose() {
       $("#result").scrollIntoView({ behavior: "smooth" });
       $("#result-finding").focus();
     } catch (error) {
-      if (error.status === 401) {
-        window.location.assign("/login?next=/app");
-        return;
-      }
+      if (sessionEnded(error.status)) return;
       setStatus(error.message);
       showFieldErrors(form, error.errors || {});
     } finally {
@@ -458,6 +511,11 @@ function initHistory() {
     if (filter.value) params.set("exam_type", filter.value);
     try {
       const page = await api(`/api/v1/diagnoses?${params}`);
+      if (!page.items.length && offset > 0) {
+        // This page became empty (its last result was deleted): show the one before it.
+        offset = Math.max(0, offset - pageSize);
+        return load();
+      }
       list.replaceChildren(...page.items.map(historyItem));
       $("#history-empty").hidden = page.total !== 0;
       $("#prev-page").disabled = offset === 0;
@@ -476,9 +534,11 @@ function initHistory() {
     remove.addEventListener("click", async () => {
       if (!window.confirm("Delete this result and its image? This cannot be undone.")) return;
       try {
-        await api(`/api/v1/diagnoses/${d.id}`, { method: "DELETE" });
+        await whileDisabled(remove, () => api(`/api/v1/diagnoses/${d.id}`, { method: "DELETE" }));
         setStatus("Deleted.", "info");
         await load();
+        // The focused button is gone: continue from the list (or the filter when it is empty).
+        ($("#history-list a") || filter).focus();
       } catch (error) {
         setStatus(error.message);
       }

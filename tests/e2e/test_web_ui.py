@@ -291,6 +291,90 @@ def test_history_lists_newest_first_filters_opens_and_deletes(page) -> None:
     assert not items.first.inner_text().startswith("Bone X-ray")
 
 
+def _api_headers() -> dict[str, str]:
+    return {"X-Requested-With": "fetch"}     # the gateway's CSRF guard for cookie requests
+
+
+def test_deleting_the_last_result_of_the_last_history_page_shows_the_page_before(page) -> None:
+    # The browser's own session (page.request shares its cookies) uploads until there are 13 results.
+    chest = {"name": "chest.jpg", "mimeType": "image/jpeg", "buffer": sample_image_bytes("chest_xray")}
+    total = page.request.get("/api/v1/diagnoses?limit=1", headers=_api_headers()).json()["total"]
+    for _ in range(13 - total):
+        reply = page.request.post("/api/v1/diagnoses?explain=false", headers=_api_headers(),
+                                  multipart={"file": chest, "exam_type": "chest_xray"})
+        assert reply.status == 201, reply.text()
+    page.goto("/history")
+    items = page.locator("#history-list > li")
+    items.first.wait_for()
+    page.click("#next-page")
+    page.wait_for_function("() => document.querySelector('#page-info').textContent.startsWith('13')")
+    assert items.count() == 1
+
+    items.first.get_by_role("button", name="Delete").click()
+
+    page.wait_for_function("() => document.querySelector('#page-info').textContent === '1–12 of 12'")
+    assert items.count() == 12 and page.locator("#history-empty").is_hidden()
+    assert page.evaluate("() => document.activeElement.closest('#history-list') !== null")
+
+
+def test_a_failed_retry_keeps_its_button_for_a_later_try(page) -> None:
+    newest = page.request.get("/api/v1/diagnoses?limit=1", headers=_api_headers()).json()["items"][0]
+    url = f"/api/v1/diagnoses/{newest['id']}"
+    failed = {**newest, "status": "failed", "detail": "The chest model did not answer.", "label": None,
+              "label_display": None, "confidence": None, "probabilities": None}
+    # The backends are up, so the UI's failure paths are staged at the browser's network layer.
+    page.route(f"**{url}", lambda route: route.fulfill(json=failed))
+    replies = iter([{"status": 503, "json": {"detail": "The chest model is unavailable; try again shortly."}},
+                    {"status": 200, "json": newest}])
+    page.route(f"**{url}/retry", lambda route: route.fulfill(**next(replies)))
+    try:
+        page.goto(f"/results/{newest['id']}")
+        page.wait_for_selector("#result[data-ready=true]")
+        assert "did not answer" in page.inner_text("#result-detail")
+
+        page.click("#retry-button")
+        page.wait_for_function(
+            "() => document.querySelector('#result-detail-text').textContent.includes('try again shortly')")
+        assert page.locator("#retry-button").is_enabled()
+
+        page.click("#retry-button")
+        page.wait_for_selector("#result-finding:has-text('Finding:')")
+        assert page.locator("#retry-button").count() == 0 and page.locator("#result-detail").is_hidden()
+        assert page.inner_text("#form-status") == "Done."
+    finally:
+        page.unroute(f"**{url}")
+        page.unroute(f"**{url}/retry")
+
+
+def test_a_slow_preview_of_an_earlier_file_never_replaces_the_preview_of_the_chosen_one(
+    page, tmp_path: Path
+) -> None:
+    held: list = []
+    page.route("**/api/v1/previews", lambda route: held.append(route))
+    try:
+        page.goto("/app")
+        knee = np.asarray(Image.open(io.BytesIO(sample_image_bytes("bone_xray"))).convert("L"), dtype=np.uint16)
+        page.set_input_files("#file", str(write_file(tmp_path, "slow.dcm", make_dicom(knee * 16))))
+        for _ in range(400):                             # until the preview request is held
+            if held:
+                break
+            page.wait_for_timeout(50)
+        assert held, "the DICOM was not sent for a server preview"
+        wide = jpeg_bytes(Image.new("RGB", (300, 200), (90, 140, 60)))
+        page.set_input_files("#file", str(write_file(tmp_path, "chosen.jpg", wide)))
+        page.wait_for_function("() => document.querySelector('#preview-image').naturalWidth === 300")
+
+        with page.expect_response("**/api/v1/previews"):
+            held[0].continue_()                          # the DICOM's preview arrives late
+        page.wait_for_timeout(500)
+
+        assert page.evaluate("() => document.querySelector('#preview-image').naturalWidth") == 300
+        assert page.inner_text("#preview-name").startswith("chosen.jpg")
+        assert page.inner_text("#file-error") == ""
+    finally:
+        page.unroute("**/api/v1/previews")
+
+
 def test_models_page_shows_every_card_with_data_intervals_and_limitations(page) -> None:
     page.goto("/models")
     cards = page.locator("article.model-card")
@@ -306,6 +390,21 @@ def test_models_page_shows_every_card_with_data_intervals_and_limitations(page) 
     assert augmented == {"skin": True, "bone": True, "pneumonia": False}
     assert "mean over 8 views" in page.locator("#model-skin").inner_text()
     shoot(page, "08-models")
+
+
+def test_when_the_session_ends_elsewhere_the_next_request_goes_to_log_in_and_back(page) -> None:
+    page.goto("/history")
+    page.locator("#history-list > li").first.wait_for()
+    assert page.request.post("/api/v1/auth/logout", headers=_api_headers()).status == 204   # e.g. another tab
+
+    page.select_option("#filter-exam", "chest_xray")   # the list reloads: 401
+
+    page.wait_for_url(lambda url: url.endswith("/login?next=%2Fhistory"))
+    page.fill("#email", EMAIL)
+    page.fill("#password", PASSWORD)
+    with page.expect_navigation(url="**/history"):
+        page.click("#login-form button[type=submit]")
+    page.locator("#history-list > li").first.wait_for()
 
 
 def test_after_log_out_the_client_page_sends_you_to_log_in(page) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from sqlalchemy import create_engine, text
 
 from gateway.settings import GatewaySettings
 from gateway.testing import RunningGateway, start_gateway
@@ -653,6 +654,15 @@ def test_the_gateway_keeps_its_records_in_postgresql(stack: Stack, tmp_path: Pat
                 listed = client.get("/api/v1/diagnoses", headers=headers).json()
                 assert [item["id"] for item in listed["items"]] == [made.json()["id"]]
                 assert listed["items"][0] == made.json()
+                # The row is in PostgreSQL (not in a SQLite file the gateway fell back to).
+                engine = create_engine(url)
+                try:
+                    with engine.connect() as connection:
+                        rows = connection.execute(text("SELECT id, status FROM diagnoses")).all()
+                finally:
+                    engine.dispose()
+                assert [(row.id, row.status) for row in rows] == [(made.json()["id"], "completed")]
+                assert not list(tmp_path.rglob("*.db"))
                 assert (
                     client.delete(made.json()["image_url"][: -len("/image")], headers=headers).status_code
                     == 204

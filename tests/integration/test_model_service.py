@@ -341,6 +341,13 @@ def test_stop_lets_a_call_in_flight_finish_and_refuses_new_ones(tmp_path: Path) 
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+def _model_runs(task: str) -> float:
+    """Batches the task's model has run in this process (the batch-size histogram's count)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("drtech_serving_batch_size_count", {"task": task}) or 0.0
+
+
 def test_concurrent_calls_with_batching_each_get_their_own_answer(fixture_specs: dict[str, TaskSpec]) -> None:
     # Flat colours the fixture model answers very differently, so a mix-up would show.
     images = [jpeg_bytes(Image.new("RGB", (64, 64), (30 * i, 255 - 30 * i, 60 + 20 * i))) for i in range(8)]
@@ -350,8 +357,18 @@ def test_concurrent_calls_with_batching_each_get_their_own_answer(fixture_specs:
         with grpc.insecure_channel(running.target) as channel:
             stub = diagnosis_pb2_grpc.DiagnosisServiceStub(channel)
             one_by_one = [stub.Diagnose(request(image=image), timeout=TIMEOUT) for image in images]
-            calls = [stub.Diagnose.future(request(image=image), timeout=TIMEOUT) for image in images]
-            together = [call.result() for call in calls]
+            # Calls that arrive together share model runs. Whether they do depends on the scheduler,
+            # so send rounds until one round took fewer runs than calls (any mix-up must show there).
+            for _ in range(10):
+                runs_before = _model_runs("skin")
+                calls = [stub.Diagnose.future(request(image=image), timeout=TIMEOUT) for image in images]
+                together = [call.result() for call in calls]
+                runs = _model_runs("skin") - runs_before
+                assert runs >= 1, "the batch-size metric did not count this round's model runs"
+                if runs < len(images):
+                    break
+            else:
+                pytest.fail("8 concurrent calls never shared a model run in 10 rounds")
     finally:
         running.stop(grace=0)
     assert len({round(reply.confidence, 4) for reply in one_by_one}) > 1

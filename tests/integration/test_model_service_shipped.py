@@ -89,6 +89,6 @@ def test_shipped_router_serves_its_kind_and_ood_ratio_through_the_same_core() ->
             reply = stub.Diagnose(request, timeout=TIMEOUT)
     finally:
         running.stop(grace=0)
-    assert reply.label in ROUTER.label_codes
+    assert reply.label == "chest_xray"          # the sample chest X-ray is recognised as one
     ratios = MessageToDict(reply.extra)["ood_ratio"]
     assert len(ratios) == 1 and np.isfinite(ratios[0]) and ratios[0] >= 0

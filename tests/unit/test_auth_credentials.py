@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+from argon2 import PasswordHasher
+
 from services.auth.credentials import Passwords, new_token, token_hash
 
 # Cheap argon2 cost so the suite stays fast; the algorithm is the same.
@@ -26,9 +28,23 @@ def test_verify_accepts_only_the_right_password() -> None:
     assert not passwords.verify("not a hash", "correct horse 1")
 
 
-def test_the_dummy_verification_never_succeeds() -> None:
+def test_the_dummy_verification_is_one_real_argon2_check_at_the_current_cost(monkeypatch) -> None:
+    """Log-in with an unknown email spends the time of a real check, so timing does not tell
+    which emails have accounts."""
     passwords = Passwords(**FAST)
-    passwords.verify_dummy("anything")  # no exception, no result to leak
+    checked: list[str] = []
+    real_verify = PasswordHasher.verify
+
+    def spy(hasher: PasswordHasher, stored: str, given: str) -> bool:
+        checked.append(stored)
+        return real_verify(hasher, stored, given)
+
+    monkeypatch.setattr(PasswordHasher, "verify", spy)
+
+    assert passwords.verify_dummy("anything") is None        # no result to leak
+
+    assert len(checked) == 1 and checked[0].startswith("$argon2id$")
+    assert not passwords.needs_rehash(checked[0])              # made at the same cost as real hashes
 
 
 def test_a_hash_made_with_other_parameters_needs_rehashing() -> None:

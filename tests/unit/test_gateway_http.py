@@ -362,3 +362,21 @@ def test_when_the_auth_service_does_not_answer_account_pages_say_so_instead_of_a
             assert "sign-in service is not answering" in reply.text
         home = client.get("/")                # public pages still show, signed out
         assert home.status_code == 200 and 'data-signed-in="false"' in home.text
+
+
+def test_plots_are_only_plain_png_files_directly_in_a_known_models_folder(tmp_path: Path) -> None:
+    from gateway.model_files import plot_names
+
+    folder = tmp_path / "pneumonia" / "model"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("roc.png", "notes.txt", ".hidden.png", "model.onnx", "sub/inner.png", "bad name.png"):
+        (folder / name).write_bytes(b"x")
+    (folder / "folder.png").mkdir()
+    (tmp_path / "pneumonia" / "outside.png").write_bytes(b"x")
+    (tmp_path / "gateway" / "model").mkdir(parents=True)
+    (tmp_path / "gateway" / "model" / "x.png").write_bytes(b"x")
+
+    assert plot_names(tmp_path, "pneumonia") == ["roc.png"]
+    assert plot_names(tmp_path, "gateway") == []           # not a model
+    assert plot_names(tmp_path, "../pneumonia") == []
+    assert plot_names(tmp_path / "nowhere", "pneumonia") == []

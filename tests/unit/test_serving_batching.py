@@ -93,7 +93,7 @@ def test_a_run_with_a_malformed_answer_fails_its_calls_and_the_batcher_keeps_ser
     batcher = Batcher(flaky, max_batch_size=4, on_batch=broken_metrics)
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
-            with pytest.raises(AttributeError):
+            with pytest.raises(AttributeError, match="NoneType.* has no attribute"):   # the missing outputs
                 pool.submit(batcher.predict, images(1)[0]).result(timeout=10)
             for _ in range(2):   # a failing callback is logged; the answers still come
                 assert pool.submit(batcher.predict, images(1)[0]).result(timeout=10).batch_size == 1

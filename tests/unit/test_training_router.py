@@ -29,12 +29,15 @@ def test_with_every_component_kept_it_is_the_exact_mahalanobis_distance_to_the_n
 
 
 def test_fewer_components_still_put_far_away_points_far_beyond_the_training_points() -> None:
-    features, labels = clusters(seed=1)
+    points, point_labels = clusters(seed=1, per_class=400)
+    features, labels = points[::2], point_labels[::2]          # fitted on half
+    unseen = points[1::2]                                      # the other half: same classes, never fitted
     ood = Mahalanobis(features, labels, components=4)
     threshold = np.percentile(ood.distance(features), 99)
     far = features[:20] + np.random.default_rng(2).normal(0, 25, features[:20].shape)
     assert (ood.distance(far) > threshold).all()
-    assert (ood.distance(features) <= threshold).mean() >= 0.98
+    # New images of the known kinds are accepted about as often as the training ones (99%).
+    assert (ood.distance(unseen) <= threshold).mean() >= 0.95
 
 
 def test_a_rate_of_zero_or_one_still_gets_an_honest_interval() -> None:

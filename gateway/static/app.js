@@ -320,7 +320,6 @@ async function renderResult(d) {
     controls.hidden = true;
     heatmap.hidden = true;
     $("#no-heatmap").hidden = d.status !== "completed";
-    $("#no-heatmap").textContent = "No heatmap for this result (it is made only when asked for with the upload).";
   }
   section.dataset.ready = "true"; // every part is filled in (tests wait for this)
 }
@@ -344,10 +343,10 @@ async function serverPreview(file) {
   return URL.createObjectURL(await response.blob());
 }
 
-// Preview the chosen file: JPEG/PNG in the browser; DICOM (which browsers cannot show), or a file
-// the browser cannot show, rendered by the gateway, whose refusal explains what is wrong with it.
 let previewedFile = null; // the file whose preview is wanted; older, slower previews are dropped
 
+// Preview the chosen file: JPEG/PNG in the browser; DICOM (which browsers cannot show), or a file
+// the browser cannot show, rendered by the gateway, whose refusal explains what is wrong with it.
 async function showPreview(file) {
   previewedFile = file;
   const figure = $("#preview");

@@ -52,7 +52,7 @@ async def _signed_in_user(request: Request) -> auth_pb2.User | None:
 
 
 async def _visitor(request: Request) -> auth_pb2.User | None:
-    """For public pages: a visitor whose session cannot be checked is shown them signed out."""
+    """For public pages: when the session cannot be checked, the page is shown signed out."""
     try:
         return await _signed_in_user(request)
     except AuthServiceDown:

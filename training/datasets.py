@@ -69,17 +69,24 @@ def read_kermany(root: Path, split: str = "train") -> list[Record]:
     return records
 
 
-def read_ham10000(root: Path) -> list[Record]:
-    """HAM10000: `HAM10000_metadata.csv` + images in `HAM10000_images/` or `HAM10000_images_part_{1,2}/`.
-
-    `root` is the folder holding the CSV, or its parent with a `ham10000/` child. Group = lesion_id.
-    """
+def ham10000_metadata(root: Path) -> Path:
+    """`HAM10000_metadata.csv` in `root`, or in its `ham10000/` child; a layout error if in neither."""
     root = Path(root)
     if not (root / "HAM10000_metadata.csv").is_file() and (root / "ham10000").is_dir():
         root = root / "ham10000"
     metadata = root / "HAM10000_metadata.csv"
     if not metadata.is_file():
         raise DatasetLayoutError(f"HAM10000 metadata file not found: {metadata}")
+    return metadata
+
+
+def read_ham10000(root: Path) -> list[Record]:
+    """HAM10000: `HAM10000_metadata.csv` + images in `HAM10000_images/` or `HAM10000_images_part_{1,2}/`.
+
+    `root` is the folder holding the CSV, or its parent with a `ham10000/` child. Group = lesion_id.
+    """
+    metadata = ham10000_metadata(root)
+    root = metadata.parent
     image_dirs = [d for d in (root / "HAM10000_images", root / "HAM10000_images_part_1",
                               root / "HAM10000_images_part_2") if d.is_dir()]
     if not image_dirs:

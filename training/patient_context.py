@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.datasets import HAM10000_LABELS, DatasetLayoutError, Record
+from training.datasets import HAM10000_LABELS, DatasetLayoutError, Record, ham10000_metadata
 from training.evaluate import records_from_split_csv, score_outputs
 from training.inference import run_onnx
 from training.paths import data_dir
@@ -51,12 +51,7 @@ class PatientContext:
 
 def read_ham10000_context(root: Path) -> dict[str, PatientContext]:
     """{image_id: context} from `HAM10000_metadata.csv`; empty or "unknown" values are not recorded."""
-    root = Path(root)
-    metadata = root / "HAM10000_metadata.csv"
-    if not metadata.is_file():
-        metadata = root / "ham10000" / "HAM10000_metadata.csv"
-    if not metadata.is_file():
-        raise DatasetLayoutError(f"HAM10000 metadata file not found in {root} or {root / 'ham10000'}")
+    metadata = ham10000_metadata(root)
     contexts = {}
     with metadata.open(newline="", encoding="utf-8-sig") as handle:
         for line, row in enumerate(csv.DictReader(handle), start=2):

@@ -10,7 +10,6 @@ status is non-zero.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import signal
 import subprocess
@@ -30,7 +29,6 @@ from services.core.logs import configure_logging
 log = configure_logging("supervisor")
 
 ROOT = Path(__file__).resolve().parent.parent
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -60,15 +58,6 @@ def components() -> list[Component]:
         Component("router", "services.router", _port("DRTECH_ROUTER_PORT", 50055), "grpc"),
         Component("gateway", "gateway", _port("DRTECH_HTTP_PORT", 8000), "http"),
     ]
-
-
-def _die_with_parent() -> None:
-    # If the supervisor is killed outright (SIGKILL), the kernel sends its children SIGTERM
-    # instead of leaving them running.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def _child_env(comps: list[Component]) -> dict[str, str]:
@@ -118,12 +107,14 @@ class Supervisor:
             if self.stopping.is_set():
                 return
             log.info("starting %s on %s", comp.name, comp.address)
+            # services.with_parent: a child ends if the supervisor is killed outright. No preexec_fn:
+            # it runs gRPC's fork handlers in the forked copy of this process (see that module).
             comp.process = subprocess.Popen(
-                [sys.executable, "-m", comp.module, "--port", str(comp.port)],
+                [sys.executable, "-m", "services.with_parent", str(os.getpid()), comp.module,
+                 "--port", str(comp.port)],
                 cwd=ROOT,
                 env=env,
                 start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
-                preexec_fn=_die_with_parent,
             )
             self._wait_healthy(comp)
 

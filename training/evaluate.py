@@ -14,7 +14,6 @@ one class, a sensitivity with no positive case) is null.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from training.metrics import (
     binary_metrics, confusion, json_ready, multiclass_metrics, point_values, with_intervals,
 )
 from training.paths import data_dir
+from training.splits import read_split_csv
 from training.tasks import SPECS, label_index, uses_mura
 
 
@@ -128,11 +128,10 @@ def records_for(task: str, root: Path, split: str | None) -> list[Record]:
 
 def records_from_split_csv(csv_path: Path, root: Path, split: str) -> list[Record]:
     """The rows of a model's split.csv (written by training) that belong to `split`."""
-    with Path(csv_path).open(newline="", encoding="utf-8-sig") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["split"] == split]
-    if not rows:
+    records = [item.record for item in read_split_csv(csv_path, root) if item.split == split]
+    if not records:
         raise ValueError(f"{csv_path} has no rows in split {split!r}")
-    return [Record(Path(root) / row["path"], row["label"], row["group"]) for row in rows]
+    return records
 
 
 def main(argv: Sequence[str] | None = None) -> int:

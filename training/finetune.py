@@ -37,7 +37,7 @@ from PIL import Image
 
 from services.core.preprocessing import resized_rgb
 from training.paths import data_dir
-from training.splits import SEED, SplitRecord, write_split_csv
+from training.splits import SEED, SplitRecord, assert_no_group_leakage, read_split_csv, write_split_csv
 from training.tasks import SPECS, label_index, load_split
 
 log = logging.getLogger("training.finetune")
@@ -78,7 +78,7 @@ class Settings:
     epochs: int
     batch_size: int
     learning_rate: float
-    class_weight: str           # "balanced" or "none"
+    class_weight: str           # one of CLASS_WEIGHTS
     monitor: str                # validation score that picks the epoch
     early_stopping_patience: int
     max_minutes: float | None   # wall-clock budget: stop after the epoch that passes it
@@ -108,14 +108,23 @@ def load_pixels(paths: Sequence[Path], size: tuple[int, int], workers: int = 8) 
         return np.stack(list(pool.map(one, paths)))
 
 
-def sample_weights(y: np.ndarray, n_classes: int, balanced: bool) -> np.ndarray:
-    """Per-image weights: n / (k * count(class)) ('balanced', as sklearn), or ones."""
-    if not balanced:
+CLASS_WEIGHTS = ("balanced", "sqrt", "none")
+
+
+def sample_weights(y: np.ndarray, n_classes: int, scheme: str) -> np.ndarray:
+    """Per-image weights by class: 'balanced' n / (k * count(class)) as sklearn, 'sqrt' its square root
+    (halfway, in log terms, between balanced and none: rare classes still count more, but the
+    common one is not given up for them), or 'none' (ones)."""
+    if scheme not in CLASS_WEIGHTS:
+        raise ValueError(f"unknown class weighting {scheme!r}; expected one of {CLASS_WEIGHTS}")
+    if scheme == "none":
         return np.ones(len(y), dtype=np.float32)
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
     present = counts > 0
     per_class = np.zeros(n_classes)
     per_class[present] = len(y) / (present.sum() * counts[present])
+    if scheme == "sqrt":
+        per_class = np.sqrt(per_class)
     return per_class[y].astype(np.float32)
 
 
@@ -123,7 +132,11 @@ def _batches_class():
     import keras
 
     class Batches(keras.utils.PyDataset):
-        """uint8 images in memory -> (images, labels[, weights]) batches; shuffled each epoch."""
+        """uint8 images in memory -> (images, labels[, weights]) batches; shuffled each epoch.
+
+        Shuffled (training) batches are all full: the few images left over drop out of this epoch
+        only, and a compiling backend (JAX, XLA) traces the training step for one shape, not two.
+        """
 
         def __init__(self, pixels: np.ndarray, y: np.ndarray, weights: np.ndarray | None,
                      batch_size: int, shuffle: bool, seed: int):
@@ -134,6 +147,8 @@ def _batches_class():
             self.order = self.rng.permutation(len(y)) if shuffle else np.arange(len(y))
 
         def __len__(self) -> int:
+            if self.shuffle and len(self.y) >= self.batch_size:
+                return len(self.y) // self.batch_size
             return math.ceil(len(self.y) / self.batch_size)
 
         def __getitem__(self, index: int):
@@ -208,6 +223,16 @@ def _time_limit_callback(minutes: float):
     return TimeLimit()
 
 
+def training_split(task: str, root: Path, split_csv: Path | None = None) -> list[SplitRecord]:
+    """The task's own seeded split of `root`, or the rows of `split_csv` (leakage checked): with a
+    split.csv only its train and val images are read, so the test images need not be there."""
+    if split_csv is None:
+        return load_split(task, root)
+    split = read_split_csv(split_csv, root)
+    assert_no_group_leakage(split)
+    return split
+
+
 def build_model(arch: str, task: str, weights: str | None):
     """The classifier to train: our MobileNetV2 (all blocks trainable, BatchNorm frozen) or an
     original architecture from training.architectures."""
@@ -252,7 +277,7 @@ def fit(
     y_train, y_val = training_labels(task, train), training_labels(task, val)
 
     Batches = _batches_class()
-    weights = sample_weights(y_train, n_classes, settings.class_weight == "balanced")
+    weights = sample_weights(y_train, n_classes, settings.class_weight)
     train_batches = Batches(x_train, y_train, weights, settings.batch_size, True, settings.seed)
     val_batches = Batches(x_val, y_val, None, settings.batch_size, False, settings.seed)
 
@@ -310,7 +335,7 @@ def _record_previous_run(history_file: Path, init_weights: Path) -> None:
 
 
 def _device_description() -> str:
-    """Where the run trained: the GPU's name under PyTorch, else the CPU."""
+    """Where the run trained: the GPU's name under PyTorch or JAX, else the CPU."""
     import keras
 
     if keras.backend.backend() == "torch":
@@ -318,6 +343,12 @@ def _device_description() -> str:
 
         if torch.cuda.is_available():
             return f"{torch.cuda.get_device_name(0)} (PyTorch {torch.__version__})"
+    if keras.backend.backend() == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        if device.platform != "cpu":
+            return f"{device.device_kind} (JAX {jax.__version__})"
     import os
     import platform
 
@@ -345,8 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--class-weight", choices=("balanced", "none"),
+    parser.add_argument("--class-weight", choices=CLASS_WEIGHTS,
                         help="default: none for bone (exact KL grade accuracy), balanced otherwise")
+    parser.add_argument("--split-csv", type=Path,
+                        help="train on the train/val rows of this split.csv (e.g. a shipped model's) instead "
+                        "of splitting the dataset: the same split, and only those images need to be there")
     parser.add_argument("--patience", type=int, default=6, help="EarlyStopping patience (epochs)")
     parser.add_argument("--init-weights", type=Path,
                         help="start from these model.weights.h5 (a previous run of the same --task/--arch)")
@@ -365,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         early_stopping_patience=args.patience, max_minutes=args.max_minutes, reduce_lr_patience=args.reduce_lr_patience, reduce_lr_factor=0.3, seed=args.seed,
     )
     root = data_dir(args.data)
-    split = load_split(task, root)
+    split = training_split(task, root, args.split_csv)
     args.out.mkdir(parents=True, exist_ok=True)
     write_split_csv(split, args.out / "split.csv", root)
     model = build_model(args.arch, task, args.weights)

@@ -104,3 +104,16 @@ def write_split_csv(split: Sequence[SplitRecord], path: Path, data_root: Path) -
         for item in split:
             relative = item.record.path.resolve().relative_to(Path(data_root).resolve())
             writer.writerow([relative.as_posix(), item.record.label, item.record.group, item.split])
+
+
+def read_split_csv(path: Path, data_root: Path) -> list[SplitRecord]:
+    """The rows of a split.csv written by `write_split_csv`, paths resolved under `data_root`."""
+    with Path(path).open(newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise ValueError(f"{path} has no rows")
+    missing = {"path", "label", "group", "split"} - set(rows[0])
+    if missing:
+        raise ValueError(f"{path} is not a split.csv: no column {', '.join(sorted(missing))}")
+    return [SplitRecord(Record(Path(data_root) / row["path"], row["label"], row["group"]), row["split"])
+            for row in rows]

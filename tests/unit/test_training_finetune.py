@@ -54,10 +54,38 @@ def test_balanced_sample_weights_are_sklearns_class_weights():
 
     y = np.array([0, 0, 0, 0, 2, 2, 5])
     expected = compute_class_weight("balanced", classes=np.array([0, 2, 5]), y=y)
-    weights = finetune.sample_weights(y, 7, balanced=True)
+    weights = finetune.sample_weights(y, 7, "balanced")
     assert weights[0] == pytest.approx(expected[0]) and weights[4] == pytest.approx(expected[1])
     assert weights[6] == pytest.approx(expected[2])
-    assert (finetune.sample_weights(y, 7, balanced=False) == 1).all()
+    assert (finetune.sample_weights(y, 7, "none") == 1).all()
+
+
+def test_sqrt_sample_weights_are_the_square_roots_of_the_balanced_ones():
+    y = np.array([0, 0, 0, 0, 2, 2, 5])
+    np.testing.assert_allclose(finetune.sample_weights(y, 7, "sqrt"), np.sqrt(finetune.sample_weights(y, 7, "balanced")))
+    with pytest.raises(ValueError, match="unknown class weighting 'inverse'"):
+        finetune.sample_weights(y, 7, "inverse")
+
+
+def test_a_split_csv_gives_its_own_rows_and_needs_only_the_train_and_val_images(tmp_path):
+    from training.splits import write_split_csv
+
+    split = _tiny_skin_split(tmp_path)
+    held_out = tmp_path / "test-nv-0.jpg"      # listed as a test row, never written to disk
+    split.append(SplitRecord(Record(held_out, "nv", "testnv0"), "test"))
+    write_split_csv(split, tmp_path / "split.csv", tmp_path)
+
+    read = finetune.training_split("skin", tmp_path, tmp_path / "split.csv")
+
+    assert [(s.record.path, s.record.label, s.record.group, s.split) for s in read] == \
+        [(s.record.path, s.record.label, s.record.group, s.split) for s in split]
+    assert not held_out.exists()
+
+
+def test_a_split_csv_that_puts_a_lesion_in_two_splits_is_refused(tmp_path):
+    (tmp_path / "split.csv").write_text("path,label,group,split\na.jpg,nv,L1,train\nb.jpg,nv,L1,val\n")
+    with pytest.raises(ValueError, match="L1"):
+        finetune.training_split("skin", tmp_path, tmp_path / "split.csv")
 
 
 def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
@@ -103,6 +131,22 @@ def test_fit_keeps_the_best_epoch_and_writes_weights_history_and_curves(tmp_path
     np.testing.assert_allclose(fresh.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
 
+def test_training_batches_are_full_and_validation_batches_keep_every_image():
+    Batches = finetune._batches_class()
+    y = np.arange(10)
+    pixels = np.zeros((10, 2, 2, 3), np.uint8)
+    train = Batches(pixels, y, None, 4, shuffle=True, seed=0)
+    assert len(train) == 2 and all(len(train[i][1]) == 4 for i in range(2))
+    seen = set()
+    for _ in range(6):      # the images left over differ from epoch to epoch
+        seen |= {int(v) for i in range(2) for v in train[i][1]}
+        train.on_epoch_end()
+    assert seen == set(range(10))
+    val = Batches(pixels, y, None, 4, shuffle=False, seed=0)
+    assert [len(val[i][1]) for i in range(len(val))] == [4, 4, 2]
+    assert len(Batches(pixels[:3], y[:3], None, 4, shuffle=True, seed=0)) == 1     # fewer than a batch
+
+
 def test_augmentation_is_active_in_training_only(tmp_path):
     model = _tiny_classifier()
     trainer = finetune.build_trainer(model, finetune.AUGMENTATIONS["skin"], (32, 32))
@@ -117,6 +161,18 @@ def test_time_budget_stops_after_the_epoch_that_passes_it(tmp_path):
     record = finetune.fit(_tiny_classifier(), "skin", _tiny_skin_split(tmp_path), tmp_path / "run",
                           _settings(epochs=5, max_minutes=1e-6), finetune.AUGMENTATIONS["skin"], (32, 32))
     assert record["epochs_run"] == 1
+
+
+def test_a_run_on_a_jax_gpu_names_the_gpu_not_the_cpu(monkeypatch):
+    import sys
+    import types
+
+    gpu = types.SimpleNamespace(platform="gpu", device_kind="NVIDIA H100 80GB HBM3")
+    monkeypatch.setitem(sys.modules, "jax", types.SimpleNamespace(devices=lambda: [gpu], __version__="0.11.2"))
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    assert finetune._device_description() == "NVIDIA H100 80GB HBM3 (JAX 0.11.2)"
+    gpu.platform = "cpu"
+    assert finetune._device_description().startswith("CPU, ")
 
 
 def test_a_continued_run_records_the_run_it_started_from(tmp_path):

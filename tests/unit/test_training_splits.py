@@ -10,7 +10,7 @@ import pytest
 
 from training.datasets import Record
 from training.splits import (
-    SplitRecord, assert_no_group_leakage, train_val_split_with_given_test, train_val_test_split,
+    SplitRecord, assert_no_group_leakage, read_split_csv, train_val_split_with_given_test, train_val_test_split,
     write_split_csv,
 )
 
@@ -110,3 +110,20 @@ def test_split_csv_holds_relative_paths_only(tmp_path):
     assert len(rows) == len(records)
     assert rows[0].keys() == {"path", "label", "group", "split"}
     assert all(row["path"].startswith("images/g") for row in rows)
+
+
+def test_a_written_split_csv_reads_back_as_the_same_split_under_another_root(tmp_path):
+    split = train_val_test_split(_records(40, root=tmp_path / "data" / "images"))
+    write_split_csv(split, tmp_path / "split.csv", tmp_path / "data")
+
+    read = read_split_csv(tmp_path / "split.csv", tmp_path / "elsewhere")
+
+    assert [(s.record.label, s.record.group, s.split) for s in read] == \
+        [(s.record.label, s.record.group, s.split) for s in split]
+    assert read[0].record.path == tmp_path / "elsewhere" / "images" / split[0].record.path.name
+
+
+def test_a_csv_without_the_split_columns_is_refused(tmp_path):
+    (tmp_path / "labels.csv").write_text("path,label\na.jpg,nv\n")
+    with pytest.raises(ValueError, match="not a split.csv: no column group, split"):
+        read_split_csv(tmp_path / "labels.csv", tmp_path)

@@ -171,18 +171,16 @@ def build_trainer(model, augmentation: Augmentation, input_size: tuple[int, int]
     """
     import keras
 
+    from training.augment import RandomAffine
+
     width, height = input_size
     inputs = keras.Input((height, width, 3), dtype="uint8", name="pixels")
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
     if augmentation.flip:
         x = keras.layers.RandomFlip(augmentation.flip, seed=SEED, name="flip")(x)
-    if augmentation.rotation:
-        x = keras.layers.RandomRotation(augmentation.rotation, fill_mode="reflect", seed=SEED, name="rotation")(x)
-    if augmentation.zoom:
-        x = keras.layers.RandomZoom(augmentation.zoom, fill_mode="reflect", seed=SEED, name="zoom")(x)
-    if augmentation.shift:
-        x = keras.layers.RandomTranslation(augmentation.shift, augmentation.shift, fill_mode="reflect",
-                                           seed=SEED, name="shift")(x)
+    if augmentation.rotation or augmentation.zoom or augmentation.shift:
+        # One batched resampling, not Keras' three per-image ones (see training.augment)
+        x = RandomAffine(augmentation.rotation, augmentation.zoom, augmentation.shift, seed=SEED, name="affine")(x)
     return keras.Model(inputs, model(x), name="trainer")
 
 

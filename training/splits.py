@@ -115,5 +115,9 @@ def read_split_csv(path: Path, data_root: Path) -> list[SplitRecord]:
     missing = {"path", "label", "group", "split"} - set(rows[0])
     if missing:
         raise ValueError(f"{path} is not a split.csv: no column {', '.join(sorted(missing))}")
+    for line, row in enumerate(rows, start=2):
+        relative = Path(row["path"])
+        if relative.is_absolute() or ".." in relative.parts:
+            raise ValueError(f"{path} line {line}: {row['path']!r} is not a path inside the data root")
     return [SplitRecord(Record(Path(data_root) / row["path"], row["label"], row["group"]), row["split"])
             for row in rows]

@@ -36,9 +36,10 @@ import numpy as np
 from PIL import Image
 
 from services.core.preprocessing import resized_rgb
+from training import datasets
 from training.paths import data_dir
 from training.splits import SEED, SplitRecord, assert_no_group_leakage, read_split_csv, write_split_csv
-from training.tasks import SPECS, label_index, load_split
+from training.tasks import SPECS, label_index, load_split, uses_mura
 
 log = logging.getLogger("training.finetune")
 
@@ -163,11 +164,12 @@ def _batches_class():
     return Batches
 
 
-def build_trainer(model, augmentation: Augmentation, input_size: tuple[int, int]):
+def build_trainer(model, augmentation: Augmentation, input_size: tuple[int, int], seed: int = SEED):
     """uint8 image -> [-1, 1] -> random augmentation (training only) -> `model`.
 
     The classifier itself keeps the serving contract (float input in [-1, 1]); scaling on the
-    device keeps the host->device copy in uint8.
+    device keeps the host->device copy in uint8. The random layers draw from `seed` and `seed + 1`:
+    two streams, so a flip is not tied to the sign of the same image's rotation.
     """
     import keras
 
@@ -177,10 +179,11 @@ def build_trainer(model, augmentation: Augmentation, input_size: tuple[int, int]
     inputs = keras.Input((height, width, 3), dtype="uint8", name="pixels")
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
     if augmentation.flip:
-        x = keras.layers.RandomFlip(augmentation.flip, seed=SEED, name="flip")(x)
+        x = keras.layers.RandomFlip(augmentation.flip, seed=seed, name="flip")(x)
     if augmentation.rotation or augmentation.zoom or augmentation.shift:
         # One batched resampling, not Keras' three per-image ones (see training.augment)
-        x = RandomAffine(augmentation.rotation, augmentation.zoom, augmentation.shift, seed=SEED, name="affine")(x)
+        x = RandomAffine(augmentation.rotation, augmentation.zoom, augmentation.shift, seed=seed + 1,
+                         name="affine")(x)
     return keras.Model(inputs, model(x), name="trainer")
 
 
@@ -228,6 +231,17 @@ def training_split(task: str, root: Path, split_csv: Path | None = None) -> list
         return load_split(task, root)
     split = read_split_csv(split_csv, root)
     assert_no_group_leakage(split)
+    # Before any image is read: a split.csv of another task fails here, by name.
+    known = datasets.KL_GRADES if task == "bone" and not uses_mura(task, root) else None
+    for item in split:
+        label = item.record.label
+        if known is not None and label not in known:
+            raise ValueError(f"{split_csv}: label {label!r} is not a KL grade {known}: not a bone (knee) split")
+        if known is None:
+            try:
+                label_index(task, label)
+            except ValueError as error:
+                raise ValueError(f"{split_csv}: label {label!r} is not a {task} label ({error})") from None
     return split
 
 
@@ -279,7 +293,7 @@ def fit(
     train_batches = Batches(x_train, y_train, weights, settings.batch_size, True, settings.seed)
     val_batches = Batches(x_val, y_val, None, settings.batch_size, False, settings.seed)
 
-    trainer = build_trainer(model, augmentation, input_size)
+    trainer = build_trainer(model, augmentation, input_size, settings.seed)
     trainer.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
                     loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     checkpoint = out / "checkpoint.weights.h5"

@@ -46,7 +46,7 @@ def files_to_pack(split_csvs: Sequence[Path], root: Path, splits: Sequence[str],
 
 
 def part_of(files: dict[str, Path], part: int, parts: int) -> dict[str, Path]:
-    """Every `parts`-th file from the `part`-th (1-based), so N packs of about equal size hold them all."""
+    """Every `parts`-th file from the `part`-th (1-based): N packs of about as many files hold them all."""
     if not 1 <= part <= parts:
         raise ValueError(f"part {part}/{parts}: expected 1 <= part <= parts")
     return {name: path for index, (name, path) in enumerate(sorted(files.items())) if index % parts == part - 1}
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         part, parts = (int(value) for value in args.part.split("/"))
         files = part_of(files_to_pack(args.split_csv, root, args.splits,
                                       weights_dir(args.weights_dir) if args.weights else None), part, parts)
-        size = write_pack(files, args.out, int(args.max_mib * 2**20) if args.max_mib else None)
+        size = write_pack(files, args.out, int(args.max_mib * 2**20) if args.max_mib is not None else None)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

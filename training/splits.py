@@ -21,6 +21,9 @@ SEED = 20261126
 _FOLDS = 20
 
 
+SPLITS = ("train", "val", "test")
+
+
 @dataclass(frozen=True)
 class SplitRecord:
     record: Record
@@ -117,7 +120,9 @@ def read_split_csv(path: Path, data_root: Path) -> list[SplitRecord]:
         raise ValueError(f"{path} is not a split.csv: no column {', '.join(sorted(missing))}")
     for line, row in enumerate(rows, start=2):
         relative = Path(row["path"])
-        if relative.is_absolute() or ".." in relative.parts:
+        if not row["path"] or relative.anchor or ".." in relative.parts:
             raise ValueError(f"{path} line {line}: {row['path']!r} is not a path inside the data root")
+        if row["split"] not in SPLITS:
+            raise ValueError(f"{path} line {line}: split {row['split']!r} is not one of {SPLITS}")
     return [SplitRecord(Record(Path(data_root) / row["path"], row["label"], row["group"]), row["split"])
             for row in rows]

@@ -82,6 +82,20 @@ def test_a_split_csv_gives_its_own_rows_and_needs_only_the_train_and_val_images(
     assert not held_out.exists()
 
 
+def test_a_split_csv_of_another_task_is_refused_before_any_image_is_read(tmp_path):
+    (tmp_path / "skin.csv").write_text("path,label,group,split\na.jpg,nv,L1,train\n")
+    (tmp_path / "bone.csv").write_text("path,label,group,split\nknee_kl/train/2/1L.jpg,2,1,train\n")
+    with pytest.raises(ValueError, match="label 'nv' is not a KL grade"):
+        finetune.training_split("bone", tmp_path, tmp_path / "skin.csv")
+    with pytest.raises(ValueError, match="label '2' is not a skin label"):
+        finetune.training_split("skin", tmp_path, tmp_path / "bone.csv")
+
+
+def test_the_random_layers_draw_from_the_runs_seed_in_two_streams():
+    trainer = finetune.build_trainer(_tiny_classifier(), finetune.AUGMENTATIONS["skin"], (32, 32), seed=7)
+    assert (trainer.get_layer("flip").seed, trainer.get_layer("affine").seed) == (7, 8)
+
+
 def test_a_split_csv_that_puts_a_lesion_in_two_splits_is_refused(tmp_path):
     (tmp_path / "split.csv").write_text("path,label,group,split\na.jpg,nv,L1,train\nb.jpg,nv,L1,val\n")
     with pytest.raises(ValueError, match="L1"):

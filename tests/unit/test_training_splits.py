@@ -129,7 +129,13 @@ def test_a_csv_without_the_split_columns_is_refused(tmp_path):
         read_split_csv(tmp_path / "labels.csv", tmp_path)
 
 
-@pytest.mark.parametrize("bad", ["/etc/passwd", "../outside.jpg", "images/../../outside.jpg"])
+def test_a_split_csv_row_in_an_unknown_split_is_refused(tmp_path):
+    (tmp_path / "split.csv").write_text("path,label,group,split\nimages/a.jpg,nv,L1,Train\n")
+    with pytest.raises(ValueError, match="line 2: split 'Train' is not one of"):
+        read_split_csv(tmp_path / "split.csv", tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["/etc/passwd", "../outside.jpg", "images/../../outside.jpg", ""])
 def test_a_split_csv_path_outside_the_data_root_is_refused(tmp_path, bad):
     (tmp_path / "split.csv").write_text(f"path,label,group,split\nimages/a.jpg,nv,L1,train\n{bad},nv,L2,val\n")
     with pytest.raises(ValueError, match="line 3: .* is not a path inside the data root"):

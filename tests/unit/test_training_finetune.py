@@ -167,7 +167,7 @@ def test_augmentation_is_active_in_training_only(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_allclose(trainer.predict(pixels, verbose=0), model.predict(scale(pixels), verbose=0),
                                atol=1e-6)
-    augmented = np.asarray(trainer(pixels, training=True))
+    augmented = keras.ops.convert_to_numpy(trainer(pixels, training=True))
     assert not np.allclose(augmented, model.predict(scale(pixels), verbose=0))
 
 

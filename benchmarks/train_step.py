@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="MobileNetV2 .npy folder (default: DRTECH_WEIGHTS_DIR or ../shared/weights)")
     args = parser.parse_args(argv)
     results = measure(args.task, args.batch_sizes, args.steps, args.warmup, args.weights)
-    device = finetune._device_description()
+    device = finetune.device_description()
     for result in results:
         print(json.dumps({**result, "backend": keras.backend.backend(), "device": device}))
     by_key = {(r["batch"], r["step"]): r["images_per_s"] for r in results}

@@ -232,16 +232,15 @@ def training_split(task: str, root: Path, split_csv: Path | None = None) -> list
     split = read_split_csv(split_csv, root)
     assert_no_group_leakage(split)
     # Before any image is read: a split.csv of another task fails here, by name.
-    known = datasets.KL_GRADES if task == "bone" and not uses_mura(task, root) else None
-    for item in split:
-        label = item.record.label
-        if known is not None and label not in known:
-            raise ValueError(f"{split_csv}: label {label!r} is not a KL grade {known}: not a bone (knee) split")
-        if known is None:
-            try:
-                label_index(task, label)
-            except ValueError as error:
-                raise ValueError(f"{split_csv}: label {label!r} is not a {task} label ({error})") from None
+    knee = task == "bone" and not uses_mura(task, root)
+    for label in {item.record.label for item in split}:
+        if knee and label not in datasets.KL_GRADES:
+            raise ValueError(f"{split_csv}: label {label!r} is not a KL grade {datasets.KL_GRADES}: "
+                             "not a bone (knee) split")
+        try:
+            label_index(task, label)
+        except ValueError as error:
+            raise ValueError(f"{split_csv}: label {label!r} is not a {task} label ({error})") from None
     return split
 
 
@@ -325,7 +324,7 @@ def fit(
         "input_size": list(input_size), "train_images": len(train), "val_images": len(val),
         "best_epoch": best + 1, "epochs_run": len(scores), "best_validation_score": scores[best],
         "history": logs, "load_seconds": round(load_seconds, 1), "fit_seconds": round(fit_seconds, 1),
-        "keras_backend": keras.backend.backend(), "device": _device_description(),
+        "keras_backend": keras.backend.backend(), "device": device_description(),
         "parameters": int(model.count_params()),
     }
     (out / "history.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
@@ -346,7 +345,7 @@ def _record_previous_run(history_file: Path, init_weights: Path) -> None:
     history_file.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
-def _device_description() -> str:
+def device_description() -> str:
     """Where the run trained: the GPU's name under PyTorch or JAX, else the CPU."""
     import keras
 

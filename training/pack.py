@@ -8,9 +8,9 @@ Holds the images of the chosen rows of each `--split-csv` (default: train and va
 `--weights` the MobileNetV2 `.npy` folder as `weights/`. On the other machine:
 `python -m zipfile -e FILE DIR`, then `training.finetune --data DIR --split-csv ... --weights DIR/weights`.
 
-Why a zip: a lent GPU machine takes 64 MiB with a call, counted on disk, where thousands of small
-JPEGs take a fifth more than their bytes; one stored (uncompressed: JPEG does not compress) zip
-costs its bytes. `--max-mib` refuses a pack that would not fit. Write it to a git-ignored folder:
+Why a zip: a lent GPU machine takes 64 MiB with a call, apparently counted on disk, where
+thousands of small JPEGs take about a quarter more than their bytes; one stored (uncompressed:
+JPEG does not compress) zip costs its bytes. `--max-mib` refuses a pack that would not fit. Write it to a git-ignored folder:
 the data and weights are never committed.
 """
 

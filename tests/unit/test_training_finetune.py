@@ -184,9 +184,9 @@ def test_a_run_on_a_jax_gpu_names_the_gpu_not_the_cpu(monkeypatch):
     gpu = types.SimpleNamespace(platform="gpu", device_kind="NVIDIA H100 80GB HBM3")
     monkeypatch.setitem(sys.modules, "jax", types.SimpleNamespace(devices=lambda: [gpu], __version__="0.11.2"))
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
-    assert finetune._device_description() == "NVIDIA H100 80GB HBM3 (JAX 0.11.2)"
+    assert finetune.device_description() == "NVIDIA H100 80GB HBM3 (JAX 0.11.2)"
     gpu.platform = "cpu"
-    assert finetune._device_description().startswith("CPU, ")
+    assert finetune.device_description().startswith("CPU, ")
 
 
 def test_a_continued_run_records_the_run_it_started_from(tmp_path):

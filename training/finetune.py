@@ -133,24 +133,21 @@ def _batches_class():
     import keras
 
     class Batches(keras.utils.PyDataset):
-        """uint8 images in memory -> (images, labels[, weights]) batches; shuffled each epoch.
+        """uint8 training images in memory -> shuffled (images, labels[, weights]) batches.
 
-        Shuffled (training) batches are all full: the few images left over drop out of this epoch
-        only, and a compiling backend (JAX, XLA) traces the training step for one shape, not two.
+        Every batch is full: the few images left over drop out of this epoch only, and a compiling
+        backend (JAX, XLA) traces the training step for one shape, not two.
         """
 
         def __init__(self, pixels: np.ndarray, y: np.ndarray, weights: np.ndarray | None,
-                     batch_size: int, shuffle: bool, seed: int):
+                     batch_size: int, seed: int):
             super().__init__()
-            self.pixels, self.y, self.weights = pixels, y, weights
-            self.batch_size, self.shuffle = batch_size, shuffle
+            self.pixels, self.y, self.weights, self.batch_size = pixels, y, weights, batch_size
             self.rng = np.random.default_rng(seed)
-            self.order = self.rng.permutation(len(y)) if shuffle else np.arange(len(y))
+            self.order = self.rng.permutation(len(y))
 
         def __len__(self) -> int:
-            if self.shuffle and len(self.y) >= self.batch_size:
-                return len(self.y) // self.batch_size
-            return math.ceil(len(self.y) / self.batch_size)
+            return max(len(self.y) // self.batch_size, 1)
 
         def __getitem__(self, index: int):
             rows = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
@@ -158,8 +155,7 @@ def _batches_class():
             return batch if self.weights is None else (*batch, self.weights[rows])
 
         def on_epoch_end(self) -> None:
-            if self.shuffle:
-                self.order = self.rng.permutation(len(self.y))
+            self.order = self.rng.permutation(len(self.y))
 
     return Batches
 
@@ -193,17 +189,27 @@ def balanced_accuracy(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> f
     return float(np.mean(recalls))
 
 
+def validation_logs(y: np.ndarray, probabilities: np.ndarray, n_classes: int) -> dict[str, float]:
+    """`val_loss` (mean cross-entropy), `val_accuracy` and `val_balanced_accuracy` of one pass."""
+    picked = np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0)    # Keras' own clipping
+    predicted = probabilities.argmax(1)
+    return {"val_loss": float(-np.log(picked).mean()), "val_accuracy": float((predicted == y).mean()),
+            "val_balanced_accuracy": balanced_accuracy(y, predicted, n_classes)}
+
+
 def _validation_score_callback(pixels: np.ndarray, y: np.ndarray, n_classes: int, batch_size: int):
-    """Adds `val_balanced_accuracy` to each epoch's logs (before checkpointing reads them)."""
+    """Adds `validation_logs` to each epoch's logs (before checkpointing reads them): one prediction
+    pass over the validation images, instead of Keras' `validation_data` pass and a second one for
+    the balanced accuracy."""
     import keras
 
     class ValidationScore(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             probabilities = self.model.predict(pixels, batch_size=batch_size, verbose=0)
-            score = balanced_accuracy(y, np.asarray(probabilities).argmax(1), n_classes)
+            scores = validation_logs(y, np.asarray(probabilities, dtype=np.float64), n_classes)
             if logs is not None:
-                logs["val_balanced_accuracy"] = score
-            log.info("epoch %d: val balanced accuracy %.4f", epoch + 1, score)
+                logs.update(scores)
+            log.info("epoch %d: val balanced accuracy %.4f", epoch + 1, scores["val_balanced_accuracy"])
 
     return ValidationScore()
 
@@ -289,8 +295,7 @@ def fit(
 
     Batches = _batches_class()
     weights = sample_weights(y_train, n_classes, settings.class_weight)
-    train_batches = Batches(x_train, y_train, weights, settings.batch_size, True, settings.seed)
-    val_batches = Batches(x_val, y_val, None, settings.batch_size, False, settings.seed)
+    train_batches = Batches(x_train, y_train, weights, settings.batch_size, settings.seed)
 
     trainer = build_trainer(model, augmentation, input_size, settings.seed)
     trainer.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
@@ -309,7 +314,7 @@ def fit(
     if settings.max_minutes:
         callbacks.append(_time_limit_callback(settings.max_minutes))
     fit_started = time.monotonic()
-    history = trainer.fit(train_batches, validation_data=val_batches, epochs=settings.epochs,
+    history = trainer.fit(train_batches, epochs=settings.epochs,
                           callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
     fit_seconds = time.monotonic() - fit_started
     trainer.load_weights(checkpoint)    # the best epoch (trainer and model share variables)

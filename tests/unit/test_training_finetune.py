@@ -135,7 +135,7 @@ def test_fit_keeps_the_best_epoch_and_writes_weights_history_and_curves(tmp_path
     scores = record["history"]["val_balanced_accuracy"]
     assert record["epochs_run"] == len(scores) == 3
     assert record["best_validation_score"] == max(scores)
-    assert {"loss", "val_loss", "accuracy", "learning_rate"} <= set(record["history"])
+    assert {"loss", "val_loss", "accuracy", "val_accuracy", "learning_rate"} <= set(record["history"])
     assert json.loads((out / "history.json").read_text())["train_images"] == 6
     # The saved weights are the model's weights after fit, and reload into a fresh model.
     val = [s.record.path for s in split if s.split == "val"]
@@ -145,20 +145,35 @@ def test_fit_keeps_the_best_epoch_and_writes_weights_history_and_curves(tmp_path
     np.testing.assert_allclose(fresh.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
 
-def test_training_batches_are_full_and_validation_batches_keep_every_image():
+def test_training_batches_are_full_and_every_image_takes_its_turn():
     Batches = finetune._batches_class()
     y = np.arange(10)
     pixels = np.zeros((10, 2, 2, 3), np.uint8)
-    train = Batches(pixels, y, None, 4, shuffle=True, seed=0)
+    train = Batches(pixels, y, None, 4, seed=0)
     assert len(train) == 2 and all(len(train[i][1]) == 4 for i in range(2))
     seen = set()
     for _ in range(6):      # the images left over differ from epoch to epoch
         seen |= {int(v) for i in range(2) for v in train[i][1]}
         train.on_epoch_end()
     assert seen == set(range(10))
-    val = Batches(pixels, y, None, 4, shuffle=False, seed=0)
-    assert [len(val[i][1]) for i in range(len(val))] == [4, 4, 2]
-    assert len(Batches(pixels[:3], y[:3], None, 4, shuffle=True, seed=0)) == 1     # fewer than a batch
+    assert len(Batches(pixels[:3], y[:3], None, 4, seed=0)) == 1     # fewer than a batch: one short batch
+
+
+def test_the_validation_logs_are_keras_own_loss_and_accuracy_from_one_pass():
+    rng = np.random.default_rng(0)
+    y = np.array([0, 0, 0, 0, 1, 1, 2])
+    probabilities = rng.dirichlet(np.ones(3), size=len(y))
+    probabilities[0] = [0.0, 1.0, 0.0]      # a certain miss: clipped as Keras clips it, not infinite
+
+    logs = finetune.validation_logs(y, probabilities, 3)
+
+    expected_loss = keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(
+        keras.ops.convert_to_tensor(y), keras.ops.convert_to_tensor(probabilities.astype(np.float32))))
+    assert logs["val_loss"] == pytest.approx(float(expected_loss.mean()), rel=1e-5)
+    predicted = probabilities.argmax(1)
+    assert logs["val_accuracy"] == pytest.approx((predicted == y).mean())
+    recalls = [(predicted[y == c] == c).mean() for c in range(3)]
+    assert logs["val_balanced_accuracy"] == pytest.approx(np.mean(recalls))
 
 
 def test_augmentation_is_active_in_training_only(tmp_path):

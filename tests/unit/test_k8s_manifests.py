@@ -306,6 +306,10 @@ def workload_problems(
     yield from network_policy_problems(objects, deployments)
 
     for name, ingress in of_kind(objects, "Ingress").items():
+        nginx = any(key.startswith("nginx.ingress.kubernetes.io/")
+                    for key in ingress["metadata"].get("annotations", {}))
+        if nginx and ingress["spec"].get("ingressClassName") != "nginx":
+            yield f"Ingress {name}: carries ingress-nginx annotations, so spec.ingressClassName must be nginx"
         for rule in ingress["spec"]["rules"]:
             for path in rule["http"]["paths"]:
                 backend = path["backend"]["service"]
@@ -649,6 +653,10 @@ BREAKAGES = {
     "model service open to every pod": (
         lambda objs: of_kind(objs, "NetworkPolicy")["bone-from-gateway"]["spec"]["ingress"][0].pop("from"),
         "more than the gateway",
+    ),
+    "nginx settings on a cluster's default Ingress class": (
+        lambda objs: of_kind(objs, "Ingress")["gateway"]["spec"].pop("ingressClassName"),
+        "ingressClassName must be nginx",
     ),
 }
 

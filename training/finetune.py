@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -191,7 +190,7 @@ def balanced_accuracy(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> f
 
 def validation_logs(y: np.ndarray, probabilities: np.ndarray, n_classes: int) -> dict[str, float]:
     """`val_loss` (mean cross-entropy), `val_accuracy` and `val_balanced_accuracy` of one pass."""
-    picked = np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0)    # Keras' own clipping
+    picked = np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0)    # as Keras clips (PyTorch, JAX, eager TensorFlow)
     predicted = probabilities.argmax(1)
     return {"val_loss": float(-np.log(picked).mean()), "val_accuracy": float((predicted == y).mean()),
             "val_balanced_accuracy": balanced_accuracy(y, predicted, n_classes)}

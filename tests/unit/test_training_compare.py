@@ -38,7 +38,8 @@ def test_prints_one_row_per_architecture_trained_on_the_tasks_split(tmp_path: Pa
     assert cells[:4] == ["pneumonia_cnn_5block", "pneumonia", "16", "1"]
     assert all(0.0 <= float(value) <= 1.0 for value in cells[4:7])
     assert cells[7] == "2,314,337"
-    assert float(cells[8]) > 0 and float(cells[9]) > 0
+    # Minutes to one decimal: a 16-image epoch on a fast CPU prints 0.0 (compare() is timed below).
+    assert float(cells[8]) >= 0 and float(cells[9]) > 0
 
 
 def test_scores_only_validation_rows_and_trains_only_on_training_rows(tmp_path: Path):
@@ -49,6 +50,7 @@ def test_scores_only_validation_rows_and_trains_only_on_training_rows(tmp_path: 
 
     assert row.train_images == train < len(split)
     assert row.parameters == 2_314_337
+    assert row.training_minutes > 0 and row.images_per_second > 0
 
 
 def test_refuses_a_transfer_model_without_its_weights_and_another_tasks_model(tmp_path: Path):

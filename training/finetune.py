@@ -190,7 +190,8 @@ def balanced_accuracy(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> f
 
 def validation_logs(y: np.ndarray, probabilities: np.ndarray, n_classes: int) -> dict[str, float]:
     """`val_loss` (mean cross-entropy), `val_accuracy` and `val_balanced_accuracy` of one pass."""
-    picked = np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0)    # as Keras clips (PyTorch, JAX, eager TensorFlow)
+    # Clipped as Keras clips (PyTorch, JAX, eager TensorFlow)
+    picked = np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0)
     predicted = probabilities.argmax(1)
     return {"val_loss": float(-np.log(picked).mean()), "val_accuracy": float((predicted == y).mean()),
             "val_balanced_accuracy": balanced_accuracy(y, predicted, n_classes)}

@@ -159,7 +159,7 @@ def test_training_batches_are_full_and_every_image_takes_its_turn():
     assert len(Batches(pixels[:3], y[:3], None, 4, seed=0)) == 1     # fewer than a batch: one short batch
 
 
-def test_the_validation_logs_are_keras_own_loss_and_accuracy_from_one_pass():
+def test_the_validation_logs_are_keras_own_loss_accuracy_and_the_balanced_accuracy():
     rng = np.random.default_rng(0)
     y = np.array([0, 0, 0, 0, 1, 1, 2])
     probabilities = rng.dirichlet(np.ones(3), size=len(y))

@@ -276,12 +276,13 @@ def pneumonia_cnn_5block_he(**kwargs):
 
 def mobilenet_v2_finetuned(
     n_classes: int, input_size: tuple[int, int] = (224, 224), weights: str | Path | None = None,
-    finetune_blocks: int = 3, dropout: float = 0.3,
+    finetune_blocks: int = 3, dropout: float = 0.3, train_batchnorm: bool = False,
 ):
     """Our default: MobileNetV2 (alpha 1.0, 224) with the shared ImageNet .npy weights
     (`training.backbone.build_backbone`; `weights` = that .npy folder, default ../shared/weights/...),
-    the last `finetune_blocks` inverted-residual blocks + Conv_1 trainable (BatchNorm frozen, as in
-    training.heads), then GlobalAveragePooling2D -> Dropout 0.3 -> Dense n_classes softmax (~2.26M
+    the last `finetune_blocks` inverted-residual blocks + Conv_1 trainable (their BatchNorm frozen, as
+    in training.heads, unless `train_batchnorm`: then it normalises by each training batch and
+    learns its scale, shift and running statistics, which wants batches of 32 or more), then GlobalAveragePooling2D -> Dropout 0.3 -> Dense n_classes softmax (~2.26M
     backbone parameters). Input: the shared [-1, 1] preprocessing at 224x224 only.
     """
     import keras
@@ -297,7 +298,11 @@ def mobilenet_v2_finetuned(
     trainable_prefixes += ("Conv_1",) if finetune_blocks else ()
     for layer in base.layers:
         is_bn = isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = layer.name.startswith(trainable_prefixes) and not is_bn
+        layer.trainable = layer.name.startswith(trainable_prefixes) and (train_batchnorm or not is_bn)
+        if is_bn and layer.trainable:
+            # Keras' MobileNetV2 keeps 0.999, which would leave the running statistics near ImageNet's
+            # for the first ~1,000 steps of a fine-tune, and every validation pass on them.
+            layer.momentum = 0.99
     x = keras.layers.GlobalAveragePooling2D(name="gap")(base.output)
     x = keras.layers.Dropout(dropout)(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)

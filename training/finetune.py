@@ -85,6 +85,7 @@ class Settings:
     reduce_lr_patience: int
     reduce_lr_factor: float
     seed: int
+    train_batchnorm: bool = False   # our MobileNetV2's BatchNorm learns (batch statistics in training)
 
 
 def training_labels(task: str, records: Sequence[SplitRecord]) -> np.ndarray:
@@ -250,14 +251,17 @@ def training_split(task: str, root: Path, split_csv: Path | None = None) -> list
     return split
 
 
-def build_model(arch: str, task: str, weights: str | None):
-    """The classifier to train: our MobileNetV2 (all blocks trainable, BatchNorm frozen) or an
-    original architecture from training.architectures."""
+def build_model(arch: str, task: str, weights: str | None, train_batchnorm: bool = False):
+    """The classifier to train: our MobileNetV2 (all blocks trainable, BatchNorm frozen unless
+    `train_batchnorm`) or an original architecture from training.architectures."""
     from training import architectures
 
     n_classes = n_training_classes(task)
     if arch == "mobilenet_v2_finetuned":
-        return architectures.mobilenet_v2_finetuned(n_classes, weights=weights, finetune_blocks=16)
+        return architectures.mobilenet_v2_finetuned(n_classes, weights=weights, finetune_blocks=16,
+                                                    train_batchnorm=train_batchnorm)
+    if train_batchnorm:
+        raise ValueError(f"--train-batchnorm applies to mobilenet_v2_finetuned, not {arch}")
     spec = architectures.ARCHITECTURES[arch]
     if spec.output != "softmax":
         raise ValueError(f"{arch} ends in a {spec.output} unit; training.finetune trains softmax classifiers")
@@ -403,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reduce-lr-patience", type=int, default=2)
     parser.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this wall time")
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--train-batchnorm", action="store_true",
+                        help="our MobileNetV2's BatchNorm learns too (default: frozen at ImageNet statistics)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -413,12 +419,13 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=args.learning_rate, class_weight=class_weight,
         monitor="val_accuracy" if task == "bone" else "val_balanced_accuracy",
         early_stopping_patience=args.patience, max_minutes=args.max_minutes, reduce_lr_patience=args.reduce_lr_patience, reduce_lr_factor=0.3, seed=args.seed,
+        train_batchnorm=args.train_batchnorm,
     )
     root = data_dir(args.data)
     split = training_split(task, root, args.split_csv)
     args.out.mkdir(parents=True, exist_ok=True)
     write_split_csv(split, args.out / "split.csv", root)
-    model = build_model(args.arch, task, args.weights)
+    model = build_model(args.arch, task, args.weights, args.train_batchnorm)
     if args.init_weights:
         model.load_weights(args.init_weights)
     record = fit(model, task, split, args.out, settings, AUGMENTATIONS[task], input_size_of(args.arch))

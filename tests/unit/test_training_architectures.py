@@ -205,3 +205,24 @@ def test_he_init_keeps_the_5_block_cnns_activations_from_vanishing():
 
     assert block5_variance("pneumonia_cnn_5block") < 1e-8
     assert block5_variance("pneumonia_cnn_5block_he") > 1e-4
+
+
+def test_mobilenet_v2_with_train_batchnorm_learns_its_batch_statistics_too():
+    if not weights_dir().is_dir():
+        pytest.skip(f"MobileNetV2 .npy weights not found at {weights_dir()} (set DRTECH_WEIGHTS_DIR)")
+    keras.utils.set_random_seed(0)
+    model = build("mobilenet_v2_finetuned", n_classes=2, finetune_blocks=1, train_batchnorm=True)
+
+    trainable = sorted({layer.name for layer in model.layers if layer.trainable and layer.weights})
+    assert trainable == ["Conv_1", "Conv_1_bn", "block_16_depthwise", "block_16_depthwise_BN",
+                         "block_16_expand", "block_16_expand_BN", "block_16_project", "block_16_project_BN",
+                         "probabilities"]
+    assert model.get_layer("block_16_project_BN").momentum == 0.99
+    assert model.get_layer("block_15_project_BN").momentum == 0.999   # frozen: Keras' own
+
+    _, before, after = _one_training_step(model)
+
+    running_mean = [i for i, w in enumerate(model.weights) if w.path == "block_16_project_BN/moving_mean"][0]
+    frozen_mean = [i for i, w in enumerate(model.weights) if w.path == "block_15_project_BN/moving_mean"][0]
+    assert not np.array_equal(before[running_mean], after[running_mean])
+    assert np.array_equal(before[frozen_mean], after[frozen_mean])

@@ -259,3 +259,8 @@ def test_train_takes_a_finetune_run_as_its_backbone(tmp_path):
     assert info["best_epoch"] == 4 and len(info["weights_sha256"]) == 64
     with pytest.raises(ValueError, match="not bone"):
         _end_to_end_backbone("bone", run / "model.weights.h5", None)
+
+
+def test_train_batchnorm_is_refused_for_an_architecture_it_does_not_apply_to():
+    with pytest.raises(ValueError, match="applies to mobilenet_v2_finetuned"):
+        finetune.build_model("skin_cnn_75x100", "skin", None, train_batchnorm=True)

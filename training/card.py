@@ -105,7 +105,9 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
     data = MURA_DATA if mura else TASK_DATA[task]
     backbone = "MobileNetV2 (alpha 1.0, 224x224), ImageNet weights (TF-slim checkpoint, Apache 2.0)"
     if finetune:
-        backbone += f", last {finetune['blocks']} block(s) + Conv_1 fine-tuned (BatchNorm frozen)"
+        # Runs from before --train-batchnorm have no "batchnorm": theirs was frozen
+        backbone += (f", last {finetune['blocks']} block(s) + Conv_1 fine-tuned "
+                     f"({finetune.get('batchnorm', 'BatchNorm frozen')})")
     else:
         backbone += ", frozen"
     heads_text = "global average pool -> dropout 0.3 -> Dense(C, softmax)"

@@ -82,8 +82,10 @@ def _end_to_end_backbone(task: str, weights_file: Path, imagenet_weights: str | 
     backbone = keras.Model(model.input, model.get_layer("gap").input, name="mobilenet_v2_finetuned_backbone")
     kernel, bias = (np.asarray(w) for w in model.get_layer("probabilities").get_weights())
     head = TrainedHead(kernel, bias, l2=0.0, val_score=float("nan"), epochs=record["best_epoch"])
+    batchnorm = "BatchNorm trained" if record["settings"].get("train_batchnorm") else "BatchNorm frozen"
     info = {
-        "blocks": 16, "end_to_end": "python -m training.finetune (all blocks + Conv_1, BatchNorm frozen)",
+        "blocks": 16, "batchnorm": batchnorm,
+        "end_to_end": f"python -m training.finetune (all blocks + Conv_1, {batchnorm})",
         "weights_sha256": hashlib.sha256(weights_file.read_bytes()).hexdigest(),
         "device": record["device"], "keras_backend": record["keras_backend"],
         "fit_seconds": record["fit_seconds"], "best_epoch": record["best_epoch"],

@@ -14,7 +14,7 @@ REPORT_VAL = {"n": 4, "ece_before": 0.21, "ece_after": 0.04, "nll_before": 0.9, 
 REPORT_TEST = {"n": 2, "ece_before": 0.25, "ece_after": 0.06, "nll_before": 1.1, "nll_after": 0.4}
 
 
-def _card(tmp_path: Path, **extra) -> dict:
+def _card(tmp_path: Path, finetune: dict | None = None, **extra) -> dict:
     split = [SplitRecord(Record(tmp_path / f"img{i}.jpeg", label, f"person{i}"), name)
              for i, (label, name) in enumerate([("NORMAL", "train"), ("PNEUMONIA", "train"),
                                                  ("NORMAL", "val"), ("PNEUMONIA", "test")])]
@@ -23,7 +23,7 @@ def _card(tmp_path: Path, **extra) -> dict:
         task="pneumonia", split=split, validation={"accuracy": 1.0},
         test={"task": "pneumonia", "n": 2, "labels": ["NORMAL", "PNEUMONIA"], "accuracy": metric,
               "confusion_matrix": [[1, 0], [1, 0]]},
-        heads={"probabilities": {"l2": 0.0}}, finetune=None, parameters=10, timing={"a_seconds": 1.0},
+        heads={"probabilities": {"l2": 0.0}}, finetune=finetune, parameters=10, timing={"a_seconds": 1.0},
         augmentation="none", parity={"probabilities": 1e-6}, parity_images=2,
         interface={"outputs": [("probabilities", ["N", 2], "tensor(float)")]}, model_bytes=100,
         data_root=tmp_path, **extra)
@@ -58,3 +58,11 @@ def test_a_card_from_before_calibration_still_renders(tmp_path: Path):
 
     markdown = (tmp_path / "card.md").read_text(encoding="utf-8")
     assert "## Calibration" not in markdown and "## Limitations" in markdown
+
+
+def test_the_backbone_line_says_whether_batchnorm_was_trained(tmp_path: Path):
+    trained = _card(tmp_path, finetune={"blocks": 16, "batchnorm": "BatchNorm trained"})
+    older = _card(tmp_path, finetune={"blocks": 10})      # a run from before --train-batchnorm
+
+    assert trained["architecture"]["backbone"].endswith("last 16 block(s) + Conv_1 fine-tuned (BatchNorm trained)")
+    assert older["architecture"]["backbone"].endswith("last 10 block(s) + Conv_1 fine-tuned (BatchNorm frozen)")

@@ -257,8 +257,30 @@ def test_train_takes_a_finetune_run_as_its_backbone(tmp_path):
     expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     np.testing.assert_allclose(expected, np.asarray(model(x)), atol=1e-5)
     assert info["best_epoch"] == 4 and len(info["weights_sha256"]) == 64
+    assert info["batchnorm"] == "BatchNorm frozen"     # the run's settings predate --train-batchnorm
     with pytest.raises(ValueError, match="not bone"):
         _end_to_end_backbone("bone", run / "model.weights.h5", None)
+
+
+def test_the_card_says_whether_the_runs_batchnorm_learned(tmp_path):
+    if not weights_dir().is_dir():
+        pytest.skip(f"MobileNetV2 weights not found at {weights_dir()} (set DRTECH_WEIGHTS_DIR)")
+    from training.architectures import mobilenet_v2_finetuned
+    from training.train import _end_to_end_backbone
+
+    run = tmp_path / "run"
+    run.mkdir()
+    mobilenet_v2_finetuned(7, finetune_blocks=16, train_batchnorm=True).save_weights(run / "model.weights.h5")
+    (run / "history.json").write_text(json.dumps({
+        "task": "skin", "settings": {"arch": "mobilenet_v2_finetuned", "monitor": "val_balanced_accuracy",
+                                     "train_batchnorm": True},
+        "augmentation": {}, "best_epoch": 1, "epochs_run": 1, "best_validation_score": 0.5,
+        "fit_seconds": 1.0, "device": "GPU", "keras_backend": "torch"}))
+
+    _, _, info = _end_to_end_backbone("skin", run / "model.weights.h5", None)
+
+    assert info["batchnorm"] == "BatchNorm trained"
+    assert "BatchNorm trained" in info["end_to_end"]
 
 
 def test_train_batchnorm_is_refused_for_an_architecture_it_does_not_apply_to():

@@ -1,7 +1,7 @@
 """Which model service an upload goes to.
 
-An explicit exam type wins. For `auto`, a DICOM upload is routed from its header (Modality and
-BodyPartExamined); anything else (a JPEG or PNG, or a DICOM whose header does not say) goes to the
+An explicit exam type wins. For `auto`, a DICOM upload is routed from its header (Modality and, for
+radiographs, BodyPartExamined); anything else (a CT, MR or ultrasound whatever the body part, a JPEG or PNG, or a DICOM whose header does not say) goes to the
 router model service (gateway/auto_routing.py), which also refuses images that are none of the three.
 """
 
@@ -50,11 +50,20 @@ _SKIN_PARTS = {"SKIN"}
 _SKIN_MODALITIES = {"XC", "DMS"}
 
 
+# Projection radiography (DR: retired, still written by older systems), and the modalities that do
+# not name the acquisition (other, secondary capture): only these let the body part route an upload.
+_BODY_PART_MODALITIES = {"CR", "DX", "RG", "DR", "", "OT", "SC"}
+
+
 def route_dicom(tags: Mapping[str, str]) -> str | None:
     """The exam type a DICOM header points to, or None when it does not say."""
     modality = tags.get("Modality", "").strip().upper()
     part = " ".join(tags.get("BodyPartExamined", "").replace("_", " ").split()).upper()
-    if modality in _SKIN_MODALITIES or part in _SKIN_PARTS:
+    if modality in _SKIN_MODALITIES:
+        return "skin_lesion"
+    if modality not in _BODY_PART_MODALITIES:
+        return None  # a chest CT or a knee MR is not a radiograph: the router model decides (and refuses)
+    if part in _SKIN_PARTS:
         return "skin_lesion"
     if part in _CHEST_PARTS:
         return "chest_xray"

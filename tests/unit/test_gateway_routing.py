@@ -26,6 +26,8 @@ def test_an_explicit_exam_type_wins_over_the_dicom_header(exam_type: str) -> Non
         ({"Modality": "XC"}, "skin_lesion"),
         ({"Modality": "XC", "BodyPartExamined": "ARM"}, "skin_lesion"),
         ({"Modality": "OT", "BodyPartExamined": "SKIN"}, "skin_lesion"),
+        ({"BodyPartExamined": "CHEST"}, "chest_xray"),
+        ({"Modality": "SC", "BodyPartExamined": "KNEE"}, "bone_xray"),
     ],
 )
 def test_auto_routes_dicom_from_modality_and_body_part(tags: dict[str, str], expected: str) -> None:
@@ -35,7 +37,10 @@ def test_auto_routes_dicom_from_modality_and_body_part(tags: dict[str, str], exp
 
 @pytest.mark.parametrize(
     "tags",
-    [{}, {"Modality": "CT", "BodyPartExamined": "HEAD"}, {"Modality": "DX"}, {"BodyPartExamined": "ABDOMEN"}],
+    [{}, {"Modality": "CT", "BodyPartExamined": "HEAD"}, {"Modality": "DX"}, {"BodyPartExamined": "ABDOMEN"},
+     # Not radiographs, whatever the body part: the router model looks at the image instead
+     {"Modality": "CT", "BodyPartExamined": "CHEST"}, {"Modality": "MR", "BodyPartExamined": "KNEE"},
+     {"Modality": "US", "BodyPartExamined": "SKIN"}, {"Modality": "PT", "BodyPartExamined": "CHEST"}],
 )
 def test_auto_does_not_guess_when_the_header_does_not_say(tags: dict[str, str]) -> None:
     assert choose_exam_type(AUTO, "application/dicom", tags) is None

@@ -1,8 +1,9 @@
 """Which model service an upload goes to.
 
 An explicit exam type wins. For `auto`, a DICOM upload is routed from its header (Modality and, for
-radiographs, BodyPartExamined); anything else (a CT, MR or ultrasound whatever the body part, a JPEG or PNG, or a DICOM whose header does not say) goes to the
-router model service (gateway/auto_routing.py), which also refuses images that are none of the three.
+radiographs, BodyPartExamined); anything else (a CT, MR or ultrasound whatever the body part, a JPEG
+or PNG, or a DICOM whose header does not say) goes to the router model service
+(gateway/auto_routing.py), which also refuses images that are none of the three.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from gateway.context import GatewayContext, get_context
 from gateway.errors import ApiError, field_violations, invalid_fields, retry_after_s
 from gateway.serialization import iso_utc, user_json
 from protos.drtech.v1 import auth_pb2
-from services.auth.validation import ValidationError, validate_sign_up
+from services.auth.validation import EMAIL_MAX_LENGTH, PASSWORD_MAX_LENGTH, ValidationError, validate_sign_up
 
 router = APIRouter(prefix="/api/v1")
 
@@ -176,7 +176,10 @@ async def check_sign_up(body: SignUpDraft) -> dict[str, dict[str, str]]:
 
 @router.post("/auth/login")
 async def log_in(body: LogInBody, request: Request, response: Response, ctx: ContextDep) -> dict:
-    login = auth_pb2.LogInRequest(email=body.email, password=body.password, client_ip=client_ip(request))
+    # Nothing longer than the longest valid email or password can log in: cut there, a megabyte of
+    # password fails as any wrong one does, not as a gRPC message over the auth service's limit.
+    login = auth_pb2.LogInRequest(email=body.email[:EMAIL_MAX_LENGTH + 1],
+                                  password=body.password[:PASSWORD_MAX_LENGTH + 1], client_ip=client_ip(request))
     try:
         session = await ctx.backends.auth.LogIn(login, timeout=ctx.settings.auth_timeout_s)
     except grpc.aio.AioRpcError as error:
@@ -188,11 +191,13 @@ async def log_in(body: LogInBody, request: Request, response: Response, ctx: Con
         }:
             # One message whether or not the email exists.
             raise ApiError(401, BAD_CREDENTIALS, headers={"WWW-Authenticate": "Bearer"}) from None
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        retry_after = retry_after_s(error)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is not None:
+            # The throttle (it says when to retry); any other RESOURCE_EXHAUSTED is no throttling
             raise ApiError(
                 429,
                 error.details() or "Too many failed log-ins; try again later.",
-                headers={"Retry-After": str(retry_after_s(error) or 60)},
+                headers={"Retry-After": str(retry_after)},
             ) from None
         if is_unreachable(error):
             raise unavailable("authentication") from None

@@ -240,6 +240,14 @@ def test_bad_credentials_get_the_same_401_whether_or_not_the_email_exists(client
     assert wrong_password.json() == unknown_email.json() == {"detail": "Incorrect email or password."}
 
 
+def test_a_megabyte_of_email_or_password_is_a_wrong_log_in_not_a_throttle(client: httpx.Client) -> None:
+    account = sign_up(client)
+    huge_password = client.post("/api/v1/auth/login", json={"email": account["email"], "password": "x" * 1_200_000})
+    huge_email = client.post("/api/v1/auth/login", json={"email": "a" * 1_200_000 + "@b.co", "password": PASSWORD})
+    assert huge_password.status_code == huge_email.status_code == 401
+    assert huge_password.json() == huge_email.json() == {"detail": "Incorrect email or password."}
+
+
 def test_repeated_failed_log_ins_are_throttled_with_429(client: httpx.Client) -> None:
     account = sign_up(client)
     codes = [

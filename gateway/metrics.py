@@ -10,6 +10,8 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
 
 class GatewayMetrics:
     def __init__(self) -> None:
@@ -64,6 +66,8 @@ class MetricsMiddleware:
             route = scope.get("route")
             # The template ("/api/v1/diagnoses/{diagnosis_id}"), never the raw path: bounded label values.
             template = getattr(route, "path", None) or "unmatched"
+            # Clients choose the method too: an unknown one is "OTHER", or each would be a new series
             method = scope.get("method", "")
+            method = method if method in HTTP_METHODS else "OTHER"
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)

@@ -231,6 +231,14 @@ def test_metrics_count_requests_by_route_template_and_status(client: TestClient)
     assert "drtech_diagnoses_total" in text
 
 
+def test_made_up_methods_share_one_metrics_series(client: TestClient) -> None:
+    for index in range(3):
+        client.request(f"FOO{index}", "/healthz")
+    text = client.get("/metrics").text
+    assert "FOO" not in text
+    assert 'drtech_http_requests_total{method="OTHER",route="/healthz",status="405"} 3.0' in text
+
+
 @pytest.mark.parametrize("path", PAGES)
 def test_every_page_says_not_for_clinical_use_and_loads_nothing_from_elsewhere(
     client: TestClient, path: str

@@ -310,12 +310,13 @@ async def delete_diagnosis(diagnosis_id: str, caller: CallerDep, ctx: ContextDep
     return Response(status_code=204)
 
 
-def render_png(data: bytes, max_side: int | None = None) -> bytes:
+def render_png(data: bytes, max_side: int | None = None, limits: ImageLimits = ImageLimits()) -> bytes:
     """A PNG of the decoded image (at most `max_side` px a side when given); 422 when the pixels
     cannot be decoded (a truncated PNG, a DICOM with less pixel data than its header says), which
-    the header check alone does not catch. Blocking."""
+    the header check alone does not catch. `limits`: the upload limits the image was accepted
+    under. Blocking."""
     try:
-        image = decode_image(data)
+        image = decode_image(data, limits=limits)
     except InvalidImage as error:
         raise ApiError(422, f"The image cannot be shown: {error}.") from None
     pixels = image.width * image.height
@@ -330,7 +331,8 @@ def render_png(data: bytes, max_side: int | None = None) -> bytes:
 
 async def rendered_png(ctx: GatewayContext, data: bytes, max_side: int | None = None) -> bytes:
     """render_png in a worker thread, at most `settings.concurrent_renders` at a time."""
-    return await anyio.to_thread.run_sync(render_png, data, max_side, limiter=ctx.renders)
+    limits = ImageLimits(max_bytes=ctx.settings.max_upload_bytes)
+    return await anyio.to_thread.run_sync(render_png, data, max_side, limits, limiter=ctx.renders)
 
 
 _PRIVATE = {"Cache-Control": "private, max-age=3600"}

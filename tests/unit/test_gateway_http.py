@@ -7,12 +7,15 @@ never called by these requests (they fail before any gRPC call is made).
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
@@ -311,7 +314,7 @@ def test_image_renders_run_at_most_the_configured_number_at_a_time(monkeypatch: 
     active, most, limit = 0, 0, 1
     lock = threading.Lock()
 
-    def slow_render(data: bytes, max_side: int | None = None) -> bytes:
+    def slow_render(data: bytes, max_side: int | None = None, limits: object = None) -> bytes:
         nonlocal active, most
         with lock:
             active += 1
@@ -328,7 +331,8 @@ def test_image_renders_run_at_most_the_configured_number_at_a_time(monkeypatch: 
     monkeypatch.setattr(diagnoses, "render_png", slow_render)
 
     async def render_many() -> list[bytes]:
-        ctx = SimpleNamespace(renders=anyio.CapacityLimiter(limit))
+        ctx = SimpleNamespace(renders=anyio.CapacityLimiter(limit),
+                              settings=SimpleNamespace(max_upload_bytes=20 * 1024 * 1024))
         results: list[bytes] = []
 
         async def one(index: int) -> None:
@@ -388,3 +392,26 @@ def test_plots_are_only_plain_png_files_directly_in_a_known_models_folder(tmp_pa
     assert plot_names(tmp_path, "gateway") == []           # not a model
     assert plot_names(tmp_path, "../pneumonia") == []
     assert plot_names(tmp_path / "nowhere", "pneumonia") == []
+
+
+def test_an_image_accepted_under_a_raised_upload_limit_can_be_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The render decodes under the gateway's own limit, not the 20 MiB default."""
+    from types import SimpleNamespace
+
+    import anyio
+
+    from gateway import diagnoses
+
+    big = io.BytesIO()
+    # Random pixels do not compress: a PNG over 20 MiB
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (2800, 2800, 3), dtype=np.uint8)).save(
+        big, format="PNG", compress_level=0)
+    data = big.getvalue()
+    assert len(data) > 20 * 1024 * 1024
+    ctx = SimpleNamespace(renders=anyio.CapacityLimiter(1),
+                          settings=SimpleNamespace(max_upload_bytes=32 * 1024 * 1024))
+
+    png = anyio.run(diagnoses.rendered_png, ctx, data, 64)
+
+    with Image.open(io.BytesIO(png)) as shown:
+        assert shown.size == (64, 64)

@@ -421,10 +421,19 @@ def main(argv: list[str] | None = None) -> int:
         early_stopping_patience=args.patience, max_minutes=args.max_minutes, reduce_lr_patience=args.reduce_lr_patience, reduce_lr_factor=0.3, seed=args.seed,
         train_batchnorm=args.train_batchnorm,
     )
+    if args.train_batchnorm and args.arch != "mobilenet_v2_finetuned":
+        parser.error(f"--train-batchnorm applies to mobilenet_v2_finetuned, not {args.arch}")
     root = data_dir(args.data)
+    if task == "bone" and uses_mura(task, root):
+        parser.error(f"{root} holds MURA-v1.1: training.finetune trains bone on the knee KL grades only; "
+                     "train MURA's normal/abnormal model with python -m training.train --task bone")
     split = training_split(task, root, args.split_csv)
     args.out.mkdir(parents=True, exist_ok=True)
     write_split_csv(split, args.out / "split.csv", root)
+    # Before the model is built: its new head's initial weights and dropout draw from this seed too
+    import keras
+
+    keras.utils.set_random_seed(args.seed)
     model = build_model(args.arch, task, args.weights, args.train_batchnorm)
     if args.init_weights:
         model.load_weights(args.init_weights)

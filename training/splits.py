@@ -126,3 +126,18 @@ def read_split_csv(path: Path, data_root: Path) -> list[SplitRecord]:
             raise ValueError(f"{path} line {line}: split {row['split']!r} is not one of {SPLITS}")
     return [SplitRecord(Record(Path(data_root) / row["path"], row["label"], row["group"]), row["split"])
             for row in rows]
+
+
+def assert_trained_on_split(run_split_csv: Path, split: Sequence[SplitRecord], data_root: Path) -> None:
+    """A fine-tuning run (its `split.csv`) trained and chose its epoch on exactly the train and val
+    rows of `split`: a backbone that saw a validation or test image cannot be scored on it."""
+    if not Path(run_split_csv).is_file():
+        raise FileNotFoundError(f"{run_split_csv} is missing: the run's split cannot be checked against "
+                                "this one (training.finetune writes it beside model.weights.h5)")
+    seen = {item.record.path: item.split for item in read_split_csv(run_split_csv, data_root)
+            if item.split in ("train", "val")}
+    expected = {item.record.path: item.split for item in split if item.split in ("train", "val")}
+    if seen != expected:
+        moved = sorted(str(path) for path in seen.keys() | expected.keys() if seen.get(path) != expected.get(path))
+        raise ValueError(f"{run_split_csv}: the run's train/val rows differ from this split's in {len(moved)} "
+                         f"images, e.g. {moved[0]}: train it with --split-csv on this split")

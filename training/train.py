@@ -43,7 +43,7 @@ from training.features import MID_LAYER, Features, extract, load_image
 from training.heads import TrainedHead, finetune_top, pooled_from_mid, softmax_probabilities, train_head
 from training.metrics import binary_metrics, multiclass_metrics, point_values
 from training.paths import MODEL_VERSION, PROJECT_ROOT, VERSION_PATTERN, data_dir
-from training.splits import SEED, counts, write_split_csv
+from training.splits import SEED, assert_trained_on_split, counts, write_split_csv
 from training.inference import run_onnx
 from training.tasks import SPECS, label_index, load_split, uses_mura
 
@@ -82,7 +82,10 @@ def _end_to_end_backbone(task: str, weights_file: Path, imagenet_weights: str | 
     backbone = keras.Model(model.input, model.get_layer("gap").input, name="mobilenet_v2_finetuned_backbone")
     kernel, bias = (np.asarray(w) for w in model.get_layer("probabilities").get_weights())
     head = TrainedHead(kernel, bias, l2=0.0, val_score=float("nan"), epochs=record["best_epoch"])
-    batchnorm = "BatchNorm trained" if record["settings"].get("train_batchnorm") else "BatchNorm frozen"
+    # Trained in this run or in any run it continued from
+    runs = [record, *record.get("previous_runs", [])]
+    batchnorm = ("BatchNorm trained" if any(run["settings"].get("train_batchnorm") for run in runs)
+                 else "BatchNorm frozen")
     info = {
         "blocks": 16, "batchnorm": batchnorm,
         "end_to_end": f"python -m training.finetune (all blocks + Conv_1, {batchnorm})",
@@ -94,6 +97,17 @@ def _end_to_end_backbone(task: str, weights_file: Path, imagenet_weights: str | 
         "augmentation": record["augmentation"], "previous_runs": record.get("previous_runs", []),
     }
     return backbone, head, info
+
+
+def choose_head(refit: TrainedHead, jointly_trained: TrainedHead | None,
+                finetune_info: dict | None) -> tuple[TrainedHead, str, str]:
+    """(head, where it came from, its class weighting): the head refit on the pooled features (balanced
+    class weights), or the one trained with the fine-tuned blocks when it scored higher on validation."""
+    if jointly_trained is None or jointly_trained.val_score <= refit.val_score:
+        return refit, "head refit on pooled features", "balanced"
+    # An end-to-end run's head learned with that run's class weights (--finetune-blocks: balanced)
+    weighting = (finetune_info or {}).get("settings", {}).get("class_weight", "balanced")
+    return jointly_trained, "head trained jointly with the fine-tuned blocks", weighting
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--backbone-weights is already fine-tuned end to end: leave out --finetune-blocks")
     feature_name = task
     if args.backbone_weights:
+        assert_trained_on_split(args.backbone_weights.parent / "split.csv", split, root)
         backbone, end_to_end_head, finetune_info = _end_to_end_backbone(task, args.backbone_weights, args.weights)
         feature_name = f"{task}-{finetune_info['weights_sha256'][:12]}"
     else:
@@ -213,16 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     y = np.array([-1 if label_index(task, lab) is None else label_index(task, lab) for lab in dataset_labels])
     used = y >= 0
     tr, va = is_train & used, ~is_train & used
-    head = refit_head = train_head(pooled[tr], y[tr], pooled[va], y[va], len(spec.labels), _balanced_accuracy,
-                                   seed=SEED)
-    head_source = "head refit on pooled features"
-    if finetune_info and not has_kl and finetune_head.val_score > head.val_score:
-        # The head trained jointly with the fine-tuned blocks can beat one refit on their output.
-        head, head_source = finetune_head, "head trained jointly with the fine-tuned blocks"
+    refit_head = train_head(pooled[tr], y[tr], pooled[va], y[va], len(spec.labels), _balanced_accuracy, seed=SEED)
+    # Bone's jointly trained head is a KL head: a candidate for the KL head below, not this one
+    jointly_trained = finetune_head if finetune_info and not has_kl else None
+    head, head_source, head_class_weight = choose_head(refit_head, jointly_trained, finetune_info)
     val_probabilities = softmax_probabilities(pooled[va], head.kernel, head.bias)
     metric_set = multiclass_metrics(spec.label_codes, "mel") if task == "skin" else binary_metrics()
     validation = point_values(metric_set, y[va], val_probabilities)
-    heads_info = {"probabilities": {"l2": head.l2, "epochs": head.epochs, "class_weight": "balanced",
+    heads_info = {"probabilities": {"l2": head.l2, "epochs": head.epochs, "class_weight": head_class_weight,
                                     "dropout": 0.3, "source": head_source,
                                     "selected_by": "validation balanced accuracy"}}
     kl_kernel = kl_bias = kl_head = None

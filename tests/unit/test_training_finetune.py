@@ -282,7 +282,62 @@ def test_the_card_says_whether_the_runs_batchnorm_learned(tmp_path):
     assert info["batchnorm"] == "BatchNorm trained"
     assert "BatchNorm trained" in info["end_to_end"]
 
+    # Continued without the flag from a run that trained it: its BatchNorm was still trained
+    record = json.loads((run / "history.json").read_text())
+    record["settings"]["train_batchnorm"] = False
+    record["previous_runs"] = [{"settings": {"train_batchnorm": True}}]
+    (run / "history.json").write_text(json.dumps(record))
+    assert _end_to_end_backbone("skin", run / "model.weights.h5", None)[2]["batchnorm"] == "BatchNorm trained"
+
 
 def test_train_batchnorm_is_refused_for_an_architecture_it_does_not_apply_to():
     with pytest.raises(ValueError, match="applies to mobilenet_v2_finetuned"):
         finetune.build_model("skin_cnn_75x100", "skin", None, train_batchnorm=True)
+
+
+def test_a_seeded_run_starts_from_the_same_head_every_time(tmp_path, monkeypatch):
+    from training.splits import write_split_csv
+
+    write_split_csv(_tiny_skin_split(tmp_path), tmp_path / "split.csv", tmp_path)
+    started: list[np.ndarray] = []
+
+    def record_start(model, *args, **kwargs):
+        started.append(model.get_layer("probabilities").get_weights()[0])
+        return {"best_epoch": 1, "epochs_run": 1, "best_validation_score": 0.5, "fit_seconds": 0.0, "device": "x"}
+
+    monkeypatch.setattr(finetune, "fit", record_start)
+    monkeypatch.setattr(finetune, "build_model", lambda *args: _tiny_classifier())
+    for run in ("a", "b"):
+        keras.utils.set_random_seed(len(started) + 100)     # whatever came before the run
+        finetune.main(["--task", "skin", "--arch", "skin_cnn_75x100", "--data", str(tmp_path), "--seed", "5",
+                       "--split-csv", str(tmp_path / "split.csv"), "--out", str(tmp_path / run)])
+
+    np.testing.assert_array_equal(started[0], started[1])
+
+
+def test_finetune_refuses_mura_and_misplaced_flags_before_writing_anything(tmp_path, capsys):
+    (tmp_path / "MURA-v1.1").mkdir()
+    with pytest.raises(SystemExit):
+        finetune.main(["--task", "bone", "--data", str(tmp_path), "--out", str(tmp_path / "mura-run")])
+    assert "knee KL grades only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        finetune.main(["--task", "skin", "--arch", "skin_cnn_75x100", "--train-batchnorm",
+                       "--data", str(tmp_path), "--out", str(tmp_path / "cnn-run")])
+    assert "applies to mobilenet_v2_finetuned" in capsys.readouterr().err
+    assert not (tmp_path / "mura-run").exists() and not (tmp_path / "cnn-run").exists()
+
+
+def test_the_card_names_the_class_weights_of_the_head_that_won():
+    from training.heads import TrainedHead
+    from training.train import choose_head
+
+    def head(score: float) -> TrainedHead:
+        return TrainedHead(np.zeros((4, 2)), np.zeros(2), l2=0.0, val_score=score, epochs=1)
+
+    refit, run = head(0.70), head(0.72)
+    assert choose_head(refit, run, {"settings": {"class_weight": "none"}})[1:] == \
+        ("head trained jointly with the fine-tuned blocks", "none")
+    assert choose_head(refit, run, {"blocks": 10})[2] == "balanced"      # --finetune-blocks trains balanced
+    assert choose_head(refit, head(0.69), {"settings": {"class_weight": "none"}})[1:] == \
+        ("head refit on pooled features", "balanced")
+    assert choose_head(refit, None, None)[0] is refit

@@ -10,7 +10,7 @@ import pytest
 
 from training.datasets import Record
 from training.splits import (
-    SplitRecord, assert_no_group_leakage, read_split_csv, train_val_split_with_given_test, train_val_test_split,
+    SplitRecord, assert_no_group_leakage, assert_trained_on_split, read_split_csv, train_val_split_with_given_test, train_val_test_split,
     write_split_csv,
 )
 
@@ -140,3 +140,23 @@ def test_a_split_csv_path_outside_the_data_root_is_refused(tmp_path, bad):
     (tmp_path / "split.csv").write_text(f"path,label,group,split\nimages/a.jpg,nv,L1,train\n{bad},nv,L2,val\n")
     with pytest.raises(ValueError, match="line 3: .* is not a path inside the data root"):
         read_split_csv(tmp_path / "split.csv", tmp_path)
+
+
+def test_a_backbone_is_scored_only_on_the_split_it_was_trained_on(tmp_path):
+    root = tmp_path / "data"
+    split = train_val_test_split(_records(40, root=root))
+    run = tmp_path / "run"
+    write_split_csv(split, run / "split.csv", root)
+    assert_trained_on_split(run / "split.csv", split, root)      # the same rows: fine
+
+    # The run chose its epoch on an image this split trains on, or trained on a test image
+    for moved_from, moved_to in (("val", "train"), ("test", "train")):
+        index = next(i for i, item in enumerate(split) if item.split == moved_from)
+        other = [*split[:index], SplitRecord(split[index].record, moved_to), *split[index + 1:]]
+        write_split_csv(other, run / "split.csv", root)
+        with pytest.raises(ValueError, match="differ from this split's in 1 images"):
+            assert_trained_on_split(run / "split.csv", split, root)
+
+    (run / "split.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="split cannot be checked"):
+        assert_trained_on_split(run / "split.csv", split, root)

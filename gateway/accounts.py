@@ -16,10 +16,11 @@ import grpc
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import AfterValidator, BaseModel
 from pydantic_core import PydanticCustomError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.backend_errors import is_unreachable, to_api_error, unavailable
 from gateway.context import GatewayContext, get_context
-from gateway.errors import ApiError, field_violations, invalid_fields, retry_after_s
+from gateway.errors import ApiError, error_response, field_violations, invalid_fields, retry_after_s
 from gateway.serialization import iso_utc, user_json
 from protos.drtech.v1 import auth_pb2
 from services.auth.validation import EMAIL_MAX_LENGTH, PASSWORD_MAX_LENGTH, ValidationError, validate_sign_up
@@ -115,6 +116,9 @@ async def authenticate_token(ctx: GatewayContext, token: str) -> auth_pb2.User:
 
 
 async def current_caller(request: Request, ctx: Annotated[GatewayContext, Depends(get_context)]) -> Caller:
+    known = getattr(request.state, "caller", None)
+    if known is not None:       # authenticated before the body was read (AuthenticateUploadsFirst)
+        return known
     found = token_from_request(request, ctx.settings.cookie_name)
     if found is None:
         raise ApiError(401, NOT_AUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
@@ -125,6 +129,31 @@ async def current_caller(request: Request, ctx: Annotated[GatewayContext, Depend
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]
+
+# POST routes that take an upload: FastAPI reads a form before it resolves dependencies.
+UPLOAD_PATHS = frozenset({"/api/v1/diagnoses", "/api/v1/previews"})
+
+
+class AuthenticateUploadsFirst:
+    """ASGI middleware: an upload's caller is authenticated before its body is read, so a client
+    without a valid session gets its 401 (or 403) at once, without the gateway receiving and spooling
+    up to the upload limit first. The endpoint's CallerDep then finds the caller in request.state."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in UPLOAD_PATHS:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)        # no receive: the body stays unread
+        try:
+            caller = await current_caller(request, get_context(request))
+        except ApiError as error:
+            await error_response(error.status_code, error.detail, error.errors, error.headers)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["caller"] = caller
+        await self.app(scope, receive, send)
 ContextDep = Annotated[GatewayContext, Depends(get_context)]
 
 

@@ -163,7 +163,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(previews.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    # Outermost last: size limit, then security headers, then metrics (which sees the final status).
+    # Outermost last: size limit, then security headers, then metrics (which sees the final status),
+    # then uploads' authentication, before their body is read.
+    app.add_middleware(accounts.AuthenticateUploadsFirst)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + _FORM_OVERHEAD_BYTES)

@@ -174,12 +174,11 @@ def test_an_upload_over_the_limit_is_413_before_it_is_read(client: TestClient) -
     assert "limit" in reply.json()["detail"]
 
 
-def test_a_chunked_upload_over_the_limit_is_413_without_reading_the_rest(settings: GatewaySettings) -> None:
+def test_a_chunked_body_over_the_limit_is_413_without_reading_the_rest(settings: GatewaySettings) -> None:
     """No Content-Length to refuse by: the bytes are counted and reading stops at the limit, before
-    the form is parsed or the caller authenticated (driven at the ASGI level, since the test client
-    would buffer the whole body first)."""
-    head = (b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
-            b"Content-Type: image/jpeg\r\n\r\n")
+    the body is parsed (driven at the ASGI level, since the test client would buffer the whole body
+    first). A log-in, since an upload's caller is authenticated before its body is read (below)."""
+    head = b'{"email": "a@b.co", "password": "'
     chunks_read = 0
     replies: list[dict] = []
 
@@ -194,9 +193,9 @@ def test_a_chunked_upload_over_the_limit_is_413_without_reading_the_rest(setting
 
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/api/v1/diagnoses", "raw_path": b"/api/v1/diagnoses",
+        "scheme": "http", "path": "/api/v1/auth/login", "raw_path": b"/api/v1/auth/login",
         "root_path": "", "query_string": b"", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000),
-        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"multipart/form-data; boundary=xyz"),
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
                     (b"transfer-encoding", b"chunked")],
     }
     asyncio.run(create_app(settings)(scope, receive, send))
@@ -415,3 +414,31 @@ def test_an_image_accepted_under_a_raised_upload_limit_can_be_shown(monkeypatch:
 
     with Image.open(io.BytesIO(png)) as shown:
         assert shown.size == (64, 64)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/diagnoses", "/api/v1/previews"])
+@pytest.mark.parametrize(("headers", "status"), [([], 401), ([(b"cookie", b"drtech_session=abc")], 403)],
+                         ids=["no-session", "cookie-without-csrf-header"])
+def test_an_upload_without_a_valid_session_is_refused_before_its_body_is_read(
+    client: TestClient, path: str, headers: list[tuple[bytes, bytes]], status: int
+) -> None:
+    chunks_read = 0
+
+    async def receive() -> dict:
+        nonlocal chunks_read
+        chunks_read += 1
+        return {"type": "http.request", "body": b"--x\r\n" + b"a" * 1000, "more_body": chunks_read < 3}
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=x"), *headers],
+             "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 5),
+             "root_path": ""}
+    client.portal.call(client.app, scope, receive, send)
+
+    assert sent[0]["status"] == status
+    assert chunks_read == 0

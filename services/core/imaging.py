@@ -576,8 +576,9 @@ def _can_decode(transfer_syntax: Any) -> bool:
 def _voi_output_range(values: np.ndarray, dataset: Any) -> tuple[float, float]:
     from pydicom import pixels
 
-    if "WindowCenter" not in dataset:
-        # VOI LUT sequence: its output is clamped to the table's entries.
+    if "VOILUTSequence" in dataset or "WindowCenter" not in dataset:
+        # pydicom applied the VOI LUT (it wins over a window in the same header, as in a viewer):
+        # its output is clamped to the table's entries.
         return float(values.min()), float(values.max())
     extremes = np.array([-1e12, 1e12], dtype=np.float64)
     low, high = (float(v) for v in pixels.apply_voi_lut(extremes, dataset, index=0))

@@ -602,3 +602,20 @@ def test_scans_inside_an_exif_thumbnail_are_not_counted():
     app1 = b"\xff\xe1" + (2 + 6 + len(thumbnail)).to_bytes(2, "big") + b"Exif\x00\x00" + thumbnail
     with_thumbnail = jpeg[:2] + app1 + jpeg[2:]
     assert read_image(with_thumbnail).image.size == (64, 48)
+
+
+def test_a_voi_lut_wins_over_a_window_in_the_same_header_as_in_a_viewer() -> None:
+    """CR and DX files often carry both; pydicom applies the LUT, so its range is the one to show."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    lut = Dataset()
+    lut.LUTDescriptor = [4096, 0, 16]
+    lut.LUTData = np.arange(4095, -1, -1, dtype="<u2").tobytes()     # inverts: its effect is plain to see
+    voi = {"VOILUTSequence": Sequence([lut])}
+
+    lut_only = np.asarray(decode_image(make_dicom(ramp(), extra=voi)))
+    both = np.asarray(decode_image(make_dicom(ramp(), window=(2048.0, 4096.0), extra=voi)))
+
+    assert lut_only[0, 0] == 255 and lut_only[0, -1] == 0
+    np.testing.assert_array_equal(both, lut_only)

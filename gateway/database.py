@@ -7,8 +7,9 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
+
+from services.core.database_url import engine_url
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Our own version table, so the gateway and the auth service can share one PostgreSQL database.
@@ -18,13 +19,13 @@ _MIGRATION_LOCK_ID = 0x64725F6777  # "dr_gw"
 
 
 def create_database_engine(url: str) -> Engine:
-    parsed = make_url(url)
+    parsed = engine_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         # timeout: a writer waits up to 30 s for another's lock (SQLite's busy timeout) instead of
         # failing with "database is locked" when uploads arrive together.
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -37,7 +38,7 @@ def create_database_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(parsed, pool_pre_ping=True)
 
 
 def alembic_config() -> Config:

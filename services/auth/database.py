@@ -10,10 +10,11 @@ from urllib.parse import quote
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
+
+from services.core.database_url import engine_url
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +23,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 def make_engine(database_url: str) -> Engine:
     """An engine for ``database_url``; for a SQLite file, its directory is created first."""
-    url = make_url(database_url)
-    if url.drivername == "postgresql":
-        # A plain postgresql:// URL means psycopg2 to SQLAlchemy; the auth extra installs psycopg 3.
-        url = url.set(drivername="postgresql+psycopg")
+    url = engine_url(database_url)
     if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
 

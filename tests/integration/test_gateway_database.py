@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import inspect
 
 from gateway import records
 from gateway.database import create_database_engine, migrate, session_factory
 from gateway.operations import database_state
 from gateway.records import Diagnosis
+from services.auth.database import make_engine
 
 
 def record(user_id: str, exam_type: str, image: str, minutes: int) -> Diagnosis:
@@ -140,5 +142,16 @@ def test_a_retry_saves_only_onto_a_record_that_still_exists_and_is_still_failed(
         with sessions() as session:
             assert records.save_retry(session, gone) is None
             assert session.get(Diagnosis, gone_id) is None
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("factory", [create_database_engine, make_engine], ids=["gateway", "auth"])
+def test_a_plain_postgresql_url_connects_with_psycopg_3_in_both_services(factory) -> None:
+    # SQLAlchemy reads postgresql:// as psycopg2, which the project does not install.
+    engine = factory("postgresql://postgres@127.0.0.1:9/nowhere")
+    try:
+        assert engine.url.drivername == "postgresql+psycopg"
+        assert engine.dialect.driver == "psycopg"
     finally:
         engine.dispose()

@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from services.core.settings import usable_cores
+
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("bone", "skin", "pneumonia")
 EXAM_TYPES = {"bone": "bone_xray", "skin": "skin_lesion", "pneumonia": "chest_xray"}
@@ -208,7 +210,7 @@ def ceiling(
     single-threaded run per core side by side, at each batch size (no decoding, no RPC)."""
     from services.core.runtime import open_model
 
-    cores = cores or len(os.sched_getaffinity(0))
+    cores = cores or usable_cores()
     spec = replace(spec, model_dir=model_dir)
     rng = np.random.default_rng(0)
     rows: dict[str, dict[str, Any]] = {}
@@ -277,7 +279,7 @@ def session_options(model_dir: Path, spec: Any, seconds: float, cores: int | Non
     one single-threaded run per core, batch 1. Images/s per combination."""
     from services.core.runtime import open_model
 
-    cores = cores or len(os.sched_getaffinity(0))
+    cores = cores or usable_cores()
     spec = replace(spec, model_dir=model_dir)
     rates = {}
     for level in ("basic", "extended", "all"):
@@ -499,7 +501,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.batching:
             print(f"[{first}] serving configurations (workers, threads, micro-batching) ...", flush=True)
             results["batching"] = {}
-            cores = len(os.sched_getaffinity(0))
+            cores = usable_cores()
             for settings in SERVICE_CONFIGURATIONS(cores):
                 service = start_process(f"{first}-variant", ["-m", f"services.{first}", "--port", "0"],
                                         serving_env(port=0, **settings))

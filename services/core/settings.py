@@ -12,6 +12,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MIB = 1024 * 1024
 
 
+
+def usable_cores() -> int:
+    """The CPUs this process may run on: its affinity where the OS has one (Linux), else all."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
 class ServingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DRTECH_SERVING_", extra="ignore")
 
@@ -68,7 +75,7 @@ class ServingSettings(BaseSettings):
 
     def inference_plan(self, cores: int | None = None) -> tuple[int, int]:
         """(model workers, threads per run) from model_workers and intra_op_threads; see above."""
-        cores = cores or len(os.sched_getaffinity(0))
+        cores = cores or usable_cores()
         if self.model_workers:
             return self.model_workers, self.intra_op_threads or 1
         if self.intra_op_threads:

@@ -129,6 +129,17 @@ def test_inference_plan_defaults_to_one_single_threaded_worker_per_core() -> Non
     assert gpu.inference_plan(cores=16) == (1, 0)
 
 
+def test_the_plan_counts_every_cpu_where_the_os_has_no_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS and Windows have no os.sched_getaffinity: make run must still start the model services."""
+    import os
+
+    from services.core.settings import ServingSettings
+
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert ServingSettings().inference_plan() == (6, 1)
+
+
 def test_an_unknown_runtime_is_a_clear_error(tmp_path: Path) -> None:
     from services.core.runtime import open_model
 

@@ -1,7 +1,8 @@
 """Auth tables: users, sessions and failed log-ins. Only the auth service reads or writes them.
 
 A change here needs a new migration in ``services/auth/migrations/versions/``;
-``tests/integration/test_auth_migrations.py`` fails while the two disagree.
+``tests/integration/test_auth_database.py::test_the_models_match_the_migrations`` fails while the
+two disagree.
 """
 
 from __future__ import annotations

@@ -145,6 +145,9 @@ def start_server(settings: AuthSettings | None = None) -> AuthServer:
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
             ("grpc.max_connection_age_grace_ms", int(settings.grace_s * 1000)),
+            # gRPC shares a port on Linux by default: a second auth service (another database) would
+            # take half the log-ins. Fail to start instead, as the model services do.
+            ("grpc.so_reuseport", 0),
         ],
     )
     health_servicer = health.HealthServicer()

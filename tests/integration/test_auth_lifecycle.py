@@ -115,6 +115,18 @@ def test_health_turns_not_serving_as_soon_as_a_graceful_stop_begins(tmp_path: Pa
             stopping.join()
 
 
+def test_a_second_auth_service_cannot_share_the_first_ones_port(tmp_path: Path) -> None:
+    """gRPC sets SO_REUSEPORT on Linux by default: two auth services (two databases) would split the
+    log-ins between them, accounts appearing and vanishing. The second must fail to start instead."""
+    first = start_server(AuthSettings(database_url=f"sqlite:///{tmp_path / 'a.db'}", port=0))
+    try:
+        with pytest.raises((OSError, RuntimeError)):
+            second = start_server(AuthSettings(database_url=f"sqlite:///{tmp_path / 'b.db'}", port=first.port))
+            second.stop(0)
+    finally:
+        first.stop(0)
+
+
 def test_health_follows_the_database_after_start_up(tmp_path: Path) -> None:
     """Health goes NOT_SERVING when the database becomes unreachable, and back when it returns.
 

@@ -68,6 +68,7 @@ class RunningServer:
     host: str
     port: int
     _metrics_http: Any = None
+    _health_server: grpc.Server | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -100,6 +101,8 @@ class RunningServer:
         metrics.READY.labels(self.spec.task).set(0)
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self._health_server is not None:
+            self._health_server.stop(0).wait()    # after the drain: probes see NOT_SERVING throughout
         self.servicer.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -153,16 +156,27 @@ def start_server(
         raise OSError(f"cannot listen on {_address(host, port)} (is the port in use?)")
     server.start()
 
+    health_server = None
+    if settings.health_port:
+        try:
+            health_server = _start_health_server(spec, health_servicer, _address(host, settings.health_port))
+        except OSError:
+            server.stop(0)
+            raise
+
     metrics_http = None
     if settings.metrics_port:
         try:
             metrics_http, _ = start_http_server(settings.metrics_port, addr=host)
         except OSError as error:
             server.stop(0)
+            if health_server is not None:
+                health_server.stop(0)
             address = _address(host, settings.metrics_port)
             raise OSError(f"cannot serve metrics on {address}: {error}") from None
 
-    running = RunningServer(spec, settings, server, health_servicer, servicer, host, bound, metrics_http)
+    running = RunningServer(spec, settings, server, health_servicer, servicer, host, bound, metrics_http,
+                            health_server)
     if load:
         try:
             running.load_model()
@@ -170,6 +184,22 @@ def start_server(
             running.stop(grace=0)
             raise
     return running
+
+
+def _start_health_server(spec: TaskSpec, health_servicer: health.HealthServicer, address: str) -> grpc.Server:
+    """A gRPC server on `address` with only the Health service (the same servicer, so the same
+    statuses) and two threads of its own, which Diagnose calls never hold."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{spec.task}-health"),
+                         options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise OSError(f"cannot serve health on {address}: {error} (is the port in use?)") from None
+    if not bound:
+        raise OSError(f"cannot serve health on {address} (is the port in use?)")
+    server.start()
+    return server
 
 
 def _parse_args(spec: TaskSpec, argv: list[str] | None) -> argparse.Namespace:

@@ -69,6 +69,10 @@ class ServingSettings(BaseSettings):
     # batch. 0: never wait (a lone call pays no extra latency).
     max_batch_wait_ms: float = Field(default=0.0, ge=0)
     metrics_port: int = Field(default=0, ge=0, le=65535)   # Prometheus /metrics over HTTP; 0 = off
+    # A second gRPC port that serves only grpc.health.v1, on threads of its own, for Kubernetes'
+    # probes: Diagnose calls waiting for the pixel budget can hold every worker thread of the main
+    # port, and a probe queued behind them would fail and restart a busy pod. 0 = off.
+    health_port: int = Field(default=0, ge=0, le=65535)
     # Connections are closed after this long so clients re-resolve DNS and spread over new pods.
     max_connection_age_seconds: float = Field(default=300.0, gt=0)
     max_connection_age_grace_seconds: float = Field(default=30.0, ge=0)

@@ -7,8 +7,10 @@ test_model_service_shipped.py runs the same checks against the shipped models.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import socket
 import threading
 import time
 import urllib.request
@@ -377,3 +379,48 @@ def test_concurrent_calls_with_batching_each_get_their_own_answer(fixture_specs:
         assert [p.probability for p in batched.probabilities] == pytest.approx(
             [p.probability for p in alone.probabilities], abs=1e-5
         )
+
+
+def test_probes_on_the_health_port_are_answered_while_every_worker_thread_is_busy(
+    fixture_specs: dict[str, TaskSpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Diagnose calls waiting for the pixel budget can hold all of the main port's threads; the
+    health port keeps answering, so Kubernetes does not restart a pod for being busy."""
+    from services.core.service import DiagnosisServicer
+
+    release, busy = threading.Event(), threading.Event()
+
+    def held(self, request, context):  # noqa: ANN001 - the servicer method's own signature
+        busy.set()
+        release.wait(TIMEOUT)
+        context.abort(grpc.StatusCode.UNAVAILABLE, "held by the test")
+
+    monkeypatch.setattr(DiagnosisServicer, "Diagnose", held)
+    health_port = free_port()
+    running = start_server(fixture_specs["bone"], settings(worker_threads=1, health_port=health_port), port=0)
+    caller = None
+    try:
+        with grpc.insecure_channel(running.target) as main, \
+                grpc.insecure_channel(f"127.0.0.1:{health_port}") as probe_port:
+            caller = threading.Thread(target=lambda: _call_ignoring_errors(main), daemon=True)
+            caller.start()
+            assert busy.wait(TIMEOUT)
+            request = health_pb2.HealthCheckRequest(service=DIAGNOSIS_SERVICE)
+            with pytest.raises(grpc.RpcError) as queued:
+                health_pb2_grpc.HealthStub(main).Check(request, timeout=1.0)
+            assert queued.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            reply = health_pb2_grpc.HealthStub(probe_port).Check(request, timeout=1.0)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        release.set()
+        if caller is not None:
+            caller.join(TIMEOUT)
+        running.stop(grace=0)
+    with socket.socket() as sock:   # stopped with the service: the port is free again
+        sock.bind(("127.0.0.1", health_port))
+
+
+def _call_ignoring_errors(channel: grpc.Channel) -> None:
+    with contextlib.suppress(grpc.RpcError):
+        diagnosis_pb2_grpc.DiagnosisServiceStub(channel).Diagnose(
+            diagnosis_pb2.DiagnoseRequest(image=image_bytes("bone")), timeout=TIMEOUT)

@@ -48,6 +48,7 @@ NAMESPACES = {"dev": "drtech-dev", "production": "drtech", "gpu": "drtech"}
 MODEL_SERVICES = {spec.task: spec.default_port for spec in (BONE, SKIN, PNEUMONIA, ROUTER)}
 GRPC_SERVICES = {"auth": 50051, **MODEL_SERVICES}
 GATEWAY_PORT = 8000
+HEALTH_PORT = 50060     # the model services' probe port (ServingSettings.health_port)
 SETTINGS: dict[str, type[BaseSettings]] = {
     "auth": AuthSettings,
     "gateway": GatewaySettings,
@@ -417,12 +418,18 @@ def probe_problems(name: str, where: str, container: dict[str, Any]) -> Iterator
         return
     if name in GRPC_SERVICES:
         port = GRPC_SERVICES[name]
-        if ports != {"grpc": port}:
-            yield f"{where}: must expose exactly one port, named grpc, {port} (got {ports})"
+        # A model service answers probes on its health port, whose threads Diagnose calls never hold
+        expected = {"grpc": port, "health": HEALTH_PORT} if name in MODEL_SERVICES else {"grpc": port}
+        if ports != expected:
+            yield f"{where}: must expose exactly the ports {expected} (got {ports})"
+        probe_port = expected.get("health", port)
+        env = {item["name"]: item.get("value") for item in container.get("env", [])}
+        if name in MODEL_SERVICES and env.get("DRTECH_SERVING_HEALTH_PORT") != str(HEALTH_PORT):
+            yield f"{where}: DRTECH_SERVING_HEALTH_PORT must be {HEALTH_PORT}, the port the probes use"
         for kind, probe in probes.items():
             handlers = set(probe) & {"grpc", "httpGet", "tcpSocket", "exec"}
-            if handlers != {"grpc"} or probe["grpc"].get("port") != port:
-                yield f"{where}: {kind} must be a native grpc probe on port {port}"
+            if handlers != {"grpc"} or probe["grpc"].get("port") != probe_port:
+                yield f"{where}: {kind} must be a native grpc probe on port {probe_port}"
     else:
         if ports != {"http": GATEWAY_PORT}:
             yield f"{where}: must expose exactly one port, named http, {GATEWAY_PORT} (got {ports})"
@@ -630,7 +637,17 @@ BREAKAGES = {
     ),
     "port not named grpc": (
         lambda objs: containers(of_kind(objs, "Deployment")["bone"])[0]["ports"][0].update(name="rpc"),
-        "named grpc",
+        "must expose exactly the ports",
+    ),
+    "probe on the busy main port": (
+        lambda objs: containers(of_kind(objs, "Deployment")["skin"])[0]["readinessProbe"]["grpc"].update(port=50053),
+        "readinessProbe must be a native grpc probe on port 50060",
+    ),
+    "health port not set": (
+        lambda objs: containers(of_kind(objs, "Deployment")["router"])[0]["env"].__setitem__(
+            slice(None), [item for item in containers(of_kind(objs, "Deployment")["router"])[0]["env"]
+                          if item["name"] != "DRTECH_SERVING_HEALTH_PORT"]),
+        "DRTECH_SERVING_HEALTH_PORT must be 50060",
     ),
     "no memory limit": (
         lambda objs: containers(of_kind(objs, "Deployment")["gateway"])[0]["resources"]["limits"].pop(

@@ -310,13 +310,13 @@ async def delete_diagnosis(diagnosis_id: str, caller: CallerDep, ctx: ContextDep
     return Response(status_code=204)
 
 
-def render_png(data: bytes, max_side: int | None = None, limits: ImageLimits = ImageLimits()) -> bytes:
+def render_png(data: bytes, max_side: int | None = None, limits: ImageLimits | None = None) -> bytes:
     """A PNG of the decoded image (at most `max_side` px a side when given); 422 when the pixels
     cannot be decoded (a truncated PNG, a DICOM with less pixel data than its header says), which
     the header check alone does not catch. `limits`: the upload limits the image was accepted
-    under. Blocking."""
+    under (default: the serving defaults). Blocking."""
     try:
-        image = decode_image(data, limits=limits)
+        image = decode_image(data, limits=limits or ImageLimits())
     except InvalidImage as error:
         raise ApiError(422, f"The image cannot be shown: {error}.") from None
     pixels = image.width * image.height

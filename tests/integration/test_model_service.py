@@ -390,7 +390,7 @@ def test_probes_on_the_health_port_are_answered_while_every_worker_thread_is_bus
 
     release, busy = threading.Event(), threading.Event()
 
-    def held(self, request, context):  # noqa: ANN001 - the servicer method's own signature
+    def held(self, request, context):
         busy.set()
         release.wait(TIMEOUT)
         context.abort(grpc.StatusCode.UNAVAILABLE, "held by the test")

@@ -222,7 +222,7 @@ def test_mobilenet_v2_with_train_batchnorm_learns_its_batch_statistics_too():
 
     _, before, after = _one_training_step(model)
 
-    running_mean = [i for i, w in enumerate(model.weights) if w.path == "block_16_project_BN/moving_mean"][0]
-    frozen_mean = [i for i, w in enumerate(model.weights) if w.path == "block_15_project_BN/moving_mean"][0]
+    running_mean = next(i for i, w in enumerate(model.weights) if w.path == "block_16_project_BN/moving_mean")
+    frozen_mean = next(i for i, w in enumerate(model.weights) if w.path == "block_15_project_BN/moving_mean")
     assert not np.array_equal(before[running_mean], after[running_mean])
     assert np.array_equal(before[frozen_mean], after[frozen_mean])

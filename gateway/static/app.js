@@ -19,8 +19,11 @@ class ApiError extends Error {
 // On a page for signed-in users, a 401 means the session has ended (expired, or logged out in
 // another tab): go to the log-in page, which comes back here. Elsewhere (log in, sign up) a 401 is
 // the answer itself ("wrong email or password") and is shown.
-function sessionEnded(status) {
-  if (status !== 401 || document.body.dataset.signedIn !== "true") return false;
+function sessionEnded(status, path = "") {
+  // A log-in's or sign-up's 401 is its answer ("wrong email or password"), even from a visitor
+  // who is still signed in and opened the log-in page.
+  const answersItself = path === "/api/v1/auth/login" || path.startsWith("/api/v1/auth/signup");
+  if (status !== 401 || document.body.dataset.signedIn !== "true" || answersItself) return false;
   window.location.assign(`/login?next=${encodeURIComponent(window.location.pathname)}`);
   return true;
 }
@@ -41,7 +44,7 @@ async function api(path, options = {}) {
     payload = null;
   }
   if (!response.ok) {
-    sessionEnded(response.status);
+    sessionEnded(response.status, path);
     throw new ApiError(response.status, payload);
   }
   return payload;

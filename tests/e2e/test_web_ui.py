@@ -410,6 +410,17 @@ def test_when_the_session_ends_elsewhere_the_next_request_goes_to_log_in_and_bac
     page.locator("#history-list > li").first.wait_for()
 
 
+def test_a_signed_in_visitor_who_mistypes_on_the_log_in_page_is_told_so(page) -> None:
+    page.goto("/login")     # still signed in from the test before
+    # Without JavaScript the forms would post, never put a password in the address
+    assert page.get_attribute("#login-form", "method") == "post"
+    page.fill("#email", EMAIL)
+    page.fill("#password", "not-the-password-1")
+    page.click("#login-form button[type=submit]")
+    page.wait_for_selector("#form-status:has-text('Incorrect email or password')")
+    assert page.url.endswith("/login")
+
+
 def test_after_log_out_the_client_page_sends_you_to_log_in(page) -> None:
     page.goto("/app")
     page.click("#logout-button")

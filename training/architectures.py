@@ -282,7 +282,8 @@ def mobilenet_v2_finetuned(
     (`training.backbone.build_backbone`; `weights` = that .npy folder, default ../shared/weights/...),
     the last `finetune_blocks` inverted-residual blocks + Conv_1 trainable (their BatchNorm frozen, as
     in training.heads, unless `train_batchnorm`: then it normalises by each training batch and
-    learns its scale, shift and running statistics, which wants batches of 32 or more), then GlobalAveragePooling2D -> Dropout 0.3 -> Dense n_classes softmax (~2.26M
+    learns its scale, shift and running statistics, which wants batches of 32 or more), then
+    GlobalAveragePooling2D -> Dropout 0.3 -> Dense n_classes softmax (~2.26M
     backbone parameters). Input: the shared [-1, 1] preprocessing at 224x224 only.
     """
     import keras

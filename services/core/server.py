@@ -148,12 +148,7 @@ def start_server(
     reflection.enable_server_reflection(
         (DIAGNOSIS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    try:
-        bound = server.add_insecure_port(_address(host, port))
-    except RuntimeError as error:
-        raise OSError(f"cannot listen on {_address(host, port)}: {error} (is the port in use?)") from None
-    if not bound:
-        raise OSError(f"cannot listen on {_address(host, port)} (is the port in use?)")
+    bound = _bind(server, _address(host, port), "listen on")
     server.start()
 
     health_server = None
@@ -192,14 +187,21 @@ def _start_health_server(spec: TaskSpec, health_servicer: health.HealthServicer,
     server = grpc.server(ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{spec.task}-health"),
                          options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    _bind(server, address, "serve health on")
+    server.start()
+    return server
+
+
+def _bind(server: grpc.Server, address: str, purpose: str) -> int:
+    """The port bound; OSError naming `purpose` and the address when it cannot be (grpcio raises or
+    returns 0, depending on the version)."""
     try:
         bound = server.add_insecure_port(address)
     except RuntimeError as error:
-        raise OSError(f"cannot serve health on {address}: {error} (is the port in use?)") from None
+        raise OSError(f"cannot {purpose} {address}: {error} (is the port in use?)") from None
     if not bound:
-        raise OSError(f"cannot serve health on {address} (is the port in use?)")
-    server.start()
-    return server
+        raise OSError(f"cannot {purpose} {address} (is the port in use?)")
+    return bound
 
 
 def _parse_args(spec: TaskSpec, argv: list[str] | None) -> argparse.Namespace:

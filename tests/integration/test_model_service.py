@@ -424,3 +424,12 @@ def _call_ignoring_errors(channel: grpc.Channel) -> None:
     with contextlib.suppress(grpc.RpcError):
         diagnosis_pb2_grpc.DiagnosisServiceStub(channel).Diagnose(
             diagnosis_pb2.DiagnoseRequest(image=image_bytes("bone")), timeout=TIMEOUT)
+
+
+def test_a_health_port_in_use_stops_the_start_with_a_clear_error(fixture_specs: dict[str, TaskSpec]) -> None:
+    first = start_server(fixture_specs["bone"], settings(), port=0)
+    try:
+        with pytest.raises(OSError, match=f"cannot serve health on 127.0.0.1:{first.port}"):
+            start_server(fixture_specs["bone"], settings(health_port=first.port), port=0)
+    finally:
+        first.stop(grace=0)

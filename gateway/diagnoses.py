@@ -339,15 +339,22 @@ _PRIVATE = {"Cache-Control": "private, max-age=3600"}
 
 
 @router.get("/diagnoses/{diagnosis_id}/image", response_class=Response)
-async def get_image(diagnosis_id: str, caller: CallerDep, ctx: ContextDep) -> Response:
+async def get_image(
+    diagnosis_id: str,
+    caller: CallerDep,
+    ctx: ContextDep,
+    max_side: Annotated[int | None, Query(ge=16, le=4096, description="a PNG at most this many px a side")] = None,
+) -> Response:
+    """The stored upload; with `max_side`, a PNG scaled down to fit (thumbnails: a 20 MB photo or
+    DICOM is not sent whole to draw a 96 px picture)."""
     record = await _owned(ctx, diagnosis_id, caller.user.id)
     try:
         data = await run_in_threadpool(ctx.uploads.get, record.image_sha256)
     except FileNotFoundError:
         raise ApiError(410, "The stored upload is gone.") from None
-    if record.media_type == DICOM:
+    if record.media_type == DICOM or max_side is not None:
         # Browsers cannot show DICOM: send a PNG of the decoded image (the original stays stored).
-        return Response(await rendered_png(ctx, data), media_type="image/png", headers=_PRIVATE)
+        return Response(await rendered_png(ctx, data, max_side), media_type="image/png", headers=_PRIVATE)
     return Response(data, media_type=record.media_type, headers=_PRIVATE)
 
 

@@ -546,7 +546,7 @@ function initHistory() {
       }
     });
     return el("li", { className: "history-item" },
-      el("img", { src: d.image_url, alt: "", loading: "lazy", width: "96", height: "96", className: "thumb" }),
+      el("img", { src: `${d.image_url}?max_side=192`, alt: "", loading: "lazy", width: "96", height: "96", className: "thumb" }),
       el("div", { className: "history-text" },
         el("a", { href: `/results/${d.id}`, text: `${EXAM_NAMES[d.exam_type] || d.exam_type}: ${summary}` }),
         el("span", { className: "hint", text: `${formatDate(d.created_at)} · ${d.model.name || ""} ${d.model.version || ""}` })),

@@ -376,6 +376,29 @@ def test_auto_routes_a_dicom_by_its_header_and_the_image_comes_back_as_png(clien
     assert upload(client, headers, chest, "auto").json()["exam_type"] == "chest_xray"
 
 
+def test_max_side_sends_a_png_scaled_down_to_fit_for_thumbnails(client: httpx.Client) -> None:
+    headers = bearer(client)
+    photo = Image.new("RGB", (640, 480), (200, 120, 90))
+    d = upload(client, headers, jpeg_bytes(photo), "skin_lesion").json()
+    whole = client.get(d["image_url"], headers=headers)
+    assert whole.headers["content-type"] == "image/jpeg"   # without max_side: the upload as stored
+
+    thumb = client.get(d["image_url"], params={"max_side": 96}, headers=headers)
+    assert thumb.status_code == 200, thumb.text
+    assert thumb.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(thumb.content)).size == (96, 72)
+
+    dicom = make_dicom(ramp(256, 128), extra={"Modality": "DX", "BodyPartExamined": "KNEE"})
+    knee = upload(client, headers, dicom, "auto", name="knee.dcm", content_type="application/dicom").json()
+    small = client.get(knee["image_url"], params={"max_side": 64}, headers=headers)
+    assert max(Image.open(io.BytesIO(small.content)).size) == 64
+
+    for bad in ("8", "5000", "big"):
+        refused = client.get(d["image_url"], params={"max_side": bad}, headers=headers)
+        assert refused.status_code == 422, bad
+        assert "max_side" in refused.text
+
+
 def test_auto_without_a_routable_header_asks_the_router_model(client: httpx.Client) -> None:
     headers = bearer(client)
     reply = upload(client, headers, sample_image_bytes("skin_lesion"), "auto")

@@ -22,8 +22,9 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 import grpc
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
 from PIL import Image
 from pydantic import BeforeValidator, Field
 from sqlalchemy.orm import Session
@@ -161,7 +162,13 @@ def keep_upload_and_record(
     record.image_sha256 = ctx.uploads.put(data)
     if heatmap is not None:
         ctx.heatmaps.put(heatmap)
-    records.add(session, record)
+    try:
+        records.add(session, record)
+    except BaseException:
+        # No record names the blobs just stored: do not leave a medical image nobody can delete.
+        session.rollback()
+        _forget_quietly(ctx, record.image_sha256, record.heatmap_sha256)
+        raise
     _keep_blobs_after_commit(ctx, record, data, heatmap)
     return record
 
@@ -182,6 +189,15 @@ def forget_blobs(ctx: GatewayContext, image_sha: str | None, heatmap_sha: str | 
 
         if not named():
             store.delete_unused(digest, named)
+
+
+def _forget_quietly(ctx: GatewayContext, image_sha: str | None, heatmap_sha: str | None) -> None:
+    """forget_blobs where its failure must not hide what the caller is handling (the record is already
+    gone, or never came to be): logged, and the blob stays until a later delete of the same bytes."""
+    try:
+        forget_blobs(ctx, image_sha, heatmap_sha)
+    except Exception:
+        log.exception("could not delete unused blobs image=%s heatmap=%s", image_sha, heatmap_sha)
 
 
 async def _owned(ctx: GatewayContext, diagnosis_id: str, user_id: str) -> Diagnosis:
@@ -301,10 +317,13 @@ async def delete_diagnosis(diagnosis_id: str, caller: CallerDep, ctx: ContextDep
 
     def delete(session: Session) -> None:
         found = session.get(Diagnosis, record.id)
-        if found is not None:
-            session.delete(found)
-            session.commit()
-        forget_blobs(ctx, record.image_sha256, record.heatmap_sha256)
+        if found is None:
+            return   # a concurrent delete came first and forgets the blobs
+        # The blobs the row names now: a retry may have added a heatmap since `record` was read.
+        image_sha, heatmap_sha = found.image_sha256, found.heatmap_sha256
+        session.delete(found)
+        session.commit()
+        _forget_quietly(ctx, image_sha, heatmap_sha)
 
     await in_session(ctx, delete)
     return Response(status_code=204)
@@ -329,18 +348,29 @@ def render_png(data: bytes, max_side: int | None = None, limits: ImageLimits | N
     return buffer.getvalue()
 
 
-async def rendered_png(ctx: GatewayContext, data: bytes, max_side: int | None = None) -> bytes:
-    """render_png in a worker thread, at most `settings.concurrent_renders` at a time."""
+async def rendered_png(ctx: GatewayContext, data: bytes | Callable[[], bytes], max_side: int | None = None) -> bytes:
+    """render_png in a worker thread, at most `settings.concurrent_renders` at a time. `data` may be a
+    function that reads the bytes, so a stored upload is only loaded once its render's turn comes."""
     limits = ImageLimits(max_bytes=ctx.settings.max_upload_bytes)
-    return await anyio.to_thread.run_sync(render_png, data, max_side, limits, limiter=ctx.renders)
+
+    def render() -> bytes:
+        return render_png(data() if callable(data) else data, max_side, limits)
+
+    return await anyio.to_thread.run_sync(render, limiter=ctx.renders)
 
 
-_PRIVATE = {"Cache-Control": "private, max-age=3600"}
+def _private(request: Request, etag: str) -> tuple[dict[str, str], bool]:
+    """Headers for a user's own image, and whether the browser's copy is still current. `no-cache`:
+    the browser asks again each time (a cheap 304), so after log-out or a delete the image is not
+    shown from its cache without the server's say."""
+    headers = {"Cache-Control": "private, no-cache", "ETag": etag}
+    return headers, etag in {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}
 
 
 @router.get("/diagnoses/{diagnosis_id}/image", response_class=Response)
 async def get_image(
     diagnosis_id: str,
+    request: Request,
     caller: CallerDep,
     ctx: ContextDep,
     max_side: Annotated[int | None, Query(ge=16, le=4096, description="a PNG at most this many px a side")] = None,
@@ -348,23 +378,37 @@ async def get_image(
     """The stored upload; with `max_side`, a PNG scaled down to fit (thumbnails: a 20 MB photo or
     DICOM is not sent whole to draw a 96 px picture)."""
     record = await _owned(ctx, diagnosis_id, caller.user.id)
-    try:
-        data = await run_in_threadpool(ctx.uploads.get, record.image_sha256)
-    except FileNotFoundError:
-        raise ApiError(410, "The stored upload is gone.") from None
-    if record.media_type == DICOM or max_side is not None:
-        # Browsers cannot show DICOM: send a PNG of the decoded image (the original stays stored).
-        return Response(await rendered_png(ctx, data, max_side), media_type="image/png", headers=_PRIVATE)
-    return Response(data, media_type=record.media_type, headers=_PRIVATE)
+    path = ctx.uploads.path_for(record.image_sha256)
+    if not await run_in_threadpool(path.is_file):
+        raise ApiError(410, "The stored upload is gone.")
+    rendered = record.media_type == DICOM or max_side is not None
+    etag = f'"{record.image_sha256}-png-{max_side or "full"}"' if rendered else f'"{record.image_sha256}"'
+    headers, current = _private(request, etag)
+    if current:
+        return Response(status_code=304, headers=headers)
+    if not rendered:
+        return FileResponse(path, media_type=record.media_type, headers=headers)
+
+    def read() -> bytes:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ApiError(410, "The stored upload is gone.") from None
+
+    # Browsers cannot show DICOM: send a PNG of the decoded image (the original stays stored).
+    return Response(await rendered_png(ctx, read, max_side), media_type="image/png", headers=headers)
 
 
 @router.get("/diagnoses/{diagnosis_id}/heatmap", response_class=Response)
-async def get_heatmap(diagnosis_id: str, caller: CallerDep, ctx: ContextDep) -> Response:
+async def get_heatmap(diagnosis_id: str, request: Request, caller: CallerDep, ctx: ContextDep) -> Response:
     record = await _owned(ctx, diagnosis_id, caller.user.id)
     if not record.heatmap_sha256:
         raise ApiError(404, "This diagnosis has no heatmap; upload the image with explain=true to get one.")
+    headers, current = _private(request, f'"{record.heatmap_sha256}"')
+    if current:
+        return Response(status_code=304, headers=headers)
     try:
         data = await run_in_threadpool(ctx.heatmaps.get, record.heatmap_sha256)
     except FileNotFoundError:
         raise ApiError(410, "The stored heatmap is gone.") from None
-    return Response(data, media_type="image/png", headers=_PRIVATE)
+    return Response(data, media_type="image/png", headers=headers)

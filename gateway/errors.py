@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("gateway.errors")
@@ -134,6 +135,14 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             detail = f"Method {request.method} is not allowed on {request.url.path}"
         return error_response(exc.status_code, detail, headers=exc.headers)
+
+    @app.exception_handler(OperationalError)
+    async def _database_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
+        # The records database is down, failing over, or (SQLite) locked past its timeout: the
+        # client did nothing wrong and can try again; nothing half-done was kept.
+        log.error("records database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+        return error_response(503, "The records database is unavailable right now; try again shortly.",
+                              headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -84,8 +84,19 @@ def save_retry(session: Session, record: Diagnosis) -> Diagnosis | None:
     return session.get(Diagnosis, record.id) if changed else None
 
 
+def _is_record_id(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
 def get_owned(session: Session, diagnosis_id: str, user_id: str) -> Diagnosis | None:
-    """The record, only if it belongs to `user_id` (someone else's id looks exactly like a missing one)."""
+    """The record, only if it belongs to `user_id` (someone else's id looks exactly like a missing one).
+    An id that is not a record id (ours are canonical UUID strings) is missing without asking the
+    database: PostgreSQL refuses text with a NUL in it outright."""
+    if not _is_record_id(diagnosis_id):
+        return None
     record = session.get(Diagnosis, diagnosis_id)
     return record if record is not None and record.user_id == user_id else None
 

@@ -10,6 +10,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
+# A Diagnose request carries the upload and a few fields besides (media type, request id, flags).
+_MESSAGE_ROOM = 64 * 1024
 
 
 class GatewaySettings(BaseSettings):
@@ -42,7 +44,7 @@ class GatewaySettings(BaseSettings):
 
     # Largest accepted upload: what the model services accept (20 MiB, less room for the rest of the
     # gRPC message).
-    max_upload_bytes: int = Field(default=20 * MIB - 64 * 1024, ge=1024)
+    max_upload_bytes: int = Field(default=20 * MIB - _MESSAGE_ROOM, ge=1024)
     # Image renders (DICOM /image, previews) at a time. Rendering the largest accepted DICOM (a 64 M
     # pixel colour image) took ~750 MB in a worker thread, measured, so a 1 GiB pod renders one at a time.
     concurrent_renders: int = Field(default=1, ge=1)
@@ -85,6 +87,13 @@ class GatewaySettings(BaseSettings):
             raise ValueError(
                 "forwarded_allow_ips must name the proxies (the ingress controller's addresses), "
                 "not '*' in production: anyone could then choose their client IP"
+            )
+        if self.max_upload_bytes > self.max_message_bytes - _MESSAGE_ROOM:
+            # Larger uploads would be accepted, stored, and then never reach a model service.
+            raise ValueError(
+                f"max_upload_bytes ({self.max_upload_bytes}) must leave {_MESSAGE_ROOM} bytes of the gRPC "
+                f"message limit (DRTECH_MAX_MESSAGE_BYTES={self.max_message_bytes}) for the rest of the "
+                "message: raise DRTECH_MAX_MESSAGE_BYTES too, for the gateway and the model services"
             )
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.home / 'gateway.db').as_posix()}"

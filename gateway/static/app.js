@@ -299,7 +299,8 @@ async function renderResult(d) {
   $("#result-when").textContent = formatDate(d.created_at);
 
   const image = $("#result-image");
-  image.src = d.image_url;
+  // A DICOM is rendered to PNG server-side: at most 2048 px a side is plenty for the page.
+  image.src = d.media_type === "application/dicom" ? `${d.image_url}?max_side=2048` : d.image_url;
   const heatmap = $("#result-heatmap");
   const controls = $("#heatmap-controls");
   const toggle = $("#heatmap-toggle");

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 from sqlalchemy import create_engine, text
@@ -397,6 +398,57 @@ def test_max_side_sends_a_png_scaled_down_to_fit_for_thumbnails(client: httpx.Cl
         refused = client.get(d["image_url"], params={"max_side": bad}, headers=headers)
         assert refused.status_code == 422, bad
         assert "max_side" in refused.text
+
+
+def test_images_are_revalidated_by_etag_so_a_browser_cache_never_outlives_the_account(
+    client: httpx.Client,
+) -> None:
+    headers = bearer(client)
+    d = upload(client, headers, sample_image_bytes("skin_lesion"), "skin_lesion", explain=True).json()
+    for url in (d["image_url"], f"{d['image_url']}?max_side=96", d["heatmap_url"]):
+        first = client.get(url, headers=headers)
+        assert first.status_code == 200, url
+        assert first.headers["cache-control"] == "private, no-cache"
+        etag = first.headers["etag"]
+        again = client.get(url, headers={**headers, "If-None-Match": etag})
+        assert again.status_code == 304 and again.content == b"", url
+        # Revalidation goes through the owner check: another account gets 404, not the cached image.
+        assert client.get(url, headers={**bearer(client), "If-None-Match": etag}).status_code == 404
+    # The thumbnail is a different picture from the upload, so it has its own tag.
+    assert client.get(d["image_url"], headers=headers).headers["etag"] != client.get(
+        f"{d['image_url']}?max_side=96", headers=headers).headers["etag"]
+
+
+def test_an_id_that_is_not_a_diagnosis_id_is_404_even_with_a_nul_in_it(client: httpx.Client) -> None:
+    """PostgreSQL refuses text with a NUL outright; the gateway must not pass such an id on (500)."""
+    headers = bearer(client)
+    for bad in ("%00", "abc%00def", "not-a-uuid", "00000000-0000-0000-0000-00000000000%00"):
+        reply = client.get(f"/api/v1/diagnoses/{bad}", headers=headers)
+        assert reply.status_code == 404, (bad, reply.text)
+        assert client.get(f"/api/v1/diagnoses/{bad}/image", headers=headers).status_code == 404
+
+
+def test_a_diagnosis_whose_record_cannot_be_saved_is_503_and_keeps_no_orphaned_files(
+    client: httpx.Client, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database outage after the model answered: no blob may stay on disk without a record that
+    names it (nobody could ever delete that medical image), and the client is told to try again."""
+    from sqlalchemy.exc import OperationalError
+
+    from gateway import records
+
+    headers = bearer(client)
+    uploads, heatmaps = set(stored_files(stack.home)), set(stored_files(stack.home, "heatmaps"))
+
+    def database_down(session: object, record: object) -> None:
+        raise OperationalError("INSERT INTO diagnoses ...", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(records, "add", database_down)
+    noise = Image.fromarray(np.random.default_rng(7).integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    reply = upload(client, headers, jpeg_bytes(noise), "skin_lesion", explain=True)
+    assert reply.status_code == 503, reply.text
+    assert reply.headers["retry-after"] == "5" and "try again" in reply.json()["detail"]
+    assert set(stored_files(stack.home)) == uploads and set(stored_files(stack.home, "heatmaps")) == heatmaps
 
 
 def test_auto_without_a_routable_header_asks_the_router_model(client: httpx.Client) -> None:

@@ -94,6 +94,20 @@ def test_records_list_newest_first_per_user_and_track_shared_images(database_url
         engine.dispose()
 
 
+def test_an_id_that_is_no_record_id_is_missing_without_a_database_error(database_url: str) -> None:
+    """Ids come from URLs: PostgreSQL raises on text with a NUL in it, which must not become a 500."""
+    engine = create_database_engine(database_url)
+    try:
+        migrate(engine)
+        with session_factory(engine)() as session:
+            kept = records.add(session, record("alice", "bone_xray", "a" * 64, 0))
+            for bad in ("\x00", f"{kept.id}\x00", "not-a-uuid", kept.id.upper(), ""):
+                assert records.get_owned(session, bad, "alice") is None, bad
+            assert records.get_owned(session, kept.id, "alice") is not None
+    finally:
+        engine.dispose()
+
+
 def test_the_readiness_check_says_ok_for_a_live_database_and_unreachable_for_a_closed_one(
     database_url: str,
 ) -> None:

@@ -48,6 +48,16 @@ def test_settings_default_to_development_paths_and_ports(tmp_path: Path) -> None
     assert GatewaySettings(DRTECH_HOME=tmp_path, DRTECH_ENV="production").cookie_secure is True
 
 
+def test_an_upload_limit_the_grpc_message_limit_cannot_carry_is_refused_at_start(tmp_path: Path) -> None:
+    """Else uploads over the message limit would be accepted, stored, and never reach a model."""
+    assert GatewaySettings(DRTECH_HOME=tmp_path, max_upload_bytes=20 * 1024 * 1024 - 64 * 1024)
+    with pytest.raises(ValueError, match="DRTECH_MAX_MESSAGE_BYTES"):
+        GatewaySettings(DRTECH_HOME=tmp_path, max_upload_bytes=32 * 1024 * 1024)
+    raised = GatewaySettings(DRTECH_HOME=tmp_path, max_upload_bytes=32 * 1024 * 1024,
+                             DRTECH_MAX_MESSAGE_BYTES=33 * 1024 * 1024)
+    assert raised.max_upload_bytes == 32 * 1024 * 1024
+
+
 def test_trusted_proxies_are_addresses_or_networks_and_never_everyone_in_production(tmp_path: Path) -> None:
     """X-Forwarded-For is believed only from these (log-in throttling keys on the client IP)."""
     settings = GatewaySettings(DRTECH_HOME=tmp_path, forwarded_allow_ips=" 10.244.0.0/16, 127.0.0.1,::1 ")

@@ -114,7 +114,8 @@ class ImageHeader:
     media_type: str           # the sniffed type
     width: int                # as stored (before any EXIF rotation)
     height: int
-    multi_scan: bool = False   # a JPEG of several scans (progressive, or one component per scan)
+    # a JPEG libjpeg buffers whole: several scans, progressive, or a first scan without every component
+    multi_scan: bool = False
 
     def pixels_to_decode(self, draft_size: tuple[int, int] | None = None) -> int:
         """About how many pixels read_image(..., draft_size) holds for this upload. A baseline JPEG
@@ -141,10 +142,10 @@ def read_header(data: bytes, media_type: str | None = None, limits: ImageLimits 
     if sniffed == DICOM:
         width, height = _check_dicom_header(data, limits)
     else:
-        image, scans = _open_raster(data, sniffed, limits)
+        image, decodes_whole = _open_raster(data, sniffed, limits)
         width, height = image.size
         _check_size(width, height, limits)
-        return ImageHeader(media_type=sniffed, width=width, height=height, multi_scan=scans > 1)
+        return ImageHeader(media_type=sniffed, width=width, height=height, multi_scan=decodes_whole)
     return ImageHeader(media_type=sniffed, width=width, height=height)
 
 
@@ -250,10 +251,11 @@ _PILLOW_LENGTHLESS = frozenset({0x01, 0xC8, *range(0xD0, 0xDA), *range(0xF0, 0xF
 _LIBJPEG_LENGTHLESS = frozenset({0x01, *range(0xD0, 0xDA)})
 
 
-def _check_jpeg_structure(data: bytes) -> int:
+def _check_jpeg_structure(data: bytes) -> tuple[int, int]:
     """Count the segments before the first scan, the junk between them, the scans and the segments
-    after; returns the number of scans. Malformed structure is left to Pillow."""
-    offset, header_segments, header_junk, later_segments, scans = 2, 0, 0, 0, 0
+    after; returns the number of scans and of components in the first scan. Malformed structure is
+    left to Pillow."""
+    offset, header_segments, header_junk, later_segments, scans, first_components = 2, 0, 0, 0, 0, 0
     while (found := _JPEG_MARKER.search(data, offset)) is not None:
         if scans == 0:
             header_segments += 1
@@ -277,9 +279,11 @@ def _check_jpeg_structure(data: bytes) -> int:
                 )
         marker, offset = found.group(1)[0], found.end()
         if marker == 0xD9 and scans:     # end of image
-            return scans
+            return scans, first_components
         if marker in (_LIBJPEG_LENGTHLESS if scans else _PILLOW_LENGTHLESS):
             continue
+        if marker == 0xDA and scans == 0 and offset + 2 < len(data):
+            first_components = data[offset + 2]   # Ns, after the segment length
         offset += int.from_bytes(data[offset:offset + 2], "big")
         if marker == 0xDA:               # start of scan: its entropy-coded data runs to the next marker
             scans += 1
@@ -290,9 +294,9 @@ def _check_jpeg_structure(data: bytes) -> int:
                 )
             following = _END_OF_SCAN.search(data, offset)
             if following is None:
-                return scans
+                return scans, first_components
             offset = following.start()
-    return scans
+    return scans, first_components
 
 
 # The same for PNG: a real file has a handful of chunks before its image data (IHDR, colour and
@@ -315,13 +319,13 @@ def _check_png_header_chunks(data: bytes) -> None:
         offset += 12 + int.from_bytes(data[offset:offset + 4], "big")   # length, type, data, CRC
 
 
-def _open_raster(data: bytes, media_type: str, limits: ImageLimits) -> tuple[Image.Image, int]:
-    """Open (header only, pixels not decoded yet) a JPEG or PNG; returns it and its number of scans
-    (a PNG: 1)."""
+def _open_raster(data: bytes, media_type: str, limits: ImageLimits) -> tuple[Image.Image, bool]:
+    """Open (header only, pixels not decoded yet) a JPEG or PNG; returns it and whether it decodes
+    whole: a JPEG that libjpeg buffers in full (see ImageHeader.multi_scan; a PNG: False)."""
     expected_format = "JPEG" if media_type == JPEG else "PNG"
-    scans = 1
+    scans, first_components = 1, 0
     if media_type == JPEG:
-        scans = _check_jpeg_structure(data)
+        scans, first_components = _check_jpeg_structure(data)
     else:
         _check_png_header_chunks(data)
     try:
@@ -337,7 +341,12 @@ def _open_raster(data: bytes, media_type: str, limits: ImageLimits) -> tuple[Ima
         raise InvalidImage(
             f"the file starts like a {expected_format} image but its header cannot be read"
         ) from None
-    return image, scans
+    # libjpeg keeps every coefficient of the image when the frame is progressive or its first scan
+    # leaves components out, however many scans follow: a progressive file cut after its first scan
+    # took as much memory as the whole one (401 MB for 8000x8000), measured.
+    progressive = bool(image.info.get("progressive") or image.info.get("progression"))
+    decodes_whole = media_type == JPEG and (scans > 1 or progressive or 0 < first_components < len(image.getbands()))
+    return image, decodes_whole
 
 
 def _read_raster(
@@ -386,10 +395,22 @@ def _to_rgb_or_l(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# Deflated Explicit VR Little Endian: pydicom inflates the whole dataset in one zlib call with no
+# size limit before anything can be checked (a 1 MB upload of deflated zeros took 7 s and 2 GB,
+# measured). Image archives practically never send it; it is refused up front. A UID is an exact
+# string, so finding it anywhere in the file is a safe (at worst over-careful) test.
+_DEFLATED_UID = b"1.2.840.10008.1.2.1.99"
+
+
 def _parse_dicom(data: bytes, stop_before_pixels: bool = False) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    if _DEFLATED_UID in data:
+        raise InvalidImage(
+            "the DICOM transfer syntax Deflated Explicit VR Little Endian (1.2.840.10008.1.2.1.99) is not "
+            "accepted; send uncompressed DICOM or a PNG/JPEG export"
+        )
     try:
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as error:
@@ -440,7 +461,8 @@ def _check_dicom_dataset(dataset: Any, limits: ImageLimits) -> tuple[int, int]:
 
 def _decode_dicom(data: bytes, limits: ImageLimits) -> Image.Image:
     dataset = _parse_dicom(data)
-    _check_dicom_dataset(dataset, limits)
+    columns, rows = _check_dicom_dataset(dataset, limits)
+    _check_first_frame_size(dataset, columns, rows)
     try:
         # index=0: decode only the first frame of a multi-frame image. as_rgb=False: YBR is turned
         # into RGB below, band by band (pydicom converts the whole image in float32 at once).
@@ -491,6 +513,98 @@ def _first_frame(dataset: Any) -> tuple[np.ndarray, str]:
     decoder = pixels.get_decoder(transfer_syntax)
     array, decoded = decoder.as_array(dataset, index=0, validate=True, **as_pixel_options(dataset, as_rgb=False))
     return array, str(decoded.get("photometric_interpretation", ""))
+
+
+def _check_first_frame_size(dataset: Any, columns: int, rows: int) -> None:
+    """A compressed frame is decoded at the size its own codestream declares, not at Rows x Columns
+    (which every limit and the pixel budget counted): a 2 kB JPEG 2000 DICOM saying 64x64 held a
+    30000x30000 codestream and took 4.4 GB to decode, measured. Refuse a frame whose own size is not
+    the header's, before decoding it; an RLE frame must not decode to more than its image needs."""
+    from pydicom.encaps import get_frame
+
+    transfer_syntax = dataset.file_meta.get("TransferSyntaxUID")
+    if transfer_syntax is None or not transfer_syntax.is_encapsulated:
+        return
+    try:
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        frame = get_frame(dataset.PixelData, 0, number_of_frames=frames)
+    except Exception as error:   # malformed encapsulation: say so now rather than inside a decoder
+        raise InvalidImage(f"the DICOM pixel data cannot be decoded ({error})") from None
+    if transfer_syntax == "1.2.840.10008.1.2.5":    # RLE Lossless
+        samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+        _check_rle_frame(frame, columns * rows, samples * -(-int(dataset.get("BitsAllocated", 8)) // 8))
+        return
+    # JPEG and JPEG-LS frames start with SOI; JPEG 2000 is a codestream (or a JP2 file holding one).
+    size = _jpeg_frame_size(frame) if frame[:2] == b"\xff\xd8" else _j2k_size(frame)
+    if size is None:
+        return   # no size found: the decoder refuses what it cannot read
+    if size != (columns, rows):
+        raise InvalidImage(
+            f"the DICOM header says {columns}x{rows} pixels but its compressed image data is "
+            f"{size[0]}x{size[1]}; the file is inconsistent"
+        )
+
+
+# The JPEG frame headers (SOF) that carry the image size: baseline, extended, progressive and
+# lossless (0xC0-0xCF but DHT, JPG and DAC) and JPEG-LS (0xF7).
+_SOF_MARKERS = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7})
+
+
+def _jpeg_frame_size(frame: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG or JPEG-LS frame's SOF segment, or None."""
+    offset = 2
+    for _ in range(MAX_JPEG_HEADER_SEGMENTS):
+        found = _JPEG_MARKER.search(frame, offset)
+        if found is None:
+            return None
+        marker, offset = found.group(1)[0], found.end()
+        if marker in _SOF_MARKERS and offset + 7 <= len(frame):
+            height, width = int.from_bytes(frame[offset + 3:offset + 5], "big"), \
+                int.from_bytes(frame[offset + 5:offset + 7], "big")
+            return width, height
+        if marker in _PILLOW_LENGTHLESS:
+            continue
+        offset += int.from_bytes(frame[offset:offset + 2], "big")
+    return None
+
+
+def _j2k_size(frame: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG 2000 codestream's SIZ segment (Xsiz - XOsiz, Ysiz - YOsiz), or None."""
+    start = frame.find(b"\xff\x4f\xff\x51")
+    if start < 0 or start + 24 > len(frame):
+        return None
+    siz = frame[start + 4:start + 24]      # Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz
+    x, y, x_offset, y_offset = (int.from_bytes(siz[i:i + 4], "big") for i in (4, 8, 12, 16))
+    return x - x_offset, y - y_offset
+
+
+def _check_rle_frame(frame: bytes, pixels: int, segments_expected: int) -> None:
+    """Walk each RLE segment's run headers (PS3.5 G.3.1: PackBits) without decoding, and refuse a
+    segment that decodes to more bytes than one byte plane of the image (pydicom's decoder builds
+    the whole output first: 19.9 MB of runs made 1.27 GB, measured)."""
+    if len(frame) < 64:
+        raise InvalidImage("the DICOM RLE frame is shorter than its 64-byte header")
+    count = int.from_bytes(frame[:4], "little")
+    if not 1 <= count <= 15 or count != segments_expected:
+        raise InvalidImage(f"the DICOM RLE frame has {count} segments; its header needs {segments_expected}")
+    offsets = [int.from_bytes(frame[4 + 4 * i:8 + 4 * i], "little") for i in range(count)] + [len(frame)]
+    for start, end in zip(offsets, offsets[1:]):
+        position, produced = start, 0
+        while position < min(end, len(frame)) and produced <= pixels:
+            header = frame[position]
+            if header < 128:            # a literal run of header + 1 bytes
+                produced += header + 1
+                position += header + 2
+            elif header > 128:          # one byte repeated 257 - header times
+                produced += 257 - header
+                position += 2
+            else:                       # 128: no operation
+                position += 1
+        if produced > pixels + 1:       # a segment may be padded to an even length
+            raise InvalidImage(
+                f"the DICOM RLE data decodes to more than the {pixels} pixels its header declares; "
+                "the file is inconsistent"
+            )
 
 
 def _ybr_full_to_rgb_in_place(array: np.ndarray) -> None:

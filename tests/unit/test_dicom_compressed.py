@@ -14,14 +14,19 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
-from services.core.imaging import DICOM, decode_image, dicom_routing_tags, read_image
+from services.core.errors import InvalidImage
+from services.core.imaging import DICOM, decode_image, dicom_routing_tags, read_header, read_image
 
 
-def bundled(name: str) -> bytes:
+def bundled_path(name: str) -> str:
     path = get_testdata_file(name)
     if path is None:
         pytest.skip(f"pydicom does not bundle {name}")
-    return Path(path).read_bytes()
+    return path
+
+
+def bundled(name: str) -> bytes:
+    return Path(bundled_path(name)).read_bytes()
 
 
 def pixels(data: bytes) -> np.ndarray:
@@ -58,3 +63,41 @@ def test_lossy_and_colour_encodings_decode(name: str, mode: str) -> None:
 def test_a_ct_slice_keeps_its_routing_tags_and_no_patient_tags() -> None:
     tags = dicom_routing_tags(bundled("CT_small.dcm"))
     assert tags == {"Modality": "CT"}
+
+
+def with_header(name: str, **changes: object) -> bytes:
+    """A bundled file whose header elements are changed, its pixel data kept as they are."""
+    import io
+
+    import pydicom
+
+    dataset = pydicom.dcmread(bundled_path(name))
+    for keyword, value in changes.items():
+        setattr(dataset, keyword, value)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@needs_pylibjpeg
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [("MR_small_jp2klossless.dcm", "header says 32x32 pixels but its compressed image data is 64x64"),
+     ("MR_small_jpeg_ls_lossless.dcm", "header says 32x32 pixels but its compressed image data is 64x64"),
+     ("JPGExtended.dcm", "header says 32x32 pixels but its compressed image data is 256x1024"),
+     ("MR_small_RLE.dcm", "decodes to more than the 1024 pixels its header declares"),
+     ("SC_rgb_rle.dcm", "decodes to more than the 1024 pixels its header declares")],
+)
+def test_a_compressed_frame_larger_than_its_header_says_is_refused_before_decoding(name: str, words: str) -> None:
+    """Every limit and the pixel budget count Rows x Columns, while a decoder produces what the
+    codestream declares: a 2 kB JPEG 2000 DICOM saying 64x64 held 30000x30000 (4.4 GB to decode)."""
+    with pytest.raises(InvalidImage, match=words):
+        read_image(with_header(name, Rows=32, Columns=32))
+
+
+def test_a_deflated_dicom_is_refused_before_it_is_inflated() -> None:
+    """pydicom inflates a deflated dataset whole with no limit: 1 MB of deflated zeros took 2 GB."""
+    with pytest.raises(InvalidImage, match="Deflated Explicit VR Little Endian .* not accepted"):
+        read_header(bundled("image_dfl.dcm"))
+    with pytest.raises(InvalidImage, match="not accepted"):
+        dicom_routing_tags(bundled("image_dfl.dcm"))

@@ -522,6 +522,18 @@ def test_a_progressive_jpeg_flooded_with_scans_is_refused_before_it_is_decoded()
         read_image(flooded)
 
 
+def test_a_progressive_jpeg_cut_after_its_first_scan_is_still_counted_whole():
+    """libjpeg buffers a progressive frame's coefficients whatever the number of scans: the pixel
+    budget must charge it the whole image, not the reduced (draft) size."""
+    from services.core.imaging import read_header
+
+    whole = encode(gradient_rgb(1600, 1200), "JPEG", progressive=True)
+    second_scan = whole.index(b"\xff\xda", whole.index(b"\xff\xda") + 2)
+    header = read_header(whole[:second_scan] + b"\xff\xd9")   # the first scan, then the end of the image
+    assert header.multi_scan
+    assert header.pixels_to_decode((448, 448)) == 1600 * 1200
+
+
 def test_the_pixels_to_decode_are_those_of_the_reduced_jpeg_unless_it_has_several_scans():
     from services.core.imaging import read_header
 

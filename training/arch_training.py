@@ -11,7 +11,7 @@ training.export.classifier_to_onnx (Grad-CAM in the graph) with the Keras/ONNX p
 validation images -> the test rows through the serving runtime (training.evaluate) -> card.json +
 card.md (training.card.for_architecture).
 
-An architecture whose weights alone exceed the 15 MB limit of a shipped model is refused before
+An architecture whose weights alone exceed the 15 MiB limit of a shipped model is refused before
 training. Bone is refused: training.finetune trains bone on the KL grade and the shipped model's
 NORMAL/ABNORMAL head is refit by training.train from those weights.
 """

@@ -16,8 +16,27 @@ from training.paths import MODEL_VERSION
 from training.splits import SEED, SplitRecord, counts
 from training.tasks import MURA_DATA, SPECS, TASK_DATA
 
-OPTIMIZER = ("Adam; heads: lr 1e-3, early stopping on validation loss; fine-tuning: lr 1e-4, "
-             "the epoch with the best validation score is kept")
+
+def optimizer_text(finetune: dict[str, Any] | None) -> str:
+    """The optimizer note of a card: the heads' settings, and the fine-tuning learning rates that
+    were used (an end-to-end run's continued runs first)."""
+    text = "Adam; heads: lr 1e-3, early stopping on validation loss"
+    if not finetune:
+        return text
+    runs = [*finetune.get("previous_runs", []), finetune]   # oldest first
+    rates = [run.get("settings", run).get("learning_rate") for run in runs]
+    said = ", then ".join(_scientific(rate) for rate in rates if rate is not None)
+    continued = " (continued runs)" if len(rates) > 1 else ""
+    return (f"{text}; fine-tuning: lr {said or 'not recorded'}{continued}, "
+            "the epoch with the best validation score kept")
+
+
+def _scientific(number: float) -> str:
+    """1e-4, 5e-5, 2.5e-4: a learning rate as people write it."""
+    mantissa, exponent = f"{number:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 GROUP_NOUN = {"pneumonia": "patients", "skin": "lesions", "bone": "patients"}
 NOT_CLINICAL = "Not for clinical use: a research and engineering demonstration, not a medical device."
 
@@ -165,7 +184,7 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
                              "views": "features of the training images in each other view of the task's "
                                       "test-time augmentation (skin: 3 flips and 4 transposed views, i.e. "
                                       "quarter turns; bone: the mirror) added"}[augmentation],
-            "optimizer": OPTIMIZER,
+            "optimizer": optimizer_text(finetune),
             **timing,
             "seconds": round(sum(v for v in timing.values() if v is not None), 1),
             "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared with other jobs), "
@@ -394,7 +413,7 @@ def refresh_text(folder: Path) -> None:
     card["intended_use"] = INTENDED_USE_MURA if mura else INTENDED_USE[card["task"]]
     card["limitations"] = LIMITATIONS_MURA if mura else LIMITATIONS[card["task"]]
     if "name" not in card["architecture"]:    # for_architecture cards carry their own optimizer text
-        card["training"]["optimizer"] = OPTIMIZER
+        card["training"]["optimizer"] = optimizer_text(card["training"].get("finetune"))
     card["training"].setdefault("augmentation", "none")   # cards from before augmentation existed
     write(card, folder)
 

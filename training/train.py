@@ -88,7 +88,7 @@ def _end_to_end_backbone(task: str, weights_file: Path, imagenet_weights: str | 
                  else "BatchNorm frozen")
     info = {
         "blocks": 16, "batchnorm": batchnorm,
-        "end_to_end": f"python -m training.finetune (all blocks + Conv_1, {batchnorm})",
+        "end_to_end": f"python -m training.finetune (blocks 1-16 + Conv_1; the stem and block 0 frozen; {batchnorm})",
         "weights_sha256": hashlib.sha256(weights_file.read_bytes()).hexdigest(),
         "device": record["device"], "keras_backend": record["keras_backend"],
         "fit_seconds": record["fit_seconds"], "best_epoch": record["best_epoch"],
@@ -108,6 +108,13 @@ def choose_head(refit: TrainedHead, jointly_trained: TrainedHead | None,
     # An end-to-end run's head learned with that run's class weights (--finetune-blocks: balanced)
     weighting = (finetune_info or {}).get("settings", {}).get("class_weight", "balanced")
     return jointly_trained, "head trained jointly with the fine-tuned blocks", weighting
+
+
+def _refit_curve_label(head_name: str, shipped: bool) -> str:
+    """What a refit head's training-curves plot shows, saying so when that head lost to the jointly
+    trained one (whose curves are the fine-tuning plot)."""
+    label = f"{head_name} head (refit on pooled features)"
+    return label if shipped else f"{label}; not the shipped head, see training_curves_finetune.png"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,10 +277,10 @@ def main(argv: list[str] | None = None) -> int:
 
     curves = {}
     # Training curves of every fit the run kept (the L2 grid's other fits are not kept).
-    fits = {"training_curves.png": ("probabilities head (refit on pooled features)", refit_head,
+    fits = {"training_curves.png": (_refit_curve_label("probabilities", head is refit_head), refit_head,
                                     "probabilities head")}
     if kl_head is not None:
-        fits["training_curves_kl.png"] = ("kl_probabilities head (refit on pooled features)", kl_refit,
+        fits["training_curves_kl.png"] = (_refit_curve_label("kl_probabilities", kl_head is kl_refit), kl_refit,
                                           "KL grade head")
     if args.backbone_weights:
         finetune_curves = args.backbone_weights.parent / "training_curves.png"

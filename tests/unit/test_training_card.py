@@ -66,3 +66,13 @@ def test_the_backbone_line_says_whether_batchnorm_was_trained(tmp_path: Path):
 
     assert trained["architecture"]["backbone"].endswith("last 16 block(s) + Conv_1 fine-tuned (BatchNorm trained)")
     assert older["architecture"]["backbone"].endswith("last 10 block(s) + Conv_1 fine-tuned (BatchNorm frozen)")
+
+
+def test_the_optimizer_note_gives_the_learning_rates_the_fine_tuning_used():
+    assert model_card.optimizer_text(None) == "Adam; heads: lr 1e-3, early stopping on validation loss"
+    # --finetune-blocks (heads.py) records its rate at the top level
+    assert "fine-tuning: lr 1e-4, the epoch" in model_card.optimizer_text({"learning_rate": 1e-4})
+    # an end-to-end run continued from another: oldest first
+    continued = {"settings": {"learning_rate": 5e-5},
+                 "previous_runs": [{"settings": {"learning_rate": 1e-4}}, {"settings": {"learning_rate": 2.5e-4}}]}
+    assert "fine-tuning: lr 1e-4, then 2.5e-4, then 5e-5 (continued runs)" in model_card.optimizer_text(continued)

@@ -25,6 +25,7 @@ from services.core.imaging import (
     ImageLimits,
     decode_image,
     dicom_routing_tags,
+    read_header,
     read_image,
     sniff_media_type,
 )
@@ -352,6 +353,40 @@ def test_a_png_of_many_empty_header_chunks_is_refused_before_pillow_reads_them()
         read_image(crafted)
     with_text = png[:ihdr_end] + chunk * 50 + png[ihdr_end:]   # a few ancillary chunks are fine
     assert read_image(with_text).image.size == (64, 48)
+
+
+def png_chunk(kind: bytes, payload: bytes = b"") -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+@pytest.mark.parametrize(
+    ("where", "chunk", "count", "words"),
+    [("after", b"zzZz", 100_000, "more than 1024 chunks after its image data"),
+     ("among", b"IDAT", 100_000, "more than 16384 image data chunks"),
+     ("before", b"zTXt", 20, "more than 8 compressed text chunks")],
+)
+def test_a_png_flooded_with_chunks_after_or_among_its_image_data_is_refused(
+    where: str, chunk: bytes, count: int, words: str
+) -> None:
+    """Pillow walks the chunks after the first IDAT in Python too (1.65 M empty ones: 3.75 s), and
+    inflates each compressed text chunk up to 1 MB while reading the header."""
+    import zlib
+
+    png = encode(gradient_rgb(), "PNG")
+    payload = b"Comment\x00\x00" + zlib.compress(b" " * 100_000) if chunk == b"zTXt" else b""
+    flood = png_chunk(chunk, payload) * count
+    first_idat = png.index(b"IDAT") - 4
+    iend = png.index(b"IEND") - 4
+    crafted = {"after": png[:iend] + flood + png[iend:],
+               "among": png[:first_idat] + flood + png[first_idat:],
+               "before": png[:first_idat] + flood + png[first_idat:]}[where]
+    with pytest.raises(InvalidImage, match=words):
+        read_header(crafted)
+    fine = png[:first_idat] + png_chunk(chunk, payload) * 2 + png[first_idat:]   # a couple are fine
+    assert read_image(fine).image.size == (64, 48)
 
 
 def make_palette_dicom(indices: np.ndarray, lut_rgb: np.ndarray, lut_bits: int = 16) -> bytes:

@@ -5,6 +5,8 @@ Every method opens its own database transaction, so one ``Accounts`` serves all 
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import logging
 import uuid
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.auth.credentials import Passwords, new_token, token_hash
-from services.auth.errors import BadCredentials, EmailTaken, InvalidToken, Throttled, UserNotFound
+from services.auth.errors import BadCredentials, Busy, EmailTaken, InvalidToken, Throttled, UserNotFound
 from services.auth.models import AuthSession, LoginFailure, User, utc_now
 from services.auth.validation import (
     EMAIL_MAX_LENGTH,
@@ -42,6 +44,22 @@ class LoggedIn:
     access_token: str  # the only time the plain token exists outside the client
     expires_at: datetime
     user: User
+
+
+def throttle_key_of_ip(address: str) -> str:
+    """What log-in failures are counted under for a client address: an IPv4 address as itself (also
+    when written IPv4-mapped, ::ffff:a.b.c.d), an IPv6 address as its /64 (one subscriber's
+    network: a client holding a /64 could otherwise try from a new address each time). Anything
+    that is not an address is kept as given."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip), 64), strict=False))
+    return str(ip)
 
 
 class Accounts:
@@ -90,7 +108,7 @@ class Accounts:
         # PostgreSQL text cannot hold NUL: such an email is no account's (sign-up refuses control
         # characters), so it becomes one that cannot match, and is throttled like any other.
         email = normalize_email(email).replace("\x00", "\ufffd")[:EMAIL_MAX_LENGTH]
-        client_ip = client_ip.replace("\x00", "").strip()[:CLIENT_IP_MAX_LENGTH]
+        client_ip = throttle_key_of_ip(client_ip.replace("\x00", "").strip())[:CLIENT_IP_MAX_LENGTH]
         now = utc_now()
         # The attempt is written (as a failure, until it succeeds) before the throttle is checked,
         # so parallel guesses see each other: of N at once, at most the limit get to try a password.
@@ -109,13 +127,19 @@ class Accounts:
         with self._sessions.begin() as db:
             user = db.scalar(select(User).where(User.email == email))
         # The slow argon2 work happens outside any transaction, so it holds no connection or lock.
-        if len(password) > PASSWORD_MAX_LENGTH:
-            matches = False  # no account has one (the policy caps it); do not spend argon2 on megabytes
-        elif user is None:
-            self._passwords.verify_dummy(password)  # as slow as a real check: timing reveals no accounts
-            matches = False
-        else:
-            matches = self._passwords.verify(user.password_hash, password)
+        try:
+            if len(password) > PASSWORD_MAX_LENGTH:
+                matches = False  # no account has one (the policy caps it); do not spend argon2 on megabytes
+            elif user is None:
+                self._passwords.verify_dummy(password)  # as slow as a real check: timing reveals no accounts
+                matches = False
+            else:
+                matches = self._passwords.verify(user.password_hash, password)
+        except Busy:
+            # No password was tried: this attempt is no failure.
+            with self._sessions.begin() as db:
+                db.execute(delete(LoginFailure).where(LoginFailure.id == attempt_id))
+            raise
         if user is None or not matches:
             with self._sessions.begin() as db:
                 # The attempt's row stays: it is this failure. Failures older than the window no
@@ -123,9 +147,10 @@ class Accounts:
                 db.execute(delete(LoginFailure).where(LoginFailure.created_at < now - self._throttle.window))
             raise BadCredentials()
 
-        new_hash = (
-            self._passwords.hash(password) if self._passwords.needs_rehash(user.password_hash) else None
-        )
+        new_hash = None
+        if self._passwords.needs_rehash(user.password_hash):
+            with contextlib.suppress(Busy):   # the upgrade waits for a quieter log-in
+                new_hash = self._passwords.hash(password)
         token = new_token()
         expires_at = now + self._session_ttl
         with self._sessions.begin() as db:

@@ -4,30 +4,59 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from services.auth.errors import Busy
+
 
 class Passwords:
-    """argon2id hashing with a fixed cost, and a dummy hash so unknown accounts cost the same time."""
+    """argon2id hashing with a fixed cost, and a dummy hash so unknown accounts cost the same time.
 
-    def __init__(self, time_cost: int = 3, memory_kib: int = 65536, parallelism: int = 4) -> None:
+    At most ``max_concurrent`` hashes run at once (None: no limit); a call that finds every slot
+    taken for ``wait_s`` raises Busy. The auth service's worker threads are shared with token checks
+    and health checks, which a burst of log-ins must not queue behind (each hash is ~0.2 s of CPU
+    and 64 MiB), nor may the pod's memory grow with the number of threads.
+    """
+
+    def __init__(self, time_cost: int = 3, memory_kib: int = 65536, parallelism: int = 4,
+                 max_concurrent: int | None = None, wait_s: float = 0.5) -> None:
         self._hasher = PasswordHasher(
             time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, type=Type.ID
         )
+        self._slots = threading.BoundedSemaphore(max_concurrent) if max_concurrent else None
+        self._wait_s = wait_s
         # Verified against when the email is unknown, so the reply takes as long as for a real account.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
 
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        if self._slots is None:
+            yield
+            return
+        if not self._slots.acquire(timeout=self._wait_s):
+            raise Busy()
+        try:
+            yield
+        finally:
+            self._slots.release()
+
     def hash(self, password: str) -> str:
-        return self._hasher.hash(password)
+        with self._slot():
+            return self._hasher.hash(password)
 
     def verify(self, stored_hash: str, password: str) -> bool:
-        """True when ``password`` matches ``stored_hash``; False on a mismatch or an unreadable hash."""
-        try:
-            return self._hasher.verify(stored_hash, password)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            return False
+        """True when ``password`` matches ``stored_hash``; False on a mismatch or an unreadable hash.
+        Raises Busy when no hashing slot frees up in time."""
+        with self._slot():
+            try:
+                return self._hasher.verify(stored_hash, password)
+            except (VerifyMismatchError, VerificationError, InvalidHashError):
+                return False
 
     def verify_dummy(self, password: str) -> None:
         """Spend the time of one verification without any account; the outcome is always 'no'."""

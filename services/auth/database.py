@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from services.core.database_url import engine_url
+from services.core.migration_transaction import migration_transaction
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,7 @@ _MIGRATION_LOCK_ID = 0x64727465_63680001
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the database schema to ``revision`` (creating the tables in an empty database)."""
     config = alembic_config()
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            # Held until this transaction ends; released by PostgreSQL even if the process dies.
-            connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+    with migration_transaction(engine, _MIGRATION_LOCK_ID) as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 

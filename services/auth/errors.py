@@ -26,6 +26,13 @@ class Throttled(AuthError):
         super().__init__(f"Too many failed log-in attempts. Try again in about {minutes} {unit}.")
 
 
+class Busy(AuthError):
+    """Every argon2 slot stayed taken for the wait: shed the call rather than queue it behind them."""
+
+    def __init__(self) -> None:
+        super().__init__("The auth service is busy; try again in a moment.")
+
+
 class InvalidToken(AuthError):
     """Missing, unknown, revoked or expired access token; the message says which of these it is."""
 

@@ -13,7 +13,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from sqlalchemy.exc import OperationalError
 
-from services.auth.errors import BadCredentials, EmailTaken, InvalidToken, Throttled, UserNotFound
+from services.auth.errors import BadCredentials, Busy, EmailTaken, InvalidToken, Throttled, UserNotFound
 from services.auth.validation import ValidationError
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,10 @@ def error_status(error: Exception) -> status_pb2.Status:
         return _status(
             code_pb2.RESOURCE_EXHAUSTED, str(error), error_details_pb2.RetryInfo(retry_delay=delay)
         )
+    if isinstance(error, Busy):
+        delay = Duration()
+        delay.FromSeconds(1)
+        return _status(code_pb2.UNAVAILABLE, str(error), error_details_pb2.RetryInfo(retry_delay=delay))
     if isinstance(error, UserNotFound):
         return _status(code_pb2.NOT_FOUND, str(error))
     if isinstance(error, OperationalError):
@@ -84,7 +88,9 @@ class DomainErrorInterceptor(grpc.ServerInterceptor):
                 return behavior(request, context)
             except Exception as error:  # noqa: BLE001 - every error leaves as a status, never a traceback
                 status = error_status(error)
-                if status.code in (code_pb2.INTERNAL, code_pb2.UNAVAILABLE):
+                if isinstance(error, Busy):
+                    log.warning("%s shed: every argon2 slot stayed busy", method)
+                elif status.code in (code_pb2.INTERNAL, code_pb2.UNAVAILABLE):
                     log.exception("%s failed", method)
                 context.abort_with_status(rpc_status.to_status(status))
 

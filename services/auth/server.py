@@ -119,6 +119,8 @@ def build_accounts(settings: AuthSettings, engine: Engine) -> Accounts:
             time_cost=settings.argon2_time_cost,
             memory_kib=settings.argon2_memory_kib,
             parallelism=settings.argon2_parallelism,
+            max_concurrent=settings.argon2_max_concurrent,
+            wait_s=settings.argon2_wait_s,
         ),
         session_ttl=timedelta(hours=settings.session_ttl_hours),
         throttle=ThrottlePolicy(

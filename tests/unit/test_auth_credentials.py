@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 
+import pytest
 from argon2 import PasswordHasher
 
 from services.auth.credentials import Passwords, new_token, token_hash
+from services.auth.errors import Busy
 
 # Cheap argon2 cost so the suite stays fast; the algorithm is the same.
 FAST = {"time_cost": 1, "memory_kib": 1024, "parallelism": 1}
@@ -62,3 +65,27 @@ def test_tokens_are_random_and_stored_as_their_sha256() -> None:
     assert len(token) >= 43  # 32 random bytes, URL-safe base64
     assert token_hash(token) == hashlib.sha256(token.encode()).hexdigest()
     assert token not in token_hash(token)
+
+
+def test_at_most_max_concurrent_hashes_run_and_a_call_that_cannot_get_a_slot_is_busy(monkeypatch) -> None:
+    passwords = Passwords(**FAST, max_concurrent=1, wait_s=0.05)
+    stored = passwords.hash("correct horse 1")
+    entered, release = threading.Event(), threading.Event()
+    real_verify = PasswordHasher.verify
+
+    def held(hasher: PasswordHasher, stored_hash: str, given: str) -> bool:
+        entered.set()
+        release.wait(10)
+        return real_verify(hasher, stored_hash, given)
+
+    monkeypatch.setattr(PasswordHasher, "verify", held)
+    holder = threading.Thread(target=passwords.verify, args=(stored, "correct horse 1"))
+    holder.start()
+    assert entered.wait(5)
+    with pytest.raises(Busy):
+        passwords.hash("correct horse 2")
+    with pytest.raises(Busy):
+        passwords.verify_dummy("anything")
+    release.set()
+    holder.join(10)
+    assert passwords.hash("correct horse 2").startswith("$argon2id$")   # the slot is free again

@@ -32,7 +32,10 @@ def test_settings_come_from_drtech_auth_variables(monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.parametrize(
-    "bad", [{"port": 70000}, {"session_ttl_hours": 0}, {"throttle_max_failures_per_email": 0}]
+    "bad",
+    [{"port": 70000}, {"session_ttl_hours": 0}, {"throttle_max_failures_per_email": 0},
+     # every worker thread hashing would leave none for token and health checks
+     {"workers": 4, "argon2_max_concurrent": 4}, {"argon2_max_concurrent": 0}],
 )
 def test_bad_settings_are_refused_at_start(bad: dict[str, float]) -> None:
     with pytest.raises(ValidationError):

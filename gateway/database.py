@@ -6,10 +6,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import sessionmaker
 
 from services.core.database_url import engine_url
+from services.core.migration_transaction import migration_transaction
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Our own version table, so the gateway and the auth service can share one PostgreSQL database.
@@ -50,10 +51,7 @@ def alembic_config() -> Config:
 def migrate(engine: Engine) -> None:
     """Bring the schema to the latest revision (idempotent)."""
     config = alembic_config()
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            # Held until this transaction ends; PostgreSQL releases it even if the process dies.
-            connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+    with migration_transaction(engine, _MIGRATION_LOCK_ID) as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

@@ -67,6 +67,26 @@ def test_migrating_again_changes_nothing(engine: Engine) -> None:
     assert current_revision(engine) == head_revision()
 
 
+def test_a_migration_that_fails_halfway_leaves_the_database_as_it_was(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first start stopped mid-migration (Ctrl-C) must not leave tables without their version row:
+    every later start would fail with "table already exists". On SQLite too, whose driver commits
+    before each DDL statement unless the transaction is ours."""
+    from alembic.operations import Operations
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Operations, "create_index", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            migrate(engine)
+    assert inspect(engine).get_table_names() == []
+    migrate(engine)
+    assert current_revision(engine) == head_revision()
+
+
 def test_the_models_match_the_migrations(engine: Engine) -> None:
     migrate(engine)
     with engine.connect() as connection:

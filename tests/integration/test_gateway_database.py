@@ -64,6 +64,28 @@ def test_migrations_create_the_schema_and_are_idempotent(database_url: str) -> N
         engine.dispose()
 
 
+def test_a_migration_that_fails_halfway_leaves_the_database_as_it_was(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for the auth service: an interrupted first start must not strand half a schema."""
+    from alembic.operations import Operations
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    engine = create_database_engine(database_url)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(Operations, "create_index", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                migrate(engine)
+        assert "diagnoses" not in inspect(engine).get_table_names()
+        migrate(engine)
+        assert {"diagnoses", "gateway_alembic_version"} <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
 def test_records_list_newest_first_per_user_and_track_shared_images(database_url: str) -> None:
     engine = create_database_engine(database_url)
     try:

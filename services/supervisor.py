@@ -66,6 +66,10 @@ def _child_env(comps: list[Component]) -> dict[str, str]:
     for comp in comps:
         if comp.kind == "grpc":
             env[f"DRTECH_{comp.name.upper()}_ADDR"] = comp.address
+    # One port per process: every model service reads these, so an exported value (the k8s settings)
+    # would make all four bind the same port and the second one fail to start.
+    for shared_port in ("DRTECH_SERVING_HEALTH_PORT", "DRTECH_SERVING_METRICS_PORT"):
+        env.pop(shared_port, None)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -121,9 +125,12 @@ class Supervisor:
     def _wait_healthy(self, comp: Component) -> None:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline and not self.stopping.is_set():
-            assert comp.process is not None
-            if comp.process.poll() is not None:
-                raise RuntimeError(f"{comp.name} exited with status {comp.process.returncode} while starting")
+            # Any component that already started may die meanwhile too: name it, rather than wait
+            # out the timeout on a gateway that can never be ready without it.
+            for started in self.comps:
+                if started.process is not None and started.process.poll() is not None:
+                    when = "while starting" if started is comp else f"while {comp.name} was starting"
+                    raise RuntimeError(f"{started.name} exited with status {started.process.returncode} {when}")
             if _healthy(comp):
                 log.info("%s is healthy", comp.name)
                 return

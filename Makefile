@@ -5,6 +5,9 @@ PY     := $(VENV)/bin/python
 PROTOS := $(wildcard protos/drtech/v1/*.proto)
 GENERATED := $(PROTOS:.proto=_pb2.py)
 
+# One pip at a time in the one venv, whatever -j says.
+.NOTPARALLEL:
+
 .PHONY: run test protos install-run install-test install-bench test-fast bench bench-runtimes clean help
 
 help:
@@ -23,9 +26,11 @@ test: install-test protos
 test-fast: install-test protos
 	$(PY) -m pytest tests/unit
 
+# A venv that failed halfway (no venv module, an old Python) is removed, so the next try starts clean.
 $(PY):
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Dr.Tech needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0] + ": run make PYTHON=python3.11 (or newer)")'
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
+	$(PY) -m pip install --quiet --upgrade pip || { rm -rf $(VENV); exit 1; }
 
 # Stamps so a second `make run` does not reinstall; they are redone when pyproject.toml changes.
 $(VENV)/.run-installed: pyproject.toml | $(PY)

@@ -417,7 +417,10 @@ def test_probes_on_the_health_port_are_answered_while_every_worker_thread_is_bus
             caller.join(TIMEOUT)
         running.stop(grace=0)
     with socket.socket() as sock:   # stopped with the service: the port is free again
+        # SO_REUSEADDR: a connection the server closed may sit in TIME_WAIT, which is not a listener
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", health_port))
+        sock.listen()
 
 
 def _call_ignoring_errors(channel: grpc.Channel) -> None:

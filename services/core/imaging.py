@@ -304,12 +304,21 @@ def _check_jpeg_structure(data: bytes) -> tuple[int, int]:
 # text chunks); Pillow reads each in Python, and after the first IDAT it walks every chunk too
 # (1.65 M empty chunks in a 20 MB file took 3.75 s of CPU to decode, measured).
 MAX_PNG_HEADER_CHUNKS = 1024
-# Encoders write IDAT chunks of 8-64 KiB (libpng: 8 KiB, so ~2,600 in a 20 MiB file).
+# Encoders write IDAT chunks of 8-64 KiB (libpng: 8 KiB, so ~2,600 in a 20 MiB file). After the
+# image data come text chunks and, in an animated PNG, two chunks per further frame (fcTL, fdAT).
+# At ~2.3 us a chunk, 16384 chunks cost Pillow ~40 ms.
 MAX_PNG_DATA_CHUNKS = 16384
-MAX_PNG_TRAILING_CHUNKS = 1024
+MAX_PNG_TRAILING_CHUNKS = 16384
 # Pillow inflates each compressed text chunk (zTXt, iTXt) up to 1 MB while reading the header: 63
 # of them in a 66 kB file held 63 MB, measured. Real files carry none or one or two.
 MAX_PNG_COMPRESSED_TEXT_CHUNKS = 8
+
+
+def _itxt_is_compressed(data: bytes, offset: int) -> bool:
+    """An iTXt chunk's compression flag: the byte after its keyword's NUL (keywords are 1-79 bytes)."""
+    payload = data[offset + 8:offset + 8 + 81]
+    keyword_end = payload.find(b"\x00")
+    return 0 <= keyword_end < len(payload) - 1 and payload[keyword_end + 1] == 1
 
 
 def _check_png_chunks(data: bytes) -> None:
@@ -337,8 +346,10 @@ def _check_png_chunks(data: bytes) -> None:
         else:
             trailing += 1
             if trailing > MAX_PNG_TRAILING_CHUNKS:
-                raise InvalidImage(f"the PNG has more than {MAX_PNG_TRAILING_CHUNKS} chunks after its image data")
-        if kind in (b"zTXt", b"iTXt"):
+                raise InvalidImage(
+                    f"the PNG has more than {MAX_PNG_TRAILING_CHUNKS} chunks after its image data"
+                )
+        if kind == b"zTXt" or (kind == b"iTXt" and _itxt_is_compressed(data, offset)):
             compressed_text += 1
             if compressed_text > MAX_PNG_COMPRESSED_TEXT_CHUNKS:
                 raise InvalidImage(
@@ -374,7 +385,8 @@ def _open_raster(data: bytes, media_type: str, limits: ImageLimits) -> tuple[Ima
     # leaves components out, however many scans follow: a progressive file cut after its first scan
     # took as much memory as the whole one (401 MB for 8000x8000), measured.
     progressive = bool(image.info.get("progressive") or image.info.get("progression"))
-    decodes_whole = media_type == JPEG and (scans > 1 or progressive or 0 < first_components < len(image.getbands()))
+    partial_first_scan = 0 < first_components < len(image.getbands())
+    decodes_whole = media_type == JPEG and (scans > 1 or progressive or partial_first_scan)
     return image, decodes_whole
 
 
@@ -607,19 +619,26 @@ def _j2k_size(frame: bytes) -> tuple[int, int] | None:
     return x - x_offset, y - y_offset
 
 
+# PackBits' no-operation header (-128): encoders do not write it (PS3.5 G.3.1), and each costs the walk
+# below a step that produces nothing, so a segment of them is refused after a few.
+MAX_RLE_NO_OPS = 64
+
+
 def _check_rle_frame(frame: bytes, pixels: int, segments_expected: int) -> None:
     """Walk each RLE segment's run headers (PS3.5 G.3.1: PackBits) without decoding, and refuse a
     segment that decodes to more bytes than one byte plane of the image (pydicom's decoder builds
-    the whole output first: 19.9 MB of runs made 1.27 GB, measured)."""
+    the whole output first: 19.9 MB of runs made 1.27 GB, measured). The walk steps run by run in
+    Python, as pydicom's own decoder does, so it costs about as much as the decoding it protects."""
     if len(frame) < 64:
         raise InvalidImage("the DICOM RLE frame is shorter than its 64-byte header")
     count = int.from_bytes(frame[:4], "little")
     if not 1 <= count <= 15 or count != segments_expected:
         raise InvalidImage(f"the DICOM RLE frame has {count} segments; its header needs {segments_expected}")
     offsets = [int.from_bytes(frame[4 + 4 * i:8 + 4 * i], "little") for i in range(count)] + [len(frame)]
+    limit = pixels + 1                  # a segment may be padded to an even length
     for start, end in itertools.pairwise(offsets):
-        position, produced = start, 0
-        while position < min(end, len(frame)) and produced <= pixels:
+        position, stop, produced, no_ops = start, min(end, len(frame)), 0, 0
+        while position < stop:
             header = frame[position]
             if header < 128:            # a literal run of header + 1 bytes
                 produced += header + 1
@@ -628,12 +647,17 @@ def _check_rle_frame(frame: bytes, pixels: int, segments_expected: int) -> None:
                 produced += 257 - header
                 position += 2
             else:                       # 128: no operation
+                no_ops += 1
+                if no_ops > MAX_RLE_NO_OPS:
+                    raise InvalidImage(
+                        "the DICOM RLE data is padded with no-operation runs an encoder does not write"
+                    )
                 position += 1
-        if produced > pixels + 1:       # a segment may be padded to an even length
-            raise InvalidImage(
-                f"the DICOM RLE data decodes to more than the {pixels} pixels its header declares; "
-                "the file is inconsistent"
-            )
+            if produced > limit:
+                raise InvalidImage(
+                    f"the DICOM RLE data decodes to more than the {pixels} pixels its header declares; "
+                    "the file is inconsistent"
+                )
 
 
 def _ybr_full_to_rgb_in_place(array: np.ndarray) -> None:

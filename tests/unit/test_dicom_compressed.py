@@ -101,3 +101,20 @@ def test_a_deflated_dicom_is_refused_before_it_is_inflated() -> None:
         read_header(bundled("image_dfl.dcm"))
     with pytest.raises(InvalidImage, match="not accepted"):
         dicom_routing_tags(bundled("image_dfl.dcm"))
+
+
+def test_an_rle_frame_padded_with_no_operation_runs_is_refused_without_walking_them_all() -> None:
+    """Each no-op (-128) header costs a step and produces nothing: 19 MB of them took seconds."""
+    import io
+
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    dataset = pydicom.dcmread(bundled_path("MR_small_RLE.dcm"))   # 64x64, 16-bit: two segments
+    segment = b"\x80" * 1_000_000
+    header = (2).to_bytes(4, "little") + (64).to_bytes(4, "little") + (64 + len(segment)).to_bytes(4, "little")
+    dataset.PixelData = encapsulate([header + b"\x00" * 52 + segment + segment])
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    with pytest.raises(InvalidImage, match="no-operation runs"):
+        read_image(buffer.getvalue())

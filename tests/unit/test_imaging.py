@@ -364,7 +364,7 @@ def png_chunk(kind: bytes, payload: bytes = b"") -> bytes:
 
 @pytest.mark.parametrize(
     ("where", "chunk", "count", "words"),
-    [("after", b"zzZz", 100_000, "more than 1024 chunks after its image data"),
+    [("after", b"zzZz", 100_000, "more than 16384 chunks after its image data"),
      ("among", b"IDAT", 100_000, "more than 16384 image data chunks"),
      ("before", b"zTXt", 20, "more than 8 compressed text chunks")],
 )
@@ -387,6 +387,20 @@ def test_a_png_flooded_with_chunks_after_or_among_its_image_data_is_refused(
         read_header(crafted)
     fine = png[:first_idat] + png_chunk(chunk, payload) * 2 + png[first_idat:]   # a couple are fine
     assert read_image(fine).image.size == (64, 48)
+
+
+def test_an_animated_png_and_uncompressed_international_text_are_accepted() -> None:
+    """An APNG carries two chunks per frame after its image data; an iTXt chunk is only inflated
+    when its compression flag says so."""
+    frames = [gradient_rgb().rotate(angle) for angle in range(0, 600)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="PNG", save_all=True, append_images=frames[1:])
+    assert read_image(buffer.getvalue()).image.size == (64, 48)
+
+    png = encode(gradient_rgb(), "PNG")
+    first_idat = png.index(b"IDAT") - 4
+    plain_itxt = png_chunk(b"iTXt", b"Comment\x00\x00\x00en\x00Kommentar\x00" + b"x" * 100)
+    assert read_image(png[:first_idat] + plain_itxt * 20 + png[first_idat:]).image.size == (64, 48)
 
 
 def make_palette_dicom(indices: np.ndarray, lut_rgb: np.ndarray, lut_bits: int = 16) -> bytes:

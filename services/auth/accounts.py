@@ -46,11 +46,16 @@ class LoggedIn:
     user: User
 
 
+# RFC 6052's well-known NAT64 prefix: the IPv4 client is the address's last 32 bits.
+_NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
+
+
 def throttle_key_of_ip(address: str) -> str:
     """What log-in failures are counted under for a client address: an IPv4 address as itself (also
-    when written IPv4-mapped, ::ffff:a.b.c.d), an IPv6 address as its /64 (one subscriber's
-    network: a client holding a /64 could otherwise try from a new address each time). Anything
-    that is not an address is kept as given."""
+    when written IPv4-mapped, ::ffff:a.b.c.d, or translated by NAT64, 64:ff9b::a.b.c.d), an IPv6
+    address as its /64 (one LAN: a client holding a /64 could otherwise try from a new address each
+    time; a subscriber given a /56 or /48 still has many /64s). Anything that is not an address is
+    kept as given."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -58,6 +63,8 @@ def throttle_key_of_ip(address: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped)
+        if ip in _NAT64_PREFIX:
+            return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
         return str(ipaddress.IPv6Network((int(ip), 64), strict=False))
     return str(ip)
 

@@ -17,33 +17,41 @@ from services.auth.errors import Busy
 class Passwords:
     """argon2id hashing with a fixed cost, and a dummy hash so unknown accounts cost the same time.
 
-    At most ``max_concurrent`` hashes run at once (None: no limit); a call that finds every slot
-    taken for ``wait_s`` raises Busy. The auth service's worker threads are shared with token checks
-    and health checks, which a burst of log-ins must not queue behind (each hash is ~0.2 s of CPU
-    and 64 MiB), nor may the pod's memory grow with the number of threads.
+    The auth service's worker threads are shared with token checks and health checks, which a burst
+    of log-ins must not queue behind (each hash is ~0.2 s of CPU and 64 MiB), nor may the pod's
+    memory grow with the number of threads. So at most ``max_concurrent`` hashes run at once, and at
+    most ``max_admitted`` calls are inside at all, hashing or waiting up to ``wait_s`` for a slot;
+    a call beyond either limit raises Busy at once (None: no limit).
     """
 
     def __init__(self, time_cost: int = 3, memory_kib: int = 65536, parallelism: int = 4,
-                 max_concurrent: int | None = None, wait_s: float = 0.5) -> None:
+                 max_concurrent: int | None = None, max_admitted: int | None = None,
+                 wait_s: float = 0.5) -> None:
         self._hasher = PasswordHasher(
             time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, type=Type.ID
         )
         self._slots = threading.BoundedSemaphore(max_concurrent) if max_concurrent else None
+        self._admitted = threading.BoundedSemaphore(max_admitted) if max_admitted else None
         self._wait_s = wait_s
         # Verified against when the email is unknown, so the reply takes as long as for a real account.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
-        if self._slots is None:
-            yield
-            return
-        if not self._slots.acquire(timeout=self._wait_s):
+        # Not blocking: a waiting call holds a worker thread too.
+        if self._admitted is not None and not self._admitted.acquire(blocking=False):
             raise Busy()
         try:
-            yield
+            if self._slots is not None and not self._slots.acquire(timeout=self._wait_s):
+                raise Busy()
+            try:
+                yield
+            finally:
+                if self._slots is not None:
+                    self._slots.release()
         finally:
-            self._slots.release()
+            if self._admitted is not None:
+                self._admitted.release()
 
     def hash(self, password: str) -> str:
         with self._slot():

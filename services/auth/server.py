@@ -120,6 +120,7 @@ def build_accounts(settings: AuthSettings, engine: Engine) -> Accounts:
             memory_kib=settings.argon2_memory_kib,
             parallelism=settings.argon2_parallelism,
             max_concurrent=settings.argon2_max_concurrent,
+            max_admitted=settings.argon2_admitted,
             wait_s=settings.argon2_wait_s,
         ),
         session_ttl=timedelta(hours=settings.session_ttl_hours),

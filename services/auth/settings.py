@@ -42,17 +42,25 @@ class AuthSettings(BaseSettings):
     argon2_time_cost: int = Field(default=3, ge=1)
     argon2_memory_kib: int = Field(default=65536, ge=8)
     argon2_parallelism: int = Field(default=4, ge=1)
-    # Hashes at once (log-in, sign-up), fewer than `workers` so token and health checks always find
-    # a thread; a call that waits longer than argon2_wait_s for one gets UNAVAILABLE (503).
-    argon2_max_concurrent: int = Field(default=4, ge=1)
+    # Hashes at once (log-in, sign-up); default min(4, workers - 1). Calls inside argon2 at all
+    # (hashing or waiting up to argon2_wait_s for a slot) are at most workers - 1, so token and health
+    # checks always find a thread; a call beyond that, or one that waits in vain, gets UNAVAILABLE (503).
+    argon2_max_concurrent: int | None = Field(default=None, ge=1)
     argon2_wait_s: float = Field(default=0.5, ge=0)
+
+    @property
+    def argon2_admitted(self) -> int | None:
+        """Calls that may be inside argon2 at once: all workers but one (none held back with one)."""
+        return self.workers - 1 if self.workers > 1 else None
 
     @model_validator(mode="after")
     def _default_database(self) -> AuthSettings:
-        if self.argon2_max_concurrent >= self.workers:
+        if self.argon2_max_concurrent is None:
+            self.argon2_max_concurrent = min(4, max(1, self.workers - 1))
+        elif self.workers > 1 and self.argon2_max_concurrent >= self.workers:
             raise ValueError(
-                f"argon2_max_concurrent ({self.argon2_max_concurrent}) must be below workers ({self.workers}): "
-                "token and health checks need a thread while log-ins hash"
+                f"argon2_max_concurrent ({self.argon2_max_concurrent}) must be below workers "
+                f"({self.workers}): token and health checks need a thread while log-ins hash"
             )
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.home / 'auth.db').as_posix()}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 
 import pytest
 from argon2 import PasswordHasher
@@ -86,6 +87,17 @@ def test_at_most_max_concurrent_hashes_run_and_a_call_that_cannot_get_a_slot_is_
         passwords.hash("correct horse 2")
     with pytest.raises(Busy):
         passwords.verify_dummy("anything")
+    admitted_once = Passwords(**FAST, max_concurrent=1, max_admitted=1, wait_s=5)
+    monkeypatch.setattr(admitted_once, "_hasher", passwords._hasher)
+    other = threading.Thread(target=admitted_once.verify, args=(stored, "correct horse 1"))
+    entered.clear()
+    other.start()
+    assert entered.wait(5)
+    started = time.monotonic()
+    with pytest.raises(Busy):              # refused at once: no waiting past max_admitted
+        admitted_once.hash("correct horse 2")
+    assert time.monotonic() - started < 1
     release.set()
+    other.join(10)
     holder.join(10)
     assert passwords.hash("correct horse 2").startswith("$argon2id$")   # the slot is free again

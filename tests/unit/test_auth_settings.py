@@ -52,3 +52,10 @@ def test_a_plain_postgresql_url_uses_psycopg_3() -> None:
     engine = make_engine("postgresql://postgres@127.0.0.1:5432/test")  # connects lazily: no socket here
     assert engine.dialect.driver == "psycopg"
     engine.dispose()
+
+
+def test_the_argon2_limits_follow_the_worker_threads() -> None:
+    """All workers but one may be inside argon2; at most 4 hash at once by default."""
+    assert (AuthSettings().argon2_max_concurrent, AuthSettings().argon2_admitted) == (4, 7)
+    assert (AuthSettings(workers=4).argon2_max_concurrent, AuthSettings(workers=4).argon2_admitted) == (3, 3)
+    assert (AuthSettings(workers=1).argon2_max_concurrent, AuthSettings(workers=1).argon2_admitted) == (1, None)

@@ -329,6 +329,11 @@ async def delete_diagnosis(diagnosis_id: str, caller: CallerDep, ctx: ContextDep
     return Response(status_code=204)
 
 
+# Part of a rendered image's ETag: bump it when render_png's output changes (decoding, windowing,
+# scaling), so browsers revalidating an old render get the new one instead of a 304.
+RENDER_REVISION = 1
+
+
 def render_png(data: bytes, max_side: int | None = None, limits: ImageLimits | None = None) -> bytes:
     """A PNG of the decoded image (at most `max_side` px a side when given); 422 when the pixels
     cannot be decoded (a truncated PNG, a DICOM with less pixel data than its header says), which
@@ -348,7 +353,9 @@ def render_png(data: bytes, max_side: int | None = None, limits: ImageLimits | N
     return buffer.getvalue()
 
 
-async def rendered_png(ctx: GatewayContext, data: bytes | Callable[[], bytes], max_side: int | None = None) -> bytes:
+async def rendered_png(
+    ctx: GatewayContext, data: bytes | Callable[[], bytes], max_side: int | None = None
+) -> bytes:
     """render_png in a worker thread, at most `settings.concurrent_renders` at a time. `data` may be a
     function that reads the bytes, so a stored upload is only loaded once its render's turn comes."""
     limits = ImageLimits(max_bytes=ctx.settings.max_upload_bytes)
@@ -373,21 +380,27 @@ async def get_image(
     request: Request,
     caller: CallerDep,
     ctx: ContextDep,
-    max_side: Annotated[int | None, Query(ge=16, le=4096, description="a PNG at most this many px a side")] = None,
+    max_side: Annotated[
+        int | None, Query(ge=16, le=4096, description="a PNG at most this many px a side")
+    ] = None,
 ) -> Response:
     """The stored upload; with `max_side`, a PNG scaled down to fit (thumbnails: a 20 MB photo or
     DICOM is not sent whole to draw a 96 px picture)."""
     record = await _owned(ctx, diagnosis_id, caller.user.id)
     path = ctx.uploads.path_for(record.image_sha256)
-    if not await run_in_threadpool(path.is_file):
-        raise ApiError(410, "The stored upload is gone.")
+    try:
+        stat = await run_in_threadpool(path.stat)
+    except FileNotFoundError:
+        raise ApiError(410, "The stored upload is gone.") from None
     rendered = record.media_type == DICOM or max_side is not None
-    etag = f'"{record.image_sha256}-png-{max_side or "full"}"' if rendered else f'"{record.image_sha256}"'
+    etag = (f'"{record.image_sha256}-png{RENDER_REVISION}-{max_side or "full"}"' if rendered
+            else f'"{record.image_sha256}"')
     headers, current = _private(request, etag)
     if current:
         return Response(status_code=304, headers=headers)
     if not rendered:
-        return FileResponse(path, media_type=record.media_type, headers=headers)
+        # The file is stat'ed once, above, where a missing one is a 410 (Starlette's own stat: a 500).
+        return FileResponse(path, media_type=record.media_type, headers=headers, stat_result=stat)
 
     def read() -> bytes:
         try:

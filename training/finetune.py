@@ -252,7 +252,7 @@ def training_split(task: str, root: Path, split_csv: Path | None = None) -> list
 
 
 def build_model(arch: str, task: str, weights: str | None, train_batchnorm: bool = False):
-    """The classifier to train: our MobileNetV2 (all blocks trainable, BatchNorm frozen unless
+    """The classifier to train: our MobileNetV2 (blocks 1-16 and Conv_1 trainable, BatchNorm frozen unless
     `train_batchnorm`) or an original architecture from training.architectures."""
     from training import architectures
 

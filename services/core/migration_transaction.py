@@ -2,8 +2,8 @@
 
 Used by the auth service and the gateway at start-up. PostgreSQL runs DDL inside the transaction
 and a transaction-scoped advisory lock makes replicas that start together migrate one at a time.
-SQLite's Python driver opens transactions only for DML and commits before DDL on its own, so a
-migration interrupted halfway (Ctrl-C during a first start) left tables without their version row,
+SQLite's Python driver opens transactions only for DML, so each DDL statement took effect on its
+own, and a migration interrupted halfway (Ctrl-C during a first start) left tables without their version row,
 and every later start failed with "table ... already exists". There the driver is put in autocommit
 mode and the transaction is ours: ``BEGIN IMMEDIATE`` (which also queues starters behind each
 other) and one COMMIT, or a ROLLBACK that leaves the database as it was.

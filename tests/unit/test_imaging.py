@@ -392,7 +392,7 @@ def test_a_png_flooded_with_chunks_after_or_among_its_image_data_is_refused(
 def test_an_animated_png_and_uncompressed_international_text_are_accepted() -> None:
     """An APNG carries two chunks per frame after its image data; an iTXt chunk is only inflated
     when its compression flag says so."""
-    frames = [gradient_rgb().rotate(angle) for angle in range(0, 600)]
+    frames = [gradient_rgb().rotate(angle) for angle in range(600)]
     buffer = io.BytesIO()
     frames[0].save(buffer, format="PNG", save_all=True, append_images=frames[1:])
     assert read_image(buffer.getvalue()).image.size == (64, 48)

@@ -138,6 +138,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             metrics=metrics,
             backends=backends,
             renders=anyio.CapacityLimiter(settings.concurrent_renders),
+            upload_slots=anyio.CapacityLimiter(settings.concurrent_uploads),
         )
         try:
             yield

@@ -26,6 +26,8 @@ class GatewayContext:
     backends: Backends
     # At most settings.concurrent_renders image renders at a time (gateway.diagnoses.rendered_png).
     renders: anyio.CapacityLimiter
+    # At most settings.concurrent_uploads uploads in memory at a time (gateway.diagnoses).
+    upload_slots: anyio.CapacityLimiter
 
 
 def get_context(request: Request) -> GatewayContext:

@@ -215,6 +215,13 @@ async def create_diagnosis(
     exam_type: Annotated[RequestedExamType, Form()],
     explain: Annotated[bool, Query(description="also compute a heatmap")] = False,
 ) -> dict[str, Any]:
+    async with ctx.upload_slots:    # the upload is in memory from here until it is stored
+        return await _diagnose_upload(ctx, caller.user.id, file, exam_type, explain)
+
+
+async def _diagnose_upload(
+    ctx: GatewayContext, user_id: str, file: UploadFile, exam_type: str, explain: bool
+) -> dict[str, Any]:
     max_bytes = ctx.settings.max_upload_bytes
     data = await read_upload(file, max_bytes)
     media_type = await run_in_threadpool(check_image, data, max_bytes)
@@ -227,7 +234,7 @@ async def create_diagnosis(
 
     record = Diagnosis(
         id=record_id,
-        user_id=caller.user.id,
+        user_id=user_id,
         exam_type=chosen,
         requested_exam_type=exam_type,
         status=STATUS_FAILED,
@@ -254,11 +261,13 @@ async def retry_diagnosis(diagnosis_id: str, caller: CallerDep, ctx: ContextDep)
     record = await _owned(ctx, diagnosis_id, caller.user.id)
     if record.status != STATUS_FAILED:
         raise ApiError(409, "This diagnosis has already completed; there is nothing to retry.")
-    try:
-        data = await run_in_threadpool(ctx.uploads.get, record.image_sha256)
-    except FileNotFoundError:
-        raise ApiError(410, "The stored upload is gone; upload the image again.") from None
-    heatmap = await run_model(ctx, record, data)
+    async with ctx.upload_slots:    # the stored upload is in memory while the model runs
+        try:
+            data = await run_in_threadpool(ctx.uploads.get, record.image_sha256)
+        except FileNotFoundError:
+            raise ApiError(410, "The stored upload is gone; upload the image again.") from None
+        heatmap = await run_model(ctx, record, data)
+        del data
 
     def save(session: Session) -> Diagnosis | None:
         if heatmap is not None:

@@ -29,7 +29,8 @@ async def create_preview(
 ) -> Response:
     """A PNG preview (at most 512 px a side) of an upload; 415/422 as for a diagnosis. Nothing is kept."""
     max_bytes = ctx.settings.max_upload_bytes
-    data = await read_upload(file, max_bytes)
-    await run_in_threadpool(check_image, data, max_bytes)
-    return Response(await rendered_png(ctx, data, PREVIEW_SIDE), media_type="image/png",
-                    headers={"Cache-Control": "no-store"})
+    async with ctx.upload_slots:    # the upload is in memory until its preview is made
+        data = await read_upload(file, max_bytes)
+        await run_in_threadpool(check_image, data, max_bytes)
+        preview = await rendered_png(ctx, data, PREVIEW_SIDE)
+    return Response(preview, media_type="image/png", headers={"Cache-Control": "no-store"})

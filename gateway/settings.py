@@ -48,6 +48,10 @@ class GatewaySettings(BaseSettings):
     # Image renders (DICOM /image, previews) at a time. Rendering the largest accepted DICOM (a 64 M
     # pixel colour image) took ~750 MB in a worker thread, measured, so a 1 GiB pod renders one at a time.
     concurrent_renders: int = Field(default=1, ge=1)
+    # Uploads held in memory at once (read, sent to a model service, stored; previews too): each up
+    # to max_upload_bytes, twice while inside its gRPC message. The rest wait their turn with their
+    # bodies spooled to disk, so many large uploads at once cannot take the pod past its memory.
+    concurrent_uploads: int = Field(default=8, ge=1)
 
     # gRPC deadlines, seconds. Every call has one.
     auth_timeout_s: float = Field(default=5.0, gt=0)

@@ -12,11 +12,14 @@ from __future__ import annotations
 import io
 import math
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import httpx
 import numpy as np
 import pytest
@@ -449,6 +452,47 @@ def test_a_diagnosis_whose_record_cannot_be_saved_is_503_and_keeps_no_orphaned_f
     assert reply.status_code == 503, reply.text
     assert reply.headers["retry-after"] == "5" and "try again" in reply.json()["detail"]
     assert set(stored_files(stack.home)) == uploads and set(stored_files(stack.home, "heatmaps")) == heatmaps
+
+
+def test_uploads_beyond_the_concurrent_limit_wait_their_turn_outside_memory(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """concurrent_uploads bounds how many uploads the gateway holds in memory: the next one is not
+    read (nor sent to a model) until a slot frees, and then completes normally."""
+    import threading
+
+    from gateway import diagnoses
+
+    entered, release = threading.Event(), threading.Event()
+    real_run_model = diagnoses.run_model
+    calls: list[str] = []
+
+    async def held_run_model(ctx, record, data):
+        calls.append(record.id)
+        if len(calls) == 1:
+            entered.set()
+            await anyio.to_thread.run_sync(release.wait, 10)
+        return await real_run_model(ctx, record, data)
+
+    monkeypatch.setattr(diagnoses, "run_model", held_run_model)
+    gateway = start_gateway(stack.settings(tmp_path, concurrent_uploads=1))
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=60) as client:
+            headers = bearer(client)
+            image = sample_image_bytes("skin_lesion")
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                first = pool.submit(upload, client, headers, image, "skin_lesion")
+                assert entered.wait(10)
+                second = pool.submit(upload, client, headers, image, "skin_lesion")
+                time.sleep(0.5)
+                assert len(calls) == 1, "the second upload went on while the only slot was taken"
+                release.set()
+                assert first.result(30).status_code == 201
+                assert second.result(30).status_code == 201
+            assert len(calls) == 2
+    finally:
+        release.set()
+        gateway.stop()
 
 
 def test_auto_without_a_routable_header_asks_the_router_model(client: httpx.Client) -> None:

@@ -38,6 +38,7 @@ _SECURITY_HEADERS = [
         ),
     ),
 ]
+_NO_STORE = (b"cache-control", b"no-store")
 
 
 class SecurityHeaders:
@@ -49,12 +50,18 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        # Pages and API answers hold a person's findings: no browser or proxy keeps them, so Back
+        # after log-out on a shared computer shows nothing. Static files, and the images (their
+        # own ETag-revalidated private caching), are left to cache.
+        cacheable = scope["path"].startswith("/static/")
+
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
                 present = {name.lower() for name, _ in message["headers"]}
+                defaults = _SECURITY_HEADERS if cacheable else [*_SECURITY_HEADERS, _NO_STORE]
                 message["headers"] = list(message["headers"]) + [
-                    (name, value) for name, value in _SECURITY_HEADERS if name not in present
+                    (name, value) for name, value in defaults if name not in present
                 ]
             await send(message)
 

@@ -94,6 +94,8 @@ def _validation_message(error: Mapping[str, Any]) -> str:
         return "Must be text."
     if kind in {"enum", "literal_error"} and "expected" in ctx:
         return f"Must be one of {ctx['expected']}."
+    if "Expected UploadFile" in str(error.get("msg", "")):   # a plain form field where a file belongs
+        return "Must be an uploaded file (a multipart part with a file name)."
     message = str(error.get("msg", "Invalid value."))
     return message if message.endswith(".") else message + "."
 
@@ -101,7 +103,9 @@ def _validation_message(error: Mapping[str, Any]) -> str:
 def validation_errors(exc: RequestValidationError) -> dict[str, str]:
     errors: dict[str, str] = {}
     for error in exc.errors():
-        errors.setdefault(_field_name(tuple(error.get("loc", ()))), _validation_message(error))
+        # Invalid JSON is located at a character offset ("body", 33), which is no field.
+        field = "body" if error.get("type") == "json_invalid" else _field_name(tuple(error.get("loc", ())))
+        errors.setdefault(field, _validation_message(error))
     return errors
 
 

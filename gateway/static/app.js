@@ -90,16 +90,14 @@ function clearFieldErrors(form) {
 
 // Show the server's per-field messages next to their fields; focus the first bad field.
 function showFieldErrors(form, errors) {
-  let first = null;
   for (const [field, message] of Object.entries(errors)) {
     const slot = form.querySelector(`#${CSS.escape(field)}-error`);
     const input = form.querySelector(`[name="${CSS.escape(field)}"]`);
     if (slot) slot.textContent = message;
-    if (input) {
-      input.setAttribute("aria-invalid", "true");
-      first = first || input;
-    }
+    if (input) input.setAttribute("aria-invalid", "true");
   }
+  // The first bad field in page order, not in the order the server listed them.
+  const first = [...form.elements].find((input) => input.getAttribute("aria-invalid") === "true");
   if (first) first.focus();
 }
 
@@ -113,7 +111,10 @@ function labelNames() {
   return labelNamesPromise;
 }
 
+// One decimal, but never a rounded certainty: a model's 0.9996 is ">99.9%", not "100.0%".
 function percent(value) {
+  if (value > 0.999) return ">99.9%";
+  if (value < 0.001) return "<0.1%";
   return `${(value * 100).toFixed(1)}%`;
 }
 
@@ -121,6 +122,12 @@ function formatDate(iso) {
   const date = new Date(iso);
   return isNaN(date) ? iso : date.toLocaleString();
 }
+
+// A page restored from the back/forward cache (Back after log-out) is fetched again, so it shows
+// what the server says now, not the previous user's findings.
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) window.location.reload();
+});
 
 // ---- log out -------------------------------------------------------------------------------
 function initLogout() {
@@ -255,9 +262,13 @@ async function renderResult(d) {
   section.hidden = false;
   $("#result-finding").textContent = findingText(d);
   const detail = $("#result-detail");
-  const message = el("span", { id: "result-detail-text", text: d.detail || "" });
+  // The API's detail names its retry endpoint; a person gets plain words and the button below.
+  const text = d.status === "failed"
+    ? `The ${EXAM_NAMES[d.exam_type] || "model"} model could not answer just now. Your image is kept: try again in a moment.`
+    : d.detail || "";
+  const message = el("span", { id: "result-detail-text", text });
   detail.replaceChildren(message);
-  detail.hidden = !d.detail;
+  detail.hidden = !text;
   if (d.status === "failed") {
     const retry = el("button", { type: "button", className: "button secondary", id: "retry-button", text: "Try again" });
     retry.addEventListener("click", async () => {
@@ -265,6 +276,8 @@ async function renderResult(d) {
         const again = await whileDisabled(retry, () => api(`/api/v1/diagnoses/${d.id}/retry`, { method: "POST" }));
         setStatus(again.status === "completed" ? "Done." : "The model could not answer.", "info");
         await renderResult(again);
+        // The button that had focus is gone: hand focus to the new finding (or the new button).
+        ($("#retry-button") || $("#result-finding")).focus();
       } catch (error) {
         // Only the message changes: the button stays, so the user can try again later.
         message.textContent = error.message;
@@ -520,7 +533,8 @@ function initHistory() {
         return load();
       }
       list.replaceChildren(...page.items.map(historyItem));
-      $("#history-empty").hidden = page.total !== 0;
+      $("#history-empty").hidden = page.total !== 0 || Boolean(filter.value);
+      $("#history-empty-filtered").hidden = page.total !== 0 || !filter.value;
       $("#prev-page").disabled = offset === 0;
       $("#next-page").disabled = offset + pageSize >= page.total;
       $("#page-info").textContent = page.total

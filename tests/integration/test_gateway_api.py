@@ -536,6 +536,11 @@ def test_bad_form_fields_are_422_per_field(client: httpx.Client) -> None:
     assert wrong_type.status_code == 422 and "exam_type" in wrong_type.json()["errors"]
     no_file = client.post("/api/v1/diagnoses", data={"exam_type": "chest_xray"}, headers=headers)
     assert no_file.status_code == 422 and no_file.json()["errors"] == {"file": "This field is required."}
+    # A form field named file, but text rather than a file part: said in words, not Python's
+    not_a_file = client.post("/api/v1/diagnoses", data={"exam_type": "chest_xray", "file": "scan.jpg"},
+                             files={"other": ("x", b"x")}, headers=headers)
+    assert not_a_file.status_code == 422
+    assert not_a_file.json()["errors"] == {"file": "Must be an uploaded file (a multipart part with a file name)."}
     empty = upload(client, headers, b"", "chest_xray")
     assert empty.status_code == 422 and "file" in empty.json()["errors"]
 

@@ -125,6 +125,8 @@ def test_a_body_that_is_not_a_json_object_is_422_not_500(client: TestClient, bod
     reply = client.post("/api/v1/auth/login", content=body, headers={"Content-Type": "application/json"})
     assert reply.status_code == 422
     assert reply.json()["detail"]
+    # Bad JSON is the body's fault, not that of a "field" named after a character offset.
+    assert set(reply.json().get("errors", {"body": ""})) == {"body"}
 
 
 def test_login_without_fields_is_422(client: TestClient) -> None:
@@ -261,6 +263,17 @@ def test_every_page_says_not_for_clinical_use_and_loads_nothing_from_elsewhere(
     assert "Not for clinical use" in reply.text
     assert not re.search(r"""(src|href)=["'](https?:)?//""", reply.text), "external resource on the page"
     assert "default-src 'self'" in reply.headers["content-security-policy"]
+    # Without JavaScript the forms cannot work: the page says so instead of failing silently.
+    assert "<noscript>" in reply.text and "need JavaScript" in reply.text
+
+
+def test_pages_and_api_answers_are_never_stored_by_a_browser_but_static_files_may_be(
+    client: TestClient,
+) -> None:
+    """Back after log-out on a shared computer must not show the last user's pages or findings."""
+    for path in [*PAGES, "/history", "/api/v1/models", "/api/v1/me", "/healthz"]:
+        assert client.get(path).headers["cache-control"] == "no-store", path
+    assert "cache-control" not in client.get("/static/app.js").headers
 
 
 def test_the_signup_page_has_a_labelled_input_for_every_field(client: TestClient) -> None:

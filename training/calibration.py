@@ -88,7 +88,7 @@ def logits_from_probabilities(probabilities: np.ndarray, eps: float = 1e-12) -> 
 def _confidence_and_correct(probabilities: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     p, y = _check(probabilities, y, "probabilities")
     if p.ndim == 1:                                  # binary: P(positive), decision at 0.5
-        predicted = (p >= 0.5).astype(int)
+        predicted = (p > 0.5).astype(int)   # as served (argmax): a tie is the negative class
         confidence = np.where(predicted == 1, p, 1.0 - p)
     else:
         predicted = p.argmax(axis=1)

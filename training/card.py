@@ -170,7 +170,8 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
         },
         "decision_threshold": (
             "argmax of probabilities (7 classes)" if task == "skin"
-            else f"{spec.label_codes[1]} if P({spec.label_codes[1]}) >= 0.5 (argmax)"
+            else f"{spec.label_codes[1]} if P({spec.label_codes[1]}) > 0.5 (argmax, as served: a tie is "
+                 f"{spec.label_codes[0]})"
         ),
         "metrics": metrics_section(task, test, mura=mura),
         "validation_metrics": validation,

@@ -7,7 +7,7 @@ Every architecture gets the task's own split (training.tasks.load_split: the spl
 model used), images through the shared preprocessing at the architecture's input size, Adam 1e-3,
 balanced class weights, no augmentation, a fixed number of epochs and no model selection. It is
 scored on the *validation* split: the test split stays reserved for the exported model at the end
-of a real run. Rows: accuracy, balanced accuracy, AUC (decision at P >= 0.5 / arg-max),
+of a real run. Rows: accuracy, balanced accuracy, AUC (decision: arg-max, P > 0.5 for binary),
 parameters, training minutes (wall clock, this machine) and inference images/s (Keras predict,
 batch 32, after a warm-up). Transfer architectures whose pretrained weights are not available
 here (MobileNet v1, InceptionResNetV2) are refused without --arch-weights: trained from random

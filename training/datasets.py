@@ -20,7 +20,6 @@ MURA_LABELS = ("NORMAL", "ABNORMAL")
 _IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 _KERMANY_PATIENT = re.compile(r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)[-_]")
 _KNEE_PATIENT = re.compile(r"^(\d+)[LR]?\.(jpe?g|png)$", re.IGNORECASE)
-_MURA_STUDY = re.compile(r"/(patient\d+)/study\d+_(positive|negative)/")
 
 
 class DatasetLayoutError(ValueError):
@@ -128,10 +127,20 @@ def knee_patient_id(file_name: str) -> str:
     return match.group(1)
 
 
-def read_knee_kl(root: Path, split: str) -> list[Record]:
-    """Knee KL: `<root>/knee_kl/<split>/{0..4}/*.jpg` (root may be knee_kl/). Label = KL grade as text."""
+def knee_base(root: Path) -> Path:
+    """The folder holding the knee KL splits: `<root>/knee_kl`, or `root` itself when it is that
+    folder or holds the split folders directly (the release unpacks as e.g. kneeKL224/{train,val,test})."""
     root = Path(root)
-    base = root if root.name == "knee_kl" else root / "knee_kl"
+    if root.name == "knee_kl" or not (root / "knee_kl").is_dir() and any(
+            (root / split / "0").is_dir() for split in ("train", "val", "test")):
+        return root
+    return root / "knee_kl"
+
+
+def read_knee_kl(root: Path, split: str) -> list[Record]:
+    """Knee KL: `<root>/knee_kl/<split>/{0..4}/*.jpg` (or `<root>/<split>/{0..4}`: see knee_base).
+    Label = KL grade as text."""
+    base = knee_base(root)
     split_dir = _require_dir(base / split, f"knee KL '{split}' split")
     unknown = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in KL_GRADES)
     if unknown:
@@ -142,29 +151,4 @@ def read_knee_kl(root: Path, split: str) -> list[Record]:
         records += [Record(p, grade, knee_patient_id(p.name)) for p in _images_in(folder)]
     if not records:
         raise DatasetLayoutError(f"no images under {split_dir}")
-    return records
-
-
-def read_mura(root: Path, split: str = "train") -> list[Record]:
-    """MURA v1.1: `MURA-v1.1/{train,valid}_image_paths.csv`; label from the study folder
-    (`studyN_positive` = ABNORMAL, `studyN_negative` = NORMAL), group = patient."""
-    root = Path(root)
-    base = root if root.name == "MURA-v1.1" else root / "MURA-v1.1"
-    listing = base / f"{split}_image_paths.csv"
-    if not listing.is_file():
-        raise DatasetLayoutError(f"MURA image list not found: {listing}")
-    records = []
-    for line in listing.read_text(encoding="utf-8-sig").splitlines():
-        relative = line.strip()
-        if not relative:
-            continue
-        match = _MURA_STUDY.search(relative)
-        if match is None:
-            raise DatasetLayoutError(f"MURA path without patientNNNNN/studyN_(positive|negative): {relative!r}")
-        # Paths in the CSV start with "MURA-v1.1/"; resolve them against the folder that holds it.
-        path = base.parent / relative
-        label = "ABNORMAL" if match.group(2) == "positive" else "NORMAL"
-        records.append(Record(path, label, match.group(1)))
-    if not records:
-        raise DatasetLayoutError(f"{listing} lists no images")
     return records

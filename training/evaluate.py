@@ -1,7 +1,12 @@
-"""Evaluate a shipped model through ONNX Runtime + the shared preprocessing on labelled data.
+"""Evaluate a shipped model through ONNX Runtime + serving's decoding and preprocessing on labelled data.
 
     python -m training.evaluate --task pneumonia --data ../shared/data [--model PATH]
-        [--split test] [--split-csv services/pneumonia/model/split.csv]
+        [--split test] [--split-csv services/pneumonia/model/split.csv] [--allow-seen]
+
+Images are decoded as a model service decodes an upload (training.inference.serving_input). A model
+of another task is refused (its card's labels, its number of classes), and so are images the model
+trained or validated on (the split.csv beside it) unless --allow-seen: those would be training
+scores, not held-out figures.
 
 The LAST line printed is one JSON object: task, n, labels, accuracy, balanced_accuracy, auc,
 confusion_matrix (+ binary: sensitivity, specificity, f1, kappa; skin: macro_f1, mel_sensitivity;
@@ -60,9 +65,27 @@ def outputs_for(task: str, records: Sequence[Record]) -> tuple[str, ...]:
 
 def evaluate_records(task: str, model_path: Path, records: Sequence[Record],
                      intervals: bool = False) -> dict[str, Any]:
-    """Metrics of the model at `model_path` on `records` (dataset labels: KL grades for knee data)."""
+    """Metrics of the model at `model_path` on `records` (dataset labels: KL grades for knee data).
+    Raises ValueError when the model is not a `task` model (its card's labels, or its number of
+    classes), rather than scoring it against labels it does not have."""
+    check_model_is_for(task, model_path)
     outputs = run_onnx(model_path, [r.path for r in records], outputs_for(task, records))
+    classes = outputs["probabilities"].shape[1]
+    if classes != len(SPECS[task].labels):
+        raise ValueError(f"{model_path} gives {classes} classes; a {task} model gives "
+                         f"{len(SPECS[task].labels)} ({', '.join(SPECS[task].label_codes)})")
     return score_outputs(task, records, outputs, intervals)
+
+
+def check_model_is_for(task: str, model_path: Path) -> None:
+    """The model card beside `model_path`, when there is one, must be a `task` card with its labels."""
+    card_path = Path(model_path).parent / "card.json"
+    if not card_path.is_file():
+        return
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    if card.get("task") != task or list(card.get("labels", [])) != list(SPECS[task].label_codes):
+        raise ValueError(f"{model_path} is a {card.get('task')!r} model (labels {card.get('labels')}), "
+                         f"not a {task} model (labels {SPECS[task].label_codes})")
 
 
 def score_outputs(task: str, records: Sequence[Record], outputs: dict[str, np.ndarray],
@@ -117,8 +140,8 @@ def records_for(task: str, root: Path, split: str | None) -> list[Record]:
         return datasets.read_ham10000(root)
     if task == "bone":
         if uses_mura(task, root):
-            return datasets.read_mura(root, split or "valid")
-        base = root if root.name == "knee_kl" else root / "knee_kl"
+            return mura.as_records(mura.read_mura_images(root, split or "valid"))
+        base = datasets.knee_base(root)
         if split is None:
             # The knee release calls its held-out patients "val"; a "test" folder wins if present.
             split = "test" if (base / "test").is_dir() else "val"
@@ -134,6 +157,21 @@ def records_from_split_csv(csv_path: Path, root: Path, split: str) -> list[Recor
     return records
 
 
+def refuse_seen_images(model_path: Path, root: Path, records: Sequence[Record]) -> None:
+    """Raise ValueError when some of `records` trained or validated the model (its split.csv, when
+    beside it): such figures would be its training scores, not a held-out measurement."""
+    split_csv = Path(model_path).parent / "split.csv"
+    if not split_csv.is_file():
+        return
+    seen = {item.record.path.resolve() for item in read_split_csv(split_csv, root) if item.split != "test"}
+    overlap = sum(record.path.resolve() in seen for record in records)
+    if overlap:
+        raise ValueError(
+            f"{overlap} of these {len(records)} images trained or validated this model ({split_csv}): "
+            f"pass --split-csv {split_csv} to score its held-out rows, or --allow-seen to score them anyway"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", required=True, choices=sorted(SPECS))
@@ -144,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split-csv", type=Path,
                         help="evaluate the rows of this split.csv whose split is --split (default test)")
     parser.add_argument("--intervals", action="store_true", help="add 95%% group-bootstrap intervals")
+    parser.add_argument("--allow-seen", action="store_true",
+                        help="score images the model trained or validated on (refused by default)")
     args = parser.parse_args(argv)
     root = data_dir(args.data)
     model = args.model or SPECS[args.task].model_path
@@ -152,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             records = records_from_split_csv(args.split_csv, root, args.split or "test")
         else:
             records = records_for(args.task, root, args.split)
+        if not args.allow_seen:
+            refuse_seen_images(model, root, records)
         result = evaluate_records(args.task, model, records, intervals=args.intervals)
     except (datasets.DatasetLayoutError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

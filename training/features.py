@@ -85,6 +85,13 @@ def _cache_key(paths: Sequence[Path]) -> str:
     return digest[:16]
 
 
+def _weights_key(backbone) -> str:
+    digest = hashlib.sha256()
+    for weight in backbone.weights:
+        digest.update(np.asarray(weight).tobytes())
+    return digest.hexdigest()[:12]
+
+
 def extract(backbone, paths: Sequence[Path], name: str, cache_dir: Path = CACHE_DIR,
             view: str = "none", mid_layer: str = MID_LAYER) -> Features:
     """Features for `paths` in order (of the images in `view`: see VIEWS); reads the cache if the
@@ -93,7 +100,9 @@ def extract(backbone, paths: Sequence[Path], name: str, cache_dir: Path = CACHE_
     import tensorflow as tf
 
     suffix = ("" if view == "none" else f"-view_{view}") + ("" if mid_layer == MID_LAYER else f"-{mid_layer}")
-    cache = cache_dir / f"{name}-{_cache_key(paths)}{suffix}.npz"
+    # The backbone's own weights are part of the key: another --weights folder (or a fine-tuned
+    # backbone) must never be handed features another backbone computed.
+    cache = cache_dir / f"{name}-{_cache_key(paths)}-{_weights_key(backbone)}{suffix}.npz"
     if cache.is_file():
         with np.load(cache) as stored:
             seconds = float(stored["seconds"]) if "seconds" in stored.files else None

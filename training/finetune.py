@@ -37,7 +37,9 @@ from PIL import Image
 from services.core.preprocessing import resized_rgb
 from training import datasets
 from training.paths import data_dir
-from training.splits import SEED, SplitRecord, assert_no_group_leakage, read_split_csv, write_split_csv
+from training.splits import (
+    SEED, SplitRecord, assert_no_group_leakage, assert_trained_on_split, read_split_csv, write_split_csv,
+)
 from training.tasks import SPECS, label_index, load_split, uses_mura
 
 log = logging.getLogger("training.finetune")
@@ -428,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{root} holds MURA-v1.1: training.finetune trains bone on the knee KL grades only; "
                      "train MURA's normal/abnormal model with python -m training.train --task bone")
     split = training_split(task, root, args.split_csv)
+    if args.init_weights:
+        # The run continued from must have trained and validated on this split's rows too, or its
+        # weights may carry images that are validation or test rows here.
+        assert_trained_on_split(args.init_weights.parent / "split.csv", split, root)
     args.out.mkdir(parents=True, exist_ok=True)
     write_split_csv(split, args.out / "split.csv", root)
     # Before the model is built: its new head's initial weights and dropout draw from this seed too

@@ -1,4 +1,5 @@
-"""Run a shipped ONNX model the way serving does: shared preprocessing, then ONNX Runtime."""
+"""Run a shipped ONNX model the way serving does: serving's decoding and preprocessing, then ONNX
+Runtime."""
 
 from __future__ import annotations
 
@@ -7,10 +8,25 @@ from pathlib import Path
 
 import numpy as np
 
+from services.core.errors import InvalidImage
+from services.core.imaging import ImageLimits, read_image
+from services.core.preprocessing import draft_size_for, to_model_input
 from services.core.runtime import input_size_of
-from training.features import load_image
 
 BATCH = 32
+
+
+def serving_input(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """The model input a model service makes of the file at `path` (services/core/service.py):
+    decoded by services.core.imaging (EXIF orientation, 16-bit stretch, DICOM, JPEG draft decoding
+    to twice the input size), then resized and scaled. Training reads the dataset's 8-bit files with
+    Pillow directly (training.features.load_image), which gives the same input for them except
+    where draft decoding applies (JPEGs over twice the input size: Kermany's chest X-rays)."""
+    try:
+        decoded = read_image(Path(path).read_bytes(), None, ImageLimits(), draft_size_for(size))
+    except InvalidImage as error:   # a ValueError: name the file it is about
+        raise InvalidImage(f"{path}: {error}") from None
+    return to_model_input(decoded.image, size)
 
 
 def run_onnx(model_path: Path, paths: Sequence[Path], outputs: Sequence[str] = ("probabilities",),
@@ -25,7 +41,7 @@ def run_onnx(model_path: Path, paths: Sequence[Path], outputs: Sequence[str] = (
     size = input_size_of(session.get_inputs()[0].shape, Path(model_path))
     collected: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
     for start in range(0, len(paths), batch):
-        images = np.stack([load_image(p, size=size) for p in paths[start:start + batch]])
+        images = np.stack([serving_input(p, size) for p in paths[start:start + batch]])
         for name, value in zip(outputs, session.run(list(outputs), {"input": images}), strict=True):
             collected[name].append(value)
     return {name: np.concatenate(values) for name, values in collected.items()}

@@ -19,7 +19,7 @@ Metric = Callable[[np.ndarray, np.ndarray], float]   # (y_true, probabilities) -
 
 
 def _binary(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    return (p[:, 1] >= 0.5).astype(int)
+    return p.argmax(1)   # as serving decides: an exact tie is the negative class
 
 
 def _auc(y: np.ndarray, score: np.ndarray) -> float:
@@ -27,7 +27,7 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float:
 
 
 def binary_metrics() -> dict[str, Metric]:
-    """Positive class = index 1 (PNEUMONIA / ABNORMAL); decision: P(positive) >= 0.5.
+    """Positive class = index 1 (PNEUMONIA / ABNORMAL); decision: argmax, i.e. P(positive) > 0.5.
 
     A metric that is undefined on the data (sensitivity with no positive, AUC with one class) is
     NaN, never 0: a set with no pneumonia did not miss every pneumonia.

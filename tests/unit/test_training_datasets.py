@@ -11,7 +11,6 @@ from PIL import Image
 
 from training.datasets import (
     DatasetLayoutError, kermany_patient_id, knee_patient_id, read_ham10000, read_kermany, read_knee_kl,
-    read_mura,
 )
 
 
@@ -152,6 +151,17 @@ def test_knee_records_carry_grade_and_patient(tmp_path):
         ("9001695L.jpg", "0", "9001695"), ("9001695R.jpg", "2", "9001695"), ("9003126L.jpg", "4", "9003126")]
 
 
+def test_the_knee_release_unpacked_as_is_reads_too(tmp_path):
+    """Chen's release unpacks as kneeKL224/{train,val,test}/{0..4}: a root holding the split
+    folders directly is read without renaming it knee_kl."""
+    release = tmp_path / "kneeKL224"
+    for grade in "01234":
+        (release / "test" / grade).mkdir(parents=True)
+    _image(release / "test" / "3" / "9001695L.jpg", mode="L")
+
+    assert [(r.label, r.group) for r in read_knee_kl(release, "test")] == [("3", "9001695")]
+
+
 def test_knee_bad_layouts_are_clear(tmp_path):
     with pytest.raises(DatasetLayoutError, match="knee KL 'val' split"):
         read_knee_kl(tmp_path, "val")
@@ -164,16 +174,3 @@ def test_knee_bad_layouts_are_clear(tmp_path):
         knee_patient_id("knee.jpg")
 
 
-def test_mura_labels_come_from_the_study_folder(tmp_path):
-    base = tmp_path / "MURA-v1.1"
-    base.mkdir()
-    (base / "valid_image_paths.csv").write_text(
-        "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/image1.png\n"
-        "MURA-v1.1/valid/XR_WRIST/patient11185/study2_negative/image1.png\n", encoding="utf-8")
-
-    records = read_mura(tmp_path, "valid")
-
-    assert [(r.label, r.group) for r in records] == [("ABNORMAL", "patient11185"), ("NORMAL", "patient11185")]
-    assert records[0].path == tmp_path / "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/image1.png"
-    with pytest.raises(DatasetLayoutError, match="train_image_paths.csv"):
-        read_mura(tmp_path, "train")

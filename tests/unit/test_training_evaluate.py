@@ -13,6 +13,7 @@ from tests.serving_models import build_model
 from tests.support import synthetic_image
 from training.evaluate import main, records_from_split_csv, score_outputs
 from training.metrics import binary_metrics, multiclass_metrics, point_values, with_intervals
+from training.tasks import SPECS
 
 
 def _kermany_test_tree(root):
@@ -164,3 +165,60 @@ def test_a_split_csv_row_with_an_unknown_bone_grade_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="unknown bone label '5'"):
         score_outputs("bone", records, {"probabilities": np.array([[0.5, 0.5]])})
+
+
+def test_a_model_of_another_task_is_refused_not_scored(tmp_path, capsys):
+    """A 7-class skin model run as pneumonia must not print plausible-looking figures."""
+    _kermany_test_tree(tmp_path)
+    onnx.save(build_model(7), tmp_path / "model.onnx")     # no card beside it: caught by its classes
+    code = main(["--task", "pneumonia", "--data", str(tmp_path), "--model", str(tmp_path / "model.onnx")])
+    assert code == 2 and "gives 7 classes; a pneumonia model gives 2" in capsys.readouterr().err
+
+    shipped_skin = SPECS["skin"].model_path                  # its card says skin
+    code = main(["--task", "pneumonia", "--data", str(tmp_path), "--model", str(shipped_skin)])
+    assert code == 2 and "is a 'skin' model" in capsys.readouterr().err
+
+
+def test_images_are_decoded_as_serving_decodes_them(tmp_path):
+    """A 16-bit PNG is stretched to 8 bits as a model service does, not clipped to white."""
+    from PIL import Image
+
+    from services.core.imaging import read_image
+    from services.core.preprocessing import to_model_input
+    from training.inference import serving_input
+
+    ramp = np.tile(np.linspace(0, 4095, 256).astype(np.uint16), (256, 1))
+    path = tmp_path / "radiograph.png"
+    Image.fromarray(ramp).save(path)
+    expected = to_model_input(read_image(path.read_bytes()).image, (224, 224))
+    assert np.array_equal(serving_input(path, (224, 224)), expected)
+    assert (expected > 0.99).mean() < 0.1      # a ramp, not a saturated image
+
+
+def test_images_the_model_trained_or_validated_on_are_refused_unless_asked_for(tmp_path, capsys):
+    """Scoring a model on its own training rows (e.g. the whole HAM10000 folder) is no held-out
+    figure: refused by default, with the command that scores its held-out rows."""
+    _kermany_test_tree(tmp_path)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    onnx.save(build_model(2), model_dir / "model.onnx")
+    (model_dir / "split.csv").write_text(
+        "path,label,group,split\n"
+        "chest_xray/test/NORMAL/IM-0000-0001.jpeg,NORMAL,IM-0000,train\n"
+        "chest_xray/test/NORMAL/IM-0001-0001.jpeg,NORMAL,IM-0001,test\n", encoding="utf-8")
+    args = ["--task", "pneumonia", "--data", str(tmp_path), "--model", str(model_dir / "model.onnx")]
+
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "1 of these 8 images trained or validated this model" in error and "--split-csv" in error
+    assert main([*args, "--allow-seen"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 8
+
+
+def test_an_exact_tie_is_decided_as_serving_decides_it_the_negative_class():
+    """Serving takes the argmax, which gives index 0 on a tie: the reported figures must agree."""
+    y = np.array([0, 1])
+    tie = np.array([[0.5, 0.5], [0.5, 0.5]])
+    values = point_values(binary_metrics(), y, tie)
+    assert values["specificity"] == 1.0 and values["sensitivity"] == 0.0
+    assert values["accuracy"] == 0.5

@@ -36,3 +36,30 @@ def test_a_transposed_view_is_the_square_photo_turned_and_flipped(tmp_path):
                                   to_model_input(image.transpose(Image.Transpose.TRANSPOSE)))
     np.testing.assert_array_equal(load_image(path, "transposed+both"),
                                   to_model_input(image.transpose(Image.Transpose.TRANSVERSE)))
+
+
+def test_cached_features_belong_to_the_backbone_that_computed_them(tmp_path):
+    """Features are cached by image list and by the backbone's weights: another backbone (another
+    --weights folder, the same task name) computes its own instead of reading the first one's."""
+    import keras
+
+    from training.features import MID_LAYER, extract
+
+    paths = []
+    for seed in range(2):
+        paths.append(tmp_path / f"knee{seed}.png")
+        synthetic_image("bone_xray", size=(64, 64), seed=seed).save(paths[-1])
+
+    def backbone(seed: int):
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((224, 224, 3))
+        middle = keras.layers.Conv2D(4, 3, strides=16, name=MID_LAYER)(inputs)
+        return keras.Model(inputs, keras.layers.Conv2D(8, 3)(middle))
+
+    first, other = backbone(1), backbone(2)
+    cache = tmp_path / "cache"
+    a = extract(first, paths, "bone", cache_dir=cache)
+    b = extract(other, paths, "bone", cache_dir=cache)
+    assert not np.allclose(a.pooled, b.pooled)
+    np.testing.assert_array_equal(extract(first, paths, "bone", cache_dir=cache).pooled, a.pooled)
+    assert len(list(cache.glob("*.npz"))) == 2

@@ -341,3 +341,24 @@ def test_the_card_names_the_class_weights_of_the_head_that_won():
     assert choose_head(refit, head(0.69), {"settings": {"class_weight": "none"}})[1:] == \
         ("head refit on pooled features", "balanced")
     assert choose_head(refit, None, None)[0] is refit
+
+
+def test_continuing_a_run_trained_on_another_split_is_refused_before_training(tmp_path):
+    """Weights that saw this split's validation (or test) images must not be fine-tuned further on it."""
+    from training.splits import write_split_csv
+
+    split = _tiny_skin_split(tmp_path)
+    write_split_csv(split, tmp_path / "split.csv", tmp_path)
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    # The earlier run had one of this split's validation images in its training rows
+    first_val = next(i for i, item in enumerate(split) if item.split == "val")
+    swapped = [SplitRecord(item.record, "train" if i == first_val else item.split)
+               for i, item in enumerate(split)]
+    write_split_csv(swapped, earlier / "split.csv", tmp_path)
+    args = ["--task", "skin", "--data", str(tmp_path), "--split-csv", str(tmp_path / "split.csv"),
+            "--init-weights", str(earlier / "model.weights.h5"), "--out", str(tmp_path / "run")]
+
+    with pytest.raises(ValueError, match="differ from this split's"):
+        finetune.main(args)
+    assert not (tmp_path / "run").exists()

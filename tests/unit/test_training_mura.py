@@ -41,7 +41,7 @@ def _write_mura(root: Path, split: str = "valid", studies=VALID_STUDIES) -> Path
         study = _study(split, study_type, patient, folder)
         (root / study).mkdir(parents=True, exist_ok=True)
         for n in range(1, len(views) + 1):
-            Image.new("L", (16, 16), color=40 * n).save(root / study / f"image{n}.png")
+            Image.new("L", (32, 32), color=40 * n).save(root / study / f"image{n}.png")
             image_lines.append(f"{study}/image{n}.png")
         study_lines.append(f"{study}/,{1 if folder.endswith('positive') else 0}")
     (base / f"{split}_image_paths.csv").write_text("\n".join(image_lines) + "\n", encoding="utf-8")
@@ -240,3 +240,15 @@ def test_evaluate_reports_study_probability_as_the_mean_of_views_and_kappa_per_s
     # ELBOW: y 1,0,1,0 vs 0,1,0,0: p_o = 1/4, p_e = .5*.25 + .5*.75 = .5 -> -0.5
     # WRIST: y 1,0 vs 0,0: p_o = 1/2, p_e = .5 -> 0; overall: p_o = 2/6, p_e = .5*(1/6) + .5*(5/6) -> -1/3
     assert result["study_kappa"] == pytest.approx({"ELBOW": -0.5, "WRIST": 0.0, "overall": -1 / 3}, abs=1e-4)
+
+
+def test_evaluate_reads_mura_with_the_strict_reader(tmp_path, capsys):
+    """The labelled-studies file is part of MURA's layout: evaluating without it is an error."""
+    from training.evaluate import main
+
+    _write_mura(tmp_path, "valid")
+    (tmp_path / "MURA-v1.1" / "valid_labeled_studies.csv").unlink()
+    onnx.save(_brightness_model(), tmp_path / "model.onnx")
+
+    assert main(["--task", "bone", "--data", str(tmp_path), "--model", str(tmp_path / "model.onnx")]) == 2
+    assert "valid_labeled_studies.csv" in capsys.readouterr().err

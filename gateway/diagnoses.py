@@ -17,7 +17,8 @@ from __future__ import annotations
 import io
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
@@ -34,7 +35,7 @@ from gateway.accounts import CallerDep, ContextDep
 from gateway.auto_routing import classify_exam_type
 from gateway.backend_errors import is_unreachable
 from gateway.context import GatewayContext
-from gateway.errors import ApiError, invalid_fields
+from gateway.errors import ApiError, ClientGone, invalid_fields
 from gateway.grpc_clients import MODEL_SERVICES
 from gateway.records import STATUS_COMPLETED, STATUS_FAILED, Diagnosis
 from gateway.routing import choose_exam_type
@@ -70,13 +71,23 @@ def _mib(size: int) -> str:
     return f"{size / (1024 * 1024):.0f} MiB"
 
 
-async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
-    data = await upload.read(max_bytes + 1)
+def _sized(data: bytes, max_bytes: int) -> bytes:
+    """`data` (read up to max_bytes + 1), or 413 / 422 for a file too large or empty."""
     if len(data) > max_bytes:
         raise ApiError(413, f"The file is larger than the {_mib(max_bytes)} limit.")
     if not data:
         raise invalid_fields({"file": "The file is empty."})
     return data
+
+
+async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
+    return _sized(await upload.read(max_bytes + 1), max_bytes)
+
+
+def read_spooled_upload(upload: UploadFile, max_bytes: int) -> bytes:
+    """read_upload from a worker thread (blocking): the body as Starlette spooled it."""
+    upload.file.seek(0)
+    return _sized(upload.file.read(max_bytes + 1), max_bytes)
 
 
 def check_image(data: bytes, max_bytes: int) -> str:
@@ -209,14 +220,33 @@ async def _owned(ctx: GatewayContext, diagnosis_id: str, user_id: str) -> Diagno
 
 @router.post("/diagnoses", status_code=201)
 async def create_diagnosis(
+    request: Request,
     caller: CallerDep,
     ctx: ContextDep,
     file: Annotated[UploadFile, File(description="JPEG, PNG or DICOM image")],
     exam_type: Annotated[RequestedExamType, Form()],
     explain: Annotated[bool, Query(description="also compute a heatmap")] = False,
 ) -> dict[str, Any]:
-    async with ctx.upload_slots:    # the upload is in memory from here until it is stored
+    async with upload_slot(ctx, request):    # the upload is in memory from here until it is stored
         return await _diagnose_upload(ctx, caller.user.id, file, exam_type, explain)
+
+
+@asynccontextmanager
+async def upload_slot(ctx: GatewayContext, request: Request) -> AsyncIterator[None]:
+    """One of settings.concurrent_uploads slots, waited for at most settings.upload_wait_s (then 503
+    with Retry-After); a client that left meanwhile is not served (no model call for nobody)."""
+    try:
+        with anyio.fail_after(ctx.settings.upload_wait_s):
+            await ctx.upload_slots.acquire()
+    except TimeoutError:
+        raise ApiError(503, "The gateway is busy with other uploads; try again shortly.",
+                       headers={"Retry-After": "5"}) from None
+    try:
+        if await request.is_disconnected():
+            raise ClientGone()
+        yield
+    finally:
+        ctx.upload_slots.release()
 
 
 async def _diagnose_upload(
@@ -256,12 +286,14 @@ async def _diagnose_upload(
 
 
 @router.post("/diagnoses/{diagnosis_id}/retry")
-async def retry_diagnosis(diagnosis_id: str, caller: CallerDep, ctx: ContextDep) -> dict[str, Any]:
+async def retry_diagnosis(
+    diagnosis_id: str, request: Request, caller: CallerDep, ctx: ContextDep
+) -> dict[str, Any]:
     """Run a failed diagnosis again on its kept upload (an extension of API.md)."""
     record = await _owned(ctx, diagnosis_id, caller.user.id)
     if record.status != STATUS_FAILED:
         raise ApiError(409, "This diagnosis has already completed; there is nothing to retry.")
-    async with ctx.upload_slots:    # the stored upload is in memory while the model runs
+    async with upload_slot(ctx, request):    # the stored upload is in memory while the model runs
         try:
             data = await run_in_threadpool(ctx.uploads.get, record.image_sha256)
         except FileNotFoundError:

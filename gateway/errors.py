@@ -121,6 +121,10 @@ def error_response(
     return JSONResponse(body, status_code=status_code, headers=dict(headers) if headers else None)
 
 
+class ClientGone(Exception):
+    """The client disconnected while its request waited (for an upload slot): nothing was done."""
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -139,6 +143,12 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             detail = f"Method {request.method} is not allowed on {request.url.path}"
         return error_response(exc.status_code, detail, headers=exc.headers)
+
+    @app.exception_handler(ClientGone)
+    async def _client_gone(request: Request, exc: ClientGone) -> JSONResponse:
+        # nginx's "client closed request": nobody reads this answer, the metrics and logs do.
+        log.info("client left before %s %s was served", request.method, request.url.path)
+        return error_response(499, "The client closed the request before it was served.")
 
     @app.exception_handler(OperationalError)
     async def _database_unavailable(request: Request, exc: OperationalError) -> JSONResponse:

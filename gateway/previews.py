@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Response, UploadFile
-from fastapi.concurrency import run_in_threadpool
 
 from gateway.accounts import CallerDep, ContextDep
-from gateway.diagnoses import check_image, read_upload, rendered_png
+from gateway.diagnoses import check_image, read_spooled_upload, rendered_png
 
 router = APIRouter(prefix="/api/v1")
 
@@ -29,8 +28,13 @@ async def create_preview(
 ) -> Response:
     """A PNG preview (at most 512 px a side) of an upload; 415/422 as for a diagnosis. Nothing is kept."""
     max_bytes = ctx.settings.max_upload_bytes
-    async with ctx.upload_slots:    # the upload is in memory until its preview is made
-        data = await read_upload(file, max_bytes)
-        await run_in_threadpool(check_image, data, max_bytes)
-        preview = await rendered_png(ctx, data, PREVIEW_SIDE)
+
+    def load() -> bytes:
+        # Read (from the spooled body) only when the render's turn comes: a preview waiting for the
+        # render slot holds no upload in memory, and no upload slot that diagnoses need.
+        data = read_spooled_upload(file, max_bytes)
+        check_image(data, max_bytes)
+        return data
+
+    preview = await rendered_png(ctx, load, PREVIEW_SIDE)
     return Response(preview, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -48,10 +48,13 @@ class GatewaySettings(BaseSettings):
     # Image renders (DICOM /image, previews) at a time. Rendering the largest accepted DICOM (a 64 M
     # pixel colour image) took ~750 MB in a worker thread, measured, so a 1 GiB pod renders one at a time.
     concurrent_renders: int = Field(default=1, ge=1)
-    # Uploads held in memory at once (read, sent to a model service, stored; previews too): each up
-    # to max_upload_bytes, twice while inside its gRPC message. The rest wait their turn with their
-    # bodies spooled to disk, so many large uploads at once cannot take the pod past its memory.
-    concurrent_uploads: int = Field(default=8, ge=1)
+    # Uploads held in memory at once (read, sent to a model service, stored): each up to
+    # max_upload_bytes three times over while it is sent (the bytes, the gRPC request, its serialized
+    # form: ~60 MiB for the largest), so 4 take ~240 MiB beside one render (up to ~880 MiB for the
+    # largest DICOM) in the gateway pod's 1.5 GiB. The rest wait with their bodies spooled to disk,
+    # at most upload_wait_s, then get 503 with Retry-After.
+    concurrent_uploads: int = Field(default=4, ge=1)
+    upload_wait_s: float = Field(default=10.0, gt=0)
 
     # gRPC deadlines, seconds. Every call has one.
     auth_timeout_s: float = Field(default=5.0, gt=0)

@@ -69,11 +69,12 @@ def evaluate_records(task: str, model_path: Path, records: Sequence[Record],
     Raises ValueError when the model is not a `task` model (its card's labels, or its number of
     classes), rather than scoring it against labels it does not have."""
     check_model_is_for(task, model_path)
-    outputs = run_onnx(model_path, [r.path for r in records], outputs_for(task, records))
-    classes = outputs["probabilities"].shape[1]
+    outputs = run_onnx(model_path, [r.path for r in records[:1]], outputs_for(task, records))
+    classes = outputs["probabilities"].shape[1]     # checked on one image, before the whole pass
     if classes != len(SPECS[task].labels):
         raise ValueError(f"{model_path} gives {classes} classes; a {task} model gives "
                          f"{len(SPECS[task].labels)} ({', '.join(SPECS[task].label_codes)})")
+    outputs = run_onnx(model_path, [r.path for r in records], outputs_for(task, records))
     return score_outputs(task, records, outputs, intervals)
 
 
@@ -157,14 +158,27 @@ def records_from_split_csv(csv_path: Path, root: Path, split: str) -> list[Recor
     return records
 
 
+def image_key(path: Path) -> tuple[str, ...]:
+    """What names an image in any of the layouts a dataset may be given in, whatever folder it
+    sits under: a MURA view by split/type/patient/study/file, a HAM10000 image by its ISIC file
+    name (unique), a Kermany or knee image by split/class/file."""
+    parts = Path(path).parts
+    if mura.is_mura_path(path):
+        return parts[-5:]
+    if Path(path).name.upper().startswith("ISIC_"):
+        return parts[-1:]
+    return parts[-3:]
+
+
 def refuse_seen_images(model_path: Path, root: Path, records: Sequence[Record]) -> None:
     """Raise ValueError when some of `records` trained or validated the model (its split.csv, when
-    beside it): such figures would be its training scores, not a held-out measurement."""
+    beside it): such figures would be its training scores, not a held-out measurement. Images are
+    matched by image_key, so the check holds however the data root is given."""
     split_csv = Path(model_path).parent / "split.csv"
     if not split_csv.is_file():
         return
-    seen = {item.record.path.resolve() for item in read_split_csv(split_csv, root) if item.split != "test"}
-    overlap = sum(record.path.resolve() in seen for record in records)
+    seen = {image_key(item.record.path) for item in read_split_csv(split_csv, root) if item.split != "test"}
+    overlap = sum(image_key(record.path) in seen for record in records)
     if overlap:
         raise ValueError(
             f"{overlap} of these {len(records)} images trained or validated this model ({split_csv}): "

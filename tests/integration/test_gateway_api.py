@@ -475,7 +475,7 @@ def test_uploads_beyond_the_concurrent_limit_wait_their_turn_outside_memory(
         return await real_run_model(ctx, record, data)
 
     monkeypatch.setattr(diagnoses, "run_model", held_run_model)
-    gateway = start_gateway(stack.settings(tmp_path, concurrent_uploads=1))
+    gateway = start_gateway(stack.settings(tmp_path, concurrent_uploads=1, upload_wait_s=1.5))
     try:
         with httpx.Client(base_url=gateway.url, timeout=60) as client:
             headers = bearer(client)
@@ -486,10 +486,44 @@ def test_uploads_beyond_the_concurrent_limit_wait_their_turn_outside_memory(
                 second = pool.submit(upload, client, headers, image, "skin_lesion")
                 time.sleep(0.5)
                 assert len(calls) == 1, "the second upload went on while the only slot was taken"
+                # A preview needs no upload slot: it only waits for the render slot.
+                preview = client.post("/api/v1/previews", files={"file": ("a.jpg", image, "image/jpeg")},
+                                      headers=headers)
+                assert preview.status_code == 200, preview.text
                 release.set()
                 assert first.result(30).status_code == 201
                 assert second.result(30).status_code == 201
             assert len(calls) == 2
+
+            # Waiting is bounded: past upload_wait_s the answer is 503 with Retry-After.
+            release.clear()
+            entered.clear()
+            calls.clear()
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                held = pool.submit(upload, client, headers, image, "skin_lesion")
+                assert entered.wait(10)
+                started = time.monotonic()
+                refused = upload(client, headers, image, "skin_lesion")
+                assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+                assert "busy with other uploads" in refused.json()["detail"]
+                assert 1.4 < time.monotonic() - started < 10
+                release.set()
+                assert held.result(30).status_code == 201
+
+            # A client that gave up while waiting is not served when a slot frees: no model call.
+            release.clear()
+            entered.clear()
+            calls.clear()
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                held = pool.submit(upload, client, headers, image, "skin_lesion")
+                assert entered.wait(10)
+                with httpx.Client(base_url=gateway.url, timeout=0.3) as impatient:
+                    with pytest.raises(httpx.TimeoutException):
+                        upload(impatient, headers, image, "skin_lesion")
+                release.set()
+                assert held.result(30).status_code == 201
+                time.sleep(1.0)
+                assert len(calls) == 1, "the abandoned upload still went to a model"
     finally:
         release.set()
         gateway.stop()

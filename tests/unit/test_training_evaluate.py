@@ -222,3 +222,18 @@ def test_an_exact_tie_is_decided_as_serving_decides_it_the_negative_class():
     values = point_values(binary_metrics(), y, tie)
     assert values["specificity"] == 1.0 and values["sensitivity"] == 0.0
     assert values["accuracy"] == 0.5
+
+
+def test_seen_images_are_recognised_however_the_data_root_is_given(tmp_path, capsys):
+    """--data may name the dataset's own folder (chest_xray/) instead of the root that holds it;
+    the split.csv rows (relative to that root) must still match."""
+    _kermany_test_tree(tmp_path)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    onnx.save(build_model(2), model_dir / "model.onnx")
+    (model_dir / "split.csv").write_text(
+        "path,label,group,split\nchest_xray/test/NORMAL/IM-0000-0001.jpeg,NORMAL,IM-0000,train\n", encoding="utf-8")
+    for data in (tmp_path, tmp_path / "chest_xray"):
+        code = main(["--task", "pneumonia", "--data", str(data), "--model", str(model_dir / "model.onnx")])
+        assert code == 2, data
+        assert "1 of these 8 images trained or validated" in capsys.readouterr().err

@@ -38,7 +38,12 @@ from services.core.preprocessing import resized_rgb
 from training import datasets
 from training.paths import data_dir
 from training.splits import (
-    SEED, SplitRecord, assert_no_group_leakage, assert_trained_on_split, read_split_csv, write_split_csv,
+    SEED,
+    SplitRecord,
+    assert_no_group_leakage,
+    assert_trained_on_split,
+    read_split_csv,
+    write_split_csv,
 )
 from training.tasks import SPECS, label_index, load_split, uses_mura
 

@@ -517,9 +517,9 @@ def test_uploads_beyond_the_concurrent_limit_wait_their_turn_outside_memory(
             with ThreadPoolExecutor(max_workers=1) as pool:
                 held = pool.submit(upload, client, headers, image, "skin_lesion")
                 assert entered.wait(10)
-                with httpx.Client(base_url=gateway.url, timeout=0.3) as impatient:
-                    with pytest.raises(httpx.TimeoutException):
-                        upload(impatient, headers, image, "skin_lesion")
+                impatient = httpx.Client(base_url=gateway.url, timeout=0.3)
+                with impatient, pytest.raises(httpx.TimeoutException):
+                    upload(impatient, headers, image, "skin_lesion")
                 release.set()
                 assert held.result(30).status_code == 201
                 time.sleep(1.0)

@@ -583,6 +583,20 @@ def test_a_progressive_jpeg_cut_after_its_first_scan_is_still_counted_whole():
     assert header.pixels_to_decode((448, 448)) == 1600 * 1200
 
 
+def test_a_jpeg_whose_first_scan_leaves_components_out_is_counted_whole():
+    """libjpeg buffers every coefficient when the first scan carries fewer components than the
+    frame (a non-interleaved file), however many scans follow."""
+    from services.core.imaging import read_header
+
+    baseline = encode(gradient_rgb(1600, 1200), "JPEG")
+    sos = baseline.index(b"\xff\xda")
+    assert baseline[sos + 4] == 3                              # Ns: one scan of all three components
+    one_component = baseline[:sos + 4] + b"\x01" + baseline[sos + 5:]
+    assert not read_header(baseline).multi_scan
+    header = read_header(one_component)
+    assert header.multi_scan and header.pixels_to_decode((448, 448)) == 1600 * 1200
+
+
 def test_the_pixels_to_decode_are_those_of_the_reduced_jpeg_unless_it_has_several_scans():
     from services.core.imaging import read_header
 

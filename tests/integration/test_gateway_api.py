@@ -9,6 +9,7 @@ gateway itself under uvicorn. Requests go over real HTTP with httpx.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import shutil
@@ -495,35 +496,33 @@ def test_uploads_beyond_the_concurrent_limit_wait_their_turn_outside_memory(
                 assert second.result(30).status_code == 201
             assert len(calls) == 2
 
+            @contextlib.contextmanager
+            def the_only_slot_held() -> Iterator[None]:
+                release.clear()
+                entered.clear()
+                calls.clear()
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    held = pool.submit(upload, client, headers, image, "skin_lesion")
+                    assert entered.wait(10)
+                    yield
+                    release.set()
+                    assert held.result(30).status_code == 201
+
             # Waiting is bounded: past upload_wait_s the answer is 503 with Retry-After.
-            release.clear()
-            entered.clear()
-            calls.clear()
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                held = pool.submit(upload, client, headers, image, "skin_lesion")
-                assert entered.wait(10)
+            with the_only_slot_held():
                 started = time.monotonic()
                 refused = upload(client, headers, image, "skin_lesion")
                 assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
                 assert "busy with other uploads" in refused.json()["detail"]
                 assert 1.4 < time.monotonic() - started < 10
-                release.set()
-                assert held.result(30).status_code == 201
 
             # A client that gave up while waiting is not served when a slot frees: no model call.
-            release.clear()
-            entered.clear()
-            calls.clear()
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                held = pool.submit(upload, client, headers, image, "skin_lesion")
-                assert entered.wait(10)
+            with the_only_slot_held():
                 impatient = httpx.Client(base_url=gateway.url, timeout=0.3)
                 with impatient, pytest.raises(httpx.TimeoutException):
                     upload(impatient, headers, image, "skin_lesion")
-                release.set()
-                assert held.result(30).status_code == 201
-                time.sleep(1.0)
-                assert len(calls) == 1, "the abandoned upload still went to a model"
+            time.sleep(1.0)
+            assert len(calls) == 1, "the abandoned upload still went to a model"
     finally:
         release.set()
         gateway.stop()

@@ -162,8 +162,17 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
+def raise_if_throttled(error: grpc.aio.AioRpcError) -> None:
+    """429 with Retry-After for the auth service's throttles (log-in failures, sign-ups per address),
+    which say when to retry; any other RESOURCE_EXHAUSTED is no throttling."""
+    retry_after = retry_after_s(error)
+    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is not None:
+        raise ApiError(429, error.details() or "Too many attempts; try again later.",
+                       headers={"Retry-After": str(retry_after)}) from None
+
+
 @router.post("/auth/signup", status_code=201)
-async def sign_up(body: SignUpBody, ctx: ContextDep) -> dict:
+async def sign_up(body: SignUpBody, request: Request, ctx: ContextDep) -> dict:
     fields = body.model_dump()
     try:
         # The auth service applies the same rules; checking here gives every message in one reply
@@ -171,9 +180,10 @@ async def sign_up(body: SignUpBody, ctx: ContextDep) -> dict:
         validate_sign_up(fields)
     except ValidationError as error:
         raise invalid_fields(error.violations) from None
-    request = auth_pb2.SignUpRequest(**{name: value or "" for name, value in fields.items()})
+    signup = auth_pb2.SignUpRequest(**{name: value or "" for name, value in fields.items()},
+                                    client_ip=client_ip(request))
     try:
-        user = await ctx.backends.auth.SignUp(request, timeout=ctx.settings.auth_timeout_s)
+        user = await ctx.backends.auth.SignUp(signup, timeout=ctx.settings.auth_timeout_s)
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.ALREADY_EXISTS:
             raise ApiError(
@@ -185,6 +195,7 @@ async def sign_up(body: SignUpBody, ctx: ContextDep) -> dict:
             violations = field_violations(error)
             if violations:
                 raise invalid_fields(violations) from None
+        raise_if_throttled(error)
         raise to_api_error(error, "authentication") from None
     return {"id": user.id, "email": user.email, "first_name": user.first_name, "surname": user.surname}
 
@@ -220,14 +231,7 @@ async def log_in(body: LogInBody, request: Request, response: Response, ctx: Con
         }:
             # One message whether or not the email exists.
             raise ApiError(401, BAD_CREDENTIALS, headers={"WWW-Authenticate": "Bearer"}) from None
-        retry_after = retry_after_s(error)
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is not None:
-            # The throttle (it says when to retry); any other RESOURCE_EXHAUSTED is no throttling
-            raise ApiError(
-                429,
-                error.details() or "Too many failed log-ins; try again later.",
-                headers={"Retry-After": str(retry_after)},
-            ) from None
+        raise_if_throttled(error)
         if is_unreachable(error):
             raise unavailable("authentication") from None
         raise to_api_error(error, "authentication") from None

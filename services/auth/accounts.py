@@ -17,8 +17,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.auth.credentials import Passwords, new_token, token_hash
-from services.auth.errors import BadCredentials, Busy, EmailTaken, InvalidToken, Throttled, UserNotFound
-from services.auth.models import AuthSession, LoginFailure, User, utc_now
+from services.auth.errors import (
+    BadCredentials,
+    Busy,
+    EmailTaken,
+    InvalidToken,
+    SignUpsThrottled,
+    Throttled,
+    UserNotFound,
+)
+from services.auth.models import AuthSession, LoginFailure, SignUp, User, utc_now
 from services.auth.validation import (
     EMAIL_MAX_LENGTH,
     PASSWORD_MAX_LENGTH,
@@ -37,6 +45,10 @@ class ThrottlePolicy:
     window: timedelta
     max_failures_per_email: int
     max_failures_per_ip: int
+    # Accounts one client address may create per sign_up_window (a flood of sign-ups fills the
+    # database and spends argon2 on nobody); approximate under concurrent sign-ups from one address.
+    sign_up_window: timedelta = timedelta(hours=1)
+    max_sign_ups_per_ip: int = 20
 
 
 @dataclass(frozen=True)
@@ -82,10 +94,15 @@ class Accounts:
         self._session_ttl = session_ttl
         self._throttle = throttle
 
-    def sign_up(self, fields: dict[str, str]) -> User:
-        """Create an account. Raises ValidationError (per-field messages) or EmailTaken."""
+    def sign_up(self, fields: dict[str, str], client_ip: str = "") -> User:
+        """Create an account. Raises ValidationError (per-field messages), EmailTaken, or
+        SignUpsThrottled when `client_ip` created max_sign_ups_per_ip accounts within the window."""
         form = validate_sign_up(fields)
+        client_ip = throttle_key_of_ip(client_ip.replace("\x00", "").strip())[:CLIENT_IP_MAX_LENGTH]
+        now = utc_now()
         with self._sessions.begin() as db:
+            if client_ip:
+                self._check_sign_ups(db, client_ip, now)
             if db.scalar(select(User.id).where(User.email == form.email)) is not None:
                 raise EmailTaken()
         user = User(
@@ -105,6 +122,10 @@ class Accounts:
         try:
             with self._sessions.begin() as db:
                 db.add(user)
+                if client_ip:
+                    db.add(SignUp(client_ip=client_ip, created_at=now))
+                    # Sign-ups older than the window no longer count: drop them so the table stays small.
+                    db.execute(delete(SignUp).where(SignUp.created_at < now - self._throttle.sign_up_window))
         except IntegrityError as error:  # someone signed up with the same email in between
             raise EmailTaken() from error
         log.info("signed up user %s", user.id)
@@ -179,6 +200,20 @@ class Accounts:
                 )
             )
         return LoggedIn(access_token=token, expires_at=expires_at, user=user)
+
+    def _check_sign_ups(self, db: Session, client_ip: str, now: datetime) -> None:
+        limit = self._throttle.max_sign_ups_per_ip
+        recent = db.scalars(
+            select(SignUp.created_at)
+            .where(SignUp.client_ip == client_ip, SignUp.created_at >= now - self._throttle.sign_up_window)
+            .order_by(SignUp.created_at.desc())
+            .limit(limit)
+        ).all()
+        if len(recent) >= limit:
+            log.warning("sign-up throttled: %d recent accounts from one client address", len(recent))
+            # Open again once the oldest of the `limit` most recent sign-ups leaves the window.
+            reopens = recent[-1] + self._throttle.sign_up_window
+            raise SignUpsThrottled(retry_after_s=(reopens - now).total_seconds())
 
     def _check_throttle(self, email: str, client_ip: str, now: datetime, attempt_id: int) -> None:
         """Throttled when the email or the IP already has `limit` failures (or attempts in flight)

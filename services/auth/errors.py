@@ -19,11 +19,18 @@ class BadCredentials(AuthError):
 
 
 class Throttled(AuthError):
-    def __init__(self, retry_after_s: float) -> None:
+    def __init__(self, retry_after_s: float, reason: str = "Too many failed log-in attempts.") -> None:
         self.retry_after_s = max(1.0, retry_after_s)
         minutes = max(1, round(self.retry_after_s / 60))
         unit = "minute" if minutes == 1 else "minutes"
-        super().__init__(f"Too many failed log-in attempts. Try again in about {minutes} {unit}.")
+        super().__init__(f"{reason} Try again in about {minutes} {unit}.")
+
+
+class SignUpsThrottled(Throttled):
+    """Too many accounts created from one client address within the sign-up window."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(retry_after_s, "Too many accounts were created from your network.")
 
 
 class Busy(AuthError):

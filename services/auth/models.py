@@ -87,6 +87,18 @@ class AuthSession(Base):
     user: Mapped[User] = relationship(back_populates="sessions")
 
 
+class SignUp(Base):
+    """One account created, by the client address it came from (counted like log-in failures, see
+    services.auth.accounts.throttle_key_of_ip), kept for the sign-up window: the per-IP sign-up limit."""
+
+    __tablename__ = "sign_ups"
+    __table_args__ = (Index("ix_sign_ups_client_ip_created_at", "client_ip", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    client_ip: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+
+
 class LoginFailure(Base):
     """One failed log-in, kept for the throttling window so limits hold across restarts and replicas."""
 

@@ -128,6 +128,8 @@ def build_accounts(settings: AuthSettings, engine: Engine) -> Accounts:
             window=timedelta(minutes=settings.throttle_window_minutes),
             max_failures_per_email=settings.throttle_max_failures_per_email,
             max_failures_per_ip=settings.throttle_max_failures_per_ip,
+            sign_up_window=timedelta(minutes=settings.throttle_sign_up_window_minutes),
+            max_sign_ups_per_ip=settings.throttle_max_sign_ups_per_ip,
         ),
     )
 

@@ -36,7 +36,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     def SignUp(self, request: auth_pb2.SignUpRequest, context: grpc.ServicerContext) -> auth_pb2.User:
         fields = {name: getattr(request, name) for name in SIGN_UP_FIELDS}
-        return user_message(self._accounts.sign_up(fields))
+        return user_message(self._accounts.sign_up(fields, request.client_ip))
 
     def LogIn(self, request: auth_pb2.LogInRequest, context: grpc.ServicerContext) -> auth_pb2.Session:
         logged_in = self._accounts.log_in(request.email, request.password, request.client_ip)

@@ -36,6 +36,9 @@ class AuthSettings(BaseSettings):
     throttle_window_minutes: float = Field(default=15.0, gt=0)
     throttle_max_failures_per_email: int = Field(default=5, ge=1)
     throttle_max_failures_per_ip: int = Field(default=20, ge=1)
+    # Accounts one client address may create per window (the gateway passes the caller's address).
+    throttle_sign_up_window_minutes: float = Field(default=60.0, gt=0)
+    throttle_max_sign_ups_per_ip: int = Field(default=20, ge=1)
 
     # argon2id cost (defaults: argon2-cffi's RFC 9106 low-memory profile). Changing them makes the
     # service rehash each password at its next successful log-in.

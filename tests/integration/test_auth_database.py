@@ -57,6 +57,7 @@ def test_an_empty_database_is_migrated_to_head(engine: Engine) -> None:
         "users",
         "sessions",
         "login_failures",
+        "sign_ups",
     }
     assert current_revision(engine) == head_revision()
 

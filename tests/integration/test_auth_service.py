@@ -271,6 +271,24 @@ def test_ip_throttling_counts_one_client_under_every_spelling_of_its_address(
     assert client.log_in(user.email, client_ip=elsewhere).access_token
 
 
+def test_accounts_created_from_one_address_are_limited_per_window(start, database_url: str) -> None:
+    """A flood of sign-ups from one client address stops at the limit (RESOURCE_EXHAUSTED with
+    RetryInfo); other addresses, the same /64, and calls without an address are counted apart."""
+    _, client = start(throttle_max_sign_ups_per_ip=2, throttle_sign_up_window_minutes=1 / 60)   # 1 s
+    client.sign_up(client_ip="203.0.113.7")
+    client.sign_up(client_ip="::ffff:203.0.113.7")                 # the same client, another spelling
+    refused = rpc_error(client.sign_up, client_ip="203.0.113.7")
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.details().startswith("Too many accounts were created from your network.")
+    status = rpc_status.from_call(refused)
+    assert status is not None and status.details[0].Is(error_details_pb2.RetryInfo.DESCRIPTOR)
+    client.sign_up(client_ip="198.51.100.1")                       # another client
+    client.sign_up()                                               # no address: not limited
+    assert len(read_tables(database_url)["users"]) == 4            # the refused one created nothing
+    time.sleep(1.2)                                                # the window has passed
+    client.sign_up(client_ip="203.0.113.7")
+
+
 def test_a_successful_log_in_clears_the_accounts_failures(start) -> None:
     _, client = start(throttle_max_failures_per_email=3)
     user = client.sign_up()

@@ -96,6 +96,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             argon2_memory_kib=1024,
             argon2_parallelism=1,
             throttle_max_failures_per_email=THROTTLE_AFTER,
+            # Every account of this module comes from 127.0.0.1 (the limit has its own test below).
+            throttle_max_sign_ups_per_ip=1_000_000,
         )
     )
     models: dict[str, RunningServer] = {}
@@ -526,6 +528,26 @@ def test_uploads_beyond_the_concurrent_limit_wait_their_turn_outside_memory(
     finally:
         release.set()
         gateway.stop()
+
+
+def test_sign_ups_from_one_address_past_the_limit_are_429_with_retry_after(tmp_path: Path) -> None:
+    """The gateway hands the caller's address to the auth service, and its sign-up limit comes back
+    as 429 with the auth service's own wait."""
+    auth = start_auth(AuthSettings(home=tmp_path, port=0, grace_s=0, argon2_time_cost=1,
+                                   argon2_memory_kib=1024, argon2_parallelism=1, throttle_max_sign_ups_per_ip=1))
+    gateway = start_gateway(GatewaySettings(DRTECH_HOME=tmp_path, DRTECH_AUTH_ADDR=f"127.0.0.1:{auth.port}"))
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+            assert sign_up(client)
+            refused = client.post("/api/v1/auth/signup", json={
+                "email": f"{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD,
+                "first_name": "Ada", "surname": "Lovelace"})
+            assert refused.status_code == 429
+            assert "Too many accounts were created from your network" in refused.json()["detail"]
+            assert 3000 < int(refused.headers["retry-after"]) <= 3600
+    finally:
+        gateway.stop()
+        auth.stop(0)
 
 
 def test_auto_without_a_routable_header_asks_the_router_model(client: httpx.Client) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +60,20 @@ def sample_image_bytes(exam_type: str) -> bytes:
         first = min(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
         return first.read_bytes()
     return jpeg_bytes(synthetic_image(exam_type))
+
+
+def hold_argon2_verifications(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """From now on every argon2 verification sets `entered`, then waits for `release` (10 s at most)
+    before checking: a log-in that holds its hashing slot for as long as a test needs."""
+    from argon2 import PasswordHasher
+
+    entered, release = threading.Event(), threading.Event()
+    real_verify = PasswordHasher.verify
+
+    def held(hasher: PasswordHasher, stored: str, given: str) -> bool:
+        entered.set()
+        release.wait(10)
+        return real_verify(hasher, stored, given)
+
+    monkeypatch.setattr(PasswordHasher, "verify", held)
+    return entered, release

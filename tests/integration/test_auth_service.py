@@ -25,6 +25,7 @@ from sqlalchemy import MetaData, create_engine, select
 from protos.drtech.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.server import AuthServer, start_server
 from services.auth.settings import AuthSettings
+from tests.support import hold_argon2_verifications
 
 DEADLINE_S = 10
 PASSWORD = "correct horse 7"
@@ -451,22 +452,10 @@ def test_a_log_in_burst_is_shed_not_queued_ahead_of_token_and_health_checks(
     """At most workers - 1 calls are inside argon2 (hashing, or waiting for one of the
     argon2_max_concurrent slots): one more log-in gets UNAVAILABLE with RetryInfo at once (no password
     was tried, so it is no failure), and token checks and health still find a thread."""
-    import threading
-
-    from argon2 import PasswordHasher
-
-    entered, release = threading.Event(), threading.Event()
-    real_verify = PasswordHasher.verify
-
-    def slow_verify(hasher: PasswordHasher, stored: str, given: str) -> bool:
-        entered.set()
-        release.wait(10)
-        return real_verify(hasher, stored, given)
-
     _, client = start(workers=3, argon2_max_concurrent=1, argon2_wait_s=10)
     user, bystander = client.sign_up(), client.sign_up()
     token = client.log_in(user.email).access_token
-    monkeypatch.setattr(PasswordHasher, "verify", slow_verify)
+    entered, release = hold_argon2_verifications(monkeypatch)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         hashing = pool.submit(lambda: rpc_error(client.log_in, user.email, "wrong password 1"))

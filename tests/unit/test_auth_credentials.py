@@ -11,6 +11,7 @@ from argon2 import PasswordHasher
 
 from services.auth.credentials import Passwords, new_token, token_hash
 from services.auth.errors import Busy
+from tests.support import hold_argon2_verifications
 
 # Cheap argon2 cost so the suite stays fast; the algorithm is the same.
 FAST = {"time_cost": 1, "memory_kib": 1024, "parallelism": 1}
@@ -71,15 +72,7 @@ def test_tokens_are_random_and_stored_as_their_sha256() -> None:
 def test_at_most_max_concurrent_hashes_run_and_a_call_that_cannot_get_a_slot_is_busy(monkeypatch) -> None:
     passwords = Passwords(**FAST, max_concurrent=1, wait_s=0.05)
     stored = passwords.hash("correct horse 1")
-    entered, release = threading.Event(), threading.Event()
-    real_verify = PasswordHasher.verify
-
-    def held(hasher: PasswordHasher, stored_hash: str, given: str) -> bool:
-        entered.set()
-        release.wait(10)
-        return real_verify(hasher, stored_hash, given)
-
-    monkeypatch.setattr(PasswordHasher, "verify", held)
+    entered, release = hold_argon2_verifications(monkeypatch)
     holder = threading.Thread(target=passwords.verify, args=(stored, "correct horse 1"))
     holder.start()
     assert entered.wait(5)

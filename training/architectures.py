@@ -284,17 +284,16 @@ def mobilenet_v2_finetuned(
     in training.heads, unless `train_batchnorm`: then it normalises by each training batch and
     learns its scale, shift and running statistics, which wants batches of 32 or more), then
     GlobalAveragePooling2D -> Dropout 0.3 -> Dense n_classes softmax (~2.26M
-    backbone parameters). Input: the shared [-1, 1] preprocessing at 224x224 only.
+    backbone parameters). Input: the shared [-1, 1] preprocessing at `input_size` (the ImageNet
+    weights' 224x224 by default; training.finetune --input-size trains at another).
     """
     import keras
 
-    from training.backbone import INPUT_SHAPE, build_backbone
+    from training.backbone import build_backbone
 
-    if tuple(input_size) != (INPUT_SHAPE[1], INPUT_SHAPE[0]):
-        raise ValueError(f"the MobileNetV2 backbone is built at 224x224, got {input_size}")
     if not 0 <= finetune_blocks <= 16:
         raise ValueError(f"finetune_blocks must be 0..16, got {finetune_blocks}")
-    base = build_backbone(weights)
+    base = build_backbone(weights, input_size)
     trainable_prefixes = tuple(f"block_{n}_" for n in range(17 - finetune_blocks, 17))
     trainable_prefixes += ("Conv_1",) if finetune_blocks else ()
     for layer in base.layers:
@@ -345,7 +344,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "the 5-block CNN with He-initialised separable convolutions (our fix of vanishing activations)",
         ),
         Architecture(
-            "mobilenet_v2_finetuned", "any", mobilenet_v2_finetuned, (224, 224), (224, 224),
+            "mobilenet_v2_finetuned", "any", mobilenet_v2_finetuned, (224, 224), (32, 32),
             "x/127.5 - 1 (the shared preprocessing)", "softmax", 6,
             "our default: MobileNetV2 with the shared ImageNet .npy weights, top blocks fine-tuned",
         ),

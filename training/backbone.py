@@ -1,5 +1,8 @@
 """MobileNetV2 (alpha 1.0, 224) backbone with ImageNet weights read from plain .npy files.
 
+Built at 224x224 by default; any input size takes the same weights (a larger one, e.g. an upsampled
+288x288 knee radiograph, gives a finer last feature map: 9x9 instead of 7x7).
+
 The weights are a TF-slim checkpoint exported one variable per file; they are never downloaded.
 The TF-slim -> Keras name mapping is the one in ../shared/data/README.md.
 """
@@ -13,7 +16,6 @@ import numpy as np
 from training.paths import weights_dir as default_weights_dir
 
 EXPECTED_PARAMETERS = 2_257_984
-INPUT_SHAPE = (224, 224, 3)
 # Keras BatchNormalization weight order.
 _BN_SUFFIXES = ("gamma", "beta", "moving_mean", "moving_variance")
 
@@ -47,8 +49,9 @@ def _load_npy(folder: Path, name: str) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
-def build_backbone(weights: str | Path | None = None):
-    """Return keras MobileNetV2(include_top=False) with the ImageNet weights from `weights` (.npy folder).
+def build_backbone(weights: str | Path | None = None, input_size: tuple[int, int] = (224, 224)):
+    """Return keras MobileNetV2(include_top=False) at `input_size` (width, height) with the ImageNet
+    weights from `weights` (.npy folder).
 
     Raises if any weighted layer is left without weights, a shape differs, or the parameter
     count is not the reference 2,257,984.
@@ -60,7 +63,10 @@ def build_backbone(weights: str | Path | None = None):
         raise FileNotFoundError(
             f"MobileNetV2 weights folder not found: {folder} (set --weights or DRTECH_WEIGHTS_DIR)"
         )
-    model = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=INPUT_SHAPE)
+    width, height = input_size
+    if min(width, height) < 32:
+        raise ValueError(f"MobileNetV2 needs an input of at least 32x32, got {width}x{height}")
+    model = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(height, width, 3))
     loaded = 0
     for layer in model.layers:
         if not layer.weights:

@@ -122,7 +122,9 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
     trained on MURA (normal/abnormal only) rather than knee KL data."""
     spec = SPECS[task]
     data = MURA_DATA if mura else TASK_DATA[task]
-    backbone = "MobileNetV2 (alpha 1.0, 224x224), ImageNet weights (TF-slim checkpoint, Apache 2.0)"
+    # The exported input, [N, height, width, 3] (a card built from outputs alone is at 224x224)
+    height, width = interface["inputs"][0][1][1:3] if interface.get("inputs") else (224, 224)
+    backbone = f"MobileNetV2 (alpha 1.0, {width}x{height}), ImageNet weights (TF-slim checkpoint, Apache 2.0)"
     if finetune:
         # Runs from before --train-batchnorm have no "batchnorm": theirs was frozen
         backbone += (f", last {finetune['blocks']} block(s) + Conv_1 fine-tuned "
@@ -143,11 +145,12 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
         "architecture": {
             "backbone": backbone,
             "head": heads_text,
-            "cam": "1x1 conv (no bias) of the last 7x7x1280 feature map with the dense head's kernel: "
+            "cam": f"1x1 conv (no bias) of the last {-(-height // 32)}x{-(-width // 32)}x1280 feature map with the "
+                   "dense head's kernel: "
                    "class activation map = Grad-CAM for a GAP + dense head (spatial mean = logit - bias)",
-            "input": {"name": "input", "shape": ["N", 224, 224, 3], "dtype": "float32",
-                      "preprocessing": "services.core.preprocessing.to_model_input (RGB, 224x224 bilinear, "
-                                       "x/127.5 - 1)"},
+            "input": {"name": "input", "shape": ["N", height, width, 3], "dtype": "float32",
+                      "preprocessing": f"services.core.preprocessing.to_model_input (RGB, {width}x{height} "
+                                       "bilinear, x/127.5 - 1)"},
             "outputs": [{"name": name, "shape": shape} for name, shape, _ in interface["outputs"]],
             "format": f"ONNX opset {OPSET} (tf2onnx from Keras)",
         },
@@ -195,7 +198,8 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
         },
         "export": {"onnx_keras_parity_max_abs_diff": parity, "parity_images": parity_images},
         "intended_use": INTENDED_USE_MURA if mura else INTENDED_USE[task],
-        "limitations": LIMITATIONS_MURA if mura else LIMITATIONS[task],
+        "limitations": [item.replace("224x224", f"{width}x{height}")
+                        for item in (LIMITATIONS_MURA if mura else LIMITATIONS[task])],
     }
     if calibration:
         card["calibration"] = {"method": CALIBRATION_METHOD, "ece_bins": DEFAULT_BINS, "heads": calibration,
@@ -275,7 +279,6 @@ def for_architecture(*, task: str, arch: Any, split: Sequence[SplitRecord], vali
         "machine": record["device"] + f", Keras backend {record['keras_backend']}",
         "note": "seconds = image loading + end-to-end fitting; export and evaluation not included",
     }
-    card["limitations"] = [item.replace("224x224", f"{width}x{height}") for item in card["limitations"]]
     return card
 
 

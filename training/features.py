@@ -99,7 +99,11 @@ def extract(backbone, paths: Sequence[Path], name: str, cache_dir: Path = CACHE_
     import keras
     import tensorflow as tf
 
+    _, height, width, _ = backbone.input_shape
+    size = (width, height)
     suffix = ("" if view == "none" else f"-view_{view}") + ("" if mid_layer == MID_LAYER else f"-{mid_layer}")
+    # The same weights at another input size give other features.
+    suffix += "" if size == (224, 224) else f"-{width}x{height}"
     # The backbone's own weights are part of the key: another --weights folder (or a fine-tuned
     # backbone) must never be handed features another backbone computed.
     cache = cache_dir / f"{name}-{_cache_key(paths)}-{_weights_key(backbone)}{suffix}.npz"
@@ -112,7 +116,7 @@ def extract(backbone, paths: Sequence[Path], name: str, cache_dir: Path = CACHE_
     pooled, mid = [], []
     started = time.monotonic()
     for start in range(0, len(paths), BATCH):
-        batch = np.stack([load_image(p, view) for p in paths[start:start + BATCH]])
+        batch = np.stack([load_image(p, view, size) for p in paths[start:start + BATCH]])
         middle, last = run(tf.constant(batch))
         mid.append(middle.numpy().astype(np.float16))
         pooled.append(last.numpy().mean(axis=(1, 2)))

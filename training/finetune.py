@@ -1,7 +1,7 @@
 """End-to-end training of a Keras classifier on a task's own split, the way the original trained.
 
     python -m training.finetune --task {bone,skin,pneumonia} [--arch mobilenet_v2_finetuned]
-        [--data DIR] [--weights DIR] [--epochs N] [--batch-size N] [--out DIR]
+        [--data DIR] [--weights DIR] [--epochs N] [--batch-size N] [--input-size N] [--out DIR]
 
 Adam, class weights for imbalance, the task's augmentations (random flips / rotation / zoom /
 shift, applied to the training batches only), ReduceLROnPlateau, EarlyStopping and
@@ -258,17 +258,22 @@ def training_split(task: str, root: Path, split_csv: Path | None = None) -> list
     return split
 
 
-def build_model(arch: str, task: str, weights: str | None, train_batchnorm: bool = False):
+def build_model(arch: str, task: str, weights: str | None, train_batchnorm: bool = False,
+                input_size: tuple[int, int] | None = None):
     """The classifier to train: our MobileNetV2 (blocks 1-16 and Conv_1 trainable, BatchNorm frozen unless
-    `train_batchnorm`) or an original architecture from training.architectures."""
+    `train_batchnorm`; at `input_size`, default 224x224) or an original architecture from
+    training.architectures (at its own input size)."""
     from training import architectures
 
     n_classes = n_training_classes(task)
     if arch == "mobilenet_v2_finetuned":
-        return architectures.mobilenet_v2_finetuned(n_classes, weights=weights, finetune_blocks=16,
+        return architectures.mobilenet_v2_finetuned(n_classes, input_size=input_size or input_size_of(arch),
+                                                    weights=weights, finetune_blocks=16,
                                                     train_batchnorm=train_batchnorm)
     if train_batchnorm:
         raise ValueError(f"--train-batchnorm applies to mobilenet_v2_finetuned, not {arch}")
+    if input_size:
+        raise ValueError(f"--input-size applies to mobilenet_v2_finetuned, not {arch} (the original's size)")
     spec = architectures.ARCHITECTURES[arch]
     if spec.output != "softmax":
         raise ValueError(f"{arch} ends in a {spec.output} unit; training.finetune trains softmax classifiers")
@@ -348,6 +353,14 @@ def fit(
     return record
 
 
+def recovered_from(weights_file: Path) -> str | None:
+    """The exported model `weights_file` was recovered from (training.recover_weights), if it was."""
+    history = weights_file.parent / "history.json"
+    if not history.is_file():
+        return None
+    return json.loads(history.read_text(encoding="utf-8")).get("recovered_from")
+
+
 def _record_previous_run(history_file: Path, init_weights: Path) -> None:
     """A continued run keeps the history of the run(s) it started from, so the card shows them all."""
     record = json.loads(history_file.read_text(encoding="utf-8"))
@@ -357,6 +370,9 @@ def _record_previous_run(history_file: Path, init_weights: Path) -> None:
         earlier = json.loads(previous.read_text(encoding="utf-8"))
         summary = {key: earlier[key] for key in ("settings", "best_epoch", "epochs_run", "best_validation_score",
                                                   "fit_seconds", "device", "keras_backend")}
+        summary["input_size"] = earlier.get("input_size", [224, 224])
+        if earlier.get("recovered_from"):
+            summary["recovered_from"] = earlier["recovered_from"]
         record["previous_runs"] = [*earlier.get("previous_runs", []), summary]
     history_file.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
@@ -416,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--train-batchnorm", action="store_true",
                         help="our MobileNetV2's BatchNorm learns too (default: frozen at ImageNet statistics)")
+    parser.add_argument("--input-size", type=int, metavar="N",
+                        help="train our MobileNetV2 on NxN inputs (default 224; e.g. 288 upsamples the "
+                        "224x224 knee radiographs for a finer last feature map, 9x9)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -430,6 +449,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.train_batchnorm and args.arch != "mobilenet_v2_finetuned":
         parser.error(f"--train-batchnorm applies to mobilenet_v2_finetuned, not {args.arch}")
+    if args.input_size is not None and args.arch != "mobilenet_v2_finetuned":
+        parser.error(f"--input-size applies to mobilenet_v2_finetuned, not {args.arch} (the original's size)")
+    if args.input_size is not None and args.input_size < 32:
+        parser.error(f"--input-size {args.input_size}: MobileNetV2 needs at least 32")
+    input_size = (args.input_size, args.input_size) if args.input_size else input_size_of(args.arch)
+    if args.init_weights and args.train_batchnorm and recovered_from(args.init_weights):
+        parser.error(f"--train-batchnorm: {args.init_weights} were recovered from an exported model, whose "
+                     "BatchNorm is folded into its convolutions (training.recover_weights): continue them "
+                     "with BatchNorm frozen")
     root = data_dir(args.data)
     if task == "bone" and uses_mura(task, root):
         parser.error(f"{root} holds MURA-v1.1: training.finetune trains bone on the knee KL grades only; "
@@ -445,10 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     keras.utils.set_random_seed(args.seed)
-    model = build_model(args.arch, task, args.weights, args.train_batchnorm)
+    model = build_model(args.arch, task, args.weights, args.train_batchnorm,
+                        input_size if args.arch == "mobilenet_v2_finetuned" else None)
     if args.init_weights:
         model.load_weights(args.init_weights)
-    record = fit(model, task, split, args.out, settings, AUGMENTATIONS[task], input_size_of(args.arch))
+    record = fit(model, task, split, args.out, settings, AUGMENTATIONS[task], input_size)
     if args.init_weights:
         _record_previous_run(args.out / "history.json", args.init_weights)
     log.info("best epoch %d of %d: %s %.4f; fit %.0f s on %s", record["best_epoch"], record["epochs_run"],

@@ -77,7 +77,9 @@ def _end_to_end_backbone(task: str, weights_file: Path, imagenet_weights: str | 
     if record["task"] != task or record["settings"]["arch"] != "mobilenet_v2_finetuned":
         raise ValueError(f"{weights_file} is a {record['task']}/{record['settings']['arch']} run, "
                          f"not {task}/mobilenet_v2_finetuned")
-    model = mobilenet_v2_finetuned(n_training_classes(task), weights=imagenet_weights, finetune_blocks=16)
+    input_size = tuple(record.get("input_size", (224, 224)))
+    model = mobilenet_v2_finetuned(n_training_classes(task), input_size=input_size, weights=imagenet_weights,
+                                   finetune_blocks=16)
     model.load_weights(weights_file)
     backbone = keras.Model(model.input, model.get_layer("gap").input, name="mobilenet_v2_finetuned_backbone")
     kernel, bias = (np.asarray(w) for w in model.get_layer("probabilities").get_weights())
@@ -95,7 +97,10 @@ def _end_to_end_backbone(task: str, weights_file: Path, imagenet_weights: str | 
         "epochs_run": record["epochs_run"], "best_validation_score": round(record["best_validation_score"], 4),
         "monitor": record["settings"]["monitor"], "settings": record["settings"],
         "augmentation": record["augmentation"], "previous_runs": record.get("previous_runs", []),
+        "input_size": list(input_size),
     }
+    if record.get("recovered_from"):
+        info["recovered_from"] = record["recovered_from"]
     return backbone, head, info
 
 
@@ -305,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                                       temperature=temperature, kl_temperature=kl_temperature)
     onnx_path = to_onnx(export_model, out / "model.onnx")
     val_paths = [s.record.path for s in train_val if s.split == "val"][:PARITY_IMAGES]
-    differences = parity(export_model, onnx_path, np.stack([load_image(p) for p in val_paths]))
+    _, height, width, _ = backbone.input_shape
+    differences = parity(export_model, onnx_path, np.stack([load_image(p, size=(width, height)) for p in val_paths]))
     log.info("parity on %d validation images: %s", len(val_paths), differences)
 
     test_records = [s.record for s in split if s.split == "test"]

@@ -63,3 +63,27 @@ def test_cached_features_belong_to_the_backbone_that_computed_them(tmp_path):
     assert not np.allclose(a.pooled, b.pooled)
     np.testing.assert_array_equal(extract(first, paths, "bone", cache_dir=cache).pooled, a.pooled)
     assert len(list(cache.glob("*.npz"))) == 2
+
+
+def test_the_same_backbone_at_another_input_size_caches_its_own_features(tmp_path):
+    """Upsampled inputs (training.finetune --input-size) give other features from the same weights."""
+    import keras
+
+    from training.features import MID_LAYER, extract
+
+    path = tmp_path / "knee.png"
+    synthetic_image("bone_xray", size=(64, 64), seed=0).save(path)
+
+    def backbone(side: int):
+        keras.utils.set_random_seed(1)      # the same weights at every size
+        inputs = keras.Input((side, side, 3))
+        middle = keras.layers.Conv2D(4, 3, strides=16, name=MID_LAYER)(inputs)
+        return keras.Model(inputs, keras.layers.Conv2D(8, 3)(middle))
+
+    cache = tmp_path / "cache"
+    at_224 = extract(backbone(224), [path], "bone", cache_dir=cache)
+    at_288 = extract(backbone(288), [path], "bone", cache_dir=cache)
+
+    assert at_224.mid.shape[1:3] == (14, 14) and at_288.mid.shape[1:3] == (18, 18)
+    assert len(list(cache.glob("*.npz"))) == 2
+    assert not np.allclose(at_224.pooled, at_288.pooled)

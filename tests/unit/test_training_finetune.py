@@ -262,6 +262,31 @@ def test_train_takes_a_finetune_run_as_its_backbone(tmp_path):
         _end_to_end_backbone("bone", run / "model.weights.h5", None)
 
 
+def test_train_takes_a_run_at_another_input_size_at_that_size(tmp_path):
+    if not weights_dir().is_dir():
+        pytest.skip(f"MobileNetV2 weights not found at {weights_dir()} (set DRTECH_WEIGHTS_DIR)")
+    from training.architectures import mobilenet_v2_finetuned
+    from training.train import _end_to_end_backbone
+
+    model = mobilenet_v2_finetuned(5, input_size=(96, 96), finetune_blocks=16)
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save_weights(run / "model.weights.h5")
+    (run / "history.json").write_text(json.dumps({
+        "task": "bone", "settings": {"arch": "mobilenet_v2_finetuned", "monitor": "val_accuracy"},
+        "augmentation": {}, "best_epoch": 2, "epochs_run": 3, "best_validation_score": 0.6, "fit_seconds": 1.0,
+        "device": "CPU", "keras_backend": "tensorflow", "input_size": [96, 96]}))
+
+    backbone, head, info = _end_to_end_backbone("bone", run / "model.weights.h5", None)
+
+    assert backbone.input_shape == (None, 96, 96, 3) and info["input_size"] == [96, 96]
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 96, 96, 3)).astype(np.float32)
+    pooled = np.asarray(backbone(x)).mean(axis=(1, 2))     # a 3x3 feature map at 96x96
+    logits = pooled @ head.kernel + head.bias
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(expected, np.asarray(model(x)), atol=1e-5)
+
+
 def test_the_card_says_whether_the_runs_batchnorm_learned(tmp_path):
     if not weights_dir().is_dir():
         pytest.skip(f"MobileNetV2 weights not found at {weights_dir()} (set DRTECH_WEIGHTS_DIR)")
@@ -324,7 +349,18 @@ def test_finetune_refuses_mura_and_misplaced_flags_before_writing_anything(tmp_p
         finetune.main(["--task", "skin", "--arch", "skin_cnn_75x100", "--train-batchnorm",
                        "--data", str(tmp_path), "--out", str(tmp_path / "cnn-run")])
     assert "applies to mobilenet_v2_finetuned" in capsys.readouterr().err
-    assert not (tmp_path / "mura-run").exists() and not (tmp_path / "cnn-run").exists()
+    with pytest.raises(SystemExit):
+        finetune.main(["--task", "skin", "--arch", "skin_cnn_75x100", "--input-size", "288",
+                       "--data", str(tmp_path), "--out", str(tmp_path / "cnn-run")])
+    assert "--input-size applies to mobilenet_v2_finetuned" in capsys.readouterr().err
+    recovered = tmp_path / "recovered"
+    recovered.mkdir()
+    (recovered / "history.json").write_text(json.dumps({"recovered_from": {"version": "2026.11.2"}}))
+    with pytest.raises(SystemExit):
+        finetune.main(["--task", "bone", "--train-batchnorm", "--init-weights", str(recovered / "model.weights.h5"),
+                       "--data", str(tmp_path), "--out", str(tmp_path / "bn-run")])
+    assert "BatchNorm is folded into its convolutions" in capsys.readouterr().err
+    assert not any((tmp_path / run).exists() for run in ("mura-run", "cnn-run", "bn-run"))
 
 
 def test_the_card_names_the_class_weights_of_the_head_that_won():

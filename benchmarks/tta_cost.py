@@ -43,7 +43,8 @@ def measure(spec, calls: int, threads: int) -> dict[str, object]:
         onnx.save(tta.original_model(shipped_proto), str(one_view_path))
         models = {"shipped": OnnxModel(spec, threads), "one_view": OnnxModel(spec, threads, model_path=one_view_path)}
     kind = "skin_lesion" if spec.task == "skin" else "bone_xray"
-    images = np.stack([to_model_input(synthetic_image(kind, seed=seed)) for seed in range(BATCH)])
+    images = np.stack([to_model_input(synthetic_image(kind, seed=seed), models["shipped"].input_size)
+                       for seed in range(BATCH)])
     for model in models.values():
         model.warm_up()
     single = {name: [] for name in models}

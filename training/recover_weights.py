@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from training.paths import PROJECT_ROOT
 from training.tasks import SPECS
 
 log = logging.getLogger("training.recover_weights")
@@ -67,7 +68,9 @@ class _Graph:
                     f"{op_type} node of {layer}")
 
     def conv_by_kernel(self, layer: str):
-        pattern = re.compile(rf"(^|/){re.escape(layer)}(_\d+)?/convolution/merged_input:0$")
+        # tf2onnx names the kernel merged_input where it folded a BatchNorm scale into it, else
+        # ReadVariableOp (a model recovered and retrained here has BatchNorm scales of exactly 1)
+        pattern = re.compile(rf"(^|/){re.escape(layer)}(_\d+)?/convolution/(merged_input|ReadVariableOp):0$")
         return _one([n for n in self.nodes if n.op_type == "Conv" and len(n.input) == 3
                      and pattern.search(n.input[1])], f"folded convolution of {layer}")
 
@@ -118,6 +121,14 @@ def head_weights(graph: _Graph, head: str) -> tuple[np.ndarray, np.ndarray, floa
 def trained_head(task: str) -> str:
     """The exported head that training.finetune trained: bone's on the KL grade, the others' own."""
     return "kl_probabilities" if task == "bone" else "probabilities"
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the project when it is inside it (cards name project files that way)."""
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def recover(task: str, model_path: Path, out: Path, imagenet_weights: str | None = None) -> dict[str, Any]:
@@ -171,7 +182,7 @@ def recover(task: str, model_path: Path, out: Path, imagenet_weights: str | None
     record.update({
         "task": task, "input_size": [int(width), int(height)],
         "previous_runs": finetune.get("previous_runs", []),
-        "recovered_from": {"model": str(model_path), "version": card.get("version"),
+        "recovered_from": {"model": _shown(Path(model_path)), "version": card.get("version"),
                            "sha256": hashlib.sha256(Path(model_path).read_bytes()).hexdigest(),
                            "head": head, "max_abs_difference": difference},
     })

@@ -66,10 +66,11 @@ def test_cam_is_a_1x1_convolution_of_the_feature_map_the_head_pools(spec) -> Non
 @pytest.mark.parametrize("spec", SHIPPED, ids=lambda spec: spec.task)
 def test_each_logit_is_the_mean_of_its_cam_plus_a_constant(spec) -> None:
     session = ort.InferenceSession(_one_view_model(spec).SerializeToString(), providers=["CPUExecutionProvider"])
+    _, height, width, _ = session.get_inputs()[0].shape      # each model at its own input size
     rng = np.random.default_rng(0)
-    images = [to_model_input(synthetic_image(kind, seed=seed)) for kind in ("chest_xray", "skin_lesion")
-              for seed in range(3)]
-    images += [rng.uniform(-1, 1, (224, 224, 3)).astype(np.float32) * scale for scale in (0.2, 0.6)]
+    images = [to_model_input(synthetic_image(kind, seed=seed), (width, height))
+              for kind in ("chest_xray", "skin_lesion") for seed in range(3)]
+    images += [rng.uniform(-1, 1, (height, width, 3)).astype(np.float32) * scale for scale in (0.2, 0.6)]
     probabilities, cam = session.run(["probabilities", "cam"], {"input": np.stack(images)})
     # Calibrated models output softmax(logits / T) (T in the card); the CAM is not scaled.
     temperature = _one_view_temperature(spec)

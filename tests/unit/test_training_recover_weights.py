@@ -26,21 +26,23 @@ def test_the_recovered_bone_classifier_gives_the_shipped_kl_probabilities(tmp_pa
     record = recover("bone", BONE / "model.onnx", tmp_path / "run")
 
     # A fresh classifier with the written weights, the exported temperature applied to its logits
-    model = build_model("mobilenet_v2_finetuned", "bone", None)
+    inner = tta.original_model(onnx.load(str(BONE / "model.onnx")))
+    session = ort.InferenceSession(inner.SerializeToString(), providers=["CPUExecutionProvider"])
+    _, height, width, _ = session.get_inputs()[0].shape
+    model = build_model("mobilenet_v2_finetuned", "bone", None, input_size=(width, height))
     model.load_weights(tmp_path / "run" / "model.weights.h5")
-    images = np.random.default_rng(7).uniform(-1, 1, (3, 224, 224, 3)).astype(np.float32)
+    images = np.random.default_rng(7).uniform(-1, 1, (3, height, width, 3)).astype(np.float32)
     card = json.loads((BONE / "card.json").read_text())
     # The one-view model inside the shipped test-time augmentation, and its own temperature
     temperature = card["architecture"]["test_time_augmentation"]["without_tta"]["temperatures"]["kl_probabilities"]
     logits = np.log(np.asarray(model.predict(images, verbose=0), dtype=np.float64)) / temperature
     recovered = np.exp(logits - logits.max(1, keepdims=True))
     recovered /= recovered.sum(1, keepdims=True)
-    inner = tta.original_model(onnx.load(str(BONE / "model.onnx")))
-    session = ort.InferenceSession(inner.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(recovered, session.run(["kl_probabilities"], {"input": images})[0], atol=1e-4)
 
     assert record["recovered_from"]["version"] == card["version"]
-    assert record["input_size"] == [224, 224] and record["settings"]["arch"] == "mobilenet_v2_finetuned"
+    assert record["recovered_from"]["model"] == "services/bone/model/model.onnx"
+    assert record["input_size"] == [width, height] and record["settings"]["arch"] == "mobilenet_v2_finetuned"
     assert (tmp_path / "run" / "split.csv").read_bytes() == (BONE / "split.csv").read_bytes()
     assert json.loads((tmp_path / "run" / "history.json").read_text()) == record
 

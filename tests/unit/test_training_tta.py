@@ -292,7 +292,8 @@ def test_the_shipped_answer_is_the_mean_over_views_of_the_model_inside(spec) -> 
     shipped = onnx.load(str(spec.model_path))
     inner = _session(tta.original_model(shipped))
     names = [o.name for o in inner.get_outputs()]
-    images = np.stack([to_model_input(synthetic_image(kind, seed=seed).transpose(seed))
+    _, height, width, _ = inner.get_inputs()[0].shape
+    images = np.stack([to_model_input(synthetic_image(kind, seed=seed).transpose(seed), (width, height))
                        for kind in ("skin_lesion", "knee") for seed in range(2)])
     temperatures = json.loads({p.key: p.value for p in shipped.metadata_props}[tta.METADATA_KEY])["temperatures"]
 

@@ -415,7 +415,9 @@ def refresh_text(folder: Path) -> None:
     card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
     mura = card["data"].get("dataset") == "mura"
     card["intended_use"] = INTENDED_USE_MURA if mura else INTENDED_USE[card["task"]]
-    card["limitations"] = LIMITATIONS_MURA if mura else LIMITATIONS[card["task"]]
+    _, height, width, _ = card["architecture"]["input"]["shape"]
+    card["limitations"] = [item.replace("224x224", f"{width}x{height}")
+                           for item in (LIMITATIONS_MURA if mura else LIMITATIONS[card["task"]])]
     if "name" not in card["architecture"]:    # for_architecture cards carry their own optimizer text
         card["training"]["optimizer"] = optimizer_text(card["training"].get("finetune"))
     card["training"].setdefault("augmentation", "none")   # cards from before augmentation existed

@@ -353,12 +353,20 @@ def fit(
     return record
 
 
-def recovered_from(weights_file: Path) -> str | None:
-    """The exported model `weights_file` was recovered from (training.recover_weights), if it was."""
+def _init_history(weights_file: Path) -> dict:
+    """The history.json beside a run's weights ({} when there is none)."""
     history = weights_file.parent / "history.json"
-    if not history.is_file():
-        return None
-    return json.loads(history.read_text(encoding="utf-8")).get("recovered_from")
+    return json.loads(history.read_text(encoding="utf-8")) if history.is_file() else {}
+
+
+def recovered_from(weights_file: Path) -> dict | None:
+    """Where the weights at `weights_file` started, if they descend from weights recovered from an
+    exported model (training.recover_weights): that run itself, or any run it continued."""
+    record = _init_history(weights_file)
+    for run in (record, *record.get("previous_runs", [])):
+        if run.get("recovered_from"):
+            return run["recovered_from"]
+    return None
 
 
 def _record_previous_run(history_file: Path, init_weights: Path) -> None:
@@ -433,8 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-batchnorm", action="store_true",
                         help="our MobileNetV2's BatchNorm learns too (default: frozen at ImageNet statistics)")
     parser.add_argument("--input-size", type=int, metavar="N",
-                        help="train our MobileNetV2 on NxN inputs (default 224; e.g. 288 upsamples the "
-                        "224x224 knee radiographs for a finer last feature map, 9x9)")
+                        help="train our MobileNetV2 on NxN inputs (default: the --init-weights run's size, "
+                        "else 224; e.g. 288 upsamples the 224x224 knee radiographs for a finer last "
+                        "feature map, 9x9)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -453,7 +462,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--input-size applies to mobilenet_v2_finetuned, not {args.arch} (the original's size)")
     if args.input_size is not None and args.input_size < 32:
         parser.error(f"--input-size {args.input_size}: MobileNetV2 needs at least 32")
-    input_size = (args.input_size, args.input_size) if args.input_size else input_size_of(args.arch)
+    # A continued run keeps the input size of the run it continues unless told otherwise.
+    init_size = _init_history(args.init_weights).get("input_size") if args.init_weights else None
+    input_size = ((args.input_size, args.input_size) if args.input_size
+                  else tuple(init_size) if init_size and args.arch == "mobilenet_v2_finetuned"
+                  else input_size_of(args.arch))
     if args.init_weights and args.train_batchnorm and recovered_from(args.init_weights):
         parser.error(f"--train-batchnorm: {args.init_weights} were recovered from an exported model, whose "
                      "BatchNorm is folded into its convolutions (training.recover_weights): continue them "

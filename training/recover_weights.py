@@ -8,8 +8,10 @@ the task, so that a new run can continue from the shipped model (`training.finet
 OUT/model.weights.h5`). What is written to `--out`:
 
 - `model.weights.h5`: our MobileNetV2 classifier (`training.finetune.build_model`) with the
-  model's backbone and, as its head, the head the fine-tuning trained (bone: the KL grade head;
-  otherwise the probabilities head), without the exported temperature;
+  model's backbone and, as its head, the exported head over the labels the fine-tuning trains on
+  (bone: the KL grade head; otherwise the probabilities head), without the exported temperature;
+  the card says where that head came from (`training.heads`: the fine-tuned run's own, or one
+  refit on its features), and `recovered_from.head_source` repeats it;
 - `history.json`: the model card's record of the fine-tuning run, with `recovered_from` (the model's
   version and SHA-256) and the exported input size;
 - `split.csv`: the model's own, so a continued run is checked against the same split.
@@ -147,7 +149,8 @@ def recover(task: str, model_path: Path, out: Path, imagenet_weights: str | None
     finetune = card.get("training", {}).get("finetune") or {}
     if finetune.get("settings", {}).get("arch") != "mobilenet_v2_finetuned":
         raise NotRecoverable(f"{model_path}: its card records no training.finetune run of our MobileNetV2 "
-                             "(a frozen-backbone model has nothing of its own to continue)")
+                             "to continue (a frozen backbone, or blocks fine-tuned by training.train on "
+                             "cached features)")
     proto = onnx.load(str(model_path))
     if tta.is_wrapped(proto):
         proto = tta.original_model(proto)
@@ -184,7 +187,9 @@ def recover(task: str, model_path: Path, out: Path, imagenet_weights: str | None
         "previous_runs": finetune.get("previous_runs", []),
         "recovered_from": {"model": _shown(Path(model_path)), "version": card.get("version"),
                            "sha256": hashlib.sha256(Path(model_path).read_bytes()).hexdigest(),
-                           "head": head, "max_abs_difference": difference},
+                           "head": head,
+                           "head_source": card.get("training", {}).get("heads", {}).get(head, {}).get("source"),
+                           "max_abs_difference": difference},
     })
     (out / "history.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     log.info("recovered %s %s into %s (max |Δprobability| %.1e on %d random inputs)", task,

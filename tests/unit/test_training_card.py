@@ -14,19 +14,23 @@ REPORT_VAL = {"n": 4, "ece_before": 0.21, "ece_after": 0.04, "nll_before": 0.9, 
 REPORT_TEST = {"n": 2, "ece_before": 0.25, "ece_after": 0.06, "nll_before": 1.1, "nll_after": 0.4}
 
 
-def _card(tmp_path: Path, finetune: dict | None = None, **extra) -> dict:
+def _build_kwargs(tmp_path: Path, finetune: dict | None = None) -> dict:
     split = [SplitRecord(Record(tmp_path / f"img{i}.jpeg", label, f"person{i}"), name)
              for i, (label, name) in enumerate([("NORMAL", "train"), ("PNEUMONIA", "train"),
                                                  ("NORMAL", "val"), ("PNEUMONIA", "test")])]
     metric = {"value": 0.5, "ci95_low": 0.4, "ci95_high": 0.6}
-    return model_card.build(
+    return dict(
         task="pneumonia", split=split, validation={"accuracy": 1.0},
         test={"task": "pneumonia", "n": 2, "labels": ["NORMAL", "PNEUMONIA"], "accuracy": metric,
               "confusion_matrix": [[1, 0], [1, 0]]},
         heads={"probabilities": {"l2": 0.0}}, finetune=finetune, parameters=10, timing={"a_seconds": 1.0},
         augmentation="none", parity={"probabilities": 1e-6}, parity_images=2,
         interface={"outputs": [("probabilities", ["N", 2], "tensor(float)")]}, model_bytes=100,
-        data_root=tmp_path, **extra)
+        data_root=tmp_path)
+
+
+def _card(tmp_path: Path, finetune: dict | None = None, **extra) -> dict:
+    return model_card.build(**_build_kwargs(tmp_path, finetune), **extra)
 
 
 def test_calibration_and_plots_are_in_card_json_and_card_md(tmp_path: Path):
@@ -76,3 +80,18 @@ def test_the_optimizer_note_gives_the_learning_rates_the_fine_tuning_used():
     continued = {"settings": {"learning_rate": 5e-5},
                  "previous_runs": [{"settings": {"learning_rate": 1e-4}}, {"settings": {"learning_rate": 2.5e-4}}]}
     assert "fine-tuning: lr 1e-4, then 2.5e-4, then 5e-5 (continued runs)" in model_card.optimizer_text(continued)
+
+
+def test_the_card_states_the_exported_input_size_and_keeps_it_when_its_text_is_refreshed(tmp_path: Path):
+    card = model_card.build(**{**_build_kwargs(tmp_path), "interface": {
+        "inputs": [("input", ["N", 288, 288, 3], "tensor(float)")],
+        "outputs": [("probabilities", ["N", 2], "tensor(float)"), ("cam", ["N", 9, 9, 2], "tensor(float)")]}})
+
+    assert card["architecture"]["input"]["shape"] == ["N", 288, 288, 3]
+    assert "288x288" in card["architecture"]["backbone"] and "9x9x1280" in card["architecture"]["cam"]
+    assert any("resized to 288x288" in item for item in card["limitations"])
+    model_card.write(card, tmp_path)
+    model_card.refresh_text(tmp_path)
+    refreshed = json.loads((tmp_path / "card.json").read_text(encoding="utf-8"))
+    assert any("resized to 288x288" in item for item in refreshed["limitations"])
+    assert not any("224x224" in item for item in refreshed["limitations"])

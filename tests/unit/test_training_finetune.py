@@ -4,6 +4,7 @@ trained, and whose weights training.train can take as its backbone."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -353,14 +354,48 @@ def test_finetune_refuses_mura_and_misplaced_flags_before_writing_anything(tmp_p
         finetune.main(["--task", "skin", "--arch", "skin_cnn_75x100", "--input-size", "288",
                        "--data", str(tmp_path), "--out", str(tmp_path / "cnn-run")])
     assert "--input-size applies to mobilenet_v2_finetuned" in capsys.readouterr().err
-    recovered = tmp_path / "recovered"
-    recovered.mkdir()
-    (recovered / "history.json").write_text(json.dumps({"recovered_from": {"version": "2026.11.2"}}))
-    with pytest.raises(SystemExit):
-        finetune.main(["--task", "bone", "--train-batchnorm", "--init-weights", str(recovered / "model.weights.h5"),
-                       "--data", str(tmp_path), "--out", str(tmp_path / "bn-run")])
-    assert "BatchNorm is folded into its convolutions" in capsys.readouterr().err
+    # Weights recovered from an export, or a run continued from them: their BatchNorm is folded
+    recovered, continued = tmp_path / "recovered", tmp_path / "continued"
+    for run, record in ((recovered, {"recovered_from": {"version": "2026.11.2"}}),
+                        (continued, {"previous_runs": [{"settings": {}}, {"recovered_from": {"version": "2026.11.2"}}]})):
+        run.mkdir()
+        (run / "history.json").write_text(json.dumps(record))
+        with pytest.raises(SystemExit):
+            finetune.main(["--task", "bone", "--train-batchnorm", "--init-weights", str(run / "model.weights.h5"),
+                           "--data", str(tmp_path), "--out", str(tmp_path / "bn-run")])
+        assert "BatchNorm is folded into its convolutions" in capsys.readouterr().err
     assert not any((tmp_path / run).exists() for run in ("mura-run", "cnn-run", "bn-run"))
+
+
+def test_a_continued_run_keeps_the_input_size_of_the_run_it_continues(tmp_path, monkeypatch):
+    from training.splits import write_split_csv
+
+    write_split_csv(_tiny_skin_split(tmp_path), tmp_path / "split.csv", tmp_path)
+    first = tmp_path / "first"
+    first.mkdir()
+    shutil.copyfile(tmp_path / "split.csv", first / "split.csv")
+    _tiny_classifier().save_weights(first / "model.weights.h5")
+    (first / "history.json").write_text(json.dumps({"input_size": [96, 96]}))
+    sizes: dict[str, tuple] = {}
+
+    def build(arch, task, weights, train_batchnorm=False, input_size=None):
+        sizes["built"] = input_size
+        return _tiny_classifier()
+
+    def record_fit(model, task, split, out, settings, augmentation, input_size):
+        sizes["trained"] = input_size
+        return {"best_epoch": 1, "epochs_run": 1, "best_validation_score": 0.5, "fit_seconds": 0.0, "device": "x"}
+
+    monkeypatch.setattr(finetune, "build_model", build)
+    monkeypatch.setattr(finetune, "fit", record_fit)
+    monkeypatch.setattr(finetune, "_record_previous_run", lambda *args: None)
+    arguments = ["--task", "skin", "--data", str(tmp_path), "--split-csv", str(tmp_path / "split.csv"),
+                 "--init-weights", str(first / "model.weights.h5")]
+
+    finetune.main([*arguments, "--out", str(tmp_path / "a")])
+    assert sizes == {"built": (96, 96), "trained": (96, 96)}
+    finetune.main([*arguments, "--input-size", "128", "--out", str(tmp_path / "b")])
+    assert sizes == {"built": (128, 128), "trained": (128, 128)}
 
 
 def test_the_card_names_the_class_weights_of_the_head_that_won():

@@ -16,8 +16,9 @@ from training.recover_weights import NotRecoverable, recover
 
 BONE = PROJECT_ROOT / "services" / "bone" / "model"
 
-pytestmark = pytest.mark.skipif(not weights_dir().is_dir(),
-                                reason=f"MobileNetV2 weights not found at {weights_dir()} (set DRTECH_WEIGHTS_DIR)")
+pytestmark = [pytest.mark.training,
+              pytest.mark.skipif(not weights_dir().is_dir(),
+                                 reason=f"MobileNetV2 weights not found at {weights_dir()} (set DRTECH_WEIGHTS_DIR)")]
 
 
 def test_the_recovered_bone_classifier_gives_the_shipped_kl_probabilities(tmp_path):
@@ -42,6 +43,7 @@ def test_the_recovered_bone_classifier_gives_the_shipped_kl_probabilities(tmp_pa
 
     assert record["recovered_from"]["version"] == card["version"]
     assert record["recovered_from"]["model"] == "services/bone/model/model.onnx"
+    assert record["recovered_from"]["head_source"] == card["training"]["heads"]["kl_probabilities"]["source"]
     assert record["input_size"] == [width, height] and record["settings"]["arch"] == "mobilenet_v2_finetuned"
     assert (tmp_path / "run" / "split.csv").read_bytes() == (BONE / "split.csv").read_bytes()
     assert json.loads((tmp_path / "run" / "history.json").read_text()) == record

@@ -167,10 +167,9 @@ def recover(task: str, model_path: Path, out: Path, imagenet_weights: str | None
     # The Keras model with the exported temperature must give the exported probabilities.
     images = np.random.default_rng(0).uniform(-1, 1, (PARITY_IMAGES, height, width, 3)).astype(np.float32)
     expected = session.run([head], {"input": images})[0]
-    logits = np.log(np.clip(np.asarray(model.predict(images, verbose=0), dtype=np.float64), 1e-30, 1.0))
-    scaled = logits * inverse_temperature
-    scaled -= scaled.max(axis=1, keepdims=True)
-    recovered = np.exp(scaled) / np.exp(scaled).sum(axis=1, keepdims=True)
+    # softmax(log p / T) = softmax(logits / T): the exported head's temperature on the Keras output
+    recovered = tta.recalibrated(np.asarray(model.predict(images, verbose=0), dtype=np.float64),
+                                 1.0 / inverse_temperature)
     difference = float(np.abs(recovered - expected).max())
     if difference > PARITY_TOLERANCE:
         raise NotRecoverable(f"the recovered Keras model differs from {model_path} by {difference:.2e} "

@@ -36,9 +36,7 @@ def test_the_recovered_bone_classifier_gives_the_shipped_kl_probabilities(tmp_pa
     card = json.loads((BONE / "card.json").read_text())
     # The one-view model inside the shipped test-time augmentation, and its own temperature
     temperature = card["architecture"]["test_time_augmentation"]["without_tta"]["temperatures"]["kl_probabilities"]
-    logits = np.log(np.asarray(model.predict(images, verbose=0), dtype=np.float64)) / temperature
-    recovered = np.exp(logits - logits.max(1, keepdims=True))
-    recovered /= recovered.sum(1, keepdims=True)
+    recovered = tta.recalibrated(np.asarray(model.predict(images, verbose=0), dtype=np.float64), temperature)
     np.testing.assert_allclose(recovered, session.run(["kl_probabilities"], {"input": images})[0], atol=1e-4)
 
     assert record["recovered_from"]["version"] == card["version"]

@@ -97,11 +97,14 @@ def token_from_request(request: Request, cookie_name: str) -> tuple[str, bool] |
     return None
 
 
-def check_csrf(request: Request, via_cookie: bool) -> None:
-    if via_cookie and request.method not in SAFE_METHODS and not request.headers.get(CSRF_HEADER):
-        raise ApiError(
-            403, f"Cookie-authenticated requests that change data must send the {CSRF_HEADER} header."
-        )
+def lacks_csrf_header(request: Request, via_cookie: bool) -> bool:
+    return via_cookie and request.method not in SAFE_METHODS and not request.headers.get(CSRF_HEADER)
+
+
+def csrf_refusal() -> ApiError:
+    return ApiError(
+        403, f"Cookie-authenticated requests that change data must send the {CSRF_HEADER} header."
+    )
 
 
 async def authenticate_token(ctx: GatewayContext, token: str) -> auth_pb2.User:
@@ -123,8 +126,11 @@ async def current_caller(request: Request, ctx: Annotated[GatewayContext, Depend
     if found is None:
         raise ApiError(401, NOT_AUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
     token, via_cookie = found
-    check_csrf(request, via_cookie)
+    # The session is checked first: a missing, expired or revoked one is 401 (API.md), whatever
+    # else the request lacks; only a live session can be abused by a cross-site request.
     user = await authenticate_token(ctx, token)
+    if lacks_csrf_header(request, via_cookie):
+        raise csrf_refusal()
     return Caller(user=user, token=token, via_cookie=via_cookie)
 
 
@@ -261,7 +267,15 @@ async def log_out(request: Request, ctx: ContextDep) -> Response:
     if found is None:
         raise ApiError(401, NOT_AUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
     token, via_cookie = found
-    check_csrf(request, via_cookie)
+    if lacks_csrf_header(request, via_cookie):
+        try:
+            await authenticate_token(ctx, token)
+        except ApiError as error:
+            if error.status_code != 401:
+                raise
+            # A dead session: nothing a cross-site request could end; clear the cookie as below.
+        else:
+            raise csrf_refusal()
     try:
         await ctx.backends.auth.LogOut(
             auth_pb2.LogOutRequest(access_token=token), timeout=ctx.settings.auth_timeout_s

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -19,6 +20,7 @@ from PIL import Image
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from protos.drtech.v1 import auth_pb2
 
 PAGES = ["/", "/signup", "/login", "/models"]
 
@@ -167,12 +169,66 @@ def test_text_with_an_unpaired_surrogate_is_422_for_its_field_not_a_500(client: 
         assert reply.json()["errors"] == {field: "Must be valid text (it holds an unpaired surrogate)."}
 
 
-def test_cookie_authenticated_changes_need_the_csrf_header(client: TestClient) -> None:
-    client.cookies.set("drtech_session", "some-token")
-    for method, path in [("POST", "/api/v1/auth/logout"), ("DELETE", "/api/v1/diagnoses/1")]:
+LIVE_TOKEN = "live-token"
+
+
+class OneLiveSession:
+    """The auth service as the gateway calls it, knowing one live session; every other token is
+    expired or revoked."""
+
+    def __init__(self) -> None:
+        self.logged_out: list[str] = []
+
+    async def Authenticate(self, request: auth_pb2.AuthenticateRequest, timeout: float) -> auth_pb2.User:
+        if request.access_token != LIVE_TOKEN:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAUTHENTICATED, grpc.aio.Metadata(),
+                                       grpc.aio.Metadata(), "invalid or expired session")
+        return auth_pb2.User(id="user-1", email="ada@example.org", first_name="Ada", surname="Lovelace")
+
+    async def LogOut(self, request: auth_pb2.LogOutRequest, timeout: float) -> auth_pb2.LogOutResponse:
+        self.logged_out.append(request.access_token)
+        return await self.Authenticate(auth_pb2.AuthenticateRequest(access_token=request.access_token),
+                                       timeout) and auth_pb2.LogOutResponse()
+
+
+@pytest.fixture
+def sessions(client: TestClient) -> OneLiveSession:
+    auth = OneLiveSession()
+    client.app.state.gateway.backends.auth = auth
+    return auth
+
+
+def test_a_live_cookie_session_needs_the_csrf_header_to_change_anything(
+    client: TestClient, sessions: OneLiveSession
+) -> None:
+    client.cookies.set("drtech_session", LIVE_TOKEN)
+    assert client.get("/api/v1/me").status_code == 200
+    for method, path in [("POST", "/api/v1/auth/logout"), ("DELETE", "/api/v1/diagnoses/1"),
+                         ("POST", "/api/v1/diagnoses")]:
         reply = client.request(method, path)
-        assert reply.status_code == 403
+        assert reply.status_code == 403, (method, path)
         assert "X-Requested-With" in reply.json()["detail"]
+    assert sessions.logged_out == []
+    assert client.post("/api/v1/auth/logout", headers={"X-Requested-With": "fetch"}).status_code == 204
+    assert sessions.logged_out == [LIVE_TOKEN]
+
+
+def test_a_revoked_cookie_session_is_401_with_or_without_the_csrf_header(
+    client: TestClient, sessions: OneLiveSession
+) -> None:
+    """API.md: a missing, expired or revoked token gets 401; the CSRF guard only protects live sessions."""
+    client.cookies.set("drtech_session", "revoked-token")
+    for headers in [{}, {"X-Requested-With": "fetch"}]:
+        for method, path in [("GET", "/api/v1/me"), ("DELETE", "/api/v1/diagnoses/1"),
+                             ("POST", "/api/v1/diagnoses")]:
+            reply = client.request(method, path, headers=headers)
+            assert reply.status_code == 401, (method, path, headers, reply.text)
+            assert reply.headers["WWW-Authenticate"] == "Bearer"
+        # Logging out of a dead session is idempotent, and clears the cookie.
+        reply = client.post("/api/v1/auth/logout", headers=headers)
+        assert reply.status_code == 204
+        assert "drtech_session=" in reply.headers["set-cookie"]
+        client.cookies.set("drtech_session", "revoked-token")
 
 
 def test_an_upload_over_the_limit_is_413_before_it_is_read(client: TestClient) -> None:
@@ -440,10 +496,13 @@ def test_an_image_accepted_under_a_raised_upload_limit_can_be_shown(monkeypatch:
 
 
 @pytest.mark.parametrize("path", ["/api/v1/diagnoses", "/api/v1/previews"])
-@pytest.mark.parametrize(("headers", "status"), [([], 401), ([(b"cookie", b"drtech_session=abc")], 403)],
-                         ids=["no-session", "cookie-without-csrf-header"])
-def test_an_upload_without_a_valid_session_is_refused_before_its_body_is_read(
-    client: TestClient, path: str, headers: list[tuple[bytes, bytes]], status: int
+@pytest.mark.parametrize(("headers", "status"), [
+    ([], 401),
+    ([(b"cookie", b"drtech_session=revoked-token")], 401),
+    ([(b"cookie", f"drtech_session={LIVE_TOKEN}".encode())], 403),
+], ids=["no-session", "revoked-cookie", "live-cookie-without-csrf-header"])
+def test_an_upload_without_a_usable_session_is_refused_before_its_body_is_read(
+    client: TestClient, sessions: OneLiveSession, path: str, headers: list[tuple[bytes, bytes]], status: int
 ) -> None:
     chunks_read = 0
 

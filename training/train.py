@@ -112,7 +112,17 @@ def choose_head(refit: TrainedHead, jointly_trained: TrainedHead | None,
         return refit, "head refit on pooled features", "balanced"
     # An end-to-end run's head learned with that run's class weights (--finetune-blocks: balanced)
     weighting = (finetune_info or {}).get("settings", {}).get("class_weight", "balanced")
-    return jointly_trained, "head trained jointly with the fine-tuned blocks", weighting
+    return jointly_trained, jointly_trained_source(finetune_info), weighting
+
+
+def jointly_trained_source(finetune_info: dict | None) -> str:
+    """What the run's own head is: trained with its blocks, or, for weights taken straight out of an
+    exported model by training.recover_weights (no training of their own), that model's head."""
+    recovered = (finetune_info or {}).get("recovered_from")
+    if recovered:
+        there = f"; there: {recovered['head_source']}" if recovered.get("head_source") else ""
+        return f"head of {recovered['model']} {recovered['version']} (training.recover_weights{there})"
+    return "head trained jointly with the fine-tuned blocks"
 
 
 def _refit_curve_label(head_name: str, shipped: bool) -> str:
@@ -258,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                                         _accuracy, balanced=False, seed=SEED)
         kl_source = "head refit on pooled features"
         if finetune_info and finetune_head.val_score > kl_head.val_score:
-            kl_head, kl_source = finetune_head, "head trained jointly with the fine-tuned blocks"
+            kl_head, kl_source = finetune_head, jointly_trained_source(finetune_info)
         kl_kernel, kl_bias = kl_head.kernel, kl_head.bias
         validation["kl_grade_accuracy"] = round(kl_head.val_score, 4)
         heads_info["kl_probabilities"] = {"l2": kl_head.l2, "epochs": kl_head.epochs, "class_weight": "none",

@@ -414,6 +414,21 @@ def test_the_card_names_the_class_weights_of_the_head_that_won():
     assert choose_head(refit, None, None)[0] is refit
 
 
+def test_a_head_taken_out_of_an_exported_model_is_not_called_trained_jointly():
+    """Weights straight from training.recover_weights trained nothing: their head is the model's."""
+    from training.heads import TrainedHead
+    from training.train import choose_head
+
+    refit = TrainedHead(np.zeros((4, 2)), np.zeros(2), l2=0.0, val_score=0.70, epochs=1)
+    recovered = TrainedHead(np.zeros((4, 2)), np.zeros(2), l2=0.0, val_score=0.72, epochs=1)
+    info = {"settings": {"class_weight": "none"},
+            "recovered_from": {"model": "services/bone/model/model.onnx", "version": "2026.11.2",
+                               "head": "kl_probabilities", "head_source": "head refit on pooled features"}}
+    assert choose_head(refit, recovered, info)[1] == (
+        "head of services/bone/model/model.onnx 2026.11.2 "
+        "(training.recover_weights; there: head refit on pooled features)")
+
+
 def test_continuing_a_run_trained_on_another_split_is_refused_before_training(tmp_path):
     """Weights that saw this split's validation (or test) images must not be fine-tuned further on it."""
     from training.splits import write_split_csv

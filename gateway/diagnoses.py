@@ -25,7 +25,6 @@ import anyio
 import grpc
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
 from PIL import Image
 from pydantic import BeforeValidator, Field
 from sqlalchemy.orm import Session
@@ -41,6 +40,7 @@ from gateway.records import STATUS_COMPLETED, STATUS_FAILED, Diagnosis
 from gateway.routing import choose_exam_type
 from gateway.serialization import clean_extra, diagnosis_json, struct_to_dict
 from gateway.storage import sha256_hex
+from gateway.whole_file import WholeFileResponse
 from protos.drtech.v1 import diagnosis_pb2
 from services.core.errors import InvalidImage, UnsupportedMediaType
 from services.core.imaging import DICOM, ImageLimits, decode_image, dicom_routing_tags, read_header
@@ -171,9 +171,9 @@ def keep_upload_and_record(
     """Store the upload and heatmap, then their record. Blocking: one thread hand-off for all the
     steps, which as separate hand-offs cost the gateway ~0.2 ms of CPU each (`python -m benchmarks.ab`)."""
     record.image_sha256 = ctx.uploads.put(data)
-    if heatmap is not None:
-        ctx.heatmaps.put(heatmap)
     try:
+        if heatmap is not None:
+            ctx.heatmaps.put(heatmap)
         records.add(session, record)
     except BaseException:
         # No record names the blobs just stored: do not leave a medical image nobody can delete.
@@ -357,14 +357,9 @@ async def delete_diagnosis(diagnosis_id: str, caller: CallerDep, ctx: ContextDep
     record = await _owned(ctx, diagnosis_id, caller.user.id)
 
     def delete(session: Session) -> None:
-        found = session.get(Diagnosis, record.id)
-        if found is None:
-            return   # a concurrent delete came first and forgets the blobs
-        # The blobs the row names now: a retry may have added a heatmap since `record` was read.
-        image_sha, heatmap_sha = found.image_sha256, found.heatmap_sha256
-        session.delete(found)
-        session.commit()
-        _forget_quietly(ctx, image_sha, heatmap_sha)
+        blobs = records.delete(session, record.id)
+        if blobs is not None:   # else a concurrent delete came first and forgets the blobs
+            _forget_quietly(ctx, *blobs)
 
     await in_session(ctx, delete)
     return Response(status_code=204)
@@ -441,7 +436,7 @@ async def get_image(
         return Response(status_code=304, headers=headers)
     if not rendered:
         # The file is stat'ed once, above, where a missing one is a 410 (Starlette's own stat: a 500).
-        return FileResponse(path, media_type=record.media_type, headers=headers, stat_result=stat)
+        return WholeFileResponse(path, media_type=record.media_type, headers=headers, stat_result=stat)
 
     def read() -> bytes:
         try:

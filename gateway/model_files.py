@@ -12,10 +12,10 @@ from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
 
 from gateway.accounts import ContextDep
 from gateway.errors import ApiError
+from gateway.whole_file import WholeFileResponse
 
 router = APIRouter(prefix="/api/v1")
 
@@ -45,12 +45,12 @@ async def list_plots(task: str, ctx: ContextDep) -> dict[str, list[str]]:
     return {"plots": [plot_url(task, name) for name in names]}
 
 
-@router.get("/models/{task}/plots/{name}", response_class=FileResponse)
-async def get_plot(task: str, name: str, ctx: ContextDep) -> FileResponse:
+@router.get("/models/{task}/plots/{name}", response_class=WholeFileResponse)
+async def get_plot(task: str, name: str, ctx: ContextDep) -> WholeFileResponse:
     names = await run_in_threadpool(plot_names, ctx.settings.models_dir, task)
     if name not in names:
         raise ApiError(404, f"The {task} model has no plot named {name!r}.")
-    return FileResponse(
+    return WholeFileResponse(
         ctx.settings.models_dir / task / "model" / name,
         media_type="image/png",
         headers={"Cache-Control": "public, max-age=300"},

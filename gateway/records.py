@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Index, String, Text, func, select, update
+from sqlalchemy import JSON, Boolean, DateTime, Float, Index, String, Text, delete as delete_rows, func, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 STATUS_COMPLETED = "completed"
@@ -82,6 +82,20 @@ def save_retry(session: Session, record: Diagnosis) -> Diagnosis | None:
     ).rowcount
     session.commit()
     return session.get(Diagnosis, record.id) if changed else None
+
+
+def delete(session: Session, record_id: str) -> tuple[str, str | None] | None:
+    """Delete the record; (image_sha256, heatmap_sha256) as the row held them when it went (one
+    DELETE ... RETURNING, so a retry that added a heatmap a moment before is not missed), or None
+    when it was already gone."""
+    deleted = session.execute(
+        delete_rows(Diagnosis)
+        .where(Diagnosis.id == record_id)
+        .returning(Diagnosis.image_sha256, Diagnosis.heatmap_sha256)
+        .execution_options(synchronize_session=False)
+    ).first()
+    session.commit()
+    return None if deleted is None else (deleted.image_sha256, deleted.heatmap_sha256)
 
 
 def _is_record_id(text: str) -> bool:

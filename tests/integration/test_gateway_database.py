@@ -182,6 +182,32 @@ def test_a_retry_saves_only_onto_a_record_that_still_exists_and_is_still_failed(
         engine.dispose()
 
 
+def test_a_delete_returns_the_blobs_the_row_names_as_it_goes(database_url: str) -> None:
+    """A retry may add a heatmap after the deleting request first read the record: the delete must
+    forget that heatmap too, or it stays on disk named by no record."""
+    engine = create_database_engine(database_url)
+    try:
+        migrate(engine)
+        sessions = session_factory(engine)
+        with sessions() as deleting:
+            failed = record("alice", "chest_xray", "e" * 64, 0)
+            failed.status = "failed"
+            records.add(deleting, failed)
+            assert deleting.get(Diagnosis, failed.id).heatmap_sha256 is None    # what the deleter has read
+            with sessions() as retrying:
+                retried = records.get_owned(retrying, failed.id, "alice")
+                retrying.expunge(retried)
+                retried.status, retried.heatmap_sha256 = "completed", "f" * 64
+                assert records.save_retry(retrying, retried) is not None
+
+            assert records.delete(deleting, failed.id) == ("e" * 64, "f" * 64)
+            assert records.delete(deleting, failed.id) is None           # already gone
+        with sessions() as session:
+            assert session.get(Diagnosis, failed.id) is None
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize("factory", [create_database_engine, make_engine], ids=["gateway", "auth"])
 def test_a_plain_postgresql_url_connects_with_psycopg_3_in_both_services(factory) -> None:
     # SQLAlchemy reads postgresql:// as psycopg2, which the project does not install.

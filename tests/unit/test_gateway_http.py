@@ -20,7 +20,7 @@ from PIL import Image
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from protos.drtech.v1 import auth_pb2
+from protos.drtech.v1 import auth_pb2, diagnosis_pb2
 
 PAGES = ["/", "/signup", "/login", "/models"]
 
@@ -229,6 +229,72 @@ def test_a_revoked_cookie_session_is_401_with_or_without_the_csrf_header(
         assert reply.status_code == 204
         assert "drtech_session=" in reply.headers["set-cookie"]
         client.cookies.set("drtech_session", "revoked-token")
+
+
+class ChestModelThatExplains:
+    """A chest X-ray model service as the gateway calls it: NORMAL, with a heatmap when asked."""
+
+    async def Diagnose(self, request: diagnosis_pb2.DiagnoseRequest, timeout: float) -> diagnosis_pb2.DiagnoseResponse:
+        reply = diagnosis_pb2.DiagnoseResponse(
+            label="NORMAL", label_display="Normal", confidence=0.9,
+            model=diagnosis_pb2.ModelRef(name="pneumonia", version="test"),
+            probabilities=[diagnosis_pb2.ClassProbability(label="NORMAL", probability=0.9),
+                           diagnosis_pb2.ClassProbability(label="PNEUMONIA", probability=0.1)])
+        if request.explain:
+            reply.heatmap.png = png_bytes(Image.new("RGB", (8, 8), (200, 0, 0)))
+            reply.heatmap.method = "grad-cam"
+        return reply
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def chest_model(client: TestClient, sessions: OneLiveSession) -> None:
+    client.app.state.gateway.backends.models["chest_xray"] = ChestModelThatExplains()
+
+
+def _stored(settings: GatewaySettings) -> list[str]:
+    return sorted(path.name for path in settings.uploads_dir.rglob("*") if path.is_file())
+
+
+def test_an_upload_whose_heatmap_cannot_be_stored_leaves_no_image_behind(
+    client: TestClient, settings: GatewaySettings, chest_model: None
+) -> None:
+    """A failed heatmap write (disk full) must not leave a medical image that no record names."""
+    def disk_full(data: bytes) -> str:
+        raise OSError(28, "No space left on device")
+
+    client.app.state.gateway.heatmaps.put = disk_full
+    upload = png_bytes(Image.new("RGB", (32, 32), (10, 20, 30)))
+    with pytest.raises(OSError, match="No space left"):     # the client sees a 500
+        client.post("/api/v1/diagnoses", params={"explain": "true"}, files={"file": ("x.png", upload)},
+                    data={"exam_type": "chest_xray"}, headers={"Authorization": f"Bearer {LIVE_TOKEN}"})
+    assert _stored(settings) == []
+    assert client.get("/api/v1/diagnoses", headers={"Authorization": f"Bearer {LIVE_TOKEN}"}).json()["total"] == 0
+
+
+def test_a_stored_image_ignores_range_and_comes_whole(
+    client: TestClient, settings: GatewaySettings, chest_model: None
+) -> None:
+    """Starlette would answer a bad Range in plain text, outside the API's JSON errors; a server may
+    ignore Range (RFC 9110), and these images are fetched whole."""
+    auth = {"Authorization": f"Bearer {LIVE_TOKEN}"}
+    upload = png_bytes(Image.new("RGB", (32, 32), (10, 20, 30)))
+    created = client.post("/api/v1/diagnoses", files={"file": ("x.png", upload)}, data={"exam_type": "chest_xray"},
+                          headers=auth)
+    assert created.status_code == 201, created.text
+    for wanted in ["bytes=5-2", "items=0-1", "bytes=", "bytes=99999-", "bytes=0-9"]:
+        reply = client.get(f"/api/v1/diagnoses/{created.json()['id']}/image", headers={**auth, "Range": wanted})
+        assert reply.status_code == 200, (wanted, reply.status_code, reply.text)
+        assert reply.content == upload and reply.headers["accept-ranges"] == "none"
+    plots = client.get("/api/v1/models/pneumonia/plots").json()["plots"]
+    if plots:
+        reply = client.get(plots[0], headers={"Range": "bytes=5-2"})
+        assert reply.status_code == 200 and reply.headers["content-type"] == "image/png"
 
 
 def test_an_upload_over_the_limit_is_413_before_it_is_read(client: TestClient) -> None:

@@ -519,19 +519,22 @@ function initHistory() {
   const list = $("#history-list");
   if (!list) return;
   const pageSize = 12;
-  let offset = 0;
+  let shown = 0;    // the offset of the page on screen: the pager moves from it, not from a pending load
+  let latest = 0;   // the newest load: a reply to an older one (a filter since changed) is dropped
   const filter = $("#filter-exam");
 
-  async function load() {
+  async function load(offset) {
+    const ticket = ++latest;
     const params = new URLSearchParams({ limit: pageSize, offset });
     if (filter.value) params.set("exam_type", filter.value);
     try {
       const page = await api(`/api/v1/diagnoses?${params}`);
+      if (ticket !== latest) return;
       if (!page.items.length && offset > 0) {
         // This page became empty (its last result was deleted): show the one before it.
-        offset = Math.max(0, offset - pageSize);
-        return load();
+        return load(Math.max(0, offset - pageSize));
       }
+      shown = offset;
       list.replaceChildren(...page.items.map(historyItem));
       $("#history-empty").hidden = page.total !== 0 || Boolean(filter.value);
       $("#history-empty-filtered").hidden = page.total !== 0 || !filter.value;
@@ -540,7 +543,7 @@ function initHistory() {
       $("#page-info").textContent = page.total
         ? `${offset + 1}–${Math.min(offset + pageSize, page.total)} of ${page.total}` : "";
     } catch (error) {
-      setStatus(error.message);
+      if (ticket === latest) setStatus(error.message);
     }
   }
 
@@ -553,7 +556,7 @@ function initHistory() {
       try {
         await whileDisabled(remove, () => api(`/api/v1/diagnoses/${d.id}`, { method: "DELETE" }));
         setStatus("Deleted.", "info");
-        await load();
+        await load(shown);
         // The focused button is gone: continue from the list (or the filter when it is empty).
         ($("#history-list a") || filter).focus();
       } catch (error) {
@@ -568,10 +571,10 @@ function initHistory() {
       remove);
   }
 
-  filter.addEventListener("change", () => { offset = 0; load(); });
-  $("#prev-page").addEventListener("click", () => { offset = Math.max(0, offset - pageSize); load(); });
-  $("#next-page").addEventListener("click", () => { offset += pageSize; load(); });
-  load();
+  filter.addEventListener("change", () => load(0));
+  $("#prev-page").addEventListener("click", () => load(Math.max(0, shown - pageSize)));
+  $("#next-page").addEventListener("click", () => load(shown + pageSize));
+  load(0);
 }
 
 // ---- model cards ---------------------------------------------------------------------------

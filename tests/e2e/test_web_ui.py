@@ -330,6 +330,56 @@ def test_deleting_the_last_result_of_the_last_history_page_shows_the_page_before
     assert page.evaluate("() => document.activeElement.closest('#history-list') !== null")
 
 
+def test_history_pages_from_what_it_shows_and_drops_a_late_reply_to_an_older_filter(page) -> None:
+    """A double click on "Older" moves one page, and a slow reply for a filter since changed never
+    replaces the list of the filter now chosen."""
+    chest = {"name": "chest.jpg", "mimeType": "image/jpeg", "buffer": sample_image_bytes("chest_xray")}
+    total = page.request.get("/api/v1/diagnoses?limit=1", headers=_api_headers()).json()["total"]
+    for _ in range(25 - total):
+        reply = page.request.post("/api/v1/diagnoses?explain=false", headers=_api_headers(),
+                                  multipart={"file": chest, "exam_type": "chest_xray"})
+        assert reply.status == 201, reply.text()
+    total = max(total, 25)
+    page.goto("/history")
+    page.wait_for_function(f"() => document.querySelector('#page-info').textContent === '1–12 of {total}'")
+
+    held: list = []
+
+    def history_list(url: str) -> bool:
+        return "/api/v1/diagnoses?" in url
+
+    page.route(history_list, lambda route: held.append(route))
+    try:
+        page.click("#next-page")
+        page.click("#next-page")              # before the first click's page has come
+        for _ in range(100):
+            if len(held) == 2:
+                break
+            page.wait_for_timeout(50)
+        for route in list(held):
+            route.continue_()
+        held.clear()
+        page.wait_for_function(f"() => document.querySelector('#page-info').textContent === '13–24 of {total}'")
+
+        page.select_option("#filter-exam", "skin_lesion")     # held: its reply comes last
+        page.select_option("#filter-exam", "")
+        for _ in range(100):
+            if len(held) == 2:
+                break
+            page.wait_for_timeout(50)
+        assert len(held) == 2
+        with page.expect_response(lambda response: history_list(response.url)):
+            held[1].continue_()
+        page.wait_for_function(f"() => document.querySelector('#page-info').textContent === '1–12 of {total}'")
+        with page.expect_response(lambda response: history_list(response.url)):
+            held[0].continue_()               # the skin filter's reply, late
+        page.wait_for_timeout(300)
+        assert page.inner_text("#page-info") == f"1–12 of {total}"
+        assert page.locator("#history-list > li").count() == 12
+    finally:
+        page.unroute(history_list)
+
+
 def test_a_failed_retry_keeps_its_button_for_a_later_try(page) -> None:
     newest = page.request.get("/api/v1/diagnoses?limit=1", headers=_api_headers()).json()["items"][0]
     url = f"/api/v1/diagnoses/{newest['id']}"

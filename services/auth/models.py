@@ -55,7 +55,8 @@ class User(Base):
     __tablename__ = "users"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    # Stored lower-cased (validation.normalize_email), so this constraint is case-insensitive.
+    # Stored in one canonical form (validation.normalize_email: lower-cased, Unicode-normalized), so
+    # this constraint holds for every spelling of an address.
     email: Mapped[str] = mapped_column(String(254), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     first_name: Mapped[str] = mapped_column(String(100))

@@ -80,8 +80,17 @@ class SignUpForm:
 
 
 def normalize_email(email: str) -> str:
-    """The stored, comparable form of an address: stripped and lower-cased."""
-    return email.strip().lower()
+    """The stored, comparable form of an address, lower-cased: email_validator's normalized form
+    (local part in Unicode NFC, domain IDNA-normalized), so "josé" typed composed or decomposed,
+    "ｅｘａｍｐｌｅ.com" and "xn--bcher-kva.de" name the same account as their usual spellings.
+    Text that is no valid address (a log-in may send any) is NFC, stripped and lower-cased."""
+    stripped = email.strip()
+    if len(stripped) <= EMAIL_MAX_LENGTH:
+        try:
+            return validate_email(stripped, check_deliverability=False).normalized.lower()
+        except EmailNotValidError:
+            pass
+    return unicodedata.normalize("NFC", stripped).lower()
 
 
 def _has_control_characters(value: str) -> bool:

@@ -115,6 +115,34 @@ def test_email_uniqueness_is_enforced_by_the_database(engine: Engine) -> None:
     assert ["email"] in unique_columns
 
 
+def test_emails_stored_before_0003_are_rewritten_in_their_canonical_form(engine: Engine) -> None:
+    """Spellings stored before the Unicode rule become the one form sign-up and log-in now use; one
+    whose form another account already holds keeps its spelling (a merge is an operator's choice)."""
+    import uuid
+
+    from alembic import command
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from services.auth.models import User
+
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+    spellings = {"decomposed": "jose\u0301@example.com", "punycode": "ann@xn--bcher-kva.de",
+                 "canonical": "zoe@b\u00fccher.de", "clash": "zoe@xn--bcher-kva.de"}
+    with Session(engine) as session, session.begin():
+        for name, email in spellings.items():
+            session.add(User(id=uuid.uuid5(uuid.NAMESPACE_DNS, name), email=email, password_hash="x",
+                             first_name=name, surname="S"))
+    migrate(engine)
+    with Session(engine) as session:
+        stored = {name: email for name, email in session.execute(select(User.first_name, User.email))}
+    assert stored == {"decomposed": "jos\u00e9@example.com", "punycode": "ann@b\u00fccher.de",
+                      "canonical": "zoe@b\u00fccher.de", "clash": "zoe@xn--bcher-kva.de"}
+
+
 def migrate_down(engine: Engine) -> None:
     from alembic import command
 

@@ -171,6 +171,15 @@ def test_an_email_can_sign_up_only_once_whatever_its_case(client: Client) -> Non
     assert error.details() == "An account with this email already exists."
 
 
+def test_an_email_can_sign_up_only_once_whatever_its_unicode_spelling(client: Client) -> None:
+    """A decomposed accent, or a punycode domain, is the same mailbox: not a second account, and its
+    owner logs in with any spelling."""
+    user = client.sign_up(email="jos\u00e9@b\u00fccher.de")
+    for spelling in ["jose\u0301@b\u00fccher.de", "jos\u00e9@xn--bcher-kva.de"]:
+        assert rpc_error(client.sign_up, email=spelling).code() == grpc.StatusCode.ALREADY_EXISTS
+        assert client.log_in(spelling).user == user
+
+
 def test_invalid_fields_come_back_as_per_field_violations(client: Client) -> None:
     error = rpc_error(
         client.sign_up,

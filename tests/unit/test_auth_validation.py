@@ -83,6 +83,22 @@ def test_email_is_compared_lower_case() -> None:
     assert normalize_email("  Ada@EXAMPLE.com ") == "ada@example.com"
 
 
+@pytest.mark.parametrize(("typed", "stored"), [
+    ("jose\u0301@example.com", "jos\u00e9@example.com"),       # a decomposed accent: composed (NFC)
+    ("Jos\u00e9@Example.COM", "jos\u00e9@example.com"),
+    ("ann@\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.com", "ann@example.com"),   # full-width domain
+    ("jose@xn--bcher-kva.de", "jose@b\u00fccher.de"),          # punycode and Unicode: one domain
+    ("jose@B\u00dcCHER.de", "jose@b\u00fccher.de"),
+])
+def test_every_spelling_of_one_address_is_stored_and_compared_as_one(typed: str, stored: str) -> None:
+    assert normalize_email(typed) == stored
+
+
+def test_text_that_is_no_address_is_still_normalised_for_log_in_throttling() -> None:
+    assert normalize_email("  NOT-AN-e\u0301MAIL ") == "not-an-\u00e9mail"
+    assert normalize_email("x" * 10_000) == "x" * 10_000
+
+
 @pytest.mark.parametrize(
     ("password", "message"),
     [

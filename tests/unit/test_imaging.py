@@ -366,17 +366,20 @@ def png_chunk(kind: bytes, payload: bytes = b"") -> bytes:
     ("where", "chunk", "count", "words"),
     [("after", b"zzZz", 100_000, "more than 16384 chunks after its image data"),
      ("among", b"IDAT", 100_000, "more than 16384 image data chunks"),
-     ("before", b"zTXt", 20, "more than 8 compressed text chunks")],
+     ("before", b"zTXt", 20, "more than 8 compressed text or ICC profile chunks"),
+     ("before", b"iCCP", 20, "more than 8 compressed text or ICC profile chunks"),
+     ("after", b"iCCP", 20, "more than 8 compressed text or ICC profile chunks")],
 )
 def test_a_png_flooded_with_chunks_after_or_among_its_image_data_is_refused(
     where: str, chunk: bytes, count: int, words: str
 ) -> None:
     """Pillow walks the chunks after the first IDAT in Python too (1.65 M empty ones: 3.75 s), and
-    inflates each compressed text chunk up to 1 MB while reading the header."""
+    inflates each compressed text chunk and ICC profile up to 1 MB, before and after the image data."""
     import zlib
 
     png = encode(gradient_rgb(), "PNG")
-    payload = b"Comment\x00\x00" + zlib.compress(b" " * 100_000) if chunk == b"zTXt" else b""
+    payload = {b"zTXt": b"Comment\x00\x00" + zlib.compress(b" " * 100_000),
+               b"iCCP": b"profile\x00\x00" + zlib.compress(b" " * 100_000)}.get(chunk, b"")
     flood = png_chunk(chunk, payload) * count
     first_idat = png.index(b"IDAT") - 4
     iend = png.index(b"IEND") - 4
@@ -543,6 +546,23 @@ def test_a_jpeg_header_flooded_with_segments_is_refused_before_pillow_walks_it()
         read_header(flooded)
     with pytest.raises(InvalidImage, match="segments before its image data"):
         read_image(flooded)
+
+
+def _with_photoshop_segments(jpeg: bytes, count: int) -> bytes:
+    """The JPEG with `count` APP13 "Photoshop 3.0" segments of empty 8BIM resource blocks."""
+    payload = b"Photoshop 3.0\x00" + (b"8BIM\x04\x04\x00\x00\x00\x00\x00\x00") * 5000
+    segment = b"\xff\xed" + (len(payload) + 2).to_bytes(2, "big") + payload
+    return jpeg[:2] + segment * count + jpeg[2:]
+
+
+def test_a_jpeg_flooded_with_photoshop_segments_is_refused_and_a_few_still_read():
+    """Pillow parses each APP13 segment's resource blocks in Python (300 segments: ~3 s of CPU)."""
+    from services.core.imaging import MAX_JPEG_APP13_SEGMENTS, read_header
+
+    good = encode(gradient_rgb(), "JPEG")
+    with pytest.raises(InvalidImage, match=f"more than {MAX_JPEG_APP13_SEGMENTS} Photoshop"):
+        read_header(_with_photoshop_segments(good, 300))
+    assert read_image(_with_photoshop_segments(good, 2)).image.size == (64, 48)
 
 
 def test_a_jpeg_with_many_but_plausible_header_segments_still_reads():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -34,7 +36,12 @@ class Passwords:
         self._admitted = threading.BoundedSemaphore(max_admitted) if max_admitted else None
         self._wait_s = wait_s
         # Verified against when the email is unknown, so the reply takes as long as for a real account.
+        started = time.perf_counter()
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        # How long a verification with the current parameters takes (hashing is the same work); kept
+        # up to date by the dummy verifications. A failed verification of a hash made with cheaper,
+        # older parameters is padded to it: else the reply's speed would tell that the account exists.
+        self._verify_s = time.perf_counter() - started
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
@@ -61,14 +68,21 @@ class Passwords:
         """True when ``password`` matches ``stored_hash``; False on a mismatch or an unreadable hash.
         Raises Busy when no hashing slot frees up in time."""
         with self._slot():
+            started = time.perf_counter()
             try:
                 return self._hasher.verify(stored_hash, password)
             except (VerifyMismatchError, VerificationError, InvalidHashError):
+                # Inside the slot: the padding is admitted and limited like the hashing it stands for.
+                time.sleep(max(0.0, self._verify_s - (time.perf_counter() - started)))
                 return False
 
     def verify_dummy(self, password: str) -> None:
         """Spend the time of one verification without any account; the outcome is always 'no'."""
-        self.verify(self._dummy_hash, password)
+        with self._slot():
+            started = time.perf_counter()
+            with contextlib.suppress(VerifyMismatchError, VerificationError, InvalidHashError):
+                self._hasher.verify(self._dummy_hash, password)
+            self._verify_s = 0.8 * self._verify_s + 0.2 * (time.perf_counter() - started)
 
     def needs_rehash(self, stored_hash: str) -> bool:
         """True when ``stored_hash`` was made with other parameters than the current ones."""

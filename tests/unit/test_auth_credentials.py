@@ -60,6 +60,22 @@ def test_a_hash_made_with_other_parameters_needs_rehashing() -> None:
     assert not stronger.needs_rehash(stronger.hash("correct horse 1"))
 
 
+def test_a_wrong_password_for_a_cheaper_older_hash_takes_as_long_as_a_current_check(monkeypatch) -> None:
+    """Accounts keep their old hash until their next successful log-in: a failed check of a cheaper
+    one is padded to the current cost, or its quick answer would tell that the email has an account."""
+    old = Passwords(**FAST).hash("correct horse 1")
+    current = Passwords(time_cost=2, memory_kib=16384, parallelism=1)
+    current.verify_dummy("anything")
+    padded: list[float] = []
+    monkeypatch.setattr("services.auth.credentials.time.sleep", padded.append)
+
+    assert not current.verify(old, "wrong horse 1")
+    assert current.verify(old, "correct horse 1")              # a match is not padded
+
+    assert len(padded) == 1
+    assert padded[0] > 0.5 * current._verify_s > 0
+
+
 def test_tokens_are_random_and_stored_as_their_sha256() -> None:
     tokens = {new_token() for _ in range(100)}
     assert len(tokens) == 100

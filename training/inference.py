@@ -36,9 +36,18 @@ def run_onnx(model_path: Path, paths: Sequence[Path], outputs: Sequence[str] = (
 
     if not Path(model_path).is_file():
         raise FileNotFoundError(f"ONNX model not found: {model_path}")
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    # Images are resized to the model's own input size, as serving does (ModelRuntime.input_size).
-    size = input_size_of(session.get_inputs()[0].shape, Path(model_path))
+    try:
+        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        # Images are resized to the model's own input size, as serving does (ModelRuntime.input_size).
+        size = input_size_of(session.get_inputs()[0].shape, Path(model_path))
+    except Exception as error:  # ONNX Runtime's own exception types, and ModelContractError
+        raise ValueError(f"{model_path} is not a model this runtime can serve "
+                         f"({type(error).__name__}: {error})") from None
+    missing = [name for name in outputs if name not in {o.name for o in session.get_outputs()}]
+    if missing:
+        extra = (" (a bone model trained without KL grades, e.g. on MURA, cannot be scored on knee data)"
+                 if "kl_probabilities" in missing else "")
+        raise ValueError(f"{model_path} has no output {', '.join(missing)}{extra}")
     collected: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
     for start in range(0, len(paths), batch):
         images = np.stack([serving_input(p, size) for p in paths[start:start + batch]])

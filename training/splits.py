@@ -7,6 +7,7 @@ are seen in training and then scored as held-out.
 from __future__ import annotations
 
 import csv
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,8 +106,17 @@ def write_split_csv(split: Sequence[SplitRecord], path: Path, data_root: Path) -
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "group", "split"])
         for item in split:
-            relative = item.record.path.resolve().relative_to(Path(data_root).resolve())
-            writer.writerow([relative.as_posix(), item.record.label, item.record.group, item.split])
+            writer.writerow([_relative_to(item.record.path, data_root).as_posix(), item.record.label,
+                             item.record.group, item.split])
+
+
+def _relative_to(path: Path, root: Path) -> Path:
+    """`path` below `root`: as written (a dataset folder may be a symbolic link to another disk),
+    else with links resolved on both sides; ValueError when it is below neither."""
+    written = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root)))
+    if ".." not in written.parts:
+        return written
+    return Path(path).resolve().relative_to(Path(root).resolve())
 
 
 def read_split_csv(path: Path, data_root: Path) -> list[SplitRecord]:

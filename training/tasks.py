@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,19 +75,33 @@ def load_split(task: str, data_root: Path) -> list[SplitRecord]:
     valid split -> test), else the knee KL data.
     """
     if task == "pneumonia":
-        return train_val_test_split(datasets.read_kermany(data_root, "train"))
+        return train_val_test_split(
+            _with_every_label(datasets.read_kermany(data_root, "train"), datasets.KERMANY_LABELS, "Kermany train"))
     if task == "skin":
-        return train_val_test_split(datasets.read_ham10000(data_root))
+        return train_val_test_split(
+            _with_every_label(datasets.read_ham10000(data_root), datasets.HAM10000_LABELS, "HAM10000"))
     if uses_mura(task, data_root):
         return train_val_split_with_given_test(
-            mura.as_records(mura.read_mura_images(data_root, "train")),
+            _with_every_label(mura.as_records(mura.read_mura_images(data_root, "train")), datasets.MURA_LABELS,
+                              "MURA train"),
             mura.as_records(mura.read_mura_images(data_root, "valid")),
         )
     if task == "bone":
         return train_val_split_with_given_test(
-            datasets.read_knee_kl(data_root, "train"), datasets.read_knee_kl(data_root, "val")
+            _with_every_label(datasets.read_knee_kl(data_root, "train"), datasets.KL_GRADES, "knee KL train"),
+            datasets.read_knee_kl(data_root, "val"),
         )
     raise ValueError(f"unknown task {task!r}; expected one of {sorted(SPECS)}")
+
+
+def _with_every_label(records: list[datasets.Record], labels: Sequence[str], what: str) -> list[datasets.Record]:
+    """The records, when every class has images to train on: an empty class folder is an incomplete
+    download, and a model trained without a class would still print figures."""
+    missing = [label for label in labels if not any(r.label == label for r in records)]
+    if missing:
+        raise datasets.DatasetLayoutError(f"{what}: no images of {', '.join(missing)}; every class is needed "
+                                          "to train")
+    return records
 
 
 def binary_bone_label(kl_grade: str) -> int | None:

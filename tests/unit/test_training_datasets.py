@@ -60,6 +60,18 @@ def test_kermany_missing_class_folder_is_named(tmp_path):
         read_kermany(tmp_path, "test")
 
 
+def test_training_on_a_dataset_with_an_empty_class_folder_is_refused(tmp_path):
+    """An incomplete download must not train a model that has never seen a class."""
+    from training.tasks import load_split
+
+    for name in ("IM-0115-0001.jpeg", "IM-0116-0001.jpeg"):
+        _image(tmp_path / "chest_xray" / "train" / "NORMAL" / name, mode="L")
+    (tmp_path / "chest_xray" / "train" / "PNEUMONIA").mkdir()
+    assert len(read_kermany(tmp_path, "train")) == 2          # evaluating such a folder is allowed
+    with pytest.raises(DatasetLayoutError, match="Kermany train: no images of PNEUMONIA"):
+        load_split("pneumonia", tmp_path)
+
+
 def test_kermany_missing_split_and_unknown_label_are_clear(tmp_path):
     _kermany_tree(tmp_path)
     with pytest.raises(DatasetLayoutError, match="'val' split.*not found"):

@@ -58,6 +58,31 @@ def test_bone_on_knee_data_excludes_kl1_and_grades(tmp_path, capsys):
     assert np.array(result["kl_confusion_matrix"]).sum() == 5
 
 
+def test_a_file_that_is_no_model_or_lacks_the_kl_head_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    for grade in "01234":
+        folder = tmp_path / "knee_kl" / "val" / grade
+        folder.mkdir(parents=True)
+        synthetic_image("bone_xray", seed=int(grade)).save(folder / f"10{grade}L.jpg")
+    (tmp_path / "broken.onnx").write_bytes(b"not onnx")
+    onnx.save(build_model(2), tmp_path / "binary_only.onnx")       # a bone model trained without KL grades
+
+    for model, words in [("broken.onnx", "is not a model this runtime can serve"),
+                         ("binary_only.onnx", "has no output kl_probabilities")]:
+        code = main(["--task", "bone", "--data", str(tmp_path), "--model", str(tmp_path / model)])
+        assert code == 2
+        assert words in capsys.readouterr().err
+
+
+def test_a_training_command_given_a_wrong_layout_says_so_in_one_line(tmp_path, capsys):
+    from training import cli, finetune, train
+
+    for command in (train.main, finetune.main):
+        code = cli.run(command, ["--task", "pneumonia", "--data", str(tmp_path), "--out", str(tmp_path / "out")])
+        error = capsys.readouterr().err
+        assert code == 2 and error.startswith("error: ") and "split: folder not found" in error
+        assert "Traceback" not in error
+
+
 def test_wrong_layout_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     onnx.save(build_model(2), tmp_path / "model.onnx")
 

@@ -112,6 +112,18 @@ def test_split_csv_holds_relative_paths_only(tmp_path):
     assert all(row["path"].startswith("images/g") for row in rows)
 
 
+def test_a_dataset_folder_that_is_a_symbolic_link_is_written_relative_to_the_root(tmp_path):
+    (tmp_path / "disk" / "images").mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "images").symlink_to(tmp_path / "disk" / "images")
+    split = train_val_test_split(_records(40, root=tmp_path / "data" / "images"))
+
+    write_split_csv(split, tmp_path / "split.csv", tmp_path / "data")
+
+    assert [s.record.path for s in read_split_csv(tmp_path / "split.csv", tmp_path / "data")] == \
+        [s.record.path for s in split]
+
+
 def test_a_written_split_csv_reads_back_as_the_same_split_under_another_root(tmp_path):
     split = train_val_test_split(_records(40, root=tmp_path / "data" / "images"))
     write_split_csv(split, tmp_path / "split.csv", tmp_path / "data")

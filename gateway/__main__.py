@@ -59,7 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging("gateway")
     settings = settings.model_copy(update={"host": args.host, "http_port": args.port})
-    sock = bind_socket(args.host, args.port)
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as error:
+        print(f"gateway: cannot listen on {args.host}:{args.port} ({error.strerror}); is the port in use?",
+              file=sys.stderr)
+        return 1
     # uvicorn handles SIGINT/SIGTERM while serving (graceful shutdown), then re-raises the signal
     # with the previous handler restored; with these no-op handlers that ends in a clean exit 0.
     for signum in (signal.SIGINT, signal.SIGTERM):

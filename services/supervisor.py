@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +38,7 @@ class Component:
     module: str
     port: int
     kind: str  # "grpc" or "http"
+    port_env: str = ""  # the environment variable that moves it
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -50,14 +52,28 @@ def _port(env: str, default: int) -> int:
 
 def components() -> list[Component]:
     """The processes `make run` starts, in start order. Ports come from the environment."""
-    return [
-        Component("auth", "services.auth", _port("DRTECH_AUTH_PORT", 50051), "grpc"),
-        Component("bone", "services.bone", _port("DRTECH_BONE_PORT", 50052), "grpc"),
-        Component("skin", "services.skin", _port("DRTECH_SKIN_PORT", 50053), "grpc"),
-        Component("pneumonia", "services.pneumonia", _port("DRTECH_PNEUMONIA_PORT", 50054), "grpc"),
-        Component("router", "services.router", _port("DRTECH_ROUTER_PORT", 50055), "grpc"),
-        Component("gateway", "gateway", _port("DRTECH_HTTP_PORT", 8000), "http"),
-    ]
+    specs = [("auth", "services.auth", "DRTECH_AUTH_PORT", 50051, "grpc"),
+             ("bone", "services.bone", "DRTECH_BONE_PORT", 50052, "grpc"),
+             ("skin", "services.skin", "DRTECH_SKIN_PORT", 50053, "grpc"),
+             ("pneumonia", "services.pneumonia", "DRTECH_PNEUMONIA_PORT", 50054, "grpc"),
+             ("router", "services.router", "DRTECH_ROUTER_PORT", 50055, "grpc"),
+             ("gateway", "gateway", "DRTECH_HTTP_PORT", 8000, "http")]
+    return [Component(name, module, _port(env, default), kind, env) for name, module, env, default, kind in specs]
+
+
+def ports_in_use(comps: list[Component]) -> list[str]:
+    """What stands in the way of each component's port, checked before anything starts: a server
+    already there (another `make run`, say) would answer the health checks in the new one's place."""
+    problems = []
+    for comp in comps:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the servers bind
+            try:
+                probe.bind(("127.0.0.1", comp.port))
+            except OSError as error:
+                problems.append(f"{comp.name} cannot use port {comp.port} ({error.strerror}): stop what "
+                                f"listens there, or choose another with {comp.port_env}=...")
+    return problems
 
 
 def _child_env(comps: list[Component]) -> dict[str, str]:
@@ -103,6 +119,7 @@ class Supervisor:
         self.start_timeout = start_timeout
         self.grace = grace
         self.stopping = threading.Event()
+        self.hurry = threading.Event()   # a second Ctrl-C: kill what is still running
 
     def start_all(self) -> None:
         env = _child_env(self.comps)
@@ -153,10 +170,12 @@ class Supervisor:
             log.info("stopping %s", comp.name)
             assert comp.process is not None
             comp.process.send_signal(signal.SIGTERM)
-            try:
-                comp.process.wait(timeout=self.grace)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0f s; killing it", comp.name, self.grace)
+            deadline = time.monotonic() + self.grace
+            while comp.process.poll() is None and time.monotonic() < deadline and not self.hurry.is_set():
+                time.sleep(0.05)
+            if comp.process.poll() is None:
+                why = "on a second signal" if self.hurry.is_set() else f"after {self.grace:.0f} s"
+                log.warning("%s has not stopped; killing it %s", comp.name, why)
                 comp.process.kill()
                 comp.process.wait()
         log.info("all stopped")
@@ -169,9 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     supervisor = Supervisor(components(), args.start_timeout, args.grace)
+    problems = ports_in_use(supervisor.comps)
+    for problem in problems:
+        log.error("%s", problem)
+    if problems:
+        return 1
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
+        if supervisor.stopping.is_set():
+            log.info("received %s again, killing what is still running", signal.Signals(signum).name)
+            supervisor.hurry.set()
+            return
+        log.info("received %s, shutting down (again to kill at once)", signal.Signals(signum).name)
         supervisor.stopping.set()
 
     signal.signal(signal.SIGINT, on_signal)

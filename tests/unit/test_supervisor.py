@@ -43,3 +43,55 @@ def test_a_component_that_dies_while_a_later_one_starts_is_named_at_once() -> No
     finally:
         starting.process.kill()
         starting.process.wait()
+
+
+def _listening_socket():
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_a_port_already_in_use_is_named_before_anything_starts() -> None:
+    """Else another server on that port (an earlier `make run`) answers the new one's health check."""
+    with _listening_socket() as taken:
+        port = taken.getsockname()[1]
+        comps = [Component("gateway", "gateway", port, "http", "DRTECH_HTTP_PORT")]
+        (problem,) = supervisor.ports_in_use(comps)
+    assert f"gateway cannot use port {port}" in problem and "DRTECH_HTTP_PORT=" in problem
+    assert supervisor.ports_in_use(comps) == []        # free again
+
+
+def test_every_default_component_says_which_variable_moves_its_port() -> None:
+    assert [c.port_env for c in supervisor.components()] == [
+        "DRTECH_AUTH_PORT", "DRTECH_BONE_PORT", "DRTECH_SKIN_PORT", "DRTECH_PNEUMONIA_PORT",
+        "DRTECH_ROUTER_PORT", "DRTECH_HTTP_PORT"]
+
+
+def test_a_second_signal_kills_a_component_that_ignores_the_first() -> None:
+    import threading
+
+    stubborn = Component("auth", "services.auth", 1, "grpc")
+    stubborn.process = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                               "print('ready', flush=True); time.sleep(120)"], stdout=subprocess.PIPE)
+    assert stubborn.process.stdout is not None and stubborn.process.stdout.readline() == b"ready\n"
+    runner = Supervisor([stubborn], start_timeout=1, grace=120)
+    threading.Timer(0.5, runner.hurry.set).start()
+    started = time.monotonic()
+
+    runner.stop_all()
+
+    assert stubborn.process.returncode == -9
+    assert time.monotonic() - started < 60          # not the 120 s grace
+
+
+def test_the_gateway_says_its_port_is_in_use_instead_of_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.__main__ import main as gateway_main
+
+    with _listening_socket() as taken:
+        port = taken.getsockname()[1]
+        assert gateway_main(["--host", "127.0.0.1", "--port", str(port)]) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
+import anyio
 import grpc
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import AfterValidator, BaseModel
@@ -143,7 +144,8 @@ UPLOAD_PATHS = frozenset({"/api/v1/diagnoses", "/api/v1/previews"})
 class AuthenticateUploadsFirst:
     """ASGI middleware: an upload's caller is authenticated before its body is read, so a client
     without a valid session gets its 401 (or 403) at once, without the gateway receiving and spooling
-    up to the upload limit first. The endpoint's CallerDep then finds the caller in request.state."""
+    up to the upload limit first. The endpoint's CallerDep then finds the caller in request.state.
+    Past settings.pending_uploads bodies at once, the next gets 503 before its body is read too."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -153,13 +155,22 @@ class AuthenticateUploadsFirst:
             await self.app(scope, receive, send)
             return
         request = Request(scope)        # no receive: the body stays unread
+        ctx = get_context(request)
         try:
-            caller = await current_caller(request, get_context(request))
+            caller = await current_caller(request, ctx)
+            ctx.upload_bodies.acquire_nowait()
+        except anyio.WouldBlock:
+            await error_response(503, "The gateway is receiving too many uploads; try again shortly.",
+                                 headers={"Retry-After": "5"})(scope, receive, send)
+            return
         except ApiError as error:
             await error_response(error.status_code, error.detail, error.errors, error.headers)(scope, receive, send)
             return
         scope.setdefault("state", {})["caller"] = caller
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            ctx.upload_bodies.release()
 ContextDep = Annotated[GatewayContext, Depends(get_context)]
 
 

@@ -146,6 +146,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             backends=backends,
             renders=anyio.CapacityLimiter(settings.concurrent_renders),
             upload_slots=anyio.CapacityLimiter(settings.concurrent_uploads),
+            upload_bodies=anyio.CapacityLimiter(settings.pending_uploads),
         )
         try:
             yield

@@ -28,6 +28,8 @@ class GatewayContext:
     renders: anyio.CapacityLimiter
     # At most settings.concurrent_uploads uploads in memory at a time (gateway.diagnoses).
     upload_slots: anyio.CapacityLimiter
+    # At most settings.pending_uploads upload bodies received or waiting (accounts.AuthenticateUploadsFirst).
+    upload_bodies: anyio.CapacityLimiter
 
 
 def get_context(request: Request) -> GatewayContext:

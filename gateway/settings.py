@@ -55,6 +55,11 @@ class GatewaySettings(BaseSettings):
     # at most upload_wait_s, then get 503 with Retry-After.
     concurrent_uploads: int = Field(default=4, ge=1)
     upload_wait_s: float = Field(default=10.0, gt=0)
+    # Uploads being received or waiting for one of those slots at once; past it, 503 with
+    # Retry-After before the body is read. Each body over 1 MiB is spooled to /tmp, up to
+    # max_upload_bytes: 16 take at most 320 MiB of the gateway pod's 512 Mi /tmp (deploy/k8s), which
+    # the kubelet enforces by evicting the pod, and every request on it with the pod.
+    pending_uploads: int = Field(default=16, ge=1)
 
     # gRPC deadlines, seconds. Every call has one.
     auth_timeout_s: float = Field(default=5.0, gt=0)

@@ -297,6 +297,31 @@ def test_a_stored_image_ignores_range_and_comes_whole(
         assert reply.status_code == 200 and reply.headers["content-type"] == "image/png"
 
 
+def test_past_the_pending_uploads_limit_an_upload_is_503_before_its_body_is_read(
+    client: TestClient, chest_model: None
+) -> None:
+    """Each waiting body is spooled to /tmp: unbounded, a burst fills the pod's disk and gets it evicted."""
+    limiter = client.app.state.gateway.upload_bodies
+    assert limiter.total_tokens == 16                          # DRTECH_GATEWAY_PENDING_UPLOADS
+    others = [object() for _ in range(16)]
+    for other in others:                                       # 16 uploads already in progress
+        client.portal.call(limiter.acquire_on_behalf_of_nowait, other)
+    auth = {"Authorization": f"Bearer {LIVE_TOKEN}"}
+    upload = png_bytes(Image.new("RGB", (32, 32), (10, 20, 30)))
+    try:
+        refused = client.post("/api/v1/diagnoses", files={"file": ("x.png", upload)},
+                              data={"exam_type": "chest_xray"}, headers=auth)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+        assert "too many uploads" in refused.json()["detail"]
+    finally:
+        for other in others:
+            client.portal.call(limiter.release_on_behalf_of, other)
+    accepted = client.post("/api/v1/diagnoses", files={"file": ("x.png", upload)},
+                           data={"exam_type": "chest_xray"}, headers=auth)
+    assert accepted.status_code == 201, accepted.text
+    assert limiter.borrowed_tokens == 0
+
+
 def test_an_upload_over_the_limit_is_413_before_it_is_read(client: TestClient) -> None:
     reply = client.post(
         "/api/v1/diagnoses",

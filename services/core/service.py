@@ -68,6 +68,12 @@ def load_model(spec: TaskSpec, settings: ServingSettings) -> LoadedModel:
         memory_arena=settings.memory_arena,
         spinning=settings.intra_op_spinning,
     )
+    not_running = [name for name in settings.required_provider_list if name not in model.providers]
+    if not_running:
+        raise ModelContractError(
+            f"the model runs on {', '.join(model.providers)}, not on the required {', '.join(not_running)}: "
+            "ONNX Runtime could not start it here (on a GPU node: the driver, or the CUDA and cuDNN libraries)"
+        )
     warm_seconds = model.warm_up(settings.warmup_runs)
     logger.info(
         "loaded %s model %s %s with %s on %s in %.2fs (%d workers x %d threads), %d warm-up runs in %.2fs",

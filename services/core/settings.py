@@ -59,6 +59,11 @@ class ServingSettings(BaseSettings):
     # ONNX Runtime execution providers in order of preference, comma-separated,
     # e.g. "CUDAExecutionProvider,CPUExecutionProvider" on a GPU node.
     providers: str = "CPUExecutionProvider"
+    # Providers the model must actually run on, comma-separated (the GPU component: CUDA). ONNX
+    # Runtime falls back to the next provider when one cannot start (a driver too old, CUDA or cuDNN
+    # libraries missing), and a GPU pod would then serve from one CPU thread while holding its GPU:
+    # with this set it fails to start instead.
+    required_providers: str = ""
     worker_threads: int = Field(default=8, ge=1)        # concurrent gRPC calls handled
     warmup_runs: int = Field(default=3, ge=1)
     # Calls that arrive while the model is busy run together, up to this many (1 = one at a time).
@@ -93,3 +98,7 @@ class ServingSettings(BaseSettings):
     @property
     def provider_list(self) -> list[str]:
         return [name.strip() for name in self.providers.split(",") if name.strip()]
+
+    @property
+    def required_provider_list(self) -> list[str]:
+        return [name.strip() for name in self.required_providers.split(",") if name.strip()]

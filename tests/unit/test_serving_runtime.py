@@ -99,6 +99,19 @@ def test_unavailable_execution_providers_fall_back_to_available_ones(tmp_path: P
         OnnxModel(spec, providers=["NoSuchExecutionProvider"])
 
 
+def test_a_model_that_fell_back_from_a_required_provider_does_not_start(tmp_path: Path) -> None:
+    """A GPU pod whose CUDA provider could not start must fail, not serve from one CPU thread."""
+    from services.core.service import load_model
+
+    spec = write_fixture_model(PNEUMONIA, tmp_path)
+    fallback = ServingSettings(providers="NoSuchExecutionProvider,CPUExecutionProvider", intra_op_threads=1,
+                               warmup_runs=1)
+    assert load_model(spec, fallback).model.providers == ["CPUExecutionProvider"]
+    required = fallback.model_copy(update={"required_providers": "NoSuchExecutionProvider"})
+    with pytest.raises(ModelContractError, match="not on the required NoSuchExecutionProvider"):
+        load_model(spec, required)
+
+
 def test_settings_come_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DRTECH_SERVING_PORT", "6000")
     monkeypatch.setenv("DRTECH_SERVING_INTRA_OP_THREADS", "2")

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from services.core.errors import InvalidImage
+from services.core.imaging import ImageLimits, read_image
 from services.core.preprocessing import to_model_input
 from training.paths import CACHE_DIR
 
@@ -73,10 +75,23 @@ def undo_view(batch: np.ndarray, view: str) -> np.ndarray:
     return back.transpose(TRANSPOSE) if transposed else back
 
 
+# Training takes any image size a dataset has; serving's other limits apply.
+TRAINING_LIMITS = ImageLimits(min_side=1)
+
+
+def decoded(path: Path) -> Image.Image:
+    """The image at `path` decoded as serving decodes an upload (services.core.imaging: EXIF
+    orientation, 16-bit stretched to 8 bits, DICOM), but at full size (no JPEG draft decoding), so
+    the datasets' plain 8-bit files give exactly Pillow's own pixels."""
+    try:
+        return read_image(Path(path).read_bytes(), None, TRAINING_LIMITS).image
+    except InvalidImage as error:   # a ValueError: name the file it is about
+        raise InvalidImage(f"{path}: {error}") from None
+
+
 def load_image(path: Path, view: str = "none", size: tuple[int, int] = (224, 224)) -> np.ndarray:
     """The image at `path` as the model input at `size` (width, height), in `view` (default: as is)."""
-    with Image.open(path) as image:
-        image.load()
+    with decoded(path) as image:
         return np.ascontiguousarray(apply_view(to_model_input(image, size)[None], view)[0])
 
 

@@ -32,10 +32,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from services.core.preprocessing import resized_rgb
 from training import datasets
+from training.features import decoded
 from training.paths import data_dir
 from training.splits import (
     SEED,
@@ -109,7 +109,7 @@ def n_training_classes(task: str) -> int:
 def load_pixels(paths: Sequence[Path], size: tuple[int, int], workers: int = 8) -> np.ndarray:
     """uint8 (N, height, width, 3) through the serving preprocessing (decoded in threads)."""
     def one(path: Path) -> np.ndarray:
-        with Image.open(path) as image:
+        with decoded(path) as image:
             return resized_rgb(image, size)
 
     with ThreadPoolExecutor(workers) as pool:

@@ -19,9 +19,9 @@ BATCH = 32
 def serving_input(path: Path, size: tuple[int, int]) -> np.ndarray:
     """The model input a model service makes of the file at `path` (services/core/service.py):
     decoded by services.core.imaging (EXIF orientation, 16-bit stretch, DICOM, JPEG draft decoding
-    to twice the input size), then resized and scaled. Training reads the dataset's 8-bit files with
-    Pillow directly (training.features.load_image), which gives the same input for them except
-    where draft decoding applies (JPEGs over twice the input size: Kermany's chest X-rays)."""
+    to twice the input size), then resized and scaled. Training decodes the same way at full size
+    (training.features.decoded), which gives the same input except where draft decoding applies
+    (JPEGs over twice the input size: Kermany's chest X-rays)."""
     try:
         decoded = read_image(Path(path).read_bytes(), None, ImageLimits(), draft_size_for(size))
     except InvalidImage as error:   # a ValueError: name the file it is about

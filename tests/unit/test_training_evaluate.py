@@ -192,6 +192,29 @@ def test_a_split_csv_row_with_an_unknown_bone_grade_is_refused(tmp_path):
         score_outputs("bone", records, {"probabilities": np.array([[0.5, 0.5]])})
 
 
+def test_training_decodes_a_16_bit_or_rotated_image_as_serving_does(tmp_path):
+    """A 16-bit PNG (MURA-style radiograph) or an EXIF-rotated photo must not train on other pixels
+    than the service would see."""
+    from PIL import Image
+
+    from training.features import load_image
+    from training.finetune import load_pixels
+    from training.inference import serving_input
+
+    ramp = np.tile(np.linspace(0, 4000, 96, dtype=np.uint16), (64, 1))
+    Image.fromarray(ramp).save(tmp_path / "sixteen_bit.png")
+    photo = synthetic_image("skin_lesion", seed=3)
+    exif = Image.Exif()
+    exif[0x0112] = 6                                           # rotate 90 degrees clockwise
+    photo.save(tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=95)
+
+    for name in ("sixteen_bit.png", "rotated.jpg"):
+        served = serving_input(tmp_path / name, (224, 224))
+        assert np.abs(load_image(tmp_path / name) - served).max() < 1e-6, name
+        pixels = load_pixels([tmp_path / name], (224, 224))[0].astype(np.float32) / 127.5 - 1
+        assert np.abs(pixels - served).max() < 1e-6, name
+
+
 def test_a_model_of_another_task_is_refused_not_scored(tmp_path, capsys):
     """A 7-class skin model run as pneumonia must not print plausible-looking figures."""
     _kermany_test_tree(tmp_path)

@@ -177,13 +177,24 @@ def refuse_seen_images(model_path: Path, root: Path, records: Sequence[Record]) 
     split_csv = Path(model_path).parent / "split.csv"
     if not split_csv.is_file():
         return
-    seen = {image_key(item.record.path) for item in read_split_csv(split_csv, root) if item.split != "test"}
+    used = [item for item in read_split_csv(split_csv, root) if item.split != "test"]
+    seen = {image_key(item.record.path) for item in used}
     overlap = sum(image_key(record.path) in seen for record in records)
     if overlap:
         raise ValueError(
             f"{overlap} of these {len(records)} images trained or validated this model ({split_csv}): "
             f"pass --split-csv {split_csv} to score its held-out rows, or --allow-seen to score them anyway"
         )
+    # Other images of a patient (or lesion) the model learned from: not an error (a dataset's
+    # published splits may number patients on their own), but the figures may be optimistic.
+    groups = {item.record.group for item in used}
+    shared = {record.group for record in records} & groups
+    if shared:
+        images = sum(record.group in shared for record in records)
+        print(f"warning: {images} of these {len(records)} images belong to {len(shared)} patients or lesions "
+              f"(by the ids in their file names or metadata) whose other images trained or validated this "
+              f"model ({split_csv}), e.g. {sorted(shared)[0]!r}: the figures may be optimistic",
+              file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -263,6 +263,23 @@ def test_images_the_model_trained_or_validated_on_are_refused_unless_asked_for(t
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 8
 
 
+def test_images_of_a_patient_the_model_learned_from_are_scored_with_a_warning(tmp_path, capsys):
+    """Another image of a training patient is not the same image, but the figure may be optimistic."""
+    _kermany_test_tree(tmp_path)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    onnx.save(build_model(2), model_dir / "model.onnx")
+    (model_dir / "split.csv").write_text(
+        "path,label,group,split\n"
+        "chest_xray/train/PNEUMONIA/person1_bacteria_9.jpeg,PNEUMONIA,person1,train\n", encoding="utf-8")
+
+    assert main(["--task", "pneumonia", "--data", str(tmp_path), "--model", str(model_dir / "model.onnx")]) == 0
+    captured = capsys.readouterr()
+    assert "warning: 1 of these 8 images belong to 1 patients or lesions" in captured.err
+    assert "'person1'" in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["n"] == 8
+
+
 def test_an_exact_tie_is_decided_as_serving_decides_it_the_negative_class():
     """Serving takes the argmax, which gives index 0 on a tie: the reported figures must agree."""
     y = np.array([0, 1])

@@ -49,8 +49,8 @@ async def classify_exam_type(ctx: GatewayContext, data: bytes, media_type: str, 
         log.warning("routing %s: router %s: %s", request_id, reason, error.code().name)
         raise ApiError(503, ROUTER_UNAVAILABLE, headers={"Retry-After": "5"}) from None
     extra = struct_to_dict(reply.extra) if reply.HasField("extra") else {}
-    ratios = extra.get("ood_ratio") or [float("nan")]
-    ood_ratio = float(ratios[0])
+    ratios = extra.get("ood_ratio") or [None]
+    ood_ratio = float("nan") if ratios[0] is None else float(ratios[0])   # no usable score: refused below
     chosen = decide(reply.label, ood_ratio)
     log.info("routing %s: %s (p=%.3f, ood_ratio=%.2f) -> %s", request_id, reply.label, reply.confidence,
              ood_ratio, chosen or "rejected")

@@ -37,7 +37,7 @@ from gateway.context import GatewayContext
 from gateway.errors import ApiError, ClientGone, invalid_fields
 from gateway.grpc_clients import MODEL_SERVICES
 from gateway.records import STATUS_COMPLETED, STATUS_FAILED, Diagnosis
-from gateway.routing import choose_exam_type
+from gateway.routing import NotServed, choose_exam_type
 from gateway.serialization import clean_extra, diagnosis_json, struct_to_dict
 from gateway.storage import sha256_hex
 from gateway.whole_file import WholeFileResponse
@@ -257,7 +257,10 @@ async def _diagnose_upload(
     media_type = await run_in_threadpool(check_image, data, max_bytes)
     tags = await run_in_threadpool(dicom_routing_tags, data) if media_type == DICOM else {}
     record_id = str(uuid.uuid4())
-    chosen = choose_exam_type(exam_type, media_type, tags)
+    try:
+        chosen = choose_exam_type(exam_type, media_type, tags)
+    except NotServed as error:
+        raise ApiError(422, str(error), errors={"file": str(error)}) from None
     if chosen is None:
         # auto without DICOM routing tags: the router model decides, or refuses a foreign image.
         chosen = await classify_exam_type(ctx, data, media_type, record_id)

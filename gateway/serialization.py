@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import struct_pb2
 
 from gateway.records import Diagnosis
 from protos.drtech.v1 import auth_pb2, diagnosis_pb2
@@ -42,8 +43,25 @@ def diagnosis_json(record: Diagnosis) -> dict[str, Any]:
     }
 
 
-def struct_to_dict(message: Any) -> dict[str, Any]:
-    return json_format.MessageToDict(message) if message is not None else {}
+def struct_to_dict(message: struct_pb2.Struct | None) -> dict[str, Any]:
+    """A protobuf Struct as plain Python. A number that is not finite (a broken model's NaN, which
+    JSON cannot carry and json_format refuses with ValueError) becomes None."""
+    if message is None:
+        return {}
+    return {key: _plain(value) for key, value in message.fields.items()}
+
+
+def _plain(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return value.number_value if math.isfinite(value.number_value) else None
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_plain(item) for item in value.list_value.values]
+    if kind in ("string_value", "bool_value"):
+        return getattr(value, kind)
+    return None
 
 
 def clean_extra(extra: dict[str, Any]) -> dict[str, Any]:

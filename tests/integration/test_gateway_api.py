@@ -382,6 +382,13 @@ def test_auto_routes_a_dicom_by_its_header_and_the_image_comes_back_as_png(clien
     chest = make_dicom(ramp(128, 128), extra={"Modality": "CR", "BodyPartExamined": "CHEST"})
     assert upload(client, headers, chest, "auto").json()["exam_type"] == "chest_xray"
 
+    hand = make_dicom(ramp(128, 128), extra={"Modality": "DX", "BodyPartExamined": "HAND"})
+    refused = upload(client, headers, hand, "auto", name="hand.dcm", content_type="application/dicom")
+    assert refused.status_code == 422 and "knee radiographs only" in refused.json()["detail"]
+    assert client.get("/api/v1/diagnoses", headers=headers).json()["total"] == 2     # nothing kept
+    chosen = upload(client, headers, hand, "bone_xray", name="hand.dcm", content_type="application/dicom")
+    assert chosen.status_code == 201 and chosen.json()["exam_type"] == "bone_xray"
+
 
 def test_max_side_sends_a_png_scaled_down_to_fit_for_thumbnails(client: httpx.Client) -> None:
     headers = bearer(client)

@@ -6,7 +6,7 @@ import pytest
 
 from gateway.auto_routing import decide
 from gateway.grpc_clients import channel_target
-from gateway.routing import AUTO, choose_exam_type, route_dicom
+from gateway.routing import AUTO, NotServed, choose_exam_type, route_dicom
 
 
 @pytest.mark.parametrize("exam_type", ["chest_xray", "skin_lesion", "bone_xray"])
@@ -21,13 +21,9 @@ def test_an_explicit_exam_type_wins_over_the_dicom_header(exam_type: str) -> Non
         ({"Modality": "CR", "BodyPartExamined": "CHEST"}, "chest_xray"),
         ({"Modality": "DX", "BodyPartExamined": "chest"}, "chest_xray"),
         ({"Modality": "DX", "BodyPartExamined": "KNEE"}, "bone_xray"),
-        ({"Modality": "CR", "BodyPartExamined": "LOWER_LEG"}, "bone_xray"),
-        ({"Modality": "DX", "BodyPartExamined": "HAND"}, "bone_xray"),
-        ({"Modality": "XC"}, "skin_lesion"),
-        ({"Modality": "XC", "BodyPartExamined": "ARM"}, "skin_lesion"),
-        ({"Modality": "OT", "BodyPartExamined": "SKIN"}, "skin_lesion"),
-        ({"BodyPartExamined": "CHEST"}, "chest_xray"),
-        ({"Modality": "SC", "BodyPartExamined": "KNEE"}, "bone_xray"),
+        ({"Modality": "CR", "BodyPartExamined": "knee_joint"}, "bone_xray"),
+        ({"Modality": "DMS"}, "skin_lesion"),
+        ({"Modality": "XC", "BodyPartExamined": "SKIN"}, "skin_lesion"),
     ],
 )
 def test_auto_routes_dicom_from_modality_and_body_part(tags: dict[str, str], expected: str) -> None:
@@ -40,10 +36,25 @@ def test_auto_routes_dicom_from_modality_and_body_part(tags: dict[str, str], exp
     [{}, {"Modality": "CT", "BodyPartExamined": "HEAD"}, {"Modality": "DX"}, {"BodyPartExamined": "ABDOMEN"},
      # Not radiographs, whatever the body part: the router model looks at the image instead
      {"Modality": "CT", "BodyPartExamined": "CHEST"}, {"Modality": "MR", "BodyPartExamined": "KNEE"},
-     {"Modality": "US", "BodyPartExamined": "SKIN"}, {"Modality": "PT", "BodyPartExamined": "CHEST"}],
+     {"Modality": "US", "BodyPartExamined": "SKIN"}, {"Modality": "PT", "BodyPartExamined": "CHEST"},
+     # A photo of anything but skin, and captures that do not say how they were made
+     {"Modality": "XC"}, {"Modality": "XC", "BodyPartExamined": "EYE"}, {"Modality": "XC", "BodyPartExamined": "FACE"},
+     {"BodyPartExamined": "CHEST"}, {"Modality": "SC", "BodyPartExamined": "CHEST"},
+     {"Modality": "OT", "BodyPartExamined": "SKIN"}, {"Modality": "SC", "BodyPartExamined": "KNEE"},
+     # A radiograph "of the skin" is no dermoscopy photo
+     {"Modality": "CR", "BodyPartExamined": "SKIN"}],
 )
 def test_auto_does_not_guess_when_the_header_does_not_say(tags: dict[str, str]) -> None:
     assert choose_exam_type(AUTO, "application/dicom", tags) is None
+
+
+@pytest.mark.parametrize("part", ["HAND", "WRIST", "SHOULDER", "PELVIS", "FOOT", "lower_leg", "SPINE"])
+def test_auto_refuses_a_radiograph_of_a_bone_the_knee_model_never_saw(part: str) -> None:
+    """The bone model grades knee osteoarthritis: a hand film would get a knee's KL grade."""
+    with pytest.raises(NotServed, match="knee radiographs only"):
+        choose_exam_type(AUTO, "application/dicom", {"Modality": "DX", "BodyPartExamined": part})
+    assert choose_exam_type("bone_xray", "application/dicom", {"Modality": "DX", "BodyPartExamined": part}) \
+        == "bone_xray"                                        # the user's explicit choice still runs
 
 
 @pytest.mark.parametrize("media_type", ["image/jpeg", "image/png"])

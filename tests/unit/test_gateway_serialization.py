@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from types import SimpleNamespace
 
+import pytest
 from google.protobuf import struct_pb2
 
 from gateway.records import Diagnosis
@@ -103,6 +105,34 @@ def test_whole_number_grades_from_a_protobuf_struct_come_back_as_ints() -> None:
     cleaned = clean_extra(struct_to_dict(extra))
     assert cleaned["kl_grade"] == 3 and isinstance(cleaned["kl_grade"], int)
     assert cleaned["kl_probabilities"] == [0.1, 0.2, 0.4, 0.2, 0.1]
+
+
+def test_a_struct_converts_every_kind_of_value_and_a_non_finite_number_becomes_none() -> None:
+    """json_format refuses NaN with ValueError: a broken model's output must not become a 500."""
+    extra = struct_pb2.Struct()
+    extra.update({"ood_ratio": [float("nan"), float("inf"), 0.5], "name": "x", "ok": True, "none": None,
+                  "nested": {"score": float("-inf"), "n": 2}})
+    assert struct_to_dict(extra) == {"ood_ratio": [None, None, 0.5], "name": "x", "ok": True, "none": None,
+                                     "nested": {"score": None, "n": 2.0}}
+
+
+def test_a_router_reply_without_a_finite_score_is_refused_not_a_500() -> None:
+    import anyio
+
+    from gateway.auto_routing import NOT_A_KNOWN_KIND, classify_exam_type
+    from gateway.errors import ApiError
+
+    class RouterWithNaN:
+        async def Diagnose(self, request: diagnosis_pb2.DiagnoseRequest, timeout: float) -> diagnosis_pb2.DiagnoseResponse:
+            reply = diagnosis_pb2.DiagnoseResponse(label="chest_xray", confidence=0.9)
+            reply.extra.update({"ood_ratio": [float("nan")]})
+            return reply
+
+    ctx = SimpleNamespace(backends=SimpleNamespace(router=RouterWithNaN()),
+                          settings=SimpleNamespace(route_timeout_s=1.0))
+    with pytest.raises(ApiError) as refused:
+        anyio.run(classify_exam_type, ctx, b"x", "image/png", "req-1")
+    assert refused.value.status_code == 422 and refused.value.detail == NOT_A_KNOWN_KIND
 
 
 def test_a_model_card_keeps_the_card_json_and_takes_identity_from_get_model_info() -> None:

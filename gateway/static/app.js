@@ -101,15 +101,25 @@ function showFieldErrors(form, errors) {
   if (first) first.focus();
 }
 
-// Plain-words names of every class, by exam type, from the public model cards (fetched once).
+// Plain-words names of an exam type's classes, from the public model cards (fetched once). The list
+// holds only the services that answered: one without this exam type, or a failure, is asked again.
 let labelNamesPromise = null;
-function labelNames() {
+async function labelNames(examType) {
   labelNamesPromise = labelNamesPromise || api("/api/v1/models")
     .then((cards) => Object.fromEntries(cards.map((card) =>
-      [card.exam_type, Object.fromEntries((card.labels || []).map((l) => [l.code, l.display_name]))])))
-    .catch(() => ({}));
-  return labelNamesPromise;
+      [card.exam_type, Object.fromEntries((card.labels || []).map((l) => [l.code, l.display_name]))])));
+  try {
+    const names = (await labelNamesPromise)[examType];
+    if (names) return names;
+  } catch (error) {
+    // fall through: codes are shown this time
+  }
+  labelNamesPromise = null;
+  return {};
 }
+
+// The newest upload or retry on this page: a reply to an older one (a slow retry) is not shown over it.
+let resultTicket = 0;
 
 // One decimal, but never a rounded certainty: a model's 0.9996 is ">99.9%", not "100.0%".
 function percent(value) {
@@ -188,8 +198,19 @@ function initSignup() {
     if (errors === null) return;
     for (const field of touched) showFieldError(form, field, errors[field]);
   });
+  let submitting = false;   // a second click or Enter while the first is being checked is ignored
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    if (submitting) return;
+    submitting = true;
+    try {
+      await signUp();
+    } finally {
+      submitting = false;
+    }
+  });
+
+  async function signUp() {
     clearFieldErrors(form);
     setStatus("");
     const values = formValues(form);
@@ -216,7 +237,7 @@ function initSignup() {
       setStatus(`Your account was created, but logging in failed: ${error.message} Please log in.`);
       form.append(el("p", {}, el("a", { href: "/login?next=/app", className: "button", text: "Log in" })));
     }
-  });
+  }
 }
 
 function initLogin() {
@@ -272,16 +293,32 @@ async function renderResult(d) {
   if (d.status === "failed") {
     const retry = el("button", { type: "button", className: "button secondary", id: "retry-button", text: "Try again" });
     retry.addEventListener("click", async () => {
+      const ticket = ++resultTicket;
       try {
         const again = await whileDisabled(retry, () => api(`/api/v1/diagnoses/${d.id}/retry`, { method: "POST" }));
+        if (ticket !== resultTicket) return;
         setStatus(again.status === "completed" ? "Done." : "The model could not answer.", "info");
         await renderResult(again);
         // The button that had focus is gone: hand focus to the new finding (or the new button).
         ($("#retry-button") || $("#result-finding")).focus();
       } catch (error) {
-        // Only the message changes: the button stays, so the user can try again later.
+        if (ticket !== resultTicket || sessionEnded(error.status)) return;
+        if (error.status === 409) {
+          // Completed meanwhile (another tab retried it): show what is stored.
+          await renderResult(await api(`/api/v1/diagnoses/${d.id}`));
+          $("#result-finding").focus();
+          return;
+        }
+        // The message changes; the button stays for a later try, unless the upload itself is gone.
         message.textContent = error.message;
         detail.hidden = false;
+        setStatus(error.message);
+        if (error.status === 410) {
+          retry.remove();
+          $("#result-finding").focus();
+        } else {
+          retry.focus();
+        }
       }
     });
     detail.append(" ", retry);
@@ -290,7 +327,7 @@ async function renderResult(d) {
   const bars = $("#result-bars");
   bars.replaceChildren();
   const entries = Object.entries(d.probabilities || {}).sort((a, b) => b[1] - a[1]);
-  const names = (await labelNames())[d.exam_type] || {};
+  const names = await labelNames(d.exam_type);
   for (const [code, p] of entries) {
     const fill = el("span", { className: "bar-fill" + (code === d.label ? " top" : "") });
     fill.style.width = `${Math.max(0, Math.min(1, p)) * 100}%`; // CSSOM: allowed by the CSP
@@ -306,9 +343,10 @@ async function renderResult(d) {
   if (d.requested_exam_type === "auto") exam += " (recognised automatically)";
   $("#result-exam").textContent = exam;
   $("#result-model").textContent = d.model && d.model.name ? `${d.model.name} ${d.model.version || ""}` : "—";
-  const task = (d.model && d.model.name) || TASK_OF_EXAM[d.exam_type];
+  // Cards are anchored by task; a model's name may differ (training.arch_training: "skin-<arch>").
+  const task = TASK_OF_EXAM[d.exam_type] || (d.model && d.model.name);
   $("#result-card-link").href = `/models#model-${task}`;
-  $("#result-card-link").textContent = `${task} model card`;
+  $("#result-card-link").textContent = `${(d.model && d.model.name) || task} model card`;
   $("#result-when").textContent = formatDate(d.created_at);
 
   const image = $("#result-image");
@@ -382,6 +420,7 @@ async function showPreview(file) {
         URL.revokeObjectURL(url); // another file was chosen meanwhile: its preview stands
         return;
       }
+      if (img.dataset.url) URL.revokeObjectURL(img.dataset.url); // the browser could not show the file itself
       img.dataset.url = url;
       img.src = url;
       figure.hidden = false;
@@ -467,7 +506,9 @@ function initDiagnose() {
     const maxBytes = Number(form.dataset.maxBytes);
     if (maxBytes && file.size > maxBytes) {
       // The server would refuse it with 413 after the whole upload; say so before sending it.
-      showFieldErrors(form, { file: `This file is ${(file.size / 1048576).toFixed(1)} MiB; the largest accepted is ${(maxBytes / 1048576).toFixed(1)} MiB.` });
+      let sizes = [file.size, maxBytes].map((n) => `${(n / 1048576).toFixed(1)} MiB`);
+      if (sizes[0] === sizes[1]) sizes = [file.size, maxBytes].map((n) => `${n.toLocaleString("en")} bytes`);
+      showFieldErrors(form, { file: `This file is ${sizes[0]}; the largest accepted is ${sizes[1]}.` });
       return;
     }
     const data = new FormData();
@@ -481,6 +522,7 @@ function initDiagnose() {
     bar.value = 0;
     label.textContent = "Uploading…";
     try {
+      const ticket = ++resultTicket;
       const diagnosis = await postWithProgress(`/api/v1/diagnoses?explain=${explain}`, data, (fraction) => {
         if (fraction < 1) {
           bar.value = Math.round(fraction * 100);
@@ -489,6 +531,7 @@ function initDiagnose() {
           label.textContent = "Analysing the image…";
         }
       });
+      if (ticket !== resultTicket) return;
       setStatus(diagnosis.status === "completed" ? "Done." : "The model could not answer.", "info");
       await renderResult(diagnosis);
       $("#result").scrollIntoView({ behavior: "smooth" });

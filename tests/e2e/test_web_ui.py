@@ -161,8 +161,12 @@ def test_sign_up_shows_the_servers_own_message_next_to_each_bad_field(page, stac
     page.select_option("#gender", "female")
     page.fill("#address1", "1 Main Street")
     page.fill("#city", "Springfield")
+    sign_ups: list[str] = []
+    page.on("request", lambda request: sign_ups.append(request.method)
+            if request.url.endswith("/api/v1/auth/signup") else None)
     with page.expect_navigation(url="**/app"):
-        page.click("button[type=submit]")
+        page.dblclick("button[type=submit]")                  # a double click signs up once
+    assert sign_ups == ["POST"]
 
 
 def test_log_out_then_log_in_with_the_keyboard(page) -> None:
@@ -401,6 +405,8 @@ def test_a_failed_retry_keeps_its_button_for_a_later_try(page) -> None:
         page.wait_for_function(
             "() => document.querySelector('#result-detail-text').textContent.includes('try again shortly')")
         assert page.locator("#retry-button").is_enabled()
+        assert "try again shortly" in page.inner_text("#form-status")     # announced, not only shown
+        assert page.evaluate("() => document.activeElement.id") == "retry-button"
 
         page.click("#retry-button")
         page.wait_for_selector("#result-finding:has-text('Finding:')")
@@ -411,6 +417,41 @@ def test_a_failed_retry_keeps_its_button_for_a_later_try(page) -> None:
     finally:
         page.unroute(f"**{url}")
         page.unroute(f"**{url}/retry")
+
+
+def test_a_late_retry_reply_never_replaces_the_result_of_a_newer_upload(page, tmp_path: Path) -> None:
+    newest = page.request.get("/api/v1/diagnoses?limit=1", headers=_api_headers()).json()["items"][0]
+    failed = {**newest, "status": "failed", "detail": "The chest model did not answer.", "label": None,
+              "label_display": None, "confidence": None, "probabilities": {}}
+    late = {**newest, "exam_type": "skin_lesion", "label": "mel", "label_display": "Melanoma", "confidence": 0.9,
+            "probabilities": {"mel": 0.9, "nv": 0.1}}
+    held: list = []
+
+    def first_upload_fails(route) -> None:
+        page.unroute("**/api/v1/diagnoses?explain=*")          # the next upload reaches the server
+        route.fulfill(status=201, json=failed)
+
+    page.route("**/api/v1/diagnoses?explain=*", first_upload_fails)
+    page.route(f"**/api/v1/diagnoses/{newest['id']}/retry", lambda route: held.append(route))
+    try:
+        chest = write_file(tmp_path, "chest.jpg", sample_image_bytes("chest_xray"))
+        diagnose(page, chest, "chest_xray")                   # staged as failed
+        page.click("#retry-button")                           # its reply is held back
+        for _ in range(100):
+            if held:
+                break
+            page.wait_for_timeout(50)
+        assert held
+        page.click("#diagnose-button")                        # a newer upload, really diagnosed
+        page.wait_for_selector("#result-finding:has-text('Finding:')")
+        assert page.inner_text("#result-exam").startswith("Chest X-ray")
+
+        held[0].fulfill(status=200, json=late)                # the retry answers late
+        page.wait_for_timeout(500)
+        assert page.inner_text("#result-exam").startswith("Chest X-ray")
+        assert "Melanoma" not in page.inner_text("#result-finding")
+    finally:
+        page.unroute(f"**/api/v1/diagnoses/{newest['id']}/retry")
 
 
 def test_a_slow_preview_of_an_earlier_file_never_replaces_the_preview_of_the_chosen_one(

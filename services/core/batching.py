@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.core.errors import ModelNotReady
+from services.core.errors import ModelNotReady, ServiceBusy
 from services.core.runtime import Prediction
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,8 @@ class BatchedPrediction:
     seconds: float              # how long the shared model run took
 
 
-_Job = tuple[np.ndarray, Future]
+# The image, its caller's future, and when the caller stops waiting (time.monotonic(); None: never).
+_Job = tuple[np.ndarray, Future, float | None]
 _STOP = object()
 
 
@@ -61,14 +62,22 @@ class Batcher:
         for worker in self._workers:
             worker.start()
 
-    def predict(self, item: np.ndarray) -> BatchedPrediction:
-        """Run one preprocessed image (H, W, 3); blocks until its batch has run."""
+    def predict(self, item: np.ndarray, timeout: float | None = None) -> BatchedPrediction:
+        """Run one preprocessed image (H, W, 3); blocks until its batch has run. `timeout`: the
+        call's remaining time (its gRPC deadline): past it, a call still queued is dropped, never run,
+        so calls nobody waits for any more do not hold the model (and everyone behind them)."""
         future: Future[BatchedPrediction] = Future()
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             if self._closed:
                 raise ModelNotReady("the model is shutting down")
-            self._queue.put((item, future))
-        return future.result()
+            self._queue.put((item, future, deadline))
+        try:
+            return future.result(timeout=timeout)
+        except TimeoutError:
+            if future.cancel():      # still queued: the worker skips it
+                raise ServiceBusy("the model is busy: the call's deadline passed while it waited") from None
+            return future.result()   # its batch is running: the answer is moments away
 
     def close(self) -> None:
         """Finish what is queued, then stop the workers."""
@@ -103,10 +112,22 @@ class Batcher:
             if stop_after:
                 return
 
-    def _run_batch(self, jobs: list[_Job]) -> None:
+    def _run_batch(self, queued: list[_Job]) -> None:
+        now = time.monotonic()
+        jobs = []
+        for job in queued:
+            _, future, deadline = job
+            if not future.set_running_or_notify_cancel():
+                continue             # its caller gave up waiting
+            if deadline is not None and deadline <= now:
+                future.set_exception(ServiceBusy("the model is busy: the call's deadline passed while it waited"))
+                continue
+            jobs.append(job)
+        if not jobs:
+            return
         try:
             started = time.perf_counter()
-            prediction = self._run(np.stack([item for item, _ in jobs]))
+            prediction = self._run(np.stack([item for item, _, _ in jobs]))
             seconds = time.perf_counter() - started
             results = [
                 BatchedPrediction(
@@ -121,10 +142,10 @@ class Batcher:
                 for index in range(len(jobs))
             ]
         except BaseException as error:  # hand the failure to every caller waiting on this batch
-            for _, future in jobs:
+            for _, future, _ in jobs:
                 future.set_exception(error)
             return
-        for (_, future), result in zip(jobs, results, strict=True):
+        for (_, future, _), result in zip(jobs, results, strict=True):
             future.set_result(result)
         if self._on_batch is not None:
             try:

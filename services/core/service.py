@@ -83,6 +83,13 @@ def load_model(spec: TaskSpec, settings: ServingSettings) -> LoadedModel:
     return LoadedModel(model=model, card=card, name=str(card["name"]), version=str(card["version"]))
 
 
+def time_left(context: Any) -> float | None:
+    """Seconds until the call's deadline; None without one (gRPC then reports a time ~300 years
+    away, which a thread wait cannot take: OverflowError)."""
+    remaining = context.time_remaining() if context is not None else None
+    return None if remaining is None or remaining > 86_400 else remaining
+
+
 def image_limits(settings: ServingSettings) -> ImageLimits:
     return ImageLimits(
         max_bytes=settings.max_image_bytes,
@@ -144,7 +151,7 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
         header = read_header(request.image, request.media_type, self.limits)
         pixels = header.pixels_to_decode(draft)
         try:
-            held = self.decoding.acquire(pixels, timeout=context.time_remaining() if context is not None else None)
+            held = self.decoding.acquire(pixels, timeout=time_left(context))
         except TimeoutError:
             raise ServiceBusy(f"the {self.spec.task} service is decoding other large images; retry shortly") from None
         try:
@@ -158,7 +165,7 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
         batcher = self._batcher
         if batcher is None:
             raise ModelNotReady(f"the {self.spec.task} model is not loaded")
-        batched = batcher.predict(model_input)
+        batched = batcher.predict(model_input, timeout=time_left(context))
         prediction, inference_seconds = batched.prediction, batched.seconds
 
         probabilities = prediction.probabilities[0].astype(np.float64)

@@ -147,3 +147,29 @@ def test_max_wait_lets_a_partial_batch_wait_for_calls_that_arrive_soon(slow_mode
     finally:
         batcher.close()
     assert sizes == [2]
+
+
+def test_a_call_whose_deadline_passes_while_queued_is_dropped_not_run(slow_model: OnnxModel) -> None:
+    """Its caller has gone: running it would only delay every call queued behind it."""
+    from services.core.errors import ServiceBusy
+
+    runs: list[int] = []
+
+    def counted(batch: np.ndarray):
+        runs.append(len(batch))
+        return slow_model.run(batch)
+
+    batcher = Batcher(counted, max_batch_size=1)
+    first, late = images(2)
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            busy = pool.submit(batcher.predict, first)        # holds the model ~0.1 s
+            while not runs:                                    # until it is running
+                threading.Event().wait(0.005)
+            with pytest.raises(ServiceBusy, match="deadline passed"):
+                batcher.predict(late, timeout=0.01)
+            busy.result()
+        assert batcher.predict(first, timeout=30).batch_size == 1    # a live call still runs
+    finally:
+        batcher.close()
+    assert runs == [1, 1]

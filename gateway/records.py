@@ -10,7 +10,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Index, String, Text, delete as delete_rows, func, select, update
+from sqlalchemy import JSON, Boolean, DateTime, Float, Index, String, Text, func, select, update
+from sqlalchemy import delete as delete_rows
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 STATUS_COMPLETED = "completed"

@@ -193,7 +193,7 @@ def refuse_seen_images(model_path: Path, root: Path, records: Sequence[Record]) 
         images = sum(record.group in shared for record in records)
         print(f"warning: {images} of these {len(records)} images belong to {len(shared)} patients or lesions "
               f"(by the ids in their file names or metadata) whose other images trained or validated this "
-              f"model ({split_csv}), e.g. {sorted(shared)[0]!r}: the figures may be optimistic",
+              f"model ({split_csv}), e.g. {min(shared)!r}: the figures may be optimistic",
               file=sys.stderr)
 
 

@@ -40,7 +40,7 @@ def run_onnx(model_path: Path, paths: Sequence[Path], outputs: Sequence[str] = (
         session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
         # Images are resized to the model's own input size, as serving does (ModelRuntime.input_size).
         size = input_size_of(session.get_inputs()[0].shape, Path(model_path))
-    except Exception as error:  # ONNX Runtime's own exception types, and ModelContractError
+    except Exception as error:  # noqa: BLE001 - ONNX Runtime's own exception types, and ModelContractError
         raise ValueError(f"{model_path} is not a model this runtime can serve "
                          f"({type(error).__name__}: {error})") from None
     missing = [name for name in outputs if name not in {o.name for o in session.get_outputs()}]

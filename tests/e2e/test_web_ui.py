@@ -360,7 +360,7 @@ def test_history_pages_from_what_it_shows_and_drops_a_late_reply_to_an_older_fil
             if len(held) == 2:
                 break
             page.wait_for_timeout(50)
-        for route in list(held):
+        for route in held:
             route.continue_()
         held.clear()
         page.wait_for_function(f"() => document.querySelector('#page-info').textContent === '13–24 of {total}'")

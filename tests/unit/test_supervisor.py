@@ -75,8 +75,8 @@ def test_a_second_signal_kills_a_component_that_ignores_the_first() -> None:
 
     stubborn = Component("auth", "services.auth", 1, "grpc")
     stubborn.process = subprocess.Popen(
-        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                               "print('ready', flush=True); time.sleep(120)"], stdout=subprocess.PIPE)
+        [sys.executable, "-c", ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                "print('ready', flush=True); time.sleep(120)")], stdout=subprocess.PIPE)
     assert stubborn.process.stdout is not None and stubborn.process.stdout.readline() == b"ready\n"
     runner = Supervisor([stubborn], start_timeout=1, grace=120)
     threading.Timer(0.5, runner.hurry.set).start()

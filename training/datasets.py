@@ -112,7 +112,12 @@ def read_ham10000(root: Path) -> list[Record]:
             listed.add(row["image_id"])
             path = by_id.get(row["image_id"])
             if path is None:
-                raise DatasetLayoutError(f"image {row['image_id']} listed in {metadata} not found in {image_dirs}")
+                halves = [root / f"HAM10000_images_part_{n}" for n in (1, 2)]
+                missing_half = [str(d) for d in halves if not d.is_dir()]
+                hint = (f" (the release's other half, {missing_half[0]}, is missing)"
+                        if len(missing_half) == 1 else "")
+                raise DatasetLayoutError(
+                    f"image {row['image_id']} listed in {metadata} not found in {image_dirs}{hint}")
             records.append(Record(path, row["dx"], row["lesion_id"]))
     if not records:
         raise DatasetLayoutError(f"{metadata} lists no images")

@@ -130,6 +130,13 @@ def test_ham10000_bad_layouts_say_what_is_wrong(tmp_path):
         read_ham10000(tmp_path / "label")
 
 
+def test_ham10000_with_only_one_half_of_its_images_names_the_missing_folder(tmp_path):
+    _ham_tree(tmp_path, [("HAM_1", "ISIC_1", "mel"), ("HAM_2", "ISIC_2", "nv")],
+              {"ISIC_1": "HAM10000_images_part_1"})
+    with pytest.raises(DatasetLayoutError, match="ISIC_2 .*HAM10000_images_part_2, is missing"):
+        read_ham10000(tmp_path)
+
+
 def test_ham10000_image_listed_twice_or_without_a_lesion_is_refused(tmp_path):
     # Either would defeat the lesion-disjoint split: one file in two splits, or unrelated images pooled.
     folders = {"ISIC_1": "HAM10000_images", "ISIC_2": "HAM10000_images"}

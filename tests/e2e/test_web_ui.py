@@ -312,14 +312,29 @@ def _api_headers() -> dict[str, str]:
     return {"X-Requested-With": "fetch"}     # the gateway's CSRF guard for cookie requests
 
 
-def test_deleting_the_last_result_of_the_last_history_page_shows_the_page_before(page) -> None:
-    # The browser's own session (page.request shares its cookies) uploads until there are 13 results.
+def _at_least_results(page, count: int) -> int:
+    """Upload chest X-rays in the browser's own session (page.request shares its cookies) until the
+    history holds `count` results; returns how many it holds."""
     chest = {"name": "chest.jpg", "mimeType": "image/jpeg", "buffer": sample_image_bytes("chest_xray")}
     total = page.request.get("/api/v1/diagnoses?limit=1", headers=_api_headers()).json()["total"]
-    for _ in range(13 - total):
+    for _ in range(count - total):
         reply = page.request.post("/api/v1/diagnoses?explain=false", headers=_api_headers(),
                                   multipart={"file": chest, "exam_type": "chest_xray"})
         assert reply.status == 201, reply.text()
+    return max(total, count)
+
+
+def _until_held(page, held: list, count: int) -> None:
+    """Wait (at most 5 s) until `count` requests are held by a page.route handler."""
+    for _ in range(100):
+        if len(held) >= count:
+            return
+        page.wait_for_timeout(50)
+    raise AssertionError(f"{len(held)} of {count} requests were held")
+
+
+def test_deleting_the_last_result_of_the_last_history_page_shows_the_page_before(page) -> None:
+    assert _at_least_results(page, 13) == 13
     page.goto("/history")
     items = page.locator("#history-list > li")
     items.first.wait_for()
@@ -337,13 +352,7 @@ def test_deleting_the_last_result_of_the_last_history_page_shows_the_page_before
 def test_history_pages_from_what_it_shows_and_drops_a_late_reply_to_an_older_filter(page) -> None:
     """A double click on "Older" moves one page, and a slow reply for a filter since changed never
     replaces the list of the filter now chosen."""
-    chest = {"name": "chest.jpg", "mimeType": "image/jpeg", "buffer": sample_image_bytes("chest_xray")}
-    total = page.request.get("/api/v1/diagnoses?limit=1", headers=_api_headers()).json()["total"]
-    for _ in range(25 - total):
-        reply = page.request.post("/api/v1/diagnoses?explain=false", headers=_api_headers(),
-                                  multipart={"file": chest, "exam_type": "chest_xray"})
-        assert reply.status == 201, reply.text()
-    total = max(total, 25)
+    total = _at_least_results(page, 25)
     page.goto("/history")
     page.wait_for_function(f"() => document.querySelector('#page-info').textContent === '1–12 of {total}'")
 
@@ -356,10 +365,7 @@ def test_history_pages_from_what_it_shows_and_drops_a_late_reply_to_an_older_fil
     try:
         page.click("#next-page")
         page.click("#next-page")              # before the first click's page has come
-        for _ in range(100):
-            if len(held) == 2:
-                break
-            page.wait_for_timeout(50)
+        _until_held(page, held, 2)
         for route in held:
             route.continue_()
         held.clear()
@@ -367,11 +373,7 @@ def test_history_pages_from_what_it_shows_and_drops_a_late_reply_to_an_older_fil
 
         page.select_option("#filter-exam", "skin_lesion")     # held: its reply comes last
         page.select_option("#filter-exam", "")
-        for _ in range(100):
-            if len(held) == 2:
-                break
-            page.wait_for_timeout(50)
-        assert len(held) == 2
+        _until_held(page, held, 2)
         with page.expect_response(lambda response: history_list(response.url)):
             held[1].continue_()
         page.wait_for_function(f"() => document.querySelector('#page-info').textContent === '1–12 of {total}'")
@@ -437,11 +439,7 @@ def test_a_late_retry_reply_never_replaces_the_result_of_a_newer_upload(page, tm
         chest = write_file(tmp_path, "chest.jpg", sample_image_bytes("chest_xray"))
         diagnose(page, chest, "chest_xray")                   # staged as failed
         page.click("#retry-button")                           # its reply is held back
-        for _ in range(100):
-            if held:
-                break
-            page.wait_for_timeout(50)
-        assert held
+        _until_held(page, held, 1)
         page.click("#diagnose-button")                        # a newer upload, really diagnosed
         page.wait_for_selector("#result-finding:has-text('Finding:')")
         assert page.inner_text("#result-exam").startswith("Chest X-ray")

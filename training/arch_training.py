@@ -33,7 +33,6 @@ from training.paths import PROJECT_ROOT, data_dir
 from training.splits import SEED, SplitRecord, write_split_csv
 
 log = logging.getLogger("training.arch_training")
-PARITY_IMAGES = 128
 TASKS = ("pneumonia", "skin")
 # The originals trained from scratch with Adam's default rate; pretrained backbones are fine-tuned slower.
 LEARNING_RATE = {"mobilenet_v2_finetuned": 1e-4, "bone_mobilenet_v1": 1e-4, "skin_inception_resnet_v2": 1e-4}
@@ -84,7 +83,7 @@ def run(task: str, name: str, split: Sequence[SplitRecord], root: Path, out: Pat
     from services.core.preprocessing import scale
     from training import card as model_card
     from training.evaluate import evaluate_records
-    from training.export import classifier_parity, classifier_to_onnx, onnx_interface
+    from training.export import classifier_parity, classifier_to_onnx, onnx_interface, parity_sample
     from training.finetune import AUGMENTATIONS, Settings, fit, load_pixels
 
     arch: Architecture = ARCHITECTURES[name]
@@ -103,7 +102,8 @@ def run(task: str, name: str, split: Sequence[SplitRecord], root: Path, out: Pat
 
     onnx_path = classifier_to_onnx(model, out / "model.onnx")
     val = [s for s in split if s.split == "val"]
-    parity_images = scale(load_pixels([s.record.path for s in val[:PARITY_IMAGES]], arch.input_size))
+    sample = parity_sample([s.record.path for s in val], [s.record.path for s in split if s.split == "train"])
+    parity_images = scale(load_pixels(sample, arch.input_size))
     parity = classifier_parity(model, onnx_path, parity_images)
     log.info("exported %s (%d bytes); parity %s", onnx_path, onnx_path.stat().st_size, json.dumps(parity))
 

@@ -350,12 +350,12 @@ def _markdown(card: dict[str, Any]) -> str:
         f"- Augmentation: {card['training']['augmentation']}",
         f"- Time: {card['training']['seconds']} s on {card['training']['machine']} "
         f"({card['training']['note']})",
-        f"- Export parity (Keras vs ONNX Runtime, {card['export']['parity_images']} validation images): "
+        f"- Export parity (Keras vs ONNX Runtime, {card['export']['parity_images']} real images, validation first): "
         f"{json.dumps(card['export']['onnx_keras_parity_max_abs_diff'])}",
     ]
     if "tta_parity_max_abs_diff" in card["export"]:
         lines.append(f"- Test-time augmentation parity (wrapped graph vs the views run one by one, "
-                     f"{card['export']['tta_parity_images']} validation images): "
+                     f"{card['export']['tta_parity_images']} real images, validation first): "
                      f"{json.dumps(card['export']['tta_parity_max_abs_diff'])}")
     lines.append("")
     lines += _calibration_lines(card) + _plot_lines(card)

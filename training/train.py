@@ -48,7 +48,6 @@ from training.inference import run_onnx
 from training.tasks import SPECS, label_index, load_split, uses_mura
 
 log = logging.getLogger("training.train")
-PARITY_IMAGES = 128
 # --augment: the views (training.features.VIEWS) whose features are added as training rows.
 AUGMENT_VIEWS: dict[str, list[str]] = {"none": [], "horizontal": ["horizontal"],
                                        "flips": ["horizontal", "vertical", "both"]}
@@ -314,15 +313,17 @@ def main(argv: list[str] | None = None) -> int:
     timing = {"feature_extraction_seconds": None if features.seconds is None else round(features.seconds, 1),
               "split_finetune_and_heads_seconds": round(fit_seconds, 1)}
 
-    from training.export import build_export_model, onnx_interface, parity, to_onnx
+    from training.export import build_export_model, onnx_interface, parity, parity_sample, to_onnx
 
     export_model = build_export_model(backbone, head.kernel, head.bias, kl_kernel, kl_bias,
                                       temperature=temperature, kl_temperature=kl_temperature)
     onnx_path = to_onnx(export_model, out / "model.onnx")
-    val_paths = [s.record.path for s in train_val if s.split == "val"][:PARITY_IMAGES]
+    parity_paths = parity_sample([s.record.path for s in train_val if s.split == "val"],
+                                 [s.record.path for s in train_val if s.split == "train"])
     _, height, width, _ = backbone.input_shape
-    differences = parity(export_model, onnx_path, np.stack([load_image(p, size=(width, height)) for p in val_paths]))
-    log.info("parity on %d validation images: %s", len(val_paths), differences)
+    differences = parity(export_model, onnx_path,
+                         np.stack([load_image(p, size=(width, height)) for p in parity_paths]))
+    log.info("parity on %d real images (validation first): %s", len(parity_paths), differences)
 
     test_records = [s.record for s in split if s.split == "test"]
     # Held-out metrics and test calibration from the exported, calibrated model's own outputs.
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     card = model_card.build(
         task=task, split=split, validation=validation, test=test, heads=heads_info,
         finetune=finetune_info, parameters=int(export_model.count_params()),
-        timing=timing, augmentation=args.augment, parity=differences, parity_images=len(val_paths),
+        timing=timing, augmentation=args.augment, parity=differences, parity_images=len(parity_paths),
         interface=onnx_interface(onnx_path), model_bytes=onnx_path.stat().st_size,
         data_root=root, calibration=calibration, curves=curves, mura=uses_mura(task, root),
     )

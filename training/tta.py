@@ -42,7 +42,7 @@ import numpy as np
 from training import card as model_card
 from training.calibration import fit_temperature, logits_of_calibrated, temperature_report
 from training.evaluate import binary_targets, outputs_for, records_from_split_csv, score_outputs
-from training.export import MAX_MODEL_BYTES, PARITY_TOLERANCE
+from training.export import MAX_MODEL_BYTES, PARITY_TOLERANCE, parity_sample
 from training.features import FLIP_AXES, TRANSPOSE, VIEWS, apply_view, load_image, undo_view, view_parts
 from training.inference import run_onnx
 from training.model_plots import write_plots
@@ -59,7 +59,6 @@ TASK_VIEWS: dict[str, tuple[str, ...]] = {
 }
 METADATA_KEY = "drtech.test_time_augmentation"
 CAM = "cam"
-PARITY_IMAGES = 128
 PARITY_CHUNK = 16
 # Probabilities that underflowed to 0 are clipped here before the log (as calibration.logits_of_calibrated).
 TINY = float(np.finfo(np.float32).tiny)
@@ -299,9 +298,10 @@ def apply(task: str, model_dir: Path, root: Path, version: str, command: str | N
         onnx.save(wrapped, str(candidate))
         if candidate.stat().st_size > MAX_MODEL_BYTES:
             raise ValueError(f"the wrapped model is {candidate.stat().st_size} bytes, over {MAX_MODEL_BYTES}")
-        parity = tta_parity(candidate, session, val[:PARITY_IMAGES], views, temperatures, size)
-        log.info("parity with the view-by-view computation on %d validation images: %s",
-                 min(PARITY_IMAGES, len(val)), parity)
+        checked = parity_sample(val, records_from_split_csv(model_dir / "split.csv", root, "train"))
+        parity = tta_parity(candidate, session, checked, views, temperatures, size)
+        log.info("parity with the view-by-view computation on %d real images (validation first): %s",
+                 len(checked), parity)
         # Scored by running the wrapped file itself (not from val_mean): the figures are the shipped model's.
         val_outputs = run_onnx(candidate, [r.path for r in val], outputs_for(task, val))
         validation = _validation_summary(score_outputs(task, val, val_outputs), list(card["validation_metrics"]))
@@ -336,7 +336,7 @@ def apply(task: str, model_dir: Path, root: Path, version: str, command: str | N
     card["calibration"]["heads"] = calibration
     card["calibration"]["method"] = model_card.CALIBRATION_METHOD_TTA
     card["export"]["tta_parity_max_abs_diff"] = parity
-    card["export"]["tta_parity_images"] = min(PARITY_IMAGES, len(val))
+    card["export"]["tta_parity_images"] = len(checked)
     # The model, its card and plots are replaced together, after everything was measured; if any
     # step fails the folder is put back as it was, so the command can simply be run again.
     for stale in model_dir.glob(".*.tmp"):           # left by a run that was killed mid-write

@@ -94,3 +94,14 @@ def test_the_exported_probabilities_are_the_softmax_of_the_logits_over_each_head
     assert np.abs(probabilities - apply_temperature(pooled @ kernel + bias, 1.0)).max() > 0.01
     with pytest.raises(ValueError, match="temperature must be positive"):
         build_export_model(backbone, kernel, bias, temperature=0.0)
+
+
+def test_parity_runs_on_128_real_images_validation_first_topped_up_from_training():
+    """The issue asks for at least 100 real images: a small validation split is topped up."""
+    from training.export import PARITY_IMAGES, parity_sample
+
+    assert PARITY_IMAGES >= 100
+    assert parity_sample(list(range(500)), ["t"] * 500) == list(range(128))
+    small = parity_sample(list(range(30)), [f"t{i}" for i in range(500)])
+    assert len(small) == 128 and small[:30] == list(range(30)) and small[30] == "t0"
+    assert parity_sample([1, 2], ["t"]) == [1, 2, "t"]          # a tiny dataset: every image it has

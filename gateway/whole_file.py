@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
@@ -11,7 +13,7 @@ class WholeFileResponse(FileResponse):
     server ignore the header). Starlette answers a malformed or unsatisfiable range itself, in plain
     text, outside the API's JSON error shape (API.md); these are images a browser fetches whole."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.headers["accept-ranges"] = "none"
 

@@ -243,18 +243,22 @@ def test_images_are_decoded_as_serving_decodes_them(tmp_path):
     assert (expected > 0.99).mean() < 0.1      # a ramp, not a saturated image
 
 
+def _model_beside_its_split(tmp_path, rows: str):
+    """A pneumonia model in tmp_path/model with a split.csv of `rows` (path,label,group,split lines)."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    onnx.save(build_model(2), model_dir / "model.onnx")
+    (model_dir / "split.csv").write_text("path,label,group,split\n" + rows, encoding="utf-8")
+    return model_dir / "model.onnx"
+
+
 def test_images_the_model_trained_or_validated_on_are_refused_unless_asked_for(tmp_path, capsys):
     """Scoring a model on its own training rows (e.g. the whole HAM10000 folder) is no held-out
     figure: refused by default, with the command that scores its held-out rows."""
     _kermany_test_tree(tmp_path)
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    onnx.save(build_model(2), model_dir / "model.onnx")
-    (model_dir / "split.csv").write_text(
-        "path,label,group,split\n"
-        "chest_xray/test/NORMAL/IM-0000-0001.jpeg,NORMAL,IM-0000,train\n"
-        "chest_xray/test/NORMAL/IM-0001-0001.jpeg,NORMAL,IM-0001,test\n", encoding="utf-8")
-    args = ["--task", "pneumonia", "--data", str(tmp_path), "--model", str(model_dir / "model.onnx")]
+    model = _model_beside_its_split(tmp_path, "chest_xray/test/NORMAL/IM-0000-0001.jpeg,NORMAL,IM-0000,train\n"
+                                              "chest_xray/test/NORMAL/IM-0001-0001.jpeg,NORMAL,IM-0001,test\n")
+    args = ["--task", "pneumonia", "--data", str(tmp_path), "--model", str(model)]
 
     assert main(args) == 2
     error = capsys.readouterr().err
@@ -266,14 +270,10 @@ def test_images_the_model_trained_or_validated_on_are_refused_unless_asked_for(t
 def test_images_of_a_patient_the_model_learned_from_are_scored_with_a_warning(tmp_path, capsys):
     """Another image of a training patient is not the same image, but the figure may be optimistic."""
     _kermany_test_tree(tmp_path)
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    onnx.save(build_model(2), model_dir / "model.onnx")
-    (model_dir / "split.csv").write_text(
-        "path,label,group,split\n"
-        "chest_xray/train/PNEUMONIA/person1_bacteria_9.jpeg,PNEUMONIA,person1,train\n", encoding="utf-8")
+    model = _model_beside_its_split(tmp_path,
+                                    "chest_xray/train/PNEUMONIA/person1_bacteria_9.jpeg,PNEUMONIA,person1,train\n")
 
-    assert main(["--task", "pneumonia", "--data", str(tmp_path), "--model", str(model_dir / "model.onnx")]) == 0
+    assert main(["--task", "pneumonia", "--data", str(tmp_path), "--model", str(model)]) == 0
     captured = capsys.readouterr()
     assert "warning: 1 of these 8 images belong to 1 patients or lesions" in captured.err
     assert "'person1'" in captured.err

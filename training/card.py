@@ -350,7 +350,8 @@ def _markdown(card: dict[str, Any]) -> str:
         f"- Augmentation: {card['training']['augmentation']}",
         f"- Time: {card['training']['seconds']} s on {card['training']['machine']} "
         f"({card['training']['note']})",
-        f"- Export parity (Keras vs ONNX Runtime, {card['export']['parity_images']} real images, validation first): "
+        f"- Export parity (Keras vs ONNX Runtime, {card['export']['parity_images']} real images, "
+        "validation first): "
         f"{json.dumps(card['export']['onnx_keras_parity_max_abs_diff'])}",
     ]
     if "tta_parity_max_abs_diff" in card["export"]:

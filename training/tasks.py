@@ -75,8 +75,8 @@ def load_split(task: str, data_root: Path) -> list[SplitRecord]:
     valid split -> test), else the knee KL data.
     """
     if task == "pneumonia":
-        return train_val_test_split(
-            _with_every_label(datasets.read_kermany(data_root, "train"), datasets.KERMANY_LABELS, "Kermany train"))
+        kermany = datasets.read_kermany(data_root, "train")
+        return train_val_test_split(_with_every_label(kermany, datasets.KERMANY_LABELS, "Kermany train"))
     if task == "skin":
         return train_val_test_split(
             _with_every_label(datasets.read_ham10000(data_root), datasets.HAM10000_LABELS, "HAM10000"))
@@ -94,7 +94,8 @@ def load_split(task: str, data_root: Path) -> list[SplitRecord]:
     raise ValueError(f"unknown task {task!r}; expected one of {sorted(SPECS)}")
 
 
-def _with_every_label(records: list[datasets.Record], labels: Sequence[str], what: str) -> list[datasets.Record]:
+def _with_every_label(records: list[datasets.Record], labels: Sequence[str],
+                      what: str) -> list[datasets.Record]:
     """The records, when every class has images to train on: an empty class folder is an incomplete
     download, and a model trained without a class would still print figures."""
     missing = [label for label in labels if not any(r.label == label for r in records)]

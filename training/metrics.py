@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
+from training.calibration import expected_calibration_error
+
 BOOTSTRAP_ROUNDS = 1000
 BOOTSTRAP_SEED = 7
 
@@ -24,6 +26,18 @@ def _binary(y: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 def _auc(y: np.ndarray, score: np.ndarray) -> float:
     return float(skm.roc_auc_score(y, score)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def nll(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class (probabilities clipped at 1e-12, so one
+    confident mistake costs 27.6, not infinity)."""
+    return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0)).mean())
+
+
+def calibration_metrics() -> dict[str, Metric]:
+    """`ece`: expected calibration error over 15 equal-width bins of the top-class probability (the
+    decision as served); `nll`: mean negative log-likelihood. Lower is better for both."""
+    return {"ece": lambda y, p: expected_calibration_error(p, y), "nll": nll}
 
 
 def binary_metrics() -> dict[str, Metric]:
@@ -46,6 +60,7 @@ def binary_metrics() -> dict[str, Metric]:
         "specificity": specificity,
         "f1": lambda y, p: float(skm.f1_score(y, _binary(y, p), pos_label=1, zero_division=np.nan)),
         "kappa": lambda y, p: float(skm.cohen_kappa_score(y, _binary(y, p))),
+        **calibration_metrics(),
     }
 
 
@@ -75,6 +90,7 @@ def multiclass_metrics(labels: Sequence[str], sensitivity_of: str | None = None)
         "macro_f1": lambda y, p: float(skm.f1_score(y, p.argmax(1), labels=np.union1d(y, p.argmax(1)),
                                                      average="macro", zero_division=0)),
     }
+    result.update(calibration_metrics())
     if sensitivity_of is not None:
         index = list(labels).index(sensitivity_of)
         result[f"{sensitivity_of}_sensitivity"] = lambda y, p: float(

@@ -38,6 +38,7 @@ def test_pneumonia_evaluation_prints_one_json_object_last(tmp_path, capsys):
     for key in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "f1"):
         assert 0.0 <= result[key] <= 1.0
     assert -1.0 <= result["kappa"] <= 1.0
+    assert 0.0 <= result["ece"] <= 1.0 and result["nll"] >= 0.0
     assert np.array(result["confusion_matrix"]).sum() == 8
 
 
@@ -113,7 +114,7 @@ def test_multiclass_metrics_and_intervals_cover_the_value():
 
     result = with_intervals(metrics, y, p, [str(i) for i in range(300)], rounds=100)
 
-    assert set(result) == {"accuracy", "balanced_accuracy", "auc", "macro_f1", "c_sensitivity"}
+    assert set(result) == {"accuracy", "balanced_accuracy", "auc", "macro_f1", "ece", "nll", "c_sensitivity"}
     for value in result.values():
         assert value["ci95_low"] <= value["value"] <= value["ci95_high"]
     assert 0.6 < result["auc"]["value"] < 1.0
@@ -302,3 +303,25 @@ def test_seen_images_are_recognised_however_the_data_root_is_given(tmp_path, cap
         code = main(["--task", "pneumonia", "--data", str(data), "--model", str(model_dir / "model.onnx")])
         assert code == 2, data
         assert "1 of these 8 images trained or validated" in capsys.readouterr().err
+
+
+def test_ece_is_the_gap_between_confidence_and_accuracy_over_15_bins_and_nll_the_mean_log_loss():
+    # 10 answers at 0.95 confidence of which 5 are right: one bin, gap 0.45.
+    y = np.array([1] * 5 + [0] * 5)
+    p = np.tile([0.05, 0.95], (10, 1))
+
+    result = point_values(binary_metrics(), y, p)
+
+    assert result["ece"] == pytest.approx(0.45)
+    assert result["nll"] == pytest.approx(-(5 * np.log(0.95) + 5 * np.log(0.05)) / 10, abs=1e-4)   # rounded to 4 places
+
+
+def test_a_calibrated_model_has_a_small_ece_and_a_certain_wrong_answer_a_finite_nll():
+    rng = np.random.default_rng(1)
+    confidence = rng.uniform(0.5, 1.0, 20000)
+    y = (rng.uniform(size=20000) < confidence).astype(int)     # right exactly as often as it says
+    p = np.stack([1 - confidence, confidence], axis=1)
+    assert point_values(binary_metrics(), y, p)["ece"] < 0.02
+
+    wrong = point_values(binary_metrics(), np.array([0]), np.array([[0.0, 1.0]]))
+    assert wrong["nll"] == pytest.approx(-np.log(1e-12), abs=1e-4) and wrong["ece"] == pytest.approx(1.0)

@@ -59,6 +59,7 @@ class Augmentation:
     zoom: float             # +- fraction
     shift: float            # +- fraction of width and height
     source: str             # what the original did and why ours differs, if it does
+    acquisition: bool = False   # training.augment.RandomAcquisition: exposure, contrast, blur, noise, resolution
 
 
 # The original's augmentations, read from its notebooks, adjusted where anatomy says otherwise.
@@ -72,9 +73,11 @@ AUGMENTATIONS: dict[str, Augmentation] = {
         "original (MURA MobileNet): flips and small rotations; ours: left/right flip (left and right "
         "knees are mirror images), rotation 10 deg, zoom 0.1, shift 0.05"),
     "pneumonia": Augmentation(
-        None, 10 / 360, 0.1, 0.05,
-        "original (Kermany kernel): zoom 0.3 and vertical flips; ours: rotation 10 deg, zoom 0.1, "
-        "shift 0.05 and no flips (a flipped chest film puts the heart on the wrong side)"),
+        None, 10 / 360, 0.15, 0.05,
+        "original (Kermany kernel): zoom 0.3 and vertical flips; ours: rotation 10 deg, zoom 0.15, "
+        "shift 0.05 and no flips (a flipped chest film puts the heart on the wrong side), and what "
+        "differs between acquisitions (gamma, contrast, brightness, blur, resolution, noise)",
+        acquisition=True),
 }
 
 
@@ -176,11 +179,13 @@ def build_trainer(model, augmentation: Augmentation, input_size: tuple[int, int]
     """
     import keras
 
-    from training.augment import RandomAffine
+    from training.augment import RandomAcquisition, RandomAffine
 
     width, height = input_size
     inputs = keras.Input((height, width, 3), dtype="uint8", name="pixels")
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
+    if augmentation.acquisition:
+        x = RandomAcquisition(seed=seed + 2, name="acquisition")(x)
     if augmentation.flip:
         x = keras.layers.RandomFlip(augmentation.flip, seed=seed, name="flip")(x)
     if augmentation.rotation or augmentation.zoom or augmentation.shift:

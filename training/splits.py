@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,6 +74,44 @@ def train_val_split_with_given_test(
     split += [SplitRecord(r, "test") for r in test_records]
     assert_no_group_leakage(split)
     return split
+
+
+def id_range_split(records: Sequence[Record], held_fraction: float = 0.15, test_twentieths: int = 3,
+                   seed: int = SEED) -> list[SplitRecord]:
+    """A validation split that stresses shift: the lowest patient ids of each naming family, not a
+    random sample of patients.
+
+    Ids are numbered in the order the images were collected, so a contiguous range of the earliest
+    patients of each family (Kermany: `IM-`, `NORMAL2-IM-`, `person`) is an acquisition period the
+    model never trained on: held out as "val" (at least `held_fraction` of each family's images,
+    whole patients). The other patients are split at random by patient and label into "test"
+    (`test_twentieths` of all images: the in-distribution figures) and "train". Kermany's own test
+    folder holds normal patients numbered below every one in its train folder, so this validation is
+    the nearest the train folder comes to it.
+    """
+    families: dict[str, list[tuple[int, str]]] = {}
+    images_of: Counter[str] = Counter(r.group for r in records)
+    for group in images_of:
+        match = re.fullmatch(r"(.*?)(\d+)", group)
+        if match is None:
+            raise ValueError(f"group {group!r} has no trailing number to order it by")
+        families.setdefault(match.group(1), []).append((int(match.group(2)), group))
+    held: set[str] = set()
+    for members in families.values():
+        total, taken = sum(images_of[g] for _, g in members), 0
+        for _, group in sorted(members):
+            if taken >= held_fraction * total:
+                break
+            held.add(group)
+            taken += images_of[group]
+    rest = [r for r in records if r.group not in held]
+    # The rest: twentieths of the whole dataset, so `test_twentieths` keeps its meaning.
+    rest_folds = round(_FOLDS * len(rest) / len(records))
+    fold_of = _fold_of_each(rest, rest_folds, seed)
+    result = [SplitRecord(r, "val") for r in records if r.group in held]
+    result += [SplitRecord(r, "test" if f < test_twentieths else "train") for r, f in zip(rest, fold_of, strict=True)]
+    assert_no_group_leakage(result)
+    return result
 
 
 def assert_no_group_leakage(split: Sequence[SplitRecord]) -> None:

@@ -11,7 +11,7 @@ from services.core.spec import TaskSpec
 from services.pneumonia.spec import SPEC as PNEUMONIA
 from services.skin.spec import SPEC as SKIN
 from training import datasets, mura
-from training.splits import SplitRecord, train_val_split_with_given_test, train_val_test_split
+from training.splits import SplitRecord, id_range_split, train_val_split_with_given_test, train_val_test_split
 
 SPECS: dict[str, TaskSpec] = {"bone": BONE, "skin": SKIN, "pneumonia": PNEUMONIA}
 
@@ -28,8 +28,11 @@ TASK_DATA = {
         source="Kermany pediatric chest X-rays, original train split (Guangzhou Women and Children's "
         "Medical Center), Mendeley Data doi:10.17632/rscbjbr9sj.2",
         licence="CC BY 4.0 (Kermany, Zhang, Goldbaum 2018)",
-        split_method="StratifiedGroupKFold(20 folds, shuffled, seeded) by patient id from the file name: "
-        "14 folds train / 3 val / 3 test (~70/15/15) of the Kermany train folder",
+        split_method="held-out patient-id ranges for validation (training.splits.id_range_split): the lowest "
+        "patient ids of each file-name family (IM-, NORMAL2-IM-, person), at least 15% of each family's images, "
+        "an acquisition period never trained on (Kermany's own test folder holds lower normal ids still); the "
+        "other patients split by StratifiedGroupKFold (shuffled, seeded) into test (3/20 of all images: the "
+        "in-distribution figures) and train, all in the Kermany train folder",
     ),
     "skin": TaskData(
         source="HAM10000 dermatoscopic images (downsized 3x to 200x150), Harvard Dataverse doi:10.7910/DVN/DBW86T",
@@ -76,7 +79,7 @@ def load_split(task: str, data_root: Path) -> list[SplitRecord]:
     """
     if task == "pneumonia":
         kermany = datasets.read_kermany(data_root, "train")
-        return train_val_test_split(_with_every_label(kermany, datasets.KERMANY_LABELS, "Kermany train"))
+        return id_range_split(_with_every_label(kermany, datasets.KERMANY_LABELS, "Kermany train"))
     if task == "skin":
         return train_val_test_split(
             _with_every_label(datasets.read_ham10000(data_root), datasets.HAM10000_LABELS, "HAM10000"))

@@ -14,7 +14,7 @@ keras = pytest.importorskip("keras")
 from keras import ops  # noqa: E402
 
 from training import finetune  # noqa: E402
-from training.augment import RandomAffine, affine_sample  # noqa: E402
+from training.augment import RandomAcquisition, RandomAffine, affine_sample  # noqa: E402
 
 
 def _transforms(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -77,3 +77,25 @@ def test_the_trainer_resamples_once_not_through_kerass_per_image_layers():
     kinds = [type(layer).__name__ for layer in trainer.layers]
     assert kinds.count("RandomAffine") == 1
     assert not {"RandomRotation", "RandomZoom", "RandomTranslation"} & set(kinds)
+
+
+def test_acquisition_changes_exposure_per_image_in_training_only_and_keeps_a_grey_image_grey():
+    grey = np.random.default_rng(3).uniform(-1, 1, (6, 32, 40, 1)).astype("float32")
+    images = np.repeat(grey, 3, axis=3)
+    layer = RandomAcquisition(seed=5)
+
+    assert np.array_equal(ops.convert_to_numpy(layer(images, training=False)), images)
+    out = ops.convert_to_numpy(layer(images, training=True))
+    assert out.shape == images.shape and out.min() >= -1.0 and out.max() <= 1.0
+    np.testing.assert_allclose(out[..., 0], out[..., 2], atol=1e-5)            # noise is the same in every channel
+    means = out.mean(axis=(1, 2, 3))
+    assert np.ptp(means) > 0.02                                                  # each image its own exposure
+    assert not np.allclose(out, images, atol=0.05)
+
+
+def test_pneumonia_trains_with_acquisition_augmentation_and_the_trainer_applies_it():
+    assert finetune.AUGMENTATIONS["pneumonia"].acquisition
+    assert not finetune.AUGMENTATIONS["skin"].acquisition
+    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.GlobalAveragePooling2D()])
+    trainer = finetune.build_trainer(model, finetune.AUGMENTATIONS["pneumonia"], (16, 16))
+    assert "acquisition" in [layer.name for layer in trainer.layers]

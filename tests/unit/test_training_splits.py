@@ -10,7 +10,7 @@ import pytest
 
 from training.datasets import Record
 from training.splits import (
-    SplitRecord, assert_no_group_leakage, assert_trained_on_split, read_split_csv, train_val_split_with_given_test, train_val_test_split,
+    SplitRecord, assert_no_group_leakage, assert_trained_on_split, id_range_split, read_split_csv, train_val_split_with_given_test, train_val_test_split,
     write_split_csv,
 )
 
@@ -172,3 +172,40 @@ def test_a_backbone_is_scored_only_on_the_split_it_was_trained_on(tmp_path):
     (run / "split.csv").unlink()
     with pytest.raises(FileNotFoundError, match="split cannot be checked"):
         assert_trained_on_split(run / "split.csv", split, root)
+
+
+def _kermany_like(root: Path = Path("/data")) -> list[Record]:
+    """Three file-name families numbered independently, 1-2 images a patient, as Kermany's train folder."""
+    records = []
+    for family, label, n in (("IM-", "NORMAL", 120), ("NORMAL2-IM-", "NORMAL", 150), ("person", "PNEUMONIA", 400)):
+        for number in range(100, 100 + n):
+            for image in range(1 + number % 2):
+                records.append(Record(root / f"{family}{number:04d}-{image}.jpeg", label, f"{family}{number:04d}"))
+    return records
+
+
+def test_the_shift_validation_holds_out_the_lowest_patient_ids_of_each_family_without_leakage():
+    records = _kermany_like()
+
+    split = id_range_split(records)
+
+    assert_no_group_leakage(split)
+    assert len(split) == len(records)
+    for family in ("IM-", "NORMAL2-IM-", "person"):
+        mine = [s for s in split if s.record.group.startswith(family) and not
+                (family == "IM-" and s.record.group.startswith("NORMAL2"))]
+        number = {s.record.group: int(s.record.group[len(family):]) for s in mine}
+        held = [number[s.record.group] for s in mine if s.split == "val"]
+        kept = [number[s.record.group] for s in mine if s.split != "val"]
+        assert max(held) < min(kept)                                  # a contiguous lowest range
+        assert 0.15 <= len(held) / len(mine) < 0.20                   # at least 15% of the family's images
+    sizes = Counter(s.split for s in split)
+    assert sizes["test"] / len(records) == pytest.approx(0.15, abs=0.03)
+
+
+def test_the_shift_split_is_reproducible_and_refuses_an_unnumbered_group():
+    records = _kermany_like()
+    assert id_range_split(records) == id_range_split(records)
+    assert id_range_split(records) != id_range_split(records, seed=1)
+    with pytest.raises(ValueError, match="no trailing number"):
+        id_range_split([*records, Record(Path("/data/x.jpeg"), "NORMAL", "anonymous")])

@@ -7,8 +7,12 @@ Rules (all text fields are stripped of surrounding whitespace first; control cha
 
 - ``email``: required, at most 254 characters, a syntactically valid address (``email-validator``, no DNS
   look-up). Stored normalised: the whole address lower-cased, so look-ups are case-insensitive.
-- ``password``: required, 8 to 128 characters, at least one letter and at least one digit, not one
-  character repeated. Passwords are never stripped: spaces are allowed and significant.
+- ``password`` (sign-up and password change; OWASP ASVS 5.0 V6.2): required, 12 to 128 characters of
+  any kind (no composition rules, ASVS 6.2.5), not one character repeated, not on the common-password
+  list (:func:`is_common_password`), and not containing this site's name or the account's email
+  address (context-specific words, ASVS 6.2.11). Passwords are never stripped or case-folded: spaces
+  are allowed and significant. Log-in does not apply these rules, so accounts made under an older
+  policy keep working.
 - ``first_name``, ``surname``: required, at most 100 characters.
 - ``address1``, ``address2``: optional, at most 200 characters each.
 - ``city``, ``state``: optional, at most 100 characters each.
@@ -21,7 +25,9 @@ Rules (all text fields are stripped of surrounding whitespace first; control cha
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+import string
 import unicodedata
 from collections.abc import Mapping
 from datetime import date
@@ -29,7 +35,7 @@ from datetime import date
 from email_validator import EmailNotValidError, validate_email
 
 EMAIL_MAX_LENGTH = 254
-PASSWORD_MIN_LENGTH = 8
+PASSWORD_MIN_LENGTH = 12
 PASSWORD_MAX_LENGTH = 128
 NAME_MAX_LENGTH = 100
 ADDRESS_MAX_LENGTH = 200
@@ -37,6 +43,11 @@ PLACE_MAX_LENGTH = 100
 ZIP_PATTERN = re.compile(r"^\d{5}(-\d{4})?$")
 GENDERS: tuple[str, ...] = ("female", "male", "other", "prefer_not_to_say")
 MAX_AGE_YEARS = 130
+# Context-specific words (ASVS 6.2.11) no password may contain, lower-case; the account's own email
+# address (and its local part, when 4 characters or more) are added per account.
+SITE_WORDS: tuple[str, ...] = ("drtech", "dr.tech", "dr tech", "dr-tech")
+# Characters a common password is most often padded with ("password2024!", "!!qwerty123").
+_PADDING = string.digits + string.punctuation + " "
 
 SIGN_UP_FIELDS: tuple[str, ...] = (
     "email",
@@ -111,20 +122,57 @@ def email_problem(email: str) -> str | None:
     return None
 
 
-def password_problem(password: str) -> str | None:
-    """The message for a password that breaks the policy, or None when it is acceptable."""
+@functools.cache
+def common_passwords() -> frozenset[str]:
+    """The common-password list: the 30,000 most frequent passwords that zxcvbn ships
+    (``zxcvbn.frequency_lists``, drawn from leaked password corpora), lower-case. Loaded on first use."""
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS  # a 30k-entry module: imported only when needed
+
+    return frozenset(FREQUENCY_LISTS["passwords"])
+
+
+def is_common_password(password: str) -> bool:
+    """True when ``password``, compared without regard to case, is on the common-password list, or is
+    a listed password of 4 or more characters with only digits, punctuation or spaces added before or
+    after it ("qwerty123456", "Sunshine2024!"): the first variations a guessing attacker tries, and
+    what lets a list of mostly short passwords still catch long weak ones."""
+    lowered = password.lower()
+    listed = common_passwords()
+    if lowered in listed:
+        return True
+    core = lowered.strip(_PADDING)
+    return len(core) >= 4 and core != lowered and core in listed
+
+
+def _context_words(email: str) -> list[str]:
+    words = list(SITE_WORDS)
+    email = email.strip().lower()
+    if email:
+        words.append(email)
+        local = email.partition("@")[0]
+        if len(local) >= 4:
+            words.append(local)
+    return words
+
+
+def password_problem(password: str, email: str = "") -> str | None:
+    """The message for a password that breaks the policy, or None when it is acceptable. ``email`` is
+    the account's address, which the password must not contain."""
     if not password:
         return "Password is required."
     if len(password) < PASSWORD_MIN_LENGTH:
         return f"Password must be at least {PASSWORD_MIN_LENGTH} characters."
     if len(password) > PASSWORD_MAX_LENGTH:
         return f"Password must be at most {PASSWORD_MAX_LENGTH} characters."
-    if len(set(password)) == 1:
-        return "Password must not be one character repeated."
-    if not any(ch.isalpha() for ch in password) or not any(ch.isdigit() for ch in password):
-        return "Password must contain at least one letter and one digit."
     if _has_control_characters(password):
         return "Password must not contain control characters."
+    if len(set(password)) == 1:
+        return "Password must not be one character repeated."
+    if is_common_password(password):
+        return "This password is too common: it is on a list of often-used and breached passwords."
+    lowered = password.lower()
+    if any(word in lowered for word in _context_words(email)):
+        return "Password must not contain your email address or this site's name."
     return None
 
 
@@ -175,6 +223,13 @@ def _years_before(day: date, years: int) -> date:
         return day.replace(year=day.year - years, day=28)
 
 
+def validate_new_password(password: str, email: str, field: str = "new_password") -> None:
+    """Raise ValidationError naming ``field`` when ``password`` may not become ``email``'s password."""
+    problem = password_problem(password, email)
+    if problem is not None:
+        raise ValidationError({field: problem})
+
+
 def validate_sign_up(fields: Mapping[str, str | None], today: date | None = None) -> SignUpForm:
     """Check a sign-up against every rule; return it normalised or raise ValidationError with all problems."""
     today = today or date.today()
@@ -186,7 +241,7 @@ def validate_sign_up(fields: Mapping[str, str | None], today: date | None = None
     password = fields.get("password") or ""
     problems: dict[str, str | None] = {
         "email": email_problem(text("email")),
-        "password": password_problem(password),
+        "password": password_problem(password, text("email")),
         "first_name": _text_problem(
             "First name", text("first_name"), required=True, max_length=NAME_MAX_LENGTH
         ),

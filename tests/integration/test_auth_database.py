@@ -192,3 +192,47 @@ def test_replicas_starting_together_migrate_one_after_the_other(engine: Engine) 
             failures.append(error_lines[-1] if error_lines else stderr[-300:])
     assert failures == []
     assert current_revision(engine) == head_revision()
+
+
+def test_sessions_made_before_0004_count_as_last_used_when_they_were_created(engine: Engine) -> None:
+    """The idle timeout needs every session's last use: a session from before it counts as used at
+    its start, so one idle past the timeout is over at once instead of living on."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from alembic import command
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from services.auth.models import AuthSession, User
+
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0003")
+    created = datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
+    users = sa_table("users", "id", "email", "password_hash", "first_name", "surname", "address1",
+                     "address2", "city", "state", "zip", "gender", "created_at")
+    sessions = sa_table("sessions", "id", "user_id", "token_hash", "created_at", "expires_at")
+    user_id = uuid.uuid4()
+    with engine.begin() as connection:  # the 0003 schema has no last_used_at: core inserts, not the model
+        connection.execute(users.insert().values(
+            id=user_id, email="old@example.com", password_hash="x", first_name="O", surname="S",
+            address1="", address2="", city="", state="", zip="", gender="", created_at=created))
+        connection.execute(sessions.insert().values(
+            id=uuid.uuid4(), user_id=user_id, token_hash="0" * 64, created_at=created,
+            expires_at=created + timedelta(hours=12)))
+    migrate(engine)
+    with Session(engine) as session:
+        assert session.scalars(select(AuthSession.last_used_at)).all() == [created]
+        assert session.scalar(select(User.email)) == "old@example.com"
+
+
+def sa_table(name: str, *columns: str):  # type: ignore[no-untyped-def]
+    """A bare table for inserts against an older schema (types from the current model's columns)."""
+    from sqlalchemy import column, table
+
+    from services.auth.models import Base
+
+    model = Base.metadata.tables[name]
+    return table(name, *(column(c, model.c[c].type) for c in columns))

@@ -25,6 +25,7 @@ from services.auth.errors import (
     SignUpsThrottled,
     Throttled,
     UserNotFound,
+    WrongPassword,
 )
 from services.auth.models import AuthSession, LoginFailure, SignUp, User, utc_now
 from services.auth.validation import (
@@ -32,12 +33,18 @@ from services.auth.validation import (
     PASSWORD_MAX_LENGTH,
     ValidationError,
     normalize_email,
+    validate_new_password,
     validate_sign_up,
 )
 
 log = logging.getLogger(__name__)
 
 CLIENT_IP_MAX_LENGTH = 64
+# A session's last use is written at most once per this share of the idle timeout (and at least once
+# a minute), not on every call: a session may end up to that much before its full idle time (never
+# after it), and a busy session costs one small UPDATE a minute instead of one per request.
+TOUCH_SHARE_OF_IDLE = 30
+TOUCH_AT_LEAST_EVERY = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,17 @@ class LoggedIn:
 
 # RFC 6052's well-known NAT64 prefix: the IPv4 client is the address's last 32 bits.
 _NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _clean_ip(client_ip: str) -> str:
+    return throttle_key_of_ip(client_ip.replace("\x00", "").strip())[:CLIENT_IP_MAX_LENGTH]
+
+
+def _words(duration: timedelta) -> str:
+    """'30 minutes', '1 minute', '45 seconds': a duration as a message says it."""
+    seconds = duration.total_seconds()
+    amount, unit = (seconds / 60, "minute") if seconds >= 60 else (seconds, "second")
+    return f"{amount:.3g} {unit}" + ("" if amount == 1 else "s")
 
 
 def throttle_key_of_ip(address: str) -> str:
@@ -88,17 +106,20 @@ class Accounts:
         passwords: Passwords,
         session_ttl: timedelta,
         throttle: ThrottlePolicy,
+        session_idle: timedelta = timedelta(minutes=30),
     ) -> None:
         self._sessions = session_factory
         self._passwords = passwords
         self._session_ttl = session_ttl
+        self._session_idle = session_idle
+        self._touch_every = min(TOUCH_AT_LEAST_EVERY, session_idle / TOUCH_SHARE_OF_IDLE)
         self._throttle = throttle
 
     def sign_up(self, fields: dict[str, str], client_ip: str = "") -> User:
         """Create an account. Raises ValidationError (per-field messages), EmailTaken, or
         SignUpsThrottled when `client_ip` created max_sign_ups_per_ip accounts within the window."""
         form = validate_sign_up(fields)
-        client_ip = throttle_key_of_ip(client_ip.replace("\x00", "").strip())[:CLIENT_IP_MAX_LENGTH]
+        client_ip = _clean_ip(client_ip)
         now = utc_now()
         with self._sessions.begin() as db:
             if client_ip:
@@ -136,21 +157,9 @@ class Accounts:
         # PostgreSQL text cannot hold NUL: such an email is no account's (sign-up refuses control
         # characters), so it becomes one that cannot match, and is throttled like any other.
         email = normalize_email(email).replace("\x00", "\ufffd")[:EMAIL_MAX_LENGTH]
-        client_ip = throttle_key_of_ip(client_ip.replace("\x00", "").strip())[:CLIENT_IP_MAX_LENGTH]
+        client_ip = _clean_ip(client_ip)
         now = utc_now()
-        # The attempt is written (as a failure, until it succeeds) before the throttle is checked,
-        # so parallel guesses see each other: of N at once, at most the limit get to try a password.
-        attempt = LoginFailure(email=email, client_ip=client_ip, created_at=now)
-        with self._sessions.begin() as db:
-            db.add(attempt)
-            db.flush()
-            attempt_id = attempt.id
-        try:
-            self._check_throttle(email, client_ip, now, attempt_id)
-        except Throttled:
-            with self._sessions.begin() as db:
-                db.execute(delete(LoginFailure).where(LoginFailure.id == attempt_id))
-            raise
+        attempt_id = self._start_attempt(email, client_ip, now)
 
         with self._sessions.begin() as db:
             user = db.scalar(select(User).where(User.email == email))
@@ -164,15 +173,10 @@ class Accounts:
             else:
                 matches = self._passwords.verify(user.password_hash, password)
         except Busy:
-            # No password was tried: this attempt is no failure.
-            with self._sessions.begin() as db:
-                db.execute(delete(LoginFailure).where(LoginFailure.id == attempt_id))
+            self._forget_attempt(attempt_id)   # no password was tried: this attempt is no failure
             raise
         if user is None or not matches:
-            with self._sessions.begin() as db:
-                # The attempt's row stays: it is this failure. Failures older than the window no
-                # longer count; drop them so the table stays small.
-                db.execute(delete(LoginFailure).where(LoginFailure.created_at < now - self._throttle.window))
+            self._keep_failure(now)
             raise BadCredentials()
 
         new_hash = None
@@ -191,15 +195,49 @@ class Accounts:
             db.execute(
                 delete(AuthSession).where(
                     AuthSession.user_id == user.id,
-                    or_(AuthSession.expires_at <= now, AuthSession.revoked_at.is_not(None)),
+                    or_(
+                        AuthSession.expires_at <= now,
+                        AuthSession.last_used_at <= now - self._session_idle,
+                        AuthSession.revoked_at.is_not(None),
+                    ),
                 )
             )
             db.add(
                 AuthSession(
-                    user_id=user.id, token_hash=token_hash(token), created_at=now, expires_at=expires_at
+                    user_id=user.id,
+                    token_hash=token_hash(token),
+                    created_at=now,
+                    expires_at=expires_at,
+                    last_used_at=now,
                 )
             )
         return LoggedIn(access_token=token, expires_at=expires_at, user=user)
+
+    def _start_attempt(self, email: str, client_ip: str, now: datetime) -> int:
+        """Record a password attempt against ``email`` (as a failure, until it succeeds), then check
+        the throttle; raises Throttled (the attempt forgotten). Written before the check, so parallel
+        guesses see each other: of N at once, at most the limit get to try a password."""
+        attempt = LoginFailure(email=email, client_ip=client_ip, created_at=now)
+        with self._sessions.begin() as db:
+            db.add(attempt)
+            db.flush()
+            attempt_id = attempt.id
+        try:
+            self._check_throttle(email, client_ip, now, attempt_id)
+        except Throttled:
+            self._forget_attempt(attempt_id)
+            raise
+        return attempt_id
+
+    def _forget_attempt(self, attempt_id: int) -> None:
+        with self._sessions.begin() as db:
+            db.execute(delete(LoginFailure).where(LoginFailure.id == attempt_id))
+
+    def _keep_failure(self, now: datetime) -> None:
+        """The attempt's row stays: it is this failure. Failures older than the window no longer
+        count; drop them so the table stays small."""
+        with self._sessions.begin() as db:
+            db.execute(delete(LoginFailure).where(LoginFailure.created_at < now - self._throttle.window))
 
     def _check_sign_ups(self, db: Session, client_ip: str, now: datetime) -> None:
         limit = self._throttle.max_sign_ups_per_ip
@@ -237,10 +275,12 @@ class Accounts:
                     # Blocked until the oldest of the `limit` most recent failures leaves the window.
                     raise Throttled(retry_after_s=(recent[-1] + self._throttle.window - now).total_seconds())
 
-    def authenticate(self, access_token: str) -> User:
-        """The user a live token belongs to. Raises InvalidToken."""
+    def _live_session(self, access_token: str) -> tuple[AuthSession, User, datetime]:
+        """The session a token names and its user, with the time of the check. Raises InvalidToken
+        when the token is missing, unknown, revoked, past its lifetime or idle for too long."""
         if not access_token:
             raise InvalidToken("Access token is missing.")
+        now = utc_now()
         with self._sessions.begin() as db:
             row = db.execute(
                 select(AuthSession, User)
@@ -249,9 +289,81 @@ class Accounts:
             ).one_or_none()
         if row is None or row.AuthSession.revoked_at is not None:
             raise InvalidToken("Access token is invalid or has been revoked.")
-        if row.AuthSession.expires_at <= utc_now():
+        if row.AuthSession.expires_at <= now:
             raise InvalidToken("Session has expired; log in again.")
-        return row.User
+        if row.AuthSession.last_used_at + self._session_idle <= now:
+            raise InvalidToken(f"Session ended after {_words(self._session_idle)} without use; log in again.")
+        return row.AuthSession, row.User, now
+
+    def authenticate(self, access_token: str) -> User:
+        """The user a live token belongs to, keeping the session alive. Raises InvalidToken."""
+        session, user, now = self._live_session(access_token)
+        if now - session.last_used_at >= self._touch_every:
+            # Its own short transaction (a read that turns into a write can fail at once on SQLite);
+            # the condition makes concurrent calls of one session write once.
+            with self._sessions.begin() as db:
+                db.execute(
+                    update(AuthSession)
+                    .where(AuthSession.id == session.id, AuthSession.last_used_at < now - self._touch_every)
+                    .values(last_used_at=now)
+                )
+        return user
+
+    def change_password(
+        self, access_token: str, current_password: str, new_password: str, client_ip: str = ""
+    ) -> int:
+        """Set a new password for the token's user and end every other session of theirs (this one
+        stays); returns how many ended. Raises InvalidToken, ValidationError (``new_password``), Throttled, WrongPassword or
+        Busy. A wrong current password counts as a failed log-in for the account (the same throttle):
+        a stolen session cannot be used to guess the password faster than log-in can."""
+        session, user, now = self._live_session(access_token)
+        validate_new_password(new_password, user.email)
+        attempt_id = self._start_attempt(user.email, _clean_ip(client_ip), now)
+        try:
+            matches = len(current_password) <= PASSWORD_MAX_LENGTH and self._passwords.verify(
+                user.password_hash, current_password
+            )
+            new_hash = self._passwords.hash(new_password) if matches else ""
+        except Busy:
+            self._forget_attempt(attempt_id)
+            raise
+        if not matches:
+            self._keep_failure(now)
+            raise WrongPassword()
+        with self._sessions.begin() as db:
+            # The session may have ended (log-out elsewhere) while argon2 ran: then nothing changes.
+            still_live = db.scalar(
+                select(AuthSession.id).where(AuthSession.id == session.id, AuthSession.revoked_at.is_(None))
+            )
+            if still_live is None:
+                raise InvalidToken("Access token is invalid or has been revoked.")
+            db.execute(update(User).where(User.id == user.id).values(password_hash=new_hash))
+            ended = db.execute(
+                update(AuthSession)
+                .where(
+                    AuthSession.user_id == user.id,
+                    AuthSession.id != session.id,
+                    AuthSession.revoked_at.is_(None),
+                )
+                .values(revoked_at=utc_now())
+            ).rowcount
+            # As a log-in does: the account's failures (this attempt's row among them) are cleared.
+            db.execute(delete(LoginFailure).where(LoginFailure.email == user.email))
+        log.info("user %s changed their password; %d other sessions ended", user.id, ended)
+        return ended
+
+    def log_out_all(self, access_token: str) -> int:
+        """End every session of the token's user, this one included; returns how many were live.
+        Raises InvalidToken."""
+        _, user, _ = self._live_session(access_token)
+        with self._sessions.begin() as db:
+            ended = db.execute(
+                update(AuthSession)
+                .where(AuthSession.user_id == user.id, AuthSession.revoked_at.is_(None))
+                .values(revoked_at=utc_now())
+            ).rowcount
+        log.info("user %s logged out everywhere: %d sessions ended", user.id, ended)
+        return ended
 
     def log_out(self, access_token: str) -> None:
         """Revoke the token at once. Unknown or already revoked tokens are fine (idempotent)."""

@@ -18,6 +18,15 @@ class BadCredentials(AuthError):
         super().__init__("Incorrect email or password.")
 
 
+class WrongPassword(AuthError):
+    """The current password given to change it is not the account's (the session itself is valid)."""
+
+    field = "current_password"
+
+    def __init__(self) -> None:
+        super().__init__("The current password is incorrect.")
+
+
 class Throttled(AuthError):
     def __init__(self, retry_after_s: float, reason: str = "Too many failed log-in attempts.") -> None:
         self.retry_after_s = max(1.0, retry_after_s)

@@ -13,7 +13,15 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from sqlalchemy.exc import OperationalError
 
-from services.auth.errors import BadCredentials, Busy, EmailTaken, InvalidToken, Throttled, UserNotFound
+from services.auth.errors import (
+    BadCredentials,
+    Busy,
+    EmailTaken,
+    InvalidToken,
+    Throttled,
+    UserNotFound,
+    WrongPassword,
+)
 from services.auth.validation import ValidationError
 
 log = logging.getLogger(__name__)
@@ -33,6 +41,12 @@ def error_status(error: Exception) -> status_pb2.Status:
         return _status(code_pb2.INVALID_ARGUMENT, "Some fields are invalid.", bad_request)
     if isinstance(error, EmailTaken):
         return _status(code_pb2.ALREADY_EXISTS, str(error))
+    if isinstance(error, WrongPassword):
+        # UNAUTHENTICATED like a bad token, told apart by the field violation naming the password.
+        violation = error_details_pb2.BadRequest(
+            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=error.field, description=str(error))]
+        )
+        return _status(code_pb2.UNAUTHENTICATED, str(error), violation)
     if isinstance(error, BadCredentials | InvalidToken):
         return _status(code_pb2.UNAUTHENTICATED, str(error))
     if isinstance(error, Throttled):

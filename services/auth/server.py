@@ -124,6 +124,7 @@ def build_accounts(settings: AuthSettings, engine: Engine) -> Accounts:
             wait_s=settings.argon2_wait_s,
         ),
         session_ttl=timedelta(hours=settings.session_ttl_hours),
+        session_idle=timedelta(minutes=settings.session_idle_minutes),
         throttle=ThrottlePolicy(
             window=timedelta(minutes=settings.throttle_window_minutes),
             max_failures_per_email=settings.throttle_max_failures_per_email,

@@ -59,3 +59,16 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     def GetUser(self, request: auth_pb2.GetUserRequest, context: grpc.ServicerContext) -> auth_pb2.User:
         return user_message(self._accounts.get_user(request.id))
+
+    def ChangePassword(
+        self, request: auth_pb2.ChangePasswordRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.ChangePasswordResponse:
+        ended = self._accounts.change_password(
+            request.access_token, request.current_password, request.new_password, request.client_ip
+        )
+        return auth_pb2.ChangePasswordResponse(sessions_ended=ended)
+
+    def LogOutAll(
+        self, request: auth_pb2.LogOutAllRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.LogOutAllResponse:
+        return auth_pb2.LogOutAllResponse(sessions_ended=self._accounts.log_out_all(request.access_token))

@@ -29,7 +29,10 @@ class AuthSettings(BaseSettings):
     max_connection_age_s: float = Field(default=300.0, gt=0)
     grace_s: float = Field(default=5.0, ge=0)
 
+    # A session ends this long after log-in (absolute lifetime), or after session_idle_minutes
+    # without use (OWASP ASVS 5.0 7.3.1/7.3.2), whichever comes first. Fractions allowed.
     session_ttl_hours: float = Field(default=12.0, gt=0)
+    session_idle_minutes: float = Field(default=30.0, gt=0)
 
     # Log-in throttling: this many failures within the window blocks further tries for the email
     # (or, with the larger limit, for the client IP) until the oldest failure leaves the window.

@@ -193,7 +193,7 @@ def test_invalid_fields_come_back_as_per_field_violations(client: Client) -> Non
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     violations = field_violations(error)
     assert set(violations) == {"email", "password", "first_name", "zip", "gender", "birth_date"}
-    assert violations["password"] == "Password must be at least 8 characters."
+    assert violations["password"] == "Password must be at least 12 characters."
     assert violations["birth_date"] == "Birth date cannot be in the future."
 
 

@@ -1,4 +1,5 @@
-"""Accounts: sign-up, log-in, log-out, me; and the dependency that authenticates every other call.
+"""Accounts: sign-up, log-in, log-out (this session or all), password change, me; and the dependency
+that authenticates every other call.
 
 A caller is authenticated by `Authorization: Bearer <token>` (API clients) or by the HttpOnly
 session cookie (web UI). Cookie-authenticated requests that change state must also send the header
@@ -24,7 +25,13 @@ from gateway.context import GatewayContext, get_context
 from gateway.errors import ApiError, error_response, field_violations, invalid_fields, retry_after_s
 from gateway.serialization import iso_utc, user_json
 from protos.drtech.v1 import auth_pb2
-from services.auth.validation import EMAIL_MAX_LENGTH, PASSWORD_MAX_LENGTH, ValidationError, validate_sign_up
+from services.auth.validation import (
+    EMAIL_MAX_LENGTH,
+    PASSWORD_MAX_LENGTH,
+    ValidationError,
+    validate_new_password,
+    validate_sign_up,
+)
 
 router = APIRouter(prefix="/api/v1")
 
@@ -77,6 +84,11 @@ class SignUpBody(SignUpDraft):
 class LogInBody(BaseModel):
     email: Text
     password: Text
+
+
+class ChangePasswordBody(BaseModel):
+    current_password: Text
+    new_password: Text
 
 
 @dataclass(frozen=True)
@@ -295,6 +307,11 @@ async def log_out(request: Request, ctx: ContextDep) -> Response:
         if error.code() not in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT}:
             raise to_api_error(error, "authentication") from None
         # An already invalid token: logging out is idempotent.
+    return _without_session_cookie(ctx)
+
+
+def _without_session_cookie(ctx: GatewayContext) -> Response:
+    """A 204 that also removes the web UI's session cookie."""
     response = Response(status_code=204)
     response.delete_cookie(
         ctx.settings.cookie_name,
@@ -304,6 +321,56 @@ async def log_out(request: Request, ctx: ContextDep) -> Response:
         samesite="lax",
     )
     return response
+
+
+@router.post("/auth/logout-all", status_code=204)
+async def log_out_all(caller: CallerDep, ctx: ContextDep) -> Response:
+    """End every session of the caller's account, this one included (a lost or shared device)."""
+    try:
+        await ctx.backends.auth.LogOutAll(
+            auth_pb2.LogOutAllRequest(access_token=caller.token), timeout=ctx.settings.auth_timeout_s
+        )
+    except grpc.aio.AioRpcError as error:
+        if error.code() in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT}:
+            raise ApiError(401, BAD_TOKEN, headers={"WWW-Authenticate": "Bearer"}) from None
+        raise to_api_error(error, "authentication") from None
+    return _without_session_cookie(ctx)
+
+
+@router.post("/auth/password", status_code=204)
+async def change_password(
+    body: ChangePasswordBody, request: Request, caller: CallerDep, ctx: ContextDep
+) -> Response:
+    """Set a new password (the current one required) and end every other session of the account;
+    this session stays. 422 with errors.new_password for a password the rules refuse, 401 with
+    errors.current_password for a wrong current one, 429 when the account's failures are throttled."""
+    try:
+        # Checked here too (the auth service stays the authority): a megabyte of new password gets
+        # its 422 without a gRPC message over the auth service's size limit.
+        validate_new_password(body.new_password, caller.user.email)
+    except ValidationError as error:
+        raise invalid_fields(error.violations) from None
+    change = auth_pb2.ChangePasswordRequest(
+        access_token=caller.token,
+        current_password=body.current_password[:PASSWORD_MAX_LENGTH + 1],
+        new_password=body.new_password,
+        client_ip=client_ip(request),
+    )
+    try:
+        await ctx.backends.auth.ChangePassword(change, timeout=ctx.settings.auth_timeout_s)
+    except grpc.aio.AioRpcError as error:
+        code = error.code()
+        violations = field_violations(error) if code in {
+            grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT} else {}
+        if code == grpc.StatusCode.UNAUTHENTICATED and "current_password" in violations:
+            raise ApiError(401, violations["current_password"], errors=violations) from None
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            raise ApiError(401, BAD_TOKEN, headers={"WWW-Authenticate": "Bearer"}) from None
+        if code == grpc.StatusCode.INVALID_ARGUMENT and violations:
+            raise invalid_fields(violations) from None
+        raise_if_throttled(error)
+        raise to_api_error(error, "authentication") from None
+    return Response(status_code=204)
 
 
 @router.get("/me")

@@ -287,6 +287,98 @@ def test_log_out_revokes_the_token_at_once_and_clears_the_cookie(client: httpx.C
     assert client.get("/api/v1/me", headers={"Authorization": "Bearer made-up-token"}).status_code == 401
 
 
+def log_in(client: httpx.Client, email: str, password: str = PASSWORD) -> dict[str, str]:
+    """A new session's Authorization header (the cookie the log-in also set is dropped)."""
+    reply = client.post("/api/v1/auth/login", json={"email": email, "password": password})
+    assert reply.status_code == 200, reply.text
+    client.cookies.clear()
+    return {"Authorization": f"Bearer {reply.json()['access_token']}"}
+
+
+def test_sign_up_refuses_a_short_or_common_password_in_errors_password(client: httpx.Client) -> None:
+    for password, reason in [("elevenchars", "Password must be at least 12 characters."),
+                             ("Password1234!", "This password is too common")]:
+        reply = client.post("/api/v1/auth/signup", json={
+            "email": f"user-{uuid.uuid4().hex[:10]}@example.org", "password": password,
+            "first_name": "Ada", "surname": "Lovelace"})
+        assert reply.status_code == 422
+        assert set(reply.json()["errors"]) == {"password"}
+        assert reply.json()["errors"]["password"].startswith(reason)
+    check = client.post("/api/v1/auth/signup/check", json={"password": "qwerty123456"})
+    assert check.json()["errors"]["password"].startswith("This password is too common")
+
+
+def test_changing_the_password_ends_the_other_sessions_and_keeps_this_one(client: httpx.Client) -> None:
+    account = sign_up(client)
+    this, other = log_in(client, account["email"]), log_in(client, account["email"])
+    new_password = "seven horses and a cart"
+    reply = client.post("/api/v1/auth/password", headers=this,
+                        json={"current_password": PASSWORD, "new_password": new_password})
+    assert reply.status_code == 204, reply.text
+    assert client.get("/api/v1/me", headers=this).status_code == 200
+    assert client.get("/api/v1/me", headers=other).status_code == 401
+    old = client.post("/api/v1/auth/login", json={"email": account["email"], "password": PASSWORD})
+    assert old.status_code == 401
+    assert log_in(client, account["email"], new_password)
+
+
+def test_a_weak_new_password_is_422_in_errors_new_password(client: httpx.Client) -> None:
+    account = sign_up(client)
+    headers = log_in(client, account["email"])
+    for new_password, reason in [("too short", "Password must be at least 12 characters."),
+                                 ("iloveyou2024", "This password is too common"),
+                                 (account["email"] + "!", "Password must not contain your email address"),
+                                 ("x" * 1_200_000, "Password must be at most 128 characters.")]:
+        reply = client.post("/api/v1/auth/password", headers=headers,
+                            json={"current_password": PASSWORD, "new_password": new_password})
+        assert reply.status_code == 422
+        assert set(reply.json()["errors"]) == {"new_password"}
+        assert reply.json()["errors"]["new_password"].startswith(reason)
+    missing = client.post("/api/v1/auth/password", headers=headers, json={})
+    assert set(missing.json()["errors"]) == {"current_password", "new_password"}
+
+
+def test_a_wrong_current_password_is_401_in_errors_current_password_and_throttled(
+    client: httpx.Client,
+) -> None:
+    account = sign_up(client)
+    headers = log_in(client, account["email"])
+    body = {"current_password": "not my password", "new_password": "seven horses and a cart"}
+    for _ in range(THROTTLE_AFTER):
+        reply = client.post("/api/v1/auth/password", headers=headers, json=body)
+        assert reply.status_code == 401
+        assert reply.json()["errors"] == {"current_password": "The current password is incorrect."}
+    throttled = client.post("/api/v1/auth/password", headers=headers, json=body)
+    assert throttled.status_code == 429 and int(throttled.headers["Retry-After"]) > 0
+    assert client.get("/api/v1/me", headers=headers).status_code == 200   # the session itself lives on
+
+
+def test_log_out_all_ends_every_session_and_clears_the_cookie(client: httpx.Client) -> None:
+    account = sign_up(client)
+    bearer_session = log_in(client, account["email"])
+    client.post("/api/v1/auth/login", json={"email": account["email"], "password": PASSWORD})
+    assert client.get("/api/v1/me").status_code == 200   # a cookie session too
+    refused = client.post("/api/v1/auth/logout-all")
+    assert refused.status_code == 403   # cookie sessions need the CSRF header
+    reply = client.post("/api/v1/auth/logout-all", headers={"X-Requested-With": "fetch"})
+    assert reply.status_code == 204
+    assert "drtech_session=" in reply.headers["set-cookie"]
+    assert client.get("/api/v1/me", headers=bearer_session).status_code == 401
+    assert client.post("/api/v1/auth/logout-all", headers=bearer_session).status_code == 401
+    client.cookies.clear()
+    assert log_in(client, account["email"])
+
+
+def test_password_change_by_cookie_needs_the_csrf_header(client: httpx.Client) -> None:
+    account = sign_up(client)
+    client.post("/api/v1/auth/login", json={"email": account["email"], "password": PASSWORD})
+    body = {"current_password": PASSWORD, "new_password": "seven horses and a cart"}
+    assert client.post("/api/v1/auth/password", json=body).status_code == 403
+    assert client.post("/api/v1/auth/password", json=body,
+                       headers={"X-Requested-With": "fetch"}).status_code == 204
+    client.cookies.clear()
+
+
 def test_cookie_sessions_need_the_csrf_header_to_change_anything(client: httpx.Client, stack: Stack) -> None:
     account = sign_up(client)
     client.post("/api/v1/auth/login", json={"email": account["email"], "password": PASSWORD})

@@ -10,7 +10,11 @@ from services.auth.validation import (
     GENDERS,
     SIGN_UP_FIELDS,
     ValidationError,
+    common_passwords,
+    is_common_password,
     normalize_email,
+    password_problem,
+    validate_new_password,
     validate_sign_up,
 )
 
@@ -20,7 +24,7 @@ TODAY = date(2026, 11, 26)
 def valid_fields(**overrides: str) -> dict[str, str]:
     fields = {
         "email": "Ada.Lovelace@Example.com",
-        "password": "analytical1",
+        "password": "analytical engine",
         "first_name": "Ada",
         "surname": "Lovelace",
         "address1": "12 St James's Square",
@@ -51,7 +55,7 @@ def test_a_valid_sign_up_is_normalised() -> None:
 
 def test_only_the_required_fields_are_needed() -> None:
     form = validate_sign_up(
-        {"email": "a@example.com", "password": "secret123", "first_name": "A", "surname": "B"}, today=TODAY
+        {"email": "a@example.com", "password": "secret engine", "first_name": "A", "surname": "B"}, today=TODAY
     )
     assert (form.address1, form.zip, form.gender, form.birth_date) == ("", "", "", None)
 
@@ -99,24 +103,66 @@ def test_text_that_is_no_address_is_still_normalised_for_log_in_throttling() -> 
     assert normalize_email("x" * 10_000) == "x" * 10_000
 
 
+TOO_COMMON = "This password is too common: it is on a list of often-used and breached passwords."
+CONTEXT = "Password must not contain your email address or this site's name."
+
+
 @pytest.mark.parametrize(
     ("password", "message"),
     [
         ("", "Password is required."),
-        ("abc1234", "Password must be at least 8 characters."),
+        ("abcdefgh123", "Password must be at least 12 characters."),
         ("a1" * 64 + "x", "Password must be at most 128 characters."),
-        ("aaaaaaaaaa", "Password must not be one character repeated."),
-        ("abcdefghij", "Password must contain at least one letter and one digit."),
-        ("1234567890", "Password must contain at least one letter and one digit."),
-        ("abcd\x001234", "Password must not contain control characters."),
+        ("abcd\x00efgh1234", "Password must not contain control characters."),
+        ("aaaaaaaaaaaa", "Password must not be one character repeated."),
+        ("1qaz2wsx3edc", TOO_COMMON),                  # on the list as it is
+        ("QWERTYUIOP12", TOO_COMMON),                  # the list is compared without regard to case
+        ("Password2024!", TOO_COMMON),                 # a listed password padded with digits/symbols
+        ("!!sunshine1234", TOO_COMMON),
+        ("ada.lovelace@example.com", CONTEXT),         # the account's own address
+        ("I am ADA.LOVELACE!", CONTEXT),               # or its local part, in any case
+        ("my drtech password", CONTEXT),               # or this site's name
     ],
 )
 def test_password_rules(password: str, message: str) -> None:
     assert violations(password=password)["password"] == message
 
 
+@pytest.mark.parametrize("password", [
+    "twelve chars",                 # exactly 12, letters only: no composition rules (ASVS 6.2.5)
+    "123456789012345678901234",     # digits only, if not a listed one
+    "correct horse battery staple",
+    "x" * 127 + "y",                # 128, the longest
+    "Ünïcödé pässwörd ✓",           # any characters
+    "password manager generated: Zq8#vT!2",   # a listed word inside a longer password is fine
+])
+def test_passwords_of_any_composition_are_accepted(password: str) -> None:
+    assert password_problem(password, "ada.lovelace@example.com") is None
+
+
+def test_the_common_password_list_is_zxcvbns_30000_and_holds_the_usual_suspects() -> None:
+    listed = common_passwords()
+    assert len(listed) == 30_000
+    assert {"123456", "password", "qwerty", "iloveyou", "1q2w3e4r5t6y"} <= listed
+    assert is_common_password("PaSsWoRd") and not is_common_password("seven horses and a cart")
+    # Padding is only stripped around a listed core of 4 or more characters.
+    assert not is_common_password("ab123456789012")
+
+
+def test_a_short_email_local_part_is_no_context_word() -> None:
+    assert password_problem("a quiet bookshop", "bo@example.com") is None   # "bo" is too short to ban
+    assert password_problem("my email is bo@example.com", "bo@example.com") == CONTEXT
+
+
+def test_a_new_password_is_refused_under_the_field_it_was_sent_in() -> None:
+    with pytest.raises(ValidationError) as caught:
+        validate_new_password("short", "ada@example.com")
+    assert caught.value.violations == {"new_password": "Password must be at least 12 characters."}
+    validate_new_password("analytical engine", "ada@example.com")
+
+
 def test_password_spaces_are_kept() -> None:
-    assert validate_sign_up(valid_fields(password=" pass word 1 "), today=TODAY).password == " pass word 1 "
+    assert validate_sign_up(valid_fields(password=" pass word 12 "), today=TODAY).password == " pass word 12 "
 
 
 @pytest.mark.parametrize(("field", "label"), [("first_name", "First name"), ("surname", "Surname")])

@@ -118,7 +118,7 @@ def test_signup_rule_errors_use_the_same_shape_and_the_auth_services_messages(cl
     errors = reply.json()["errors"]
     assert set(errors) == {"email", "password", "surname", "zip", "birth_date", "gender"}
     assert errors["email"] == "Enter a valid email address, like name@example.com."
-    assert errors["password"] == "Password must be at least 8 characters."
+    assert errors["password"] == "Password must be at least 12 characters."
     assert errors["birth_date"] == "Birth date cannot be in the future."
 
 
@@ -147,6 +147,8 @@ def test_login_without_fields_is_422(client: TestClient) -> None:
         ("GET", "/api/v1/diagnoses/123/image"),
         ("GET", "/api/v1/diagnoses/123/heatmap"),
         ("POST", "/api/v1/auth/logout"),
+        ("POST", "/api/v1/auth/logout-all"),
+        ("POST", "/api/v1/auth/password"),
     ],
 )
 def test_calls_without_a_token_are_401_with_a_detail(client: TestClient, method: str, path: str) -> None:
@@ -204,7 +206,8 @@ def test_a_live_cookie_session_needs_the_csrf_header_to_change_anything(
     client.cookies.set("drtech_session", LIVE_TOKEN)
     assert client.get("/api/v1/me").status_code == 200
     for method, path in [("POST", "/api/v1/auth/logout"), ("DELETE", "/api/v1/diagnoses/1"),
-                         ("POST", "/api/v1/diagnoses")]:
+                         ("POST", "/api/v1/diagnoses"), ("POST", "/api/v1/auth/logout-all"),
+                         ("POST", "/api/v1/auth/password")]:
         reply = client.request(method, path)
         assert reply.status_code == 403, (method, path)
         assert "X-Requested-With" in reply.json()["detail"]

@@ -133,6 +133,16 @@ async def result_page(request: Request, diagnosis_id: str) -> Response:
     return await _account_page(request, "client.html", diagnosis_id=diagnosis_id)
 
 
+@router.get("/account", response_class=HTMLResponse)
+async def account_page(request: Request) -> Response:
+    return await _account_page(
+        request,
+        "account.html",
+        password_min=validation.PASSWORD_MIN_LENGTH,
+        password_max=validation.PASSWORD_MAX_LENGTH,
+    )
+
+
 @router.get("/models", response_class=HTMLResponse)
 async def models_page(request: Request) -> Response:
     return _page(request, "models.html", await _visitor(request))

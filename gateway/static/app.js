@@ -19,10 +19,12 @@ class ApiError extends Error {
 // On a page for signed-in users, a 401 means the session has ended (expired, or logged out in
 // another tab): go to the log-in page, which comes back here. Elsewhere (log in, sign up) a 401 is
 // the answer itself ("wrong email or password") and is shown.
-function sessionEnded(status, path = "") {
+function sessionEnded(status, path = "", body = null) {
   // A log-in's or sign-up's 401 is its answer ("wrong email or password"), even from a visitor
-  // who is still signed in and opened the log-in page.
-  const answersItself = path === "/api/v1/auth/login" || path.startsWith("/api/v1/auth/signup");
+  // who is still signed in and opened the log-in page; so is a password change's 401 that names the
+  // current password (the session itself is fine).
+  const answersItself = path === "/api/v1/auth/login" || path.startsWith("/api/v1/auth/signup") ||
+    (path === "/api/v1/auth/password" && Boolean(body && body.errors && body.errors.current_password));
   if (status !== 401 || document.body.dataset.signedIn !== "true" || answersItself) return false;
   window.location.assign(`/login?next=${encodeURIComponent(window.location.pathname)}`);
   return true;
@@ -44,7 +46,7 @@ async function api(path, options = {}) {
     payload = null;
   }
   if (!response.ok) {
-    sessionEnded(response.status, path);
+    sessionEnded(response.status, path, payload);
     throw new ApiError(response.status, payload);
   }
   return payload;
@@ -153,6 +155,44 @@ function initLogout() {
       const message = `Logging out failed: ${error.message}`;
       if ($("#form-status")) setStatus(message);
       else window.alert(message);
+    }
+  });
+}
+
+// ---- account: change password, log out everywhere ----------------------------------------------
+function initAccount() {
+  const form = $("#password-form");
+  if (!form) return;
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearFieldErrors(form);
+    setStatus("");
+    const values = formValues(form);
+    try {
+      await whileDisabled(form.querySelector('button[type="submit"]'), () =>
+        api("/api/v1/auth/password", {
+          method: "POST",
+          body: { current_password: values.current_password, new_password: values.new_password },
+        }));
+    } catch (error) {
+      if (error.status === 401 && !error.errors.current_password) return; // session ended: sent to log in
+      setStatus(error.status === 422 || error.status === 401 ? "Please correct the fields marked below." : error.message);
+      showFieldErrors(form, error.errors || {});
+      return;
+    }
+    form.reset();
+    setStatus("Your password was changed. Every other session of your account has been logged out.", "info");
+  });
+
+  const everywhere = $("#logout-all-button");
+  everywhere.addEventListener("click", async () => {
+    setStatus("");
+    try {
+      await whileDisabled(everywhere, () => api("/api/v1/auth/logout-all", { method: "POST" }));
+      window.location.assign("/");
+    } catch (error) {
+      if (error.status === 401) return;
+      setStatus(`Logging out everywhere failed: ${error.message}`);
     }
   });
 }
@@ -760,6 +800,7 @@ document.addEventListener("DOMContentLoaded", () => {
   initLogout();
   initSignup();
   initLogin();
+  initAccount();
   initDiagnose();
   initResultPage();
   initHistory();

@@ -234,6 +234,23 @@ def test_a_revoked_cookie_session_is_401_with_or_without_the_csrf_header(
         client.cookies.set("drtech_session", "revoked-token")
 
 
+def test_the_account_page_has_the_change_password_form_and_log_out_everywhere(
+    client: TestClient, sessions: OneLiveSession
+) -> None:
+    client.cookies.set("drtech_session", LIVE_TOKEN)
+    html = client.get("/account").text
+    for field in ["current_password", "new_password"]:
+        assert f'<label for="{field}"' in html and f'id="{field}-error"' in html
+    assert 'autocomplete="new-password"' in html and 'minlength="12"' in html
+    assert 'id="logout-all-button"' in html and 'href="/account" aria-current="page"' in html
+
+
+def test_the_sign_up_page_states_the_12_character_rule(client: TestClient) -> None:
+    html = client.get("/signup").text
+    assert "12 to 128 characters of any kind" in html and 'minlength="12"' in html
+    assert "one letter and one digit" not in html
+
+
 class ChestModelThatExplains:
     """A chest X-ray model service as the gateway calls it: NORMAL, with a heatmap when asked."""
 
@@ -445,7 +462,7 @@ def test_the_signup_page_has_a_labelled_input_for_every_field(client: TestClient
         assert f'id="{field}-error"' in html
 
 
-@pytest.mark.parametrize("path", ["/app", "/history", "/results/abc"])
+@pytest.mark.parametrize("path", ["/app", "/history", "/results/abc", "/account"])
 def test_pages_that_need_an_account_send_visitors_to_log_in(client: TestClient, path: str) -> None:
     reply = client.get(path, follow_redirects=False)
     assert reply.status_code == 303

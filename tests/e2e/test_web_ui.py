@@ -524,6 +524,49 @@ def test_a_signed_in_visitor_who_mistypes_on_the_log_in_page_is_told_so(page) ->
     assert page.url.endswith("/login")
 
 
+def test_the_account_page_changes_the_password_and_logs_out_everywhere(page, stack: Stack) -> None:
+    new_password = "seven horses and a cart"
+    other = httpx.post(f"{stack.url}/api/v1/auth/login", json={"email": EMAIL, "password": PASSWORD})
+    other_session = {"Authorization": f"Bearer {other.json()['access_token']}"}   # e.g. a phone
+    page.goto("/account")
+    # A wrong current password is this form's answer, shown by its field (not a trip to log in).
+    page.fill("#current_password", "not-the-password-1")
+    page.fill("#new_password", new_password)
+    page.click("#password-form button[type=submit]")
+    page.wait_for_selector("#current_password-error:not(:empty)")
+    assert "incorrect" in page.inner_text("#current_password-error") and page.url.endswith("/account")
+    # A weak new password gets the server's reason next to it.
+    page.fill("#current_password", PASSWORD)
+    page.fill("#new_password", "qwerty123456")
+    page.click("#password-form button[type=submit]")
+    page.wait_for_selector("#new_password-error:not(:empty)")
+    assert "too common" in page.inner_text("#new_password-error")
+    assert page.get_attribute("#new_password", "aria-invalid") == "true"
+    shoot(page, "09-account-refused")
+
+    page.fill("#current_password", PASSWORD)
+    page.fill("#new_password", new_password)
+    page.click("#password-form button[type=submit]")
+    page.wait_for_selector("#form-status[data-kind=info]:not(:empty)")
+    assert "password was changed" in page.inner_text("#form-status")
+    assert page.inner_text("#new_password-error") == ""
+    assert httpx.get(f"{stack.url}/api/v1/me", headers=other_session).status_code == 401   # ended
+    assert page.request.get("/api/v1/me").status == 200                                    # this one stays
+
+    page.click("#logout-all-button")
+    page.wait_for_url(lambda url: url.rstrip("/") == stack.url.rstrip("/"))
+    assert page.request.get("/api/v1/me").status == 401
+    # The next test starts signed in again, with the new password (and the old one given back).
+    page.goto("/login")
+    page.fill("#email", EMAIL)
+    page.fill("#password", new_password)
+    with page.expect_navigation(url="**/app"):
+        page.click("#login-form button[type=submit]")
+    changed_back = page.request.post("/api/v1/auth/password", headers=_api_headers(),
+                                     data={"current_password": new_password, "new_password": PASSWORD})
+    assert changed_back.status == 204
+
+
 def test_after_log_out_the_client_page_sends_you_to_log_in(page) -> None:
     page.goto("/app")
     page.click("#logout-button")
@@ -538,7 +581,7 @@ def test_after_log_out_the_client_page_sends_you_to_log_in(page) -> None:
 def test_every_page_of_the_story_was_photographed_by_this_run() -> None:
     expected = {"01-home", "02-signup-refused", "03-login", "04-result-chest_xray", "04-result-skin_lesion",
                 "04-result-bone_dicom", "05-client-dicom-preview", "06-client-bad-file", "07-history",
-                "08-models"}
+                "08-models", "09-account-refused"}
     taken = {path.name.rsplit("-", 1)[0] for path in SHOT}
     assert taken == expected, f"missing {expected - taken}, unexpected {taken - expected}"
     for path in SHOT:

@@ -31,9 +31,16 @@ def test_settings_come_from_drtech_auth_variables(monkeypatch: pytest.MonkeyPatc
     )
 
 
+def test_the_idle_timeout_is_30_minutes_and_takes_fractions(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert AuthSettings().session_idle_minutes == 30
+    monkeypatch.setenv("DRTECH_AUTH_SESSION_IDLE_MINUTES", "0.05")   # 3 seconds, for a test
+    assert AuthSettings().session_idle_minutes == 0.05
+
+
 @pytest.mark.parametrize(
     "bad",
-    [{"port": 70000}, {"session_ttl_hours": 0}, {"throttle_max_failures_per_email": 0},
+    [{"port": 70000}, {"session_ttl_hours": 0}, {"session_idle_minutes": 0}, {"session_idle_minutes": -1},
+     {"throttle_max_failures_per_email": 0},
      # every worker thread hashing would leave none for token and health checks
      {"workers": 4, "argon2_max_concurrent": 4}, {"argon2_max_concurrent": 0}],
 )

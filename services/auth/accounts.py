@@ -313,9 +313,10 @@ class Accounts:
         self, access_token: str, current_password: str, new_password: str, client_ip: str = ""
     ) -> int:
         """Set a new password for the token's user and end every other session of theirs (this one
-        stays); returns how many ended. Raises InvalidToken, ValidationError (``new_password``), Throttled, WrongPassword or
-        Busy. A wrong current password counts as a failed log-in for the account (the same throttle):
-        a stolen session cannot be used to guess the password faster than log-in can."""
+        stays); returns how many ended. Raises InvalidToken, ValidationError (``new_password``),
+        Throttled, WrongPassword or Busy. A wrong current password counts as a failed log-in for the
+        account (the same throttle): a stolen session cannot be used to guess the password faster
+        than log-in can."""
         session, user, now = self._live_session(access_token)
         validate_new_password(new_password, user.email)
         attempt_id = self._start_attempt(user.email, _clean_ip(client_ip), now)

@@ -43,9 +43,8 @@ def error_status(error: Exception) -> status_pb2.Status:
         return _status(code_pb2.ALREADY_EXISTS, str(error))
     if isinstance(error, WrongPassword):
         # UNAUTHENTICATED like a bad token, told apart by the field violation naming the password.
-        violation = error_details_pb2.BadRequest(
-            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=error.field, description=str(error))]
-        )
+        field = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=str(error))
+        violation = error_details_pb2.BadRequest(field_violations=[field])
         return _status(code_pb2.UNAUTHENTICATED, str(error), violation)
     if isinstance(error, BadCredentials | InvalidToken):
         return _status(code_pb2.UNAUTHENTICATED, str(error))

@@ -55,7 +55,8 @@ def test_a_valid_sign_up_is_normalised() -> None:
 
 def test_only_the_required_fields_are_needed() -> None:
     form = validate_sign_up(
-        {"email": "a@example.com", "password": "secret engine", "first_name": "A", "surname": "B"}, today=TODAY
+        {"email": "a@example.com", "password": "secret engine", "first_name": "A", "surname": "B"},
+        today=TODAY,
     )
     assert (form.address1, form.zip, form.gender, form.birth_date) == ("", "", "", None)
 

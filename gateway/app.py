@@ -1,5 +1,8 @@
-"""The gateway app factory: `create_app(settings)` builds a FastAPI app; start-up opens the database
-(migrating it) and one gRPC channel per backend; shutdown closes them."""
+"""The gateway app factory: `create_app(settings)` builds the public FastAPI app; start-up opens the
+database (migrating it) and one gRPC channel per backend; shutdown closes them.
+
+`create_app` also builds the internal app (`app.state.internal`, see `internal_app`): the operational
+endpoints on their own port, sharing the public app's context."""
 
 from __future__ import annotations
 
@@ -136,7 +139,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         engine = create_database_engine(settings.database_url)
         await run_in_threadpool(migrate, engine)
         backends = Backends(settings)  # channels must be created inside the running loop
-        app.state.gateway = GatewayContext(
+        app.state.gateway = internal.state.gateway = GatewayContext(
             settings=settings,
             engine=engine,
             sessions=session_factory(engine),
@@ -151,6 +154,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            internal.state.gateway = None
             await backends.close()
             engine.dispose()
 
@@ -164,6 +168,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    internal = _internal_app(settings)
+    app.state.internal = internal
     install_error_handlers(app)
     app.include_router(accounts.router)
     app.include_router(diagnoses.router)
@@ -179,3 +185,19 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + _FORM_OVERHEAD_BYTES)
     return app
+
+
+def _internal_app(settings: GatewaySettings) -> FastAPI:
+    """/healthz, /readyz and /readyz/gateway in detail, /metrics: for probes and Prometheus only.
+    No lifespan of its own: the public app's start-up hands it the context."""
+    internal = FastAPI(title="Dr.Tech gateway (internal)", docs_url=None, redoc_url=None, openapi_url=None)
+    internal.state.settings = settings
+    internal.state.gateway = None
+    install_error_handlers(internal)
+    internal.include_router(operations.internal_router)
+    return internal
+
+
+def internal_app(public: FastAPI) -> FastAPI:
+    """The internal app `create_app` built beside `public`."""
+    return public.state.internal

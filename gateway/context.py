@@ -9,6 +9,7 @@ from fastapi import Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
 
+from gateway.errors import ApiError
 from gateway.grpc_clients import Backends
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
@@ -33,4 +34,9 @@ class GatewayContext:
 
 
 def get_context(request: Request) -> GatewayContext:
-    return request.app.state.gateway
+    """The context the public app's start-up built. The internal app shares it, and may be asked
+    before start-up has finished: then 503."""
+    ctx = getattr(request.app.state, "gateway", None)
+    if ctx is None:
+        raise ApiError(503, "The gateway is starting.", headers={"Retry-After": "1"})
+    return ctx

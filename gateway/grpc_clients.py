@@ -60,6 +60,12 @@ async def check_backend(backend: Backend, timeout_s: float) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
+def public_state(state: str) -> str:
+    """A state from `check_backend` without internals (addresses, gRPC codes): its health status,
+    or "unreachable". What the public /readyz shows."""
+    return state if state in health_pb2.HealthCheckResponse.ServingStatus.keys() else "unreachable"
+
+
 class Backends:
     """The auth service and every model service. Must be created inside the running event loop."""
 

@@ -1,4 +1,10 @@
-"""Operational endpoints: /healthz, /readyz, /readyz/gateway, /metrics, and the public model cards."""
+"""Operational endpoints and the public model cards.
+
+Two routers, for two listeners of one process (gateway/__main__.py): `router` on the public port
+(/healthz, a /readyz that says ready or not and names what is down, without internal addresses;
+/api/v1/models), and `internal_router` on DRTECH_GATEWAY_INTERNAL_PORT, which only probes and
+Prometheus reach (/healthz, the detailed /readyz and /readyz/gateway, /metrics).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
@@ -18,32 +24,46 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.accounts import ContextDep
 from gateway.errors import ApiError
+from gateway.grpc_clients import public_state
 from gateway.model_files import plot_names, plot_url
 from gateway.serialization import model_card_json
 from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
 
 log = logging.getLogger("gateway.operations")
 router = APIRouter()
+internal_router = APIRouter()
 
 
 @router.get("/healthz")
+@internal_router.get("/healthz")
 async def healthz() -> dict[str, str]:
     """The process is up (liveness): no backend is consulted."""
     return {"status": "ok"}
 
 
 @router.get("/readyz")
-async def readyz(ctx: ContextDep) -> JSONResponse:
-    """The whole platform (API.md): ready when the auth service and every model service report
-    SERVING (grpc.health.v1); 503 naming what is down. Not the k8s readiness probe: see below."""
+async def public_readyz(ctx: ContextDep) -> JSONResponse:
+    """The whole platform (API.md), for anyone: 200 when the auth service and every model service
+    report SERVING, else 503 naming what is down by name and state ("unreachable", not where)."""
     services = await ctx.backends.check_health(ctx.settings.health_timeout_s)
+    return _platform_readiness({name: public_state(state) for name, state in services.items()})
+
+
+@internal_router.get("/readyz")
+async def readyz(ctx: ContextDep) -> JSONResponse:
+    """The whole platform, in detail (internal port): as the public /readyz, with each unreachable
+    backend's address and gRPC status. Not the k8s readiness probe: see below."""
+    return _platform_readiness(await ctx.backends.check_health(ctx.settings.health_timeout_s))
+
+
+def _platform_readiness(services: dict[str, str]) -> JSONResponse:
     down = {name: state for name, state in services.items() if state != "SERVING"}
     if down:
         return JSONResponse({"detail": _not_ready(down), "services": services}, status_code=503)
     return JSONResponse({"status": "ready", "services": services})
 
 
-@router.get("/readyz/gateway")
+@internal_router.get("/readyz/gateway")
 async def gateway_readyz(ctx: ContextDep) -> JSONResponse:
     """This gateway can serve (the k8s readiness probe): the auth service SERVING, its records
     database answering, its upload and heatmap stores writable.
@@ -104,8 +124,8 @@ def store_state(root: Path) -> str:
     return "ok"
 
 
-@router.get("/metrics")
-async def metrics(request: Request, ctx: ContextDep) -> Response:
+@internal_router.get("/metrics")
+async def metrics(ctx: ContextDep) -> Response:
     body, content_type = ctx.metrics.render()
     return Response(body, media_type=content_type)
 

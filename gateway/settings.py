@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.core.production import database_problem, trusted_proxies_problem
+
 MIB = 1024 * 1024
 # A Diagnose request carries the upload and a few fields besides (media type, request id, flags).
 _MESSAGE_ROOM = 64 * 1024
@@ -30,10 +32,17 @@ class GatewaySettings(BaseSettings):
     max_message_bytes: int = Field(default=20 * MIB, ge=4096, validation_alias="DRTECH_MAX_MESSAGE_BYTES")
 
     host: str = "127.0.0.1"
+    # The operational endpoints (/metrics, the detailed /readyz and /readyz/gateway, which name
+    # internal addresses) are served on this second port, never on the public one: in Kubernetes
+    # only the kubelet's probes and Prometheus reach it (deploy/k8s network policy). 0 picks a free
+    # port. `internal_host` empty: the same address as `host`.
+    internal_port: int = Field(default=8001, ge=0, le=65535)
+    internal_host: str = ""
     # Where the model folders are (services/<task>/model/): the gateway serves the training plots
     # found there on the model cards. The image ships the whole project, so this is the default.
     models_dir: Path = Path(__file__).resolve().parent.parent / "services"
-    # Proxies (comma-separated IP addresses or CIDR networks; "*" for anyone, refused in production)
+    # Proxies (comma-separated IP addresses or CIDR networks; "*" for anyone; in production each
+    # entry at most 256 addresses, services/core/production.py)
     # whose X-Forwarded-For/-Proto uvicorn trusts, so the client IP passed to the auth service for
     # log-in throttling is the real one behind an ingress. Behind a k8s Ingress: the controller's
     # address range (deploy/k8s: INGRESS_CONTROLLER_CIDRS in drtech-config).
@@ -95,10 +104,12 @@ class GatewaySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _derived_defaults(self) -> GatewaySettings:
-        if self.env == "production" and self.forwarded_allow_ips == "*":
+        if self.env == "production":
+            self._refuse_development_settings()
+        if self.internal_port and self.internal_port == self.http_port:
             raise ValueError(
-                "forwarded_allow_ips must name the proxies (the ingress controller's addresses), "
-                "not '*' in production: anyone could then choose their client IP"
+                f"internal_port ({self.internal_port}) must differ from the public port (DRTECH_HTTP_PORT): "
+                "the operational endpoints are never served on the public one"
             )
         if self.max_upload_bytes > self.max_message_bytes - _MESSAGE_ROOM:
             # Larger uploads would be accepted, stored, and then never reach a model service.
@@ -112,6 +123,23 @@ class GatewaySettings(BaseSettings):
         if self.cookie_secure is None:
             self.cookie_secure = self.env == "production"
         return self
+
+    def _refuse_development_settings(self) -> None:
+        """DRTECH_ENV=production: no SQLite, no over-broad trusted proxies, no cookie over plain HTTP."""
+        problems = [
+            database_problem(self.database_url, "DRTECH_GATEWAY_DATABASE_URL"),
+            trusted_proxies_problem(self.forwarded_allow_ips.split(","), "DRTECH_GATEWAY_FORWARDED_ALLOW_IPS"),
+        ]
+        if self.cookie_secure is False:
+            problems.append("DRTECH_GATEWAY_COOKIE_SECURE is off: the session cookie would travel over "
+                            "plain HTTP; leave it unset (on in production)")
+        found = [problem for problem in problems if problem]
+        if found:
+            raise ValueError("DRTECH_ENV=production refuses development settings: " + "; ".join(found))
+
+    @property
+    def internal_bind_host(self) -> str:
+        return self.internal_host or self.host
 
     @property
     def uploads_dir(self) -> Path:

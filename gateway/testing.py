@@ -6,10 +6,7 @@ import asyncio
 import threading
 from dataclasses import dataclass
 
-import uvicorn
-
-from gateway.__main__ import bind_socket
-from gateway.app import create_app
+from gateway.__main__ import Listeners, bind_socket
 from gateway.settings import GatewaySettings
 
 
@@ -17,36 +14,47 @@ from gateway.settings import GatewaySettings
 class RunningGateway:
     port: int
     url: str
-    server: uvicorn.Server
+    # The operational endpoints' port (/metrics, the detailed /readyz and /readyz/gateway).
+    internal_port: int
+    internal_url: str
+    listeners: Listeners
     thread: threading.Thread
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        self.listeners.stop()
         self.thread.join(timeout=30)
 
 
 def start_gateway(settings: GatewaySettings, timeout_s: float = 30.0) -> RunningGateway:
-    """Start the gateway on a free port in a background thread; returns once it accepts requests."""
+    """Start the gateway, and its internal listener, on free ports in a background thread; returns
+    once both accept requests."""
     sock = bind_socket(settings.host, 0)
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_config=None, lifespan="on")
-    server = uvicorn.Server(config)
+    internal_sock = bind_socket(settings.internal_bind_host, 0)
+    port, internal_port = sock.getsockname()[1], internal_sock.getsockname()[1]
+    listeners = Listeners(settings, sock, internal_sock)
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            asyncio.run(server.serve(sockets=[sock]))
+            asyncio.run(listeners.serve())
         except BaseException as error:  # noqa: BLE001 - reported to the caller below
             errors.append(error)
 
     thread = threading.Thread(target=run, name=f"gateway-{port}", daemon=True)
     thread.start()
     waited = 0.0
-    while not server.started and thread.is_alive() and waited < timeout_s:
+    while not listeners.started and thread.is_alive() and waited < timeout_s:
         threading.Event().wait(0.05)
         waited += 0.05
-    if not server.started:
-        server.should_exit = True
+    if not listeners.started:
+        listeners.stop()
         thread.join(timeout=5)
         raise RuntimeError(f"gateway did not start: {errors[0] if errors else 'timed out'}")
-    return RunningGateway(port=port, url=f"http://{settings.host}:{port}", server=server, thread=thread)
+    return RunningGateway(
+        port=port,
+        url=f"http://{settings.host}:{port}",
+        internal_port=internal_port,
+        internal_url=f"http://{settings.internal_bind_host}:{internal_port}",
+        listeners=listeners,
+        thread=thread,
+    )

@@ -10,9 +10,12 @@ import signal
 import sys
 import threading
 
+from pydantic import ValidationError
+
 from services.auth.server import start_server
 from services.auth.settings import AuthSettings
 from services.core.logs import configure_logging
+from services.core.production import settings_error_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
 
     log = configure_logging("auth")
     overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
-    settings = AuthSettings(**overrides)
+    try:
+        settings = AuthSettings(**overrides)
+    except ValidationError as error:
+        log.error("refusing to start: %s", settings_error_line(error))
+        return 2
 
     # Until it serves, a signal may end the process at once: nothing is in flight yet.
     try:

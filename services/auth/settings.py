@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.core.production import database_problem
 
 
 class AuthSettings(BaseSettings):
@@ -13,6 +16,8 @@ class AuthSettings(BaseSettings):
 
     # State root shared by every process (not prefixed); the default database lives under it.
     home: Path = Field(default=Path("var"), validation_alias="DRTECH_HOME")
+    # production refuses development settings (SQLite; services/core/production.py).
+    env: Literal["development", "production"] = Field(default="development", validation_alias="DRTECH_ENV")
     # Any SQLAlchemy URL, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/drtech.
     # Empty: a SQLite file at $DRTECH_HOME/auth.db.
     database_url: str = ""
@@ -61,6 +66,10 @@ class AuthSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _default_database(self) -> AuthSettings:
+        if self.env == "production":
+            problem = database_problem(self.database_url, "DRTECH_AUTH_DATABASE_URL")
+            if problem:
+                raise ValueError(f"DRTECH_ENV=production refuses development settings: {problem}")
         if self.argon2_max_concurrent is None:
             self.argon2_max_concurrent = min(4, max(1, self.workers - 1))
         elif self.workers > 1 and self.argon2_max_concurrent >= self.workers:

@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from gateway.app import create_app
+from gateway.app import create_app, internal_app
 from gateway.settings import GatewaySettings
 from protos.drtech.v1 import auth_pb2, diagnosis_pb2
 
@@ -47,7 +47,9 @@ def test_settings_default_to_development_paths_and_ports(tmp_path: Path) -> None
         "chest_xray": "127.0.0.1:50054",
     }
     assert settings.cookie_secure is False
-    assert GatewaySettings(DRTECH_HOME=tmp_path, DRTECH_ENV="production").cookie_secure is True
+    production = GatewaySettings(DRTECH_HOME=tmp_path, DRTECH_ENV="production",
+                                 database_url="postgresql+psycopg://drtech@db/drtech")
+    assert production.cookie_secure is True
 
 
 def test_an_upload_limit_the_grpc_message_limit_cannot_carry_is_refused_at_start(tmp_path: Path) -> None:
@@ -66,7 +68,7 @@ def test_trusted_proxies_are_addresses_or_networks_and_never_everyone_in_product
     assert settings.forwarded_allow_ips == "10.244.0.0/16,127.0.0.1,::1"
     # "*" lets any caller choose its own client IP: fine on a laptop, refused in production.
     assert GatewaySettings(DRTECH_HOME=tmp_path, forwarded_allow_ips="*").forwarded_allow_ips == "*"
-    with pytest.raises(ValueError, match="not '\\*' in production"):
+    with pytest.raises(ValueError, match="FORWARDED_ALLOW_IPS is '\\*'"):
         GatewaySettings(DRTECH_HOME=tmp_path, DRTECH_ENV="production", forwarded_allow_ips="*")
     # uvicorn would silently treat a mistyped network as a name that never matches.
     for wrong in ("10.244.0.0/33", "10.244.1.0/16", "ingress-nginx", ""):
@@ -402,20 +404,38 @@ def test_unknown_paths_and_methods_get_json_errors(client: TestClient) -> None:
     assert wrong.status_code == 405 and "PUT" in wrong.json()["detail"]
 
 
-def test_metrics_count_requests_by_route_template_and_status(client: TestClient) -> None:
+@pytest.fixture
+def internal(client: TestClient) -> TestClient:
+    """The internal port's app, sharing the context the public app's start-up built (its own event
+    loop here: fine for /metrics, not for the gRPC health checks, which tests/integration make)."""
+    return TestClient(internal_app(client.app), base_url="http://127.0.0.1")
+
+
+def test_metrics_and_the_gateways_own_readiness_are_never_on_the_public_port(
+    client: TestClient, internal: TestClient
+) -> None:
+    for path in ("/metrics", "/readyz/gateway"):
+        assert client.get(path).status_code == 404, path
+    assert internal.get("/metrics").status_code == 200
+    assert internal.get("/healthz").json() == {"status": "ok"}
+    # The internal port serves nothing else: no API, no pages.
+    assert internal.get("/api/v1/models").status_code == 404 and internal.get("/").status_code == 404
+
+
+def test_metrics_count_requests_by_route_template_and_status(client: TestClient, internal: TestClient) -> None:
     client.get("/healthz")
     client.get("/api/v1/diagnoses/abc")
-    text = client.get("/metrics").text
+    text = internal.get("/metrics").text
     assert 'drtech_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
     assert 'route="/api/v1/diagnoses/{diagnosis_id}",status="401"' in text
     assert "drtech_http_request_duration_seconds_bucket" in text
     assert "drtech_diagnoses_total" in text
 
 
-def test_made_up_methods_share_one_metrics_series(client: TestClient) -> None:
+def test_made_up_methods_share_one_metrics_series(client: TestClient, internal: TestClient) -> None:
     for index in range(3):
         client.request(f"FOO{index}", "/healthz")
-    text = client.get("/metrics").text
+    text = internal.get("/metrics").text
     assert "FOO" not in text
     assert 'drtech_http_requests_total{method="OTHER",route="/healthz",status="405"} 3.0' in text
 

@@ -777,26 +777,26 @@ def test_models_lists_every_model_card_without_logging_in(client: httpx.Client, 
 GATEWAY_CHECKS_OK = {"auth": "SERVING", "database": "ok", "uploads": "ok", "heatmaps": "ok"}
 
 
-def test_health_readiness_and_metrics(client: httpx.Client) -> None:
+def test_health_readiness_and_metrics(client: httpx.Client, stack: Stack) -> None:
     assert client.get("/healthz").status_code == 200
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json()["services"] == {
-        "auth": "SERVING",
-        "bone": "SERVING",
-        "skin": "SERVING",
-        "pneumonia": "SERVING",
-        "router": "SERVING",
-    }
-    serving = client.get("/readyz/gateway")
-    assert serving.status_code == 200, serving.text
-    assert serving.json() == {"status": "ready", "checks": GATEWAY_CHECKS_OK, "services": ready.json()["services"]}
-    headers = bearer(client)
-    upload(client, headers, sample_image_bytes("bone_xray"), "bone_xray")
-    metrics = client.get("/metrics")
+    assert ready.json() == {"status": "ready", "services": dict.fromkeys(
+        ("auth", "bone", "skin", "pneumonia", "router"), "SERVING")}
+    # The operational endpoints are on the internal port only (probes and Prometheus).
+    assert client.get("/metrics").status_code == 404 and client.get("/readyz/gateway").status_code == 404
+    with httpx.Client(base_url=stack.gateway.internal_url, timeout=60) as internal:
+        assert internal.get("/readyz").json() == ready.json()
+        serving = internal.get("/readyz/gateway")
+        assert serving.status_code == 200, serving.text
+        assert serving.json() == {"status": "ready", "checks": GATEWAY_CHECKS_OK, "services": ready.json()["services"]}
+        headers = bearer(client)
+        upload(client, headers, sample_image_bytes("bone_xray"), "bone_xray")
+        metrics = internal.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     assert 'drtech_diagnoses_total{exam_type="bone_xray",status="completed"}' in metrics.text
     assert 'route="/api/v1/diagnoses",status="201"' in metrics.text
+    assert 'route="/metrics"' not in metrics.text, "scrapes are not counted as the public API's requests"
 
 
 def test_readyz_names_a_stopped_service_and_an_unavailable_model_gives_a_failed_record_to_retry(
@@ -811,7 +811,7 @@ def test_readyz_names_a_stopped_service_and_an_unavailable_model_gives_a_failed_
             assert loading.status_code == 503
             assert "pneumonia (NOT_SERVING)" in loading.json()["detail"]
             # The gateway itself can serve: it stays in the k8s Service, and says which model is down.
-            serving = client.get("/readyz/gateway")
+            serving = httpx.get(f"{gateway.internal_url}/readyz/gateway", timeout=60)
             assert serving.status_code == 200, serving.text
             assert serving.json()["checks"] == GATEWAY_CHECKS_OK
             assert serving.json()["services"]["pneumonia"] == "NOT_SERVING"
@@ -844,8 +844,10 @@ def test_readyz_names_a_stopped_service_and_an_unavailable_model_gives_a_failed_
             pneumonia.stop(grace=0)
             stopped = client.get("/readyz")
             assert stopped.status_code == 503
-            assert stopped.json()["detail"].startswith("not ready: pneumonia (")
-            assert "auth" not in stopped.json()["detail"]
+            assert stopped.json()["detail"] == "not ready: pneumonia (unreachable)"
+            # Where it was unreachable is for the internal port only.
+            detailed = httpx.get(f"{gateway.internal_url}/readyz", timeout=60).json()["detail"]
+            assert detailed == f"not ready: pneumonia (unreachable at {pneumonia.target} (UNAVAILABLE))"
             assert client.get("/healthz").status_code == 200
     finally:
         gateway.stop()
@@ -860,7 +862,7 @@ def test_gateway_readiness_needs_auth_and_its_own_storage_not_every_model_servic
     gateway = start_gateway(stack.settings(home, DRTECH_BONE_ADDR=nothing_there))
     try:
         with httpx.Client(base_url=gateway.url, timeout=60) as client:
-            serving = client.get("/readyz/gateway")
+            serving = httpx.get(f"{gateway.internal_url}/readyz/gateway", timeout=60)
             assert serving.status_code == 200, serving.text
             assert serving.json()["checks"] == GATEWAY_CHECKS_OK
             assert serving.json()["services"]["bone"].startswith(f"unreachable at {nothing_there}")
@@ -878,7 +880,7 @@ def test_gateway_readiness_needs_auth_and_its_own_storage_not_every_model_servic
             # Its upload store unusable (here: a file where the folder should be): not ready.
             shutil.rmtree(home / "uploads")
             (home / "uploads").write_text("not a folder")
-            broken = client.get("/readyz/gateway")
+            broken = httpx.get(f"{gateway.internal_url}/readyz/gateway", timeout=60)
             assert broken.status_code == 503
             assert broken.json()["detail"].startswith("not ready: uploads (")
             assert broken.json()["checks"]["database"] == "ok"
@@ -887,7 +889,7 @@ def test_gateway_readiness_needs_auth_and_its_own_storage_not_every_model_servic
 
     without_auth = start_gateway(stack.settings(tmp_path / "home2", DRTECH_AUTH_ADDR=nothing_there))
     try:
-        with httpx.Client(base_url=without_auth.url, timeout=60) as client:
+        with httpx.Client(base_url=without_auth.internal_url, timeout=60) as client:
             down = client.get("/readyz/gateway")
             assert down.status_code == 503
             assert down.json()["detail"] == f"not ready: auth (unreachable at {nothing_there} (UNAVAILABLE))"
@@ -916,7 +918,7 @@ def test_an_image_the_model_rejects_is_422_with_its_message_and_not_kept(
             assert "64" in reply.json()["detail"]
             assert client.get("/api/v1/diagnoses", headers=headers).json()["total"] == 0
             assert stored_files(home) == []
-            metrics = client.get("/metrics").text
+            metrics = httpx.get(f"{gateway.internal_url}/metrics", timeout=60).text
             assert 'drtech_diagnoses_total{exam_type="skin_lesion",status="rejected"} 1.0' in metrics
     finally:
         gateway.stop()

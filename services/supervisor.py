@@ -1,10 +1,14 @@
 """Run the whole platform locally: auth, the three model services, the router and the gateway.
 
 `make run` calls this. Each component runs as its own process (as in Kubernetes), started in
-dependency order; the supervisor waits until each one is healthy, prints the URL, and on Ctrl-C
-or SIGTERM stops them all (gateway first, so no request reaches a stopped backend), escalating to
-SIGKILL only after a grace period. If any component dies, everything is stopped and the exit
-status is non-zero.
+dependency order; the supervisor waits until each one is healthy and prints the URL. A component
+that dies once the platform is up is started again, as Kubernetes restarts a container: after 1 s,
+then twice as long after each crash up to 30 s, back to 1 s once it had stayed healthy for 60 s
+(`--restart-*`); one log line says each death and when it restarts, another when it is healthy
+again. The others keep serving meanwhile (uploads for a missing model become `failed` records to
+retry). One that dies while the platform starts stops everything instead (exit status 1): a broken
+setting would otherwise loop. Ctrl-C or SIGTERM stops them all (gateway first, so no request reaches
+a stopped backend), escalating to SIGKILL after a grace period, or at once on a second signal.
 """
 
 from __future__ import annotations
@@ -39,11 +43,54 @@ class Component:
     port: int
     kind: str  # "grpc" or "http"
     port_env: str = ""  # the environment variable that moves it
+    # http only: the internal port of /readyz/gateway and /metrics (never the public one).
+    internal_port: int | None = None
+    internal_port_env: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # Restarts: how many so far, the last wait, when the next start is due (None: not waiting),
+    # when the current process started and since when it has been healthy (None: not yet).
+    restarts: int = 0
+    backoff_s: float = 0.0
+    restart_at: float | None = None
+    started_at: float = 0.0
+    healthy_since: float | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def ports(self) -> list[tuple[int, str]]:
+        """(port, the variable that moves it) for every port this component listens on."""
+        extra = [(self.internal_port, self.internal_port_env)] if self.internal_port is not None else []
+        return [(self.port, self.port_env), *extra]
+
+    def arguments(self) -> list[str]:
+        extra = ["--internal-port", str(self.internal_port)] if self.internal_port is not None else []
+        return ["--port", str(self.port), *extra]
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Exponential backoff between restarts of a component that keeps dying, as Kubernetes'
+    CrashLoopBackOff (there 10 s doubling to 5 min, reset after 10 min of running)."""
+
+    initial_s: float = 1.0
+    max_s: float = 30.0
+    reset_after_s: float = 60.0   # healthy this long: the next crash waits initial_s again
+
+    def next_delay(self, previous_s: float, healthy_for_s: float) -> float:
+        if previous_s <= 0 or healthy_for_s >= self.reset_after_s:
+            return self.initial_s
+        return min(previous_s * 2, self.max_s)
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
 
 
 def _port(env: str, default: int) -> int:
@@ -58,7 +105,11 @@ def components() -> list[Component]:
              ("pneumonia", "services.pneumonia", "DRTECH_PNEUMONIA_PORT", 50054, "grpc"),
              ("router", "services.router", "DRTECH_ROUTER_PORT", 50055, "grpc"),
              ("gateway", "gateway", "DRTECH_HTTP_PORT", 8000, "http")]
-    return [Component(name, module, _port(env, default), kind, env) for name, module, env, default, kind in specs]
+    comps = [Component(name, module, _port(env, default), kind, env) for name, module, env, default, kind in specs]
+    gateway = comps[-1]
+    gateway.internal_port_env = "DRTECH_GATEWAY_INTERNAL_PORT"
+    gateway.internal_port = _port(gateway.internal_port_env, 8001)
+    return comps
 
 
 def ports_in_use(comps: list[Component]) -> list[str]:
@@ -66,13 +117,14 @@ def ports_in_use(comps: list[Component]) -> list[str]:
     already there (another `make run`, say) would answer the health checks in the new one's place."""
     problems = []
     for comp in comps:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the servers bind
-            try:
-                probe.bind(("127.0.0.1", comp.port))
-            except OSError as error:
-                problems.append(f"{comp.name} cannot use port {comp.port} ({error.strerror}): stop what "
-                                f"listens there, or choose another with {comp.port_env}=...")
+        for port, port_env in comp.ports():
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the servers bind
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError as error:
+                    problems.append(f"{comp.name} cannot use port {port} ({error.strerror}): stop what "
+                                    f"listens there, or choose another with {port_env}=...")
     return problems
 
 
@@ -107,37 +159,53 @@ def _http_ready(url: str) -> bool:
         return False
 
 
-def _healthy(comp: Component) -> bool:
+def healthy(comp: Component) -> bool:
+    """gRPC health SERVING; for the gateway, its own readiness (auth, database, stores) on its
+    internal port: not the public /readyz, which waits for every model service."""
     if comp.kind == "grpc":
         return _grpc_serving(comp.address)
-    return _http_ready(f"http://{comp.address}/readyz")
+    return _http_ready(f"http://127.0.0.1:{comp.internal_port}/readyz/gateway")
 
 
 class Supervisor:
-    def __init__(self, comps: list[Component], start_timeout: float, grace: float) -> None:
+    def __init__(self, comps: list[Component], start_timeout: float, grace: float,
+                 policy: RestartPolicy | None = None) -> None:
         self.comps = comps
         self.start_timeout = start_timeout
         self.grace = grace
+        self.policy = policy or RestartPolicy()
         self.stopping = threading.Event()
         self.hurry = threading.Event()   # a second Ctrl-C: kill what is still running
+        self._env: dict[str, str] | None = None
+
+    def spawn(self, comp: Component) -> subprocess.Popen[bytes]:
+        if self._env is None:
+            self._env = _child_env(self.comps)
+            Path(self._env["DRTECH_HOME"]).mkdir(parents=True, exist_ok=True)
+        # services.with_parent: a child ends if the supervisor is killed outright. No preexec_fn:
+        # it runs gRPC's fork handlers in the forked copy of this process (see that module).
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.with_parent", str(os.getpid()), comp.module, *comp.arguments()],
+            cwd=ROOT,
+            env=self._env,
+            start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
+        )
+
+    def healthy(self, comp: Component) -> bool:
+        return healthy(comp)
+
+    def _start(self, comp: Component, now: float) -> None:
+        comp.process = self.spawn(comp)
+        comp.started_at, comp.healthy_since = now, None
 
     def start_all(self) -> None:
-        env = _child_env(self.comps)
-        Path(env["DRTECH_HOME"]).mkdir(parents=True, exist_ok=True)
         for comp in self.comps:
             if self.stopping.is_set():
                 return
             log.info("starting %s on %s", comp.name, comp.address)
-            # services.with_parent: a child ends if the supervisor is killed outright. No preexec_fn:
-            # it runs gRPC's fork handlers in the forked copy of this process (see that module).
-            comp.process = subprocess.Popen(
-                [sys.executable, "-m", "services.with_parent", str(os.getpid()), comp.module,
-                 "--port", str(comp.port)],
-                cwd=ROOT,
-                env=env,
-                start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
-            )
+            self._start(comp, time.monotonic())
             self._wait_healthy(comp)
+            comp.healthy_since = time.monotonic()
 
     def _wait_healthy(self, comp: Component) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -148,7 +216,7 @@ class Supervisor:
                 if started.process is not None and started.process.poll() is not None:
                     when = "while starting" if started is comp else f"while {comp.name} was starting"
                     raise RuntimeError(f"{started.name} exited with status {started.process.returncode} {when}")
-            if _healthy(comp):
+            if self.healthy(comp):
                 log.info("%s is healthy", comp.name)
                 return
             time.sleep(0.2)
@@ -156,13 +224,43 @@ class Supervisor:
             raise RuntimeError(f"{comp.name} was not healthy within {self.start_timeout:.0f} s")
 
     def watch(self) -> int:
-        """Block until a stop signal (returns 0) or until a component dies (returns 1)."""
+        """Keep every component running until a stop signal; returns 0 then."""
         while not self.stopping.wait(0.5):
             for comp in self.comps:
-                if comp.process is not None and comp.process.poll() is not None:
-                    log.error("%s exited unexpectedly with status %s", comp.name, comp.process.returncode)
-                    return 1
+                if self.stopping.is_set():
+                    break
+                self.tend(comp, time.monotonic())
         return 0
+
+    def tend(self, comp: Component, now: float) -> None:
+        """One look at a running platform's component: start it again once its wait is over,
+        schedule a restart if it died, note when a (re)started one is healthy."""
+        if comp.restart_at is not None:
+            if now >= comp.restart_at:
+                comp.restart_at = None
+                self._start(comp, now)
+            return
+        if comp.process is None:
+            return
+        returncode = comp.process.poll()
+        if returncode is not None:
+            healthy_for = now - comp.healthy_since if comp.healthy_since is not None else 0.0
+            comp.backoff_s = self.policy.next_delay(comp.backoff_s, healthy_for)
+            comp.restarts += 1
+            comp.restart_at = now + comp.backoff_s
+            log.error("%s exited unexpectedly (%s); restarting it in %g s (restart %d)",
+                      comp.name, describe_exit(returncode), comp.backoff_s, comp.restarts)
+            return
+        if comp.healthy_since is None:
+            if self.healthy(comp):
+                comp.healthy_since = now
+                log.info("%s is healthy again (restart %d)", comp.name, comp.restarts)
+            elif now - comp.started_at > self.start_timeout:
+                # As a failing startup probe: end it, and the next look restarts it after its wait.
+                log.error("%s was not healthy within %.0f s of restart %d; killing it",
+                          comp.name, self.start_timeout, comp.restarts)
+                comp.process.kill()
+                comp.process.wait()
 
     def stop_all(self) -> None:
         running = [c for c in reversed(self.comps) if c.process is not None and c.process.poll() is None]
@@ -185,9 +283,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for each component")
     parser.add_argument("--grace", type=float, default=15.0, help="seconds each component gets to stop")
+    parser.add_argument("--restart-backoff", type=float, default=1.0,
+                        help="seconds before restarting a component that died; doubled after each crash")
+    parser.add_argument("--restart-backoff-max", type=float, default=30.0, help="the longest wait before a restart")
+    parser.add_argument("--restart-reset-after", type=float, default=60.0,
+                        help="seconds healthy after which a crash waits --restart-backoff again")
     args = parser.parse_args(argv)
+    if not 0 < args.restart_backoff <= args.restart_backoff_max:
+        parser.error("need 0 < --restart-backoff <= --restart-backoff-max")
 
-    supervisor = Supervisor(components(), args.start_timeout, args.grace)
+    policy = RestartPolicy(args.restart_backoff, args.restart_backoff_max, args.restart_reset_after)
+    supervisor = Supervisor(components(), args.start_timeout, args.grace, policy)
     problems = ports_in_use(supervisor.comps)
     for problem in problems:
         log.error("%s", problem)
@@ -211,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         if not supervisor.stopping.is_set():
             gateway = supervisor.comps[-1]
             print(f"\nDr.Tech is running at http://{gateway.address}  (Ctrl-C to stop)\n", flush=True)
+            print(f"Metrics and detailed readiness: http://127.0.0.1:{gateway.internal_port}/metrics, "
+                  "/readyz, /readyz/gateway", flush=True)
             print("Not for clinical use.", flush=True)
             status = supervisor.watch()
     except RuntimeError as error:

@@ -95,3 +95,130 @@ def test_the_gateway_says_its_port_is_in_use_instead_of_a_traceback(capsys: pyte
         port = taken.getsockname()[1]
         assert gateway_main(["--host", "127.0.0.1", "--port", str(port)]) == 1
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+# --- restarts -------------------------------------------------------------------------------------
+
+
+def test_the_restart_wait_doubles_up_to_its_cap_and_starts_over_after_a_healthy_run() -> None:
+    policy = supervisor.RestartPolicy(initial_s=1, max_s=30, reset_after_s=60)
+    waits, previous = [], 0.0
+    for _ in range(7):
+        previous = policy.next_delay(previous, healthy_for_s=5)
+        waits.append(previous)
+    assert waits == [1, 2, 4, 8, 16, 30, 30]
+    assert policy.next_delay(30, healthy_for_s=60) == 1     # it had stayed healthy a while
+    assert policy.next_delay(30, healthy_for_s=59) == 30
+
+
+class Exited:
+    """A finished process, as far as the supervisor looks (poll)."""
+
+    def __init__(self, returncode: int) -> None:
+        self.returncode = returncode
+
+    def poll(self) -> int:
+        return self.returncode
+
+
+class Running:
+    returncode = None
+
+    def poll(self) -> None:
+        return None
+
+
+class Recording(Supervisor):
+    """Starts nothing: records each start and answers health from `healthy_now`."""
+
+    def __init__(self, comps: list[Component]) -> None:
+        super().__init__(comps, start_timeout=100, grace=1,
+                         policy=supervisor.RestartPolicy(initial_s=1, max_s=4, reset_after_s=60))
+        self.started: list[str] = []
+        self.healthy_now = False
+
+    def spawn(self, comp: Component) -> Running:   # type: ignore[override]
+        self.started.append(comp.name)
+        return Running()
+
+    def healthy(self, comp: Component) -> bool:
+        return self.healthy_now
+
+
+def test_a_component_that_dies_is_started_again_after_its_wait_and_logged_in_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    skin, bone = Component("skin", "services.skin", 1, "grpc"), Component("bone", "services.bone", 2, "grpc")
+    runner = Recording([bone, skin])
+    bone.process, skin.process = Running(), Exited(-9)
+    bone.healthy_since = skin.healthy_since = 0.0
+
+    for comp in (bone, skin):
+        runner.tend(comp, now=10.0)
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert line == "skin exited unexpectedly (killed by SIGKILL); restarting it in 1 s (restart 1)"
+    assert runner.started == []                      # not before its wait is over
+    runner.tend(skin, now=10.5)
+    assert runner.started == []
+    runner.tend(skin, now=11.0)
+    assert runner.started == ["skin"]
+    assert skin.healthy_since is None
+    runner.healthy_now = True
+    runner.tend(skin, now=12.0)
+    assert skin.healthy_since == 12.0 and "skin is healthy again (restart 1)" in caplog.messages
+    runner.tend(bone, now=12.0)
+    assert bone.restarts == 0 and runner.started == ["skin"]   # the others are left alone
+
+
+def test_a_component_that_keeps_dying_waits_longer_each_time_up_to_the_cap() -> None:
+    auth = Component("auth", "services.auth", 1, "grpc")
+    runner = Recording([auth])
+    waits = []
+    now = 0.0
+    for _ in range(5):
+        auth.process = Exited(1)          # dies at once, never healthy
+        runner.tend(auth, now)
+        waits.append(auth.restart_at - now)
+        now = auth.restart_at
+        runner.tend(auth, now)            # started again
+    assert waits == [1, 2, 4, 4, 4]
+    assert runner.started == ["auth"] * 5 and auth.restarts == 5
+
+
+def test_a_component_healthy_for_a_while_before_it_dies_waits_the_shortest_time_again() -> None:
+    pneumonia = Component("pneumonia", "services.pneumonia", 1, "grpc")
+    runner = Recording([pneumonia])
+    pneumonia.backoff_s, pneumonia.restarts = 4.0, 3
+    pneumonia.process, pneumonia.healthy_since = Exited(1), 100.0
+    runner.tend(pneumonia, now=160.0)
+    assert pneumonia.restart_at == 161.0 and pneumonia.restarts == 4
+
+
+def test_a_restarted_component_that_never_gets_healthy_is_killed_and_tried_again() -> None:
+    router = Component("router", "services.router", 1, "grpc")
+    runner = Recording([router])
+    router.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    router.started_at = 0.0
+    try:
+        runner.tend(router, now=50.0)
+        assert router.process.poll() is None
+        runner.tend(router, now=101.0)        # past start_timeout (100 s)
+        assert router.process.returncode == -9
+        runner.tend(router, now=102.0)
+        assert router.restart_at == 103.0
+    finally:
+        if router.process.poll() is None:
+            router.process.kill()
+            router.process.wait()
+
+
+def test_the_gateways_internal_port_is_checked_and_passed_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRTECH_GATEWAY_INTERNAL_PORT", "9001")
+    gateway = supervisor.components()[-1]
+    assert gateway.ports() == [(8000, "DRTECH_HTTP_PORT"), (9001, "DRTECH_GATEWAY_INTERNAL_PORT")]
+    assert gateway.arguments() == ["--port", "8000", "--internal-port", "9001"]
+    with _listening_socket() as taken:
+        gateway.port = 0                      # any free port: only the internal one is taken
+        gateway.internal_port = taken.getsockname()[1]
+        (problem,) = supervisor.ports_in_use([gateway])
+    assert f"gateway cannot use port {gateway.internal_port}" in problem and "DRTECH_GATEWAY_INTERNAL_PORT=" in problem

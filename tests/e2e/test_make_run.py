@@ -2,7 +2,9 @@
 
 Starts `python -m services.supervisor` (what `make run` runs) on free ports with a fresh
 DRTECH_HOME, signs up, logs in, uploads one image of each exam type, checks each diagnosis and
-the history, logs out, then stops the supervisor with SIGTERM and checks no process is left.
+the history, logs out; kills one model service outright and sees the other exam types keep working
+while the supervisor starts it again; then stops the supervisor with SIGTERM and checks no process
+is left. The tests run in this order and share the one platform.
 """
 
 from __future__ import annotations
@@ -49,6 +51,30 @@ def _processes_with_home(home: Path) -> list[int]:
     return pids
 
 
+def _component_pid(home: Path, module: str) -> int:
+    """The PID of the component the supervisor runs as `python -m services.with_parent PID module ...`."""
+    found = []
+    for pid in _processes_with_home(home):
+        try:
+            arguments = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"services.with_parent" in arguments and module.encode() in arguments:
+            found.append(pid)
+    assert len(found) == 1, f"expected one {module} process, found {found}"
+    return found[0]
+
+
+def _wait_for_line(output: list[str], text: str, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in list(output):
+            if text in line:
+                return line
+        time.sleep(0.2)
+    pytest.fail(f"the supervisor never logged {text!r}:\n" + "".join(output[-40:]))
+
+
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     if not all((ROOT / "services" / task / "model" / "model.onnx").exists() for task in MODEL_NAMES.values()):
@@ -64,6 +90,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         DRTECH_SKIN_PORT=str(free_port()),
         DRTECH_PNEUMONIA_PORT=str(free_port()),
         DRTECH_ROUTER_PORT=str(free_port()),
+        DRTECH_GATEWAY_INTERNAL_PORT=str(internal_port := free_port()),
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "services.supervisor", "--start-timeout", "180"],
@@ -90,7 +117,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     if not ready.is_set():
         process.kill()
         pytest.fail("platform did not come up:\n" + "".join(output[-60:]))
-    info = {"base": f"http://127.0.0.1:{http_port}", "home": home, "process": process, "output": output}
+    info = {"base": f"http://127.0.0.1:{http_port}", "internal": f"http://127.0.0.1:{internal_port}",
+            "home": home, "process": process, "output": output}
     try:
         yield info
     finally:
@@ -105,6 +133,9 @@ def test_a_new_user_gets_a_diagnosis_of_each_kind_and_sees_the_history(platform:
     with httpx.Client(base_url=platform["base"], timeout=60) as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 200
+        # Metrics and the gateway's own readiness are on the internal port only.
+        assert client.get("/metrics").status_code == 404
+        assert httpx.get(f"{platform['internal']}/readyz/gateway", timeout=60).status_code == 200
 
         signup = client.post(
             "/api/v1/auth/signup",
@@ -183,6 +214,57 @@ def test_a_new_user_gets_a_diagnosis_of_each_kind_and_sees_the_history(platform:
 
         assert client.post("/api/v1/auth/logout", headers=auth).status_code == 204
         assert client.get("/api/v1/me", headers=auth).status_code == 401
+
+
+def test_a_killed_model_service_comes_back_while_the_other_exam_types_keep_working(platform: dict) -> None:
+    home, output = platform["home"], platform["output"]
+    with httpx.Client(base_url=platform["base"], timeout=60) as client:
+        account = {"email": "restart@example.org", "password": "correct horse 42", "first_name": "Kim",
+                   "surname": "Lee"}
+        assert client.post("/api/v1/auth/signup", json=account).status_code == 201
+        token = client.post("/api/v1/auth/login", json={k: account[k] for k in ("email", "password")})
+        auth = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        client.cookies.clear()
+
+        def diagnose(exam_type: str) -> dict:
+            reply = client.post("/api/v1/diagnoses", data={"exam_type": exam_type}, headers=auth,
+                                files={"file": ("upload.jpg", sample_image_bytes(exam_type), "image/jpeg")})
+            assert reply.status_code == 201, reply.text
+            return reply.json()
+
+        killed = _component_pid(home, "services.skin")
+        os.kill(killed, signal.SIGKILL)
+        line = _wait_for_line(output, "skin exited unexpectedly", timeout_s=30)
+        assert "(killed by SIGKILL); restarting it in 1 s (restart 1)" in line
+
+        # Meanwhile: the platform says skin is not there, and chest X-rays are still diagnosed. The
+        # skin upload gets the API's own answer, a failed record to retry (or, if skin was back
+        # already, its diagnosis).
+        meanwhile = client.get("/readyz")
+        assert meanwhile.status_code in (200, 503)
+        if meanwhile.status_code == 503:
+            assert meanwhile.json()["detail"] == "not ready: skin (unreachable)"
+        chest = diagnose("chest_xray")
+        assert chest["status"] == "completed", chest
+        skin = diagnose("skin_lesion")
+        assert skin["status"] in ("failed", "completed"), skin
+
+        _wait_for_line(output, "skin is healthy again (restart 1)", timeout_s=180)
+        restarted = _component_pid(home, "services.skin")
+        assert restarted != killed
+        deadline = time.monotonic() + 60
+        while skin["status"] == "failed" and time.monotonic() < deadline:
+            retried = client.post(f"/api/v1/diagnoses/{skin['id']}/retry", headers=auth)
+            assert retried.status_code == 200, retried.text
+            skin = retried.json()
+            if skin["status"] == "failed":
+                time.sleep(1)       # the gateway dials a returned backend again within 5 s
+        assert skin["status"] == "completed", skin
+        assert skin["label"] in LABELS["skin_lesion"]
+        assert diagnose("skin_lesion")["status"] == "completed"
+        assert client.get("/readyz").json() == {"status": "ready", "services": dict.fromkeys(
+            ("auth", "bone", "skin", "pneumonia", "router"), "SERVING")}
+    assert platform["process"].poll() is None, "the supervisor kept running"
 
 
 def test_sigterm_stops_every_process(platform: dict) -> None:

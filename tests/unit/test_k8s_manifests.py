@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -48,6 +49,7 @@ NAMESPACES = {"dev": "drtech-dev", "production": "drtech", "gpu": "drtech"}
 MODEL_SERVICES = {spec.task: spec.default_port for spec in (BONE, SKIN, PNEUMONIA, ROUTER)}
 GRPC_SERVICES = {"auth": 50051, **MODEL_SERVICES}
 GATEWAY_PORT = 8000
+GATEWAY_INTERNAL_PORT = 8001   # /metrics and the detailed readiness (DRTECH_GATEWAY_INTERNAL_PORT)
 HEALTH_PORT = 50060     # the model services' probe port (ServingSettings.health_port)
 SETTINGS: dict[str, type[BaseSettings]] = {
     "auth": AuthSettings,
@@ -434,15 +436,21 @@ def probe_problems(name: str, where: str, container: dict[str, Any]) -> Iterator
             if handlers != {"grpc"} or probe["grpc"].get("port") != probe_port:
                 yield f"{where}: {kind} must be a native grpc probe on port {probe_port}"
     else:
-        if ports != {"http": GATEWAY_PORT}:
-            yield f"{where}: must expose exactly one port, named http, {GATEWAY_PORT} (got {ports})"
+        if ports != {"http": GATEWAY_PORT, "internal": GATEWAY_INTERNAL_PORT}:
+            yield (f"{where}: must expose exactly the ports http {GATEWAY_PORT} and internal "
+                   f"{GATEWAY_INTERNAL_PORT} (got {ports})")
+        env = {item["name"]: item.get("value") for item in container.get("env", [])}
+        if env.get("DRTECH_GATEWAY_INTERNAL_PORT") != str(GATEWAY_INTERNAL_PORT):
+            yield f"{where}: DRTECH_GATEWAY_INTERNAL_PORT must be {GATEWAY_INTERNAL_PORT}, the port named internal"
         paths = {kind: probe.get("httpGet", {}).get("path") for kind, probe in probes.items()}
         # Readiness is the gateway's own (/readyz/gateway), not /readyz (every model service too).
         expected = {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz/gateway"}
         if paths != expected:
             yield f"{where}: probes must be /healthz (startup, liveness) and /readyz/gateway (readiness): {paths}"
-        if any(probe.get("httpGet", {}).get("port") != "http" for probe in probes.values()):
-            yield f"{where}: HTTP probes must use the port named http"
+        probe_ports = {kind: probe.get("httpGet", {}).get("port") for kind, probe in probes.items()}
+        # /readyz/gateway is served on the internal port only; /healthz on both.
+        if probe_ports != {"startupProbe": "http", "livenessProbe": "http", "readinessProbe": "internal"}:
+            yield f"{where}: probes must use the port named http, readiness the port named internal: {probe_ports}"
     # Warm-up (model load + warm-up runs) must fit in the startup probe's window.
     startup = probes["startupProbe"]
     if startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3) < 60:
@@ -474,6 +482,11 @@ def network_policy_problems(
         if name == "gateway":
             if not any("http" in [port.get("port") for port in rule.get("ports", [])] for rule in rules):
                 yield "gateway: no NetworkPolicy admits traffic to its http port"
+            for rule in rules:
+                opened = [port.get("port") for port in rule.get("ports", [])]
+                # No `ports` opens every port, the internal one included.
+                if (not opened or "internal" in opened or GATEWAY_INTERNAL_PORT in opened) and not rule.get("from"):
+                    yield "gateway: a NetworkPolicy opens its internal port (metrics, detailed readiness) to anyone"
             continue
         if not rules:
             yield f"{name}: no NetworkPolicy admits the gateway"
@@ -595,17 +608,23 @@ def trusted_proxies(objects: list[dict[str, Any]] | tuple[dict[str, Any], ...], 
     return values[reference["key"]]
 
 
-def assert_trusted_proxies_are_a_restricted_range(value: str) -> None:
-    """Not everyone ("*"), and addresses or networks that GatewaySettings accepts."""
+def assert_trusted_proxies_are_a_restricted_range(value: str, env: str) -> None:
+    """Not everyone ("*"), and addresses or networks that GatewaySettings accepts in this
+    DRTECH_ENV (production: none wider than 256 addresses)."""
     assert "*" not in value, "any pod could then choose its client IP (and dodge log-in throttling)"
-    GatewaySettings(forwarded_allow_ips=value, DRTECH_ENV="production")
+    GatewaySettings(forwarded_allow_ips=value, DRTECH_ENV=env, database_url=STAND_IN_POSTGRES)
+
+
+# What the operator's Secret drtech-database holds, for checking the settings the overlays give.
+STAND_IN_POSTGRES = "postgresql+psycopg://drtech@postgres.example:5432/drtech"
 
 
 def test_gateway_trusts_x_forwarded_for_only_from_the_ingress_controller_range() -> None:
     literals = load_yaml_documents(BASE / "kustomization.yaml")[0]["configMapGenerator"][0]["literals"]
     value = trusted_proxies(base_objects(), literals)
     assert value == "10.244.0.0/16", "the documented default (deploy/k8s/README.md)"
-    assert_trusted_proxies_are_a_restricted_range(value)
+    assert "DRTECH_ENV=development" in literals
+    assert_trusted_proxies_are_a_restricted_range(value, "development")
 
 
 # One manifest mistake each, and the words the invariant checks must report it with.
@@ -663,6 +682,16 @@ BREAKAGES = {
             terminationGracePeriodSeconds=10
         ),
         "must exceed preStop + drain",
+    ),
+    "gateway internal port open to anyone": (
+        lambda objs: of_kind(objs, "NetworkPolicy")["gateway-http"]["spec"]["ingress"][1].pop("from"),
+        "opens its internal port",
+    ),
+    "gateway readiness on the public port": (
+        lambda objs: containers(of_kind(objs, "Deployment")["gateway"])[0]["readinessProbe"]["httpGet"].update(
+            port="http"
+        ),
+        "readiness the port named internal",
     ),
     "gateway readiness on every model service": (
         lambda objs: containers(of_kind(objs, "Deployment")["gateway"])[0]["readinessProbe"]["httpGet"].update(
@@ -853,7 +882,37 @@ def test_rendered_gateway_trusts_only_a_restricted_proxy_range(overlay: str) -> 
         obj for obj in objects if obj["kind"] == "ConfigMap" and obj["metadata"]["name"].startswith("drtech-config")
     )
     literals = [f"{key}={value}" for key, value in configmap["data"].items()]
-    assert_trusted_proxies_are_a_restricted_range(trusted_proxies(objects, literals))
+    assert_trusted_proxies_are_a_restricted_range(trusted_proxies(objects, literals), configmap["data"]["DRTECH_ENV"])
+
+
+@needs_renderer
+@pytest.mark.parametrize("overlay", ["production", "gpu"])
+def test_production_overlays_pass_what_production_refuses(overlay: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway and auth would start: every setting they read from the rendered manifests (the
+    config map, their literal env entries; the Secret's URL as a PostgreSQL stand-in) passes
+    DRTECH_ENV=production's refusals (services/core/production.py)."""
+    objects = render(f"overlays/{overlay}")
+    config = next(iter(of_kind(objects, "ConfigMap").values()))["data"]
+    assert config["DRTECH_ENV"] == "production"
+    for name, settings_class in (("gateway", GatewaySettings), ("auth", AuthSettings)):
+        for variable in list(os.environ):
+            if variable.startswith("DRTECH_"):
+                monkeypatch.delenv(variable)
+        server = containers(of_kind(objects, "Deployment")[name])[0]
+        environment = dict(config)
+        for entry in server.get("env", []):
+            if "value" in entry:
+                environment[entry["name"]] = entry["value"]
+            elif "configMapKeyRef" in entry.get("valueFrom", {}):
+                environment[entry["name"]] = config[entry["valueFrom"]["configMapKeyRef"]["key"]]
+            elif entry["valueFrom"].get("secretKeyRef", {}).get("name") == "drtech-database":
+                environment[entry["name"]] = STAND_IN_POSTGRES
+        for variable, value in environment.items():
+            monkeypatch.setenv(variable, value)
+        settings = settings_class()
+        assert settings.database_url == STAND_IN_POSTGRES, name
+        if isinstance(settings, GatewaySettings):
+            assert settings.cookie_secure is True
 
 
 @needs_renderer

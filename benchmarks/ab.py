@@ -45,6 +45,8 @@ def start_stack(side: str, cwd: Path, home: Path, task: str, serving: dict[str, 
     gateway = start_process(f"{side}-gateway", ["-m", "gateway", "--port", "0"], {
         "DRTECH_HOME": str(home), "DRTECH_AUTH_ADDR": auth.address, "DRTECH_ROUTER_ADDR": "127.0.0.1:9",
         f"DRTECH_{task.upper()}_ADDR": service.address,
+        # Two gateways at once: each picks a free internal (metrics) port; older sides ignore it.
+        "DRTECH_GATEWAY_INTERNAL_PORT": "0",
     }, cwd=cwd)
     running.append(gateway)
     return {"auth": auth, "service": service, "gateway": gateway}

@@ -471,6 +471,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         gateway_env = {
             "DRTECH_HOME": str(home), "DRTECH_AUTH_ADDR": auth.address,
             "DRTECH_ROUTER_ADDR": "127.0.0.1:9",   # unused: the benchmark names the exam type
+            "DRTECH_GATEWAY_INTERNAL_PORT": "0",   # a free one: 8001 may be another gateway's
             **{f"DRTECH_{task.upper()}_ADDR": process.address for task, process in services.items()},
         }
         gateway = start_process("gateway", ["-m", "gateway", "--port", "0"], gateway_env)

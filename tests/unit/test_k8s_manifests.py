@@ -732,7 +732,7 @@ def test_image_definition_installs_serving_extras_without_tensorflow() -> None:
     # The pods pass only args, so this entrypoint is what forwards SIGTERM to the service.
     assert re.search(r'^ENTRYPOINT \["/usr/bin/tini", "--"\]', dockerfile, re.MULTILINE)
     exposed = set(re.search(r"^EXPOSE (.+)$", dockerfile, re.MULTILINE).group(1).split())
-    assert exposed == {"8000", *(str(port) for port in MODEL_SERVICES.values()), "50051"}
+    assert exposed == {str(GATEWAY_PORT), str(GATEWAY_INTERNAL_PORT), *(str(port) for port in MODEL_SERVICES.values()), "50051"}
     ignored = (REPO / ".dockerignore").read_text(encoding="utf-8").split()
     for path in (".venv", "var", "training", "tests"):
         assert path in ignored, f".dockerignore must exclude {path}"

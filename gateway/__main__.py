@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = GatewaySettings.model_validate(
-            {**settings.model_dump(), "host": args.host, "http_port": args.port, "internal_port": args.internal_port}
+            {**settings.model_dump(), "host": args.host, "http_port": args.port,
+             "internal_port": args.internal_port}
         )
     except ValidationError as error:
         log.error("refusing to start: %s", settings_error_line(error))

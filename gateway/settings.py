@@ -128,7 +128,9 @@ class GatewaySettings(BaseSettings):
         """DRTECH_ENV=production: no SQLite, no over-broad trusted proxies, no cookie over plain HTTP."""
         problems = [
             database_problem(self.database_url, "DRTECH_GATEWAY_DATABASE_URL"),
-            trusted_proxies_problem(self.forwarded_allow_ips.split(","), "DRTECH_GATEWAY_FORWARDED_ALLOW_IPS"),
+            trusted_proxies_problem(
+                self.forwarded_allow_ips.split(","), "DRTECH_GATEWAY_FORWARDED_ALLOW_IPS"
+            ),
         ]
         if self.cookie_secure is False:
             problems.append("DRTECH_GATEWAY_COOKIE_SECURE is off: the session cookie would travel over "

@@ -105,7 +105,8 @@ def components() -> list[Component]:
              ("pneumonia", "services.pneumonia", "DRTECH_PNEUMONIA_PORT", 50054, "grpc"),
              ("router", "services.router", "DRTECH_ROUTER_PORT", 50055, "grpc"),
              ("gateway", "gateway", "DRTECH_HTTP_PORT", 8000, "http")]
-    comps = [Component(name, module, _port(env, default), kind, env) for name, module, env, default, kind in specs]
+    comps = [Component(name, module, _port(env, default), kind, env)
+             for name, module, env, default, kind in specs]
     gateway = comps[-1]
     gateway.internal_port_env = "DRTECH_GATEWAY_INTERNAL_PORT"
     gateway.internal_port = _port(gateway.internal_port_env, 8001)
@@ -285,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace", type=float, default=15.0, help="seconds each component gets to stop")
     parser.add_argument("--restart-backoff", type=float, default=1.0,
                         help="seconds before restarting a component that died; doubled after each crash")
-    parser.add_argument("--restart-backoff-max", type=float, default=30.0, help="the longest wait before a restart")
+    parser.add_argument("--restart-backoff-max", type=float, default=30.0,
+                        help="the longest wait before a restart")
     parser.add_argument("--restart-reset-after", type=float, default=60.0,
                         help="seconds healthy after which a crash waits --restart-backoff again")
     args = parser.parse_args(argv)

@@ -41,7 +41,8 @@ def trusted_proxies_problem(entries: list[str], variable: str) -> str | None:
     """Why this trusted-proxy list is too broad for production, or None. Entries are IP addresses
     or CIDR networks (already validated), or "*" alone."""
     if entries == ["*"]:
-        return f"{variable} is '*': anyone could then choose their client IP; name the ingress controller's addresses"
+        return (f"{variable} is '*': anyone could then choose their client IP; "
+                "name the ingress controller's addresses")
     for entry in entries:
         network = ipaddress.ip_network(entry)
         if network.num_addresses > MAX_TRUSTED_PROXY_ADDRESSES:

@@ -1,4 +1,5 @@
-"""services.supervisor (`make run`): what its children are given, and how a death while starting is reported."""
+"""services.supervisor (`make run`): what its children are given, how a death while starting is
+reported, and how a component that dies once the platform is up is started again (backoff)."""
 
 from __future__ import annotations
 

@@ -76,6 +76,10 @@ class GatewaySettings(BaseSettings):
     route_timeout_s: float = Field(default=15.0, gt=0)
     model_info_timeout_s: float = Field(default=5.0, gt=0)
     health_timeout_s: float = Field(default=2.0, gt=0)
+    # A backend channel looks its DNS name up again when a connection closes (the servers close
+    # each after max_connection_age), but not sooner than this after the last lookup. gRPC's own
+    # default, 30 s, would hold a new pod back that long; one lookup per 5 s is nothing for DNS.
+    grpc_dns_min_interval_s: float = Field(default=5.0, gt=0)
 
     # Session cookie for the web UI. `cookie_secure` None means: on in production, off in development
     # (a local http://127.0.0.1 browser would otherwise never send it back).

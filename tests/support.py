@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +24,26 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def launch(task: str, env_overrides: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """`python -m services.<task> *args` as a process of its own (one inference thread unless
+    `env_overrides` says otherwise), stdout and stderr piped."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DRTECH_SERVING_INTRA_OP_THREADS": "1", **env_overrides}
+    return subprocess.Popen(
+        [sys.executable, "-m", f"services.{task}", *args],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def first_line(process: subprocess.Popen[str], timeout: float) -> str:
+    """The process's first line of stdout (a model service prints "listening on ..." once SERVING)."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
+    try:
+        return lines.get(timeout=timeout)
+    except queue.Empty:
+        pytest.fail(f"no ready line within {timeout}s")
 
 
 def data_dir() -> Path:

@@ -30,8 +30,9 @@ class AuthSettings(BaseSettings):
     port: int = Field(default=50051, ge=0, le=65535)
     workers: int = Field(default=8, ge=1, le=256)
     max_message_bytes: int = Field(default=1024 * 1024, ge=4096)
-    # Clients re-resolve DNS when the server closes an old connection (gRPC load balancing on k8s).
-    max_connection_age_s: float = Field(default=300.0, gt=0)
+    # Each client connection is closed after this long (calls in flight get grace_s), so clients
+    # look the name up again and spread over pods the autoscaler added (docs/architecture.md).
+    max_connection_age_s: float = Field(default=30.0, gt=0)
     grace_s: float = Field(default=5.0, ge=0)
 
     # A session ends this long after log-in (absolute lifetime), or after session_idle_minutes

@@ -78,8 +78,13 @@ class ServingSettings(BaseSettings):
     # probes: Diagnose calls waiting for the pixel budget can hold every worker thread of the main
     # port, and a probe queued behind them would fail and restart a busy pod. 0 = off.
     health_port: int = Field(default=0, ge=0, le=65535)
-    # Connections are closed after this long so clients re-resolve DNS and spread over new pods.
-    max_connection_age_seconds: float = Field(default=300.0, gt=0)
+    # Each client connection is closed (HTTP/2 GOAWAY; gRPC adds +-10% jitter) after this long, so
+    # clients look the name up again and spread over pods the autoscaler added: a new pod gets calls
+    # within about this long. Reconnecting costs one plaintext TCP + HTTP/2 handshake, nothing at 30 s;
+    # at 300 s an HPA scale-up did nothing for minutes (docs/architecture.md).
+    max_connection_age_seconds: float = Field(default=30.0, gt=0)
+    # Calls in flight on a closed connection get this long to finish: the gateway's Diagnose
+    # deadline (DRTECH_GATEWAY_DIAGNOSE_TIMEOUT_S, 30 s), so closing one never cuts a call short.
     max_connection_age_grace_seconds: float = Field(default=30.0, ge=0)
 
     def inference_plan(self, cores: int | None = None) -> tuple[int, int]:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -17,26 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
 from services.pneumonia.spec import SPEC as PNEUMONIA
 from tests.serving_models import write_fixture_model
-from tests.support import ROOT, jpeg_bytes, synthetic_image
+from tests.support import first_line, jpeg_bytes, launch, synthetic_image
 
 START_TIMEOUT = 60.0
-
-
-def launch(task: str, env_overrides: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DRTECH_SERVING_INTRA_OP_THREADS": "1", **env_overrides}
-    return subprocess.Popen(
-        [sys.executable, "-m", f"services.{task}", *args],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-
-
-def first_line(process: subprocess.Popen[str], timeout: float) -> str:
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
-    try:
-        return lines.get(timeout=timeout)
-    except queue.Empty:
-        pytest.fail(f"no ready line within {timeout}s")
 
 
 def test_process_prints_its_port_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:

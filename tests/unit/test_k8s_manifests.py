@@ -595,6 +595,33 @@ def test_gateway_shares_its_upload_store_and_reaches_services_by_headless_dns() 
     assert any(item.startswith("CLUSTER_DOMAIN=") for item in configmap)
 
 
+# Each gRPC server's connection age: the environment variable its manifest may set, the default.
+CONNECTION_AGE_ENV = {
+    "auth": ("DRTECH_AUTH_MAX_CONNECTION_AGE_S", AuthSettings.model_fields["max_connection_age_s"].default),
+    **{task: ("DRTECH_SERVING_MAX_CONNECTION_AGE_SECONDS",
+              ServingSettings.model_fields["max_connection_age_seconds"].default)
+       for task in MODEL_SERVICES},
+}
+# docs/architecture.md: a pod the autoscaler adds gets calls within about one connection age.
+MAX_CONNECTION_AGE_S = 60.0
+
+
+def test_grpc_servers_close_connections_soon_enough_for_the_gateway_to_find_new_pods() -> None:
+    deployments = of_kind(base_objects(), "Deployment")
+    ages = {}
+    for name, (variable, default) in CONNECTION_AGE_ENV.items():
+        entry = env_value(containers(deployments[name])[0], variable)
+        ages[name] = float(entry["value"]) if entry is not None else default
+        assert ages[name] <= MAX_CONNECTION_AGE_S, (
+            f"{name}: {variable}={ages[name]}: a new pod would wait that long for calls"
+        )
+    gateway = containers(deployments["gateway"])[0]
+    entry = env_value(gateway, "DRTECH_GATEWAY_GRPC_DNS_MIN_INTERVAL_S")
+    interval = float(entry["value"]) if entry is not None else GatewaySettings.model_fields[
+        "grpc_dns_min_interval_s"].default
+    assert interval < min(ages.values()), "the gateway would look names up less often than connections close"
+
+
 def trusted_proxies(objects: list[dict[str, Any]] | tuple[dict[str, Any], ...], literals: list[str]) -> str:
     """The gateway's DRTECH_GATEWAY_FORWARDED_ALLOW_IPS, resolved from the drtech-config key it names."""
     server = containers(of_kind(objects, "Deployment")["gateway"])[0]

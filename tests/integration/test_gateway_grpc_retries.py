@@ -96,7 +96,9 @@ def test_reads_and_idempotent_calls_are_retried_on_unavailable(
 
 
 @pytest.mark.parametrize("method", ["SignUp", "LogIn"])
-def test_calls_that_change_state_are_not_repeated(server: tuple[FirstAttemptUnavailable, str], method: str) -> None:
+def test_calls_that_change_state_are_not_repeated(
+    server: tuple[FirstAttemptUnavailable, str], method: str
+) -> None:
     handler, address = server
     assert call(address, method) == grpc.StatusCode.UNAVAILABLE
     assert handler.attempts == Counter({f"/drtech.v1.AuthService/{method}": 1})

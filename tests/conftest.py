@@ -7,8 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from services.auth.testing import fresh_postgres_schema, postgres_unavailable_reason
-from tests.support import data_dir
+from services.auth.testing import fresh_postgres_schema
+from tests.support import adopt_local_postgres, data_dir, postgres_skip_reason
+
+_POSTGRES_TIER = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`make test` runs what CI runs: the PostgreSQL tier runs whenever the local server answers, for
+    this run and the processes it starts, without anyone setting the variable."""
+    config.stash[_POSTGRES_TIER] = adopt_local_postgres()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return config.stash.get(_POSTGRES_TIER, "")
 
 
 @pytest.fixture
@@ -23,11 +35,11 @@ def shared_data() -> Path:
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Each database test runs on a fresh SQLite file and on a fresh PostgreSQL schema
-    (skipped, with the reason, when DRTECH_TEST_POSTGRES_URL is unset or unreachable)."""
+    (skipped, with the reason, when no PostgreSQL answers)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'test.db'}"
         return
-    reason = postgres_unavailable_reason()
+    reason = postgres_skip_reason()
     if reason:
         pytest.skip(reason)
     with fresh_postgres_schema() as url:

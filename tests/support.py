@@ -46,6 +46,42 @@ def first_line(process: subprocess.Popen[str], timeout: float) -> str:
         pytest.fail(f"no ready line within {timeout}s")
 
 
+# Every developer and CI machine runs PostgreSQL here (trust auth, database `test`).
+LOCAL_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+_local_postgres_missing: str | None = None   # why the local server could not be used, once looked for
+
+
+def adopt_local_postgres(url: str = LOCAL_POSTGRES_URL) -> str:
+    """With DRTECH_TEST_POSTGRES_URL unset, set it (for this run and the processes it starts) to `url`
+    when that server answers, so `make test` runs the PostgreSQL tier wherever CI would; leave it unset
+    when it does not. Returns one line saying which, for pytest's report header."""
+    from services.auth.testing import POSTGRES_URL_ENV, postgres_unavailable_reason
+
+    global _local_postgres_missing
+    if os.environ.get(POSTGRES_URL_ENV):
+        return f"PostgreSQL tier: runs on {POSTGRES_URL_ENV} as set"
+    os.environ[POSTGRES_URL_ENV] = url
+    reason = postgres_unavailable_reason()
+    if reason is None:
+        _local_postgres_missing = None
+        return f"PostgreSQL tier: runs on {url} (found answering; {POSTGRES_URL_ENV} unset)"
+    del os.environ[POSTGRES_URL_ENV]
+    # psycopg's messages run over several lines; a skip reason is one.
+    _local_postgres_missing = (f"no PostgreSQL answers at {url} and {POSTGRES_URL_ENV} is unset "
+                               f"({reason.splitlines()[0].split(': ', 1)[-1]})")
+    return f"PostgreSQL tier: skipped: {_local_postgres_missing}"
+
+
+def postgres_skip_reason() -> str | None:
+    """None when the PostgreSQL tests can run; otherwise their one-line skip reason."""
+    from services.auth.testing import postgres_unavailable_reason
+
+    reason = postgres_unavailable_reason()
+    if reason is None:
+        return None
+    return _local_postgres_missing or reason.splitlines()[0]
+
+
 def data_dir() -> Path:
     return Path(os.environ.get("DRTECH_DATA_DIR", ROOT.parent / "shared" / "data"))
 

@@ -18,8 +18,8 @@ from sqlalchemy import Engine, inspect
 
 from services.auth.database import alembic_config, make_engine, migrate
 from services.auth.models import Base
-from services.auth.testing import fresh_postgres_schema, postgres_unavailable_reason
-from tests.support import ROOT
+from services.auth.testing import fresh_postgres_schema
+from tests.support import ROOT, postgres_skip_reason
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -29,7 +29,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
         yield engine
         engine.dispose()
         return
-    reason = postgres_unavailable_reason()
+    reason = postgres_skip_reason()
     if reason:
         pytest.skip(reason)
     with fresh_postgres_schema() as url:

@@ -40,7 +40,7 @@ from services.pneumonia.spec import SPEC as PNEUMONIA
 from services.router.spec import SPEC as ROUTER
 from services.skin.spec import SPEC as SKIN
 from tests.serving_models import write_fixture_model
-from tests.support import free_port, jpeg_bytes, sample_image_bytes, synthetic_image
+from tests.support import free_port, jpeg_bytes, postgres_skip_reason, sample_image_bytes, synthetic_image
 from tests.unit.test_imaging import make_dicom, ramp
 
 SPECS: dict[str, TaskSpec] = {"bone_xray": BONE, "skin_lesion": SKIN, "chest_xray": PNEUMONIA}
@@ -927,9 +927,9 @@ def test_an_image_the_model_rejects_is_422_with_its_message_and_not_kept(
 
 @pytest.mark.postgres
 def test_the_gateway_keeps_its_records_in_postgresql(stack: Stack, tmp_path: Path) -> None:
-    from services.auth.testing import fresh_postgres_schema, postgres_unavailable_reason
+    from services.auth.testing import fresh_postgres_schema
 
-    reason = postgres_unavailable_reason()
+    reason = postgres_skip_reason()
     if reason:
         pytest.skip(reason)
     with fresh_postgres_schema() as url:

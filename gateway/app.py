@@ -6,6 +6,9 @@ endpoints on their own port, sharing the public app's context."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,7 +16,10 @@ from pathlib import Path
 import anyio
 from fastapi import FastAPI, HTTPException
 from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import accounts, diagnoses, model_files, operations, previews, web
@@ -29,18 +35,28 @@ STATIC_DIR = Path(__file__).parent / "static"
 # The multipart framing around an upload; bodies beyond max_upload_bytes + this are refused unread.
 _FORM_OVERHEAD_BYTES = 64 * 1024
 
+# Swagger UI's files come from the swagger-ui-bundle package (no CDN); served as static files.
+SWAGGER_UI_DIR = Path(str(swagger_ui_path))
+SWAGGER_UI_URL = "/static/swagger-ui"
+
+
+def content_security_policy(*script_hashes: str) -> str:
+    """The gateway's CSP: everything from this origin only; `script_hashes` (base64 SHA-256) admit
+    those inline scripts and no other (the /docs page's one initialiser)."""
+    scripts = " ".join(["'self'", *(f"'sha256-{digest}'" for digest in script_hashes)])
+    return (
+        f"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src {scripts}; "
+        "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+    )
+
+
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),
-    (
-        b"content-security-policy",
-        (
-            b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-            b"object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
-        ),
-    ),
+    (b"content-security-policy", content_security_policy().encode()),
 ]
+_CACHEABLE_PATHS = ("/static/", "/favicon.ico")
 _NO_STORE = (b"cache-control", b"no-store")
 
 
@@ -56,7 +72,7 @@ class SecurityHeaders:
         # Pages and API answers hold a person's findings: no browser or proxy keeps them, so Back
         # after log-out on a shared computer shows nothing. Static files, and the images (their
         # own ETag-revalidated private caching), are left to cache.
-        cacheable = scope["path"].startswith("/static/")
+        cacheable = scope["path"].startswith(_CACHEABLE_PATHS)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -130,6 +146,25 @@ class BodySizeLimit:
             await error_response(413, self.message)(scope, receive, send)
 
 
+def install_api_docs(app: FastAPI) -> None:
+    """`GET /docs`: FastAPI's Swagger UI page for /openapi.json, its files from SWAGGER_UI_URL. The
+    page starts Swagger UI with one inline script, which its CSP admits by hash (nothing else inline)."""
+    page = get_swagger_ui_html(
+        openapi_url=app.openapi_url or "/openapi.json",
+        title=f"{app.title} API",
+        swagger_js_url=f"{SWAGGER_UI_URL}/swagger-ui-bundle.js",
+        swagger_css_url=f"{SWAGGER_UI_URL}/swagger-ui.css",
+        swagger_favicon_url="/favicon.ico",
+    )
+    body = bytes(page.body)
+    inline = re.findall(rb"<script>(.*?)</script>", body, flags=re.DOTALL)
+    policy = content_security_policy(*(base64.b64encode(hashlib.sha256(s).digest()).decode() for s in inline))
+
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs() -> HTMLResponse:
+        return HTMLResponse(body, headers={"content-security-policy": policy})
+
+
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     metrics = GatewayMetrics()
@@ -163,7 +198,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         summary="Medical-image diagnosis API. Not for clinical use.",
         version="2026.11.1",
         lifespan=lifespan,
-        # The interactive docs pull scripts from a CDN; the schema stays at /openapi.json.
+        # /docs is added below with Swagger UI's files served from here (FastAPI's own points at a CDN).
         docs_url=None,
         redoc_url=None,
     )
@@ -177,6 +212,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(model_files.router)
     app.include_router(previews.router)
     app.include_router(web.router)
+    install_api_docs(app)
+    # Before /static, which would otherwise answer (404) for Swagger UI's files too.
+    app.mount(SWAGGER_UI_URL, StaticFiles(directory=SWAGGER_UI_DIR), name="swagger-ui")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     # Outermost last: size limit, then security headers, then metrics (which sees the final status),
     # then uploads' authentication, before their body is read.

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import grpc
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from gateway.context import get_context
@@ -21,6 +21,7 @@ from services.auth import validation
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+FAVICON = Path(__file__).parent / "static" / "favicon.ico"
 
 EXAM_TYPES = [
     ("chest_xray", "Chest X-ray", "pneumonia or normal"),
@@ -62,7 +63,8 @@ async def _visitor(request: Request) -> auth_pb2.User | None:
 def _page(request: Request, template: str, user: auth_pb2.User | None, status_code: int = 200,
           **context: Any) -> HTMLResponse:
     return templates.TemplateResponse(
-        request, template, {"user": user, "exam_types": EXAM_TYPES, "active": template, **context},
+        request, template,
+        {"user": user, "exam_types": EXAM_TYPES, "active": template, "section": None, **context},
         status_code=status_code,
     )
 
@@ -80,6 +82,12 @@ async def _account_page(request: Request, template: str, **context: Any) -> Resp
 
 def _to_login(request: Request) -> RedirectResponse:
     return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+
+
+@router.get("/favicon.ico")
+async def favicon() -> FileResponse:
+    """The pages link it; browsers also ask for it unprompted (a 404 on every page before)."""
+    return FileResponse(FAVICON, media_type="image/vnd.microsoft.icon")
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -130,7 +138,9 @@ async def history_page(request: Request) -> Response:
 
 @router.get("/results/{diagnosis_id}", response_class=HTMLResponse)
 async def result_page(request: Request, diagnosis_id: str) -> Response:
-    return await _account_page(request, "client.html", diagnosis_id=diagnosis_id)
+    # A stored result belongs to History, not to "New diagnosis" (whose page it shares).
+    return await _account_page(request, "client.html", diagnosis_id=diagnosis_id, active=None,
+                               section="history.html")
 
 
 @router.get("/account", response_class=HTMLResponse)

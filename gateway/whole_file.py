@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from collections.abc import Mapping
 
 from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
 from starlette.types import Receive, Scope, Send
 
 
@@ -13,8 +15,21 @@ class WholeFileResponse(FileResponse):
     server ignore the header). Starlette answers a malformed or unsatisfiable range itself, in plain
     text, outside the API's JSON error shape (API.md); these are images a browser fetches whole."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    # FileResponse's own parameters, spelled out: FastAPI reads a response class's default
+    # `status_code` from its signature to document a route (with `*args, **kwargs` it found none and
+    # /openapi.json failed with a 500).
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        media_type: str | None = None,
+        background: BackgroundTask | None = None,
+        filename: str | None = None,
+        stat_result: os.stat_result | None = None,
+    ) -> None:
+        super().__init__(path, status_code=status_code, headers=headers, media_type=media_type,
+                         background=background, filename=filename, stat_result=stat_result)
         self.headers["accept-ranges"] = "none"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -578,8 +578,11 @@ function initDiagnose() {
       $("#result-finding").focus();
     } catch (error) {
       if (sessionEnded(error.status)) return;
-      setStatus(error.message);
-      showFieldErrors(form, error.errors || {});
+      // A refusal about the file is shown (and announced) next to it; repeated above the form it
+      // was shown twice. Anything else (a bad request, a service down) is said above the form.
+      const nextToFields = Object.values(error.errors).includes(error.message);
+      setStatus(nextToFields ? "" : error.message);
+      showFieldErrors(form, error.errors);
     } finally {
       progress.hidden = true;
       button.disabled = false;

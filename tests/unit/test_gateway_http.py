@@ -7,6 +7,8 @@ never called by these requests (they fail before any gRPC call is made).
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import io
 import re
 from collections.abc import Iterator
@@ -508,6 +510,62 @@ def test_static_assets_are_served_and_self_contained(client: TestClient) -> None
         reply = client.get(asset)
         assert reply.status_code == 200
         assert "http://" not in reply.text and "https://" not in reply.text
+
+
+def test_the_openapi_schema_answers_and_documents_the_api_but_not_the_pages(client: TestClient) -> None:
+    reply = client.get("/openapi.json")
+    assert reply.status_code == 200, reply.text
+    paths = reply.json()["paths"]
+    for path, method, status in [("/api/v1/auth/signup", "post", "201"), ("/api/v1/diagnoses", "get", "200"),
+                                 ("/api/v1/diagnoses/{diagnosis_id}/image", "get", "200"),
+                                 ("/api/v1/models/{task}/plots/{name}", "get", "200")]:
+        assert status in paths[path][method]["responses"], (path, method)
+    assert not {"/", "/app", "/docs", "/favicon.ico"} & set(paths)
+
+
+def test_the_interactive_docs_are_served_from_here_with_only_their_own_script_allowed(
+    client: TestClient,
+) -> None:
+    reply = client.get("/docs")
+    assert reply.status_code == 200 and "text/html" in reply.headers["content-type"]
+    assert not re.search(r"""(src|href)=["'](https?:)?//""", reply.text), "external resource on /docs"
+    for asset in re.findall(r"""(?:src|href)=["']([^"']+)["']""", reply.text):
+        assert client.get(asset).status_code == 200, asset
+    # The one inline script (Swagger UI's start) is admitted by its hash; nothing inline otherwise.
+    policy = reply.headers["content-security-policy"]
+    inline = re.findall(r"<script>(.*?)</script>", reply.text, flags=re.DOTALL)
+    assert len(inline) == 1 and "/openapi.json" in inline[0]
+    digest = base64.b64encode(hashlib.sha256(inline[0].encode()).digest()).decode()
+    assert f"script-src 'self' 'sha256-{digest}';" in policy
+    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+    assert "'sha256-" not in client.get("/").headers["content-security-policy"]
+
+
+def test_the_favicon_is_a_real_icon_that_every_page_links(client: TestClient) -> None:
+    reply = client.get("/favicon.ico")
+    assert reply.status_code == 200 and reply.headers["content-type"] == "image/vnd.microsoft.icon"
+    icon = Image.open(io.BytesIO(reply.content))
+    assert icon.format == "ICO" and {(16, 16), (32, 32)} <= icon.info["sizes"]
+    assert "cache-control" not in reply.headers   # like static files, a browser may keep it
+    for path in PAGES:
+        assert '<link rel="icon" href="/favicon.ico"' in client.get(path).text, path
+
+
+def _nav_current(html: str) -> dict[str, str]:
+    """The nav links marked current: {link text: aria-current}."""
+    nav = html[html.index('<nav class="nav"'):html.index("</nav>")]
+    return dict((text, value) for value, text in re.findall(r'aria-current="(\w+)"[^>]*>([^<]+)</a>', nav))
+
+
+def test_the_nav_marks_the_page_or_for_a_stored_result_its_section(
+    client: TestClient, sessions: OneLiveSession
+) -> None:
+    client.cookies.set("drtech_session", LIVE_TOKEN)
+    assert _nav_current(client.get("/app").text) == {"New diagnosis": "page"}
+    assert _nav_current(client.get("/history").text) == {"History": "page"}
+    assert _nav_current(client.get("/results/abc").text) == {"History": "true"}
+    client.cookies.clear()
+    assert _nav_current(client.get("/signup").text) == {"Sign up": "page"}
 
 
 def test_image_renders_run_at_most_the_configured_number_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -117,6 +117,14 @@ def test_home_has_a_keyboard_usable_carousel_three_steps_and_a_footer(page) -> N
     assert page.locator(".steps > li").count() == 3
     footer = page.locator("footer")
     assert "contact@" in footer.inner_text() and "©" in footer.inner_text()
+    # The linked icon exists (it was a 404 on every page), and the Sign up pill has room inside.
+    # (Fetched beside the page: Chromium fails a page's own fetch of a favicon under page.route.)
+    icon = page.request.get(page.evaluate("document.querySelector('link[rel=icon]').href"))
+    assert icon.status == 200 and icon.headers["content-type"] == "image/vnd.microsoft.icon"
+    pill = page.locator("nav a.button-small")
+    assert pill.inner_text() == "Sign up"
+    assert pill.evaluate("a => parseFloat(getComputedStyle(a).paddingLeft) >= 8 "
+                         "&& parseFloat(getComputedStyle(a).paddingRight) >= 8")
     page.get_by_role("button", name="Slide 1: what Dr.Tech does").click()
     shoot(page, "01-home")
 
@@ -269,6 +277,7 @@ def test_an_image_that_is_none_of_the_three_and_a_bad_file_get_a_clear_message(p
     page.click("#diagnose-button")
     page.wait_for_selector("#file-error:not(:empty)")
     assert "does not look like a chest X-ray" in page.inner_text("#file-error")
+    assert page.inner_text("#form-status") == ""   # said once, next to the file, not twice
     assert page.locator("#result").is_hidden()
 
     page.set_input_files("#file", str(write_file(tmp_path, "report.jpg", b"%PDF-1.4 this is not an image" * 20)))
@@ -301,6 +310,10 @@ def test_history_lists_newest_first_filters_opens_and_deletes(page) -> None:
     items.nth(2).get_by_role("link").click()
     page.wait_for_selector("#result[data-ready=true]")
     assert page.inner_text("#result-exam").startswith("Chest X-ray")
+    # A stored result is in History (its section), not "New diagnosis" (whose page it shares).
+    current = page.locator("nav [aria-current]")
+    assert current.count() == 1 and current.inner_text() == "History"
+    assert current.get_attribute("aria-current") == "true"
     page.go_back()
     items.first.wait_for()
     items.nth(0).get_by_role("button", name="Delete").click()   # the confirmation dialog is accepted
@@ -498,6 +511,18 @@ def test_models_page_shows_every_card_with_data_intervals_and_limitations(page) 
     shoot(page, "08-models")
 
 
+def test_the_api_docs_render_from_the_gateway_alone_under_its_csp(page) -> None:
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text) if message.type == "error" else None)
+    page.goto("/docs")
+    operations = page.locator(".opblock")
+    operations.first.wait_for()
+    assert operations.count() >= 10
+    assert page.locator(".opblock-summary-path[data-path='/api/v1/diagnoses']").count() >= 1
+    shoot(page, "10-api-docs")
+    assert [text for text in console if "Content Security Policy" in text] == []
+
+
 def test_when_the_session_ends_elsewhere_the_next_request_goes_to_log_in_and_back(page) -> None:
     page.goto("/history")
     page.locator("#history-list > li").first.wait_for()
@@ -581,7 +606,7 @@ def test_after_log_out_the_client_page_sends_you_to_log_in(page) -> None:
 def test_every_page_of_the_story_was_photographed_by_this_run() -> None:
     expected = {"01-home", "02-signup-refused", "03-login", "04-result-chest_xray", "04-result-skin_lesion",
                 "04-result-bone_dicom", "05-client-dicom-preview", "06-client-bad-file", "07-history",
-                "08-models", "09-account-refused"}
+                "08-models", "09-account-refused", "10-api-docs"}
     taken = {path.name.rsplit("-", 1)[0] for path in SHOT}
     assert taken == expected, f"missing {expected - taken}, unexpected {taken - expected}"
     for path in SHOT:

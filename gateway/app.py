@@ -10,6 +10,7 @@ import base64
 import hashlib
 import re
 from collections.abc import AsyncIterator
+from importlib import resources
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,7 +20,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import accounts, diagnoses, model_files, operations, previews, web
@@ -35,8 +35,9 @@ STATIC_DIR = Path(__file__).parent / "static"
 # The multipart framing around an upload; bodies beyond max_upload_bytes + this are refused unread.
 _FORM_OVERHEAD_BYTES = 64 * 1024
 
-# Swagger UI's files come from the swagger-ui-bundle package (no CDN); served as static files.
-SWAGGER_UI_DIR = Path(str(swagger_ui_path))
+# Swagger UI 5's files (the first to read OpenAPI 3.1, which FastAPI writes) as the fastapi-offline
+# package ships them: served from here, no CDN. (swagger-ui-bundle carries Swagger UI 4.)
+SWAGGER_UI_DIR = Path(str(resources.files("fastapi_offline") / "static"))
 SWAGGER_UI_URL = "/static/swagger-ui"
 
 

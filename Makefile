@@ -8,13 +8,14 @@ GENERATED := $(PROTOS:.proto=_pb2.py)
 # One pip at a time in the one venv, whatever -j says.
 .NOTPARALLEL:
 
-.PHONY: run test protos install-run install-test install-bench test-fast bench bench-runtimes clean help
+.PHONY: run test protos install-run install-test install-bench test-fast bench bench-runtimes lock clean help
 
 help:
 	@echo "make run    - set up and serve the whole platform at http://127.0.0.1:$${DRTECH_HTTP_PORT:-8000}"
 	@echo "make test   - set up and run the test suite"
 	@echo "make protos - regenerate gRPC code from protos/"
 	@echo "make bench  - measure serving throughput/latency against the baselines (not a test)"
+	@echo "make lock   - re-resolve requirements/*.txt from pyproject.toml (UPGRADE=1: newest versions)"
 
 run: install-run protos
 	$(PY) -m services.supervisor
@@ -26,23 +27,37 @@ test: install-test protos
 test-fast: install-test protos
 	$(PY) -m pytest tests/unit
 
+# Every install comes from a lock in requirements/ (exact versions with hashes, made by `make lock`);
+# the project itself then goes in with --no-deps, so nothing unpinned is resolved on the way.
+LOCKS := requirements
+PIP_LOCKED := $(PY) -m pip install --quiet --require-hashes
+INSTALL_SELF := $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+
 # A venv that failed halfway (no venv module, an old Python) is removed, so the next try starts clean.
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Dr.Tech needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0] + ": run make PYTHON=python3.11 (or newer)")'
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
-	$(PY) -m pip install --quiet --upgrade pip || { rm -rf $(VENV); exit 1; }
+	$(PIP_LOCKED) -r $(LOCKS)/build.txt || { rm -rf $(VENV); exit 1; }
 
-# Stamps so a second `make run` does not reinstall; they are redone when pyproject.toml changes.
-$(VENV)/.run-installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[serving,auth,gateway]'
+# Stamps so a second `make run` does not reinstall; they are redone when a lock or pyproject.toml
+# changes. build.txt (pip, setuptools) goes first: the editable install builds with the venv's own
+# pinned setuptools (--no-build-isolation) instead of fetching the newest.
+$(VENV)/.run-installed: $(LOCKS)/build.txt $(LOCKS)/run.txt pyproject.toml | $(PY)
+	$(PIP_LOCKED) -r $(LOCKS)/build.txt
+	$(PIP_LOCKED) -r $(LOCKS)/run.txt
+	$(INSTALL_SELF)
 	touch $@
 
-$(VENV)/.test-installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[serving,auth,gateway,training,dev]'
+$(VENV)/.test-installed: $(LOCKS)/build.txt $(LOCKS)/test.txt pyproject.toml | $(PY)
+	$(PIP_LOCKED) -r $(LOCKS)/build.txt
+	$(PIP_LOCKED) -r $(LOCKS)/test.txt
+	$(INSTALL_SELF)
 	touch $@ $(VENV)/.run-installed
 
-$(VENV)/.bench-installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[serving,auth,gateway,training,bench,dev]'
+$(VENV)/.bench-installed: $(LOCKS)/build.txt $(LOCKS)/bench.txt pyproject.toml | $(PY)
+	$(PIP_LOCKED) -r $(LOCKS)/build.txt
+	$(PIP_LOCKED) -r $(LOCKS)/bench.txt
+	$(INSTALL_SELF)
 	touch $@
 
 install-run: $(VENV)/.run-installed
@@ -64,6 +79,34 @@ bench: install-bench protos
 # Runtime comparison (TensorFlow vs LiteRT vs ONNX Runtime) on this machine; not a test.
 bench-runtimes: install-test protos
 	$(PY) -m benchmarks.runtimes
+
+# The locks: one resolution for Linux and macOS/Windows alike (uv's universal mode, markers where a
+# platform differs) for CPython >= 3.11, with the hashes of every wheel of each pinned version, so
+# x86_64 and aarch64 install from the same files. bench is resolved first and constrains the others,
+# so a package has one version in every profile (test's venv is run's plus more). A plain
+# `make lock` keeps every pin that still satisfies pyproject.toml and resolves only what changed;
+# UPGRADE=1 moves everything to the newest allowed versions (then run `make test`).
+UV := $(VENV)/bin/uv
+UV_COMPILE = $(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
+PROFILE_RUN   := --extra serving --extra auth --extra gateway
+PROFILE_TEST  := $(PROFILE_RUN) --extra training --extra dev
+PROFILE_BENCH := $(PROFILE_TEST) --extra bench
+# The GPU image: serving-gpu (onnxruntime-gpu and NVIDIA's CUDA 12 wheels) in place of serving.
+PROFILE_GPU   := --extra serving-gpu --extra auth --extra gateway
+
+# uv itself comes from a hashed lock too (requirements/uv.txt), into this venv only.
+$(VENV)/.uv-installed: $(LOCKS)/uv.txt | $(PY)
+	$(PIP_LOCKED) -r $(LOCKS)/uv.txt
+	touch $@
+
+lock: $(VENV)/.uv-installed
+	$(UV_COMPILE) $(LOCKS)/uv.in -o $(LOCKS)/uv.txt
+	$(UV_COMPILE) $(LOCKS)/build.in -o $(LOCKS)/build.txt
+	$(UV_COMPILE) pyproject.toml $(PROFILE_BENCH) -c $(LOCKS)/build.txt -o $(LOCKS)/bench.txt
+	$(UV_COMPILE) pyproject.toml $(PROFILE_TEST) -c $(LOCKS)/bench.txt -o $(LOCKS)/test.txt
+	$(UV_COMPILE) pyproject.toml $(PROFILE_RUN) -c $(LOCKS)/bench.txt -o $(LOCKS)/run.txt
+	$(UV_COMPILE) pyproject.toml $(PROFILE_GPU) -c $(LOCKS)/bench.txt -o $(LOCKS)/gpu.txt
 
 clean:
 	rm -rf $(VENV) var protos/drtech/v1/*_pb2*.py protos/drtech/v1/*_pb2*.pyi

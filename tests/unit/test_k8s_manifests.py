@@ -68,6 +68,9 @@ EXTERNAL_SECRETS = {"drtech-database", "drtech-tls"}
 # Images are tagged with the project's version.
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
 MIN_KUBERNETES = "1.27.0"  # native gRPC probes are GA from 1.27
+# The overlays that ship to a cluster pull by digest (deploy/k8s/README.md, "Pin the image").
+RELEASED_OVERLAYS = ("production", "gpu")
+DIGEST = r"sha256:[0-9a-f]{64}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -328,9 +331,9 @@ def container_problems(
 ) -> Iterator[str]:
     """Pinned image, hardened security context, requests and limits, writable /tmp."""
     image = container["image"]
-    if not re.match(r"^[\w./-]*drtech(-gpu)?(:[\w.-]+)?$", image) or image.endswith(":latest"):
+    if not re.match(rf"^[\w./-]*drtech(-gpu)?(:[\w.-]+)?(@{DIGEST})?$", image) or ":latest" in image:
         yield f"{where}: image '{image}' is not a pinned Dr.Tech image"
-    if rendered and ":" not in image.rsplit("/", 1)[-1]:
+    if rendered and ":" not in image.split("@")[0].rsplit("/", 1)[-1]:
         yield f"{where}: rendered image '{image}' has no tag"
 
     security = container.get("securityContext", {})
@@ -749,8 +752,22 @@ def test_invariant_checks_catch_a_broken_manifest(mistake: str) -> None:
 
 def test_image_definition_installs_serving_extras_without_tensorflow() -> None:
     dockerfile = (REPO / "deploy" / "docker" / "Dockerfile").read_text(encoding="utf-8")
-    assert "python:3.11-slim" in dockerfile
-    assert ".[serving,auth,gateway]" in dockerfile
+    # The base image by digest (a tag alone moves), and every stage built on it.
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.MULTILINE)
+    assert base and re.fullmatch(rf"python:3\.11-slim(-\w+)?@{DIGEST}", base.group(1)), (
+        "PYTHON_IMAGE must be python:3.11-slim...@sha256:<64 hex digits>"
+    )
+    assert set(re.findall(r"^FROM (\S+)", dockerfile, re.MULTILINE)) == {"${PYTHON_IMAGE}"}
+    # Python packages from the hashed locks only: the serving profile (or its gpu twin), then the
+    # project itself without resolving anything.
+    assert "pip install --require-hashes -r requirements/build.txt" in dockerfile
+    assert re.search(r"cpu\) lock=requirements/run\.txt", dockerfile)
+    assert re.search(r"gpu\) lock=requirements/gpu\.txt", dockerfile)
+    assert 'pip install --require-hashes -r "$lock"' in dockerfile
+    assert "pip install --no-deps --no-build-isolation ." in dockerfile
+    assert not re.search(r"pip install (?!--require-hashes|--no-deps)", dockerfile), (
+        "every pip install in the image is hash-checked or resolves nothing"
+    )
     assert "grpc_tools.protoc" in dockerfile, "the image generates the gRPC code at build time"
     assert re.search(r"^USER 10001", dockerfile, re.MULTILINE), (
         "the image runs as the non-root uid the pods use"
@@ -850,7 +867,8 @@ def test_production_overlay_uses_postgresql_from_a_secret_and_several_replicas()
     ingress = of_kind(objects, "Ingress")["gateway"]
     assert ingress["spec"]["tls"][0]["secretName"] == "drtech-tls"
     for deployment in deployments.values():
-        assert containers(deployment)[0]["image"] == f"registry.example.com/drtech:{VERSION}"
+        assert re.fullmatch(rf"registry\.example\.com/drtech:{re.escape(VERSION)}@{DIGEST}",
+                            containers(deployment)[0]["image"])
 
 
 def cpu_cores(quantity: str) -> float:
@@ -893,12 +911,33 @@ def test_gpu_overlay_puts_only_the_three_diagnosis_services_on_gpus_with_cuda() 
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
         providers = env_value(server, "DRTECH_SERVING_PROVIDERS")
         assert providers is not None and providers["value"].split(",")[0] == "CUDAExecutionProvider"
-        assert server["image"] == f"registry.example.com/drtech:{VERSION}-gpu", (
-            "CUDA needs the gpu image variant"
-        )
+        assert re.fullmatch(rf"registry\.example\.com/drtech:{re.escape(VERSION)}-gpu@{DIGEST}",
+                            server["image"]), "CUDA needs the gpu image variant"
     # Still production underneath.
     config = next(iter(of_kind(objects, "ConfigMap").values()))["data"]
     assert config["DRTECH_ENV"] == "production"
+
+
+@pytest.mark.parametrize("overlay", RELEASED_OVERLAYS)
+def test_released_overlays_name_every_image_by_digest(overlay: str) -> None:
+    """A tag can be pushed again; a digest names one image. Kustomize keeps both (name:tag@digest)."""
+    images = load_yaml_documents(K8S / "overlays" / overlay / "kustomization.yaml")[0]["images"]
+    assert images, f"{overlay} maps no image"
+    for entry in images:
+        assert re.fullmatch(DIGEST, str(entry.get("digest", ""))), (
+            f"{overlay}: image {entry['name']} has no digest: kustomize edit set image "
+            f"{entry['name']}=REGISTRY/drtech:TAG@sha256:... (deploy/k8s/README.md)"
+        )
+
+
+@needs_renderer
+@pytest.mark.parametrize("overlay", RELEASED_OVERLAYS)
+def test_rendered_released_overlays_pull_every_container_by_digest(overlay: str) -> None:
+    for name, deployment in of_kind(render(f"overlays/{overlay}"), "Deployment").items():
+        for container in containers(deployment):
+            assert re.search(rf"^[^@]+:[\w.-]+@{DIGEST}$", container["image"]), (
+                f"{overlay}: {name}/{container['name']} runs {container['image']}, not tag@digest"
+            )
 
 
 @needs_renderer

@@ -85,10 +85,12 @@ bench-runtimes: install-test protos
 # x86_64 and aarch64 install from the same files. bench is resolved first and constrains the others,
 # so a package has one version in every profile (test's venv is run's plus more). A plain
 # `make lock` keeps every pin that still satisfies pyproject.toml and resolves only what changed;
-# UPGRADE=1 moves everything to the newest allowed versions (then run `make test`).
+# UPGRADE=1 moves everything to the newest allowed versions, UPGRADE_PACKAGE=name one package
+# (then run `make test`).
 UV := $(VENV)/bin/uv
 UV_COMPILE = $(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes \
-	--custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
+	--custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade) \
+	$(if $(UPGRADE_PACKAGE),--upgrade-package $(UPGRADE_PACKAGE))
 PROFILE_RUN   := --extra serving --extra auth --extra gateway
 PROFILE_TEST  := $(PROFILE_RUN) --extra training --extra dev
 PROFILE_BENCH := $(PROFILE_TEST) --extra bench

@@ -28,7 +28,7 @@ def test_make_protos_on_a_fresh_clone_installs_grpc_tools_first_and_runs_protoc_
     plan = subprocess.run(["make", "-n", "protos"], cwd=tmp_path, capture_output=True, text=True,
                           check=True, timeout=60).stdout.splitlines()
 
-    install = next(i for i, line in enumerate(plan) if "pip install" in line and "-e" in line)
+    install = next(i for i, line in enumerate(plan) if "pip install" in line and line.endswith("-e ."))
     compiles = [i for i, line in enumerate(plan) if "grpc_tools.protoc" in line]
     assert len(compiles) == len(protos), plan
     assert all(i > install for i in compiles), f"protoc before grpc_tools is installed: {plan}"

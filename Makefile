@@ -8,7 +8,7 @@ GENERATED := $(PROTOS:.proto=_pb2.py)
 # One pip at a time in the one venv, whatever -j says.
 .NOTPARALLEL:
 
-.PHONY: run test protos install-run install-test install-bench test-fast bench bench-runtimes lock clean help
+.PHONY: run test protos install-run install-test install-bench install-checkov test-fast bench bench-runtimes lock clean help
 
 help:
 	@echo "make run    - set up and serve the whole platform at http://127.0.0.1:$${DRTECH_HTTP_PORT:-8000}"
@@ -60,6 +60,16 @@ $(VENV)/.bench-installed: $(LOCKS)/build.txt $(LOCKS)/bench.txt pyproject.toml |
 	$(INSTALL_SELF)
 	touch $@
 
+# checkov (the policy check of the rendered Kubernetes overlays, tests/unit/test_k8s_manifests.py) in
+# a venv of its own: it pins boto3, networkx<2.7 and packaging<24, which clash with the project's own
+# dependencies (scikit-image needs networkx>=2.8), so it cannot share .venv.
+CHECKOV_VENV := .venv-checkov
+$(CHECKOV_VENV)/.installed: deploy/k8s/checkov-requirements.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r deploy/k8s/checkov-requirements.txt
+	touch $@
+
+install-checkov: $(CHECKOV_VENV)/.installed
 install-run: $(VENV)/.run-installed
 install-bench: $(VENV)/.bench-installed
 install-test: $(VENV)/.test-installed
@@ -111,4 +121,4 @@ lock: $(VENV)/.uv-installed
 	$(UV_COMPILE) pyproject.toml $(PROFILE_GPU) -c $(LOCKS)/bench.txt -o $(LOCKS)/gpu.txt
 
 clean:
-	rm -rf $(VENV) var protos/drtech/v1/*_pb2*.py protos/drtech/v1/*_pb2*.pyi
+	rm -rf $(VENV) $(CHECKOV_VENV) var protos/drtech/v1/*_pb2*.py protos/drtech/v1/*_pb2*.pyi

@@ -1,5 +1,6 @@
 """The gateway app factory: `create_app(settings)` builds the public FastAPI app; start-up opens the
-database (migrating it) and one gRPC channel per backend; shutdown closes them.
+database (migrating it, or checking it is migrated), the blob stores and one gRPC channel per
+backend; shutdown closes them.
 
 `create_app` also builds the internal app (`app.state.internal`, see `internal_app`): the operational
 endpoints on their own port, sharing the public app's context."""
@@ -24,12 +25,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import accounts, diagnoses, model_files, operations, previews, web
 from gateway.context import GatewayContext
-from gateway.database import create_database_engine, migrate, session_factory
+from gateway.database import create_database_engine, migrate, session_factory, wait_for_schema
 from gateway.errors import error_response, install_error_handlers
 from gateway.grpc_clients import Backends
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.settings import GatewaySettings
-from gateway.storage import BlobStore
+from gateway.storage import blob_stores
 
 STATIC_DIR = Path(__file__).parent / "static"
 # The multipart framing around an upload; bodies beyond max_upload_bytes + this are refused unread.
@@ -172,15 +173,20 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_database_engine(settings.database_url)
-        await run_in_threadpool(migrate, engine)
+        engine = create_database_engine(settings.database_url, settings.db_pool_size,
+                                        settings.db_max_overflow, settings.db_pool_timeout_s)
+        if settings.run_migrations:
+            await run_in_threadpool(migrate, engine)
+        else:   # the migration Job's work (deploy/k8s): serve only a schema at this release's head
+            await run_in_threadpool(wait_for_schema, engine, settings.migration_wait_s)
+        uploads, heatmaps = blob_stores(settings)
         backends = Backends(settings)  # channels must be created inside the running loop
         app.state.gateway = internal.state.gateway = GatewayContext(
             settings=settings,
             engine=engine,
             sessions=session_factory(engine),
-            uploads=BlobStore(settings.uploads_dir),
-            heatmaps=BlobStore(settings.heatmaps_dir),
+            uploads=uploads,
+            heatmaps=heatmaps,
             metrics=metrics,
             backends=backends,
             renders=anyio.CapacityLimiter(settings.concurrent_renders),

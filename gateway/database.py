@@ -1,4 +1,5 @@
-"""The gateway's database: engine, sessions, and schema migration (Alembic) at start-up."""
+"""The gateway's database: engine, sessions, and schema migration (Alembic): at start-up, or apart
+(`python -m gateway.migrate`) with serving pods checking the schema is at head."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy.orm import sessionmaker
 
 from services.core.database_url import engine_url
 from services.core.migration_transaction import migration_transaction
+from services.core.schema import wait_for_schema_at_head
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Our own version table, so the gateway and the auth service can share one PostgreSQL database.
@@ -19,7 +21,10 @@ VERSION_TABLE = "gateway_alembic_version"
 _MIGRATION_LOCK_ID = 0x64725F6777  # "dr_gw"
 
 
-def create_database_engine(url: str) -> Engine:
+def create_database_engine(url: str, pool_size: int = 5, max_overflow: int = 5,
+                           pool_timeout_s: float = 30.0) -> Engine:
+    """An engine for `url`. The pool settings bound this process's PostgreSQL connections to
+    pool_size + max_overflow (SQLite, one file, ignores them)."""
     parsed = engine_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -39,7 +44,8 @@ def create_database_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(parsed, pool_pre_ping=True)
+    return create_engine(parsed, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow,
+                         pool_timeout=pool_timeout_s)
 
 
 def alembic_config() -> Config:
@@ -54,6 +60,12 @@ def migrate(engine: Engine) -> None:
     with migration_transaction(engine, _MIGRATION_LOCK_ID) as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def wait_for_schema(engine: Engine, wait_s: float) -> None:
+    """For a gateway that does not migrate (DRTECH_GATEWAY_RUN_MIGRATIONS=false): return once the
+    schema is at this release's head, else raise SchemaNotAtHead after `wait_s`."""
+    wait_for_schema_at_head(engine, alembic_config(), VERSION_TABLE, wait_s)
 
 
 def session_factory(engine: Engine) -> sessionmaker:

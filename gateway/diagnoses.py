@@ -40,7 +40,7 @@ from gateway.records import STATUS_COMPLETED, STATUS_FAILED, Diagnosis
 from gateway.routing import NotServed, choose_exam_type
 from gateway.serialization import clean_extra, diagnosis_json, struct_to_dict
 from gateway.storage import sha256_hex
-from gateway.whole_file import WholeFileResponse
+from gateway.whole_file import WholeBlobResponse
 from protos.drtech.v1 import diagnosis_pb2
 from services.core.errors import InvalidImage, UnsupportedMediaType
 from services.core.imaging import DICOM, ImageLimits, decode_image, dicom_routing_tags, read_header
@@ -426,24 +426,25 @@ async def get_image(
     """The stored upload; with `max_side`, a PNG scaled down to fit (thumbnails: a 20 MB photo or
     DICOM is not sent whole to draw a 96 px picture)."""
     record = await _owned(ctx, diagnosis_id, caller.user.id)
-    path = ctx.uploads.path_for(record.image_sha256)
-    try:
-        stat = await run_in_threadpool(path.stat)
-    except FileNotFoundError:
-        raise ApiError(410, "The stored upload is gone.") from None
     rendered = record.media_type == DICOM or max_side is not None
     etag = (f'"{record.image_sha256}-png{RENDER_REVISION}-{max_side or "full"}"' if rendered
             else f'"{record.image_sha256}"')
     headers, current = _private(request, etag)
     if current:
+        if not await run_in_threadpool(ctx.uploads.exists, record.image_sha256):
+            raise ApiError(410, "The stored upload is gone.")
         return Response(status_code=304, headers=headers)
     if not rendered:
-        # The file is stat'ed once, above, where a missing one is a 410 (Starlette's own stat: a 500).
-        return WholeFileResponse(path, media_type=record.media_type, headers=headers, stat_result=stat)
+        # Streamed in chunks from disk or S3, never held whole.
+        try:
+            blob = await run_in_threadpool(ctx.uploads.open, record.image_sha256)
+        except FileNotFoundError:
+            raise ApiError(410, "The stored upload is gone.") from None
+        return WholeBlobResponse(blob, media_type=record.media_type, headers=headers)
 
     def read() -> bytes:
         try:
-            return path.read_bytes()
+            return ctx.uploads.get(record.image_sha256)
         except FileNotFoundError:
             raise ApiError(410, "The stored upload is gone.") from None
 

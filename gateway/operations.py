@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -76,8 +73,8 @@ async def gateway_readyz(ctx: ContextDep) -> JSONResponse:
     services, database, uploads, heatmaps = await asyncio.gather(
         ctx.backends.check_health(timeout_s),
         _database_state(ctx.engine, timeout_s),
-        run_in_threadpool(store_state, ctx.uploads.root),
-        run_in_threadpool(store_state, ctx.heatmaps.root),
+        run_in_threadpool(ctx.uploads.state),
+        run_in_threadpool(ctx.heatmaps.state),
     )
     checks = {"auth": services["auth"], "database": database, "uploads": uploads, "heatmaps": heatmaps}
     failing = {name: state for name, state in checks.items() if state not in ("SERVING", "ok")}
@@ -108,20 +105,6 @@ async def _database_state(engine: Engine, timeout_s: float) -> str:
         return await asyncio.wait_for(run_in_threadpool(database_state, engine), timeout_s)
     except TimeoutError:
         return f"no answer within {timeout_s:g} s"
-
-
-def store_state(root: Path) -> str:
-    """"ok" when a file can be created (and removed) under `root`, else why not.
-
-    Creates `root` if it is missing, as the first upload would."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=root, prefix=".ready-")
-        os.close(fd)
-        os.unlink(name)
-    except OSError as error:
-        return f"not writable ({type(error).__name__}: {error.strerror or error})"
-    return "ok"
 
 
 @internal_router.get("/metrics")

@@ -50,6 +50,36 @@ class GatewaySettings(BaseSettings):
     # Any SQLAlchemy URL, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/drtech.
     # Empty: a SQLite file at $DRTECH_HOME/gateway.db.
     database_url: str = ""
+    # SQLAlchemy's connection pool per gateway process (PostgreSQL; SQLite ignores them): at most
+    # db_pool_size + db_max_overflow connections, waiting up to db_pool_timeout_s for one beyond.
+    # Budget: gateway maxReplicas x (pool + overflow) + auth's share <= max_connections - reserve
+    # (deploy/k8s/README.md, "Database connections").
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=5, ge=0)
+    db_pool_timeout_s: float = Field(default=30.0, gt=0)
+    # Migrate the schema at start-up (`make run`). Off in production, where a Job runs
+    # `python -m gateway.migrate` with the migrator role first: the pod then waits up to
+    # migration_wait_s for the schema to reach this release's head, and refuses to start otherwise.
+    run_migrations: bool = True
+    migration_wait_s: float = Field(default=120.0, ge=0)
+
+    # Where uploads and heatmaps are kept: "local" files under DRTECH_HOME (one replica, or a
+    # shared volume), or "s3": an S3-compatible bucket (AWS S3, SeaweedFS, MinIO), which every
+    # replica shares. Credentials come from boto3's chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY,
+    # or a web identity (EKS IRSA: AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE).
+    blob_store: Literal["local", "s3"] = "local"
+    s3_bucket: str = ""
+    # Empty: AWS S3 itself. SeaweedFS/MinIO: e.g. http://seaweedfs-s3.storage.svc:8333.
+    s3_endpoint_url: str = ""
+    # Empty: boto3's (AWS_REGION / AWS_DEFAULT_REGION).
+    s3_region: str = ""
+    # Keys start with this (ends with "/" or is empty); uploads under <prefix>uploads/, heatmaps
+    # under <prefix>heatmaps/.
+    s3_prefix: str = ""
+    # "path" (http://host/bucket/key) for SeaweedFS and MinIO; "auto" lets boto3 choose (AWS).
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # Connect and read timeout of each S3 request (retried up to 3 times, boto3 "standard" mode).
+    s3_timeout_s: float = Field(default=10.0, gt=0)
 
     # Largest accepted upload: what the model services accept (20 MiB, less room for the rest of the
     # gRPC message).
@@ -115,6 +145,10 @@ class GatewaySettings(BaseSettings):
                 f"internal_port ({self.internal_port}) must differ from the public port (DRTECH_HTTP_PORT): "
                 "the operational endpoints are never served on the public one"
             )
+        if self.blob_store == "s3" and not self.s3_bucket:
+            raise ValueError("DRTECH_GATEWAY_BLOB_STORE=s3 needs DRTECH_GATEWAY_S3_BUCKET")
+        if self.s3_prefix and not self.s3_prefix.endswith("/"):
+            raise ValueError(f"DRTECH_GATEWAY_S3_PREFIX must end with '/' (or be empty): {self.s3_prefix!r}")
         if self.max_upload_bytes > self.max_message_bytes - _MESSAGE_ROOM:
             # Larger uploads would be accepted, stored, and then never reach a model service.
             raise ValueError(
@@ -129,13 +163,17 @@ class GatewaySettings(BaseSettings):
         return self
 
     def _refuse_development_settings(self) -> None:
-        """DRTECH_ENV=production: no SQLite, no over-broad trusted proxies, no cookie over plain HTTP."""
+        """DRTECH_ENV=production: no SQLite, no over-broad trusted proxies, no cookie over plain HTTP,
+        no uploads on the pod's own disk."""
         problems = [
             database_problem(self.database_url, "DRTECH_GATEWAY_DATABASE_URL"),
             trusted_proxies_problem(
                 self.forwarded_allow_ips.split(","), "DRTECH_GATEWAY_FORWARDED_ALLOW_IPS"
             ),
         ]
+        if self.blob_store == "local":
+            problems.append("DRTECH_GATEWAY_BLOB_STORE is local (files in the pod: replicas would not "
+                            "share them); use s3 with DRTECH_GATEWAY_S3_BUCKET")
         if self.cookie_secure is False:
             problems.append("DRTECH_GATEWAY_COOKIE_SECURE is off: the session cookie would travel over "
                             "plain HTTP; leave it unset (on in production)")

@@ -1,44 +1,101 @@
-"""Content-addressed blob store: a blob's name is the SHA-256 of its bytes.
+"""Content-addressed blob stores: a blob's name is the SHA-256 of its bytes.
 
-Uploads are kept byte for byte under `<root>/<aa>/<bb>/<sha256>`; the client's file name is never
-used (no path traversal, no collisions, the same image stored once). Writes are atomic: a temporary
-file in the same directory tree, fsynced, then renamed into place.
+Two backends behind one interface (`BlobStore`), chosen by DRTECH_GATEWAY_BLOB_STORE:
+
+- `LocalBlobStore` (the default, `make run`): files under `<root>/<aa>/<bb>/<sha256>`. Writes are
+  atomic: a temporary file in the same directory tree, fsynced, then renamed into place.
+- `S3BlobStore` (production): objects `<prefix><aa>/<bb>/<sha256>` in an S3-compatible bucket (AWS
+  S3, SeaweedFS, MinIO...). A PUT is atomic on S3: readers see the whole object or none. Each PUT
+  is conditional (`If-None-Match: *`, so a blob is written once) and carries the SHA-256 it must
+  have (`x-amz-checksum-sha256`, so the server refuses bytes that do not match their name).
+
+The client's file name is never used (no path traversal, no collisions, the same image stored once).
 
 One blob can back many records, so deleting one races with storing the same bytes for a new record
-(its `put` finds the file and skips writing it). The two sides keep to one protocol that never
+(its `put` finds the blob and skips writing it). The two sides keep to one protocol that never
 loses a blob a committed record names: a writer commits its record and then calls `put` again if
 the blob has gone missing; a deleter uses `delete_unused`, which moves the blob aside, asks the
-database again, and puts it back when a record appeared meanwhile.
+database again, and puts it back when a record appeared meanwhile. S3 has no rename: there the
+move aside is a server-side copy to `<prefix>deleting/...` followed by a delete of the original
+(the bytes never pass through the gateway), which keeps the same order of events: the blob is
+gone from its name before the database is asked again. Both need read-after-write consistency,
+which AWS S3 (since 2020), SeaweedFS and MinIO give.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from gateway.settings import GatewaySettings
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# Read size when streaming a blob to a client: a 20 MiB upload is never held whole for a download.
+CHUNK_BYTES = 64 * 1024
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class BlobStore:
+def check_digest(digest: str) -> str:
+    """`digest` if it is a lowercase SHA-256 hex digest; ValueError otherwise (never a client path)."""
+    if not _SHA256.fullmatch(digest):
+        raise ValueError(f"not a SHA-256 hex digest: {digest!r}")
+    return digest
+
+
+def _sharded(digest: str) -> str:
+    return f"{digest[:2]}/{digest[2:4]}/{digest}"
+
+
+@dataclass
+class OpenBlob:
+    """A stored blob opened for streaming: its size, and its bytes in chunks (closed at the end)."""
+
+    size: int
+    chunks: Iterator[bytes]
+
+
+class BlobStore(Protocol):
+    """What the gateway needs of an upload or heatmap store (gateway/diagnoses.py)."""
+
+    def put(self, data: bytes) -> str:
+        """Store `data` (once) and return its SHA-256 hex digest."""
+
+    def get(self, digest: str) -> bytes:
+        """The stored bytes; FileNotFoundError when absent."""
+
+    def open(self, digest: str) -> OpenBlob:
+        """The blob for streaming; FileNotFoundError when absent."""
+
+    def exists(self, digest: str) -> bool: ...
+
+    def delete_unused(self, digest: str, in_use: Callable[[], bool]) -> bool:
+        """Delete the blob unless `in_use()` (a fresh database query, asked after the blob has been
+        moved aside) finds a record that names it; True when it was deleted."""
+
+    def state(self) -> str:
+        """"ok" when the store can be written (readiness), else why not."""
+
+
+class LocalBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
     def path_for(self, digest: str) -> Path:
-        if not _SHA256.fullmatch(digest):
-            raise ValueError(f"not a SHA-256 hex digest: {digest!r}")
-        return self.root / digest[:2] / digest[2:4] / digest
+        return self.root / _sharded(check_digest(digest))
 
     def put(self, data: bytes) -> str:
-        """Store `data` (once) and return its SHA-256 hex digest."""
         digest = sha256_hex(data)
         target = self.path_for(digest)
         if target.exists():
@@ -57,15 +114,27 @@ class BlobStore:
         return digest
 
     def get(self, digest: str) -> bytes:
-        """The stored bytes; FileNotFoundError when absent."""
         return self.path_for(digest).read_bytes()
+
+    def open(self, digest: str) -> OpenBlob:
+        handle = self.path_for(digest).open("rb")
+        try:
+            size = os.fstat(handle.fileno()).st_size
+        except BaseException:
+            handle.close()
+            raise
+
+        def chunks() -> Iterator[bytes]:
+            with handle:
+                while chunk := handle.read(CHUNK_BYTES):
+                    yield chunk
+
+        return OpenBlob(size, chunks())
 
     def exists(self, digest: str) -> bool:
         return self.path_for(digest).is_file()
 
     def delete_unused(self, digest: str, in_use: Callable[[], bool]) -> bool:
-        """Delete the blob unless `in_use()` (a fresh database query, asked after the blob has been
-        moved aside) finds a record that names it; True when it was deleted."""
         target = self.path_for(digest)
         aside = target.with_name(f".deleting-{digest}-{uuid.uuid4().hex}")
         try:
@@ -79,3 +148,146 @@ class BlobStore:
             return False
         aside.unlink()
         return True
+
+    def state(self) -> str:
+        """Creates `root` if it is missing, as the first upload would."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=self.root, prefix=".ready-")
+            os.close(fd)
+            os.unlink(name)
+        except OSError as error:
+            return f"not writable ({type(error).__name__}: {error.strerror or error})"
+        return "ok"
+
+
+# Error codes meaning "no such object" (GetObject says NoSuchKey; HEAD has no body, only 404).
+_MISSING = {"NoSuchKey", "404", "NotFound"}
+# A conditional PUT that lost to an existing object (412), or to a concurrent one (409, AWS).
+_ALREADY_THERE = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+
+
+def _error_code(error: Exception) -> str:
+    return str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
+
+
+class S3BlobStore:
+    """Blobs as objects under `prefix` in `bucket`, through a boto3 S3 client (thread-safe: one per
+    process, shared by the upload and heatmap stores)."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str) -> None:
+        if prefix and not prefix.endswith("/"):
+            raise ValueError(f"S3 key prefix must end with '/': {prefix!r}")
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+
+    def key_for(self, digest: str) -> str:
+        return self.prefix + _sharded(check_digest(digest))
+
+    def put(self, data: bytes) -> str:
+        raw = hashlib.sha256(data).digest()
+        digest = raw.hex()
+        key = self.key_for(digest)
+        if self.exists(digest):
+            return digest
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*",
+                ChecksumSHA256=base64.b64encode(raw).decode("ascii"),
+            )
+        except Exception as error:
+            if _error_code(error) not in _ALREADY_THERE:
+                raise
+            # Another writer stored the same bytes first: they are the same blob.
+        return digest
+
+    def get(self, digest: str) -> bytes:
+        blob = self.open(digest)
+        return b"".join(blob.chunks)
+
+    def open(self, digest: str) -> OpenBlob:
+        try:
+            reply = self.client.get_object(Bucket=self.bucket, Key=self.key_for(digest))
+        except Exception as error:
+            if _error_code(error) in _MISSING:
+                raise FileNotFoundError(f"no blob {digest} in s3://{self.bucket}/{self.prefix}") from None
+            raise
+        body = reply["Body"]
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from body.iter_chunks(CHUNK_BYTES)
+            finally:
+                body.close()
+
+        return OpenBlob(int(reply["ContentLength"]), chunks())
+
+    def exists(self, digest: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.key_for(digest))
+        except Exception as error:
+            if _error_code(error) in _MISSING:
+                return False
+            raise
+        return True
+
+    def delete_unused(self, digest: str, in_use: Callable[[], bool]) -> bool:
+        key = self.key_for(digest)
+        aside = f"{self.prefix}deleting/{digest}-{uuid.uuid4().hex}"
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=aside, CopySource={"Bucket": self.bucket, "Key": key})
+        except Exception as error:
+            if _error_code(error) in _MISSING:
+                return False
+            raise
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+        if in_use():
+            # As LocalBlobStore: a record appeared; copying back over bytes its writer may already
+            # have put again leaves them unchanged (same name, same content).
+            self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": aside})
+            self.client.delete_object(Bucket=self.bucket, Key=aside)
+            return False
+        self.client.delete_object(Bucket=self.bucket, Key=aside)
+        return True
+
+    def state(self) -> str:
+        """The bucket answers with these credentials (HEAD bucket; nothing written every probe)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as error:
+            code = _error_code(error)
+            return f"unreachable ({type(error).__name__}{': ' + code if code else ''})"
+        return "ok"
+
+
+def s3_client(endpoint_url: str, region: str, addressing_style: str, timeout_s: float,
+              max_connections: int) -> Any:
+    """A boto3 S3 client. Credentials come from boto3's standard chain: AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY, or a web identity (EKS IRSA / Pod Identity: AWS_ROLE_ARN and
+    AWS_WEB_IDENTITY_TOKEN_FILE), or an instance profile."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        s3={"addressing_style": addressing_style},
+        connect_timeout=timeout_s,
+        read_timeout=timeout_s,
+        retries={"mode": "standard", "max_attempts": 3},
+        max_pool_connections=max_connections,
+    )
+    return boto3.client(
+        "s3", endpoint_url=endpoint_url or None, region_name=region or None, config=config
+    )
+
+
+def blob_stores(settings: GatewaySettings) -> tuple[BlobStore, BlobStore]:
+    """The upload and heatmap stores DRTECH_GATEWAY_BLOB_STORE names (one S3 client for both)."""
+    if settings.blob_store == "s3":
+        # One pooled connection per thread that may call S3 at once: the upload slots, renders, and
+        # readiness checks, with room for image downloads (anyio's thread pool has 40 threads).
+        client = s3_client(settings.s3_endpoint_url, settings.s3_region, settings.s3_addressing_style,
+                           settings.s3_timeout_s, max_connections=40)
+        return (S3BlobStore(client, settings.s3_bucket, f"{settings.s3_prefix}uploads/"),
+                S3BlobStore(client, settings.s3_bucket, f"{settings.s3_prefix}heatmaps/"))
+    return LocalBlobStore(settings.uploads_dir), LocalBlobStore(settings.heatmaps_dir)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.types import Receive, Scope, Send
+
+from gateway.storage import OpenBlob
 
 
 class WholeFileResponse(FileResponse):
@@ -35,3 +37,13 @@ class WholeFileResponse(FileResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(name, value) for name, value in scope.get("headers", []) if name.lower() != b"range"]
         await super().__call__({**scope, "headers": headers}, receive, send)
+
+
+class WholeBlobResponse(StreamingResponse):
+    """A stored blob (local file or S3 object) streamed whole, in chunks, with its length: the same
+    answer as WholeFileResponse (a `Range` header is ignored, `Accept-Ranges: none`)."""
+
+    def __init__(self, blob: OpenBlob, media_type: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(blob.chunks, media_type=media_type, headers=headers)
+        self.headers["content-length"] = str(blob.size)
+        self.headers["accept-ranges"] = "none"

@@ -16,17 +16,21 @@ from sqlalchemy.pool import NullPool
 
 from services.core.database_url import engine_url
 from services.core.migration_transaction import migration_transaction
+from services.core.schema import wait_for_schema_at_head
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
-def make_engine(database_url: str) -> Engine:
-    """An engine for ``database_url``; for a SQLite file, its directory is created first."""
+def make_engine(database_url: str, pool_size: int = 5, max_overflow: int = 5,
+                pool_timeout_s: float = 30.0) -> Engine:
+    """An engine for ``database_url``; for a SQLite file, its directory is created first. The pool
+    settings bound this process's PostgreSQL connections to pool_size + max_overflow."""
     url = engine_url(database_url)
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow,
+                             pool_timeout=pool_timeout_s)
 
     if url.database and url.database != ":memory:":
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +68,16 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     with migration_transaction(engine, _MIGRATION_LOCK_ID) as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+# Alembic's default version table (the gateway keeps its own, gateway_alembic_version).
+VERSION_TABLE = "alembic_version"
+
+
+def wait_for_schema(engine: Engine, wait_s: float) -> None:
+    """For a service that does not migrate (DRTECH_AUTH_RUN_MIGRATIONS=false): return once the
+    schema is at this release's head, else raise SchemaNotAtHead after ``wait_s``."""
+    wait_for_schema_at_head(engine, alembic_config(), VERSION_TABLE, wait_s)
 
 
 def ping(engine: Engine) -> None:

@@ -29,6 +29,7 @@ from services.auth.database import (
     make_probe_engine,
     make_session_factory,
     migrate,
+    wait_for_schema,
     wait_until_reachable,
 )
 from services.auth.interceptor import DomainErrorInterceptor
@@ -141,7 +142,8 @@ def start_server(settings: AuthSettings | None = None) -> AuthServer:
     Raises when the port cannot be bound or the database cannot be reached or migrated.
     """
     settings = settings or AuthSettings()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, settings.db_pool_size, settings.db_max_overflow,
+                         settings.db_pool_timeout_s)
     ready = threading.Event()  # AuthService calls get UNAVAILABLE until the database is migrated
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="auth"),
@@ -173,7 +175,10 @@ def start_server(settings: AuthSettings | None = None) -> AuthServer:
     running = AuthServer(server, health_servicer, port, engine)
     try:
         wait_until_reachable(engine, settings.database_wait_s)
-        migrate(engine)
+        if settings.run_migrations:
+            migrate(engine)
+        else:   # the migration Job's work (deploy/k8s): serve only a schema at this release's head
+            wait_for_schema(engine, settings.migration_wait_s)
     except Exception:
         running.stop(0)
         raise

@@ -23,6 +23,17 @@ class AuthSettings(BaseSettings):
     database_url: str = ""
     # At start-up, keep retrying an unreachable database this long (health stays NOT_SERVING meanwhile).
     database_wait_s: float = Field(default=30.0, ge=0)
+    # SQLAlchemy's connection pool per auth process (PostgreSQL): at most db_pool_size +
+    # db_max_overflow connections (the health check opens one more, briefly). Budget: see
+    # deploy/k8s/README.md, "Database connections".
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=5, ge=0)
+    db_pool_timeout_s: float = Field(default=30.0, gt=0)
+    # Migrate the schema at start-up (`make run`). Off in production, where a Job runs
+    # `python -m services.auth.migrate` with the migrator role first: the service then waits up to
+    # migration_wait_s for the schema to reach this release's head, and refuses to start otherwise.
+    run_migrations: bool = True
+    migration_wait_s: float = Field(default=120.0, ge=0)
     # After start-up, check the database this often; health is NOT_SERVING while it is unreachable.
     database_check_s: float = Field(default=5.0, gt=0)
 

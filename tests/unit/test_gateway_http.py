@@ -50,7 +50,8 @@ def test_settings_default_to_development_paths_and_ports(tmp_path: Path) -> None
     }
     assert settings.cookie_secure is False
     production = GatewaySettings(DRTECH_HOME=tmp_path, DRTECH_ENV="production",
-                                 database_url="postgresql+psycopg://drtech@db/drtech")
+                                 database_url="postgresql+psycopg://drtech@db/drtech",
+                                 blob_store="s3", s3_bucket="drtech-uploads")
     assert production.cookie_secure is True
 
 

@@ -18,7 +18,7 @@ POSTGRES = "postgresql+psycopg://drtech@db.drtech.svc:5432/drtech"
 
 def production_gateway(tmp_path: Path, **values: object) -> GatewaySettings:
     settings = {"DRTECH_HOME": tmp_path, "DRTECH_ENV": "production", "database_url": POSTGRES,
-                "forwarded_allow_ips": "10.244.7.0/24"}
+                "forwarded_allow_ips": "10.244.7.0/24", "blob_store": "s3", "s3_bucket": "drtech-uploads"}
     return GatewaySettings(**{**settings, **values})
 
 
@@ -87,12 +87,27 @@ def test_a_production_gateway_refuses_a_session_cookie_without_secure(tmp_path: 
     assert "DRTECH_GATEWAY_COOKIE_SECURE is off" in refusal(error)
 
 
+def test_a_production_gateway_refuses_uploads_on_the_pods_own_disk(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as error:
+        production_gateway(tmp_path, blob_store="local")
+    assert "DRTECH_GATEWAY_BLOB_STORE is local" in refusal(error)
+
+
+def test_an_s3_blob_store_needs_a_bucket_and_a_prefix_that_ends_with_a_slash(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="needs DRTECH_GATEWAY_S3_BUCKET"):
+        GatewaySettings(DRTECH_HOME=tmp_path, blob_store="s3")
+    with pytest.raises(ValidationError, match="must end with '/'"):
+        GatewaySettings(DRTECH_HOME=tmp_path, blob_store="s3", s3_bucket="b", s3_prefix="drtech")
+    assert GatewaySettings(DRTECH_HOME=tmp_path).blob_store == "local"   # `make run` keeps files
+
+
 def test_every_production_problem_is_named_in_the_one_line(tmp_path: Path) -> None:
     with pytest.raises(ValidationError) as error:
-        production_gateway(tmp_path, database_url="", forwarded_allow_ips="*", cookie_secure=False)
+        production_gateway(tmp_path, database_url="", forwarded_allow_ips="*", cookie_secure=False,
+                           blob_store="local")
     line = refusal(error)
     for variable in ("DRTECH_GATEWAY_DATABASE_URL", "DRTECH_GATEWAY_FORWARDED_ALLOW_IPS",
-                     "DRTECH_GATEWAY_COOKIE_SECURE"):
+                     "DRTECH_GATEWAY_COOKIE_SECURE", "DRTECH_GATEWAY_BLOB_STORE"):
         assert variable in line
 
 

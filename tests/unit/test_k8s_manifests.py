@@ -69,7 +69,7 @@ GRACE_ENV = {
     **{task: "DRTECH_SERVING_GRACE_SECONDS" for task in MODEL_SERVICES},
 }
 # Secrets the operator creates (deploy/k8s/README.md); never committed.
-EXTERNAL_SECRETS = {"drtech-database", "drtech-tls"}
+EXTERNAL_SECRETS = {"drtech-database", "drtech-database-migrator", "drtech-object-store", "drtech-tls"}
 # Images are tagged with the project's version.
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
 MIN_KUBERNETES = "1.27.0"  # native gRPC probes are GA from 1.27
@@ -733,18 +733,27 @@ def test_each_model_service_scales_on_its_own() -> None:
     assert "gateway" in autoscalers
 
 
-def test_gateway_shares_its_upload_store_and_reaches_services_by_headless_dns() -> None:
+def test_base_gateway_keeps_its_state_on_one_volume_any_storage_class_offers() -> None:
+    """The base (one replica, SQLite, local uploads) asks for ReadWriteOnce, which every default
+    storage class gives; a ReadWriteMany claim stays Pending on most managed clusters."""
     objects = base_objects()
     gateway = of_kind(objects, "Deployment")["gateway"]
     server = containers(gateway)[0]
     assert env_value(server, "DRTECH_HTTP_PORT")["value"] == str(GATEWAY_PORT)
     store = of_kind(objects, "PersistentVolumeClaim")["gateway-data"]
-    assert store["spec"]["accessModes"] == ["ReadWriteMany"], "every gateway replica shares the upload store"
+    assert store["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert gateway["spec"]["strategy"]["type"] == "Recreate", "a second pod could not attach the volume"
     mounts = {m["mountPath"]: m["name"] for m in server["volumeMounts"]}
     volumes = {v["name"]: v for v in gateway["spec"]["template"]["spec"]["volumes"]}
     configmap = load_yaml_documents(BASE / "kustomization.yaml")[0]["configMapGenerator"][0]["literals"]
     drtech_home = next(item.split("=", 1)[1] for item in configmap if item.startswith("DRTECH_HOME="))
     assert volumes[mounts[drtech_home]]["persistentVolumeClaim"]["claimName"] == "gateway-data"
+
+
+def test_gateway_reaches_services_by_headless_dns() -> None:
+    objects = base_objects()
+    server = containers(of_kind(objects, "Deployment")["gateway"])[0]
+    configmap = load_yaml_documents(BASE / "kustomization.yaml")[0]["configMapGenerator"][0]["literals"]
     for name, port in GRPC_SERVICES.items():
         address = env_value(server, f"DRTECH_{name.upper()}_ADDR")
         assert address is not None, f"gateway has no DRTECH_{name.upper()}_ADDR"
@@ -798,7 +807,8 @@ def assert_trusted_proxies_are_a_restricted_range(value: str, env: str) -> None:
     """Not everyone ("*"), and addresses or networks that GatewaySettings accepts in this
     DRTECH_ENV (production: none wider than 256 addresses)."""
     assert "*" not in value, "any pod could then choose its client IP (and dodge log-in throttling)"
-    GatewaySettings(forwarded_allow_ips=value, DRTECH_ENV=env, database_url=STAND_IN_POSTGRES)
+    GatewaySettings(forwarded_allow_ips=value, DRTECH_ENV=env, database_url=STAND_IN_POSTGRES,
+                    blob_store="s3", s3_bucket="stand-in")
 
 
 # What the operator's Secret drtech-database holds, for checking the settings the overlays give.
@@ -1228,8 +1238,119 @@ def test_production_overlays_pass_what_production_refuses(overlay: str, monkeypa
             monkeypatch.setenv(variable, value)
         settings = settings_class()
         assert settings.database_url == STAND_IN_POSTGRES, name
+        assert settings.run_migrations is False, f"{name} must leave migrations to the Job"
         if isinstance(settings, GatewaySettings):
             assert settings.cookie_secure is True
+            assert settings.blob_store == "s3" and settings.s3_bucket
+
+
+def pod_env(container: dict[str, Any], name: str, default: int) -> int:
+    entry = env_value(container, name)
+    return int(entry["value"]) if entry is not None else default
+
+
+def most_pods(objects: tuple[dict[str, Any], ...], name: str) -> int:
+    """The most pods a Deployment runs at once: its autoscaler's maxReplicas (else its replicas),
+    plus the extra pod a rolling update surges."""
+    deployment = of_kind(objects, "Deployment")[name]
+    hpa = of_kind(objects, "HorizontalPodAutoscaler").get(name)
+    replicas = hpa["spec"]["maxReplicas"] if hpa else deployment["spec"].get("replicas", 1)
+    strategy = deployment["spec"].get("strategy", {})
+    surge = strategy.get("rollingUpdate", {}).get("maxSurge", "25%") if strategy.get("type") != "Recreate" else 0
+    if isinstance(surge, str):   # a percentage rounds up (Kubernetes' rule)
+        surge = -(-replicas * int(surge.rstrip("%")) // 100)
+    return replicas + surge
+
+
+# deploy/k8s/README.md, "Database connections": PostgreSQL's default max_connections, less what is
+# kept for others: superuser_reserved_connections (3), the two migration Jobs (1 each), and 5 for
+# operators and monitoring.
+MAX_CONNECTIONS = 100
+RESERVED_CONNECTIONS = 3 + 2 + 5
+
+
+@needs_renderer
+@pytest.mark.parametrize("overlay", ["production", "gpu"])
+def test_database_connections_fit_max_connections_at_full_scale(overlay: str) -> None:
+    """replicas x (pool_size + max_overflow [+ 1 health-check connection for auth]), summed over the
+    gateway and auth at their most pods, <= max_connections - reserved."""
+    objects = render(f"overlays/{overlay}")
+    deployments = of_kind(objects, "Deployment")
+    per_pod = {}
+    for name, prefix, settings_class, extra in (("gateway", "DRTECH_GATEWAY", GatewaySettings, 0),
+                                                ("auth", "DRTECH_AUTH", AuthSettings, 1)):
+        server = containers(deployments[name])[0]
+        fields = settings_class.model_fields
+        pool = pod_env(server, f"{prefix}_DB_POOL_SIZE", fields["db_pool_size"].default)
+        overflow = pod_env(server, f"{prefix}_DB_MAX_OVERFLOW", fields["db_max_overflow"].default)
+        per_pod[name] = most_pods(objects, name) * (pool + overflow + extra)
+    total = sum(per_pod.values())
+    assert total <= MAX_CONNECTIONS - RESERVED_CONNECTIONS, (
+        f"{overlay}: {per_pod} = {total} connections at full scale, more than "
+        f"{MAX_CONNECTIONS} - {RESERVED_CONNECTIONS}"
+    )
+
+
+def test_the_connection_budget_counts_every_pod_an_autoscaler_and_a_rollout_can_make() -> None:
+    """The budget test must be able to fail: a gateway allowed 30 replicas of the default pool
+    (5 + 5) would need 310 connections."""
+    deployment = {"kind": "Deployment", "metadata": {"name": "gateway"},
+                  "spec": {"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}}}
+    hpa = {"kind": "HorizontalPodAutoscaler", "metadata": {"name": "gateway"}, "spec": {"maxReplicas": 30}}
+    assert most_pods((deployment, hpa), "gateway") == 31
+    deployment["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%"}}
+    assert most_pods((deployment, hpa), "gateway") == 38
+
+
+@needs_renderer
+@pytest.mark.parametrize("overlay", ["production", "gpu"])
+def test_production_keeps_no_state_on_volumes_and_uploads_in_s3(overlay: str) -> None:
+    """No PersistentVolumeClaim at all (a ReadWriteMany one stays Pending on most clusters'
+    default classes): records in PostgreSQL, uploads and heatmaps in an S3 bucket."""
+    objects = render(f"overlays/{overlay}")
+    assert of_kind(objects, "PersistentVolumeClaim") == {}
+    gateway = of_kind(objects, "Deployment")["gateway"]
+    server = containers(gateway)[0]
+    assert env_value(server, "DRTECH_GATEWAY_BLOB_STORE")["value"] == "s3"
+    assert env_value(server, "DRTECH_GATEWAY_S3_BUCKET")["value"]
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        reference = env_value(server, variable)["valueFrom"]["secretKeyRef"]
+        # Optional: with IRSA / Pod Identity there is no Secret, and the pod still starts.
+        assert reference["name"] == "drtech-object-store" and reference["optional"] is True
+    volumes = {v["name"]: v for v in gateway["spec"]["template"]["spec"]["volumes"]}
+    assert set(volumes["data"]) == {"name", "emptyDir"}
+    assert gateway["spec"]["strategy"]["type"] == "RollingUpdate"
+
+
+MIGRATIONS = {"auth": ("services.auth.migrate", "DRTECH_AUTH"), "gateway": ("gateway.migrate", "DRTECH_GATEWAY")}
+
+
+@needs_renderer
+@pytest.mark.parametrize("overlay", ["production", "gpu"])
+def test_production_migrates_in_jobs_with_the_migrator_role_and_serving_pods_do_not(overlay: str) -> None:
+    objects = render(f"overlays/{overlay}")
+    jobs = of_kind(objects, "Job")
+    deployments = of_kind(objects, "Deployment")
+    for name, (module, prefix) in MIGRATIONS.items():
+        job = jobs[f"{name}-migrate"]
+        pod = job["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["args"] == ["python", "-m", module]
+        url = env_value(container, f"{prefix}_DATABASE_URL")["valueFrom"]["secretKeyRef"]
+        assert url == {"name": "drtech-database-migrator", "key": f"{name}-database-url"}
+        assert container["image"] == containers(deployments[name])[0]["image"], "the release it migrates for"
+        assert pod["restartPolicy"] == "Never" and job["spec"]["ttlSecondsAfterFinished"] > 0
+        # The restricted Pod Security Standard the namespace enforces.
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        assert container["resources"]["limits"]["memory"]
+
+        server = containers(deployments[name])[0]
+        assert env_value(server, f"{prefix}_RUN_MIGRATIONS")["value"] == "false"
+        secrets = {entry.get("valueFrom", {}).get("secretKeyRef", {}).get("name") for entry in server["env"]}
+        assert "drtech-database-migrator" not in secrets, f"{name} serves with the app role only"
 
 
 # The custom resources' structure, as far as these manifests use it, written down from the upstream

@@ -101,3 +101,80 @@ def test_a_migration_that_cannot_reach_its_database_fails_with_one_line(tmp_path
     assert failed.returncode == 1
     errors = [line for line in failed.stderr.splitlines() if "migration failed" in line]
     assert len(errors) == 1 and "OperationalError" in errors[0], failed.stderr
+
+
+@pytest.mark.postgres
+def test_the_migrator_owns_the_schema_and_the_app_role_serves_with_dml_only(tmp_path: Path) -> None:
+    """deploy/k8s/README.md's two roles: the Jobs migrate as the migrator; auth and the gateway
+    then serve as a role that can read and write rows but never change the schema."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ProgrammingError
+
+    from services.auth.testing import postgres_base_url, postgres_unavailable_reason
+    from PIL import Image
+
+    from tests.unit.test_gateway_http import LIVE_TOKEN, ChestModelThatExplains, OneLiveSession, png_bytes
+
+    reason = postgres_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    suffix = uuid.uuid4().hex[:10]
+    schema, migrator, app = f"roles_{suffix}", f"migrator_{suffix}", f"app_{suffix}"
+    base = make_url(postgres_base_url())
+    admin = create_engine(base)
+
+    def url_for(role: str) -> str:
+        return base.set(username=role, password=None).update_query_dict(
+            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+
+    with admin.begin() as connection:
+        for statement in (
+            f"CREATE ROLE {migrator} LOGIN", f"CREATE ROLE {app} LOGIN",
+            f"CREATE SCHEMA {schema} AUTHORIZATION {migrator}",
+            f"GRANT USAGE ON SCHEMA {schema} TO {app}",
+            f"ALTER DEFAULT PRIVILEGES FOR ROLE {migrator} IN SCHEMA {schema} "
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {app}",
+            f"ALTER DEFAULT PRIVILEGES FOR ROLE {migrator} IN SCHEMA {schema} "
+            f"GRANT USAGE, SELECT ON SEQUENCES TO {app}",
+        ):
+            connection.execute(text(statement))
+    try:
+        for module in ("services.auth.migrate", "gateway.migrate"):
+            done = run_module(module, {}, "--database-url", url_for(migrator))
+            assert done.returncode == 0, done.stderr
+
+        settings = GatewaySettings(DRTECH_HOME=tmp_path, database_url=url_for(app), run_migrations=False,
+                                   migration_wait_s=0)
+        with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
+            client.app.state.gateway.backends.auth = OneLiveSession()
+            client.app.state.gateway.backends.models["chest_xray"] = ChestModelThatExplains()
+            auth = {"Authorization": f"Bearer {LIVE_TOKEN}"}
+            made = client.post("/api/v1/diagnoses", files={"file": ("x.png", png_bytes(Image.new("RGB", (32, 32))))},
+                               data={"exam_type": "chest_xray"}, headers=auth)
+            assert made.status_code == 201, made.text
+            assert client.delete(f"/api/v1/diagnoses/{made.json()['id']}", headers=auth).status_code == 204
+        server = start_server(AuthSettings(home=tmp_path, database_url=url_for(app), port=0,
+                                           run_migrations=False, migration_wait_s=0))
+        server.stop(0)
+
+        as_app = create_engine(url_for(app))
+        try:
+            with pytest.raises(ProgrammingError, match="permission denied"):
+                with as_app.begin() as connection:
+                    connection.execute(text("CREATE TABLE intruder (id int)"))
+            with pytest.raises(ProgrammingError, match="must be owner"):
+                with as_app.begin() as connection:
+                    connection.execute(text("ALTER TABLE diagnoses ADD COLUMN intruder int"))
+        finally:
+            as_app.dispose()
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            for role in (app, migrator):
+                connection.execute(text(f"DROP OWNED BY {role}"))
+                connection.execute(text(f"DROP ROLE {role}"))
+        admin.dispose()
+

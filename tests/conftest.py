@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.auth.testing import fresh_postgres_schema, postgres_unavailable_reason
+from services.auth.testing import fresh_postgres_schema
 from tests.s3_server import ACCESS_KEY as S3_ACCESS_KEY
 from tests.s3_server import SECRET_KEY as S3_SECRET_KEY
 from tests.s3_server import SeaweedFS, start_seaweedfs, weed_binary

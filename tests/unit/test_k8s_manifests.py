@@ -396,10 +396,11 @@ def path_matches(match: PathMatch, path: str) -> bool:
 
 def public_paths() -> set[str]:
     """One concrete path per route the gateway's public app serves (gateway/app.py): its routers,
-    the /static mount and the schema; path parameters filled in."""
+    the /static mount, the schema and its interactive docs (gateway.app.install_api_docs); path
+    parameters filled in."""
     from gateway import accounts, diagnoses, model_files, operations, previews, web
 
-    paths = {"/static/app.css", "/openapi.json"}
+    paths = {"/static/app.css", "/openapi.json", "/docs"}
     for router in (accounts.router, diagnoses.router, operations.router, model_files.router,
                    previews.router, web.router):
         paths.update(re.sub(r"\{[^}]+\}", "x1", route.path) for route in router.routes)

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from gateway.app import create_app, internal_app
+from gateway.audit import configure_audit_log
 from gateway.settings import GatewaySettings
 from services.core.logs import configure_logging
 from services.core.production import settings_error_line
@@ -104,6 +105,7 @@ async def serve(settings: GatewaySettings, sock: socket.socket, internal_sock: s
 
 def main(argv: list[str] | None = None) -> int:
     log = configure_logging("gateway")
+    configure_audit_log()
     try:
         settings = GatewaySettings()
     except ValidationError as error:

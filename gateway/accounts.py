@@ -9,6 +9,7 @@ fetch() that does needs a CORS preflight this gateway never grants, so this stop
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
@@ -20,11 +21,20 @@ from pydantic import AfterValidator, BaseModel
 from pydantic_core import PydanticCustomError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway import audit
 from gateway.backend_errors import is_unreachable, to_api_error, unavailable
-from gateway.context import GatewayContext, get_context
-from gateway.errors import ApiError, error_response, field_violations, invalid_fields, retry_after_s
+from gateway.context import GatewayContext, client_ip, get_context
+from gateway.errors import (
+    ApiError,
+    error_info,
+    error_response,
+    field_violations,
+    invalid_fields,
+    retry_after_s,
+)
 from gateway.serialization import iso_utc, user_json
 from protos.drtech.v1 import auth_pb2
+from services.auth.errors import ERROR_DOMAIN as AUTH_ERROR_DOMAIN
 from services.auth.validation import (
     EMAIL_MAX_LENGTH,
     PASSWORD_MAX_LENGTH,
@@ -186,11 +196,6 @@ class AuthenticateUploadsFirst:
 ContextDep = Annotated[GatewayContext, Depends(get_context)]
 
 
-def client_ip(request: Request) -> str:
-    # uvicorn's proxy-headers support already put the real address here for trusted proxies.
-    return request.client.host if request.client else ""
-
-
 def raise_if_throttled(error: grpc.aio.AioRpcError) -> None:
     """429 with Retry-After for the auth service's throttles (log-in failures, sign-ups per address),
     which say when to retry; any other RESOURCE_EXHAUSTED is no throttling."""
@@ -202,6 +207,14 @@ def raise_if_throttled(error: grpc.aio.AioRpcError) -> None:
 
 @router.post("/auth/signup", status_code=201)
 async def sign_up(body: SignUpBody, request: Request, ctx: ContextDep) -> dict:
+    # A refused sign-up (invalid, taken, throttled) concerns no account: recorded for operators only.
+    async with audit.refusals_recorded(ctx, request, "sign_up", None):
+        user = await _sign_up(body, request, ctx)
+    await audit.record(ctx, audit.entry(request, "sign_up", "success", user.id), required=False)
+    return {"id": user.id, "email": user.email, "first_name": user.first_name, "surname": user.surname}
+
+
+async def _sign_up(body: SignUpBody, request: Request, ctx: GatewayContext) -> auth_pb2.User:
     fields = body.model_dump()
     try:
         # The auth service applies the same rules; checking here gives every message in one reply
@@ -212,7 +225,7 @@ async def sign_up(body: SignUpBody, request: Request, ctx: ContextDep) -> dict:
     signup = auth_pb2.SignUpRequest(**{name: value or "" for name, value in fields.items()},
                                     client_ip=client_ip(request))
     try:
-        user = await ctx.backends.auth.SignUp(signup, timeout=ctx.settings.auth_timeout_s)
+        return await ctx.backends.auth.SignUp(signup, timeout=ctx.settings.auth_timeout_s)
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.ALREADY_EXISTS:
             raise ApiError(
@@ -226,7 +239,6 @@ async def sign_up(body: SignUpBody, request: Request, ctx: ContextDep) -> dict:
                 raise invalid_fields(violations) from None
         raise_if_throttled(error)
         raise to_api_error(error, "authentication") from None
-    return {"id": user.id, "email": user.email, "first_name": user.first_name, "surname": user.surname}
 
 
 @router.post("/auth/signup/check")
@@ -252,18 +264,19 @@ async def log_in(body: LogInBody, request: Request, response: Response, ctx: Con
     try:
         session = await ctx.backends.auth.LogIn(login, timeout=ctx.settings.auth_timeout_s)
     except grpc.aio.AioRpcError as error:
-        code = error.code()
-        if code in {
-            grpc.StatusCode.UNAUTHENTICATED,
-            grpc.StatusCode.INVALID_ARGUMENT,
-            grpc.StatusCode.NOT_FOUND,
-        }:
-            # One message whether or not the email exists.
-            raise ApiError(401, BAD_CREDENTIALS, headers={"WWW-Authenticate": "Bearer"}) from None
-        raise_if_throttled(error)
-        if is_unreachable(error):
-            raise unavailable("authentication") from None
-        raise to_api_error(error, "authentication") from None
+        refusal = _log_in_refusal(error)
+        # A failure on an email with an account is that account's event (the auth service names it,
+        # to the gateway only); on an unknown email it concerns nobody and is for operators only.
+        account = error_info(error, AUTH_ERROR_DOMAIN).get("account_id")
+        await audit.record(ctx, audit.entry(request, "log_in", audit.outcome_of(refusal.status_code), account),
+                           required=False)
+        raise refusal from None
+    if not await audit.record(ctx, audit.entry(request, "log_in", "success", session.user.id), required=False):
+        # Access that cannot be audited is not granted: end the session just made.
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await ctx.backends.auth.LogOut(auth_pb2.LogOutRequest(access_token=session.access_token),
+                                           timeout=ctx.settings.auth_timeout_s)
+        raise ApiError(503, audit.UNRECORDED, headers={"Retry-After": "5"})
     expires_at = session.expires_at.ToDatetime(tzinfo=UTC)
     max_age = max(0, int((expires_at - datetime.now(UTC)).total_seconds()))
     response.set_cookie(
@@ -284,6 +297,21 @@ async def log_in(body: LogInBody, request: Request, response: Response, ctx: Con
     }
 
 
+def _log_in_refusal(error: grpc.aio.AioRpcError) -> ApiError:
+    """The answer to a log-in the auth service refused or could not take."""
+    code = error.code()
+    if code in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}:
+        # One message whether or not the email exists.
+        return ApiError(401, BAD_CREDENTIALS, headers={"WWW-Authenticate": "Bearer"})
+    try:
+        raise_if_throttled(error)
+    except ApiError as throttled:
+        return throttled
+    if is_unreachable(error):
+        return unavailable("authentication")
+    return to_api_error(error, "authentication")
+
+
 @router.post("/auth/logout", status_code=204)
 async def log_out(request: Request, ctx: ContextDep) -> Response:
     found = token_from_request(request, ctx.settings.cookie_name)
@@ -299,14 +327,19 @@ async def log_out(request: Request, ctx: ContextDep) -> Response:
             # A dead session: nothing a cross-site request could end; clear the cookie as below.
         else:
             raise csrf_refusal()
+    ended_for = ""
     try:
-        await ctx.backends.auth.LogOut(
+        reply = await ctx.backends.auth.LogOut(
             auth_pb2.LogOutRequest(access_token=token), timeout=ctx.settings.auth_timeout_s
         )
+        ended_for = reply.user_id
     except grpc.aio.AioRpcError as error:
         if error.code() not in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT}:
             raise to_api_error(error, "authentication") from None
         # An already invalid token: logging out is idempotent.
+    # A token that ended no session (already ended, or never valid) concerns no known account.
+    await audit.record(ctx, audit.entry(request, "log_out", "success" if ended_for else "failure",
+                                        ended_for or None), required=False)
     return _without_session_cookie(ctx)
 
 
@@ -324,8 +357,15 @@ def _without_session_cookie(ctx: GatewayContext) -> Response:
 
 
 @router.post("/auth/logout-all", status_code=204)
-async def log_out_all(caller: CallerDep, ctx: ContextDep) -> Response:
+async def log_out_all(request: Request, caller: CallerDep, ctx: ContextDep) -> Response:
     """End every session of the caller's account, this one included (a lost or shared device)."""
+    async with audit.refusals_recorded(ctx, request, "log_out_all", caller.user.id):
+        await _log_out_all(caller, ctx)
+    await audit.record(ctx, audit.entry(request, "log_out_all", "success", caller.user.id), required=False)
+    return _without_session_cookie(ctx)
+
+
+async def _log_out_all(caller: Caller, ctx: GatewayContext) -> None:
     try:
         await ctx.backends.auth.LogOutAll(
             auth_pb2.LogOutAllRequest(access_token=caller.token), timeout=ctx.settings.auth_timeout_s
@@ -334,7 +374,6 @@ async def log_out_all(caller: CallerDep, ctx: ContextDep) -> Response:
         if error.code() in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT}:
             raise ApiError(401, BAD_TOKEN, headers={"WWW-Authenticate": "Bearer"}) from None
         raise to_api_error(error, "authentication") from None
-    return _without_session_cookie(ctx)
 
 
 @router.post("/auth/password", status_code=204)
@@ -344,6 +383,13 @@ async def change_password(
     """Set a new password (the current one required) and end every other session of the account;
     this session stays. 422 with errors.new_password for a password the rules refuse, 401 with
     errors.current_password for a wrong current one, 429 when the account's failures are throttled."""
+    async with audit.refusals_recorded(ctx, request, "password_change", caller.user.id):
+        await _change_password(body, request, caller, ctx)
+    await audit.record(ctx, audit.entry(request, "password_change", "success", caller.user.id), required=False)
+    return Response(status_code=204)
+
+
+async def _change_password(body: ChangePasswordBody, request: Request, caller: Caller, ctx: GatewayContext) -> None:
     try:
         # Checked here too (the auth service stays the authority): a megabyte of new password gets
         # its 422 without a gRPC message over the auth service's size limit.
@@ -370,7 +416,6 @@ async def change_password(
             raise invalid_fields(violations) from None
         raise_if_throttled(error)
         raise to_api_error(error, "authentication") from None
-    return Response(status_code=204)
 
 
 @router.get("/me")

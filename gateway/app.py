@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import accounts, diagnoses, model_files, operations, previews, web
+from gateway import accounts, activity, audit, diagnoses, model_files, operations, previews, web
 from gateway.context import GatewayContext
 from gateway.database import create_database_engine, migrate, session_factory, wait_for_schema
 from gateway.errors import error_response, install_error_handlers
@@ -181,7 +181,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await run_in_threadpool(wait_for_schema, engine, settings.migration_wait_s)
         uploads, heatmaps = blob_stores(settings)
         backends = Backends(settings)  # channels must be created inside the running loop
-        app.state.gateway = internal.state.gateway = GatewayContext(
+        app.state.gateway = internal.state.gateway = ctx = GatewayContext(
             settings=settings,
             engine=engine,
             sessions=session_factory(engine),
@@ -194,7 +194,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             upload_bodies=anyio.CapacityLimiter(settings.pending_uploads),
         )
         try:
-            yield
+            async with anyio.create_task_group() as background:
+                background.start_soon(audit.purge_periodically, ctx)
+                try:
+                    yield
+                finally:
+                    background.cancel_scope.cancel()
         finally:
             internal.state.gateway = None
             await backends.close()
@@ -214,6 +219,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.internal = internal
     install_error_handlers(app)
     app.include_router(accounts.router)
+    app.include_router(activity.router)
     app.include_router(diagnoses.router)
     app.include_router(operations.router)
     app.include_router(model_files.router)

@@ -33,6 +33,12 @@ class GatewayContext:
     upload_bodies: anyio.CapacityLimiter
 
 
+def client_ip(request: Request) -> str:
+    """The client's address: for the auth service's throttles and the audit trail."""
+    # uvicorn's proxy-headers support already put the real address here for trusted proxies.
+    return request.client.host if request.client else ""
+
+
 def get_context(request: Request) -> GatewayContext:
     """The context the public app's start-up built. The internal app shares it, and may be asked
     before start-up has finished: then 503."""

@@ -19,6 +19,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
@@ -29,8 +30,8 @@ from PIL import Image
 from pydantic import BeforeValidator, Field
 from sqlalchemy.orm import Session
 
-from gateway import records
-from gateway.accounts import CallerDep, ContextDep
+from gateway import audit, records
+from gateway.accounts import Caller, CallerDep, ContextDep
 from gateway.auto_routing import classify_exam_type
 from gateway.backend_errors import is_unreachable
 from gateway.context import GatewayContext
@@ -166,14 +167,18 @@ def _keep_blobs_after_commit(ctx: GatewayContext, record: Diagnosis, data: bytes
 
 
 def keep_upload_and_record(
-    ctx: GatewayContext, session: Session, record: Diagnosis, data: bytes, heatmap: bytes | None
+    ctx: GatewayContext, session: Session, record: Diagnosis, data: bytes, heatmap: bytes | None,
+    event: audit.Entry | None = None,
 ) -> Diagnosis:
-    """Store the upload and heatmap, then their record. Blocking: one thread hand-off for all the
-    steps, which as separate hand-offs cost the gateway ~0.2 ms of CPU each (`python -m benchmarks.ab`)."""
+    """Store the upload and heatmap, then their record, and `event` (its audit event) in the same
+    transaction. Blocking: one thread hand-off for all the steps, which as separate hand-offs cost
+    the gateway ~0.2 ms of CPU each (`python -m benchmarks.ab`)."""
     record.image_sha256 = ctx.uploads.put(data)
     try:
         if heatmap is not None:
             ctx.heatmaps.put(heatmap)
+        if event is not None:
+            audit.add(session, event)
         records.add(session, record)
     except BaseException:
         # No record names the blobs just stored: do not leave a medical image nobody can delete.
@@ -227,8 +232,9 @@ async def create_diagnosis(
     exam_type: Annotated[RequestedExamType, Form()],
     explain: Annotated[bool, Query(description="also compute a heatmap")] = False,
 ) -> dict[str, Any]:
-    async with upload_slot(ctx, request):    # the upload is in memory from here until it is stored
-        return await _diagnose_upload(ctx, caller.user.id, file, exam_type, explain)
+    async with (audit.refusals_recorded(ctx, request, "diagnosis_create", caller.user.id),
+                upload_slot(ctx, request)):    # the upload is in memory from here until it is stored
+        return await _diagnose_upload(ctx, request, caller.user.id, file, exam_type, explain)
 
 
 @asynccontextmanager
@@ -250,7 +256,7 @@ async def upload_slot(ctx: GatewayContext, request: Request) -> AsyncIterator[No
 
 
 async def _diagnose_upload(
-    ctx: GatewayContext, user_id: str, file: UploadFile, exam_type: str, explain: bool
+    ctx: GatewayContext, request: Request, user_id: str, file: UploadFile, exam_type: str, explain: bool
 ) -> dict[str, Any]:
     max_bytes = ctx.settings.max_upload_bytes
     data = await read_upload(file, max_bytes)
@@ -283,7 +289,9 @@ async def _diagnose_upload(
     except ApiError:
         ctx.metrics.diagnoses.labels(chosen, "rejected").inc()
         raise   # nothing was stored: an upload is only kept with its record
-    record = await in_session(ctx, lambda s: keep_upload_and_record(ctx, s, record, data, heatmap))
+    event = audit.entry(request, "diagnosis_create", "success", user_id, record.id)
+    record = await in_session(ctx, lambda s: keep_upload_and_record(ctx, s, record, data, heatmap, event))
+    audit.emit(event)
     ctx.metrics.diagnoses.labels(chosen, record.status).inc()
     return diagnosis_json(record)
 
@@ -293,6 +301,11 @@ async def retry_diagnosis(
     diagnosis_id: str, request: Request, caller: CallerDep, ctx: ContextDep
 ) -> dict[str, Any]:
     """Run a failed diagnosis again on its kept upload (an extension of API.md)."""
+    async with audit.refusals_recorded(ctx, request, "diagnosis_retry", caller.user.id, diagnosis_id):
+        return await _retry(ctx, request, caller, diagnosis_id)
+
+
+async def _retry(ctx: GatewayContext, request: Request, caller: Caller, diagnosis_id: str) -> dict[str, Any]:
     record = await _owned(ctx, diagnosis_id, caller.user.id)
     if record.status != STATUS_FAILED:
         raise ApiError(409, "This diagnosis has already completed; there is nothing to retry.")
@@ -309,14 +322,17 @@ async def retry_diagnosis(
             ctx.heatmaps.put(heatmap)
         # Only a record that still exists and is still failed: a delete or another retry may have
         # come first while the model ran (merging would bring a deleted record back).
-        saved = records.save_retry(session, record)
+        saved = records.save_retry(session, record, also=[event.row()])
         if saved is None:
             forget_blobs(ctx, None, record.heatmap_sha256)
         else:
             _keep_blobs_after_commit(ctx, saved, None, heatmap)
         return saved
 
+    event = audit.entry(request, "diagnosis_retry", "success", caller.user.id, record.id)
     saved = await in_session(ctx, save)
+    if saved is not None:
+        audit.emit(event)
     if saved is None:
         if await in_session(ctx, lambda s: records.get_owned(s, diagnosis_id, caller.user.id)) is None:
             raise ApiError(404, f"No diagnosis {diagnosis_id} found for this account.")
@@ -351,20 +367,34 @@ async def list_diagnoses(
 
 
 @router.get("/diagnoses/{diagnosis_id}")
-async def get_diagnosis(diagnosis_id: str, caller: CallerDep, ctx: ContextDep) -> dict[str, Any]:
-    return diagnosis_json(await _owned(ctx, diagnosis_id, caller.user.id))
+async def get_diagnosis(diagnosis_id: str, request: Request, caller: CallerDep, ctx: ContextDep) -> dict[str, Any]:
+    async with audit.refusals_recorded(ctx, request, "diagnosis_view", caller.user.id, diagnosis_id):
+        record = await _owned(ctx, diagnosis_id, caller.user.id)
+    await _served(ctx, request, "diagnosis_view", caller, record.id)
+    return diagnosis_json(record)
+
+
+async def _served(ctx: GatewayContext, request: Request, event: audit.Event, caller: Caller, record_id: str) -> None:
+    """Record an access about to be served; 503 instead of the answer when that cannot be recorded."""
+    await audit.record(ctx, audit.entry(request, event, "success", caller.user.id, record_id), required=True)
 
 
 @router.delete("/diagnoses/{diagnosis_id}", status_code=204)
-async def delete_diagnosis(diagnosis_id: str, caller: CallerDep, ctx: ContextDep) -> Response:
-    record = await _owned(ctx, diagnosis_id, caller.user.id)
+async def delete_diagnosis(diagnosis_id: str, request: Request, caller: CallerDep, ctx: ContextDep) -> Response:
+    async with audit.refusals_recorded(ctx, request, "diagnosis_delete", caller.user.id, diagnosis_id):
+        record = await _owned(ctx, diagnosis_id, caller.user.id)
+    event = audit.entry(request, "diagnosis_delete", "success", caller.user.id, record.id)
 
-    def delete(session: Session) -> None:
-        blobs = records.delete(session, record.id)
+    def delete(session: Session) -> bool:
+        blobs = records.delete(session, record.id, also=[event.row()])
         if blobs is not None:   # else a concurrent delete came first and forgets the blobs
             _forget_quietly(ctx, *blobs)
+        return blobs is not None
 
-    await in_session(ctx, delete)
+    if await in_session(ctx, delete):
+        audit.emit(event)
+    else:   # the concurrent delete recorded the deletion; this request found nothing to delete
+        await audit.record(ctx, replace(event, outcome="not_found"), required=False)
     return Response(status_code=204)
 
 
@@ -425,6 +455,14 @@ async def get_image(
 ) -> Response:
     """The stored upload; with `max_side`, a PNG scaled down to fit (thumbnails: a 20 MB photo or
     DICOM is not sent whole to draw a 96 px picture)."""
+    async with audit.refusals_recorded(ctx, request, "diagnosis_image", caller.user.id, diagnosis_id):
+        response = await _image(ctx, request, caller, diagnosis_id, max_side)
+    await _served(ctx, request, "diagnosis_image", caller, diagnosis_id)
+    return response
+
+
+async def _image(ctx: GatewayContext, request: Request, caller: Caller, diagnosis_id: str,
+                 max_side: int | None) -> Response:
     record = await _owned(ctx, diagnosis_id, caller.user.id)
     rendered = record.media_type == DICOM or max_side is not None
     etag = (f'"{record.image_sha256}-png{RENDER_REVISION}-{max_side or "full"}"' if rendered
@@ -454,6 +492,13 @@ async def get_image(
 
 @router.get("/diagnoses/{diagnosis_id}/heatmap", response_class=Response)
 async def get_heatmap(diagnosis_id: str, request: Request, caller: CallerDep, ctx: ContextDep) -> Response:
+    async with audit.refusals_recorded(ctx, request, "diagnosis_heatmap", caller.user.id, diagnosis_id):
+        response = await _heatmap(ctx, request, caller, diagnosis_id)
+    await _served(ctx, request, "diagnosis_heatmap", caller, diagnosis_id)
+    return response
+
+
+async def _heatmap(ctx: GatewayContext, request: Request, caller: Caller, diagnosis_id: str) -> Response:
     record = await _owned(ctx, diagnosis_id, caller.user.id)
     if not record.heatmap_sha256:
         raise ApiError(404, "This diagnosis has no heatmap; upload the image with explain=true to get one.")

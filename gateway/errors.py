@@ -65,6 +65,18 @@ def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
     return violations
 
 
+def error_info(error: grpc.aio.AioRpcError, domain: str) -> dict[str, str]:
+    """The metadata of the google.rpc.ErrorInfo of `domain` a gRPC error carries ({} without one)."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.domain == domain:
+                return dict(info.metadata)
+    return {}
+
+
 def retry_after_s(error: grpc.aio.AioRpcError) -> int | None:
     """The whole seconds to wait (rounded up) that a gRPC error's google.rpc.RetryInfo carries."""
     status = rpc_status.from_call(error)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, Index, String, Text, func, select, update
@@ -70,10 +71,10 @@ RESULT_COLUMNS = ("status", "detail", "label", "label_display", "confidence", "p
                   "model_version", "extra", "heatmap_sha256", "heatmap_method")
 
 
-def save_retry(session: Session, record: Diagnosis) -> Diagnosis | None:
+def save_retry(session: Session, record: Diagnosis, also: Sequence[Base] = ()) -> Diagnosis | None:
     """Write a retried run's results onto the stored record, only if it still exists and is still
     failed (one conditional UPDATE, so a delete or a concurrent retry that came first wins); None
-    when it did not."""
+    when it did not. `also`: rows committed in the same transaction when it did (its audit event)."""
     values = {name: getattr(record, name) for name in RESULT_COLUMNS}
     changed = session.execute(
         update(Diagnosis)
@@ -81,25 +82,30 @@ def save_retry(session: Session, record: Diagnosis) -> Diagnosis | None:
         .values(**values, updated_at=utc_now())
         .execution_options(synchronize_session=False)
     ).rowcount
+    if changed:
+        session.add_all(also)
     session.commit()
     return session.get(Diagnosis, record.id) if changed else None
 
 
-def delete(session: Session, record_id: str) -> tuple[str, str | None] | None:
+def delete(session: Session, record_id: str, also: Sequence[Base] = ()) -> tuple[str, str | None] | None:
     """Delete the record; (image_sha256, heatmap_sha256) as the row held them when it went (one
     DELETE ... RETURNING, so a retry that added a heatmap a moment before is not missed), or None
-    when it was already gone."""
+    when it was already gone. `also`: rows committed in the same transaction when it went (its
+    audit event)."""
     deleted = session.execute(
         delete_rows(Diagnosis)
         .where(Diagnosis.id == record_id)
         .returning(Diagnosis.image_sha256, Diagnosis.heatmap_sha256)
         .execution_options(synchronize_session=False)
     ).first()
+    if deleted is not None:
+        session.add_all(also)
     session.commit()
     return None if deleted is None else (deleted.image_sha256, deleted.heatmap_sha256)
 
 
-def _is_record_id(text: str) -> bool:
+def is_record_id(text: str) -> bool:
     try:
         return str(uuid.UUID(text)) == text
     except ValueError:
@@ -110,7 +116,7 @@ def get_owned(session: Session, diagnosis_id: str, user_id: str) -> Diagnosis | 
     """The record, only if it belongs to `user_id` (someone else's id looks exactly like a missing one).
     An id that is not a record id (ours are canonical UUID strings) is missing without asking the
     database: PostgreSQL refuses text with a NUL in it outright."""
-    if not _is_record_id(diagnosis_id):
+    if not is_record_id(diagnosis_id):
         return None
     record = session.get(Diagnosis, diagnosis_id)
     return record if record is not None and record.user_id == user_id else None

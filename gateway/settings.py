@@ -111,6 +111,13 @@ class GatewaySettings(BaseSettings):
     # default, 30 s, would hold a new pod back that long; one lookup per 5 s is nothing for DNS.
     grpc_dns_min_interval_s: float = Field(default=5.0, gt=0)
 
+    # Audit trail (gateway/audit.py): events older than this many days are purged, every
+    # audit_purge_interval_s and at start-up. Six years by default: HIPAA keeps its required
+    # documentation six years (45 CFR 164.316(b)(2)(i)), and audit records are commonly kept as such.
+    # At least 30 (gateway.audit.RETENTION_FLOOR_DAYS): the database refuses to delete younger rows.
+    audit_retention_days: int = Field(default=6 * 365 + 2, ge=30)
+    audit_purge_interval_s: float = Field(default=3600.0, gt=0)
+
     # Session cookie for the web UI. `cookie_secure` None means: on in production, off in development
     # (a local http://127.0.0.1 browser would otherwise never send it back).
     cookie_name: str = "drtech_session"

@@ -159,7 +159,13 @@ class Accounts:
         email = normalize_email(email).replace("\x00", "\ufffd")[:EMAIL_MAX_LENGTH]
         client_ip = _clean_ip(client_ip)
         now = utc_now()
-        attempt_id = self._start_attempt(email, client_ip, now)
+        try:
+            attempt_id = self._start_attempt(email, client_ip, now)
+        except Throttled as throttled:
+            with self._sessions.begin() as db:   # whose account was throttled, for the audit trail
+                found = db.scalar(select(User.id).where(User.email == email))
+            throttled.account_id = None if found is None else str(found)
+            raise
 
         with self._sessions.begin() as db:
             user = db.scalar(select(User).where(User.email == email))
@@ -177,7 +183,7 @@ class Accounts:
             raise
         if user is None or not matches:
             self._keep_failure(now)
-            raise BadCredentials()
+            raise BadCredentials(account_id=None if user is None else str(user.id))
 
         new_hash = None
         if self._passwords.needs_rehash(user.password_hash):
@@ -366,16 +372,19 @@ class Accounts:
         log.info("user %s logged out everywhere: %d sessions ended", user.id, ended)
         return ended
 
-    def log_out(self, access_token: str) -> None:
-        """Revoke the token at once. Unknown or already revoked tokens are fine (idempotent)."""
+    def log_out(self, access_token: str) -> str | None:
+        """Revoke the token at once; the id of the user whose session this call ended, None when it
+        ended none. Unknown or already revoked tokens are fine (idempotent)."""
         if not access_token:
-            return
+            return None
         with self._sessions.begin() as db:
-            db.execute(
+            ended = db.execute(
                 update(AuthSession)
                 .where(AuthSession.token_hash == token_hash(access_token), AuthSession.revoked_at.is_(None))
                 .values(revoked_at=utc_now())
-            )
+                .returning(AuthSession.user_id)
+            ).scalar_one_or_none()
+        return None if ended is None else str(ended)
 
     def get_user(self, user_id: str) -> User:
         """Raises ValidationError for a malformed id, UserNotFound for an unknown one."""

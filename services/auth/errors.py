@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 
+# The domain of the google.rpc.ErrorInfo that names an error's account (metadata "account_id").
+ERROR_DOMAIN = "auth.drtech"
+
+
 class AuthError(Exception):
-    """Base class; ``str(error)`` is the client-facing message."""
+    """Base class; ``str(error)`` is the client-facing message.
+
+    ``account_id``: the account an attempt concerned, when it has one (a failed or throttled log-in on
+    an email that has an account). It travels to the gateway only, in the status's google.rpc.ErrorInfo,
+    for its audit trail; the gateway never shows it to a client (the reply stays the same either way)."""
+
+    account_id: str | None = None
 
 
 class EmailTaken(AuthError):
@@ -14,8 +24,9 @@ class EmailTaken(AuthError):
 
 class BadCredentials(AuthError):
     # One message whether the email is unknown or the password wrong, so replies do not reveal accounts.
-    def __init__(self) -> None:
+    def __init__(self, account_id: str | None = None) -> None:
         super().__init__("Incorrect email or password.")
+        self.account_id = account_id
 
 
 class WrongPassword(AuthError):

@@ -14,6 +14,7 @@ from grpc_status import rpc_status
 from sqlalchemy.exc import OperationalError
 
 from services.auth.errors import (
+    ERROR_DOMAIN,
     BadCredentials,
     Busy,
     EmailTaken,
@@ -30,7 +31,18 @@ AUTH_SERVICE_PREFIX = "/drtech.v1.AuthService/"
 
 
 def error_status(error: Exception) -> status_pb2.Status:
-    """The google.rpc.Status a domain error becomes (INTERNAL for anything unexpected)."""
+    """The google.rpc.Status a domain error becomes (INTERNAL for anything unexpected), with an
+    ErrorInfo naming the account when the error concerns one (for the gateway's audit trail)."""
+    status = _bare_status(error)
+    account_id = getattr(error, "account_id", None)
+    if account_id:
+        info = error_details_pb2.ErrorInfo(reason=type(error).__name__, domain=ERROR_DOMAIN,
+                                           metadata={"account_id": account_id})
+        status.details.add().Pack(info)
+    return status
+
+
+def _bare_status(error: Exception) -> status_pb2.Status:
     if isinstance(error, ValidationError):
         bad_request = error_details_pb2.BadRequest(
             field_violations=[

@@ -54,8 +54,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def LogOut(
         self, request: auth_pb2.LogOutRequest, context: grpc.ServicerContext
     ) -> auth_pb2.LogOutResponse:
-        self._accounts.log_out(request.access_token)
-        return auth_pb2.LogOutResponse()
+        return auth_pb2.LogOutResponse(user_id=self._accounts.log_out(request.access_token) or "")
 
     def GetUser(self, request: auth_pb2.GetUserRequest, context: grpc.ServicerContext) -> auth_pb2.User:
         return user_message(self._accounts.get_user(request.id))

@@ -136,6 +136,11 @@ async def history_page(request: Request) -> Response:
     return await _account_page(request, "history.html")
 
 
+@router.get("/activity", response_class=HTMLResponse)
+async def activity_page(request: Request) -> Response:
+    return await _account_page(request, "activity.html")
+
+
 @router.get("/results/{diagnosis_id}", response_class=HTMLResponse)
 async def result_page(request: Request, diagnosis_id: str) -> Response:
     # A stored result belongs to History, not to "New diagnosis" (whose page it shares).

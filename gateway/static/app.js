@@ -663,6 +663,74 @@ function initHistory() {
   load(0);
 }
 
+// ---- activity (the account's audit trail) -------------------------------------------------------
+const ACTIVITY_NAMES = {
+  sign_up: "Account created",
+  log_in: "Log-in",
+  log_out: "Log-out",
+  log_out_all: "Logged out everywhere",
+  password_change: "Password change",
+  diagnosis_create: "Result created",
+  diagnosis_view: "Result opened",
+  diagnosis_image: "Image viewed",
+  diagnosis_heatmap: "Heatmap viewed",
+  diagnosis_retry: "Result retried",
+  diagnosis_delete: "Result deleted",
+};
+const OUTCOME_NAMES = {
+  success: "Done",
+  failure: "Refused",
+  throttled: "Blocked: too many attempts",
+  not_found: "Not found",
+  error: "Failed",
+};
+
+function activityRow(item) {
+  const what = el("td", {}, ACTIVITY_NAMES[item.event] || item.event);
+  if (item.diagnosis_id) {
+    // The record may be deleted since: its short id still says which one it was.
+    what.append(" ", el("a", { href: `/results/${item.diagnosis_id}`, text: item.diagnosis_id.slice(0, 8),
+      "aria-label": `result ${item.diagnosis_id}` }));
+  }
+  return el("tr", {},
+    el("td", {}, el("time", { datetime: item.at, text: formatDate(item.at) })),
+    what,
+    el("td", {}, el("span", { className: "outcome", "data-outcome": item.outcome,
+      text: OUTCOME_NAMES[item.outcome] || item.outcome })),
+    el("td", {}, item.ip || "unknown address",
+      el("span", { className: "hint agent", title: item.user_agent, text: item.user_agent || "unknown browser" })));
+}
+
+function initActivity() {
+  const list = $("#activity-list");
+  if (!list) return;
+  const pageSize = 25;
+  let shown = 0;
+  let latest = 0;
+
+  async function load(offset) {
+    const ticket = ++latest;
+    try {
+      const page = await api(`/api/v1/me/activity?${new URLSearchParams({ limit: pageSize, offset })}`);
+      if (ticket !== latest) return;
+      shown = offset;
+      list.replaceChildren(...page.items.map(activityRow));
+      $("#activity-table").hidden = page.total === 0;
+      $("#activity-empty").hidden = page.total !== 0;
+      $("#prev-page").disabled = offset === 0;
+      $("#next-page").disabled = offset + pageSize >= page.total;
+      $("#page-info").textContent = page.total
+        ? `${offset + 1}–${Math.min(offset + pageSize, page.total)} of ${page.total}` : "";
+    } catch (error) {
+      if (ticket === latest) setStatus(error.message);
+    }
+  }
+
+  $("#prev-page").addEventListener("click", () => load(Math.max(0, shown - pageSize)));
+  $("#next-page").addEventListener("click", () => load(shown + pageSize));
+  load(0);
+}
+
 // ---- model cards ---------------------------------------------------------------------------
 function isInterval(value) {
   return value !== null && typeof value === "object" && typeof value.value === "number";
@@ -807,6 +875,7 @@ document.addEventListener("DOMContentLoaded", () => {
   initDiagnose();
   initResultPage();
   initHistory();
+  initActivity();
   initModels();
   initCarousel();
 });

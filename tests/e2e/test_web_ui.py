@@ -592,6 +592,26 @@ def test_the_account_page_changes_the_password_and_logs_out_everywhere(page, sta
     assert changed_back.status == 204
 
 
+def test_the_activity_page_lists_the_accounts_own_events_newest_first(page) -> None:
+    page.click("nav >> text=Activity")
+    page.wait_for_url("**/activity")
+    assert page.get_attribute("nav a[href='/activity']", "aria-current") == "page"
+    page.wait_for_selector("#activity-list tr")
+    rows = page.locator("#activity-list tr").all_inner_texts()
+    # The password given back at the end of the previous test is the newest event; the refused
+    # change (wrong current password) and the log-in from another device are there too.
+    assert "Password change" in rows[0] and "Done" in rows[0] and "HeadlessChrome" in rows[0]
+    assert any("Password change" in row and "Refused" in row for row in rows)
+    assert any("Log-in" in row and "python-httpx" in row for row in rows)
+    assert page.locator("#activity-list a[href^='/results/']").count() > 0   # images of the results viewed
+    shoot(page, "11-activity")
+    total = int(page.inner_text("#page-info").rsplit(" of ", 1)[1])
+    assert total > 25   # the story so far: log-ins, results made and opened, their images fetched...
+    page.click("#next-page")
+    page.wait_for_function("() => document.querySelector('#page-info').textContent.startsWith('26')")
+    assert not page.locator("#prev-page").is_disabled()
+
+
 def test_after_log_out_the_client_page_sends_you_to_log_in(page) -> None:
     page.goto("/app")
     page.click("#logout-button")
@@ -601,12 +621,14 @@ def test_after_log_out_the_client_page_sends_you_to_log_in(page) -> None:
     assert page.locator("#login-form").is_visible()
     page.goto("/history")
     assert "/login" in page.url
+    page.goto("/activity")
+    assert "/login" in page.url
 
 
 def test_every_page_of_the_story_was_photographed_by_this_run() -> None:
     expected = {"01-home", "02-signup-refused", "03-login", "04-result-chest_xray", "04-result-skin_lesion",
                 "04-result-bone_dicom", "05-client-dicom-preview", "06-client-bad-file", "07-history",
-                "08-models", "09-account-refused", "10-api-docs"}
+                "08-models", "09-account-refused", "10-api-docs", "11-activity"}
     taken = {path.name.rsplit("-", 1)[0] for path in SHOT}
     assert taken == expected, f"missing {expected - taken}, unexpected {taken - expected}"
     for path in SHOT:

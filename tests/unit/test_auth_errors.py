@@ -5,7 +5,7 @@ from __future__ import annotations
 from google.rpc import code_pb2, error_details_pb2
 from sqlalchemy.exc import OperationalError
 
-from services.auth.errors import BadCredentials, EmailTaken, InvalidToken, Throttled, UserNotFound
+from services.auth.errors import ERROR_DOMAIN, BadCredentials, EmailTaken, InvalidToken, Throttled, UserNotFound
 from services.auth.interceptor import error_status
 from services.auth.validation import ValidationError
 
@@ -50,3 +50,18 @@ def test_a_database_outage_is_unavailable_and_surprises_leak_nothing() -> None:
 
 def test_a_short_wait_still_reads_as_a_minute() -> None:
     assert str(Throttled(retry_after_s=10)) == "Too many failed log-in attempts. Try again in about 1 minute."
+
+
+def test_a_refusal_on_an_account_names_it_in_error_info_and_the_message_stays_the_same() -> None:
+    """For the gateway's audit trail only: the client-facing message does not change."""
+    known, unknown = error_status(BadCredentials(account_id="u-1")), error_status(BadCredentials())
+    assert (known.code, known.message) == (unknown.code, unknown.message)
+    info = error_details_pb2.ErrorInfo()
+    assert known.details[-1].Unpack(info)
+    assert (info.domain, dict(info.metadata)) == (ERROR_DOMAIN, {"account_id": "u-1"})
+    assert not unknown.details
+    throttled = Throttled(retry_after_s=60)
+    throttled.account_id = "u-2"
+    details = error_status(throttled).details
+    assert [d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in details] == [True, False]
+    assert details[1].Unpack(info) and info.metadata["account_id"] == "u-2"

@@ -917,7 +917,7 @@ BREAKAGES = {
         "routes /readyz/gateway",
     ),
     "a public path left out": (
-        lambda objs: of_kind(objs, "HTTPRoute")["gateway"]["spec"]["rules"][1]["matches"].pop(1),
+        lambda objs: of_kind(objs, "HTTPRoute")["gateway"]["spec"]["rules"][2]["matches"].pop(1),
         "does not route the public path /static/",
     ),
     "one controller's annotations on the Ingress": (

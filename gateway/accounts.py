@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
-import anyio
 import grpc
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import AfterValidator, BaseModel
@@ -163,11 +162,24 @@ CallerDep = Annotated[Caller, Depends(current_caller)]
 UPLOAD_PATHS = frozenset({"/api/v1/diagnoses", "/api/v1/previews"})
 
 
+def declared_body_bytes(scope: Scope, max_bytes: int) -> int:
+    """The body size a request declares (Content-Length), or `max_bytes` for one sent without it
+    (chunked), which BodySizeLimit stops at that many bytes."""
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return min(max(int(value), 0), max_bytes)
+            except ValueError:
+                return max_bytes
+    return max_bytes
+
+
 class AuthenticateUploadsFirst:
     """ASGI middleware: an upload's caller is authenticated before its body is read, so a client
     without a valid session gets its 401 (or 403) at once, without the gateway receiving and spooling
     up to the upload limit first. The endpoint's CallerDep then finds the caller in request.state.
-    Past settings.pending_uploads bodies at once, the next gets 503 before its body is read too."""
+    Then the upload is admitted to the upload queue (gateway/upload_queue.py) for its declared size;
+    when the queue is full, 503 with Retry-After, before its body is read too."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -178,21 +190,23 @@ class AuthenticateUploadsFirst:
             return
         request = Request(scope)        # no receive: the body stays unread
         ctx = get_context(request)
+        size = declared_body_bytes(scope, ctx.settings.max_request_bytes)
         try:
             caller = await current_caller(request, ctx)
-            ctx.upload_bodies.acquire_nowait()
-        except anyio.WouldBlock:
-            await error_response(503, "The gateway is receiving too many uploads; try again shortly.",
-                                 headers={"Retry-After": "5"})(scope, receive, send)
-            return
         except ApiError as error:
             await error_response(error.status_code, error.detail, error.errors, error.headers)(scope, receive, send)
+            return
+        if not ctx.upload_queue.try_admit(size):
+            await error_response(503, "The gateway is receiving too many uploads (its upload queue is full); "
+                                      "try again shortly.", headers={"Retry-After": "5"})(scope, receive, send)
             return
         scope.setdefault("state", {})["caller"] = caller
         try:
             await self.app(scope, receive, send)
         finally:
-            ctx.upload_bodies.release()
+            ctx.upload_queue.release(size)
+
+
 ContextDep = Annotated[GatewayContext, Depends(get_context)]
 
 

@@ -29,12 +29,11 @@ from gateway.database import create_database_engine, migrate, session_factory, w
 from gateway.errors import error_response, install_error_handlers
 from gateway.grpc_clients import Backends
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
-from gateway.settings import GatewaySettings
+from gateway.settings import FORM_OVERHEAD_BYTES, GatewaySettings
 from gateway.storage import blob_stores
+from gateway.upload_queue import UploadQueue
 
 STATIC_DIR = Path(__file__).parent / "static"
-# The multipart framing around an upload; bodies beyond max_upload_bytes + this are refused unread.
-_FORM_OVERHEAD_BYTES = 64 * 1024
 
 # Swagger UI 5's files (the first to read OpenAPI 3.1, which FastAPI writes) as the fastapi-offline
 # package ships them: served from here, no CDN. (swagger-ui-bundle carries Swagger UI 4.)
@@ -102,7 +101,7 @@ class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        limit_mib = (max_bytes - _FORM_OVERHEAD_BYTES) / (1024 * 1024)
+        limit_mib = (max_bytes - FORM_OVERHEAD_BYTES) / (1024 * 1024)
         self.message = f"The request is larger than the {limit_mib:.0f} MiB upload limit."
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -191,7 +190,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             backends=backends,
             renders=anyio.CapacityLimiter(settings.concurrent_renders),
             upload_slots=anyio.CapacityLimiter(settings.concurrent_uploads),
-            upload_bodies=anyio.CapacityLimiter(settings.pending_uploads),
+            upload_queue=UploadQueue(settings.pending_uploads, settings.upload_queue_bytes),
         )
         try:
             async with anyio.create_task_group() as background:
@@ -234,7 +233,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_middleware(accounts.AuthenticateUploadsFirst)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + _FORM_OVERHEAD_BYTES)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app
 
 

@@ -14,6 +14,7 @@ from gateway.grpc_clients import Backends
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.storage import BlobStore
+from gateway.upload_queue import UploadQueue
 
 
 @dataclass
@@ -29,8 +30,8 @@ class GatewayContext:
     renders: anyio.CapacityLimiter
     # At most settings.concurrent_uploads uploads in memory at a time (gateway.diagnoses).
     upload_slots: anyio.CapacityLimiter
-    # At most settings.pending_uploads upload bodies received or waiting (accounts.AuthenticateUploadsFirst).
-    upload_bodies: anyio.CapacityLimiter
+    # Upload bodies received or waiting for an upload slot, bounded (accounts.AuthenticateUploadsFirst).
+    upload_queue: UploadQueue
 
 
 def client_ip(request: Request) -> str:

@@ -14,6 +14,8 @@ from services.core.production import database_problem, trusted_proxies_problem
 MIB = 1024 * 1024
 # A Diagnose request carries the upload and a few fields besides (media type, request id, flags).
 _MESSAGE_ROOM = 64 * 1024
+# The multipart framing around an upload; bodies beyond max_upload_bytes + this are refused unread.
+FORM_OVERHEAD_BYTES = 64 * 1024
 
 
 class GatewaySettings(BaseSettings):
@@ -90,15 +92,20 @@ class GatewaySettings(BaseSettings):
     # Uploads held in memory at once (read, sent to a model service, stored): each up to
     # max_upload_bytes three times over while it is sent (the bytes, the gRPC request, its serialized
     # form: ~60 MiB for the largest), so 4 take ~240 MiB beside one render (up to ~880 MiB for the
-    # largest DICOM) in the gateway pod's 1.5 GiB. The rest wait with their bodies spooled to disk,
-    # at most upload_wait_s, then get 503 with Retry-After.
+    # largest DICOM) in the gateway pod's 1.5 GiB. The rest wait their turn in the upload queue
+    # (below), in arrival order, at most upload_wait_s: a queue that does not move in that long is
+    # overloaded, and the upload gets 503 with Retry-After.
     concurrent_uploads: int = Field(default=4, ge=1)
-    upload_wait_s: float = Field(default=10.0, gt=0)
-    # Uploads being received or waiting for one of those slots at once; past it, 503 with
-    # Retry-After before the body is read. Each body over 1 MiB is spooled to /tmp, up to
-    # max_upload_bytes: 16 take at most 320 MiB of the gateway pod's 512 Mi /tmp (deploy/k8s), which
-    # the kubelet enforces by evicting the pod, and every request on it with the pod.
-    pending_uploads: int = Field(default=16, ge=1)
+    upload_wait_s: float = Field(default=60.0, gt=0)
+    # The upload queue (gateway/upload_queue.py): uploads being received or waiting for one of those
+    # slots, bounded by count and by their declared sizes (Content-Length; the largest accepted body
+    # when sent chunked). Past either bound, 503 with Retry-After before the body is read. A body
+    # over 1 MiB is spooled to /tmp, one below stays in memory (Starlette's multipart spooling), so
+    # the count bounds that memory (64 MiB at most) and the bytes bound the gateway pod's 512 Mi /tmp
+    # (deploy/k8s), which the kubelet enforces by evicting the pod, and every request on it with it.
+    # The defaults take 32 concurrent clients uploading ordinary images, and 19 of the largest (20 MiB each).
+    pending_uploads: int = Field(default=64, ge=1)
+    upload_queue_bytes: int = Field(default=384 * MIB, ge=1024)
 
     # gRPC deadlines, seconds. Every call has one.
     auth_timeout_s: float = Field(default=5.0, gt=0)
@@ -163,6 +170,11 @@ class GatewaySettings(BaseSettings):
                 f"message limit (DRTECH_MAX_MESSAGE_BYTES={self.max_message_bytes}) for the rest of the "
                 "message: raise DRTECH_MAX_MESSAGE_BYTES too, for the gateway and the model services"
             )
+        if self.upload_queue_bytes < self.max_request_bytes:
+            raise ValueError(
+                f"upload_queue_bytes ({self.upload_queue_bytes}) must hold at least one upload of the largest "
+                f"accepted size ({self.max_request_bytes} bytes with its form), or such uploads always get 503"
+            )
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.home / 'gateway.db').as_posix()}"
         if self.cookie_secure is None:
@@ -187,6 +199,11 @@ class GatewaySettings(BaseSettings):
         found = [problem for problem in problems if problem]
         if found:
             raise ValueError("DRTECH_ENV=production refuses development settings: " + "; ".join(found))
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest request body accepted: the largest upload with its multipart framing."""
+        return self.max_upload_bytes + FORM_OVERHEAD_BYTES
 
     @property
     def internal_bind_host(self) -> str:

@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from gateway.accounts import declared_body_bytes
 from gateway.app import create_app, internal_app
 from gateway.settings import GatewaySettings
 from protos.drtech.v1 import auth_pb2, diagnosis_pb2
@@ -322,29 +323,62 @@ def test_a_stored_image_ignores_range_and_comes_whole(
         assert reply.status_code == 200 and reply.headers["content-type"] == "image/png"
 
 
-def test_past_the_pending_uploads_limit_an_upload_is_503_before_its_body_is_read(
-    client: TestClient, chest_model: None
-) -> None:
-    """Each waiting body is spooled to /tmp: unbounded, a burst fills the pod's disk and gets it evicted."""
-    limiter = client.app.state.gateway.upload_bodies
-    assert limiter.total_tokens == 16                          # DRTECH_GATEWAY_PENDING_UPLOADS
-    others = [object() for _ in range(16)]
-    for other in others:                                       # 16 uploads already in progress
-        client.portal.call(limiter.acquire_on_behalf_of_nowait, other)
+def _refused_then_accepted(client: TestClient, fill: tuple[int, int]) -> None:
+    """With the upload queue holding `fill` (uploads, bytes) of others, the next upload is 503 before
+    its body is read; once they are gone, the same upload is accepted, and the queue is empty after."""
+    queue = client.app.state.gateway.upload_queue
+    others, others_bytes = fill
+    queue.uploads += others
+    queue.reserved_bytes += others_bytes
     auth = {"Authorization": f"Bearer {LIVE_TOKEN}"}
     upload = png_bytes(Image.new("RGB", (32, 32), (10, 20, 30)))
     try:
         refused = client.post("/api/v1/diagnoses", files={"file": ("x.png", upload)},
                               data={"exam_type": "chest_xray"}, headers=auth)
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
-        assert "too many uploads" in refused.json()["detail"]
+        assert "upload queue is full" in refused.json()["detail"]
     finally:
-        for other in others:
-            client.portal.call(limiter.release_on_behalf_of, other)
+        queue.uploads -= others
+        queue.reserved_bytes -= others_bytes
     accepted = client.post("/api/v1/diagnoses", files={"file": ("x.png", upload)},
                            data={"exam_type": "chest_xray"}, headers=auth)
     assert accepted.status_code == 201, accepted.text
-    assert limiter.borrowed_tokens == 0
+    assert (queue.uploads, queue.reserved_bytes) == (0, 0)
+
+
+def test_past_the_upload_queue_count_an_upload_is_503_before_its_body_is_read(
+    client: TestClient, chest_model: None
+) -> None:
+    """Each waiting body is held (spooled to /tmp, or in memory below 1 MiB): unbounded, a burst fills
+    the pod's disk or memory and gets it evicted. The default takes 32 concurrent clients and more."""
+    queue = client.app.state.gateway.upload_queue
+    assert queue.max_uploads == 64                             # DRTECH_GATEWAY_PENDING_UPLOADS
+    _refused_then_accepted(client, (64, 0))
+
+
+def test_past_the_upload_queue_bytes_an_upload_is_503_before_its_body_is_read(
+    client: TestClient, chest_model: None
+) -> None:
+    """The queue is sized in bytes to the pod's /tmp: a few uploads of the largest size fill it before
+    its count does. An upload is counted at its declared Content-Length."""
+    queue = client.app.state.gateway.upload_queue
+    assert queue.max_bytes == 384 * 1024 * 1024                # DRTECH_GATEWAY_UPLOAD_QUEUE_BYTES
+    _refused_then_accepted(client, (3, queue.max_bytes - 100))  # room left: less than the upload
+
+
+def test_a_chunked_upload_is_queued_at_the_largest_accepted_size() -> None:
+    """Without Content-Length the body may be as large as the limit lets it (BodySizeLimit stops it
+    there): the queue reserves that much, so chunked bodies cannot overfill /tmp."""
+    limit = 20 * 1024 * 1024
+    assert declared_body_bytes({"headers": [(b"content-length", b"1234")]}, limit) == 1234
+    assert declared_body_bytes({"headers": [(b"transfer-encoding", b"chunked")]}, limit) == limit
+    assert declared_body_bytes({"headers": [(b"content-length", b"x")]}, limit) == limit
+    assert declared_body_bytes({"headers": [(b"content-length", b"999999999999")]}, limit) == limit
+
+
+def test_an_upload_queue_smaller_than_one_upload_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="upload_queue_bytes"):
+        GatewaySettings(DRTECH_HOME=tmp_path, upload_queue_bytes=10 * 1024 * 1024)
 
 
 def test_an_upload_over_the_limit_is_413_before_it_is_read(client: TestClient) -> None:

@@ -71,7 +71,9 @@ def _spec(spec: TaskSpec, scratch: Path) -> TaskSpec:
 
 
 @contextmanager
-def running_stack(home: Path, scratch: Path, models_dir: Path | None = None) -> Iterator[Stack]:
+def running_stack(home: Path, scratch: Path, models_dir: Path | None = None,
+                  **gateway_settings: object) -> Iterator[Stack]:
+    """The whole platform; `gateway_settings` override the gateway's (e.g. database_url)."""
     if not ROUTER.model_path.exists():
         raise RuntimeError(f"the router model is missing at {ROUTER.model_path}; run python -m training.router")
     logs = KeptLogs()
@@ -100,6 +102,7 @@ def running_stack(home: Path, scratch: Path, models_dir: Path | None = None) -> 
         }
         if models_dir is not None:
             values["models_dir"] = models_dir
+        values.update(gateway_settings)
         gateway = start_gateway(GatewaySettings(**values))
         yield Stack(home=home, gateway=gateway, models=models, logs=logs)
     finally:

@@ -8,11 +8,12 @@ GENERATED := $(PROTOS:.proto=_pb2.py)
 # One pip at a time in the one venv, whatever -j says.
 .NOTPARALLEL:
 
-.PHONY: run test protos install-run install-test install-bench install-checkov test-fast bench bench-runtimes lock clean help
+.PHONY: run test soak protos install-run install-test install-bench install-checkov test-fast bench bench-runtimes lock clean help
 
 help:
 	@echo "make run    - set up and serve the whole platform at http://127.0.0.1:$${DRTECH_HTTP_PORT:-8000}"
 	@echo "make test   - set up and run the test suite"
+	@echo "make soak   - the long load and hostile-input runs (minutes; not part of make test)"
 	@echo "make protos - regenerate gRPC code from protos/"
 	@echo "make bench  - measure serving throughput/latency against the baselines (not a test)"
 	@echo "make lock   - re-resolve requirements/*.txt from pyproject.toml (UPGRADE=1: newest versions)"
@@ -22,6 +23,12 @@ run: install-run protos
 
 test: install-test protos
 	$(PY) -m pytest
+
+# The long versions of the load test (2,000 diagnoses at concurrency 32, SQLite and PostgreSQL) and
+# of the hostile-input suite (~11,000 generated bad inputs); prints their figures. README.md, "Tests".
+soak: install-test protos
+	DRTECH_SOAK=1 $(PY) -m pytest -s -p no:logging --timeout 3600 \
+		tests/integration/test_gateway_load.py tests/integration/test_gateway_hostile_inputs.py
 
 # Unit tests only: no sockets, no subprocesses.
 test-fast: install-test protos

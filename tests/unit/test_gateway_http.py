@@ -10,6 +10,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,6 +324,40 @@ def test_a_stored_image_ignores_range_and_comes_whole(
         assert reply.status_code == 200 and reply.headers["content-type"] == "image/png"
 
 
+def _post_counting_reads(client: TestClient, path: str, headers: dict[str, str],
+                         upload: bytes) -> tuple[int, dict[str, str], bytes, int]:
+    """POST a multipart upload to the running app at the ASGI level: (status, headers, body, how many
+    times the app read from the request body)."""
+    boundary = "b0undary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="exam_type"\r\n\r\nchest_xray\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
+            ).encode() + upload + f"\r\n--{boundary}--\r\n".encode()
+    reads = 0
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        nonlocal reads
+        reads += 1
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+        "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000), "app": client.app,
+        "headers": [(b"host", b"127.0.0.1"), (b"content-length", str(len(body)).encode()),
+                    (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
+                    *[(name.lower().encode(), value.encode()) for name, value in headers.items()]],
+    }
+    client.portal.call(client.app, scope, receive, send)
+    start = next(message for message in sent if message["type"] == "http.response.start")
+    reply_headers = {name.decode(): value.decode() for name, value in start["headers"]}
+    reply = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
+    return start["status"], reply_headers, reply, reads
+
+
 def _refused_then_accepted(client: TestClient, fill: tuple[int, int]) -> None:
     """With the upload queue holding `fill` (uploads, bytes) of others, the next upload is 503 before
     its body is read; once they are gone, the same upload is accepted, and the queue is empty after."""
@@ -333,10 +368,10 @@ def _refused_then_accepted(client: TestClient, fill: tuple[int, int]) -> None:
     auth = {"Authorization": f"Bearer {LIVE_TOKEN}"}
     upload = png_bytes(Image.new("RGB", (32, 32), (10, 20, 30)))
     try:
-        refused = client.post("/api/v1/diagnoses", files={"file": ("x.png", upload)},
-                              data={"exam_type": "chest_xray"}, headers=auth)
-        assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
-        assert "upload queue is full" in refused.json()["detail"]
+        status, headers, body, reads = _post_counting_reads(client, "/api/v1/diagnoses", auth, upload)
+        assert status == 503 and headers["retry-after"] == "5"
+        assert "upload queue is full" in json.loads(body)["detail"]
+        assert reads == 0                                      # refused before a byte of the body
     finally:
         queue.uploads -= others
         queue.reserved_bytes -= others_bytes

@@ -94,9 +94,10 @@ class GatewaySettings(BaseSettings):
     # form: ~60 MiB for the largest), so 4 take ~240 MiB beside one render (up to ~880 MiB for the
     # largest DICOM) in the gateway pod's 1.5 GiB. The rest wait their turn in the upload queue
     # (below), in arrival order, at most upload_wait_s: a queue that does not move in that long is
-    # overloaded, and the upload gets 503 with Retry-After.
+    # overloaded, and the upload gets 503 with Retry-After. 25 s and the 30 s model deadline answer
+    # within the ingress's 60 s read timeout (deploy/k8s/base/ingress.yaml), never a proxy's 504.
     concurrent_uploads: int = Field(default=4, ge=1)
-    upload_wait_s: float = Field(default=60.0, gt=0)
+    upload_wait_s: float = Field(default=25.0, gt=0)
     # The upload queue (gateway/upload_queue.py): uploads being received or waiting for one of those
     # slots, bounded by count and by their declared sizes (Content-Length; the largest accepted body
     # when sent chunked). Past either bound, 503 with Retry-After before the body is read. A body

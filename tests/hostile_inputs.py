@@ -446,7 +446,8 @@ def query_and_path_cases(rng: random.Random) -> Iterator[Case]:
                "exam_type=brain", "exam_type=%00", "limit=%ED%A0%80", "offset=1.5", "limit=" + "9" * 5000]
     for query in queries:
         yield Case("query", f"diagnoses?{query[:30]}", "GET", f"{API}/diagnoses?{query}", auth=True)
-        yield Case("query", f"me/activity?{query[:30]}", "GET", f"{API}/me/activity?{query}", auth=True)
+        if not query.startswith("exam_type="):    # the activity list has no exam-type filter to refuse
+            yield Case("query", f"me/activity?{query[:30]}", "GET", f"{API}/me/activity?{query}", auth=True)
     for max_side in ("0", "-1", "15", "4097", "abc", "1e3", "%00"):
         yield Case("query", f"image?max_side={max_side}", "GET",
                    f"{API}/diagnoses/{uuid.UUID(int=rng.getrandbits(128))}/image?max_side={max_side}", auth=True)

@@ -28,7 +28,7 @@ from PIL import Image
 
 from gateway import records
 from gateway.database import create_database_engine, session_factory
-from gateway.storage import BlobStore
+from gateway.storage import LocalBlobStore
 from tests.support import jpeg_bytes, synthetic_image
 from tests.unit.test_imaging import make_dicom
 from tests.web_stack import Stack, running_stack
@@ -159,7 +159,7 @@ def test_concurrent_diagnoses_lose_nothing_and_store_the_bytes_sent(stack: Stack
     asyncio.run(_check_records(stack.url, auth, accepted))
     # The blob store, read directly: the blob each record names holds exactly the bytes sent.
     engine = create_database_engine(database_url)
-    uploads_store = BlobStore(stack.home / "uploads")
+    uploads_store = LocalBlobStore(stack.home / "uploads")
     try:
         with session_factory(engine)() as session:
             for outcome in accepted:

@@ -15,4 +15,6 @@ SPEC = TaskSpec(
     model_dir=Path(__file__).parent / "model",
     default_port=50052,
     extra_outputs=("kl_probabilities",),
+    reads="knee radiographs (X-rays of the knee joint)",
+    gated=True,
 )

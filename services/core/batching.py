@@ -135,6 +135,7 @@ class Batcher:
                         probabilities=prediction.probabilities[index:index + 1],
                         cam=prediction.cam[index:index + 1],
                         extra={name: values[index:index + 1] for name, values in prediction.extra.items()},
+                        gate=None if prediction.gate is None else prediction.gate[index:index + 1],
                     ),
                     batch_size=len(jobs),
                     seconds=seconds,

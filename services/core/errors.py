@@ -19,6 +19,12 @@ class UnsupportedMediaType(InvalidImage):
     """
 
 
+class WrongKindOfImage(InvalidImage):
+    """A readable image that is not the kind the model reads (a document sent as a chest X-ray, a
+    knee sent as a skin lesion): the model's gate (training/gate.py) refused it. The message names
+    what the model reads; the gateway answers 422 and keeps no record."""
+
+
 class ModelNotReady(RuntimeError):
     """The model is not loaded and warmed yet (or the service is shutting down)."""
 

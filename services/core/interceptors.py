@@ -1,5 +1,6 @@
 """The one place domain errors become gRPC status codes (handlers never catch them themselves).
 
+WrongKindOfImage     -> INVALID_ARGUMENT, drtech-error-reason: wrong_image_kind (the model's gate)
 InvalidImage         -> INVALID_ARGUMENT, trailing metadata drtech-error-reason: invalid_image
 UnsupportedMediaType -> INVALID_ARGUMENT, drtech-error-reason: unsupported_media_type (gateway: 415)
 ModelNotReady        -> UNAVAILABLE
@@ -19,7 +20,7 @@ from typing import Any
 import grpc
 
 from services.core import metrics
-from services.core.errors import InvalidImage, ModelNotReady, ServiceBusy, UnsupportedMediaType
+from services.core.errors import InvalidImage, ModelNotReady, ServiceBusy, UnsupportedMediaType, WrongKindOfImage
 
 ERROR_REASON_KEY = "drtech-error-reason"
 REQUEST_ID_KEY = "x-request-id"
@@ -31,6 +32,8 @@ def map_error(error: Exception) -> tuple[grpc.StatusCode, str, str]:
     """(status code, reason, message the caller sees) for an exception a handler raised."""
     if isinstance(error, UnsupportedMediaType):
         return grpc.StatusCode.INVALID_ARGUMENT, "unsupported_media_type", str(error)
+    if isinstance(error, WrongKindOfImage):
+        return grpc.StatusCode.INVALID_ARGUMENT, "wrong_image_kind", str(error)
     if isinstance(error, InvalidImage):
         return grpc.StatusCode.INVALID_ARGUMENT, "invalid_image", f"invalid image: {error}"
     if isinstance(error, ModelNotReady):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from services.core.spec import TaskSpec
+from services.core.spec import GATE_OUTPUT, TaskSpec
 
 INPUT_NAME = "input"
 PROBABILITIES = "probabilities"
@@ -38,6 +38,7 @@ class Prediction:
     probabilities: np.ndarray          # (N, C), softmax in SPEC.labels order
     cam: np.ndarray                    # (N, h, w, C)
     extra: dict[str, np.ndarray]       # extra output name -> (N, ...)
+    gate: np.ndarray | None = None     # (N, 1) gate ratio (> 1: not what the model reads), if gated
 
 
 RUNTIMES = ("onnxruntime", "litert", "tensorflow")
@@ -177,6 +178,16 @@ class OnnxModel(ModelRuntime):
         self.output_names = [PROBABILITIES, CAM, *spec.extra_outputs]
         self.providers = self.session.get_providers()
         self._check_contract()
+        # A gated task's model refuses what it cannot read when its file has the gate's output; one
+        # without it (exported, not yet gated: python -m training.gate) serves everything.
+        self.gate_output = None
+        if spec.gated and GATE_OUTPUT not in spec.extra_outputs:
+            if GATE_OUTPUT in {node.name for node in self.session.get_outputs()}:
+                self.gate_output = GATE_OUTPUT
+                self.output_names.append(GATE_OUTPUT)
+            else:
+                logger.warning("%s has no %r output: the %s service will not refuse images it cannot read "
+                               "(run python -m training.gate --task %s)", self.path, GATE_OUTPUT, spec.task, spec.task)
 
     def _check_contract(self) -> None:
         inputs = {node.name: node for node in self.session.get_inputs()}
@@ -199,8 +210,10 @@ class OnnxModel(ModelRuntime):
         feed = {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
         values = self.session.run(self.output_names, feed)
         named = dict(zip(self.output_names, values))
+        gate = named.pop(self.gate_output) if self.gate_output else None
         return Prediction(
             probabilities=named.pop(PROBABILITIES),
             cam=named.pop(CAM),
             extra=named,
+            gate=gate,
         )

@@ -17,7 +17,7 @@ import numpy as np
 from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
 from services.core import heatmap, metrics
 from services.core.batching import Batcher
-from services.core.errors import ModelNotReady, ServiceBusy
+from services.core.errors import ModelNotReady, ServiceBusy, WrongKindOfImage
 from services.core.imaging import SUPPORTED_MEDIA_TYPES, ImageLimits, read_header, read_image
 from services.core.memory import release_after
 from services.core.pixel_budget import PixelBudget
@@ -167,6 +167,8 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
             raise ModelNotReady(f"the {self.spec.task} model is not loaded")
         batched = batcher.predict(model_input, timeout=time_left(context))
         prediction, inference_seconds = batched.prediction, batched.seconds
+        if prediction.gate is not None:
+            check_gate(self.spec, float(prediction.gate.ravel()[0]))
 
         probabilities = prediction.probabilities[0].astype(np.float64)
         index = int(np.argmax(probabilities))
@@ -233,6 +235,18 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
         if isinstance(card.get("metrics"), dict):
             info.metrics.update(_json_safe(card["metrics"]))
         return info
+
+
+def check_gate(spec: TaskSpec, ratio: float) -> None:
+    """Raise WrongKindOfImage unless the gate's ratio is at most 1 (NaN is refused too)."""
+    if ratio <= 1.0:
+        return
+    reads = spec.reads or f"{spec.exam_type} images"
+    raise WrongKindOfImage(
+        f"this does not look like one of the {reads} the {spec.task} model reads (exam type {spec.exam_type}), "
+        "so it was not diagnosed. Upload such an image, or choose the exam type that matches this one "
+        "(auto lets Dr.Tech choose)."
+    )
 
 
 def extra_fields(prediction: Prediction) -> dict[str, Any]:

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The model output a gate writes (training/gate.py): > 1 means the image is not what the model reads.
+GATE_OUTPUT = "ood_ratio"
+
 
 @dataclass(frozen=True)
 class Label:
@@ -32,6 +35,11 @@ class TaskSpec:
     default_port: int = 50052
     # Extra ONNX outputs and how they surface in DiagnoseResponse.extra, e.g. KL grade.
     extra_outputs: tuple[str, ...] = field(default_factory=tuple)
+    # What the model reads, for the message refusing other images ("a chest X-ray (...)").
+    reads: str = ""
+    # Refuse images whose gate output (GATE_OUTPUT, written by training/gate.py) is above 1, when
+    # the model file has one. The router's gate is read by the gateway instead.
+    gated: bool = False
 
     @property
     def label_codes(self) -> list[str]:

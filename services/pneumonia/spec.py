@@ -10,4 +10,6 @@ SPEC = TaskSpec(
     labels=(Label("NORMAL", "Normal"), Label("PNEUMONIA", "Pneumonia")),
     model_dir=Path(__file__).parent / "model",
     default_port=50054,
+    reads="chest X-rays (frontal chest radiographs)",
+    gated=True,
 )

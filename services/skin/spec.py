@@ -18,4 +18,6 @@ SPEC = TaskSpec(
     ),
     model_dir=Path(__file__).parent / "model",
     default_port=50053,
+    reads="dermoscopy photos of a skin lesion",
+    gated=True,
 )

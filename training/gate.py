@@ -14,13 +14,17 @@ retrained model needs nothing else), and writes it into that file and its card:
    its `measure` split, with held-out seeds, fonts, photos, scans and whole families, only
    measures) and the other two tasks' genuine images (their train rows fit, their test rows
    measure). Features are cached under training/cache/gate/ by model file and image set.
-3. Gate: a logistic regression, genuine vs outside, on standardised features (class-balanced).
-   The threshold on its logit is the THRESHOLD_PERCENTILE-th percentile of the genuine validation
-   images' logits: about (100 - percentile)% of genuine validation images are refused by design,
-   and no outside image takes part in setting it. (A Mahalanobis distance to the class means
-   fitted on genuine images only, as the router used, is measured alongside for the card.)
-4. Export: the gate becomes graph nodes and one extra output `ood_ratio` [N, 1] =
-   exp(logit - threshold): above 1 the image is refused. An existing gate (or the router's former
+3. Gate: two candidates are fitted: a logistic regression, genuine vs outside, on standardised
+   features (class-balanced, C by leave-one-family-out), and a Mahalanobis distance to the nearest
+   genuine class mean (genuine images only; PCA + residual form to fit the size budget). Each
+   threshold is the THRESHOLD_PERCENTILE-th percentile of the genuine validation images' scores:
+   about (100 - percentile)% of genuine validation images are refused by design, and no outside
+   image takes part in setting it. The one shipped is chosen on fit and validation images only
+   (outside fit images refused, then genuine validation refused); the card reports both on the
+   held-out measure set.
+4. Export: the gate becomes graph nodes and one extra output `ood_ratio` [N, 1] (logistic:
+   exp(logit - threshold); Mahalanobis: distance / threshold): above 1 the image is refused. An
+   existing gate (or the router's former
    Mahalanobis `ood_ratio`) is removed first, so re-running replaces it. The file is checked
    against the NumPy gate (relative difference <= 1e-3) before it replaces model.onnx, and the
    probabilities of every other output are unchanged (the graph's other nodes are untouched).
@@ -60,6 +64,7 @@ COUNTS = {"train": 600, "val": 600, "test": 600}
 PER_FAMILY = {"fit": 80, "measure": 60}
 OTHER_TASK = {"fit": 150, "measure": 150}
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+COMPONENTS = 256          # principal components the Mahalanobis gate keeps (the rest: one variance)
 RATIO_TOLERANCE = 1e-3
 CACHE = CACHE_DIR / "gate"
 SEED = 20261207
@@ -243,21 +248,34 @@ class LogisticGate:
 
 
 class MahalanobisGate:
-    """Distance to the nearest genuine class mean under a shared Ledoit-Wolf covariance (genuine
-    images only): the comparison the card reports."""
+    """Distance to the nearest genuine class mean under a shared Ledoit-Wolf covariance, fitted on
+    genuine images only, in top-k principal components + isotropic residual form (probabilistic
+    PCA, as the router's former gate) so it fits the model-size budget:
 
-    def __init__(self, features: np.ndarray, labels: np.ndarray) -> None:
+    d_c(f) = sum_i (v_i . (f - mu_c))^2 / lambda_i + (||f - mu_c||^2 - sum_i (v_i . (f - mu_c))^2) / lambda_rest
+    """
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray, components: int = COMPONENTS) -> None:
         from sklearn.covariance import LedoitWolf
 
         classes = np.unique(labels)
-        self.means = np.stack([features[labels == k].mean(axis=0) for k in classes])
+        self.means = np.stack([features[labels == k].mean(axis=0) for k in classes]).astype(np.float64)
         centred = features - self.means[np.searchsorted(classes, labels)]
-        self.precision = LedoitWolf().fit(centred).precision_
+        eigenvalues, eigenvectors = np.linalg.eigh(LedoitWolf().fit(centred).covariance_)
+        order = np.argsort(eigenvalues)[::-1]
+        eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
+        self.vectors = eigenvectors[:, :components]
+        self.inverse_variances = 1.0 / eigenvalues[:components]
+        rest = eigenvalues[components:]
+        self.inverse_rest = float(1.0 / rest.mean()) if rest.size else 0.0
         self.threshold = 1.0
 
     def distance(self, features: np.ndarray) -> np.ndarray:
-        diff = features[:, None, :] - self.means[None]
-        return np.einsum("ncd,de,nce->nc", diff, self.precision, diff).min(axis=1)
+        diff = features[:, None, :] - self.means[None]                     # (N, C, D)
+        projected = diff @ self.vectors                                     # (N, C, k)
+        inside = (projected ** 2 * self.inverse_variances).sum(-1)
+        rest = (diff ** 2).sum(-1) - (projected ** 2).sum(-1)
+        return (inside + np.maximum(rest, 0.0) * self.inverse_rest).min(axis=1)
 
     def set_threshold(self, genuine_val: np.ndarray, percentile: float = THRESHOLD_PERCENTILE) -> None:
         self.threshold = float(np.percentile(self.distance(genuine_val), percentile))
@@ -266,10 +284,78 @@ class MahalanobisGate:
         return self.distance(features) / self.threshold
 
 
-def choose_c(genuine: np.ndarray, outside: np.ndarray, outside_family: np.ndarray, genuine_val: np.ndarray) -> float:
+def add_mahalanobis_gate(proto, fitted: MahalanobisGate, summary: dict):
+    """`proto` (gate stripped) with `ood_ratio` = the distance above / threshold."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = with_features(proto)
+    graph = model.graph
+    means = fitted.means.astype(np.float32)
+    constants = {
+        "vectors": fitted.vectors.astype(np.float32),                                   # (D, k)
+        "projected_means": (means @ fitted.vectors.astype(np.float32))[None],             # (1, C, k)
+        "inverse_variances": fitted.inverse_variances.astype(np.float32),                 # (k,)
+        "means_t": means.T.copy(),                                                         # (D, C)
+        "mean_norms": (means ** 2).sum(-1)[None],                                          # (1, C)
+        "minus_two": np.array(-2.0, dtype=np.float32),
+        "zero_f": np.array(0.0, dtype=np.float32),
+        "inverse_rest": np.array(fitted.inverse_rest, dtype=np.float32),
+        "inverse_threshold": np.array(1.0 / fitted.threshold, dtype=np.float32),
+        "last_axis": np.array([-1], dtype=np.int64),
+        "middle_axis": np.array([1], dtype=np.int64),
+    }
+    graph.initializer.extend(numpy_helper.from_array(v, PREFIX + k) for k, v in constants.items())
+    g = PREFIX
+
+    def node(op: str, inputs: list[str], output: str, **attributes) -> None:
+        graph.node.append(helper.make_node(op, [g + name for name in inputs], [g + output], name=g + output,
+                                           **attributes))
+
+    node("MatMul", ["features", "vectors"], "f_projected")                            # (N, k)
+    node("Unsqueeze", ["f_projected", "middle_axis"], "f_projected_3d")               # (N, 1, k)
+    node("Sub", ["f_projected_3d", "projected_means"], "projected")                  # (N, C, k)
+    node("Mul", ["projected", "projected"], "projected_sq")
+    node("Mul", ["projected_sq", "inverse_variances"], "scaled_sq")
+    node("ReduceSum", ["scaled_sq", "last_axis"], "inside", keepdims=0)              # (N, C)
+    node("ReduceSum", ["projected_sq", "last_axis"], "projected_norm", keepdims=0)   # (N, C)
+    node("Mul", ["features", "features"], "f_sq")
+    node("ReduceSum", ["f_sq", "last_axis"], "f_norm", keepdims=1)                   # (N, 1)
+    node("MatMul", ["features", "means_t"], "f_dot_means")                           # (N, C)
+    node("Mul", ["f_dot_means", "minus_two"], "cross")
+    node("Add", ["f_norm", "cross"], "partial")
+    node("Add", ["partial", "mean_norms"], "diff_norm")                              # ||f - mu_c||^2
+    node("Sub", ["diff_norm", "projected_norm"], "rest_raw")
+    node("Max", ["rest_raw", "zero_f"], "rest")
+    node("Mul", ["rest", "inverse_rest"], "rest_scaled")
+    node("Add", ["inside", "rest_scaled"], "distances")
+    node("ReduceMin", ["distances"], "distance", axes=[1], keepdims=1)                # (N, 1)
+    graph.node.append(helper.make_node("Mul", [g + "distance", g + "inverse_threshold"], [OUTPUT], name=g + "ratio"))
+    graph.output.append(helper.make_tensor_value_info(OUTPUT, onnx.TensorProto.FLOAT, ["N", 1]))
+    model.metadata_props.append(onnx.StringStringEntryProto(key=METADATA_KEY, value=json.dumps(summary)))
+    onnx.checker.check_model(model)
+    return model
+
+
+def add_gate(proto, fitted: LogisticGate | MahalanobisGate, summary: dict):
+    if isinstance(fitted, LogisticGate):
+        weight, bias = fitted.folded()
+        return add_logistic_gate(proto, weight, bias, summary)
+    return add_mahalanobis_gate(proto, fitted, summary)
+
+
+def select(candidates: dict[str, tuple[float, float]]) -> str:
+    """The method name whose (outside refused, genuine refused) is best: most outside images
+    refused, then fewest genuine ones. Both figures come from fit and validation images only."""
+    return max(candidates, key=lambda name: (round(candidates[name][0], 4), -candidates[name][1]))
+
+
+def choose_c(genuine: np.ndarray, outside: np.ndarray, outside_family: np.ndarray,
+             genuine_val: np.ndarray) -> tuple[float, int]:
     """C by leave-one-family-out on the fit images: for each fit family, fit without it, set the
     threshold on genuine validation images, and count how many of that family's images get
-    through. The C letting fewest through wins (ties: the smaller C). No measure image is used."""
+    through. The C letting fewest through wins (ties: the smaller C); returns (C, images let
+    through). No measure image is used."""
     best: tuple[float, float] | None = None
     for c in C_GRID:
         missed = 0
@@ -281,7 +367,7 @@ def choose_c(genuine: np.ndarray, outside: np.ndarray, outside_family: np.ndarra
         log.info("C=%s: %d fit images of held-out families let through", c, missed)
         if best is None or missed < best[0]:
             best = (missed, c)
-    return best[1]
+    return best[1], int(best[0])
 
 
 # ---- images and features ------------------------------------------------------------------------
@@ -330,6 +416,15 @@ def outside_set(task: str, root: Path, split: str, per_family: int, other: int) 
                 families += [f"wrong:{other_task}"] * len(chosen)
                 makers += [None] * len(chosen)
     return ImageSet(f"outside-{task}-{split}-{per_family}-{other}", families, paths, makers)
+
+
+def proto_width(proto, extractor: bytes) -> int:
+    """The width of the gate's feature vector."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(extractor, providers=["CPUExecutionProvider"])
+    shape = session.get_inputs()[0].shape
+    return int(session.run(None, {"input": np.zeros((1, *shape[1:]), dtype=np.float32)})[0].shape[-1])
 
 
 def model_input(image_set: ImageSet, index: int, size: tuple[int, int]) -> np.ndarray:
@@ -394,8 +489,8 @@ def card_section(gate: dict) -> str:
         CARD_START,
         "## Gate: images this model does not read",
         f"- {gate['method']}",
-        f"- Output `{OUTPUT}` = exp(logit - threshold); above 1 the service refuses the image "
-        f"(422, no record): {gate['refusal']}",
+        f"- Output `{OUTPUT}` ({'exp(logit - threshold)' if gate['kind'] == 'logistic' else 'distance / threshold'}); "
+        f"above 1 the image is refused: {gate['refusal']}",
         f"- Outside images refused (held out: other seeds, fonts, photos, scans, whole families): "
         f"**{_pct(m['outside'])}**; by family: {families}.",
         f"- Genuine test images refused (split.csv test rows): **{_pct(m['genuine_test'])}**; "
@@ -418,8 +513,8 @@ def write_card(model_dir: Path, gate: dict, model_bytes: int) -> None:
         outputs.append(OUTPUT)
     if card.get("task") == "router":
         # The router's former Mahalanobis rejection is replaced by this gate.
-        card["ood"] = {"method": gate["method"], "threshold": gate["threshold_logit"],
-                       "output": f"{OUTPUT} = exp(logit - threshold); > 1 means none of the three kinds",
+        card["ood"] = {"method": gate["method"], "threshold": gate["threshold"],
+                       "output": f"{OUTPUT} > 1 means none of the three kinds",
                        "see": "gate"}
         metrics = card.get("metrics", {})
         metrics["false_rejection_rate"] = {k: gate["measured"]["genuine_test"][k] for k in ("value", "ci95_low", "ci95_high")}
@@ -466,17 +561,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     outside = {split: features_of(extractor, image_set) for split, image_set in outside_sets.items()}
     fit_families = np.asarray(outside_sets["fit"].families)
 
-    c = choose_c(genuine["train"], outside["fit"], fit_families, genuine["val"])
-    gate = LogisticGate.fit(genuine["train"], outside["fit"], c)
-    gate.set_threshold(genuine["val"])
+    c, logistic_missed = choose_c(genuine["train"], outside["fit"], fit_families, genuine["val"])
     labels = np.asarray(sets["train"].families)      # router: the kind of each genuine image
     if args.task != "router":
         from training.evaluate import records_from_split_csv
 
         label_of = {str(r.path): r.label for r in records_from_split_csv(model_dir / "split.csv", root, "train")}
         labels = np.asarray([label_of[str(path)] for path in sets["train"].paths])
-    mahalanobis = MahalanobisGate(genuine["train"], labels)
-    mahalanobis.set_threshold(genuine["val"])
+    fitted: dict[str, LogisticGate | MahalanobisGate] = {
+        "logistic": LogisticGate.fit(genuine["train"], outside["fit"], c),
+        "mahalanobis": MahalanobisGate(genuine["train"], labels),
+    }
+    # Which method ships, from fit and validation images only: outside fit images refused (the
+    # Mahalanobis gate never saw them; the logistic one counted leave-one-family-out), then genuine
+    # validation images refused with the threshold set on the other half of validation.
+    halves = np.arange(len(genuine["val"])) % 2 == 0
+    choice: dict[str, tuple[float, float]] = {}
+    for name, candidate in fitted.items():
+        refused_val = 0
+        for half in (halves, ~halves):
+            candidate.set_threshold(genuine["val"][half])
+            refused_val += int((candidate.ratio(genuine["val"][~half]) > 1).sum())
+        candidate.set_threshold(genuine["val"])
+        outside_refused = (1 - logistic_missed / len(outside["fit"]) if name == "logistic"
+                           else float((candidate.ratio(outside["fit"]) > 1).mean()))
+        choice[name] = (outside_refused, refused_val / len(genuine["val"]))
+    method = select(choice)
+    log.info("selection (outside fit refused, genuine val refused across halves): %s -> %s", choice, method)
+    gate = fitted[method]
+    other = fitted["mahalanobis" if method == "logistic" else "logistic"]
 
     def rates(ratio_of) -> dict:
         measured_outside = ratio_of(outside["measure"])
@@ -489,16 +602,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
 
     measured = rates(gate.ratio)
-    compared = rates(mahalanobis.ratio)
-    log.info("logistic gate (C=%s): outside refused %s, genuine test refused %s", c,
+    compared = rates(other.ratio)
+    log.info("%s gate: outside refused %s, genuine test refused %s", method,
              _pct(measured["outside"]), _pct(measured["genuine_test"]))
     log.info("by family: %s", {k: round(v["value"], 3) for k, v in measured["outside_by_family"].items()})
-    log.info("mahalanobis: outside refused %s, genuine test refused %s", _pct(compared["outside"]),
+    log.info("the other method: outside refused %s, genuine test refused %s", _pct(compared["outside"]),
              _pct(compared["genuine_test"]))
 
-    weight, bias = gate.folded()
-    summary = {"method": "logistic", "c": c, "threshold_percentile": THRESHOLD_PERCENTILE}
-    gated = add_logistic_gate(proto, weight, bias, summary)
+    summary = {"method": method, "c": c, "threshold_percentile": THRESHOLD_PERCENTILE}
+    gated = add_gate(proto, gate, summary)
     # The exported ratio must be the fitted one: check on real images through the whole graph.
     from services.core.runtime import input_size_of
 
@@ -521,15 +633,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_path.write_bytes(data)
 
     families = sorted(set(outside_sets["fit"].families))
+    features_note = (f"the {proto_width(proto, extractor)}-d features the head reads (`{feature_tensor(proto)}`"
+                     f"{', identity view' if _views_node(proto) is not None else ''})")
+    descriptions = {
+        "logistic": (f"logistic regression (C={c}, class-balanced, chosen leave-one-family-out on the fit images) "
+                     f"on {features_note}, standardised, genuine vs outside images"),
+        "mahalanobis": (f"Mahalanobis distance of {features_note} to the nearest genuine class mean "
+                        f"(Ledoit-Wolf shared covariance, top {COMPONENTS} principal components + isotropic "
+                        "residual), fitted on genuine images only"),
+    }
     record = {
-        "method": (f"logistic regression (C={c}, class-balanced, chosen by leave-one-family-out on the fit "
-                   f"images) on the standardised {weight.size}-d features the head reads (`{feature_tensor(proto)}`"
-                   f"{', identity view' if _views_node(proto) is not None else ''}), genuine vs outside; "
-                   f"threshold = the {THRESHOLD_PERCENTILE:g}th percentile of genuine validation logits"),
+        "method": (f"{descriptions[method]}; threshold = the {THRESHOLD_PERCENTILE:g}th percentile of genuine "
+                   "validation scores. Chosen over the other method by outside fit images refused, then "
+                   f"genuine validation images refused (fit and validation images only): {json.dumps(choice)}"),
+        "kind": method,
         "refusal": ("the service answers INVALID_ARGUMENT (reason wrong_image_kind) naming what it reads"
                     if args.task != "router" else "the gateway refuses exam_type=auto uploads with 422"),
         "output": OUTPUT,
-        "threshold_logit": gate.threshold,
+        "threshold": gate.threshold,
         "c": c,
         "threshold_percentile_of_validation": THRESHOLD_PERCENTILE,
         "fitted_on": {
@@ -542,8 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"scans; families {list(outside_images.MEASURE_ONLY)} never fitted) and other tasks' test rows"),
         },
         "measured": measured,
-        "comparison": {"method": "Mahalanobis distance to the nearest class mean (genuine images only, "
-                                 "Ledoit-Wolf), threshold at the same validation percentile", **compared},
+        "comparison": {"method": descriptions["mahalanobis" if method == "logistic" else "logistic"], **compared},
         "command": f"python -m training.gate --task {args.task}",
         "seconds": round(time.monotonic() - started, 1),
     }

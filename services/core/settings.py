@@ -66,6 +66,10 @@ class ServingSettings(BaseSettings):
     required_providers: str = ""
     worker_threads: int = Field(default=8, ge=1)        # concurrent gRPC calls handled
     warmup_runs: int = Field(default=3, ge=1)
+    # Refuse images the model's gate (training/gate.py, the `ood_ratio` output) says it cannot read:
+    # a document sent as a chest X-ray. Off diagnoses anything, as before gates existed (tests of
+    # other behaviour that upload stand-in images; measuring a model on images of any kind).
+    refuse_unreadable: bool = True
     # Calls that arrive while the model is busy run together, up to this many (1 = one at a time).
     # Off by default: on CPU, MobileNetV2 costs the same per image at batch 1, 4 or 8 (measured
     # 8.0 / 8.9 / 8.5 ms per image, one thread); raise it on a GPU, where batches are cheaper.

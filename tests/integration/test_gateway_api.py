@@ -49,10 +49,13 @@ PASSWORD = "correct horse 42"
 THROTTLE_AFTER = 3
 
 
-def serving_settings() -> ServingSettings:
+def serving_settings(refuse_unreadable: bool = False) -> ServingSettings:
     # Small and explicit so the suite shares the machine politely and ignores the environment.
+    # The API flow tests upload stand-in images (ramps, solid photos) that the models' gates refuse:
+    # the shared stack diagnoses them; the gate has its own tests below, with refusing on.
     return ServingSettings(
-        intra_op_threads=1, worker_threads=4, warmup_runs=1, grace_seconds=0, metrics_port=0
+        intra_op_threads=1, worker_threads=4, warmup_runs=1, grace_seconds=0, metrics_port=0,
+        refuse_unreadable=refuse_unreadable,
     )
 
 
@@ -957,3 +960,37 @@ def test_the_gateway_keeps_its_records_in_postgresql(stack: Stack, tmp_path: Pat
                 )
         finally:
             gateway.stop()
+
+
+# --- the models' gates --------------------------------------------------------------------------
+
+
+def test_a_document_sent_as_a_chest_x_ray_is_422_naming_what_the_model_reads_and_keeps_nothing(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The shipped pneumonia model's gate (training/gate.py) refuses a rendered page of text; a
+    genuine chest X-ray still gets its diagnosis."""
+    if not PNEUMONIA.model_path.exists():
+        pytest.skip(f"shipped pneumonia model not exported yet: {PNEUMONIA.model_path} is missing")
+    from training.outside_images import make
+
+    pneumonia = start_model(PNEUMONIA, serving_settings(refuse_unreadable=True), port=0)
+    home = tmp_path / "home"
+    gateway = start_gateway(stack.settings(home, DRTECH_PNEUMONIA_ADDR=pneumonia.target))
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=60) as client:
+            headers = bearer(client)
+            page = png_bytes(make("document", "measure", 0))
+            refused = upload(client, headers, page, "chest_xray", name="page.png", content_type="image/png")
+            assert refused.status_code == 422, refused.text
+            assert "chest X-rays" in refused.json()["detail"] and "pneumonia model" in refused.json()["detail"]
+            assert client.get("/api/v1/diagnoses", headers=headers).json()["total"] == 0
+            assert stored_files(home) == []
+
+            genuine = upload(client, headers, sample_image_bytes("chest_xray"), "chest_xray")
+            assert genuine.status_code == 201, genuine.text
+            assert genuine.json()["label"] in LABELS["chest_xray"]
+            assert client.get("/api/v1/diagnoses", headers=headers).json()["total"] == 1
+    finally:
+        gateway.stop()
+        pneumonia.stop(grace=0)

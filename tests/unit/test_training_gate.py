@@ -91,6 +91,22 @@ def test_the_mahalanobis_comparison_measures_distance_from_the_nearest_class() -
     assert np.all(near_each < 0.2) and np.all(far > 1)
 
 
+def test_the_baked_mahalanobis_gate_is_the_fitted_distance_over_its_threshold() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 1, (40, 4, 4, 3)).astype(np.float32)
+    pooled = _pooled(x)
+    fitted = gate.MahalanobisGate(pooled, np.repeat(["a", "b"], 20), components=2)
+    fitted.set_threshold(pooled)
+    gated = gate.add_gate(gate.strip_gate(_model()), fitted, {})
+
+    np.testing.assert_allclose(_run(gated, ["ood_ratio"], x)[0][:, 0], fitted.ratio(pooled), rtol=1e-4)
+
+
+def test_the_method_refusing_more_outside_images_is_chosen_then_the_one_refusing_fewer_genuine() -> None:
+    assert gate.select({"logistic": (1.0, 0.02), "mahalanobis": (0.97, 0.0)}) == "logistic"
+    assert gate.select({"logistic": (1.0, 0.02), "mahalanobis": (1.0, 0.01)}) == "mahalanobis"
+
+
 def test_the_gate_reads_the_features_the_head_reads() -> None:
     assert gate.feature_tensor(_model()) == "pooled"
 

@@ -503,7 +503,10 @@ def card_section(gate: dict) -> str:
     return "\n".join(lines)
 
 
-def write_card(model_dir: Path, gate: dict, model_bytes: int) -> None:
+def write_card(model_dir: Path, gate: dict, model_bytes: int, by_image: dict[str, float] | None = None) -> None:
+    """Add the gate to card.json and card.md (replacing an earlier gate's section). The router's
+    card also gets its own out-of-distribution figures re-measured with the new `ood_ratio`
+    (`by_image`: its training.router.ood_images set, which its card lists image by image)."""
     card_path = model_dir / "card.json"
     card = json.loads(card_path.read_text(encoding="utf-8"))
     card["gate"] = gate
@@ -518,11 +521,19 @@ def write_card(model_dir: Path, gate: dict, model_bytes: int) -> None:
                        "see": "gate"}
         metrics = card.get("metrics", {})
         metrics["false_rejection_rate"] = {k: gate["measured"]["genuine_test"][k] for k in ("value", "ci95_low", "ci95_high")}
-        metrics["ood_rejection_rate"] = {k: gate["measured"]["outside"][k] for k in ("value", "ci95_low", "ci95_high")}
-        metrics["ood_n"] = gate["measured"]["outside"]["n"]
-        for stale in ("ood_accepted", "ood_ratio_by_image"):
-            metrics.pop(stale, None)
+        if by_image is not None:
+            from training.router import proportion as exact
+
+            rejected = sum(ratio > 1 for ratio in by_image.values())
+            metrics["ood_rejection_rate"] = exact(rejected, len(by_image))
+            metrics["ood_n"] = len(by_image)
+            metrics["ood_accepted"] = [name for name, ratio in by_image.items() if not ratio > 1]
+            metrics["ood_ratio_by_image"] = by_image
     card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    if card.get("task") == "router":
+        from training import router
+
+        router.write_card(card, model_dir)      # its text names the rejection method and rates
     card_md = model_dir / "card.md"
     text = card_md.read_text(encoding="utf-8") if card_md.is_file() else ""
     if CARD_START in text and CARD_END in text:
@@ -645,7 +656,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     record = {
         "method": (f"{descriptions[method]}; threshold = the {THRESHOLD_PERCENTILE:g}th percentile of genuine "
                    "validation scores. Chosen over the other method by outside fit images refused, then "
-                   f"genuine validation images refused (fit and validation images only): {json.dumps(choice)}"),
+                   "genuine validation images refused (fit and validation images only): "
+                   + "; ".join(f"{name} {100 * out:.1f}% and {100 * val:.1f}%" for name, (out, val) in choice.items())),
         "kind": method,
         "refusal": ("the service answers INVALID_ARGUMENT (reason wrong_image_kind) naming what it reads"
                     if args.task != "router" else "the gateway refuses exam_type=auto uploads with 422"),
@@ -667,7 +679,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": f"python -m training.gate --task {args.task}",
         "seconds": round(time.monotonic() - started, 1),
     }
-    write_card(model_dir, record, len(data))
+    by_image = None
+    if args.task == "router":
+        from services.core.preprocessing import to_model_input
+        from training.router import ood_images
+
+        named = ood_images()
+        ratios = session.run([OUTPUT], {"input": np.stack([to_model_input(image, size) for _, image in named])})[0]
+        by_image = {name: round(float(ratio), 3) for (name, _), ratio in zip(named, ratios[:, 0], strict=True)}
+    write_card(model_dir, record, len(data), by_image)
     log.info("%s: gate written to %s (%d bytes) in %.0fs", args.task, model_path, len(data), time.monotonic() - started)
     return 0
 

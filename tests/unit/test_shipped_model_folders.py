@@ -12,6 +12,7 @@ import pytest
 
 from services.bone.spec import SPEC as BONE
 from services.pneumonia.spec import SPEC as PNEUMONIA
+from services.router.spec import SPEC as ROUTER
 from services.skin.spec import SPEC as SKIN
 
 SHIPPED = [spec for spec in (BONE, SKIN, PNEUMONIA) if spec.model_path.exists()]
@@ -57,3 +58,25 @@ def test_the_card_says_it_is_not_for_clinical_use(spec) -> None:
     card = spec.load_card()
     assert any("not for clinical use" in line.lower() for line in card["limitations"])
     assert "not for clinical use" in (spec.model_dir / "card.md").read_text(encoding="utf-8").lower()
+
+
+@pytest.mark.parametrize("spec", [*SHIPPED, *([ROUTER] if ROUTER.model_path.exists() else [])], ids=lambda spec: spec.task)
+def test_every_shipped_model_has_a_gate_fitted_on_this_very_file(spec) -> None:
+    """A model shipped without its gate would diagnose documents and photos: re-run
+    `python -m training.gate --task T` after every new model.onnx."""
+    import onnx
+
+    from services.core.spec import GATE_OUTPUT
+    from training.gate import METADATA_KEY
+
+    model = onnx.load(str(spec.model_path), load_external_data=False)
+    assert GATE_OUTPUT in [output.name for output in model.graph.output], f"run python -m training.gate --task {spec.task}"
+    assert METADATA_KEY in {prop.key for prop in model.metadata_props}
+    card = spec.load_card()
+    gate = card["gate"]
+    assert card["model_bytes"] == spec.model_path.stat().st_size
+    assert gate["command"] == f"python -m training.gate --task {spec.task}"
+    # The issue's targets, on held-out images: >= 98% of outside images refused, <= 2% of genuine ones.
+    assert gate["measured"]["outside"]["value"] >= 0.98
+    assert gate["measured"]["genuine_test"]["value"] <= 0.02
+    assert "gate:" in (spec.model_dir / "card.md").read_text(encoding="utf-8")

@@ -109,6 +109,12 @@ def synthetic_image(kind: str, size: tuple[int, int] = (224, 224), seed: int = 0
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
 
 
+def real_samples() -> bool:
+    """Whether sample_image_bytes gives real images (../shared/data is there), which the shipped
+    models' gates accept; its generated stand-ins are refused by them."""
+    return all((data_dir() / name).is_dir() for name in ("chest_xray", "ham10000", "knee_kl"))
+
+
 def sample_image_bytes(exam_type: str) -> bytes:
     """One real image of the exam type from ../shared/data when present, else a generated one."""
     folder = {

@@ -40,7 +40,9 @@ from services.pneumonia.spec import SPEC as PNEUMONIA
 from services.router.spec import SPEC as ROUTER
 from services.skin.spec import SPEC as SKIN
 from tests.serving_models import write_fixture_model
-from tests.support import free_port, jpeg_bytes, postgres_skip_reason, sample_image_bytes, synthetic_image
+from tests.support import (
+    free_port, jpeg_bytes, postgres_skip_reason, real_samples, sample_image_bytes, synthetic_image,
+)
 from tests.unit.test_imaging import make_dicom, ramp
 
 SPECS: dict[str, TaskSpec] = {"bone_xray": BONE, "skin_lesion": SKIN, "chest_xray": PNEUMONIA}
@@ -972,6 +974,8 @@ def test_a_document_sent_as_a_chest_x_ray_is_422_naming_what_the_model_reads_and
     genuine chest X-ray still gets its diagnosis."""
     if not PNEUMONIA.model_path.exists():
         pytest.skip(f"shipped pneumonia model not exported yet: {PNEUMONIA.model_path} is missing")
+    if not real_samples():
+        pytest.skip("needs a genuine chest X-ray from ../shared/data (DRTECH_DATA_DIR), which is absent")
     from training.outside_images import make
 
     pneumonia = start_model(PNEUMONIA, serving_settings(refuse_unreadable=True), port=0)

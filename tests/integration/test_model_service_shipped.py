@@ -22,7 +22,7 @@ from services.core.server import RunningServer, start_server
 from services.core.settings import ServingSettings
 from services.pneumonia.spec import SPEC as PNEUMONIA
 from services.skin.spec import SPEC as SKIN
-from tests.support import sample_image_bytes
+from tests.support import real_samples, sample_image_bytes
 
 SPECS = {"bone": BONE, "skin": SKIN, "pneumonia": PNEUMONIA}
 TIMEOUT = 30.0
@@ -34,7 +34,9 @@ def shipped(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     for path in (spec.model_path, spec.card_path):
         if not path.is_file():
             pytest.skip(f"shipped {spec.task} model not exported yet: {path} is missing (run training)")
-    running = start_server(spec, ServingSettings(intra_op_threads=1, worker_threads=2, warmup_runs=1), port=0)
+    # Without ../shared/data the samples are generated stand-ins, which the models' gates refuse.
+    settings = ServingSettings(intra_op_threads=1, worker_threads=2, warmup_runs=1, refuse_unreadable=real_samples())
+    running = start_server(spec, settings, port=0)
     yield running
     running.stop(grace=0)
 

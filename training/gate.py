@@ -59,6 +59,9 @@ OUTPUT = "ood_ratio"
 PREFIX = "gate/"
 METADATA_KEY = "drtech.gate"
 THRESHOLD_PERCENTILE = 99.0
+# An `auto` upload passes the router's gate and then the routed model's: their refusals of genuine
+# images add up, so the router spends half the 1% the diagnosis gates do.
+TASK_PERCENTILE = {"router": 99.5}
 # Genuine images per split of split.csv; outside images per family and split; other tasks' images.
 COUNTS = {"train": 600, "val": 600, "test": 600}
 PER_FAMILY = {"fit": 80, "measure": 60}
@@ -351,7 +354,7 @@ def select(candidates: dict[str, tuple[float, float]]) -> str:
 
 
 def choose_c(genuine: np.ndarray, outside: np.ndarray, outside_family: np.ndarray,
-             genuine_val: np.ndarray) -> tuple[float, int]:
+             genuine_val: np.ndarray, percentile: float = THRESHOLD_PERCENTILE) -> tuple[float, int]:
     """C by leave-one-family-out on the fit images: for each fit family, fit without it, set the
     threshold on genuine validation images, and count how many of that family's images get
     through. The C letting fewest through wins (ties: the smaller C); returns (C, images let
@@ -362,7 +365,7 @@ def choose_c(genuine: np.ndarray, outside: np.ndarray, outside_family: np.ndarra
         for family in np.unique(outside_family):
             held = outside_family == family
             gate = LogisticGate.fit(genuine, outside[~held], c)
-            gate.set_threshold(genuine_val)
+            gate.set_threshold(genuine_val, percentile)
             missed += int((gate.ratio(outside[held]) <= 1.0).sum())
         log.info("C=%s: %d fit images of held-out families let through", c, missed)
         if best is None or missed < best[0]:
@@ -415,7 +418,8 @@ def outside_set(task: str, root: Path, split: str, per_family: int, other: int) 
                 paths += chosen
                 families += [f"wrong:{other_task}"] * len(chosen)
                 makers += [None] * len(chosen)
-    return ImageSet(f"outside-{task}-{split}-{per_family}-{other}", families, paths, makers)
+    name = f"outside-v{outside_images.VERSION}-{task}-{split}-{per_family}-{other}"
+    return ImageSet(name, families, paths, makers)
 
 
 def proto_width(proto, extractor: bytes) -> int:
@@ -553,6 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--task", choices=TASKS, required=True)
     parser.add_argument("--data", help="dataset root (default DRTECH_DATA_DIR or ../shared/data)")
     parser.add_argument("--model-dir", type=Path, help="default services/<task>/model")
+    parser.add_argument("--percentile", type=float,
+                        help=f"threshold: this percentile of genuine validation scores (default {THRESHOLD_PERCENTILE:g}; "
+                             f"{TASK_PERCENTILE})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     started = time.monotonic()
@@ -572,7 +579,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     outside = {split: features_of(extractor, image_set) for split, image_set in outside_sets.items()}
     fit_families = np.asarray(outside_sets["fit"].families)
 
-    c, logistic_missed = choose_c(genuine["train"], outside["fit"], fit_families, genuine["val"])
+    percentile = args.percentile or TASK_PERCENTILE.get(args.task, THRESHOLD_PERCENTILE)
+    c, logistic_missed = choose_c(genuine["train"], outside["fit"], fit_families, genuine["val"], percentile)
     labels = np.asarray(sets["train"].families)      # router: the kind of each genuine image
     if args.task != "router":
         from training.evaluate import records_from_split_csv
@@ -591,9 +599,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, candidate in fitted.items():
         refused_val = 0
         for half in (halves, ~halves):
-            candidate.set_threshold(genuine["val"][half])
+            candidate.set_threshold(genuine["val"][half], percentile)
             refused_val += int((candidate.ratio(genuine["val"][~half]) > 1).sum())
-        candidate.set_threshold(genuine["val"])
+        candidate.set_threshold(genuine["val"], percentile)
         outside_refused = (1 - logistic_missed / len(outside["fit"]) if name == "logistic"
                            else float((candidate.ratio(outside["fit"]) > 1).mean()))
         choice[name] = (outside_refused, refused_val / len(genuine["val"]))
@@ -620,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("the other method: outside refused %s, genuine test refused %s", _pct(compared["outside"]),
              _pct(compared["genuine_test"]))
 
-    summary = {"method": method, "c": c, "threshold_percentile": THRESHOLD_PERCENTILE}
+    summary = {"method": method, "c": c, "threshold_percentile": percentile}
     gated = add_gate(proto, gate, summary)
     # The exported ratio must be the fitted one: check on real images through the whole graph.
     from services.core.runtime import input_size_of
@@ -654,7 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "residual), fitted on genuine images only"),
     }
     record = {
-        "method": (f"{descriptions[method]}; threshold = the {THRESHOLD_PERCENTILE:g}th percentile of genuine "
+        "method": (f"{descriptions[method]}; threshold = the {percentile:g}th percentile of genuine "
                    "validation scores. Chosen over the other method by outside fit images refused, then "
                    "genuine validation images refused (fit and validation images only): "
                    + "; ".join(f"{name} {100 * out:.1f}% and {100 * val:.1f}%" for name, (out, val) in choice.items())),
@@ -664,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "output": OUTPUT,
         "threshold": gate.threshold,
         "c": c,
-        "threshold_percentile_of_validation": THRESHOLD_PERCENTILE,
+        "threshold_percentile_of_validation": percentile,
         "fitted_on": {
             "genuine": f"{len(genuine['train'])} split.csv train rows ({'+'.join(genuine_tasks)})",
             "outside": f"{len(outside['fit'])} images: families {families} (training/outside_images.py, fit split)",
@@ -676,7 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "measured": measured,
         "comparison": {"method": descriptions["mahalanobis" if method == "logistic" else "logistic"], **compared},
-        "command": f"python -m training.gate --task {args.task}",
+        "command": f"python -m training.gate --task {args.task}" + (f" --percentile {args.percentile:g}" if args.percentile else ""),
         "seconds": round(time.monotonic() - started, 1),
     }
     by_image = None

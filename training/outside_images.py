@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+# Raise when a generator's pixels change: cached features of outside images are keyed by it.
+VERSION = 1
 SPLITS = ("fit", "measure")
 # Families a gate is fitted on (their measure split uses other seeds and held-out sources) ...
 FIT_FAMILIES = ("document", "form", "screenshot", "shapes", "noise", "photo", "scan")
@@ -127,7 +129,8 @@ def document(split: str, rng: random.Random) -> Image.Image:
                 cell_width = (column_width - 10) // cells
                 for r in range(rows):
                     for c in range(cells):
-                        box = (x + c * cell_width, yy + r * line, x + (c + 1) * cell_width, yy + (r + 1) * line)
+                        box = (x + c * cell_width, yy + r * line,
+                               x + (c + 1) * cell_width, yy + (r + 1) * line)
                         draw.rectangle(box, outline=ink)
                         draw.text((box[0] + 2, box[1] + 1), rng.choice(WORDS), font=body, fill=ink)
                 yy += (rows + 1) * line
@@ -152,7 +155,8 @@ def form(split: str, rng: random.Random) -> Image.Image:
     accent = tuple(rng.randint(0, 255) for _ in range(3))
     band = rng.randint(30, 70)
     draw.rectangle((0, 0, width, band), fill=accent)
-    draw.text((15, band // 3), _sentence(rng, 3).upper(), font=_font(rng.choice(fonts), 18), fill=(255, 255, 255))
+    draw.text((15, band // 3), _sentence(rng, 3).upper(), font=_font(rng.choice(fonts), 18),
+              fill=(255, 255, 255))
     y = band + 20
     while y < height - 60:
         label = _sentence(rng, rng.randint(1, 3)).capitalize() + ":"
@@ -213,7 +217,8 @@ def screenshot(split: str, rng: random.Random) -> Image.Image:
             h = rng.randint(60, 140)
             draw.rounded_rectangle((x, y, width - 15, y + h), radius=8, outline=(120, 120, 120),
                                    fill=(50, 50, 55) if dark else (255, 255, 255))
-            draw.rectangle((x + 10, y + 10, x + 10 + h - 20, y + h - 10), fill=tuple(rng.randint(0, 255) for _ in range(3)))
+            draw.rectangle((x + 10, y + 10, x + 10 + h - 20, y + h - 10),
+                           fill=tuple(rng.randint(0, 255) for _ in range(3)))
             draw.text((x + h, y + 12), _sentence(rng, 4), font=font, fill=ink)
             y += h + 12
         else:              # list rows
@@ -230,7 +235,8 @@ def receipt(split: str, rng: random.Random) -> Image.Image:
     width, height = rng.randint(220, 320), rng.randint(500, 800)
     image = Image.new("RGB", (width, height), (250, 250, 245))
     draw = ImageDraw.Draw(image)
-    font = _font(rng.choice(("DejaVuSansMono.ttf", "cmtt10.ttf", "DejaVuSansMono-Bold.ttf")), rng.randint(10, 13))
+    font = _font(rng.choice(("DejaVuSansMono.ttf", "cmtt10.ttf", "DejaVuSansMono-Bold.ttf")),
+                 rng.randint(10, 13))
     y = 15
     draw.text((width // 4, y), _sentence(rng, 2).upper(), font=font, fill=(20, 20, 20))
     y += 30
@@ -316,7 +322,8 @@ def noise(split: str, rng: random.Random) -> Image.Image:
         array = np_rng.normal(rng.randint(40, 215), rng.randint(10, 70), (size, size, channels))
     elif kind == "smooth":
         coarse = np_rng.uniform(0, 255, (rng.randint(3, 24),) * 2 + (channels,)).astype(np.uint8)
-        image = Image.fromarray(coarse.squeeze(-1) if grey else coarse).resize((size, size), Image.Resampling.BICUBIC)
+        image = Image.fromarray(coarse.squeeze(-1) if grey else coarse).resize((size, size),
+                                                                              Image.Resampling.BICUBIC)
         array = np.asarray(image, dtype=np.float32).reshape(size, size, channels)
     elif kind == "salt":
         array = np.where(np_rng.uniform(size=(size, size, 1)) < rng.uniform(0.05, 0.5), 255.0, 0.0)

@@ -75,7 +75,7 @@ def test_every_shipped_model_has_a_gate_fitted_on_this_very_file(spec) -> None:
     card = spec.load_card()
     gate = card["gate"]
     assert card["model_bytes"] == spec.model_path.stat().st_size
-    assert gate["command"] == f"python -m training.gate --task {spec.task}"
+    assert gate["command"].startswith(f"python -m training.gate --task {spec.task}")
     # The targets, on held-out images: >= 98% of outside images refused, <= 2% of genuine ones.
     assert gate["measured"]["outside"]["value"] >= 0.98
     assert gate["measured"]["genuine_test"]["value"] <= 0.02

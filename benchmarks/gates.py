@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         servicer.close()
 
     lines = ["# Gates: refusals of images the models do not read", "",
-             f"Measure split, {args.per_family} per family; {args.other} genuine test images of each other "
-             f"task; {args.genuine} genuine test images per task. {time.monotonic() - started:.0f} s.", "",
+             (f"Measure split, {args.per_family} per family; {args.other} genuine test images of each other "
+             f"task; {args.genuine} genuine test images per task. {time.monotonic() - started:.0f} s."), "",
              "| family | " + " | ".join(refused) + " |", "|---|" + "---|" * len(refused)]
     families = list(dict.fromkeys(f for counts in refused.values() for f in counts))
     for family in families:

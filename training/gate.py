@@ -493,14 +493,14 @@ def card_section(gate: dict) -> str:
         CARD_START,
         "## Gate: images this model does not read",
         f"- {gate['method']}",
-        f"- Output `{OUTPUT}` ({'exp(logit - threshold)' if gate['kind'] == 'logistic' else 'distance / threshold'}); "
-        f"above 1 the image is refused: {gate['refusal']}",
-        f"- Outside images refused (held out: other seeds, fonts, photos, scans, whole families): "
-        f"**{_pct(m['outside'])}**; by family: {families}.",
-        f"- Genuine test images refused (split.csv test rows): **{_pct(m['genuine_test'])}**; "
-        f"validation (where the threshold was set): {_pct(m['genuine_val'])}.",
-        f"- For comparison, {gate['comparison']['method']}: outside refused "
-        f"{_pct(gate['comparison']['outside'])}, genuine test refused {_pct(gate['comparison']['genuine_test'])}.",
+        (f"- Output `{OUTPUT}` ({'exp(logit - threshold)' if gate['kind'] == 'logistic' else 'distance / threshold'}); "
+        f"above 1 the image is refused: {gate['refusal']}"),
+        (f"- Outside images refused (held out: other seeds, fonts, photos, scans, whole families): "
+        f"**{_pct(m['outside'])}**; by family: {families}."),
+        (f"- Genuine test images refused (split.csv test rows): **{_pct(m['genuine_test'])}**; "
+        f"validation (where the threshold was set): {_pct(m['genuine_val'])}."),
+        (f"- For comparison, {gate['comparison']['method']}: outside refused "
+        f"{_pct(gate['comparison']['outside'])}, genuine test refused {_pct(gate['comparison']['genuine_test'])}."),
         f"- Reproduce: `{gate['command']}`",
         CARD_END,
     ]

@@ -56,10 +56,14 @@ FIT_SCANS = ("pydicom:CT_small.dcm", "pydicom:693_J2KI.dcm", "pydicom:MR_small.d
              "pydicom:examples_palette.dcm")
 MEASURE_SCANS = ("pydicom:examples_overlay.dcm", "pydicom:examples_ybr_color.dcm", "matplotlib:s1045.ima.gz")
 
-WORDS = ("patient report invoice total amount date name address phone email account balance payment "
-         "order number item quantity price tax summary results page section table figure appendix "
-         "meeting agenda notes project status review approved pending delivery reference signature "
-         "the of and to in is for on with as by at from this that be are was were it an or").split()
+WORDS = (
+    "patient", "report", "invoice", "total", "amount", "date", "name", "address", "phone", "email",
+    "account", "balance", "payment", "order", "number", "item", "quantity", "price", "tax", "summary",
+    "results", "page", "section", "table", "figure", "appendix", "meeting", "agenda", "notes",
+    "project", "status", "review", "approved", "pending", "delivery", "reference", "signature", "the",
+    "of", "and", "to", "in", "is", "for", "on", "with", "as", "by", "at", "from", "this", "that", "be",
+    "are", "was", "were", "it", "an", "or"
+)
 
 
 def _seed(family: str, split: str, index: int) -> int:

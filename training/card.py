@@ -80,7 +80,7 @@ LIMITATIONS = {
         NOT_CLINICAL,
         "Trained and tested only on pediatric (age 1-5) anterior-posterior chest X-rays from one center "
         "(Guangzhou Women and Children's Medical Center); adult, lateral or other-site images are out of scope.",
-        "The held-out test figures below are in-distribution: patients of the Kermany train folder, split at "
+        "The held-out test figures in this card are in-distribution: patients of the Kermany train folder, split at "
         "random. Figures on images from elsewhere are expected to be lower. Validation holds out the earliest "
         "patient ids of each file-name family, an acquisition period never trained on (the shift-stressing "
         "split), and the model, its epoch and its calibration were chosen there. Measured on Kermany's own test "
@@ -96,7 +96,7 @@ LIMITATIONS = {
         "Rare classes (df, vasc, akiec) have few examples; their per-class figures are uncertain.",
         "Melanoma sensitivity is modest (see mel_sensitivity): many melanomas are called nv or bkl, so the "
         "model must not be used to rule out melanoma.",
-        "The held-out test figures below are in-distribution: lesions of HAM10000 split at random by lesion. On "
+        "The held-out test figures in this card are in-distribution: lesions of HAM10000 split at random by lesion. On "
         "HAM10000 lesions held back from this project 2026.11.4 scored 0.707 accuracy and 0.675 balanced "
         "accuracy (against 0.708 and 0.690 here); photographs from other dermatoscopes, clinics and skin types "
         "are expected to score lower, by an amount not measured.",
@@ -109,7 +109,7 @@ LIMITATIONS = {
         "NORMAL/ABNORMAL means KL0 vs KL>=2; KL1 ('doubtful') images were excluded from the binary head's "
         "training and binary test figures, so KL1 knees get an arbitrary binary answer.",
         "KL grading has substantial inter-reader variability; adjacent-grade confusions are common.",
-        "The held-out test figures below are on the knee data set's published val folder (patient-disjoint). "
+        "The held-out test figures in this card are on the knee data set's published val folder (patient-disjoint). "
         "On its published test folder 2026.11.3 scored 0.889 accuracy, AUC 0.955 and KL exact 0.685 "
         "(n = 1360 binary, 1656 graded); radiographs from other scanners, sites or positioning are expected to "
         "score lower, by an amount not measured.",
@@ -417,7 +417,13 @@ def _plot_lines(card: dict[str, Any]) -> list[str]:
 
 def write(card: dict[str, Any], out: Path) -> None:
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    (out / "card.md").write_text(_markdown(card), encoding="utf-8")
+    text = _markdown(card)
+    if "gate" in card:
+        # A refreshed card keeps the section `python -m training.gate` wrote from the same figures.
+        from training.gate import card_section
+
+        text = text.rstrip("\n") + "\n\n" + card_section(card["gate"]) + "\n"
+    (out / "card.md").write_text(text, encoding="utf-8")
 
 
 def refresh_text(folder: Path) -> None:

@@ -10,6 +10,8 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.core.stage_cpu import STAGE_CPU_HELP, STAGE_CPU_NAME, StageCPU
+
 HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
@@ -35,6 +37,8 @@ class GatewayMetrics:
             ["exam_type", "status"],
             registry=self.registry,
         )
+        # check_upload, store, record (gateway/diagnoses.py): the diagnosis path's work in worker threads.
+        self.stage_cpu = StageCPU(Counter(STAGE_CPU_NAME, STAGE_CPU_HELP, ["stage"], registry=self.registry))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

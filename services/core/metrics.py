@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.core.stage_cpu import STAGE_CPU_HELP, STAGE_CPU_NAME
+
 REQUESTS = Counter(
     "drtech_serving_requests_total",
     "gRPC calls handled, by final status code.",
@@ -29,3 +31,5 @@ BATCH_SIZE = Histogram(
 )
 IN_FLIGHT = Gauge("drtech_serving_in_flight_requests", "gRPC calls being handled now.", ["task"])
 READY = Gauge("drtech_serving_model_ready", "1 once the model is loaded and warmed, 0 otherwise.", ["task"])
+# decode, preprocess, model, respond, heatmap (services/core/service.py); benchmarks/cpu_cost.py reads it.
+STAGE_CPU = Counter(STAGE_CPU_NAME, STAGE_CPU_HELP, ["task", "stage"])

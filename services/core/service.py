@@ -25,6 +25,7 @@ from services.core.preprocessing import draft_size_for, to_model_input
 from services.core.runtime import ModelContractError, ModelRuntime, Prediction, open_model
 from services.core.settings import ServingSettings
 from services.core.spec import TaskSpec
+from services.core.stage_cpu import StageCPU
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +112,17 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
         self.decoding = PixelBudget(settings.max_decoding_pixels)
         self._loaded: LoadedModel | None = None
         self._batcher: Batcher | None = None
+        # CPU per stage (decode, preprocess, model, respond, heatmap), each timed in its own thread.
+        self.stages = StageCPU(metrics.STAGE_CPU, task=spec.task)
+
+    def _run_model(self, model: ModelRuntime, batch: np.ndarray) -> Prediction:
+        # The calling thread's CPU: all of a run's with one intra-op thread (the default layout).
+        with self.stages.stage("model"):
+            return model.run(batch)
 
     def set_model(self, loaded: LoadedModel) -> None:
         self._batcher = Batcher(
-            loaded.model.run,
+            lambda batch: self._run_model(loaded.model, batch),
             self.settings.max_batch_size,
             on_batch=self._record_batch,
             name=self.spec.task,
@@ -148,15 +156,18 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
         # Draft-decode big JPEGs (model input size from the model file): much faster, nearly the
         # same model input after the resize in to_model_input.
         draft = draft_size_for(loaded.model.input_size)
-        header = read_header(request.image, request.media_type, self.limits)
+        with self.stages.stage("decode"):
+            header = read_header(request.image, request.media_type, self.limits)
         pixels = header.pixels_to_decode(draft)
         try:
             held = self.decoding.acquire(pixels, timeout=time_left(context))
         except TimeoutError:
             raise ServiceBusy(f"the {self.spec.task} service is decoding other large images; retry shortly") from None
         try:
-            decoded = read_image(request.image, request.media_type, self.limits, draft)
-            model_input = to_model_input(decoded.image, loaded.model.input_size)
+            with self.stages.stage("decode"):
+                decoded = read_image(request.image, request.media_type, self.limits, draft)
+            with self.stages.stage("preprocess"):
+                model_input = to_model_input(decoded.image, loaded.model.input_size)
             media_type, original_size = decoded.media_type, (decoded.width, decoded.height)
             del decoded   # the decoded pixels are freed, and given back, before the budget is
         finally:
@@ -170,35 +181,37 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
         if prediction.gate is not None and self.settings.refuse_unreadable:
             check_gate(self.spec, float(prediction.gate.ravel()[0]))
 
-        probabilities = prediction.probabilities[0].astype(np.float64)
-        index = int(np.argmax(probabilities))
-        label = self.spec.labels[index]
-        response = diagnosis_pb2.DiagnoseResponse(
-            request_id=request_id,
-            label=label.code,
-            label_display=label.display_name,
-            confidence=float(probabilities[index]),
-            probabilities=[
-                diagnosis_pb2.ClassProbability(
-                    label=item.code, display_name=item.display_name, probability=float(p)
-                )
-                for item, p in zip(self.spec.labels, probabilities)
-            ],
-            model=diagnosis_pb2.ModelRef(name=loaded.name, version=loaded.version),
-            inference_ms=inference_seconds * 1000.0,
-        )
-        response.extra.update(extra_fields(prediction))
-        if request.explain:
-            width, height = heatmap.overlay_size(original_size)
-            response.heatmap.CopyFrom(
-                diagnosis_pb2.Heatmap(
-                    png=heatmap.overlay_png(prediction.cam[0, :, :, index], (width, height)),
-                    width=width,
-                    height=height,
-                    method=heatmap.METHOD,
-                    target_label=label.code,
-                )
+        with self.stages.stage("respond"):
+            probabilities = prediction.probabilities[0].astype(np.float64)
+            index = int(np.argmax(probabilities))
+            label = self.spec.labels[index]
+            response = diagnosis_pb2.DiagnoseResponse(
+                request_id=request_id,
+                label=label.code,
+                label_display=label.display_name,
+                confidence=float(probabilities[index]),
+                probabilities=[
+                    diagnosis_pb2.ClassProbability(
+                        label=item.code, display_name=item.display_name, probability=float(p)
+                    )
+                    for item, p in zip(self.spec.labels, probabilities)
+                ],
+                model=diagnosis_pb2.ModelRef(name=loaded.name, version=loaded.version),
+                inference_ms=inference_seconds * 1000.0,
             )
+            response.extra.update(extra_fields(prediction))
+        if request.explain:
+            with self.stages.stage("heatmap"):
+                width, height = heatmap.overlay_size(original_size)
+                response.heatmap.CopyFrom(
+                    diagnosis_pb2.Heatmap(
+                        png=heatmap.overlay_png(prediction.cam[0, :, :, index], (width, height)),
+                        width=width,
+                        height=height,
+                        method=heatmap.METHOD,
+                        target_label=label.code,
+                    )
+                )
         logger.info(
             "diagnosed request %s: %s %.3f (%s %dx%d, inference %.1f ms%s)",
             request_id, label.code, probabilities[index], media_type, *original_size,

@@ -802,6 +802,9 @@ def test_health_readiness_and_metrics(client: httpx.Client, stack: Stack) -> Non
     assert 'drtech_diagnoses_total{exam_type="bone_xray",status="completed"}' in metrics.text
     assert 'route="/api/v1/diagnoses",status="201"' in metrics.text
     assert 'route="/metrics"' not in metrics.text, "scrapes are not counted as the public API's requests"
+    # The CPU of the diagnosis path's worker-thread stages, for `make bench` (benchmarks/cpu_cost.py).
+    for stage in ("check_upload", "store", "record"):
+        assert f'drtech_stage_cpu_seconds_total{{stage="{stage}"}}' in metrics.text, stage
 
 
 def test_readyz_names_a_stopped_service_and_an_unavailable_model_gives_a_failed_record_to_retry(

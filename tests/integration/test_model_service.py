@@ -312,6 +312,9 @@ def test_metrics_are_served_over_http_when_a_port_is_set(fixture_specs: dict[str
         running.stop(grace=0)
     assert 'drtech_serving_requests_total{code="OK",method="Diagnose",task="skin"}' in text
     assert "drtech_serving_request_seconds_bucket" in text
+    # CPU per stage of a diagnosis, for `make bench` (benchmarks/cpu_cost.py).
+    for stage in ("decode", "preprocess", "model", "respond"):
+        assert f'drtech_stage_cpu_seconds_total{{stage="{stage}",task="skin"}}' in text, stage
 
 
 # --- shutdown -------------------------------------------------------------------------------------

@@ -90,8 +90,11 @@ protos/drtech/v1/%_pb2.py: protos/drtech/v1/%.proto | $(VENV)/.run-installed
 
 # The serving path against the model alone and the baselines (TF runtime service, Flask + per-request
 # Keras load); writes benchmarks/results/serving-*.{json,md}. Not a test. BENCH_ARGS="--seconds 2" shortens it.
+# Then CPU per diagnosis by process and stage against the model alone, with py-spy profiles
+# (benchmarks/results/cpu-*): CPU_ARGS="--exam-type bone_xray --diagnoses 200" for another run.
 bench: install-bench protos
 	$(PY) -m benchmarks.serving $(BENCH_ARGS)
+	$(PY) -m benchmarks.cpu_cost $(CPU_ARGS)
 
 # Runtime comparison (TensorFlow vs LiteRT vs ONNX Runtime) on this machine; not a test.
 bench-runtimes: install-test protos

@@ -7,12 +7,15 @@ without Nagle's ~40 ms delay.
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
+from benchmarks import cpu_cost
 from benchmarks.serving import (
     baseline_failure, ceiling, cpu_costs, grpc_loads, markdown, recheck_ceiling, sample_jpeg, targets,
 )
@@ -89,3 +92,55 @@ def test_gateway_answers_kept_alive_requests_without_nagle_delay(tmp_path: Path)
     finally:
         gateway.stop()
     assert statistics.median(timings) < 0.030   # was ~0.044 s: Nagle against delayed ACK
+
+
+def test_cpu_report_splits_a_diagnosis_by_process_and_stage_against_the_model_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m benchmarks.cpu_cost` end to end on a few diagnoses (the shipped pneumonia model,
+    generated images: no data set here, so the model's gate is off), without the profile."""
+    monkeypatch.setenv("DRTECH_DATA_DIR", str(tmp_path / "no-data"))
+    assert cpu_cost.main([
+        "--exam-type", "chest_xray", "--diagnoses", "6", "--concurrency", "2", "--images", "2",
+        "--profile-diagnoses", "0", "--model-runs", "2", "--ceiling-seconds", "0.2", "--out", str(tmp_path),
+    ]) == 0
+    report = json.loads(next(tmp_path.glob("cpu-*.json")).read_text())
+    results = report["results"]
+    assert results["images"].startswith("2 generated") and "gate off" in results["images"]
+    assert set(results["processes"]) == {"gateway", "auth", "model service"}
+    assert results["load"]["completed"] == 6 and results["load"]["errors"] == 0
+    assert results["platform_cpu_ms"] == pytest.approx(
+        sum(row["cpu_ms"] for row in results["processes"].values()), abs=0.02)
+    assert results["platform_over_model"] > 0 and results["model_alone"]["model_cpu_ms"] > 0
+    assert {"check_upload", "store", "record"} <= set(results["processes"]["gateway"]["stages_ms"])
+    assert {"decode", "preprocess", "model", "respond"} <= set(results["processes"]["model service"]["stages_ms"])
+    assert "main" in results["processes"]["gateway"]["threads_ms"]   # the event loop's own share
+    assert results["load"]["p99_ms"] >= results["load"]["p50_ms"] > 0
+    text = next(tmp_path.glob("cpu-*.md")).read_text()
+    assert "| **platform** |" in text and "Platform / model CPU" in text and "load generator" in text
+
+
+def test_the_profile_summary_ranks_functions_by_self_time() -> None:
+    speedscope = {
+        "shared": {"frames": [{"name": "handle", "file": "/a/app.py", "line": 1},
+                              {"name": "parse", "file": "/a/multipart.py", "line": 10},
+                              {"name": "parse", "file": "/a/multipart.py", "line": 12},
+                              {"name": "put", "file": "/a/storage.py", "line": 5}]},
+        "profiles": [{"samples": [[0, 1], [0, 2], [0, 2], [0, 3]], "weights": [1, 1, 1, 1]},
+                     {"samples": [[0], [0], []], "weights": [1, 1, 1]}],
+    }
+    rows = cpu_cost.top_self_frames(speedscope, count=2)
+    # parse's two lines are one function; the empty sample counts for nothing.
+    assert rows == [{"frame": "parse", "where": "multipart.py:12", "share": 0.5},
+                    {"frame": "handle", "where": "app.py:1", "share": 0.333}]
+
+
+def test_cpu_report_reads_stage_counters_from_a_metrics_page() -> None:
+    page = (
+        "# HELP drtech_stage_cpu_seconds_total CPU\n# TYPE drtech_stage_cpu_seconds_total counter\n"
+        'drtech_stage_cpu_seconds_total{stage="decode",task="pneumonia"} 1.5\n'
+        'drtech_stage_cpu_seconds_total{stage="decode",task="bone"} 0.5\n'
+        'drtech_stage_cpu_seconds_created{stage="decode",task="bone"} 1.7e9\n'
+        'drtech_other_total{stage="decode"} 9\n'
+    )
+    assert cpu_cost.stage_cpu_seconds(page) == {"decode": 2.0}

@@ -120,7 +120,7 @@ def test_cpu_report_splits_a_diagnosis_by_process_and_stage_against_the_model_al
     assert "| **platform** |" in text and "Platform / model CPU" in text and "load generator" in text
 
 
-def test_the_profile_summary_ranks_functions_by_self_time() -> None:
+def test_the_profile_summary_ranks_functions_by_self_time_leaving_waits_out() -> None:
     speedscope = {
         "shared": {"frames": [{"name": "handle", "file": "/a/app.py", "line": 1},
                               {"name": "parse", "file": "/a/multipart.py", "line": 10},
@@ -129,6 +129,9 @@ def test_the_profile_summary_ranks_functions_by_self_time() -> None:
         "profiles": [{"samples": [[0, 1], [0, 2], [0, 2], [0, 3]], "weights": [1, 1, 1, 1]},
                      {"samples": [[0], [0], []], "weights": [1, 1, 1]}],
     }
+    speedscope["shared"]["frames"].append({"name": "Condition.wait", "file": "/py/threading.py", "line": 327})
+    speedscope["profiles"].append({"samples": [[0, 4], [0, 4]], "weights": [1, 1]})   # waits: left out
+    assert cpu_cost.waiting_share(speedscope) == 0.25
     rows = cpu_cost.top_self_frames(speedscope, count=2)
     # parse's two lines are one function; the empty sample counts for nothing.
     assert rows == [{"frame": "parse", "where": "multipart.py:12", "share": 0.5},

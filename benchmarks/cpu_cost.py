@@ -22,7 +22,8 @@ With generated images the model service's gate is off (DRTECH_SERVING_REFUSE_UNR
 are not X-rays and would be refused; the gate's CPU is part of the model run either way. The router
 is not used: the exam type is named. With `--profile-diagnoses` > 0 (and py-spy found), a second
 pass of that many diagnoses runs under `py-spy record` on the gateway and the model service:
-speedscope JSON files in `--out`, and their 10 functions with the most self time in the report. The measured pass runs without the profiler.
+speedscope JSON files in `--out`, and their 10 functions with the most self time in the report.
+The measured pass runs without the profiler.
 
 Not a test (tests/integration/test_bench_smoke.py runs it on a few diagnoses). Writes
 `--out`/cpu-<UTC time>.json and .md.

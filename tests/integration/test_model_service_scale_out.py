@@ -97,6 +97,9 @@ def start_replicas(port: int) -> list[Replica]:
             "DRTECH_SERVING_MAX_CONNECTION_AGE_SECONDS": str(CONNECTION_AGE_S),
             "DRTECH_SERVING_MODEL_WORKERS": "1",
             "DRTECH_SERVING_WARMUP_RUNS": "1",
+            # The calls carry a generated image, which bone's gate rightly refuses; this test is
+            # about where calls go, so the replicas diagnose whatever they get.
+            "DRTECH_SERVING_REFUSE_UNREADABLE": "false",
         }
         process = launch("bone", env, "--host", host, "--port", str(port))
         replicas.append(Replica(host, metrics_port, process))

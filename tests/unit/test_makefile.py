@@ -25,8 +25,7 @@ def test_make_protos_on_a_fresh_clone_installs_grpc_tools_first_and_runs_protoc_
     for proto in protos:
         shutil.copy(proto, tmp_path / "protos" / "drtech" / "v1" / proto.name)
 
-    plan = subprocess.run(["make", "-n", "protos"], cwd=tmp_path, capture_output=True, text=True,
-                          check=True, timeout=60).stdout.splitlines()
+    plan = make_plan(tmp_path, "protos")
 
     install = next(i for i, line in enumerate(plan) if "pip install" in line and line.endswith("-e ."))
     compiles = [i for i, line in enumerate(plan) if "grpc_tools.protoc" in line]
@@ -149,8 +148,11 @@ def fresh_clone(tmp_path: Path) -> Path:
 
 
 def make_plan(where: Path, *targets: str) -> list[str]:
-    return subprocess.run(["make", "-n", *targets], cwd=where, capture_output=True, text=True,
-                          check=True, timeout=60).stdout.splitlines()
+    """What `make -n` would run, as a make of its own: under `make test` the outer make's variables
+    would make this one a sub-make that prints "Entering directory" lines."""
+    env = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    return subprocess.run(["make", "--no-print-directory", "-n", *targets], cwd=where, capture_output=True,
+                          text=True, check=True, timeout=60, env=env).stdout.splitlines()
 
 
 @needs_make

@@ -107,6 +107,13 @@ def test_the_method_refusing_more_outside_images_is_chosen_then_the_one_refusing
     assert gate.select({"logistic": (1.0, 0.02), "mahalanobis": (1.0, 0.01)}) == "mahalanobis"
 
 
+def test_a_method_refusing_over_2_percent_of_unfitted_genuine_training_rows_is_not_chosen() -> None:
+    assert gate.select({"logistic": (1.0, 0.01, 0.042), "mahalanobis": (0.997, 0.013, 0.01)}) == "mahalanobis"
+    assert gate.select({"logistic": (1.0, 0.01, 0.02), "mahalanobis": (0.997, 0.013, 0.0)}) == "logistic"
+    # When every method is over the limit, the usual order decides.
+    assert gate.select({"logistic": (1.0, 0.01, 0.05), "mahalanobis": (0.9, 0.0, 0.03)}) == "logistic"
+
+
 def test_the_gate_reads_the_features_the_head_reads() -> None:
     assert gate.feature_tensor(_model()) == "pooled"
 

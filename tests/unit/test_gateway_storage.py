@@ -1,5 +1,6 @@
-"""The content-addressed blob stores (gateway/storage.py): every contract test runs against the
-local store and against S3 (a real SeaweedFS on loopback, tests/s3_server.py)."""
+"""The content-addressed blob stores (gateway/storage.py): every contract test here runs against the
+local store, and again against S3 (a real SeaweedFS on loopback) in
+tests/integration/test_gateway_storage_s3.py, which imports them with its own `backend` fixture."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from gateway.storage import CHUNK_BYTES, BlobStore, LocalBlobStore, S3BlobStore
-from tests.s3_server import SeaweedFS
+from gateway import records
+from gateway.database import create_database_engine, migrate, session_factory
+from gateway.diagnoses import keep_upload_and_record
+from gateway.storage import CHUNK_BYTES, BlobStore, LocalBlobStore, sha256_hex
+from tests.unit.test_gateway_serialization import completed_record
 
 
 @dataclass
@@ -32,22 +37,9 @@ def local_backend(root: Path) -> Backend:
     )
 
 
-def s3_backend(server: SeaweedFS) -> Backend:
-    client, bucket, prefix = server.client(), server.bucket, server.new_prefix()
-    store = S3BlobStore(client, bucket, prefix)
-
-    def everything() -> list[str]:
-        listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
-        return sorted(item["Key"] for item in listed)
-
-    return Backend(store, everything, store.key_for)
-
-
-@pytest.fixture(params=["local", "s3"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if request.param == "local":
-        return local_backend(tmp_path / "uploads")
-    return s3_backend(request.getfixturevalue("s3_server"))
+@pytest.fixture
+def backend(tmp_path: Path) -> Backend:
+    return local_backend(tmp_path / "uploads")
 
 
 def test_a_blob_is_stored_once_under_its_sha256_and_read_back_byte_for_byte(backend: Backend) -> None:
@@ -66,14 +58,6 @@ def test_the_local_store_shards_files_under_its_root(tmp_path: Path) -> None:
     digest = store.put(b"scan")
     assert store.path_for(digest) == tmp_path / "uploads" / digest[:2] / digest[2:4] / digest
     assert not list(tmp_path.rglob(".incoming-*"))
-
-
-def test_s3_keys_are_the_prefix_and_the_sharded_digest(s3_server: SeaweedFS) -> None:
-    store = S3BlobStore(s3_server.client(), "any-bucket", "drtech/heatmaps/")
-    digest = "ab" + "0" * 62
-    assert store.key_for(digest) == f"drtech/heatmaps/ab/00/{digest}"
-    with pytest.raises(ValueError, match="must end with '/'"):
-        S3BlobStore(s3_server.client(), "any-bucket", "drtech")
 
 
 def test_a_large_blob_streams_in_chunks_with_its_size(backend: Backend) -> None:
@@ -130,54 +114,44 @@ def test_a_record_committed_while_the_blob_is_being_deleted_keeps_it(backend: Ba
     assert backend.everything() == [backend.location(digest)], "the aside copy is gone"
 
 
-def test_a_record_committed_after_the_delete_puts_its_blob_back_itself(backend: Backend) -> None:
-    """The writer's half: after committing, a writer whose blob vanished (a delete that had already
-    looked at the database) puts the bytes again."""
-    store = backend.store
-    data = b"scan"
-    digest = store.put(data)          # the writer's put: the blob exists, nothing written
-    store.delete_unused(digest, lambda: False)   # the deleter looked before the writer's commit
-    if not store.exists(digest):       # the writer, after its commit
-        store.put(data)
-    assert store.get(digest) == data
-
-
-def test_an_s3_put_that_loses_to_a_concurrent_writer_of_the_same_bytes_succeeds(
-    s3_server: SeaweedFS, monkeypatch: pytest.MonkeyPatch
+def test_a_record_committed_after_the_delete_puts_its_blob_back_itself(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two writers both find the blob missing; the second PUT is refused by its If-None-Match
-    (412), which means the bytes are there: it returns the digest, no error, one object."""
-    backend = s3_backend(s3_server)
+    """The writer's half, as the gateway runs it (gateway.diagnoses.keep_upload_and_record): its `put`
+    found the blobs of another record with the same bytes (and wrote nothing); that record's delete,
+    having looked at the database before this commit, removed them before the commit. After
+    committing, the writer puts the bytes back."""
     store = backend.store
-    assert isinstance(store, S3BlobStore)
-    monkeypatch.setattr(store, "exists", lambda digest: False)
-    first, second = store.put(b"same bytes"), store.put(b"same bytes")
-    assert first == second and backend.everything() == [store.key_for(first)]
+    upload, heatmap = b"the same scan, uploaded again", b"its heatmap"
+    store.put(upload)           # the other record's blobs
+    store.put(heatmap)
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'gateway.db'}")
+    migrate(engine)
+    # What keep_upload_and_record reads of a GatewayContext; the rest (gRPC channels, metrics) is
+    # the running gateway's and not this protocol's.
+    ctx = SimpleNamespace(uploads=store, heatmaps=store, sessions=session_factory(engine))
+    commit = records.add
+
+    def delete_lands_just_before_the_commit(session, record):  # type: ignore[no-untyped-def]
+        for digest in (record.image_sha256, record.heatmap_sha256):
+            assert store.delete_unused(digest, lambda: False) is True
+        return commit(session, record)
+
+    monkeypatch.setattr(records, "add", delete_lands_just_before_the_commit)
+    record = completed_record(image_sha256=None, heatmap_sha256=sha256_hex(heatmap), explain=True)
+    try:
+        with ctx.sessions() as session:
+            kept = keep_upload_and_record(ctx, session, record, upload, heatmap)  # type: ignore[arg-type]
+    finally:
+        engine.dispose()
+
+    assert kept.image_sha256 == sha256_hex(upload)
+    assert store.get(kept.image_sha256) == upload and store.get(sha256_hex(heatmap)) == heatmap
+    assert backend.everything() == sorted([backend.location(sha256_hex(upload)),
+                                           backend.location(sha256_hex(heatmap))])
 
 
-def test_s3_refuses_bytes_that_do_not_match_their_name(s3_server: SeaweedFS) -> None:
-    """The PUT carries the SHA-256 its bytes must have: a body changed on the way is refused by the
-    server, not stored under a name it does not match."""
-    import base64
-
-    import botocore.exceptions
-
-    backend = s3_backend(s3_server)
-    store = backend.store
-    assert isinstance(store, S3BlobStore)
-    claimed = hashlib.sha256(b"the real scan").digest()
-    with pytest.raises(botocore.exceptions.ClientError):
-        store.client.put_object(Bucket=store.bucket, Key=store.key_for(claimed.hex()), Body=b"other bytes",
-                                ChecksumSHA256=base64.b64encode(claimed).decode())
-    assert backend.everything() == []
-
-
-def test_store_state_is_ok_when_writable_and_says_why_not_otherwise(
-    tmp_path: Path, s3_server: SeaweedFS
-) -> None:
+def test_the_local_store_state_is_ok_when_writable_and_says_why_not_otherwise(tmp_path: Path) -> None:
     assert LocalBlobStore(tmp_path / "uploads").state() == "ok"
     (tmp_path / "file").write_text("not a folder")
     assert LocalBlobStore(tmp_path / "file").state().startswith("not writable (")
-    assert s3_backend(s3_server).store.state() == "ok"
-    missing = S3BlobStore(s3_server.client(), "no-such-bucket-here", "uploads/")
-    assert missing.state().startswith("unreachable (")

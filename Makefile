@@ -67,7 +67,7 @@ $(VENV)/.bench-installed: $(LOCKS)/build.txt $(LOCKS)/bench.txt pyproject.toml |
 	$(INSTALL_SELF)
 	touch $@
 
-# checkov (the policy check of the rendered Kubernetes overlays, tests/unit/test_k8s_manifests.py) in
+# checkov (the policy check of the rendered Kubernetes overlays, tests/integration/test_k8s_overlays.py) in
 # a venv of its own: it pins boto3, networkx<2.7 and packaging<24, which clash with the project's own
 # dependencies (scikit-image needs networkx>=2.8), so it cannot share .venv.
 CHECKOV_VENV := .venv-checkov

@@ -1,4 +1,6 @@
-"""The whole platform in this process, for the web tests: auth, the four model services, the gateway.
+"""The whole platform in this process, for the API, web and browser tests: auth, the four model
+services, the gateway. The one whole-stack fixture of the suite (tests/integration/test_gateway_api.py,
+test_gateway_web.py, test_gateway_hostile_inputs.py, test_gateway_load.py, tests/e2e/test_web_ui.py).
 
 Everything listens on free ports. Diagnosis services use the shipped models when they exist (else a
 contract-shaped stand-in, as in tests/integration/test_gateway_api.py); the router always uses its
@@ -53,20 +55,40 @@ class Stack:
     home: Path
     gateway: RunningGateway
     models: dict[str, RunningServer]
+    auth_addr: str
     logs: KeptLogs = field(repr=False, default_factory=KeptLogs)
 
     @property
     def url(self) -> str:
         return self.gateway.url
 
+    def settings(self, home: Path, **overrides: object) -> GatewaySettings:
+        """Settings for another gateway on this stack's services (under its own `home`), e.g. one
+        with a model service swapped for a test's own."""
+        return GatewaySettings(**{**backend_addresses(self.auth_addr, self.models), "DRTECH_HOME": home,
+                                  **overrides})
 
-def serving_settings() -> ServingSettings:
-    # The web tests upload stand-in images too; the gates' refusals are tested in test_gateway_api.
+
+def backend_addresses(auth_addr: str, models: dict[str, RunningServer]) -> dict[str, object]:
+    return {
+        "DRTECH_AUTH_ADDR": auth_addr,
+        "DRTECH_BONE_ADDR": models["bone_xray"].target,
+        "DRTECH_SKIN_ADDR": models["skin_lesion"].target,
+        "DRTECH_PNEUMONIA_ADDR": models["chest_xray"].target,
+        "DRTECH_ROUTER_ADDR": models["auto"].target,
+    }
+
+
+def serving_settings(refuse_unreadable: bool = False) -> ServingSettings:
+    # Small and explicit so the suite shares the machine politely and ignores the environment.
+    # The tests upload stand-in images (ramps, solid photos) that the models' gates refuse: the
+    # shared stack diagnoses them; the gates' refusals have their own tests (test_gateway_api.py).
     return ServingSettings(intra_op_threads=1, worker_threads=4, warmup_runs=1, grace_seconds=0, metrics_port=0,
-                           refuse_unreadable=False)
+                           refuse_unreadable=refuse_unreadable)
 
 
-def _spec(spec: TaskSpec, scratch: Path) -> TaskSpec:
+def model_spec(spec: TaskSpec, scratch: Path) -> TaskSpec:
+    """The shipped model when it exists, else a contract-shaped stand-in model for the same labels."""
     if spec.model_path.exists() and spec.card_path.exists():
         return spec
     return write_fixture_model(spec, scratch / spec.task)
@@ -74,8 +96,9 @@ def _spec(spec: TaskSpec, scratch: Path) -> TaskSpec:
 
 @contextmanager
 def running_stack(home: Path, scratch: Path, models_dir: Path | None = None,
-                  **gateway_settings: object) -> Iterator[Stack]:
-    """The whole platform; `gateway_settings` override the gateway's (e.g. database_url)."""
+                  auth_settings: dict[str, object] | None = None, **gateway_settings: object) -> Iterator[Stack]:
+    """The whole platform; `auth_settings` override the auth service's (e.g. its throttles) and
+    `gateway_settings` the gateway's (e.g. database_url)."""
     if not ROUTER.model_path.exists():
         raise RuntimeError(f"the router model is missing at {ROUTER.model_path}; run python -m training.router")
     logs = KeptLogs()
@@ -85,28 +108,23 @@ def running_stack(home: Path, scratch: Path, models_dir: Path | None = None,
     root.setLevel(logging.DEBUG)
     auth = start_auth(
         # Cheap argon2; every account of the suite comes from 127.0.0.1, so no per-address sign-up limit.
-        AuthSettings(home=home, port=0, grace_s=0, argon2_time_cost=1, argon2_memory_kib=1024,
-                     argon2_parallelism=1, throttle_max_sign_ups_per_ip=1_000_000)
+        AuthSettings(**{"home": home, "port": 0, "grace_s": 0, "argon2_time_cost": 1, "argon2_memory_kib": 1024,
+                        "argon2_parallelism": 1, "throttle_max_sign_ups_per_ip": 1_000_000,
+                        **(auth_settings or {})})
     )
     models: dict[str, RunningServer] = {}
     gateway = None
     try:
         for exam_type, spec in SPECS.items():
-            models[exam_type] = start_model(_spec(spec, scratch), serving_settings(), port=0)
+            models[exam_type] = start_model(model_spec(spec, scratch), serving_settings(), port=0)
         models["auto"] = start_model(ROUTER, serving_settings(), port=0)
-        values: dict[str, object] = {
-            "DRTECH_HOME": home,
-            "DRTECH_AUTH_ADDR": f"127.0.0.1:{auth.port}",
-            "DRTECH_BONE_ADDR": models["bone_xray"].target,
-            "DRTECH_SKIN_ADDR": models["skin_lesion"].target,
-            "DRTECH_PNEUMONIA_ADDR": models["chest_xray"].target,
-            "DRTECH_ROUTER_ADDR": models["auto"].target,
-        }
+        auth_addr = f"127.0.0.1:{auth.port}"
+        values: dict[str, object] = {"DRTECH_HOME": home, **backend_addresses(auth_addr, models)}
         if models_dir is not None:
             values["models_dir"] = models_dir
         values.update(gateway_settings)
         gateway = start_gateway(GatewaySettings(**values))
-        yield Stack(home=home, gateway=gateway, models=models, logs=logs)
+        yield Stack(home=home, gateway=gateway, models=models, auth_addr=auth_addr, logs=logs)
     finally:
         if gateway is not None:
             gateway.stop()

@@ -1,10 +1,11 @@
 """The API.md flow against the real gateway, the real auth service and the real model services.
 
-Everything runs in this process on free ports: the auth service (SQLite under a temporary
-DRTECH_HOME), the three model services (the shipped model when services/<task>/model/model.onnx
-exists, otherwise a tiny model with the same file contract from tests/serving_models.py, so the
-gateway is still exercised end to end while training has not produced the real one), and the
-gateway itself under uvicorn. Requests go over real HTTP with httpx.
+Everything runs in this process on free ports (tests/web_stack.py): the auth service (SQLite under a
+temporary DRTECH_HOME), the three model services (the shipped model when
+services/<task>/model/model.onnx exists, otherwise a tiny model with the same file contract from
+tests/serving_models.py, so the gateway is still exercised end to end while training has not
+produced the real one), the router, and the gateway itself under uvicorn. Requests go over real
+HTTP with httpx.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -28,100 +28,35 @@ from PIL import Image
 from sqlalchemy import create_engine, text
 
 from gateway.settings import GatewaySettings
-from gateway.testing import RunningGateway, start_gateway
+from gateway.testing import start_gateway
 from services.auth.server import start_server as start_auth
 from services.auth.settings import AuthSettings
-from services.bone.spec import SPEC as BONE
-from services.core.server import RunningServer
 from services.core.server import start_server as start_model
-from services.core.settings import ServingSettings
-from services.core.spec import TaskSpec
 from services.pneumonia.spec import SPEC as PNEUMONIA
 from services.router.spec import SPEC as ROUTER
 from services.skin.spec import SPEC as SKIN
-from tests.serving_models import write_fixture_model
 from tests.support import (
-    free_port, jpeg_bytes, postgres_skip_reason, real_samples, sample_image_bytes, synthetic_image,
+    free_port,
+    jpeg_bytes,
+    postgres_skip_reason,
+    real_samples,
+    sample_image_bytes,
+    synthetic_image,
 )
 from tests.unit.test_imaging import make_dicom, ramp
+from tests.web_stack import SPECS, Stack, model_spec, running_stack, serving_settings
 
-SPECS: dict[str, TaskSpec] = {"bone_xray": BONE, "skin_lesion": SKIN, "chest_xray": PNEUMONIA}
 LABELS = {exam_type: set(spec.label_codes) for exam_type, spec in SPECS.items()}
 PASSWORD = "correct horse 42"
 THROTTLE_AFTER = 3
 
 
-def serving_settings(refuse_unreadable: bool = False) -> ServingSettings:
-    # Small and explicit so the suite shares the machine politely and ignores the environment.
-    # The API flow tests upload stand-in images (ramps, solid photos) that the models' gates refuse:
-    # the shared stack diagnoses them; the gate has its own tests below, with refusing on.
-    return ServingSettings(
-        intra_op_threads=1, worker_threads=4, warmup_runs=1, grace_seconds=0, metrics_port=0,
-        refuse_unreadable=refuse_unreadable,
-    )
-
-
-def model_spec(spec: TaskSpec, scratch: Path) -> TaskSpec:
-    """The shipped model when it exists, else a contract-shaped stand-in model for the same labels."""
-    if spec.model_path.exists() and spec.card_path.exists():
-        return spec
-    return write_fixture_model(spec, scratch / spec.task)
-
-
-@dataclass
-class Stack:
-    home: Path
-    auth_addr: str
-    models: dict[str, RunningServer]
-    gateway: RunningGateway
-
-    def settings(self, home: Path, **overrides: str) -> GatewaySettings:
-        values = {
-            "DRTECH_HOME": home,
-            "DRTECH_AUTH_ADDR": self.auth_addr,
-            "DRTECH_BONE_ADDR": self.models["bone_xray"].target,
-            "DRTECH_SKIN_ADDR": self.models["skin_lesion"].target,
-            "DRTECH_PNEUMONIA_ADDR": self.models["chest_xray"].target,
-            "DRTECH_ROUTER_ADDR": self.models["auto"].target,
-        }
-        values.update(overrides)
-        return GatewaySettings(**values)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("drtech-home")
-    auth = start_auth(
-        AuthSettings(
-            home=home,
-            port=0,
-            grace_s=0,
-            # Cheap argon2 so the suite is fast; production uses the RFC 9106 defaults.
-            argon2_time_cost=1,
-            argon2_memory_kib=1024,
-            argon2_parallelism=1,
-            throttle_max_failures_per_email=THROTTLE_AFTER,
-            # Every account of this module comes from 127.0.0.1 (the limit has its own test below).
-            throttle_max_sign_ups_per_ip=1_000_000,
-        )
-    )
-    models: dict[str, RunningServer] = {}
-    gateway = None
-    try:
-        scratch = tmp_path_factory.mktemp("models")
-        for exam_type, spec in SPECS.items():
-            models[exam_type] = start_model(model_spec(spec, scratch), serving_settings(), port=0)
-        models["auto"] = start_model(ROUTER, serving_settings(), port=0)
-        running = Stack(home, f"127.0.0.1:{auth.port}", models, None)  # type: ignore[arg-type]
-        gateway = start_gateway(running.settings(home))
-        running.gateway = gateway
+    """The whole platform (tests/web_stack.py), its log-in throttle low enough to test."""
+    with running_stack(tmp_path_factory.mktemp("drtech-home"), tmp_path_factory.mktemp("models"),
+                       auth_settings={"throttle_max_failures_per_email": THROTTLE_AFTER}) as running:
         yield running
-    finally:
-        if gateway is not None:
-            gateway.stop()
-        for server in models.values():
-            server.stop(grace=0)
-        auth.stop(0)
 
 
 @pytest.fixture

@@ -3,10 +3,13 @@ loopback (tests/s3_server.py), plus what only S3 has (keys, conditional and chec
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from gateway.storage import S3BlobStore
 from tests.s3_server import SeaweedFS
+
 # The contract tests, collected here again against this module's `backend` (S3).
 from tests.unit.test_gateway_storage import (  # noqa: F401
     Backend,

@@ -258,6 +258,17 @@ def test_the_sign_up_page_states_the_12_character_rule(client: TestClient) -> No
     assert "one letter and one digit" not in html
 
 
+class NothingAnswers:
+    """A backend that is down: every call the gateway makes fails with UNAVAILABLE, as a real
+    channel to a closed port does (tests/integration/test_gateway_backends_down.py)."""
+
+    def __getattr__(self, method: str):  # type: ignore[no-untyped-def]
+        async def unavailable(request: object, timeout: float) -> None:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                       "failed to connect to all addresses")
+        return unavailable
+
+
 class ChestModelThatExplains:
     """A chest X-ray model service as the gateway calls it: NORMAL, with a heatmap when asked."""
 
@@ -530,6 +541,9 @@ def test_pages_and_api_answers_are_never_stored_by_a_browser_but_static_files_ma
     client: TestClient,
 ) -> None:
     """Back after log-out on a shared computer must not show the last user's pages or findings."""
+    backends = client.app.state.gateway.backends
+    backends.models = dict.fromkeys(backends.models, NothingAnswers())   # /api/v1/models: 503, no-store too
+    backends.router = NothingAnswers()
     for path in [*PAGES, "/history", "/api/v1/models", "/api/v1/me", "/healthz"]:
         assert client.get(path).headers["cache-control"] == "no-store", path
     assert "cache-control" not in client.get("/static/app.js").headers
@@ -691,26 +705,6 @@ def test_the_app_renders_with_the_configured_number_of_renders_at_a_time(tmp_pat
     with TestClient(create_app(GatewaySettings(DRTECH_HOME=tmp_path, concurrent_renders=2))) as client:
         assert client.app.state.gateway.renders.total_tokens == 2
     assert GatewaySettings(DRTECH_HOME=tmp_path).concurrent_renders == 1
-
-
-def test_when_the_auth_service_does_not_answer_account_pages_say_so_instead_of_asking_to_log_in(
-    tmp_path: Path,
-) -> None:
-    """Sending a signed-in user to log in while auth is down would only fail again there (503)."""
-    import socket
-
-    with socket.socket() as probe:           # a port with nothing listening
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
-    settings = GatewaySettings(DRTECH_HOME=tmp_path, auth_addr=f"127.0.0.1:{closed}", auth_timeout_s=2)
-    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
-        client.cookies.set(settings.cookie_name, "a-session-token")
-        for path in ("/app", "/history", "/results/abc"):
-            reply = client.get(path, follow_redirects=False)
-            assert reply.status_code == 503, path
-            assert "sign-in service is not answering" in reply.text
-        home = client.get("/")                # public pages still show, signed out
-        assert home.status_code == 200 and 'data-signed-in="false"' in home.text
 
 
 def test_plots_are_only_plain_png_files_directly_in_a_known_models_folder(tmp_path: Path) -> None:

@@ -74,16 +74,6 @@ def test_a_file_that_is_no_model_or_lacks_the_kl_head_is_a_clear_error_not_a_tra
         assert words in capsys.readouterr().err
 
 
-def test_a_training_command_given_a_wrong_layout_says_so_in_one_line(tmp_path, capsys):
-    from training import cli, finetune, train
-
-    for command in (train.main, finetune.main):
-        code = cli.run(command, ["--task", "pneumonia", "--data", str(tmp_path), "--out", str(tmp_path / "out")])
-        error = capsys.readouterr().err
-        assert code == 2 and error.startswith("error: ") and "split: folder not found" in error
-        assert "Traceback" not in error
-
-
 def test_wrong_layout_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     onnx.save(build_model(2), tmp_path / "model.onnx")
 

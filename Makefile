@@ -12,7 +12,8 @@ GENERATED := $(PROTOS:.proto=_pb2.py)
 
 help:
 	@echo "make run    - set up and serve the whole platform at http://127.0.0.1:$${DRTECH_HTTP_PORT:-8000}"
-	@echo "make test   - set up and run the test suite"
+	@echo "make test   - set up and run the test suite (every tier)"
+	@echo "make test-fast - the unit tier only (no sockets, processes or TensorFlow; under a minute)"
 	@echo "make soak   - the long load and hostile-input runs (minutes; not part of make test)"
 	@echo "make protos - regenerate gRPC code from protos/"
 	@echo "make bench  - measure serving throughput/latency against the baselines (not a test)"
@@ -30,7 +31,8 @@ soak: install-test protos
 	DRTECH_SOAK=1 $(PY) -m pytest -s -p no:logging --timeout 3600 \
 		tests/integration/test_gateway_load.py tests/integration/test_gateway_hostile_inputs.py
 
-# Unit tests only: no sockets, no subprocesses.
+# The unit tier only: in process, no sockets, no subprocesses, no TensorFlow (tests/unit/conftest.py
+# fails a test that tries); under a minute on two cores. README.md, "Tests".
 test-fast: install-test protos
 	$(PY) -m pytest tests/unit
 

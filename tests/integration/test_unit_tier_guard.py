@@ -40,9 +40,9 @@ def test_a_test_that_stays_in_process_passes(tmp_path: Path) -> None:
         ("import socket\n    with socket.socket() as s:\n        s.bind(('127.0.0.1', 0))", "bind a socket"),
         ("import subprocess, sys\n    subprocess.run([sys.executable, '-c', 'pass'])", "start a process"),
         ("import grpc\n    grpc.server(None)", "open a gRPC server"),
-        ("import grpc\n    from protos.drtech.v1 import auth_pb2, auth_pb2_grpc\n"
-         "    stub = auth_pb2_grpc.AuthServiceStub(grpc.insecure_channel('127.0.0.1:9'))\n"
-         "    stub.Authenticate(auth_pb2.AuthenticateRequest(access_token='x'), timeout=1)", "make a gRPC call"),
+        (("import grpc\n    from protos.drtech.v1 import auth_pb2, auth_pb2_grpc\n"
+          "    stub = auth_pb2_grpc.AuthServiceStub(grpc.insecure_channel('127.0.0.1:9'))\n"
+          "    stub.Authenticate(auth_pb2.AuthenticateRequest(access_token='x'), timeout=1)"), "make a gRPC call"),
         # Standing in for `import tensorflow` (seconds, and it starts processes of its own).
         ("import sys, types\n    sys.modules['tensorflow'] = types.ModuleType('tensorflow')",
          "imported tensorflow: it belongs in tests/training"),

@@ -11,7 +11,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,19 @@ class UnitTierViolation(BaseException):
     even if something swallows this too."""
 
 
+# Whether a test's body already failed: then the refusal it raised says it all, and the teardown
+# check below does not report the same thing again as an error.
+_BODY_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call":
+        item.stash[_BODY_FAILED] = report.failed
+    return report
+
+
 def _heavy_modules_loaded() -> list[str]:
     return [name for name in HEAVY_MODULES if name in sys.modules]
 
@@ -58,7 +71,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _unit_tier_stays_in_process() -> Iterator[None]:
+def _unit_tier_stays_in_process(request: pytest.FixtureRequest) -> Iterator[None]:
     # A MonkeyPatch of its own: undone here, leaving the test's own `monkeypatch` to its teardown.
     monkeypatch = pytest.MonkeyPatch()
     violations: list[str] = []
@@ -88,6 +101,8 @@ def _unit_tier_stays_in_process() -> Iterator[None]:
     heavy_before = set(_heavy_modules_loaded())
     yield
     monkeypatch.undo()
+    if request.node.stash.get(_BODY_FAILED, False):
+        return
     if violations:
         pytest.fail(f"this unit test tried to {'; '.join(violations)}: it belongs in tests/integration",
                     pytrace=False)

@@ -48,8 +48,11 @@ def fresh_clone(tmp_path: Path) -> Path:
 
 
 def make_plan(where: Path, *targets: str) -> list[str]:
-    return subprocess.run(["make", "-n", *targets], cwd=where, capture_output=True, text=True,
-                          check=True, timeout=60).stdout.splitlines()
+    """What `make -n` would run, as a make of its own: under `make test` the outer make's variables
+    would make this one a sub-make that prints "Entering directory" lines."""
+    env = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    return subprocess.run(["make", "--no-print-directory", "-n", *targets], cwd=where, capture_output=True,
+                          text=True, check=True, timeout=60, env=env).stdout.splitlines()
 
 
 @needs_make

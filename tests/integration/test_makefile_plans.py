@@ -29,8 +29,7 @@ def test_make_protos_on_a_fresh_clone_installs_grpc_tools_first_and_runs_protoc_
     for proto in protos:
         shutil.copy(proto, tmp_path / "protos" / "drtech" / "v1" / proto.name)
 
-    plan = subprocess.run(["make", "-n", "protos"], cwd=tmp_path, capture_output=True, text=True,
-                          check=True, timeout=60).stdout.splitlines()
+    plan = make_plan(tmp_path, "protos")
 
     install = next(i for i, line in enumerate(plan) if "pip install" in line and line.endswith("-e ."))
     compiles = [i for i, line in enumerate(plan) if "grpc_tools.protoc" in line]

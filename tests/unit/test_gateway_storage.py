@@ -15,6 +15,7 @@ import pytest
 from gateway import records
 from gateway.database import create_database_engine, migrate, session_factory
 from gateway.diagnoses import keep_upload_and_record
+from gateway.metrics import GatewayMetrics
 from gateway.storage import CHUNK_BYTES, BlobStore, LocalBlobStore, sha256_hex
 from tests.unit.test_gateway_serialization import completed_record
 
@@ -129,7 +130,7 @@ def test_a_record_committed_after_the_delete_puts_its_blob_back_itself(
     migrate(engine)
     # What keep_upload_and_record reads of a GatewayContext; the rest (gRPC channels, metrics) is
     # the running gateway's and not this protocol's.
-    ctx = SimpleNamespace(uploads=store, heatmaps=store, sessions=session_factory(engine))
+    ctx = SimpleNamespace(uploads=store, heatmaps=store, sessions=session_factory(engine), metrics=GatewayMetrics())
     commit = records.add
 
     def delete_lands_just_before_the_commit(session, record):  # type: ignore[no-untyped-def]

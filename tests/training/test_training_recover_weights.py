@@ -48,9 +48,10 @@ def test_the_recovered_bone_classifier_gives_the_shipped_kl_probabilities(tmp_pa
 
 
 def test_a_model_without_a_finetune_run_of_our_mobilenet_is_refused(tmp_path):
-    pneumonia = PROJECT_ROOT / "services" / "pneumonia" / "model"
+    # Skin 2026.11.4 was fine-tuned by training.train's own top blocks, not a training.finetune run.
+    skin = PROJECT_ROOT / "services" / "skin" / "model"
     with pytest.raises(NotRecoverable, match="no training.finetune run"):
-        recover("pneumonia", pneumonia / "model.onnx", tmp_path / "run")
+        recover("skin", skin / "model.onnx", tmp_path / "run")
     with pytest.raises(NotRecoverable, match="is a 'bone' model, not skin"):
         recover("skin", BONE / "model.onnx", tmp_path / "run")
     assert not (tmp_path / "run").exists()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from gateway.settings import GatewaySettings
 from gateway.testing import RunningGateway, start_gateway
+from services.auth.server import AuthServer
 from services.auth.server import start_server as start_auth
 from services.auth.settings import AuthSettings
 from services.bone.spec import SPEC as BONE
@@ -57,6 +58,9 @@ class Stack:
     models: dict[str, RunningServer]
     auth_addr: str
     logs: KeptLogs = field(repr=False, default_factory=KeptLogs)
+    # The gateway's settings as the stack gave them (DRTECH_* names): another gateway on the same
+    # backends starts from these (tests/integration/test_faults.py).
+    gateway_values: dict[str, object] = field(repr=False, default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -87,6 +91,13 @@ def serving_settings(refuse_unreadable: bool = False) -> ServingSettings:
                            refuse_unreadable=refuse_unreadable)
 
 
+def stack_auth_settings(home: Path, overrides: dict[str, object] | None = None) -> AuthSettings:
+    # Cheap argon2; every account of the suite comes from 127.0.0.1, so no per-address sign-up limit.
+    return AuthSettings(**{"home": home, "port": 0, "grace_s": 0, "argon2_time_cost": 1, "argon2_memory_kib": 1024,
+                           "argon2_parallelism": 1, "throttle_max_sign_ups_per_ip": 1_000_000,
+                           **(overrides or {})})
+
+
 def model_spec(spec: TaskSpec, scratch: Path) -> TaskSpec:
     """The shipped model when it exists, else a contract-shaped stand-in model for the same labels."""
     if spec.model_path.exists() and spec.card_path.exists():
@@ -106,12 +117,7 @@ def running_stack(home: Path, scratch: Path, models_dir: Path | None = None,
     previous_level = root.level
     root.addHandler(logs)
     root.setLevel(logging.DEBUG)
-    auth = start_auth(
-        # Cheap argon2; every account of the suite comes from 127.0.0.1, so no per-address sign-up limit.
-        AuthSettings(**{"home": home, "port": 0, "grace_s": 0, "argon2_time_cost": 1, "argon2_memory_kib": 1024,
-                        "argon2_parallelism": 1, "throttle_max_sign_ups_per_ip": 1_000_000,
-                        **(auth_settings or {})})
-    )
+    auth = start_auth(stack_auth_settings(home, auth_settings))
     models: dict[str, RunningServer] = {}
     gateway = None
     try:
@@ -124,7 +130,8 @@ def running_stack(home: Path, scratch: Path, models_dir: Path | None = None,
             values["models_dir"] = models_dir
         values.update(gateway_settings)
         gateway = start_gateway(GatewaySettings(**values))
-        yield Stack(home=home, gateway=gateway, models=models, auth_addr=auth_addr, logs=logs)
+        yield Stack(home=home, gateway=gateway, models=models, auth_addr=auth_addr, logs=logs,
+                    gateway_values=values)
     finally:
         if gateway is not None:
             gateway.stop()

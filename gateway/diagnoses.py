@@ -40,7 +40,7 @@ from gateway.grpc_clients import MODEL_SERVICES
 from gateway.records import STATUS_COMPLETED, STATUS_FAILED, Diagnosis
 from gateway.routing import NotServed, choose_exam_type
 from gateway.serialization import clean_extra, diagnosis_json, struct_to_dict
-from gateway.storage import sha256_hex
+from gateway.storage import StoreUnavailable, sha256_hex
 from gateway.whole_file import WholeBlobResponse
 from protos.drtech.v1 import diagnosis_pb2
 from services.core.errors import InvalidImage, UnsupportedMediaType
@@ -228,6 +228,14 @@ def _forget_quietly(ctx: GatewayContext, image_sha: str | None, heatmap_sha: str
         log.exception("could not delete unused blobs image=%s heatmap=%s", image_sha, heatmap_sha)
 
 
+def store_unavailable(error: StoreUnavailable) -> ApiError:
+    """503 for a blob store that cannot be written (disk full, read-only): nothing was kept, and the
+    request succeeds once the store has room again."""
+    log.error("blob store cannot be written: %s", error)
+    return ApiError(503, f"The image storage cannot keep anything right now ({error}); nothing was kept, "
+                         "try again shortly.", headers={"Retry-After": "30"})
+
+
 async def _owned(ctx: GatewayContext, diagnosis_id: str, user_id: str) -> Diagnosis:
     record = await in_session(ctx, lambda s: records.get_owned(s, diagnosis_id, user_id))
     if record is None:
@@ -302,7 +310,10 @@ async def _diagnose_upload(
         ctx.metrics.diagnoses.labels(chosen, "rejected").inc()
         raise   # nothing was stored: an upload is only kept with its record
     event = audit.entry(request, "diagnosis_create", "success", user_id, record.id)
-    record = await in_session(ctx, lambda s: keep_upload_and_record(ctx, s, record, data, heatmap, event))
+    try:
+        record = await in_session(ctx, lambda s: keep_upload_and_record(ctx, s, record, data, heatmap, event))
+    except StoreUnavailable as error:
+        raise store_unavailable(error) from None
     audit.emit(event)
     ctx.metrics.diagnoses.labels(chosen, record.status).inc()
     return diagnosis_json(record)
@@ -342,7 +353,10 @@ async def _retry(ctx: GatewayContext, request: Request, caller: Caller, diagnosi
         return saved
 
     event = audit.entry(request, "diagnosis_retry", "success", caller.user.id, record.id)
-    saved = await in_session(ctx, save)
+    try:
+        saved = await in_session(ctx, save)
+    except StoreUnavailable as error:
+        raise store_unavailable(error) from None
     if saved is not None:
         audit.emit(event)
     if saved is None:

@@ -58,6 +58,11 @@ def _sharded(digest: str) -> str:
     return f"{digest[:2]}/{digest[2:4]}/{digest}"
 
 
+class StoreUnavailable(Exception):
+    """A blob could not be written for want of the store, not of the request (the disk is full, a
+    quota is reached, the volume went read-only): the request can be tried again later."""
+
+
 @dataclass
 class OpenBlob:
     """A stored blob opened for streaming: its size, and its bytes in chunks (closed at the end)."""
@@ -100,16 +105,21 @@ class LocalBlobStore:
         target = self.path_for(digest)
         if target.exists():
             return digest
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+        except OSError as error:
+            raise StoreUnavailable(f"{error.strerror or error}") from error
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp_name, target)
-        except BaseException:
+        except BaseException as error:
             Path(temp_name).unlink(missing_ok=True)
+            if isinstance(error, OSError):
+                raise StoreUnavailable(f"{error.strerror or error}") from error
             raise
         return digest
 

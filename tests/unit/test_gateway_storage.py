@@ -4,7 +4,9 @@ tests/integration/test_gateway_storage_s3.py, which imports them with its own `b
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from gateway import records
 from gateway.database import create_database_engine, migrate, session_factory
 from gateway.diagnoses import keep_upload_and_record
 from gateway.metrics import GatewayMetrics
-from gateway.storage import CHUNK_BYTES, BlobStore, LocalBlobStore, sha256_hex
+from gateway.storage import CHUNK_BYTES, BlobStore, LocalBlobStore, StoreUnavailable, sha256_hex
 from tests.unit.test_gateway_serialization import completed_record
 
 
@@ -156,3 +158,16 @@ def test_the_local_store_state_is_ok_when_writable_and_says_why_not_otherwise(tm
     assert LocalBlobStore(tmp_path / "uploads").state() == "ok"
     (tmp_path / "file").write_text("not a folder")
     assert LocalBlobStore(tmp_path / "file").state().startswith("not writable (")
+
+
+def test_a_local_put_on_a_full_disk_is_store_unavailable_and_leaves_no_partial_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LocalBlobStore(tmp_path)
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(StoreUnavailable, match="No space left on device"):
+        store.put(b"an image")
+    assert [path for path in tmp_path.rglob("*") if path.is_file()] == []

@@ -24,6 +24,7 @@ from PIL import Image
 from gateway.accounts import declared_body_bytes
 from gateway.app import create_app, internal_app
 from gateway.settings import GatewaySettings
+from gateway.storage import StoreUnavailable
 from protos.drtech.v1 import auth_pb2, diagnosis_pb2
 
 PAGES = ["/", "/signup", "/login", "/models"]
@@ -302,15 +303,18 @@ def _stored(settings: GatewaySettings) -> list[str]:
 def test_an_upload_whose_heatmap_cannot_be_stored_leaves_no_image_behind(
     client: TestClient, settings: GatewaySettings, chest_model: None
 ) -> None:
-    """A failed heatmap write (disk full) must not leave a medical image that no record names."""
+    """A failed heatmap write (disk full) must not leave a medical image that no record names, and the
+    client is told to come back (503), not that the server broke (500)."""
     def disk_full(data: bytes) -> str:
-        raise OSError(28, "No space left on device")
+        raise StoreUnavailable("No space left on device")   # what LocalBlobStore.put raises then
 
     client.app.state.gateway.heatmaps.put = disk_full
     upload = png_bytes(Image.new("RGB", (32, 32), (10, 20, 30)))
-    with pytest.raises(OSError, match="No space left"):     # the client sees a 500
-        client.post("/api/v1/diagnoses", params={"explain": "true"}, files={"file": ("x.png", upload)},
-                    data={"exam_type": "chest_xray"}, headers={"Authorization": f"Bearer {LIVE_TOKEN}"})
+    reply = client.post("/api/v1/diagnoses", params={"explain": "true"}, files={"file": ("x.png", upload)},
+                        data={"exam_type": "chest_xray"}, headers={"Authorization": f"Bearer {LIVE_TOKEN}"})
+    assert reply.status_code == 503, reply.text
+    assert reply.headers["Retry-After"] == "30"
+    assert "No space left on device" in reply.json()["detail"]
     assert _stored(settings) == []
     assert client.get("/api/v1/diagnoses", headers={"Authorization": f"Bearer {LIVE_TOKEN}"}).json()["total"] == 0
 

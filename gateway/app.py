@@ -195,6 +195,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         try:
             async with anyio.create_task_group() as background:
                 background.start_soon(audit.purge_periodically, ctx)
+                background.start_soon(diagnoses.forget_pending_periodically, ctx)
                 try:
                     yield
                 finally:

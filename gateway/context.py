@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 from fastapi import Request
@@ -13,7 +13,7 @@ from gateway.errors import ApiError
 from gateway.grpc_clients import Backends
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
-from gateway.storage import BlobStore
+from gateway.storage import BlobStore, PendingForgets
 from gateway.upload_queue import UploadQueue
 
 
@@ -32,6 +32,8 @@ class GatewayContext:
     upload_slots: anyio.CapacityLimiter
     # Upload bodies received or waiting for an upload slot, bounded (accounts.AuthenticateUploadsFirst).
     upload_queue: UploadQueue
+    # Blobs to forget once the records database answers again (gateway.diagnoses._forget_quietly).
+    pending_forgets: PendingForgets = field(default_factory=PendingForgets)
 
 
 def client_ip(request: Request) -> str:

@@ -193,8 +193,10 @@ def keep_upload_and_record(
             records.add(session, record)
     except BaseException:
         # No record names the blobs just stored: do not leave a medical image nobody can delete.
-        session.rollback()
-        _forget_quietly(ctx, record.image_sha256, record.heatmap_sha256)
+        try:
+            session.rollback()
+        finally:
+            _forget_quietly(ctx, record.image_sha256, record.heatmap_sha256)
         raise
     with stages.stage("store"):
         _keep_blobs_after_commit(ctx, record, data, heatmap)
@@ -221,11 +223,35 @@ def forget_blobs(ctx: GatewayContext, image_sha: str | None, heatmap_sha: str | 
 
 def _forget_quietly(ctx: GatewayContext, image_sha: str | None, heatmap_sha: str | None) -> None:
     """forget_blobs where its failure must not hide what the caller is handling (the record is already
-    gone, or never came to be): logged, and the blob stays until a later delete of the same bytes."""
+    gone, or never came to be): logged, and tried again in the background (forget_pending_periodically)
+    until the records database answers, so no blob is left that no record names."""
     try:
         forget_blobs(ctx, image_sha, heatmap_sha)
     except Exception:
-        log.exception("could not delete unused blobs image=%s heatmap=%s", image_sha, heatmap_sha)
+        log.exception("could not delete unused blobs image=%s heatmap=%s; trying again in %.0f s",
+                      image_sha, heatmap_sha, ctx.settings.blob_forget_retry_s)
+        ctx.pending_forgets.add(image_sha, heatmap_sha)
+
+
+def forget_pending(ctx: GatewayContext) -> int:
+    """Forget the blobs _forget_quietly could not (the database was unreachable); those that fail again
+    stay pending. Safe at any time: forget_blobs asks the database whether a record names each blob,
+    through the blob protocol (gateway/storage.py). How many stay pending. Blocking."""
+    for image_sha, heatmap_sha in ctx.pending_forgets.take():
+        try:
+            forget_blobs(ctx, image_sha, heatmap_sha)
+        except Exception as error:  # noqa: BLE001 - still unreachable: next time
+            log.warning("still cannot delete unused blobs image=%s heatmap=%s: %s", image_sha, heatmap_sha, error)
+            ctx.pending_forgets.add(image_sha, heatmap_sha)
+    return len(ctx.pending_forgets)
+
+
+async def forget_pending_periodically(ctx: GatewayContext) -> None:
+    """forget_pending every `blob_forget_retry_s` until cancelled."""
+    while True:
+        await anyio.sleep(ctx.settings.blob_forget_retry_s)
+        if len(ctx.pending_forgets):
+            await run_in_threadpool(forget_pending, ctx)
 
 
 def store_unavailable(error: StoreUnavailable) -> ApiError:

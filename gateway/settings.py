@@ -108,6 +108,10 @@ class GatewaySettings(BaseSettings):
     pending_uploads: int = Field(default=64, ge=1)
     upload_queue_bytes: int = Field(default=384 * MIB, ge=1024)
 
+    # A blob whose record is gone, or never came to be, while the records database was unreachable is
+    # deleted once the database answers again, tried this often (gateway.diagnoses).
+    blob_forget_retry_s: float = Field(default=10.0, gt=0)
+
     # gRPC deadlines, seconds. Every call has one.
     auth_timeout_s: float = Field(default=5.0, gt=0)
     diagnose_timeout_s: float = Field(default=30.0, gt=0)

@@ -29,6 +29,7 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -61,6 +62,32 @@ def _sharded(digest: str) -> str:
 class StoreUnavailable(Exception):
     """A blob could not be written for want of the store, not of the request (the disk is full, a
     quota is reached, the volume went read-only): the request can be tried again later."""
+
+
+class PendingForgets:
+    """Blobs whose record is gone, or never came to be, but which could not be forgotten then (the
+    records database was unreachable, so nobody could ask whether another record names the same
+    bytes): (image digest, heatmap digest) pairs, tried again in the background
+    (gateway.diagnoses.forget_pending_periodically). Thread-safe; kept in memory, so a gateway that
+    stops before the database comes back leaves them for a later delete of the same bytes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pairs: set[tuple[str | None, str | None]] = set()
+
+    def add(self, image_sha: str | None, heatmap_sha: str | None) -> None:
+        with self._lock:
+            self._pairs.add((image_sha, heatmap_sha))
+
+    def take(self) -> list[tuple[str | None, str | None]]:
+        """Every pending pair, now no longer pending (add back those that fail again)."""
+        with self._lock:
+            pairs, self._pairs = list(self._pairs), set()
+        return pairs
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pairs)
 
 
 @dataclass

@@ -193,7 +193,11 @@ def test_the_auth_service_stopped_answers_503_and_keeps_nothing(stack: Stack, tm
 
             # Back on its address with its database: the same session works again.
             auth = start_auth(stack_auth_settings(tmp_path / "auth").model_copy(update={"port": auth.port}))
-            after = upload(gateway.url, headers, seed=3)
+            for _ in range(60):   # the gateway's channel reconnects after gRPC's backoff (seconds)
+                after = upload(gateway.url, headers, seed=3)
+                if after.status_code != 503:
+                    break
+                time.sleep(1)
             assert after.status_code == 201, after.text
     finally:
         auth.stop(0)
@@ -225,7 +229,9 @@ def test_the_records_database_unreachable_answers_503_and_leaves_no_orphan(
         proxy = CuttableProxy(url.host or "127.0.0.1", url.port or 5432)
         through_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
         try:
-            with gateway_on(stack, home, database_url=through_proxy) as gateway:
+            # The blobs stored for uploads whose record could not be written are deleted once the
+            # database answers again, looked for this often.
+            with gateway_on(stack, home, database_url=through_proxy, blob_forget_retry_s=0.2) as gateway:
                 headers = signed_in(gateway.url)
                 accepted = [upload(gateway.url, headers, seed=5)]
                 proxy.cut()
@@ -239,6 +245,10 @@ def test_the_records_database_unreachable_answers_503_and_leaves_no_orphan(
                     assert_unavailable(reply, "database")
                 assert listing.status_code == 503, listing.text
                 assert [reply.status_code for reply in accepted] == [201, 201], [r.text for r in accepted]
+                for _ in range(300):   # the background retry's turn comes (0.2 s apart; 60 s at most)
+                    if stored_blobs(home) == named_blobs(direct):
+                        break
+                    time.sleep(0.2)
                 assert_nothing_lost(home, direct, [reply.json()["id"] for reply in accepted])
         finally:
             proxy.close()

@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from sqlalchemy.exc import OperationalError
 
+from gateway import diagnoses, records
 from gateway.accounts import declared_body_bytes
 from gateway.app import create_app, internal_app
 from gateway.settings import GatewaySettings
@@ -317,6 +319,32 @@ def test_an_upload_whose_heatmap_cannot_be_stored_leaves_no_image_behind(
     assert "No space left on device" in reply.json()["detail"]
     assert _stored(settings) == []
     assert client.get("/api/v1/diagnoses", headers={"Authorization": f"Bearer {LIVE_TOKEN}"}).json()["total"] == 0
+
+
+def test_an_upload_whose_record_cannot_be_written_leaves_no_image_once_the_database_is_back(
+    client: TestClient, settings: GatewaySettings, chest_model: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records database gone between the model's answer and the record's commit: 503, and the
+    stored blobs, which nobody could then ask about, are deleted once the database answers again."""
+    down = OperationalError("INSERT INTO diagnoses", {}, ConnectionRefusedError("database unreachable"))
+
+    def unreachable(*args: object, **kwargs: object) -> bool:
+        raise down
+
+    with monkeypatch.context() as outage:
+        for name in ("add", "image_in_use", "heatmap_in_use"):
+            outage.setattr(records, name, unreachable)
+        upload = png_bytes(Image.new("RGB", (32, 32), (10, 20, 30)))
+        reply = client.post("/api/v1/diagnoses", params={"explain": "true"}, files={"file": ("x.png", upload)},
+                            data={"exam_type": "chest_xray"}, headers={"Authorization": f"Bearer {LIVE_TOKEN}"})
+        assert reply.status_code == 503, reply.text
+        assert reply.headers["Retry-After"] == "5"
+        assert len(_stored(settings)) == 1   # not deleted yet: no one could say no record names it
+        assert diagnoses.forget_pending(client.app.state.gateway) == 1   # still unreachable: pending
+
+    assert diagnoses.forget_pending(client.app.state.gateway) == 0
+    assert _stored(settings) == []
+    assert sorted(p.name for p in settings.heatmaps_dir.rglob("*") if p.is_file()) == []
 
 
 def test_a_stored_image_ignores_range_and_comes_whole(

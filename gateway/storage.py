@@ -178,7 +178,14 @@ class LocalBlobStore:
             os.rename(target, aside)
         except FileNotFoundError:
             return False
-        if in_use():
+        try:
+            used = in_use()
+        except BaseException:
+            # The database could not say: a record may name the blob, so it goes back (the caller
+            # tries again later, gateway.diagnoses.forget_pending).
+            os.replace(aside, target)
+            raise
+        if used:
             # The record was committed after our first check; its writer may already have put the
             # same bytes back, which replacing them again leaves unchanged.
             os.replace(aside, target)
@@ -269,6 +276,12 @@ class S3BlobStore:
             raise
         return True
 
+    def _put_back(self, key: str, aside: str) -> None:
+        # As LocalBlobStore: copying back over bytes a writer may already have put again leaves them
+        # unchanged (same name, same content).
+        self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": aside})
+        self.client.delete_object(Bucket=self.bucket, Key=aside)
+
     def delete_unused(self, digest: str, in_use: Callable[[], bool]) -> bool:
         key = self.key_for(digest)
         aside = f"{self.prefix}deleting/{digest}-{uuid.uuid4().hex}"
@@ -279,11 +292,13 @@ class S3BlobStore:
                 return False
             raise
         self.client.delete_object(Bucket=self.bucket, Key=key)
-        if in_use():
-            # As LocalBlobStore: a record appeared; copying back over bytes its writer may already
-            # have put again leaves them unchanged (same name, same content).
-            self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": aside})
-            self.client.delete_object(Bucket=self.bucket, Key=aside)
+        try:
+            used = in_use()
+        except BaseException:
+            self._put_back(key, aside)   # as LocalBlobStore: the database could not say
+            raise
+        if used:
+            self._put_back(key, aside)
             return False
         self.client.delete_object(Bucket=self.bucket, Key=aside)
         return True

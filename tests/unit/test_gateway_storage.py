@@ -100,6 +100,21 @@ def test_delete_unused_deletes_a_blob_no_record_names(backend: Backend) -> None:
         store.get(digest)
 
 
+def test_a_delete_the_database_cannot_answer_for_keeps_the_blob(backend: Backend) -> None:
+    """The records database fails between the move aside and the second look: a record may name the
+    blob, so it is put back (and the caller tries again later), never left aside or lost."""
+    store = backend.store
+    digest = store.put(b"scan")
+
+    def unreachable() -> bool:
+        raise ConnectionError("records database unreachable")
+
+    with pytest.raises(ConnectionError):
+        store.delete_unused(digest, unreachable)
+    assert store.get(digest) == b"scan"
+    assert backend.everything() == [backend.location(digest)], "no aside copy left"
+
+
 def test_a_record_committed_while_the_blob_is_being_deleted_keeps_it(backend: Backend) -> None:
     """The race between deleting one record and storing the same bytes for another: the writer's
     `put` found the blob (and wrote nothing), then committed its record before the deleter's second

@@ -23,6 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.settings import GatewaySettings
 from protos.drtech.v1 import auth_pb2, auth_pb2_grpc, diagnosis_pb2, diagnosis_pb2_grpc
+from services.core.tls import InternalTLS, InternalTLSSettings
+from services.core.tls import load as load_internal_tls
 
 # exam_type -> the model service's short name (used in /readyz and logs).
 MODEL_SERVICES: dict[str, str] = {"bone_xray": "bone", "skin_lesion": "skin", "chest_xray": "pneumonia"}
@@ -96,9 +98,14 @@ def channel_options(max_message_bytes: int, dns_min_interval_s: float) -> list[t
     ]
 
 
-def open_channel(address: str, max_message_bytes: int, dns_min_interval_s: float) -> grpc.aio.Channel:
+def open_channel(address: str, max_message_bytes: int, dns_min_interval_s: float,
+                 tls: InternalTLS | None = None) -> grpc.aio.Channel:
+    """A channel to a backend: mutual TLS with `tls` (DRTECH_INTERNAL_MTLS), plaintext without. The
+    server's certificate must name the host of `address` (a SAN: the service name, or 127.0.0.1)."""
     options = channel_options(max_message_bytes, dns_min_interval_s)
-    return grpc.aio.insecure_channel(channel_target(address), options=options)
+    if tls is None:
+        return grpc.aio.insecure_channel(channel_target(address), options=options)
+    return grpc.aio.secure_channel(channel_target(address), tls.channel_credentials(), options=options)
 
 
 @dataclass
@@ -130,9 +137,12 @@ def public_state(state: str) -> str:
 class Backends:
     """The auth service and every model service. Must be created inside the running event loop."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, tls_settings: InternalTLSSettings | None = None) -> None:
+        # Raises ValueError naming the file when DRTECH_INTERNAL_MTLS is on and a file is missing.
+        tls = load_internal_tls("gateway", tls_settings)
+
         def channel(address: str) -> grpc.aio.Channel:
-            return open_channel(address, settings.max_message_bytes, settings.grpc_dns_min_interval_s)
+            return open_channel(address, settings.max_message_bytes, settings.grpc_dns_min_interval_s, tls)
 
         self.auth_backend = Backend("auth", settings.auth_addr, channel(settings.auth_addr))
         self.model_backends: dict[str, Backend] = {

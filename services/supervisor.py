@@ -30,6 +30,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.core.logs import configure_logging
+from services.core.tls import COMPONENTS, InternalTLS, InternalTLSSettings, ensure_certificates, secure_channel
+from services.core.tls import load as load_internal_tls
 
 log = configure_logging("supervisor")
 
@@ -144,12 +146,33 @@ def _child_env(comps: list[Component]) -> dict[str, str]:
 
 
 def _grpc_serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
+    # With DRTECH_INTERNAL_MTLS the supervisor checks health as a client of the internal CA.
+    with secure_channel(address, _probe_tls) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
         except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+_probe_tls: InternalTLS | None = None   # the supervisor's client certificate (prepare_internal_tls)
+
+
+def prepare_internal_tls(home: Path) -> None:
+    """With DRTECH_INTERNAL_MTLS on: a throwaway CA and a certificate per component under
+    $home/tls, created where missing (the supervisor's own for its health checks among them)."""
+    global _probe_tls
+    settings = InternalTLSSettings(DRTECH_HOME=home)
+    if not settings.mtls:
+        return
+    if settings.tls_cert or settings.tls_key or settings.tls_ca:
+        # One file set for every process cannot be right: each needs its own certificate.
+        raise SystemExit("make run: unset DRTECH_INTERNAL_TLS_CERT/_KEY/_CA; with DRTECH_INTERNAL_MTLS it "
+                         "creates a certificate per component under DRTECH_HOME/tls")
+    written = ensure_certificates(home, (*COMPONENTS, "supervisor"))
+    if written:
+        log.info("internal mTLS: created %d certificate files under %s", len(written), home / "tls")
+    _probe_tls = load_internal_tls("supervisor", settings)
 
 
 def _http_ready(url: str) -> bool:
@@ -183,6 +206,7 @@ class Supervisor:
         if self._env is None:
             self._env = _child_env(self.comps)
             Path(self._env["DRTECH_HOME"]).mkdir(parents=True, exist_ok=True)
+            prepare_internal_tls(Path(self._env["DRTECH_HOME"]))
         # services.with_parent: a child ends if the supervisor is killed outright. No preexec_fn:
         # it runs gRPC's fork handlers in the forked copy of this process (see that module).
         return subprocess.Popen(

@@ -35,6 +35,8 @@ from services.auth.database import (
 from services.auth.interceptor import DomainErrorInterceptor
 from services.auth.servicer import AuthServicer
 from services.auth.settings import AuthSettings
+from services.core.tls import InternalTLSSettings, add_port
+from services.core.tls import load as load_internal_tls
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +138,14 @@ def build_accounts(settings: AuthSettings, engine: Engine) -> Accounts:
     )
 
 
-def start_server(settings: AuthSettings | None = None) -> AuthServer:
+def start_server(settings: AuthSettings | None = None,
+                 tls_settings: InternalTLSSettings | None = None) -> AuthServer:
     """Bind, serve NOT_SERVING, migrate the database, then report SERVING and return.
 
     Raises when the port cannot be bound or the database cannot be reached or migrated.
     """
     settings = settings or AuthSettings()
+    tls = load_internal_tls("auth", tls_settings)   # before the engine: a bad file leaks nothing
     engine = make_engine(settings.database_url, settings.db_pool_size, settings.db_max_overflow,
                          settings.db_pool_timeout_s)
     ready = threading.Event()  # AuthService calls get UNAVAILABLE until the database is migrated
@@ -167,7 +171,7 @@ def start_server(settings: AuthSettings | None = None) -> AuthServer:
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    port = add_port(server, f"{settings.host}:{settings.port}", tls)   # mTLS with DRTECH_INTERNAL_MTLS
     if port == 0:
         engine.dispose()
         raise OSError(f"could not bind {settings.host}:{settings.port}")

@@ -33,6 +33,8 @@ from services.core.runtime import ModelContractError
 from services.core.service import DiagnosisServicer, load_model
 from services.core.settings import ServingSettings
 from services.core.spec import TaskSpec
+from services.core.tls import InternalTLS, InternalTLSSettings, add_port
+from services.core.tls import load as load_internal_tls
 
 DIAGNOSIS_SERVICE = diagnosis_pb2.DESCRIPTOR.services_by_name["DiagnosisService"].full_name
 # Health is reported for the whole server ("") and for the service by name.
@@ -120,13 +122,20 @@ def start_server(
     port: int | None = None,
     host: str | None = None,
     load: bool = True,
+    tls_settings: InternalTLSSettings | None = None,
 ) -> RunningServer:
     """Start the task's gRPC server (port 0 = a free port). With `load`, return only once SERVING.
 
     With load=False the server listens but reports NOT_SERVING and answers UNAVAILABLE until
     `RunningServer.load_model()` is called; `serve` uses that so probes see it come up.
+    With DRTECH_INTERNAL_MTLS on (`tls_settings`, default from the environment) every port it
+    serves gRPC on, the health port included, takes only mutual-TLS callers (services/core/tls.py).
     """
     settings = settings or ServingSettings()
+    try:
+        tls = load_internal_tls(spec.task, tls_settings)
+    except ValueError as error:
+        raise OSError(str(error)) from None
     if settings.model_dir is not None:
         spec = replace(spec, model_dir=settings.model_dir)
     host = host if host is not None else settings.host
@@ -148,13 +157,14 @@ def start_server(
     reflection.enable_server_reflection(
         (DIAGNOSIS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound = _bind(server, _address(host, port), "listen on")
+    bound = _bind(server, _address(host, port), "listen on", tls)
     server.start()
 
     health_server = None
     if settings.health_port:
         try:
-            health_server = _start_health_server(spec, health_servicer, _address(host, settings.health_port))
+            health_server = _start_health_server(spec, health_servicer, _address(host, settings.health_port),
+                                                 tls)
         except OSError:
             server.stop(0)
             raise
@@ -181,22 +191,23 @@ def start_server(
     return running
 
 
-def _start_health_server(spec: TaskSpec, health_servicer: health.HealthServicer, address: str) -> grpc.Server:
+def _start_health_server(spec: TaskSpec, health_servicer: health.HealthServicer, address: str,
+                         tls: InternalTLS | None) -> grpc.Server:
     """A gRPC server on `address` with only the Health service (the same servicer, so the same
     statuses) and two threads of its own, which Diagnose calls never hold."""
     server = grpc.server(ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{spec.task}-health"),
                          options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    _bind(server, address, "serve health on")
+    _bind(server, address, "serve health on", tls)
     server.start()
     return server
 
 
-def _bind(server: grpc.Server, address: str, purpose: str) -> int:
+def _bind(server: grpc.Server, address: str, purpose: str, tls: InternalTLS | None) -> int:
     """The port bound; OSError naming `purpose` and the address when it cannot be (grpcio raises or
     returns 0, depending on the version)."""
     try:
-        bound = server.add_insecure_port(address)
+        bound = add_port(server, address, tls)
     except RuntimeError as error:
         raise OSError(f"cannot {purpose} {address}: {error} (is the port in use?)") from None
     if not bound:

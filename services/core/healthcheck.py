@@ -35,7 +35,8 @@ def check(target: str, service: str = "", component: str = "probe", timeout_s: f
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.core.healthcheck", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m services.core.healthcheck",
+                                     description="gRPC health check over the internal mTLS")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--service", default="", help="the health service name ('' = the whole server)")

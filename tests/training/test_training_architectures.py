@@ -44,7 +44,7 @@ def _trainable_mask(model) -> list[bool]:
 def test_registry_names_task_input_size_and_preprocessing_of_each():
     assert set(ARCHITECTURES) == {
         "bone_mobilenet_v1", "bone_vgg_scratch", "skin_cnn_75x100", "skin_inception_resnet_v2",
-        "pneumonia_cnn_5block", "pneumonia_cnn_5block_he", "mobilenet_v2_finetuned",
+        "pneumonia_cnn_5block", "pneumonia_cnn_5block_he", "mobilenet_v2_finetuned", "efficientnet_lite2_finetuned",
     }
     assert ARCHITECTURES["skin_cnn_75x100"].input_size == (100, 75)          # (width, height)
     assert ARCHITECTURES["pneumonia_cnn_5block"].input_size == (150, 150)

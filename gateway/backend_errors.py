@@ -5,8 +5,24 @@ from __future__ import annotations
 import grpc
 
 from gateway.errors import ApiError
+from services.core.errors import ERROR_REASON_KEY, UnsupportedMediaType
 
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+
+
+def image_refusal_status(reason: str) -> int:
+    """The HTTP status of a refused image, from its reason (services/core/errors.py): 415 for a type
+    not accepted, 422 for any other (unreadable, out of limits, not what the model reads). The one
+    mapping for the gateway's own upload check and the model services' refusals alike."""
+    return 415 if reason == UnsupportedMediaType.reason else 422
+
+
+def refusal_reason(error: grpc.aio.AioRpcError) -> str:
+    """The reason a model service's refusal carries in its trailing metadata ("" without one)."""
+    for key, value in error.trailing_metadata() or ():
+        if key == ERROR_REASON_KEY:
+            return str(value)
+    return ""
 
 
 def is_unreachable(error: grpc.aio.AioRpcError) -> bool:

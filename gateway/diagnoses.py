@@ -5,9 +5,10 @@ Policy (documented in the README):
   syntax), without decoding pixels, which the model service does anyway: not JPEG/PNG/DICOM -> 415,
   unreadable header or out of limits -> 422, nothing stored in either case. Pixel data that turn out
   corrupt are refused by the model service (below) -> 422, and nothing is stored.
-- A model service that rejects the image (INVALID_ARGUMENT, e.g. too small) -> 422 with its
-  message; neither a record nor the upload is kept (the upload is stored only after the model
-  service has answered, together with its record).
+- A model service that rejects the image (INVALID_ARGUMENT, e.g. too small) -> 415 or 422 by the
+  reason in its trailing metadata (gateway/backend_errors.py), with its message; neither a record
+  nor the upload is kept (the upload is stored only after the model service has answered, together
+  with its record).
 - A model service that cannot answer (UNAVAILABLE, DEADLINE_EXCEEDED, or any other failure) ->
   201 with status "failed" and a `detail`; the upload is kept and POST .../{id}/retry runs it again.
 """
@@ -33,7 +34,7 @@ from sqlalchemy.orm import Session
 from gateway import audit, records
 from gateway.accounts import Caller, CallerDep, ContextDep
 from gateway.auto_routing import classify_exam_type
-from gateway.backend_errors import is_unreachable
+from gateway.backend_errors import image_refusal_status, is_unreachable, refusal_reason
 from gateway.context import GatewayContext
 from gateway.errors import ApiError, ClientGone, invalid_fields
 from gateway.grpc_clients import MODEL_SERVICES
@@ -128,7 +129,7 @@ async def run_model(ctx: GatewayContext, record: Diagnosis, data: bytes) -> byte
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
             message = error.details() or "the model service rejected the image"
-            status = 415 if message.lower().startswith("unsupported media type") else 422
+            status = image_refusal_status(refusal_reason(error))
             raise ApiError(status, f"The {service} model cannot use this image: {message}") from None
         reason = "is unavailable" if is_unreachable(error) else "failed"
         log.warning(

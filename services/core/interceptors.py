@@ -20,9 +20,15 @@ from typing import Any
 import grpc
 
 from services.core import metrics
-from services.core.errors import InvalidImage, ModelNotReady, ServiceBusy, UnsupportedMediaType, WrongKindOfImage
+from services.core.errors import (
+    ERROR_REASON_KEY,
+    InvalidImage,
+    ModelNotReady,
+    ServiceBusy,
+    UnsupportedMediaType,
+    WrongKindOfImage,
+)
 
-ERROR_REASON_KEY = "drtech-error-reason"
 REQUEST_ID_KEY = "x-request-id"
 
 logger = logging.getLogger(__name__)
@@ -30,12 +36,10 @@ logger = logging.getLogger(__name__)
 
 def map_error(error: Exception) -> tuple[grpc.StatusCode, str, str]:
     """(status code, reason, message the caller sees) for an exception a handler raised."""
-    if isinstance(error, UnsupportedMediaType):
-        return grpc.StatusCode.INVALID_ARGUMENT, "unsupported_media_type", str(error)
-    if isinstance(error, WrongKindOfImage):
-        return grpc.StatusCode.INVALID_ARGUMENT, "wrong_image_kind", str(error)
+    if isinstance(error, (UnsupportedMediaType, WrongKindOfImage)):
+        return grpc.StatusCode.INVALID_ARGUMENT, error.reason, str(error)   # the message names the refusal
     if isinstance(error, InvalidImage):
-        return grpc.StatusCode.INVALID_ARGUMENT, "invalid_image", f"invalid image: {error}"
+        return grpc.StatusCode.INVALID_ARGUMENT, error.reason, f"invalid image: {error}"
     if isinstance(error, ModelNotReady):
         return grpc.StatusCode.UNAVAILABLE, "model_not_ready", str(error) or "the model is not ready yet"
     if isinstance(error, ServiceBusy):

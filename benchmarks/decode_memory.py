@@ -4,7 +4,7 @@
 
 Builds a JPEG-baseline colour DICOM of side x side pixels (about 1 MB at 8000: 64 M pixels, the
 largest accepted) and has `--threads` threads (a model service's gRPC workers) each decode it
-`--rounds` times with Diagnose's own steps (read_header, read_image, to_model_input). Three variants,
+`--rounds` times with Diagnose's own steps (inspect_image, decode, to_model_input). Three variants,
 each in a fresh process so peak RSS is its own: no budget (every thread decodes at once), the pixel
 budget alone (services/core/pixel_budget.py, one image of this size at a time), and the budget with
 free memory given back after each image (services/core/memory.py). Prints one JSON line per variant:
@@ -38,7 +38,7 @@ def _resident_mib() -> float:
 
 
 def run_variant(variant: str, path: Path, threads: int, rounds: int) -> dict:
-    from services.core.imaging import read_header, read_image
+    from services.core.imaging import decode, inspect_image
     from services.core.memory import release_after
     from services.core.pixel_budget import PixelBudget
     from services.core.preprocessing import to_model_input
@@ -49,10 +49,10 @@ def run_variant(variant: str, path: Path, threads: int, rounds: int) -> dict:
 
     def worker() -> None:
         for _ in range(rounds):
-            header = read_header(data)
+            header = inspect_image(data)
             pixels = header.width * header.height
             with budget.hold(pixels):
-                decoded = read_image(data, None, draft_size=(448, 448))
+                decoded = decode(header, draft_size=(448, 448))
                 to_model_input(decoded.image, (224, 224))
                 del decoded
                 if variant == "budget + release":

@@ -1,10 +1,10 @@
 """Diagnoses: upload an image, have the right model service classify it, keep the record.
 
 Policy (documented in the README):
-- The upload is sniffed and its header checked here first (type, size limits, DICOM transfer
-  syntax), without decoding pixels, which the model service does anyway: not JPEG/PNG/DICOM -> 415,
-  unreadable header or out of limits -> 422, nothing stored in either case. Pixel data that turn out
-  corrupt are refused by the model service (below) -> 422, and nothing is stored.
+- The upload is inspected here once (type, size limits, DICOM transfer syntax and routing tags),
+  without decoding pixels, which the model service does anyway: not JPEG/PNG/DICOM -> 415,
+  unreadable header or out of limits -> 422, nothing stored in either case. Pixel data that turn
+  out corrupt are refused by the model service (below) -> 422, and nothing is stored.
 - A model service that rejects the image (INVALID_ARGUMENT, e.g. too small) -> 415 or 422 by the
   reason in its trailing metadata (gateway/backend_errors.py), with its message; neither a record
   nor the upload is kept (the upload is stored only after the model service has answered, together
@@ -44,8 +44,8 @@ from gateway.serialization import clean_extra, diagnosis_json, struct_to_dict
 from gateway.storage import StoreUnavailable, sha256_hex
 from gateway.whole_file import WholeBlobResponse
 from protos.drtech.v1 import diagnosis_pb2
-from services.core.errors import InvalidImage, UnsupportedMediaType
-from services.core.imaging import DICOM, ImageLimits, decode_image, dicom_routing_tags, read_header
+from services.core.errors import InvalidImage
+from services.core.imaging import DICOM, ImageLimits, Inspection, decode, inspect_image
 from services.core.memory import release_after
 
 log = logging.getLogger("gateway.diagnoses")
@@ -92,25 +92,25 @@ def read_spooled_upload(upload: UploadFile, max_bytes: int) -> bytes:
     return _sized(upload.file.read(max_bytes + 1), max_bytes)
 
 
-def check_image(data: bytes, max_bytes: int) -> str:
-    """The sniffed media type of an upload whose header passes; 415 or 422 otherwise. Blocking.
+def check_image(data: bytes, limits: ImageLimits) -> Inspection:
+    """The inspection (type, size, DICOM routing tags) of an upload whose header passes; 415 or 422
+    otherwise. Blocking.
 
     Pixels are not decoded here: the model service decodes them once (a 1024x1024 JPEG: ~5 ms
     of gateway CPU per upload saved).
     """
     try:
-        decoded = read_header(data, None, ImageLimits(max_bytes=max_bytes))
-    except UnsupportedMediaType as error:
-        raise ApiError(415, f"Unsupported file: {error}.") from None
+        return inspect_image(data, None, limits)
     except InvalidImage as error:
-        raise ApiError(422, f"The image cannot be used: {error}.") from None
-    return decoded.media_type
+        status = image_refusal_status(error.reason)
+        prefix = "Unsupported file" if status == 415 else "The image cannot be used"
+        raise ApiError(status, f"{prefix}: {error}.") from None
 
 
-def timed_check_image(ctx: GatewayContext, data: bytes, max_bytes: int) -> str:
+def timed_check_image(ctx: GatewayContext, data: bytes) -> Inspection:
     """check_image, its CPU counted as the stage "check_upload". Blocking."""
     with ctx.metrics.stage_cpu.stage("check_upload"):
-        return check_image(data, max_bytes)
+        return check_image(data, ImageLimits(max_bytes=ctx.settings.max_upload_bytes))
 
 
 async def run_model(ctx: GatewayContext, record: Diagnosis, data: bytes) -> bytes | None:
@@ -305,10 +305,11 @@ async def upload_slot(ctx: GatewayContext, request: Request) -> AsyncIterator[No
 async def _diagnose_upload(
     ctx: GatewayContext, request: Request, user_id: str, file: UploadFile, exam_type: str, explain: bool
 ) -> dict[str, Any]:
-    max_bytes = ctx.settings.max_upload_bytes
-    data = await read_upload(file, max_bytes)
-    media_type = await run_in_threadpool(timed_check_image, ctx, data, max_bytes)
-    tags = await run_in_threadpool(dicom_routing_tags, data) if media_type == DICOM else {}
+    data = await read_upload(file, ctx.settings.max_upload_bytes)
+    inspection = await run_in_threadpool(timed_check_image, ctx, data)
+    # Only what routing needs is kept: the opened file (a parsed DICOM holds its pixel data) is not.
+    media_type, tags = inspection.media_type, inspection.routing_tags
+    del inspection
     record_id = str(uuid.uuid4())
     try:
         chosen = choose_exam_type(exam_type, media_type, tags)
@@ -456,13 +457,18 @@ async def delete_diagnosis(diagnosis_id: str, request: Request, caller: CallerDe
 RENDER_REVISION = 1
 
 
-def render_png(data: bytes, max_side: int | None = None, limits: ImageLimits | None = None) -> bytes:
+def render_png(
+    data: bytes | Inspection, max_side: int | None = None, limits: ImageLimits | None = None
+) -> bytes:
     """A PNG of the decoded image (at most `max_side` px a side when given); 422 when the pixels
     cannot be decoded (a truncated PNG, a DICOM with less pixel data than its header says), which
-    the header check alone does not catch. `limits`: the upload limits the image was accepted
-    under (default: the serving defaults). Blocking."""
+    the header check alone does not catch. `data`: stored bytes, or an upload check_image inspected
+    (decoded from there, not opened again). `limits`: the upload limits the image was accepted
+    under (default: ImageLimits' own). Blocking."""
     try:
-        image = decode_image(data, limits=limits or ImageLimits())
+        inspection = (data if isinstance(data, Inspection)
+                      else inspect_image(data, None, limits or ImageLimits()))
+        image = decode(inspection).image   # decode lets go of the opened file
     except InvalidImage as error:
         raise ApiError(422, f"The image cannot be shown: {error}.") from None
     pixels = image.width * image.height
@@ -476,10 +482,13 @@ def render_png(data: bytes, max_side: int | None = None, limits: ImageLimits | N
 
 
 async def rendered_png(
-    ctx: GatewayContext, data: bytes | Callable[[], bytes], max_side: int | None = None
+    ctx: GatewayContext,
+    data: bytes | Inspection | Callable[[], bytes | Inspection],
+    max_side: int | None = None,
 ) -> bytes:
     """render_png in a worker thread, at most `settings.concurrent_renders` at a time. `data` may be a
-    function that reads the bytes, so a stored upload is only loaded once its render's turn comes."""
+    function that reads the bytes (or inspects them), so an upload is only loaded once its render's
+    turn comes."""
     limits = ImageLimits(max_bytes=ctx.settings.max_upload_bytes)
 
     def render() -> bytes:

@@ -1,7 +1,7 @@
 """Previews: a PNG of an image the user is about to upload, so a DICOM can be seen before diagnosing.
 
 Browsers cannot show DICOM, so the web UI sends the chosen file here first; the gateway decodes it
-with the same code the model services use (services/core/imaging.py: rescale, VOI LUT/window,
+with the same code the model services use (services/core/imaging/: rescale, VOI LUT/window,
 MONOCHROME1 inverted, first frame) and answers a downscaled PNG. Nothing is stored or logged: the
 file's header (patient name, IDs) never leaves this function.
 """
@@ -14,6 +14,7 @@ from fastapi import APIRouter, File, Response, UploadFile
 
 from gateway.accounts import CallerDep, ContextDep
 from gateway.diagnoses import check_image, read_spooled_upload, rendered_png
+from services.core.imaging import ImageLimits, Inspection
 
 router = APIRouter(prefix="/api/v1")
 
@@ -29,12 +30,11 @@ async def create_preview(
     """A PNG preview (at most 512 px a side) of an upload; 415/422 as for a diagnosis. Nothing is kept."""
     max_bytes = ctx.settings.max_upload_bytes
 
-    def load() -> bytes:
+    def load() -> Inspection:
         # Read (from the spooled body) only when the render's turn comes: a preview waiting for the
-        # render slot holds no upload in memory, and no upload slot that diagnoses need.
-        data = read_spooled_upload(file, max_bytes)
-        check_image(data, max_bytes)
-        return data
+        # render slot holds no upload in memory, and no upload slot that diagnoses need. The render
+        # decodes from this inspection, without opening the file again.
+        return check_image(read_spooled_upload(file, max_bytes), ImageLimits(max_bytes=max_bytes))
 
     preview = await rendered_png(ctx, load, PREVIEW_SIDE)
     return Response(preview, media_type="image/png", headers={"Cache-Control": "no-store"})

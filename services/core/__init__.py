@@ -2,7 +2,8 @@
 
 - `spec.py`          TaskSpec: labels, input size, model folder (no heavy imports; training uses it)
 - `preprocessing.py` image -> model input (training uses it too)
-- `imaging.py`       uploaded bytes -> PIL image: sniffed JPEG/PNG/DICOM, size limits, routing tags
+- `imaging/`         uploaded bytes -> PIL image: inspect (sniffed type, size limits, DICOM routing
+                     tags) then decode from that inspection; one module per format
 - `errors.py`        domain errors: InvalidImage, UnsupportedMediaType, ModelNotReady
 - `runtime.py`       model.onnx in ONNX Runtime, checked against the model file contract
 - `batching.py`      calls that arrive while the model is busy share one run

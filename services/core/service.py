@@ -18,7 +18,7 @@ from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
 from services.core import heatmap, metrics
 from services.core.batching import Batcher
 from services.core.errors import ModelNotReady, ServiceBusy, WrongKindOfImage
-from services.core.imaging import SUPPORTED_MEDIA_TYPES, ImageLimits, read_header, read_image
+from services.core.imaging import SUPPORTED_MEDIA_TYPES, ImageLimits, decode, inspect_image
 from services.core.memory import release_after
 from services.core.pixel_budget import PixelBudget
 from services.core.preprocessing import draft_size_for, to_model_input
@@ -157,19 +157,20 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
         # same model input after the resize in to_model_input.
         draft = draft_size_for(loaded.model.input_size)
         with self.stages.stage("decode"):
-            header = read_header(request.image, request.media_type, self.limits)
-        pixels = header.pixels_to_decode(draft)
+            # The header only; decode() below continues from the file this opened.
+            inspection = inspect_image(request.image, request.media_type, self.limits)
+        pixels = inspection.pixels_to_decode(draft)
         try:
             held = self.decoding.acquire(pixels, timeout=time_left(context))
         except TimeoutError:
             raise ServiceBusy(f"the {self.spec.task} service is decoding other large images; retry shortly") from None
         try:
             with self.stages.stage("decode"):
-                decoded = read_image(request.image, request.media_type, self.limits, draft)
+                decoded = decode(inspection, draft)
             with self.stages.stage("preprocess"):
                 model_input = to_model_input(decoded.image, loaded.model.input_size)
             media_type, original_size = decoded.media_type, (decoded.width, decoded.height)
-            del decoded   # the decoded pixels are freed, and given back, before the budget is
+            del decoded, inspection   # the decoded pixels are freed, and given back, before the budget is
         finally:
             self.decoding.release(held)
             release_after(pixels)

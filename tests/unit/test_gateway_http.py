@@ -714,8 +714,7 @@ def test_image_renders_run_at_most_the_configured_number_at_a_time(monkeypatch: 
     monkeypatch.setattr(diagnoses, "render_png", slow_render)
 
     async def render_many() -> list[bytes]:
-        ctx = SimpleNamespace(renders=anyio.CapacityLimiter(limit),
-                              settings=SimpleNamespace(max_upload_bytes=20 * 1024 * 1024))
+        ctx = SimpleNamespace(renders=anyio.CapacityLimiter(limit), settings=GatewaySettings())
         results: list[bytes] = []
 
         async def one(index: int) -> None:
@@ -772,7 +771,8 @@ def test_an_image_accepted_under_a_raised_upload_limit_can_be_shown(monkeypatch:
     data = big.getvalue()
     assert len(data) > 20 * 1024 * 1024
     ctx = SimpleNamespace(renders=anyio.CapacityLimiter(1),
-                          settings=SimpleNamespace(max_upload_bytes=32 * 1024 * 1024))
+                          settings=GatewaySettings(max_upload_bytes=32 * 1024 * 1024,
+                                                   DRTECH_MAX_MESSAGE_BYTES=33 * 1024 * 1024))
 
     png = anyio.run(diagnoses.rendered_png, ctx, data, 64)
 

@@ -24,8 +24,7 @@ from services.core.imaging import (
     PNG,
     ImageLimits,
     decode_image,
-    dicom_routing_tags,
-    read_header,
+    inspect_image,
     read_image,
     sniff_media_type,
 )
@@ -254,7 +253,7 @@ def test_each_stored_level_maps_as_the_whole_image_would() -> None:
     the result equals mapping every pixel (signed pixels and a VOI window included)."""
     from pydicom import dcmread
 
-    from services.core.imaging import _display_levels, _grey_levels_of
+    from services.core.imaging.dicom import _display_levels, _grey_levels_of
 
     rng = np.random.default_rng(3)
     pixels = rng.integers(100, 3000, size=(40, 50)).astype(np.uint16)
@@ -311,7 +310,7 @@ def test_a_colour_dicom_is_turned_into_rgb_exactly_as_pydicom_does() -> None:
     from pydicom import dcmread
     from pydicom.pixels import pixel_array
 
-    from services.core.imaging import YBR_BAND_ROWS
+    from services.core.imaging.dicom import YBR_BAND_ROWS
 
     rng = np.random.default_rng(7)
     noisy = rng.integers(0, 256, (YBR_BAND_ROWS * 2 + 37, 90, 3), dtype=np.uint8)   # several bands
@@ -387,7 +386,7 @@ def test_a_png_flooded_with_chunks_after_or_among_its_image_data_is_refused(
                "among": png[:first_idat] + flood + png[first_idat:],
                "before": png[:first_idat] + flood + png[first_idat:]}[where]
     with pytest.raises(InvalidImage, match=words):
-        read_header(crafted)
+        inspect_image(crafted)
     fine = png[:first_idat] + png_chunk(chunk, payload) * 2 + png[first_idat:]   # a couple are fine
     assert read_image(fine).image.size == (64, 48)
 
@@ -470,11 +469,11 @@ def _with_empty_private_elements(dicom: bytes, count: int) -> bytes:
 
 def test_a_dicom_flooded_with_elements_is_refused_and_a_few_hundred_still_read() -> None:
     """pydicom builds an object per element: 2.4 M empty ones in 20 MB cost 8 s of CPU a parse."""
-    from services.core.imaging import MAX_DICOM_READS, read_header
+    from services.core.imaging import MAX_DICOM_READS
 
     base = make_dicom(ramp())
     flooded = _with_empty_private_elements(base, MAX_DICOM_READS)
-    for read in (read_header, read_image):
+    for read in (inspect_image, read_image):
         with pytest.raises(InvalidImage, match="too many data elements"):
             read(flooded)
     assert read_image(_with_empty_private_elements(base, 500)).image.size == read_image(base).image.size
@@ -542,7 +541,7 @@ def test_corrupted_uploads_only_ever_raise_invalid_image(kind: str) -> None:
             position = int(rng.integers(0, len(data)))
             data[position:position] = rng.bytes(int(rng.integers(1, 50)))
         try:
-            assert isinstance(dicom_routing_tags(bytes(data)), dict)
+            assert isinstance(inspect_image(bytes(data)).routing_tags, dict)
             decoded = read_image(bytes(data), draft_size=(448, 448))
         except InvalidImage:
             continue
@@ -550,9 +549,9 @@ def test_corrupted_uploads_only_ever_raise_invalid_image(kind: str) -> None:
 
 
 def test_routing_tags_are_modality_and_body_part_only() -> None:
-    tags = dicom_routing_tags(make_dicom(ramp()))
+    tags = inspect_image(make_dicom(ramp())).routing_tags
     assert tags == {"Modality": "CR", "BodyPartExamined": "CHEST"}
-    assert dicom_routing_tags(encode(gradient_rgb(), "PNG")) == {}
+    assert inspect_image(encode(gradient_rgb(), "PNG")).routing_tags == {}
 
 
 def _with_comment_segments(jpeg: bytes, count: int) -> bytes:
@@ -561,12 +560,12 @@ def _with_comment_segments(jpeg: bytes, count: int) -> bytes:
 
 
 def test_a_jpeg_header_flooded_with_segments_is_refused_before_pillow_walks_it():
-    from services.core.imaging import MAX_JPEG_HEADER_SEGMENTS, read_header
+    from services.core.imaging import MAX_JPEG_HEADER_SEGMENTS
 
     good = encode(gradient_rgb(), "JPEG")
     flooded = _with_comment_segments(good, 1_000_000)   # ~4 MB: seconds of Pillow's header loop
     with pytest.raises(InvalidImage, match=f"more than {MAX_JPEG_HEADER_SEGMENTS} segments"):
-        read_header(flooded)
+        inspect_image(flooded)
     with pytest.raises(InvalidImage, match="segments before its image data"):
         read_image(flooded)
 
@@ -580,11 +579,11 @@ def _with_photoshop_segments(jpeg: bytes, count: int) -> bytes:
 
 def test_a_jpeg_flooded_with_photoshop_segments_is_refused_and_a_few_still_read():
     """Pillow parses each APP13 segment's resource blocks in Python (300 segments: ~3 s of CPU)."""
-    from services.core.imaging import MAX_JPEG_APP13_SEGMENTS, read_header
+    from services.core.imaging import MAX_JPEG_APP13_SEGMENTS
 
     good = encode(gradient_rgb(), "JPEG")
     with pytest.raises(InvalidImage, match=f"more than {MAX_JPEG_APP13_SEGMENTS} Photoshop"):
-        read_header(_with_photoshop_segments(good, 300))
+        inspect_image(_with_photoshop_segments(good, 300))
     assert read_image(_with_photoshop_segments(good, 2)).image.size == (64, 48)
 
 
@@ -605,11 +604,11 @@ def _progressive_with_repeated_last_scan(copies: int, side: int = 512) -> bytes:
 
 
 def test_a_progressive_jpeg_flooded_with_scans_is_refused_before_it_is_decoded():
-    from services.core.imaging import MAX_JPEG_SCANS, read_header
+    from services.core.imaging import MAX_JPEG_SCANS
 
     flooded = _progressive_with_repeated_last_scan(5000, side=2048)   # ~200 kB: minutes of decoding
     with pytest.raises(InvalidImage, match=f"more than {MAX_JPEG_SCANS} scans"):
-        read_header(flooded)
+        inspect_image(flooded)
     with pytest.raises(InvalidImage, match="more than .* scans"):
         read_image(flooded)
 
@@ -617,11 +616,10 @@ def test_a_progressive_jpeg_flooded_with_scans_is_refused_before_it_is_decoded()
 def test_a_progressive_jpeg_cut_after_its_first_scan_is_still_counted_whole():
     """libjpeg buffers a progressive frame's coefficients whatever the number of scans: the pixel
     budget must charge it the whole image, not the reduced (draft) size."""
-    from services.core.imaging import read_header
-
+    
     whole = encode(gradient_rgb(1600, 1200), "JPEG", progressive=True)
     second_scan = whole.index(b"\xff\xda", whole.index(b"\xff\xda") + 2)
-    header = read_header(whole[:second_scan] + b"\xff\xd9")   # the first scan, then the end of the image
+    header = inspect_image(whole[:second_scan] + b"\xff\xd9")   # the first scan, then the end of the image
     assert header.multi_scan
     assert header.pixels_to_decode((448, 448)) == 1600 * 1200
 
@@ -629,29 +627,27 @@ def test_a_progressive_jpeg_cut_after_its_first_scan_is_still_counted_whole():
 def test_a_jpeg_whose_first_scan_leaves_components_out_is_counted_whole():
     """libjpeg buffers every coefficient when the first scan carries fewer components than the
     frame (a non-interleaved file), however many scans follow."""
-    from services.core.imaging import read_header
-
+    
     baseline = encode(gradient_rgb(1600, 1200), "JPEG")
     sos = baseline.index(b"\xff\xda")
     assert baseline[sos + 4] == 3                              # Ns: one scan of all three components
     one_component = baseline[:sos + 4] + b"\x01" + baseline[sos + 5:]
-    assert not read_header(baseline).multi_scan
-    header = read_header(one_component)
+    assert not inspect_image(baseline).multi_scan
+    header = inspect_image(one_component)
     assert header.multi_scan and header.pixels_to_decode((448, 448)) == 1600 * 1200
 
 
 def test_the_pixels_to_decode_are_those_of_the_reduced_jpeg_unless_it_has_several_scans():
-    from services.core.imaging import read_header
-
+    
     big = gradient_rgb(2400, 1800)
-    baseline = read_header(encode(big, "JPEG"))
-    progressive = read_header(encode(big, "JPEG", progressive=True))
-    png = read_header(encode(big, "PNG"))
+    baseline = inspect_image(encode(big, "JPEG"))
+    progressive = inspect_image(encode(big, "JPEG", progressive=True))
+    png = inspect_image(encode(big, "PNG"))
     assert (baseline.multi_scan, progressive.multi_scan) == (False, True)
     assert baseline.pixels_to_decode((448, 448)) == 600 * 450      # 1/4 a side: still >= 448 x 448
     assert baseline.pixels_to_decode((224, 224)) == 300 * 225      # 1/8
     assert baseline.pixels_to_decode(None) == 2400 * 1800
-    small = read_header(encode(gradient_rgb(), "JPEG"))            # smaller than the draft size: whole
+    small = inspect_image(encode(gradient_rgb(), "JPEG"))            # smaller than the draft size: whole
     assert small.pixels_to_decode((448, 448)) == 64 * 48
     # A progressive JPEG holds every coefficient of the whole image until its last scan.
     assert progressive.pixels_to_decode((448, 448)) == png.pixels_to_decode((448, 448)) == 2400 * 1800
@@ -673,30 +669,30 @@ def test_junk_between_segments_does_not_hide_the_scans_from_the_count():
 
 
 def test_a_jpeg_header_cannot_hide_a_segment_flood_behind_markers_pillow_reads_without_length():
-    from services.core.imaging import MAX_JPEG_HEADER_JUNK_BYTES, MAX_JPEG_HEADER_SEGMENTS, read_header
+    from services.core.imaging import MAX_JPEG_HEADER_JUNK_BYTES, MAX_JPEG_HEADER_SEGMENTS
 
     jpeg = encode(gradient_rgb(), "JPEG")
     comments = b"\xff\xfe\x00\x02" * 200_000
     # Pillow reads on past an early end-of-image and reads JPGn (0xF0-0xFD) markers without a length.
     for hiding in (b"\xff\xd9", b"\xff\xf0"):
         with pytest.raises(InvalidImage, match=f"more than {MAX_JPEG_HEADER_SEGMENTS} segments"):
-            read_header(jpeg[:2] + hiding + comments + jpeg[2:])
+            inspect_image(jpeg[:2] + hiding + comments + jpeg[2:])
     # Pillow steps over junk and fill bytes in its header one at a time.
     after_app0 = 2 + 2 + int.from_bytes(jpeg[4:6], "big")
     for junk in (b"\x00", b"\xff"):
         with pytest.raises(InvalidImage, match=f"more than {MAX_JPEG_HEADER_JUNK_BYTES} bytes of padding"):
-            read_header(jpeg[:after_app0] + junk * 1_000_000 + jpeg[after_app0:])
+            inspect_image(jpeg[:after_app0] + junk * 1_000_000 + jpeg[after_app0:])
     assert read_image(jpeg[:after_app0] + b"\x00" * 100 + jpeg[after_app0:]).image.size == (64, 48)
 
 
 def test_a_jpeg_flooded_with_segments_after_its_first_scan_is_refused():
-    from services.core.imaging import MAX_JPEG_LATER_SEGMENTS, read_header
+    from services.core.imaging import MAX_JPEG_LATER_SEGMENTS
 
     jpeg = encode(gradient_rgb(), "JPEG", progressive=True)
     end = jpeg.rindex(b"\xff\xd9")
     for filler in (b"\xff\x01", b"\xff\xfe\x00\x02"):          # lengthless markers, empty comments
         with pytest.raises(InvalidImage, match=f"more than {MAX_JPEG_LATER_SEGMENTS} segments after"):
-            read_header(jpeg[:end] + filler * 200_000 + jpeg[end:])
+            inspect_image(jpeg[:end] + filler * 200_000 + jpeg[end:])
     # A long run of fill bytes after the first scan is skipped in one regular-expression step.
     assert read_image(jpeg[:end] + b"\xff" * 2_000_000 + jpeg[end:]).image.size == (64, 48)
 

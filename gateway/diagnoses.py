@@ -2,9 +2,10 @@
 
 Policy (documented in the README):
 - The upload is inspected here once (type, size limits, DICOM transfer syntax and routing tags),
-  without decoding pixels, which the model service does anyway: not JPEG/PNG/DICOM -> 415,
-  unreadable header or out of limits -> 422, nothing stored in either case. Pixel data that turn
-  out corrupt are refused by the model service (below) -> 422, and nothing is stored.
+  against the model services' own limits, without decoding pixels, which the model service does
+  anyway: not JPEG/PNG/DICOM -> 415, unreadable header or out of limits -> 422, nothing stored in
+  either case. Pixel data that turn out corrupt are refused by the model service (below) -> 422,
+  and nothing is stored.
 - A model service that rejects the image (INVALID_ARGUMENT, e.g. too small) -> 415 or 422 by the
   reason in its trailing metadata (gateway/backend_errors.py), with its message; neither a record
   nor the upload is kept (the upload is stored only after the model service has answered, together
@@ -108,9 +109,9 @@ def check_image(data: bytes, limits: ImageLimits) -> Inspection:
 
 
 def timed_check_image(ctx: GatewayContext, data: bytes) -> Inspection:
-    """check_image, its CPU counted as the stage "check_upload". Blocking."""
+    """check_image under the settings' limits, its CPU counted as the stage "check_upload". Blocking."""
     with ctx.metrics.stage_cpu.stage("check_upload"):
-        return check_image(data, ImageLimits(max_bytes=ctx.settings.max_upload_bytes))
+        return check_image(data, ctx.settings.image_limits())
 
 
 async def run_model(ctx: GatewayContext, record: Diagnosis, data: bytes) -> bytes | None:
@@ -489,7 +490,7 @@ async def rendered_png(
     """render_png in a worker thread, at most `settings.concurrent_renders` at a time. `data` may be a
     function that reads the bytes (or inspects them), so an upload is only loaded once its render's
     turn comes."""
-    limits = ImageLimits(max_bytes=ctx.settings.max_upload_bytes)
+    limits = ctx.settings.image_limits()
 
     def render() -> bytes:
         return render_png(data() if callable(data) else data, max_side, limits)

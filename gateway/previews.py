@@ -14,7 +14,7 @@ from fastapi import APIRouter, File, Response, UploadFile
 
 from gateway.accounts import CallerDep, ContextDep
 from gateway.diagnoses import check_image, read_spooled_upload, rendered_png
-from services.core.imaging import ImageLimits, Inspection
+from services.core.imaging import Inspection
 
 router = APIRouter(prefix="/api/v1")
 
@@ -28,13 +28,13 @@ async def create_preview(
     file: Annotated[UploadFile, File(description="JPEG, PNG or DICOM image")],
 ) -> Response:
     """A PNG preview (at most 512 px a side) of an upload; 415/422 as for a diagnosis. Nothing is kept."""
-    max_bytes = ctx.settings.max_upload_bytes
+    max_bytes, limits = ctx.settings.max_upload_bytes, ctx.settings.image_limits()
 
     def load() -> Inspection:
         # Read (from the spooled body) only when the render's turn comes: a preview waiting for the
         # render slot holds no upload in memory, and no upload slot that diagnoses need. The render
         # decodes from this inspection, without opening the file again.
-        return check_image(read_spooled_upload(file, max_bytes), ImageLimits(max_bytes=max_bytes))
+        return check_image(read_spooled_upload(file, max_bytes), limits)
 
     preview = await rendered_png(ctx, load, PREVIEW_SIDE)
     return Response(preview, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from services.core.imaging import ImageLimits
 from services.core.production import database_problem, trusted_proxies_problem
+from services.core.settings import ImageLimitSettings
 
 MIB = 1024 * 1024
 # A Diagnose request carries the upload and a few fields besides (media type, request id, flags).
@@ -18,7 +20,9 @@ _MESSAGE_ROOM = 64 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(ImageLimitSettings):
+    """The image limits (pixels, sides) are the model services' own (ImageLimitSettings)."""
+
     model_config = SettingsConfigDict(env_prefix="DRTECH_GATEWAY_", extra="ignore", populate_by_name=True)
 
     # Shared, unprefixed names (docs/architecture.md).
@@ -209,6 +213,10 @@ class GatewaySettings(BaseSettings):
     def max_request_bytes(self) -> int:
         """The largest request body accepted: the largest upload with its multipart framing."""
         return self.max_upload_bytes + FORM_OVERHEAD_BYTES
+
+    def image_limits(self) -> ImageLimits:
+        """What an upload is checked against here: the model services' limits, with the upload limit."""
+        return self.pixel_limits(self.max_upload_bytes)
 
     @property
     def internal_bind_host(self) -> str:

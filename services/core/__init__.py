@@ -11,7 +11,7 @@
 - `service.py`       DiagnosisService (Diagnose, GetModelInfo) for any TaskSpec
 - `interceptors.py`  the one place domain errors become gRPC status codes; request metrics
 - `server.py`        gRPC server: health, reflection, limits, graceful shutdown; `serve`, `start_server`
-- `settings.py`      ServingSettings (DRTECH_SERVING_*)
+- `settings.py`      ServingSettings (DRTECH_SERVING_*); ImageLimitSettings, shared with the gateway
 - `metrics.py`       Prometheus metrics; `measure.py` times a running service
 
 A fourth disease is a folder `services/<task>/` with `spec.py` (SPEC = TaskSpec(...)),

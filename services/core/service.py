@@ -18,7 +18,7 @@ from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
 from services.core import heatmap, metrics
 from services.core.batching import Batcher
 from services.core.errors import ModelNotReady, ServiceBusy, WrongKindOfImage
-from services.core.imaging import SUPPORTED_MEDIA_TYPES, ImageLimits, decode, inspect_image
+from services.core.imaging import SUPPORTED_MEDIA_TYPES, decode, inspect_image
 from services.core.memory import release_after
 from services.core.pixel_budget import PixelBudget
 from services.core.preprocessing import draft_size_for, to_model_input
@@ -91,14 +91,6 @@ def time_left(context: Any) -> float | None:
     return None if remaining is None or remaining > 86_400 else remaining
 
 
-def image_limits(settings: ServingSettings) -> ImageLimits:
-    return ImageLimits(
-        max_bytes=settings.max_image_bytes,
-        max_pixels=settings.max_image_pixels,
-        min_side=settings.min_image_side,
-    )
-
-
 class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
     """Answers UNAVAILABLE until `set_model` is called, then diagnoses with that model.
 
@@ -108,7 +100,7 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
     def __init__(self, spec: TaskSpec, settings: ServingSettings) -> None:
         self.spec = spec
         self.settings = settings
-        self.limits = image_limits(settings)
+        self.limits = settings.image_limits()
         self.decoding = PixelBudget(settings.max_decoding_pixels)
         self._loaded: LoadedModel | None = None
         self._batcher: Batcher | None = None

@@ -9,8 +9,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-MIB = 1024 * 1024
+from services.core.imaging.limits import ImageLimits
 
+MIB = 1024 * 1024
 
 
 def usable_cores() -> int:
@@ -19,7 +20,32 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
 
-class ServingSettings(BaseSettings):
+
+class ImageLimitSettings(BaseSettings):
+    """What an uploaded image may be in pixels: one source for the model services, which refuse the
+    rest, and the gateway, which checks uploads against the same limits before storing or sending
+    them. Read from the shared DRTECH_MAX_IMAGE_PIXELS / DRTECH_MIN_IMAGE_SIDE, or the model
+    services' own DRTECH_SERVING_ names (which win where both are set)."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    max_image_pixels: int = Field(
+        default=ImageLimits().max_pixels,
+        gt=0,
+        validation_alias=AliasChoices("DRTECH_SERVING_MAX_IMAGE_PIXELS", "DRTECH_MAX_IMAGE_PIXELS"),
+    )
+    min_image_side: int = Field(
+        default=ImageLimits().min_side,
+        ge=1,
+        validation_alias=AliasChoices("DRTECH_SERVING_MIN_IMAGE_SIDE", "DRTECH_MIN_IMAGE_SIDE"),
+    )
+
+    def pixel_limits(self, max_bytes: int) -> ImageLimits:
+        """The limits an image is checked against, with the caller's byte limit."""
+        return ImageLimits(max_bytes, max_pixels=self.max_image_pixels, min_side=self.min_image_side)
+
+
+class ServingSettings(ImageLimitSettings):
     model_config = SettingsConfigDict(env_prefix="DRTECH_SERVING_", extra="ignore")
 
     # Serve the model in this folder instead of services/<task>/model (e.g. a mounted volume).
@@ -32,13 +58,12 @@ class ServingSettings(BaseSettings):
         gt=0,
         validation_alias=AliasChoices("DRTECH_SERVING_MAX_MESSAGE_BYTES", "DRTECH_MAX_MESSAGE_BYTES"),
     )
-    # What an uploaded image may be. The byte limit leaves room for the rest of the request.
+    # The largest image in bytes, leaving room for the rest of the request (pixels and sides:
+    # ImageLimitSettings, shared with the gateway).
     max_image_bytes: int = Field(default=20 * MIB - 64 * 1024, gt=0)
-    max_image_pixels: int = Field(default=64_000_000, gt=0)
     # Pixels decoded at once across the worker threads (services/core/pixel_budget.py): one image of
     # the largest size at a time (550-750 MB to decode, measured), ordinary photos side by side.
     max_decoding_pixels: int = Field(default=64_000_000, gt=0)
-    min_image_side: int = Field(default=32, ge=1)
     grace_seconds: float = Field(default=10.0, ge=0)     # in-flight calls get this long on SIGTERM
     # How inference uses the cores. Default (both 0): one model worker per core, each running
     # single-threaded, side by side; on CPU that gives more images/s than one run over every core
@@ -90,6 +115,9 @@ class ServingSettings(BaseSettings):
     # Calls in flight on a closed connection get this long to finish: the gateway's Diagnose
     # deadline (DRTECH_GATEWAY_DIAGNOSE_TIMEOUT_S, 30 s), so closing one never cuts a call short.
     max_connection_age_grace_seconds: float = Field(default=30.0, ge=0)
+
+    def image_limits(self) -> ImageLimits:
+        return self.pixel_limits(self.max_image_bytes)
 
     def inference_plan(self, cores: int | None = None) -> tuple[int, int]:
         """(model workers, threads per run) from model_workers and intra_op_threads; see above."""

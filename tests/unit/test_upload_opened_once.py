@@ -1,6 +1,6 @@
 """Each upload is opened once where it is read: the gateway inspects it once (type, size, DICOM
 routing tags) and decodes nothing; each model service inspects it once and decodes it from that
-inspection."""
+inspection. The gateway checks uploads against the model services' own limits."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from protos.drtech.v1 import diagnosis_pb2
 from services.core.imaging import decode, dicom, inspect_image, jpeg, png, raster
 from services.core.service import DiagnosisServicer
+from services.core.settings import ServingSettings
 from tests.unit.test_gateway_http import LIVE_TOKEN, OneLiveSession
+from tests.unit.test_gateway_image_refusals import RefusingModel
 from tests.unit.test_imaging import encode, gradient_rgb, make_dicom, ramp
 from tests.unit.test_serving_gate import _servicer
 
@@ -127,3 +130,26 @@ def test_an_inspection_is_decoded_once() -> None:
     assert decode(inspection).image.size == (64, 48)
     with pytest.raises(RuntimeError, match="inspect the upload again"):
         decode(inspection)
+
+
+def test_the_gateway_checks_uploads_against_the_model_services_own_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One setting, read by both: a model service set to refuse sides under 64 px has the gateway
+    refuse them too, before any model is called."""
+    monkeypatch.setenv("DRTECH_SERVING_MIN_IMAGE_SIDE", "64")
+    monkeypatch.setenv("DRTECH_MAX_IMAGE_PIXELS", "1000000")
+    settings = GatewaySettings(DRTECH_HOME=tmp_path)
+    served = ServingSettings().image_limits()
+    assert (settings.image_limits().min_side, settings.image_limits().max_pixels) == (64, 1_000_000)
+    assert (served.min_side, served.max_pixels) == (64, 1_000_000)
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
+        backends = client.app.state.gateway.backends
+        backends.auth = OneLiveSession()
+        backends.models["chest_xray"] = RefusingModel("", "the model must not be called")
+        small = _upload(client, encode(gradient_rgb(48, 48), "PNG"), "chest_xray")
+        large = _upload(client, encode(Image.new("L", (1200, 1000)), "PNG"), "chest_xray")
+    assert small.status_code == 422, small.text
+    assert small.json()["detail"] == ("The image cannot be used: the image is 48x48 pixels; "
+                                      "each side must be at least 64 pixels.")
+    assert large.status_code == 422 and "the largest accepted is 1000000 pixels" in large.json()["detail"]

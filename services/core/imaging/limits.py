@@ -9,7 +9,9 @@ from services.core.errors import InvalidImage
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """What an upload may be. Defaults match the serving settings' defaults."""
+    """What an upload may be. The model services and the gateway build theirs from one setting
+    (services.core.settings.ImageLimitSettings, whose defaults these are); training and tools use
+    these defaults directly."""
 
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 64_000_000   # width x height (x frames are never decoded beyond the first)

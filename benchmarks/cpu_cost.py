@@ -12,7 +12,7 @@ its end marker (decoders ignore them), so every diagnosis stores a new blob.
 Reported, per diagnosis, in CPU milliseconds (user + system, from /proc/<pid>/stat before and after):
 - each platform process (gateway, auth, model service) and their sum; the gateway and model service
   also per thread (the gateway's event loop is its main thread) and per stage, from the
-  `drtech_stage_cpu_seconds_total` counters on their /metrics (services/core/stage_cpu.py);
+  `drtech_stage_cpu_seconds_total` counters on their /metrics (services/common/stage_cpu.py);
 - the model alone in ONNX Runtime (the same model.onnx, one thread, batch 1), measured in the same
   run, and platform / model; the model-only ceiling (images/s, serving layout) and gateway / ceiling;
 - throughput, mean, p50, p99 latency and p99 / mean;

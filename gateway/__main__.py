@@ -23,8 +23,8 @@ from pydantic import ValidationError
 from gateway.app import create_app, internal_app
 from gateway.audit import configure_audit_log
 from gateway.settings import GatewaySettings
-from services.core.logs import configure_logging
-from services.core.production import settings_error_line
+from services.common.logs import configure_logging
+from services.common.production import settings_error_line
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -10,9 +10,9 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import sessionmaker
 
-from services.core.database_url import engine_url
-from services.core.migration_transaction import migration_transaction
-from services.core.schema import wait_for_schema_at_head
+from services.common.database_url import engine_url
+from services.common.migration_transaction import migration_transaction
+from services.common.schema import wait_for_schema_at_head
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Our own version table, so the gateway and the auth service can share one PostgreSQL database.

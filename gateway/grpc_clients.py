@@ -23,8 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.settings import GatewaySettings
 from protos.drtech.v1 import auth_pb2, auth_pb2_grpc, diagnosis_pb2, diagnosis_pb2_grpc
-from services.core.tls import InternalTLS, InternalTLSSettings
-from services.core.tls import load as load_internal_tls
+from services.common.tls import InternalTLS, InternalTLSSettings
+from services.common.tls import load as load_internal_tls
 
 # exam_type -> the model service's short name (used in /readyz and logs).
 MODEL_SERVICES: dict[str, str] = {"bone_xray": "bone", "skin_lesion": "skin", "chest_xray": "pneumonia"}

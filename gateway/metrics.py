@@ -10,7 +10,7 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.core.stage_cpu import STAGE_CPU_HELP, STAGE_CPU_NAME, StageCPU
+from services.common.stage_cpu import STAGE_CPU_HELP, STAGE_CPU_NAME, StageCPU
 
 HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 

@@ -11,7 +11,7 @@ import os
 import sys
 
 from gateway.database import create_database_engine, migrate
-from services.core.schema import migrate_main
+from services.common.schema import migrate_main
 
 
 def _settings_url() -> str:

@@ -9,8 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.production import database_problem, trusted_proxies_problem
 from services.core.imaging import ImageLimits
-from services.core.production import database_problem, trusted_proxies_problem
 from services.core.settings import ImageLimitSettings
 
 MIB = 1024 * 1024
@@ -48,7 +48,7 @@ class GatewaySettings(ImageLimitSettings):
     # found there on the model cards. The image ships the whole project, so this is the default.
     models_dir: Path = Path(__file__).resolve().parent.parent / "services"
     # Proxies (comma-separated IP addresses or CIDR networks; "*" for anyone; in production each
-    # entry at most 256 addresses, services/core/production.py)
+    # entry at most 256 addresses, services/common/production.py)
     # whose X-Forwarded-For/-Proto uvicorn trusts, so the client IP passed to the auth service for
     # log-in throttling is the real one behind an ingress. Behind a k8s Ingress: the controller's
     # address range (deploy/k8s: INGRESS_CONTROLLER_CIDRS in drtech-config).

@@ -29,10 +29,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.core.logs import configure_logging
-from services.core.tls import COMPONENTS, InternalTLS, InternalTLSSettings, ensure_certificates
-from services.core.tls import secure_channel
-from services.core.tls import load as load_internal_tls
+from services.common.logs import configure_logging
+from services.common.tls import COMPONENTS, InternalTLS, InternalTLSSettings, ensure_certificates
+from services.common.tls import secure_channel
+from services.common.tls import load as load_internal_tls
 
 log = configure_logging("supervisor")
 

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 
 from services.auth.server import start_server
 from services.auth.settings import AuthSettings
-from services.core.logs import configure_logging
-from services.core.production import settings_error_line
+from services.common.logs import configure_logging
+from services.common.production import settings_error_line
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,9 +14,9 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from services.core.database_url import engine_url
-from services.core.migration_transaction import migration_transaction
-from services.core.schema import wait_for_schema_at_head
+from services.common.database_url import engine_url
+from services.common.migration_transaction import migration_transaction
+from services.common.schema import wait_for_schema_at_head
 
 log = logging.getLogger(__name__)
 

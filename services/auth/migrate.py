@@ -11,7 +11,7 @@ import os
 import sys
 
 from services.auth.database import make_engine, migrate, wait_until_reachable
-from services.core.schema import migrate_main
+from services.common.schema import migrate_main
 
 # A Job may start before the database answers (a fresh cluster); it waits this long first.
 _DATABASE_WAIT_S = 60.0

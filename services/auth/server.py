@@ -35,8 +35,8 @@ from services.auth.database import (
 from services.auth.interceptor import DomainErrorInterceptor
 from services.auth.servicer import AuthServicer
 from services.auth.settings import AuthSettings
-from services.core.tls import InternalTLSSettings, add_port
-from services.core.tls import load as load_internal_tls
+from services.common.tls import InternalTLSSettings, add_port
+from services.common.tls import load as load_internal_tls
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.core.production import database_problem
+from services.common.production import database_problem
 
 
 class AuthSettings(BaseSettings):
@@ -16,7 +16,7 @@ class AuthSettings(BaseSettings):
 
     # State root shared by every process (not prefixed); the default database lives under it.
     home: Path = Field(default=Path("var"), validation_alias="DRTECH_HOME")
-    # production refuses development settings (SQLite; services/core/production.py).
+    # production refuses development settings (SQLite; services/common/production.py).
     env: Literal["development", "production"] = Field(default="development", validation_alias="DRTECH_ENV")
     # Any SQLAlchemy URL, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/drtech.
     # Empty: a SQLite file at $DRTECH_HOME/auth.db.

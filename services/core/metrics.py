@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.core.stage_cpu import STAGE_CPU_HELP, STAGE_CPU_NAME
+from services.common.stage_cpu import STAGE_CPU_HELP, STAGE_CPU_NAME
 
 REQUESTS = Counter(
     "drtech_serving_requests_total",

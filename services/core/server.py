@@ -28,13 +28,13 @@ from pydantic import ValidationError
 from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
 from services.core import metrics
 from services.core.interceptors import ErrorMappingInterceptor
-from services.core.logs import configure_logging
+from services.common.logs import configure_logging
 from services.core.runtime import ModelContractError
 from services.core.service import DiagnosisServicer, load_model
 from services.core.settings import ServingSettings
 from services.core.spec import TaskSpec
-from services.core.tls import InternalTLS, InternalTLSSettings, add_port
-from services.core.tls import load as load_internal_tls
+from services.common.tls import InternalTLS, InternalTLSSettings, add_port
+from services.common.tls import load as load_internal_tls
 
 DIAGNOSIS_SERVICE = diagnosis_pb2.DESCRIPTOR.services_by_name["DiagnosisService"].full_name
 # Health is reported for the whole server ("") and for the service by name.
@@ -129,7 +129,7 @@ def start_server(
     With load=False the server listens but reports NOT_SERVING and answers UNAVAILABLE until
     `RunningServer.load_model()` is called; `serve` uses that so probes see it come up.
     With DRTECH_INTERNAL_MTLS on (`tls_settings`, default from the environment) every port it
-    serves gRPC on, the health port included, takes only mutual-TLS callers (services/core/tls.py).
+    serves gRPC on, the health port included, takes only mutual-TLS callers (services/common/tls.py).
     """
     settings = settings or ServingSettings()
     try:

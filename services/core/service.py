@@ -25,7 +25,7 @@ from services.core.preprocessing import draft_size_for, to_model_input
 from services.core.runtime import ModelContractError, ModelRuntime, Prediction, open_model
 from services.core.settings import ServingSettings
 from services.core.spec import TaskSpec
-from services.core.stage_cpu import StageCPU
+from services.common.stage_cpu import StageCPU
 
 logger = logging.getLogger(__name__)
 

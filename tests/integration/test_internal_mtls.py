@@ -1,4 +1,4 @@
-"""DRTECH_INTERNAL_MTLS=1: every internal gRPC hop is mutual TLS (services/core/tls.py).
+"""DRTECH_INTERNAL_MTLS=1: every internal gRPC hop is mutual TLS (services/common/tls.py).
 
 The whole platform runs in this process (tests/web_stack.py) with certificates from a throwaway CA
 (`ensure_certificates`, as `make run` makes them). Its gRPC ports then answer only callers holding a
@@ -22,10 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.grpc_clients import Backend, check_backend, open_channel
 from protos.drtech.v1 import auth_pb2, auth_pb2_grpc, diagnosis_pb2, diagnosis_pb2_grpc
 from services import supervisor
-from services.core import healthcheck
+from services.common import healthcheck
 from services.core.server import start_server
 from services.core.settings import ServingSettings
-from services.core.tls import InternalTLS, InternalTLSSettings, ensure_certificates, load, make_ca, make_leaf
+from services.common.tls import InternalTLS, InternalTLSSettings, ensure_certificates, load, make_ca, make_leaf
 from services.supervisor import Component
 from tests.integration.test_gateway_api import bearer, upload
 from tests.support import jpeg_bytes, synthetic_image

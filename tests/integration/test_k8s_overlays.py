@@ -373,7 +373,7 @@ def test_rendered_gateway_trusts_only_a_restricted_proxy_range(overlay: str) -> 
 def test_production_overlays_pass_what_production_refuses(overlay: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The gateway and auth would start: every setting they read from the rendered manifests (the
     config map, their literal env entries; the Secret's URL as a PostgreSQL stand-in) passes
-    DRTECH_ENV=production's refusals (services/core/production.py)."""
+    DRTECH_ENV=production's refusals (services/common/production.py)."""
     objects = render(f"overlays/{overlay}")
     config = next(iter(of_kind(objects, "ConfigMap").values()))["data"]
     assert config["DRTECH_ENV"] == "production"
@@ -574,7 +574,7 @@ def test_mtls_component_gives_each_pod_its_own_certificate_and_probes_that_prese
             # The kubelet's gRPC probe has no client certificate: it would fail against mTLS.
             assert "grpc" not in server[probe], f"{name} {probe}"
             command = server[probe]["exec"]["command"]
-            assert command[:3] == ["python", "-m", "services.core.healthcheck"], f"{name} {probe}"
+            assert command[:3] == ["python", "-m", "services.common.healthcheck"], f"{name} {probe}"
             port = command[command.index("--port") + 1]
             assert port == str(before[probe]["grpc"]["port"]), f"{name} {probe}"
             service = before[probe]["grpc"].get("service")

@@ -22,7 +22,7 @@ from gateway.database import create_database_engine, wait_for_schema
 from gateway.settings import GatewaySettings
 from services.auth.server import start_server
 from services.auth.settings import AuthSettings
-from services.core.schema import SchemaNotAtHead
+from services.common.schema import SchemaNotAtHead
 from tests.support import ROOT
 
 

@@ -51,7 +51,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "gateway": GatewaySettings,
     **{task: ServingSettings for task in MODEL_SERVICES},
 }
-# Read outside the settings classes (services/core/logs.py).
+# Read outside the settings classes (services/common/logs.py).
 SHARED_ENV = {"DRTECH_LOG_LEVEL"}
 # How long each component drains on SIGTERM, by the environment variable its manifest sets.
 GRACE_ENV = {

@@ -1,4 +1,4 @@
-"""DRTECH_ENV=production refuses the development defaults (services/core/production.py): SQLite or no
+"""DRTECH_ENV=production refuses the development defaults (services/common/production.py): SQLite or no
 database URL, a trusted-proxy range wider than 256 addresses (a pod network, 10.0.0.0/8,
 0.0.0.0/0, '*'), a session cookie without Secure. The auth service and the gateway refuse at start."""
 
@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from gateway.settings import GatewaySettings
 from services.auth.settings import AuthSettings
-from services.core.production import settings_error_line
+from services.common.production import settings_error_line
 
 POSTGRES = "postgresql+psycopg://drtech@db.drtech.svc:5432/drtech"
 

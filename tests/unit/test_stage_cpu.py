@@ -1,4 +1,4 @@
-"""Per-stage CPU counters (services/core/stage_cpu.py): what `make bench` reads to split a diagnosis's CPU."""
+"""Per-stage CPU counters (services/common/stage_cpu.py): what `make bench` reads to split a diagnosis's CPU."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from services.core.stage_cpu import STAGE_CPU_HELP, STAGE_CPU_NAME, StageCPU
+from services.common.stage_cpu import STAGE_CPU_HELP, STAGE_CPU_NAME, StageCPU
 
 
 def _stages(*labels: str) -> tuple[CollectorRegistry, StageCPU]:

@@ -1,7 +1,7 @@
 """A gRPC health check that speaks the platform's internal mTLS: the Kubernetes probe when
 DRTECH_INTERNAL_MTLS is on (the kubelet's own gRPC probe has no client certificate).
 
-    python -m services.core.healthcheck --port 50052 [--service liveness] [--component bone]
+    python -m services.common.healthcheck --port 50052 [--service liveness] [--component bone]
 
 Exit status 0 when the service answers SERVING, 1 otherwise (the reason on stderr). It uses this
 process's certificate (DRTECH_INTERNAL_TLS_*, the same files the server uses) when the switch is
@@ -16,7 +16,7 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.core.tls import load, secure_channel
+from services.common.tls import load, secure_channel
 
 
 def check(target: str, service: str = "", component: str = "probe", timeout_s: float = 5.0) -> str:
@@ -35,7 +35,7 @@ def check(target: str, service: str = "", component: str = "probe", timeout_s: f
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.core.healthcheck",
+    parser = argparse.ArgumentParser(prog="python -m services.common.healthcheck",
                                      description="gRPC health check over the internal mTLS")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)

@@ -76,7 +76,7 @@ def migrate_main(prog: str, what: str, default_url: Callable[[], str],
                  migrate: Callable[[str], None], argv: list[str] | None = None) -> int:
     """The body of `python -m <service>.migrate`: migrate the database at --database-url (default:
     the service's own setting) to head, and exit 0; 1 with one line on stderr when it fails."""
-    from services.core.logs import configure_logging
+    from services.common.logs import configure_logging
 
     parser = argparse.ArgumentParser(prog=prog, description=f"Bring the {what} database schema to head.")
     parser.add_argument("--database-url", help="SQLAlchemy URL of the migrator role (default: the service's "

@@ -13,7 +13,7 @@ import ipaddress
 from pydantic import ValidationError
 from sqlalchemy.exc import ArgumentError
 
-from services.core.database_url import engine_url
+from services.common.database_url import engine_url
 
 # The widest network a production trusted-proxy entry may be: 256 addresses (an IPv4 /24, an IPv6
 # /120), e.g. one node's pod range holding the ingress controller, or a controller's node pool.

@@ -10,9 +10,11 @@
 - `heatmap.py`       class activation map -> RGBA PNG overlay
 - `service.py`       DiagnosisService (Diagnose, GetModelInfo) for any TaskSpec
 - `interceptors.py`  the one place domain errors become gRPC status codes; request metrics
-- `server.py`        gRPC server: health, reflection, limits, graceful shutdown; `serve`, `start_server`
+- `server.py`        the model service's lifecycle on the shared gRPC scaffold; `serve`, `start_server`
 - `settings.py`      ServingSettings (DRTECH_SERVING_*); ImageLimitSettings, shared with the gateway
 - `metrics.py`       Prometheus metrics; `measure.py` times a running service
+
+Plumbing shared with the gateway and auth (gRPC scaffold, logs, mTLS) is in `services/common/`.
 
 A fourth disease is a folder `services/<task>/` with `spec.py` (SPEC = TaskSpec(...)),
 `__main__.py` (`serve(SPEC)`) and `model/` (model.onnx, card.json, card.md).

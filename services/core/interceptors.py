@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
 
+from services.common.error_interceptor import CallOutcome, ErrorInterceptor, Refusal, method_name
 from services.core import metrics
 from services.core.errors import (
     ERROR_REASON_KEY,
@@ -57,54 +59,32 @@ def _request_id(request: Any, context: grpc.ServicerContext) -> str:
     return ""
 
 
-class ErrorMappingInterceptor(grpc.ServerInterceptor):
-    """Wraps every unary-unary handler: maps domain errors, logs the unexpected, counts outcomes."""
+class ErrorMappingInterceptor(ErrorInterceptor):
+    """Maps domain errors (reason in the trailing metadata), logs the unexpected, counts outcomes."""
 
     def __init__(self, task: str) -> None:
         self.task = task
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler   # streaming handlers (health Watch, reflection) pass through untouched
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-        behaviour = handler.unary_unary
+    def status_of(self, error: Exception, method: str, request: Any, context: grpc.ServicerContext) -> grpc.Status:
+        code, reason, message = map_error(error)
+        request_id = _request_id(request, context)
+        if code is grpc.StatusCode.INTERNAL:
+            logger.exception("%s failed unexpectedly (request id %s)", method_name(method), request_id or "-")
+            message = f"internal error (request id {request_id})" if request_id else message
+        else:
+            logger.info("%s refused (request id %s): %s %s", method_name(method), request_id or "-", code.name,
+                        message)
+        return Refusal(code, message, ((ERROR_REASON_KEY, reason),))
 
-        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            return self._call(behaviour, method, request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-    def _call(self, behaviour: Callable[[Any, grpc.ServicerContext], Any], method: str, request: Any,
-              context: grpc.ServicerContext) -> Any:
+    @contextmanager
+    def observed(self, method: str) -> Iterator[CallOutcome]:
         in_flight = metrics.IN_FLIGHT.labels(self.task)
         in_flight.inc()
         started = time.perf_counter()
-        code = grpc.StatusCode.OK
+        outcome = CallOutcome()
         try:
-            try:
-                return behaviour(request, context)
-            except Exception as error:  # the one place every handler error is mapped
-                code, reason, message = map_error(error)
-                request_id = _request_id(request, context)
-                if code is grpc.StatusCode.INTERNAL:
-                    logger.exception("%s failed unexpectedly (request id %s)", method, request_id or "-")
-                    message = f"internal error (request id {request_id})" if request_id else message
-                else:
-                    logger.info(
-                        "%s refused (request id %s): %s %s", method, request_id or "-", code.name, message
-                    )
-            context.set_trailing_metadata(((ERROR_REASON_KEY, reason),))
-            context.abort(code, message)
+            yield outcome
         finally:
             in_flight.dec()
-            metrics.LATENCY.labels(self.task, method).observe(time.perf_counter() - started)
-            metrics.REQUESTS.labels(self.task, method, code.name).inc()
+            metrics.LATENCY.labels(self.task, method_name(method)).observe(time.perf_counter() - started)
+            metrics.REQUESTS.labels(self.task, method_name(method), outcome.code.name).inc()

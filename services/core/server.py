@@ -11,30 +11,25 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
+from grpc_health.v1 import health
 from pydantic import ValidationError
 
 from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
+from services.common.grpc_server import GrpcServer, address, server_options, stop_on_signals, wait_until
+from services.common.logs import configure_logging
+from services.common.tls import InternalTLSSettings
+from services.common.tls import load as load_internal_tls
 from services.core import metrics
 from services.core.interceptors import ErrorMappingInterceptor
-from services.common.logs import configure_logging
 from services.core.runtime import ModelContractError
 from services.core.service import DiagnosisServicer, load_model
 from services.core.settings import ServingSettings
 from services.core.spec import TaskSpec
-from services.common.tls import InternalTLS, InternalTLSSettings, add_port
-from services.common.tls import load as load_internal_tls
 
 DIAGNOSIS_SERVICE = diagnosis_pb2.DESCRIPTOR.services_by_name["DiagnosisService"].full_name
 # Health is reported for the whole server ("") and for the service by name.
@@ -43,45 +38,34 @@ HEALTH_NAMES = ("", DIAGNOSIS_SERVICE)
 logger = logging.getLogger(__name__)
 
 
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def server_options(settings: ServingSettings) -> list[tuple[str, Any]]:
-    return [
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
-        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_seconds * 1000)),
-        # Fail loudly if the port is taken instead of silently sharing it with another process.
-        ("grpc.so_reuseport", 0),
-    ]
-
-
 @dataclass
 class RunningServer:
     """A started model service. `load_model()` makes it SERVING; `stop()` shuts it down gracefully."""
 
     spec: TaskSpec
     settings: ServingSettings
-    server: grpc.Server
-    health: health.HealthServicer
+    grpc_server: GrpcServer
     servicer: DiagnosisServicer
     host: str
-    port: int
-    _metrics_http: Any = None
-    _health_server: grpc.Server | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     @property
+    def port(self) -> int:
+        return self.grpc_server.port
+
+    @property
+    def health(self) -> health.HealthServicer:
+        return self.grpc_server.health
+
+    @property
     def address(self) -> str:
-        return _address(self.host, self.port)
+        return address(self.host, self.port)
 
     @property
     def target(self) -> str:
         """What a client on this machine dials (a wildcard host is reached via loopback)."""
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(self.host, self.host)
-        return _address(host, self.port)
+        return address(host, self.port)
 
     def load_model(self) -> None:
         """Load and warm the model, then report SERVING. Raises ModelContractError if it cannot."""
@@ -89,8 +73,7 @@ class RunningServer:
         if self._stopped.is_set():
             self.servicer.close()   # a shutdown began while the model was loading: stay NOT_SERVING
             return
-        for name in HEALTH_NAMES:
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.grpc_server.set_serving(HEALTH_NAMES, True)
         metrics.READY.labels(self.spec.task).set(1)
 
     def stop(self, grace: float | None = None) -> None:
@@ -101,18 +84,12 @@ class RunningServer:
         grace = self.settings.grace_seconds if grace is None else grace
         logger.info("%s: shutting down, letting calls in flight finish (grace %.1fs)", self.spec.task, grace)
         metrics.READY.labels(self.spec.task).set(0)
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
-        if self._health_server is not None:
-            self._health_server.stop(0).wait()    # after the drain: probes see NOT_SERVING throughout
+        self.grpc_server.stop(grace)
         self.servicer.close()
-        if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-            self._metrics_http.server_close()
         logger.info("%s: stopped", self.spec.task)
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
-        return self.server.wait_for_termination(timeout)
+        return self.grpc_server.wait_for_termination(timeout)
 
 
 def start_server(
@@ -142,46 +119,20 @@ def start_server(
     port = port if port is not None else (settings.port if settings.port is not None else spec.default_port)
 
     servicer = DiagnosisServicer(spec, settings)
-    health_servicer = health.HealthServicer()
-    for name in HEALTH_NAMES:
-        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     metrics.READY.labels(spec.task).set(0)
-
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix=f"{spec.task}-grpc"),
+    grpc_server = GrpcServer(
+        spec.task,
+        workers=settings.worker_threads,
+        options=server_options(settings.max_message_bytes, settings.max_connection_age_seconds,
+                               settings.max_connection_age_grace_seconds),
         interceptors=[ErrorMappingInterceptor(spec.task)],
-        options=server_options(settings),
+        health_names=HEALTH_NAMES,
+        tls=tls,
     )
-    diagnosis_pb2_grpc.add_DiagnosisServiceServicer_to_server(servicer, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (DIAGNOSIS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    bound = _bind(server, _address(host, port), "listen on", tls)
-    server.start()
+    grpc_server.add(diagnosis_pb2_grpc.add_DiagnosisServiceServicer_to_server, servicer, DIAGNOSIS_SERVICE)
+    grpc_server.start(host, port, health_port=settings.health_port, metrics_port=settings.metrics_port)
 
-    health_server = None
-    if settings.health_port:
-        try:
-            health_server = _start_health_server(spec, health_servicer, _address(host, settings.health_port),
-                                                 tls)
-        except OSError:
-            server.stop(0)
-            raise
-
-    metrics_http = None
-    if settings.metrics_port:
-        try:
-            metrics_http, _ = start_http_server(settings.metrics_port, addr=host)
-        except OSError as error:
-            server.stop(0)
-            if health_server is not None:
-                health_server.stop(0)
-            address = _address(host, settings.metrics_port)
-            raise OSError(f"cannot serve metrics on {address}: {error}") from None
-
-    running = RunningServer(spec, settings, server, health_servicer, servicer, host, bound, metrics_http,
-                            health_server)
+    running = RunningServer(spec, settings, grpc_server, servicer, host)
     if load:
         try:
             running.load_model()
@@ -189,30 +140,6 @@ def start_server(
             running.stop(grace=0)
             raise
     return running
-
-
-def _start_health_server(spec: TaskSpec, health_servicer: health.HealthServicer, address: str,
-                         tls: InternalTLS | None) -> grpc.Server:
-    """A gRPC server on `address` with only the Health service (the same servicer, so the same
-    statuses) and two threads of its own, which Diagnose calls never hold."""
-    server = grpc.server(ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{spec.task}-health"),
-                         options=[("grpc.so_reuseport", 0)])
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    _bind(server, address, "serve health on", tls)
-    server.start()
-    return server
-
-
-def _bind(server: grpc.Server, address: str, purpose: str, tls: InternalTLS | None) -> int:
-    """The port bound; OSError naming `purpose` and the address when it cannot be (grpcio raises or
-    returns 0, depending on the version)."""
-    try:
-        bound = add_port(server, address, tls)
-    except RuntimeError as error:
-        raise OSError(f"cannot {purpose} {address}: {error} (is the port in use?)") from None
-    if not bound:
-        raise OSError(f"cannot {purpose} {address} (is the port in use?)")
-    return bound
 
 
 def _parse_args(spec: TaskSpec, argv: list[str] | None) -> argparse.Namespace:
@@ -258,14 +185,7 @@ def serve(spec: TaskSpec, argv: list[str] | None = None) -> None:
         log.error("invalid DRTECH_SERVING_* settings:\n%s", error)
         raise SystemExit(2) from None
 
-    stop_requested = threading.Event()
-
-    def request_stop(signum: int, _frame: Any) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop_requested = stop_on_signals(log)
 
     try:
         running = start_server(spec, settings, port=args.port, host=args.host, load=False)
@@ -295,8 +215,6 @@ def serve(spec: TaskSpec, argv: list[str] | None = None) -> None:
     if not stop_requested.is_set():
         log.info("SERVING %s after %.2fs", spec.task, time.perf_counter() - started)
         print(f"listening on {running.address}", flush=True)
-    # A timed wait keeps the main thread responsive to signals on every platform.
-    while not stop_requested.wait(timeout=1.0):
-        pass
+    wait_until(stop_requested)
     running.stop()
     sys.stdout.flush()

@@ -6,14 +6,13 @@ Prints ``listening on HOST:PORT`` to stdout once it is SERVING (``--port 0`` pic
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 
 from pydantic import ValidationError
 
 from services.auth.server import start_server
 from services.auth.settings import AuthSettings
+from services.common.grpc_server import stop_on_signals, wait_until
 from services.common.logs import configure_logging
 from services.common.production import settings_error_line
 
@@ -43,12 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("could not start: %s", error)
         return 1
 
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
+    stopping = stop_on_signals(log)
     print(f"listening on {settings.host}:{server.port}", flush=True)
 
-    stopping.wait()
+    wait_until(stopping)
     log.info("shutting down (grace %.1f s)", settings.grace_s)
     server.stop(settings.grace_s)
     return 0

@@ -1,10 +1,10 @@
-"""Maps auth domain errors to gRPC statuses in one place, so handlers only raise."""
+"""Maps auth domain errors to gRPC statuses in one place, so handlers only raise (on the error-interceptor
+base the model services share, services/common/error_interceptor.py)."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -24,6 +24,7 @@ from services.auth.errors import (
     WrongPassword,
 )
 from services.auth.validation import ValidationError
+from services.common.error_interceptor import Behaviour, ErrorInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -84,43 +85,27 @@ def _status(code: int, message: str, *details: Any) -> status_pb2.Status:
     return status
 
 
-class DomainErrorInterceptor(grpc.ServerInterceptor):
+class DomainErrorInterceptor(ErrorInterceptor):
     """Turns AuthService errors into statuses, and refuses its calls with UNAVAILABLE until ``ready``."""
 
     def __init__(self, ready: threading.Event) -> None:
         self._ready = ready
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
+    def intercepts(self, method: str) -> bool:
         # Only AuthService's own methods; health and reflection keep their own status handling.
-        if (
-            handler is None
-            or handler.unary_unary is None
-            or not handler_call_details.method.startswith(AUTH_SERVICE_PREFIX)
-        ):
-            return handler
-        behavior = handler.unary_unary
-        method = handler_call_details.method
+        return method.startswith(AUTH_SERVICE_PREFIX)
 
-        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            if not self._ready.is_set():
-                context.abort(grpc.StatusCode.UNAVAILABLE, "The auth service is starting; try again shortly.")
-            try:
-                return behavior(request, context)
-            except Exception as error:  # noqa: BLE001 - every error leaves as a status, never a traceback
-                status = error_status(error)
-                if isinstance(error, Busy):
-                    log.warning("%s shed: every argon2 slot stayed busy", method)
-                elif status.code in (code_pb2.INTERNAL, code_pb2.UNAVAILABLE):
-                    log.exception("%s failed", method)
-                context.abort_with_status(rpc_status.to_status(status))
+    def call(self, behaviour: Behaviour, method: str, request: Any, context: grpc.ServicerContext) -> Any:
+        if not self._ready.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "The auth service is starting; try again shortly.")
+        return super().call(behaviour, method, request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+    def status_of(self, error: Exception, method: str, request: Any,
+                  context: grpc.ServicerContext) -> grpc.Status:
+        # Every error leaves as a status, never a traceback.
+        status = error_status(error)
+        if isinstance(error, Busy):
+            log.warning("%s shed: every argon2 slot stayed busy", method)
+        elif status.code in (code_pb2.INTERNAL, code_pb2.UNAVAILABLE):
+            log.exception("%s failed", method)
+        return rpc_status.to_status(status)

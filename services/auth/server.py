@@ -1,4 +1,5 @@
-"""The auth gRPC server: AuthService, grpc.health.v1 and reflection, started in-process or by ``__main__``.
+"""The auth gRPC server: AuthService, grpc.health.v1 and reflection, started in-process or by ``__main__``,
+on the gRPC scaffold the model services share (services/common/grpc_server.py).
 
 Health ("" and ``drtech.v1.AuthService``) is NOT_SERVING until the database is reachable and migrated
 to head, then follows the database: a ``SELECT 1`` every ``database_check_s`` on a fresh connection
@@ -12,12 +13,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent import futures
 from datetime import timedelta
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from sqlalchemy import Engine
 
 from protos.drtech.v1 import auth_pb2, auth_pb2_grpc
@@ -35,7 +32,8 @@ from services.auth.database import (
 from services.auth.interceptor import DomainErrorInterceptor
 from services.auth.servicer import AuthServicer
 from services.auth.settings import AuthSettings
-from services.common.tls import InternalTLSSettings, add_port
+from services.common.grpc_server import GrpcServer, server_options
+from services.common.tls import InternalTLSSettings
 from services.common.tls import load as load_internal_tls
 
 log = logging.getLogger(__name__)
@@ -52,8 +50,8 @@ class DatabaseHealth:
     Only changes are set, so a health Watch sees one update per transition.
     """
 
-    def __init__(self, health_servicer: health.HealthServicer, probe: Engine, interval_s: float) -> None:
-        self._health = health_servicer
+    def __init__(self, grpc_server: GrpcServer, probe: Engine, interval_s: float) -> None:
+        self._grpc = grpc_server
         self._probe = probe
         self._interval_s = interval_s
         self._reachable = True   # started only after the database answered and was migrated
@@ -77,42 +75,40 @@ class DatabaseHealth:
                 log.info("database reachable again: health SERVING")
             else:
                 log.warning("database unreachable: health NOT_SERVING until it answers again")
-            status = health_pb2.HealthCheckResponse.SERVING if reachable else health_pb2.HealthCheckResponse.NOT_SERVING
-            for name in READINESS_NAMES:
-                self._health.set(name, status)
+            self._grpc.set_serving(READINESS_NAMES, reachable)
 
 
 class AuthServer:
     """A running auth server; ``port`` is the bound port (useful when settings asked for port 0)."""
 
-    def __init__(
-        self, server: grpc.Server, health_servicer: health.HealthServicer, port: int, engine: Engine
-    ) -> None:
-        self._server = server
-        self._health = health_servicer
+    def __init__(self, grpc_server: GrpcServer, engine: Engine) -> None:
+        self._grpc = grpc_server
         self._engine = engine
         self._database_health: DatabaseHealth | None = None
         self._probe: Engine | None = None
-        self.port = port
+
+    @property
+    def port(self) -> int:
+        return self._grpc.port
 
     def follow_database(self, probe: Engine, interval_s: float) -> None:
         """From now on, keep health in step with the database (see DatabaseHealth)."""
         self._probe = probe
-        self._database_health = DatabaseHealth(self._health, probe, interval_s)
+        self._database_health = DatabaseHealth(self._grpc, probe, interval_s)
         self._database_health.start()
 
     def stop(self, grace_s: float | None = None) -> None:
         """Report NOT_SERVING, let calls in flight finish (up to ``grace_s``), then release the database."""
-        self._health.enter_graceful_shutdown()   # later sets (from the database check) are ignored
+        self._grpc.stop_serving()   # before the database check stops: later sets from it are ignored
         if self._database_health is not None:
             self._database_health.stop()
-        self._server.stop(grace_s).wait()
+        self._grpc.stop(grace_s)
         if self._probe is not None:
             self._probe.dispose()
         self._engine.dispose()
 
     def wait_for_termination(self, timeout_s: float | None = None) -> bool:
-        return self._server.wait_for_termination(timeout_s)
+        return self._grpc.wait_for_termination(timeout_s)
 
 
 def build_accounts(settings: AuthSettings, engine: Engine) -> Accounts:
@@ -149,34 +145,22 @@ def start_server(settings: AuthSettings | None = None,
     engine = make_engine(settings.database_url, settings.db_pool_size, settings.db_max_overflow,
                          settings.db_pool_timeout_s)
     ready = threading.Event()  # AuthService calls get UNAVAILABLE until the database is migrated
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="auth"),
+    grpc_server = GrpcServer(
+        "auth",
+        workers=settings.workers,
+        options=server_options(settings.max_message_bytes, settings.max_connection_age_s, settings.grace_s),
         interceptors=[DomainErrorInterceptor(ready)],
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
-            ("grpc.max_connection_age_grace_ms", int(settings.grace_s * 1000)),
-            # gRPC shares a port on Linux by default: a second auth service (another database) would
-            # take half the log-ins. Fail to start instead, as the model services do.
-            ("grpc.so_reuseport", 0),
-        ],
+        health_names=(*READINESS_NAMES, LIVENESS_NAME),
+        tls=tls,
     )
-    health_servicer = health.HealthServicer()
-    for name in (*READINESS_NAMES, LIVENESS_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(build_accounts(settings, engine)), server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
-    port = add_port(server, f"{settings.host}:{settings.port}", tls)   # mTLS with DRTECH_INTERNAL_MTLS
-    if port == 0:
+    servicer = AuthServicer(build_accounts(settings, engine))
+    grpc_server.add(auth_pb2_grpc.add_AuthServiceServicer_to_server, servicer, SERVICE_NAME)
+    try:
+        port = grpc_server.start(settings.host, settings.port)   # mTLS with DRTECH_INTERNAL_MTLS
+    except OSError:
         engine.dispose()
-        raise OSError(f"could not bind {settings.host}:{settings.port}")
-    server.start()
-    running = AuthServer(server, health_servicer, port, engine)
+        raise
+    running = AuthServer(grpc_server, engine)
     try:
         wait_until_reachable(engine, settings.database_wait_s)
         if settings.run_migrations:
@@ -187,8 +171,7 @@ def start_server(settings: AuthSettings | None = None,
         running.stop(0)
         raise
     ready.set()
-    for name in (*READINESS_NAMES, LIVENESS_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    grpc_server.set_serving((*READINESS_NAMES, LIVENESS_NAME), True)
     running.follow_database(make_probe_engine(engine), settings.database_check_s)
     log.info(
         "serving on %s:%d (database %s)", settings.host, port, engine.url.render_as_string(hide_password=True)

@@ -43,7 +43,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     """Wraps the unary-unary handlers of the methods it `intercepts` in `call`; streaming handlers
     (health Watch, reflection) pass through untouched."""
 
-    def status_of(self, error: Exception, method: str, request: Any, context: grpc.ServicerContext) -> grpc.Status:
+    def status_of(self, error: Exception, method: str, request: Any,
+                  context: grpc.ServicerContext) -> grpc.Status:
         """The status `error`, raised by `method`'s handler, becomes; logs it as it deserves."""
         raise NotImplementedError
 

@@ -66,8 +66,9 @@ class GrpcServer:
         self._health_server: grpc.Server | None = None
         self._metrics_http: Any = None
 
-    def add(self, add_to_server: Callable[[Any, grpc.Server], None], servicer: Any, service_name: str) -> None:
-        """Serve `servicer` (`add_to_server`: the generated add_...Servicer_to_server), listed by reflection."""
+    def add(self, add_to_server: Callable[[Any, grpc.Server], None], servicer: Any,
+            service_name: str) -> None:
+        """Serve `servicer` (`add_to_server`: the generated add_..._to_server), listed by reflection."""
         add_to_server(servicer, self.server)
         self._reflected.insert(0, service_name)
 
@@ -95,7 +96,9 @@ class GrpcServer:
         return self.port
 
     def set_serving(self, names: Iterable[str], serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        """Report `names` SERVING or NOT_SERVING (ignored once `stop_serving` was called)."""
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
         for health_name in names:
             self.health.set(health_name, status)
 

@@ -65,15 +65,16 @@ class ErrorMappingInterceptor(ErrorInterceptor):
     def __init__(self, task: str) -> None:
         self.task = task
 
-    def status_of(self, error: Exception, method: str, request: Any, context: grpc.ServicerContext) -> grpc.Status:
+    def status_of(self, error: Exception, method: str, request: Any,
+                  context: grpc.ServicerContext) -> grpc.Status:
         code, reason, message = map_error(error)
         request_id = _request_id(request, context)
         if code is grpc.StatusCode.INTERNAL:
             logger.exception("%s failed unexpectedly (request id %s)", method_name(method), request_id or "-")
             message = f"internal error (request id {request_id})" if request_id else message
         else:
-            logger.info("%s refused (request id %s): %s %s", method_name(method), request_id or "-", code.name,
-                        message)
+            logger.info("%s refused (request id %s): %s %s",
+                        method_name(method), request_id or "-", code.name, message)
         return Refusal(code, message, ((ERROR_REASON_KEY, reason),))
 
     @contextmanager

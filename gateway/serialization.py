@@ -112,6 +112,8 @@ def model_card_json(info: diagnosis_pb2.ModelInfo) -> dict[str, Any]:
             "version": info.model.version,
             "task": info.task,
             "exam_type": info.exam_type,
+            "exam_display_name": info.exam_display_name,
+            "exam_summary": info.exam_summary,
             "labels": [{"code": label.code, "display_name": label.display_name} for label in info.labels],
             "input": {
                 "width": info.input.width,

@@ -11,6 +11,8 @@ from services.core.spec import Label, TaskSpec
 SPEC = TaskSpec(
     task="bone",
     exam_type="bone_xray",
+    exam_display_name="Bone X-ray (knee)",
+    exam_summary="normal or abnormal, with a severity grade",
     labels=(Label("NORMAL", "Normal"), Label("ABNORMAL", "Abnormal")),
     model_dir=Path(__file__).parent / "model",
     default_port=50052,

@@ -222,6 +222,8 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
             model=diagnosis_pb2.ModelRef(name=loaded.name, version=loaded.version),
             task=self.spec.task,
             exam_type=self.spec.exam_type,
+            exam_display_name=self.spec.exam_display_name,
+            exam_summary=self.spec.exam_summary,
             labels=[
                 diagnosis_pb2.LabelInfo(code=item.code, display_name=item.display_name)
                 for item in self.spec.labels

@@ -29,6 +29,10 @@ class TaskSpec:
     exam_type: str               # public API name: "bone_xray", "skin_lesion", "chest_xray"
     labels: tuple[Label, ...]    # in the model's output order
     model_dir: Path              # holds model.onnx, card.json, card.md
+    # How the web UI names the exam type and what it finds ("Chest X-ray", "pneumonia or normal"):
+    # served by GetModelInfo, so the gateway and the UI keep no list of their own.
+    exam_display_name: str = ""
+    exam_summary: str = ""
     # The input size is not here: it is the model file's own input shape (ModelRuntime.input_size),
     # so a 150x150 or 224x224 model is served at the size it was trained at.
     color_mode: str = "RGB"      # what the model takes after preprocessing

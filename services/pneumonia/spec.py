@@ -7,6 +7,8 @@ from services.core.spec import Label, TaskSpec
 SPEC = TaskSpec(
     task="pneumonia",
     exam_type="chest_xray",
+    exam_display_name="Chest X-ray",
+    exam_summary="pneumonia or normal",
     labels=(Label("NORMAL", "Normal"), Label("PNEUMONIA", "Pneumonia")),
     model_dir=Path(__file__).parent / "model",
     default_port=50054,

@@ -12,6 +12,8 @@ from services.core.spec import Label, TaskSpec
 SPEC = TaskSpec(
     task="router",
     exam_type="auto",
+    exam_display_name="Let Dr.Tech decide",
+    exam_summary="from the DICOM header, or recognised by the router model",
     labels=(
         Label("chest_xray", "Chest X-ray"),
         Label("skin_lesion", "Skin lesion (dermoscopy)"),

@@ -7,6 +7,8 @@ from services.core.spec import Label, TaskSpec
 SPEC = TaskSpec(
     task="skin",
     exam_type="skin_lesion",
+    exam_display_name="Skin lesion (dermoscopy)",
+    exam_summary="seven kinds of lesion",
     labels=(
         Label("akiec", "Actinic keratosis / intraepithelial carcinoma"),
         Label("bcc", "Basal cell carcinoma"),

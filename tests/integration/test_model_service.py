@@ -279,6 +279,8 @@ def test_model_info_describes_labels_input_and_card(service: RunningServer, stub
     info = stub.GetModelInfo(diagnosis_pb2.GetModelInfoRequest(), timeout=TIMEOUT)
     assert (info.model.name, info.model.version) == (f"fixture-{spec.task}", "0.0.1")
     assert (info.task, info.exam_type) == (spec.task, spec.exam_type)
+    assert (info.exam_display_name, info.exam_summary) == (spec.exam_display_name, spec.exam_summary)
+    assert info.exam_display_name, "every shipped spec names its exam type for the UI"
     assert [(label.code, label.display_name) for label in info.labels] == [
         (label.code, label.display_name) for label in spec.labels
     ]

@@ -140,6 +140,8 @@ def test_a_model_card_keeps_the_card_json_and_takes_identity_from_get_model_info
         model=diagnosis_pb2.ModelRef(name="skin", version="2026.11.1"),
         task="skin",
         exam_type="skin_lesion",
+        exam_display_name="Skin lesion (dermoscopy)",
+        exam_summary="seven kinds of lesion",
         labels=[diagnosis_pb2.LabelInfo(code="mel", display_name="Melanoma")],
         intended_use="Research.",
         limitations=["Dermoscopy only."],
@@ -150,5 +152,6 @@ def test_a_model_card_keeps_the_card_json_and_takes_identity_from_get_model_info
     assert card["name"] == "skin" and card["version"] == "2026.11.1"
     assert card["architecture"] == "MobileNetV2" and card["data"] == "HAM10000"
     assert card["labels"] == [{"code": "mel", "display_name": "Melanoma"}]
+    assert (card["exam_display_name"], card["exam_summary"]) == ("Skin lesion (dermoscopy)", "seven kinds of lesion")
     assert card["metrics"] == {"auc": 0.9}
     assert card["limitations"] == ["Dermoscopy only."]

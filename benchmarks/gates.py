@@ -34,22 +34,13 @@ from protos.drtech.v1 import diagnosis_pb2
 from services.core.errors import WrongKindOfImage
 from services.core.service import DiagnosisServicer, load_model
 from services.core.settings import ServingSettings
-from services.core.spec import TaskSpec
+from services.registry import diagnosis_specs, model_specs
 from training import outside_images
 from training.gate import genuine_rows
 from training.paths import PROJECT_ROOT, data_dir
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"
-TASK_OF = {"chest_xray": "pneumonia", "skin_lesion": "skin", "bone_xray": "bone"}
-
-
-def specs() -> dict[str, TaskSpec]:
-    from services.bone.spec import SPEC as BONE
-    from services.pneumonia.spec import SPEC as PNEUMONIA
-    from services.router.spec import SPEC as ROUTER
-    from services.skin.spec import SPEC as SKIN
-
-    return {"pneumonia": PNEUMONIA, "skin": SKIN, "bone": BONE, "router": ROUTER}
+TASK_OF = {spec.exam_type: task for task, spec in diagnosis_specs().items()}
 
 
 def png(image) -> bytes:
@@ -70,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = ServingSettings(model_workers=1, warmup_runs=1)
     servicers: dict[str, DiagnosisServicer] = {}
-    for task, spec in specs().items():
+    for task, spec in model_specs().items():
         servicers[task] = DiagnosisServicer(spec, settings)
         servicers[task].set_model(load_model(spec, settings))
 

@@ -45,10 +45,12 @@ from typing import Any
 import numpy as np
 
 from services.core.settings import usable_cores
+from services.registry import diagnosis_specs
 
 ROOT = Path(__file__).resolve().parent.parent
-TASKS = ("bone", "skin", "pneumonia")
-EXAM_TYPES = {"bone": "bone_xray", "skin": "skin_lesion", "pneumonia": "chest_xray"}
+# task -> exam type of every model service that diagnoses (services/registry.py).
+EXAM_TYPES = {task: spec.exam_type for task, spec in diagnosis_specs().items()}
+TASKS = tuple(EXAM_TYPES)
 CONCURRENCY = (1, 4, 16)
 
 

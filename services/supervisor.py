@@ -1,4 +1,4 @@
-"""Run the whole platform locally: auth, the three model services, the router and the gateway.
+"""Run the whole platform locally: auth, every model service (the router among them) and the gateway.
 
 `make run` calls this. Each component runs as its own process (as in Kubernetes), started in
 dependency order; the supervisor waits until each one is healthy and prints the URL. A component
@@ -30,9 +30,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.logs import configure_logging
-from services.common.tls import COMPONENTS, InternalTLS, InternalTLSSettings, ensure_certificates
+from services.common.tls import InternalTLS, InternalTLSSettings, ensure_certificates
 from services.common.tls import secure_channel
 from services.common.tls import load as load_internal_tls
+from services.registry import model_specs
 
 log = configure_logging("supervisor")
 
@@ -101,19 +102,16 @@ def _port(env: str, default: int) -> int:
 
 
 def components() -> list[Component]:
-    """The processes `make run` starts, in start order. Ports come from the environment."""
-    specs = [("auth", "services.auth", "DRTECH_AUTH_PORT", 50051, "grpc"),
-             ("bone", "services.bone", "DRTECH_BONE_PORT", 50052, "grpc"),
-             ("skin", "services.skin", "DRTECH_SKIN_PORT", 50053, "grpc"),
-             ("pneumonia", "services.pneumonia", "DRTECH_PNEUMONIA_PORT", 50054, "grpc"),
-             ("router", "services.router", "DRTECH_ROUTER_PORT", 50055, "grpc"),
-             ("gateway", "gateway", "DRTECH_HTTP_PORT", 8000, "http")]
-    comps = [Component(name, module, _port(env, default), kind, env)
-             for name, module, env, default, kind in specs]
-    gateway = comps[-1]
-    gateway.internal_port_env = "DRTECH_GATEWAY_INTERNAL_PORT"
-    gateway.internal_port = _port(gateway.internal_port_env, 8001)
-    return comps
+    """The processes `make run` starts, in start order: auth, every model service of the registry
+    (services/registry.py), the gateway. Ports come from the environment (DRTECH_<NAME>_PORT)."""
+    comps = [Component("auth", "services.auth", _port("DRTECH_AUTH_PORT", 50051), "grpc", "DRTECH_AUTH_PORT")]
+    for task, spec in model_specs().items():
+        port_env = f"DRTECH_{task.upper()}_PORT"
+        comps.append(Component(task, f"services.{task}", _port(port_env, spec.default_port), "grpc", port_env))
+    gateway = Component("gateway", "gateway", _port("DRTECH_HTTP_PORT", 8000), "http", "DRTECH_HTTP_PORT",
+                        internal_port=_port("DRTECH_GATEWAY_INTERNAL_PORT", 8001),
+                        internal_port_env="DRTECH_GATEWAY_INTERNAL_PORT")
+    return [*comps, gateway]
 
 
 def ports_in_use(comps: list[Component]) -> list[str]:
@@ -159,9 +157,10 @@ def _grpc_serving(address: str) -> bool:
 _probe_tls: InternalTLS | None = None   # the supervisor's client certificate (prepare_internal_tls)
 
 
-def prepare_internal_tls(home: Path) -> None:
-    """With DRTECH_INTERNAL_MTLS on: a throwaway CA and a certificate per component under
-    $home/tls, created where missing (the supervisor's own for its health checks among them)."""
+def prepare_internal_tls(home: Path, names: list[str] | None = None) -> None:
+    """With DRTECH_INTERNAL_MTLS on: a throwaway CA and a certificate per component (`names`, by
+    default every one `make run` starts) under $home/tls, created where missing (the supervisor's
+    own for its health checks among them)."""
     global _probe_tls
     settings = InternalTLSSettings(DRTECH_HOME=home)
     if not settings.mtls:
@@ -170,7 +169,9 @@ def prepare_internal_tls(home: Path) -> None:
         # One file set for every process cannot be right: each needs its own certificate.
         raise SystemExit("make run: unset DRTECH_INTERNAL_TLS_CERT/_KEY/_CA; with DRTECH_INTERNAL_MTLS it "
                          "creates a certificate per component under DRTECH_HOME/tls")
-    written = ensure_certificates(home, (*COMPONENTS, "supervisor"))
+    if names is None:
+        names = [comp.name for comp in components()]
+    written = ensure_certificates(home, (*names, "supervisor"))
     if written:
         log.info("internal mTLS: created %d certificate files under %s", len(written), home / "tls")
     _probe_tls = load_internal_tls("supervisor", settings)
@@ -207,7 +208,7 @@ class Supervisor:
         if self._env is None:
             self._env = _child_env(self.comps)
             Path(self._env["DRTECH_HOME"]).mkdir(parents=True, exist_ok=True)
-            prepare_internal_tls(Path(self._env["DRTECH_HOME"]))
+            prepare_internal_tls(Path(self._env["DRTECH_HOME"]), [comp.name for comp in self.comps])
         # services.with_parent: a child ends if the supervisor is killed outright. No preexec_fn:
         # it runs gRPC's fork handlers in the forked copy of this process (see that module).
         return subprocess.Popen(

@@ -27,9 +27,6 @@ import grpc
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Every component with a certificate, and the names it is reached by (besides localhost/127.0.0.1).
-COMPONENTS = ("auth", "bone", "skin", "pneumonia", "router", "gateway")
-
 
 class InternalTLSSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DRTECH_INTERNAL_", extra="ignore")
@@ -174,7 +171,7 @@ def make_leaf(ca_cert_pem: bytes, ca_key_pem: bytes, component: str, hosts: Iter
                               serialization.NoEncryption()))
 
 
-def ensure_certificates(home: Path, components: Iterable[str] = COMPONENTS) -> list[Path]:
+def ensure_certificates(home: Path, components: Iterable[str]) -> list[Path]:
     """Create $home/tls/ca.{crt,key} and <component>.{crt,key} for those missing (keys 0600); the
     files written. A new CA re-issues every component's certificate (the old ones would not verify)."""
     folder = home / "tls"

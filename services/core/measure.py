@@ -22,6 +22,7 @@ import grpc
 
 from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
 from services.core.settings import ServingSettings
+from services.registry import diagnosis_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--task", required=True, choices=["bone", "skin", "pneumonia"])
+    parser.add_argument("--task", required=True, choices=sorted(diagnosis_specs()))
     parser.add_argument("--image", type=Path, help="image to send (default: a generated 512x512 JPEG)")
     parser.add_argument("--calls", type=int, default=30)
     args = parser.parse_args(argv)

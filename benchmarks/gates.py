@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         """"refused", or the exam type the upload was diagnosed as."""
         reply = ask("router", key, data)
         ratio = struct_to_dict(reply.extra)["ood_ratio"][0]
-        routed = decide(reply.label, ratio)
+        routed = decide(reply.label, ratio, TASK_OF)
         if routed is None:
             return "refused"
         return "refused" if ask(TASK_OF[routed], key, data) == "refused" else routed

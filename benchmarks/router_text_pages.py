@@ -20,6 +20,7 @@ from gateway.serialization import struct_to_dict
 from protos.drtech.v1 import diagnosis_pb2
 from services.core.service import DiagnosisServicer, load_model
 from services.core.settings import ServingSettings
+from services.registry import diagnosis_specs
 from services.router.spec import SPEC
 from training.router import _text_image
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             _text_image(seed).save(buffer, format="JPEG", quality=90)
             reply = servicer.Diagnose(diagnosis_pb2.DiagnoseRequest(image=buffer.getvalue()), None)
             ratio = struct_to_dict(reply.extra)["ood_ratio"][0]
-            if decide(reply.label, ratio) is not None:
+            if decide(reply.label, ratio, [spec.exam_type for spec in diagnosis_specs().values()]) is not None:
                 accepted.append({"seed": seed, "label": reply.label, "ood_ratio": round(ratio, 3)})
     finally:
         servicer.close()

@@ -29,9 +29,11 @@ from gateway.database import create_database_engine, migrate, session_factory, w
 from gateway.errors import error_response, install_error_handlers
 from gateway.grpc_clients import Backends
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
+from gateway.model_catalog import ModelCatalog
 from gateway.settings import FORM_OVERHEAD_BYTES, GatewaySettings
 from gateway.storage import blob_stores
 from gateway.upload_queue import UploadQueue
+from services.registry import model_specs
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -188,6 +190,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             heatmaps=heatmaps,
             metrics=metrics,
             backends=backends,
+            models=ModelCatalog(backends, model_specs(), settings.model_info_timeout_s),
             renders=anyio.CapacityLimiter(settings.concurrent_renders),
             upload_slots=anyio.CapacityLimiter(settings.concurrent_uploads),
             upload_queue=UploadQueue(settings.pending_uploads, settings.upload_queue_bytes),

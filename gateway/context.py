@@ -12,6 +12,7 @@ from sqlalchemy.orm import sessionmaker
 from gateway.errors import ApiError
 from gateway.grpc_clients import Backends
 from gateway.metrics import GatewayMetrics
+from gateway.model_catalog import ModelCatalog
 from gateway.settings import GatewaySettings
 from gateway.storage import BlobStore, PendingForgets
 from gateway.upload_queue import UploadQueue
@@ -26,6 +27,8 @@ class GatewayContext:
     heatmaps: BlobStore
     metrics: GatewayMetrics
     backends: Backends
+    # Which model service serves which exam type (gateway/model_catalog.py).
+    models: ModelCatalog
     # At most settings.concurrent_renders image renders at a time (gateway.diagnoses.rendered_png).
     renders: anyio.CapacityLimiter
     # At most settings.concurrent_uploads uploads in memory at a time (gateway.diagnoses).

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import grpc
@@ -38,9 +38,8 @@ from gateway.auto_routing import classify_exam_type
 from gateway.backend_errors import image_refusal_status, is_unreachable, refusal_reason
 from gateway.context import GatewayContext
 from gateway.errors import ApiError, ClientGone, invalid_fields
-from gateway.grpc_clients import MODEL_SERVICES
 from gateway.records import STATUS_COMPLETED, STATUS_FAILED, Diagnosis
-from gateway.routing import NotServed, choose_exam_type
+from gateway.routing import AUTO, NotServed, choose_exam_type
 from gateway.serialization import clean_extra, diagnosis_json, struct_to_dict
 from gateway.storage import StoreUnavailable, sha256_hex
 from gateway.whole_file import WholeBlobResponse
@@ -52,12 +51,19 @@ from services.core.memory import release_after
 log = logging.getLogger("gateway.diagnoses")
 router = APIRouter(prefix="/api/v1")
 
-ExamType = Literal["chest_xray", "skin_lesion", "bone_xray"]
-RequestedExamType = Literal["chest_xray", "skin_lesion", "bone_xray", "auto"]
 T = TypeVar("T")
 # Far past any history, and within the 64-bit integer SQLite and PostgreSQL take for OFFSET.
 MAX_OFFSET = 1_000_000_000
 DEFAULT_PAGE_SIZE = 20
+
+
+async def served_exam_type(ctx: GatewayContext, exam_type: str, also: tuple[str, ...] = ()) -> None:
+    """422 for an exam type that no model service serves (the services say which: ctx.models), other
+    than those in `also`."""
+    if exam_type in also or (exam_type != AUTO and await ctx.models.resolve(exam_type) is not None):
+        return
+    choices = [*(name for name in ctx.models.exam_types() if name != AUTO), *also]
+    raise invalid_fields({"exam_type": f"Input should be one of: {', '.join(choices)}."})
 
 
 async def in_session(ctx: GatewayContext, work: Callable[[Session], T]) -> T:
@@ -120,8 +126,10 @@ async def run_model(ctx: GatewayContext, record: Diagnosis, data: bytes) -> byte
     A model service that is down or fails leaves the record `failed` (the upload is kept, to
     retry); an image the model rejects raises the 415/422 to answer with.
     """
-    stub = ctx.backends.models[record.exam_type]
-    service = MODEL_SERVICES[record.exam_type]
+    service = await ctx.models.resolve(record.exam_type)
+    if service is None:   # a record of an exam type no model service serves any more
+        raise ApiError(422, f"No model service serves {record.exam_type} now.")
+    stub = ctx.backends.models[service]
     request = diagnosis_pb2.DiagnoseRequest(
         image=data, media_type=record.media_type, request_id=record.id, explain=record.explain
     )
@@ -277,9 +285,10 @@ async def create_diagnosis(
     caller: CallerDep,
     ctx: ContextDep,
     file: Annotated[UploadFile, File(description="JPEG, PNG or DICOM image")],
-    exam_type: Annotated[RequestedExamType, Form()],
+    exam_type: Annotated[str, Form(description="an exam type of GET /api/v1/models, or auto")],
     explain: Annotated[bool, Query(description="also compute a heatmap")] = False,
 ) -> dict[str, Any]:
+    await served_exam_type(ctx, exam_type, also=(AUTO,))
     async with (audit.refusals_recorded(ctx, request, "diagnosis_create", caller.user.id),
                 upload_slot(ctx, request)):    # the upload is in memory from here until it is stored
         return await _diagnose_upload(ctx, request, caller.user.id, file, exam_type, explain)
@@ -411,8 +420,10 @@ async def list_diagnoses(
     ctx: ContextDep,
     limit: OptionalQuery[Annotated[int, Field(ge=1, le=100)]] = None,
     offset: OptionalQuery[Annotated[int, Field(ge=0, le=MAX_OFFSET)]] = None,
-    exam_type: OptionalQuery[ExamType] = None,
+    exam_type: OptionalQuery[str] = None,
 ) -> dict[str, Any]:
+    if exam_type is not None:
+        await served_exam_type(ctx, exam_type)
     limit = DEFAULT_PAGE_SIZE if limit is None else limit
     offset = 0 if offset is None else offset
     rows, total = await in_session(

@@ -26,9 +26,6 @@ from protos.drtech.v1 import auth_pb2, auth_pb2_grpc, diagnosis_pb2, diagnosis_p
 from services.common.tls import InternalTLS, InternalTLSSettings
 from services.common.tls import load as load_internal_tls
 
-# exam_type -> the model service's short name (used in /readyz and logs).
-MODEL_SERVICES: dict[str, str] = {"bone_xray": "bone", "skin_lesion": "skin", "chest_xray": "pneumonia"}
-
 _DIAGNOSIS = diagnosis_pb2.DESCRIPTOR.services_by_name["DiagnosisService"].full_name
 _AUTH = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 _HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -152,22 +149,20 @@ class Backends:
                                 component)
 
         self.auth_backend = Backend("auth", settings.auth_addr, channel(settings.auth_addr, "auth"))
-        self.model_backends: dict[str, Backend] = {
-            exam_type: Backend(name, address, channel(address, name))
-            for exam_type, address in settings.model_addresses().items()
-            for name in (MODEL_SERVICES[exam_type],)
-        }
-        # The router model service answers exam_type=auto for uploads without DICOM routing tags.
-        self.router_backend = Backend("router", settings.router_addr, channel(settings.router_addr, "router"))
-        self.router = diagnosis_pb2_grpc.DiagnosisServiceStub(self.router_backend.channel)
         self.auth = auth_pb2_grpc.AuthServiceStub(self.auth_backend.channel)
+        # Every model service (the router among them) by its name in settings.model_addrs; which exam
+        # type each serves is the model catalog's to say (gateway/model_catalog.py).
+        self.model_backends: dict[str, Backend] = {
+            name: Backend(name, address, channel(address, name))
+            for name, address in settings.model_addrs.items()
+        }
         self.models: dict[str, diagnosis_pb2_grpc.DiagnosisServiceStub] = {
-            exam_type: diagnosis_pb2_grpc.DiagnosisServiceStub(backend.channel)
-            for exam_type, backend in self.model_backends.items()
+            name: diagnosis_pb2_grpc.DiagnosisServiceStub(backend.channel)
+            for name, backend in self.model_backends.items()
         }
 
     def all(self) -> list[Backend]:
-        return [self.auth_backend, *self.model_backends.values(), self.router_backend]
+        return [self.auth_backend, *self.model_backends.values()]
 
     async def check_health(self, timeout_s: float) -> dict[str, str]:
         """name -> "SERVING" or the reason it is not (not serving, unreachable, ...), for every backend."""

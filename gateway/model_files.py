@@ -1,13 +1,15 @@
 """Training plots shipped next to each model (services/<task>/model/*.png), served for the model cards.
 
 Training writes its figures (learning curves, ROC, calibration, confusion matrix) as PNGs beside
-model.onnx; the gateway lists and serves them read-only. Only plain `*.png` names directly in a
-known task's model folder are served, so a request can never reach another file.
+model.onnx; the gateway lists and serves them read-only. Only plain `*.png` names directly in the
+model folder of a model service the gateway calls (settings.model_addrs) are served, so a request
+can never reach another file.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -19,13 +21,13 @@ from gateway.whole_file import WholeFileResponse
 
 router = APIRouter(prefix="/api/v1")
 
-TASKS: tuple[str, ...] = ("bone", "skin", "pneumonia", "router")
 _PLOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.png$")
 
 
-def plot_names(models_dir: Path, task: str) -> list[str]:
-    """The PNG file names in `<models_dir>/<task>/model/`, sorted; [] for an unknown task or no folder."""
-    if task not in TASKS:
+def plot_names(models_dir: Path, task: str, tasks: Collection[str]) -> list[str]:
+    """The PNG file names in `<models_dir>/<task>/model/`, sorted; [] for a task not in `tasks` or no
+    folder."""
+    if task not in tasks:
         return []
     folder = models_dir / task / "model"
     if not folder.is_dir():
@@ -39,15 +41,16 @@ def plot_url(task: str, name: str) -> str:
 
 @router.get("/models/{task}/plots")
 async def list_plots(task: str, ctx: ContextDep) -> dict[str, list[str]]:
-    if task not in TASKS:
-        raise ApiError(404, f"No model named {task!r}; models are {', '.join(TASKS)}.")
-    names = await run_in_threadpool(plot_names, ctx.settings.models_dir, task)
+    tasks = ctx.settings.model_addrs
+    if task not in tasks:
+        raise ApiError(404, f"No model named {task!r}; models are {', '.join(tasks)}.")
+    names = await run_in_threadpool(plot_names, ctx.settings.models_dir, task, tasks)
     return {"plots": [plot_url(task, name) for name in names]}
 
 
 @router.get("/models/{task}/plots/{name}", response_class=WholeFileResponse)
 async def get_plot(task: str, name: str, ctx: ContextDep) -> WholeFileResponse:
-    names = await run_in_threadpool(plot_names, ctx.settings.models_dir, task)
+    names = await run_in_threadpool(plot_names, ctx.settings.models_dir, task, ctx.settings.model_addrs)
     if name not in names:
         raise ApiError(404, f"The {task} model has no plot named {name!r}.")
     return WholeFileResponse(

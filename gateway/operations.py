@@ -9,10 +9,8 @@ Prometheus reach (/healthz, the detailed /readyz and /readyz/gateway, /metrics).
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
-import grpc
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -24,9 +22,7 @@ from gateway.errors import ApiError
 from gateway.grpc_clients import public_state
 from gateway.model_files import plot_names, plot_url
 from gateway.serialization import model_card_json
-from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
 
-log = logging.getLogger("gateway.operations")
 router = APIRouter()
 internal_router = APIRouter()
 
@@ -118,23 +114,13 @@ async def models(ctx: ContextDep) -> list[dict[str, Any]]:
     """Every model service's card, the router's last (no login), with URLs of its training plots.
 
     A service that cannot answer is left out and logged."""
-
-    async def card(name: str, stub: diagnosis_pb2_grpc.DiagnosisServiceStub) -> dict[str, Any] | None:
-        try:
-            info = await stub.GetModelInfo(
-                diagnosis_pb2.GetModelInfoRequest(), timeout=ctx.settings.model_info_timeout_s
-            )
-        except grpc.aio.AioRpcError as error:
-            log.warning("model info for %s unavailable: %s", name, error.code().name)
-            return None
-        found = model_card_json(info)
-        names = await run_in_threadpool(plot_names, ctx.settings.models_dir, found["task"])
-        found["plots"] = [plot_url(found["task"], plot) for plot in names]
-        return found
-
-    stubs = [*ctx.backends.models.items(), ("auto", ctx.backends.router)]
-    cards = await asyncio.gather(*(card(name, stub) for name, stub in stubs))
-    found = [c for c in cards if c is not None]
+    found = []
+    for info in await ctx.models.all_model_info():
+        card = model_card_json(info)
+        names = await run_in_threadpool(plot_names, ctx.settings.models_dir, card["task"],
+                                        ctx.settings.model_addrs)
+        card["plots"] = [plot_url(card["task"], plot) for plot in names]
+        found.append(card)
     if not found:
         raise ApiError(503, "No model service is available right now.", headers={"Retry-After": "5"})
     return found

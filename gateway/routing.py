@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-EXAM_TYPES: tuple[str, ...] = ("chest_xray", "skin_lesion", "bone_xray")
-AUTO = "auto"
+from services.registry import AUTO
 
 
 # DICOM BodyPartExamined values (PS3.16 CID 4031 codes and common free-text variants).

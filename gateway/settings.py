@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -12,6 +14,7 @@ from pydantic_settings import SettingsConfigDict
 from services.common.production import database_problem, trusted_proxies_problem
 from services.core.imaging import ImageLimits
 from services.core.settings import ImageLimitSettings
+from services.registry import model_specs
 
 MIB = 1024 * 1024
 # A Diagnose request carries the upload and a few fields besides (media type, request id, flags).
@@ -30,11 +33,12 @@ class GatewaySettings(ImageLimitSettings):
     env: Literal["development", "production"] = Field(default="development", validation_alias="DRTECH_ENV")
     http_port: int = Field(default=8000, ge=0, le=65535, validation_alias="DRTECH_HTTP_PORT")
     auth_addr: str = Field(default="127.0.0.1:50051", validation_alias="DRTECH_AUTH_ADDR")
-    bone_addr: str = Field(default="127.0.0.1:50052", validation_alias="DRTECH_BONE_ADDR")
-    skin_addr: str = Field(default="127.0.0.1:50053", validation_alias="DRTECH_SKIN_ADDR")
-    pneumonia_addr: str = Field(default="127.0.0.1:50054", validation_alias="DRTECH_PNEUMONIA_ADDR")
-    # The router model service: picks the exam type for `auto` uploads without DICOM routing tags.
-    router_addr: str = Field(default="127.0.0.1:50055", validation_alias="DRTECH_ROUTER_ADDR")
+    # Every model service the gateway calls, the router among them: name -> address, as JSON in
+    # DRTECH_MODEL_ADDRS. By default each of the registry (services/registry.py) at 127.0.0.1 and its
+    # default port. DRTECH_<NAME>_ADDR (DRTECH_BONE_ADDR, ...: what make run and deploy/k8s set)
+    # replaces one entry. Which exam type each serves, the services say (gateway/model_catalog.py).
+    model_addrs: dict[str, str] = Field(default_factory=lambda: default_model_addrs(),
+                                        validation_alias="DRTECH_MODEL_ADDRS")
     max_message_bytes: int = Field(default=20 * MIB, ge=4096, validation_alias="DRTECH_MAX_MESSAGE_BYTES")
 
     host: str = "127.0.0.1"
@@ -139,6 +143,22 @@ class GatewaySettings(ImageLimitSettings):
     cookie_name: str = "drtech_session"
     cookie_secure: bool | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_model_address_per_name(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        given = data.pop("DRTECH_MODEL_ADDRS", data.pop("model_addrs", None))
+        addresses = dict(json.loads(given) if isinstance(given, str) else given or default_model_addrs())
+        # Given here (a test's or a tool's keyword) before the environment, as for any setting.
+        named = {**os.environ, **{key.upper(): value for key, value in data.items() if isinstance(key, str)}}
+        for name in addresses:
+            if model_addr_variable(name) in named:
+                addresses[name] = named[model_addr_variable(name)]
+        data["model_addrs"] = addresses
+        return data
+
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _addresses_or_networks(cls, value: str) -> str:
@@ -230,10 +250,13 @@ class GatewaySettings(ImageLimitSettings):
     def heatmaps_dir(self) -> Path:
         return self.home / "heatmaps"
 
-    def model_addresses(self) -> dict[str, str]:
-        """exam_type -> address of the model service that serves it."""
-        return {
-            "bone_xray": self.bone_addr,
-            "skin_lesion": self.skin_addr,
-            "chest_xray": self.pneumonia_addr,
-        }
+
+
+def model_addr_variable(name: str) -> str:
+    """The variable that gives model service `name` its address alone: DRTECH_BONE_ADDR for bone."""
+    return f"DRTECH_{name.upper()}_ADDR"
+
+
+def default_model_addrs() -> dict[str, str]:
+    """name -> 127.0.0.1:<default port> for every model service of the registry (make run's)."""
+    return {task: f"127.0.0.1:{spec.default_port}" for task, spec in model_specs().items()}

@@ -23,12 +23,6 @@ router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 FAVICON = Path(__file__).parent / "static" / "favicon.ico"
 
-EXAM_TYPES = [
-    ("chest_xray", "Chest X-ray", "pneumonia or normal"),
-    ("skin_lesion", "Skin lesion (dermoscopy)", "seven kinds of lesion"),
-    ("bone_xray", "Bone X-ray (knee)", "normal or abnormal, with a severity grade"),
-    ("auto", "Let Dr.Tech decide", "from the DICOM header, or recognised by the router model"),
-]
 
 
 class AuthServiceDown(Exception):
@@ -60,11 +54,19 @@ async def _visitor(request: Request) -> auth_pb2.User | None:
         return None
 
 
+def _exam_types(request: Request) -> list[tuple[str, str, str]]:
+    """(exam type, its name, what it finds) of every model service, as the services say (the router's
+    "auto" last); none while the gateway is starting."""
+    ctx = getattr(request.app.state, "gateway", None)
+    exams = ctx.models.exams() if ctx is not None else []
+    return [(exam.exam_type, exam.display_name, exam.summary) for exam in exams]
+
+
 def _page(request: Request, template: str, user: auth_pb2.User | None, status_code: int = 200,
           **context: Any) -> HTMLResponse:
     return templates.TemplateResponse(
         request, template,
-        {"user": user, "exam_types": EXAM_TYPES, "active": template, "section": None, **context},
+        {"user": user, "exam_types": _exam_types(request), "active": template, "section": None, **context},
         status_code=status_code,
     )
 

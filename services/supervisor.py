@@ -104,7 +104,8 @@ def _port(env: str, default: int) -> int:
 def components() -> list[Component]:
     """The processes `make run` starts, in start order: auth, every model service of the registry
     (services/registry.py), the gateway. Ports come from the environment (DRTECH_<NAME>_PORT)."""
-    comps = [Component("auth", "services.auth", _port("DRTECH_AUTH_PORT", 50051), "grpc", "DRTECH_AUTH_PORT")]
+    comps = [Component("auth", "services.auth", _port("DRTECH_AUTH_PORT", 50051), "grpc",
+                       "DRTECH_AUTH_PORT")]
     for task, spec in model_specs().items():
         port_env = f"DRTECH_{task.upper()}_PORT"
         comps.append(Component(task, f"services.{task}", _port(port_env, spec.default_port), "grpc", port_env))

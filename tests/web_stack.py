@@ -1,6 +1,6 @@
-"""The whole platform in this process, for the API, web and browser tests: auth, the four model
-services, the gateway. The one whole-stack fixture of the suite (tests/integration/test_gateway_api.py,
-test_gateway_web.py, test_gateway_hostile_inputs.py, test_gateway_load.py, tests/e2e/test_web_ui.py).
+"""The whole platform in this process, for the API, web and browser tests: auth, every model service
+of the registry (services/registry.py; of another tree with `services_dir`), the gateway. The one
+whole-stack fixture of the suite (tests/integration/test_gateway_api.py, test_gateway_web.py, test_gateway_hostile_inputs.py, test_gateway_load.py, tests/e2e/test_web_ui.py).
 
 Everything listens on free ports. Diagnosis services use the shipped models when they exist (else a
 contract-shaped stand-in, as in tests/integration/test_gateway_api.py); the router always uses its
@@ -21,17 +21,15 @@ from gateway.testing import RunningGateway, start_gateway
 from services.auth.server import AuthServer
 from services.auth.server import start_server as start_auth
 from services.auth.settings import AuthSettings
-from services.bone.spec import SPEC as BONE
 from services.core.server import RunningServer
 from services.core.server import start_server as start_model
 from services.core.settings import ServingSettings
 from services.core.spec import TaskSpec
-from services.pneumonia.spec import SPEC as PNEUMONIA
-from services.router.spec import SPEC as ROUTER
-from services.skin.spec import SPEC as SKIN
+from services.registry import AUTO, SERVICES_DIR, diagnosis_specs, model_specs
 from tests.serving_models import write_fixture_model
 
-SPECS: dict[str, TaskSpec] = {"bone_xray": BONE, "skin_lesion": SKIN, "chest_xray": PNEUMONIA}
+# exam type -> spec of every shipped model service but the router.
+SPECS: dict[str, TaskSpec] = {spec.exam_type: spec for spec in diagnosis_specs().values()}
 
 
 class KeptLogs(logging.Handler):
@@ -74,13 +72,9 @@ class Stack:
 
 
 def backend_addresses(auth_addr: str, models: dict[str, RunningServer]) -> dict[str, object]:
-    return {
-        "DRTECH_AUTH_ADDR": auth_addr,
-        "DRTECH_BONE_ADDR": models["bone_xray"].target,
-        "DRTECH_SKIN_ADDR": models["skin_lesion"].target,
-        "DRTECH_PNEUMONIA_ADDR": models["chest_xray"].target,
-        "DRTECH_ROUTER_ADDR": models["auto"].target,
-    }
+    """The gateway's backend settings for these servers (keyed by exam type)."""
+    return {"DRTECH_AUTH_ADDR": auth_addr,
+            "DRTECH_MODEL_ADDRS": {server.spec.task: server.target for server in models.values()}}
 
 
 def serving_settings(refuse_unreadable: bool = False) -> ServingSettings:
@@ -107,11 +101,15 @@ def model_spec(spec: TaskSpec, scratch: Path) -> TaskSpec:
 
 @contextmanager
 def running_stack(home: Path, scratch: Path, models_dir: Path | None = None,
-                  auth_settings: dict[str, object] | None = None, **gateway_settings: object) -> Iterator[Stack]:
+                  auth_settings: dict[str, object] | None = None, services_dir: Path = SERVICES_DIR,
+                  **gateway_settings: object) -> Iterator[Stack]:
     """The whole platform; `auth_settings` override the auth service's (e.g. its throttles) and
-    `gateway_settings` the gateway's (e.g. database_url)."""
-    if not ROUTER.model_path.exists():
-        raise RuntimeError(f"the router model is missing at {ROUTER.model_path}; run python -m training.router")
+    `gateway_settings` the gateway's (e.g. database_url). `services_dir`: the tree whose model
+    services run (Stack.models keyed by exam type, the router's by "auto")."""
+    specs = model_specs(services_dir)
+    router = next((spec for spec in specs.values() if spec.exam_type == AUTO), None)
+    if router is None or not router.model_path.exists():
+        raise RuntimeError(f"the router model is missing under {services_dir}; run python -m training.router")
     logs = KeptLogs()
     root = logging.getLogger()
     previous_level = root.level
@@ -121,9 +119,10 @@ def running_stack(home: Path, scratch: Path, models_dir: Path | None = None,
     models: dict[str, RunningServer] = {}
     gateway = None
     try:
-        for exam_type, spec in SPECS.items():
-            models[exam_type] = start_model(model_spec(spec, scratch), serving_settings(), port=0)
-        models["auto"] = start_model(ROUTER, serving_settings(), port=0)
+        for spec in specs.values():
+            # The router always runs its shipped model: auto-routing relies on its ood_ratio output.
+            model = spec if spec is router else model_spec(spec, scratch)
+            models[spec.exam_type] = start_model(model, serving_settings(), port=0)
         auth_addr = f"127.0.0.1:{auth.port}"
         values: dict[str, object] = {"DRTECH_HOME": home, **backend_addresses(auth_addr, models)}
         if models_dir is not None:

@@ -2,12 +2,6 @@
 // session cookie; the X-Requested-With header is the gateway's CSRF guard for cookie requests.
 "use strict";
 
-const EXAM_NAMES = {
-  chest_xray: "Chest X-ray",
-  skin_lesion: "Skin lesion",
-  bone_xray: "Bone X-ray",
-};
-
 class ApiError extends Error {
   constructor(status, body) {
     super((body && body.detail) || `Request failed (${status})`);
@@ -103,21 +97,27 @@ function showFieldErrors(form, errors) {
   if (first) first.focus();
 }
 
-// Plain-words names of an exam type's classes, from the public model cards (fetched once). The list
-// holds only the services that answered: one without this exam type, or a failure, is asked again.
-let labelNamesPromise = null;
-async function labelNames(examType) {
-  labelNamesPromise = labelNamesPromise || api("/api/v1/models")
-    .then((cards) => Object.fromEntries(cards.map((card) =>
-      [card.exam_type, Object.fromEntries((card.labels || []).map((l) => [l.code, l.display_name]))])));
+// The exam types the model services serve, from their public cards (fetched once): exam type ->
+// {name, task, labels: {code: plain-words name}}. The cards are those of the services that answered:
+// asked for one that is missing (or after a failure), they are fetched again next time.
+let examsPromise = null;
+async function exams(examType) {
+  examsPromise = examsPromise || api("/api/v1/models").then((cards) => Object.fromEntries(cards.map((card) =>
+    [card.exam_type, { name: card.exam_display_name || card.exam_type, task: card.task,
+      labels: Object.fromEntries((card.labels || []).map((l) => [l.code, l.display_name])) }])));
   try {
-    const names = (await labelNamesPromise)[examType];
-    if (names) return names;
+    const all = await examsPromise;
+    if (!examType || all[examType]) return all;
   } catch (error) {
-    // fall through: codes are shown this time
+    // fall through: exam types and codes are shown as they are this time
   }
-  labelNamesPromise = null;
+  examsPromise = null;
   return {};
+}
+
+// An exam type's name for people ("Chest X-ray"), or the exam type itself when no card names it.
+function examName(all, examType) {
+  return (all[examType] && all[examType].name) || examType;
 }
 
 // The newest upload or retry on this page: a reply to an older one (a slow retry) is not shown over it.
@@ -300,8 +300,6 @@ function initLogin() {
 }
 
 // ---- one result ----------------------------------------------------------------------------
-const TASK_OF_EXAM = { chest_xray: "pneumonia", skin_lesion: "skin", bone_xray: "bone" };
-
 function findingText(d) {
   if (d.status !== "completed") return "No result: the model could not answer.";
   let text = `Finding: ${d.label_display} (${percent(d.confidence)} probability).`;
@@ -321,11 +319,12 @@ async function renderResult(d) {
   const section = $("#result");
   section.dataset.ready = "false";
   section.hidden = false;
+  const all = await exams(d.exam_type);
   $("#result-finding").textContent = findingText(d);
   const detail = $("#result-detail");
   // The API's detail names its retry endpoint; a person gets plain words and the button below.
   const text = d.status === "failed"
-    ? `The ${EXAM_NAMES[d.exam_type] || "model"} model could not answer just now. Your image is kept: try again in a moment.`
+    ? `The ${examName(all, d.exam_type)} model could not answer just now. Your image is kept: try again in a moment.`
     : d.detail || "";
   const message = el("span", { id: "result-detail-text", text });
   detail.replaceChildren(message);
@@ -367,7 +366,7 @@ async function renderResult(d) {
   const bars = $("#result-bars");
   bars.replaceChildren();
   const entries = Object.entries(d.probabilities || {}).sort((a, b) => b[1] - a[1]);
-  const names = await labelNames(d.exam_type);
+  const names = (all[d.exam_type] || {}).labels || {};
   for (const [code, p] of entries) {
     const fill = el("span", { className: "bar-fill" + (code === d.label ? " top" : "") });
     fill.style.width = `${Math.max(0, Math.min(1, p)) * 100}%`; // CSSOM: allowed by the CSP
@@ -379,12 +378,12 @@ async function renderResult(d) {
         el("span", { className: "bar-value", text: percent(p) })),
     );
   }
-  let exam = EXAM_NAMES[d.exam_type] || d.exam_type;
+  let exam = examName(all, d.exam_type);
   if (d.requested_exam_type === "auto") exam += " (recognised automatically)";
   $("#result-exam").textContent = exam;
   $("#result-model").textContent = d.model && d.model.name ? `${d.model.name} ${d.model.version || ""}` : "—";
   // Cards are anchored by task; a model's name may differ (training.arch_training: "skin-<arch>").
-  const task = TASK_OF_EXAM[d.exam_type] || (d.model && d.model.name);
+  const task = (all[d.exam_type] && all[d.exam_type].task) || (d.model && d.model.name);
   $("#result-card-link").href = `/models#model-${task}`;
   $("#result-card-link").textContent = `${(d.model && d.model.name) || task} model card`;
   $("#result-when").textContent = formatDate(d.created_at);
@@ -614,14 +613,14 @@ function initHistory() {
     const params = new URLSearchParams({ limit: pageSize, offset });
     if (filter.value) params.set("exam_type", filter.value);
     try {
-      const page = await api(`/api/v1/diagnoses?${params}`);
+      const [page, all] = await Promise.all([api(`/api/v1/diagnoses?${params}`), exams()]);
       if (ticket !== latest) return;
       if (!page.items.length && offset > 0) {
         // This page became empty (its last result was deleted): show the one before it.
         return load(Math.max(0, offset - pageSize));
       }
       shown = offset;
-      list.replaceChildren(...page.items.map(historyItem));
+      list.replaceChildren(...page.items.map((d) => historyItem(d, all)));
       $("#history-empty").hidden = page.total !== 0 || Boolean(filter.value);
       $("#history-empty-filtered").hidden = page.total !== 0 || !filter.value;
       $("#prev-page").disabled = offset === 0;
@@ -633,10 +632,10 @@ function initHistory() {
     }
   }
 
-  function historyItem(d) {
+  function historyItem(d, all) {
     const summary = d.status === "completed" ? `${d.label_display} · ${percent(d.confidence)}` : "Failed — open to retry";
     const remove = el("button", { type: "button", className: "button danger", text: "Delete",
-      "aria-label": `Delete the ${EXAM_NAMES[d.exam_type] || d.exam_type} result from ${formatDate(d.created_at)}` });
+      "aria-label": `Delete the ${examName(all, d.exam_type)} result from ${formatDate(d.created_at)}` });
     remove.addEventListener("click", async () => {
       if (!window.confirm("Delete this result and its image? This cannot be undone.")) return;
       try {
@@ -652,7 +651,7 @@ function initHistory() {
     return el("li", { className: "history-item" },
       el("img", { src: `${d.image_url}?max_side=192`, alt: "", loading: "lazy", width: "96", height: "96", className: "thumb" }),
       el("div", { className: "history-text" },
-        el("a", { href: `/results/${d.id}`, text: `${EXAM_NAMES[d.exam_type] || d.exam_type}: ${summary}` }),
+        el("a", { href: `/results/${d.id}`, text: `${examName(all, d.exam_type)}: ${summary}` }),
         el("span", { className: "hint", text: `${formatDate(d.created_at)} · ${d.model.name || ""} ${d.model.version || ""}` })),
       remove);
   }
@@ -772,7 +771,7 @@ function testTimeAugmentation(architecture) {
 }
 
 function modelCard(card) {
-  const title = card.exam_type === "auto" ? "Router (exam type = auto)" : EXAM_NAMES[card.exam_type] || card.exam_type;
+  const title = card.exam_type === "auto" ? "Router (exam type = auto)" : card.exam_display_name || card.exam_type;
   const metrics = el("dl", { className: "facts metrics" });
   for (const [name, value] of metricRows(card.metrics)) metrics.append(el("dt", { text: name }), el("dd", { text: value }));
   const data = card.data || {};
@@ -813,7 +812,7 @@ function initModels() {
   api("/api/v1/models").then((cards) => {
     box.replaceChildren(...cards.map(modelCard));
     $("#model-toc").replaceChildren(el("ul", {}, ...cards.map((card) =>
-      el("li", {}, el("a", { href: `#model-${card.task || card.name}`, text: card.exam_type === "auto" ? "Router" : EXAM_NAMES[card.exam_type] || card.name })))));
+      el("li", {}, el("a", { href: `#model-${card.task || card.name}`, text: card.exam_type === "auto" ? "Router" : card.exam_display_name || card.name })))));
     box.setAttribute("aria-busy", "false");
     if (window.location.hash) {
       const target = document.getElementById(window.location.hash.slice(1));

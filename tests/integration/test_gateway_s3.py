@@ -35,7 +35,7 @@ def client(s3_server: SeaweedFS, prefix: str, tmp_path: Path) -> Iterator[TestCl
     )
     with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         client.app.state.gateway.backends.auth = OneLiveSession()
-        client.app.state.gateway.backends.models["chest_xray"] = ChestModelThatExplains()
+        client.app.state.gateway.backends.models["pneumonia"] = ChestModelThatExplains()
         yield client
 
 

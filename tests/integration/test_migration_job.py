@@ -150,7 +150,7 @@ def test_the_migrator_owns_the_schema_and_the_app_role_serves_with_dml_only(tmp_
                                    migration_wait_s=0)
         with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
             client.app.state.gateway.backends.auth = OneLiveSession()
-            client.app.state.gateway.backends.models["chest_xray"] = ChestModelThatExplains()
+            client.app.state.gateway.backends.models["pneumonia"] = ChestModelThatExplains()
             auth = {"Authorization": f"Bearer {LIVE_TOKEN}"}
             made = client.post("/api/v1/diagnoses", files={"file": ("x.png", png_bytes(Image.new("RGB", (32, 32))))},
                                data={"exam_type": "chest_xray"}, headers=auth)

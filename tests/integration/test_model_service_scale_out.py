@@ -188,9 +188,9 @@ async def until(
 async def scale_out_and_kill_one(zone: Zone, dns_port: int, port: int, replicas: list[Replica]) -> None:
     # One record: every call goes to the one replica it names, the others stand idle.
     zone.addresses = HOSTS[:1]
-    settings = GatewaySettings(bone_addr=f"dns://127.0.0.1:{dns_port}/{NAME}:{port}")
+    settings = GatewaySettings(DRTECH_BONE_ADDR=f"dns://127.0.0.1:{dns_port}/{NAME}:{port}")
     backends = Backends(settings)   # the gateway's channels, built by the gateway's own code
-    load = Load(backends.models["bone_xray"], settings.diagnose_timeout_s)
+    load = Load(backends.models["bone"], settings.diagnose_timeout_s)
     callers = [asyncio.create_task(load.caller(number)) for number in range(CONCURRENT_CALLS)]
     try:
         async with httpx.AsyncClient(timeout=10) as client:

@@ -48,10 +48,11 @@ def test_settings_default_to_development_paths_and_ports(tmp_path: Path) -> None
     assert settings.database_url == f"sqlite:///{tmp_path.as_posix()}/gateway.db"
     assert settings.http_port == 8000 and settings.host == "127.0.0.1"
     assert settings.auth_addr == "127.0.0.1:50051"
-    assert settings.model_addresses() == {
-        "bone_xray": "127.0.0.1:50052",
-        "skin_lesion": "127.0.0.1:50053",
-        "chest_xray": "127.0.0.1:50054",
+    assert settings.model_addrs == {   # every model service of the registry, at its default port
+        "bone": "127.0.0.1:50052",
+        "skin": "127.0.0.1:50053",
+        "pneumonia": "127.0.0.1:50054",
+        "router": "127.0.0.1:50055",
     }
     assert settings.cookie_secure is False
     production = GatewaySettings(DRTECH_HOME=tmp_path, DRTECH_ENV="production",
@@ -295,7 +296,7 @@ def png_bytes(image: Image.Image) -> bytes:
 
 @pytest.fixture
 def chest_model(client: TestClient, sessions: OneLiveSession) -> None:
-    client.app.state.gateway.backends.models["chest_xray"] = ChestModelThatExplains()
+    client.app.state.gateway.backends.models["pneumonia"] = ChestModelThatExplains()
 
 
 def _stored(settings: GatewaySettings) -> list[str]:
@@ -569,13 +570,25 @@ def test_every_page_says_not_for_clinical_use_and_loads_nothing_from_elsewhere(
     assert "<noscript>" in reply.text and "need JavaScript" in reply.text
 
 
+def test_model_addresses_are_one_mapping_and_a_per_name_variable_replaces_one_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRTECH_MODEL_ADDRS", '{"lungs": "lungs:50056", "router": "router:50055"}')
+    monkeypatch.setenv("DRTECH_ROUTER_ADDR", "elsewhere:1")
+    assert GatewaySettings(DRTECH_HOME=tmp_path).model_addrs == {"lungs": "lungs:50056", "router": "elsewhere:1"}
+    given = GatewaySettings(DRTECH_HOME=tmp_path, DRTECH_LUNGS_ADDR="here:2")   # a keyword before the environment
+    assert given.model_addrs == {"lungs": "here:2", "router": "elsewhere:1"}
+    monkeypatch.delenv("DRTECH_MODEL_ADDRS")
+    monkeypatch.setenv("DRTECH_BONE_ADDR", "bone.drtech.svc:50052")   # as deploy/k8s sets it
+    assert GatewaySettings(DRTECH_HOME=tmp_path).model_addrs["bone"] == "bone.drtech.svc:50052"
+
+
 def test_pages_and_api_answers_are_never_stored_by_a_browser_but_static_files_may_be(
     client: TestClient,
 ) -> None:
     """Back after log-out on a shared computer must not show the last user's pages or findings."""
     backends = client.app.state.gateway.backends
     backends.models = dict.fromkeys(backends.models, NothingAnswers())   # /api/v1/models: 503, no-store too
-    backends.router = NothingAnswers()
     for path in [*PAGES, "/history", "/api/v1/models", "/api/v1/me", "/healthz"]:
         assert client.get(path).headers["cache-control"] == "no-store", path
     assert "cache-control" not in client.get("/static/app.js").headers
@@ -750,10 +763,11 @@ def test_plots_are_only_plain_png_files_directly_in_a_known_models_folder(tmp_pa
     (tmp_path / "gateway" / "model").mkdir(parents=True)
     (tmp_path / "gateway" / "model" / "x.png").write_bytes(b"x")
 
-    assert plot_names(tmp_path, "pneumonia") == ["roc.png"]
-    assert plot_names(tmp_path, "gateway") == []           # not a model
-    assert plot_names(tmp_path, "../pneumonia") == []
-    assert plot_names(tmp_path / "nowhere", "pneumonia") == []
+    models = ("bone", "pneumonia")                         # settings.model_addrs
+    assert plot_names(tmp_path, "pneumonia", models) == ["roc.png"]
+    assert plot_names(tmp_path, "gateway", models) == []           # not a model
+    assert plot_names(tmp_path, "../pneumonia", models) == []
+    assert plot_names(tmp_path / "nowhere", "pneumonia", models) == []
 
 
 def test_an_image_accepted_under_a_raised_upload_limit_can_be_shown(monkeypatch: pytest.MonkeyPatch) -> None:

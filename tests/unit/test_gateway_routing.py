@@ -79,9 +79,11 @@ def test_backend_addresses_use_the_dns_resolver_so_round_robin_sees_every_pod() 
         ("bone_xray", 1.01, None),            # past the threshold: none of the three
         ("bone_xray", float("nan"), None),    # no usable score: refuse rather than guess
         ("router_only_label", 0.1, None),
+        ("lung_xray", 0.1, None),             # a kind the router knows but no model service serves
+        ("auto", 0.1, None),
     ],
 )
 def test_the_router_answer_is_used_only_for_an_image_of_a_known_kind(
     label: str, ood_ratio: float, expected: str | None
 ) -> None:
-    assert decide(label, ood_ratio) == expected
+    assert decide(label, ood_ratio, ("bone_xray", "skin_lesion", "chest_xray", "auto")) == expected

@@ -128,7 +128,11 @@ def test_a_router_reply_without_a_finite_score_is_refused_not_a_500() -> None:
             reply.extra.update({"ood_ratio": [float("nan")]})
             return reply
 
-    ctx = SimpleNamespace(backends=SimpleNamespace(router=RouterWithNaN()),
+    from gateway.model_catalog import ModelCatalog
+    from services.registry import model_specs
+
+    backends = SimpleNamespace(models={"pneumonia": None, "router": RouterWithNaN()})
+    ctx = SimpleNamespace(backends=backends, models=ModelCatalog(backends, model_specs(), timeout_s=1.0),
                           settings=SimpleNamespace(route_timeout_s=1.0))
     with pytest.raises(ApiError) as refused:
         anyio.run(classify_exam_type, ctx, b"x", "image/png", "req-1")

@@ -26,7 +26,7 @@ import yaml
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, model_addr_variable
 from services.auth.settings import AuthSettings
 from services.bone.spec import SPEC as BONE
 from services.core.settings import ServingSettings
@@ -544,6 +544,8 @@ def termination_problems(
 def env_name_problems(name: str, where: str, container: dict[str, Any]) -> Iterator[str]:
     """A misspelt setting is silently ignored by pydantic-settings (extra="ignore"): catch it here."""
     known = settings_env_names(SETTINGS[name]) | SHARED_ENV
+    if SETTINGS[name] is GatewaySettings:   # each model service's address, read beside DRTECH_MODEL_ADDRS
+        known |= {model_addr_variable(task) for task in MODEL_SERVICES}
     for entry in container.get("env", []):
         if entry["name"].startswith("DRTECH_") and entry["name"] not in known:
             yield f"{where}: env {entry['name']} is read by no setting of {SETTINGS[name].__name__}"

@@ -41,7 +41,7 @@ def test_a_refusal_is_415_or_422_by_its_reason_not_its_wording(
     with TestClient(create_app(GatewaySettings(DRTECH_HOME=tmp_path)), base_url="http://127.0.0.1") as client:
         backends = client.app.state.gateway.backends
         backends.auth = OneLiveSession()
-        backends.models["chest_xray"] = RefusingModel(reason, message)
+        backends.models["pneumonia"] = RefusingModel(reason, message)
         reply = client.post("/api/v1/diagnoses", files={"file": ("upload", encode(gradient_rgb(), "PNG"))},
                             data={"exam_type": "chest_xray"}, headers={"Authorization": f"Bearer {LIVE_TOKEN}"})
     assert reply.status_code == status, reply.text
@@ -55,7 +55,7 @@ def test_the_routers_refusal_of_an_auto_upload_is_mapped_the_same_way(
     with TestClient(create_app(GatewaySettings(DRTECH_HOME=tmp_path)), base_url="http://127.0.0.1") as client:
         backends = client.app.state.gateway.backends
         backends.auth = OneLiveSession()
-        backends.router = RefusingModel(reason, "the router cannot read it")
+        backends.models["router"] = RefusingModel(reason, "the router cannot read it")
         reply = client.post("/api/v1/diagnoses", files={"file": ("upload", encode(gradient_rgb(), "PNG"))},
                             data={"exam_type": "auto"}, headers={"Authorization": f"Bearer {LIVE_TOKEN}"})
     assert reply.status_code == status, reply.text

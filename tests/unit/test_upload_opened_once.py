@@ -96,7 +96,7 @@ def test_a_jpeg_with_a_chosen_exam_type_is_walked_once_by_the_gateway_and_decode
     with TestClient(create_app(GatewaySettings(DRTECH_HOME=tmp_path / "home")), base_url="http://127.0.0.1") as client:
         backends = client.app.state.gateway.backends
         backends.auth = OneLiveSession()
-        backends.models["chest_xray"] = InProcessService(servicer, readers, "chest service")
+        backends.models["pneumonia"] = InProcessService(servicer, readers, "chest service")
         reply = _upload(client, encode(gradient_rgb(256, 256), "JPEG"), "chest_xray")
     assert reply.status_code == 201 and reply.json()["status"] == "completed", reply.text
     assert readers.counts == {
@@ -113,8 +113,8 @@ def test_an_auto_dicom_is_parsed_once_by_the_gateway_and_once_by_each_service_th
     with TestClient(create_app(GatewaySettings(DRTECH_HOME=tmp_path / "home")), base_url="http://127.0.0.1") as client:
         backends = client.app.state.gateway.backends
         backends.auth = OneLiveSession()
-        backends.router = InProcessService(servicer, readers, "router", answer=_routed_to_chest())
-        backends.models["chest_xray"] = InProcessService(servicer, readers, "chest service")
+        backends.models["router"] = InProcessService(servicer, readers, "router", answer=_routed_to_chest())
+        backends.models["pneumonia"] = InProcessService(servicer, readers, "chest service")
         reply = _upload(client, make_dicom(ramp(), extra={"Modality": "OT"}), "auto")
     assert reply.status_code == 201 and reply.json()["exam_type"] == "chest_xray", reply.text
     assert readers.counts == {
@@ -146,7 +146,7 @@ def test_the_gateway_checks_uploads_against_the_model_services_own_limits(
     with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         backends = client.app.state.gateway.backends
         backends.auth = OneLiveSession()
-        backends.models["chest_xray"] = RefusingModel("", "the model must not be called")
+        backends.models["pneumonia"] = RefusingModel("", "the model must not be called")
         small = _upload(client, encode(gradient_rgb(48, 48), "PNG"), "chest_xray")
         large = _upload(client, encode(Image.new("L", (1200, 1000)), "PNG"), "chest_xray")
     assert small.status_code == 422, small.text

@@ -229,7 +229,7 @@ def pneumonia_cnn_5block(
     initialiser counts a depthwise kernel's fan-in as 3x3xC although each output sums only 3x3
     inputs, so at initialisation every separable convolution shrinks the signal ~10x (measured:
     per-channel variance 8e-4 after block 1, 3e-19 after block 5) — far below BatchNorm's epsilon,
-    and the trained model then gives one constant output in inference mode (training/COMPARISON.md).
+    and the trained model then gives one constant output in inference mode (training/experiments/COMPARISON.md).
     With `he_init` the depthwise kernels are N(0, 2/9) and the pointwise kernels He-normal.
     """
     import keras

@@ -2,7 +2,7 @@
 
     python -m training.train --task {bone,skin,pneumonia} --data DIR [--out services/T/model]
         [--finetune-blocks N | --backbone-weights RUN/model.weights.h5]
-    python -m training.train --task {skin,pneumonia} --arch NAME ...   (training.arch_training)
+    python -m training.train --task {skin,pneumonia} --arch NAME ...   (training.experiments.arch_training)
 
 `--backbone-weights` takes a `python -m training.finetune` run (end-to-end fine-tuning of the whole
 MobileNetV2, e.g. on a GPU): its backbone replaces the ImageNet one below and its own head joins
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(arg == "--arch" or arg.startswith("--arch=") for arg in argv):
         # One of the original's architectures (or ours) trained end to end: its own pipeline.
-        from training import arch_training
+        from training.experiments import arch_training
 
         return arch_training.main(argv)
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])

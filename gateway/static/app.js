@@ -382,7 +382,7 @@ async function renderResult(d) {
   if (d.requested_exam_type === "auto") exam += " (recognised automatically)";
   $("#result-exam").textContent = exam;
   $("#result-model").textContent = d.model && d.model.name ? `${d.model.name} ${d.model.version || ""}` : "—";
-  // Cards are anchored by task; a model's name may differ (training.arch_training: "skin-<arch>").
+  // Cards are anchored by task; a model's name may differ (training.experiments.arch_training: "skin-<arch>").
   const task = (all[d.exam_type] && all[d.exam_type].task) || (d.model && d.model.name);
   $("#result-card-link").href = `/models#model-${task}`;
   $("#result-card-link").textContent = `${(d.model && d.model.name) || task} model card`;

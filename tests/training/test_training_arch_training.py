@@ -1,4 +1,4 @@
-"""training.arch_training: an original architecture trained end to end, exported at its own input
+"""training.experiments.arch_training: an original architecture trained end to end, exported at its own input
 size, evaluated held out through the serving runtime, and documented by a card the service accepts."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ pytest.importorskip("keras")
 pytest.importorskip("tf2onnx", reason="tf2onnx (the training extra) is not installed")
 
 from tests.support import synthetic_image  # noqa: E402
-from training.arch_training import main, run  # noqa: E402
+from training.experiments.arch_training import main, run  # noqa: E402
 from training.datasets import Record  # noqa: E402
 from training.export import PARITY_TOLERANCE  # noqa: E402
 from training.splits import SplitRecord  # noqa: E402

@@ -1,4 +1,5 @@
-"""training.compare trains an original architecture on the task's own split and prints one table row."""
+"""training.experiments.compare trains an original architecture on the task's own split and prints
+one table row."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from PIL import Image
 
 pytest.importorskip("keras")
 
-from training import compare  # noqa: E402
+from training.experiments import compare  # noqa: E402
 from training.tasks import load_split  # noqa: E402
 
 

@@ -1,5 +1,5 @@
-"""training.pack: one stored zip with the train/val images of a split (and optionally the weights),
-laid out so that training.finetune --split-csv reads it after unzipping."""
+"""training.experiments.pack: one stored zip with the train/val images of a split (and optionally
+the weights), laid out so that training.finetune --split-csv reads it after unzipping."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from training import pack
+from training.experiments import pack
 from training.datasets import Record
 from training.splits import SplitRecord, read_split_csv, write_split_csv
 

@@ -1,4 +1,5 @@
-"""training.patient_context: per-field likelihood ratios from training rows, combined by Bayes' rule."""
+"""training.experiments.patient_context: per-field likelihood ratios from training rows, combined by
+Bayes' rule."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from training.datasets import DatasetLayoutError
-from training.patient_context import PatientContext, combine, fit, read_ham10000_context
+from training.experiments.patient_context import PatientContext, combine, fit, read_ham10000_context
 
 LABELS = ("a", "b")
 

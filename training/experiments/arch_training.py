@@ -1,7 +1,7 @@
 """Train a registered architecture end to end, export it, evaluate it held out, and write its card.
 
-    python -m training.arch_training --task {skin,pneumonia} --arch NAME [--data DIR] [--weights PATH]
-        [--out DIR] [--epochs N] [--batch-size N] [--learning-rate LR] [--patience N]
+    python -m training.experiments.arch_training --task {skin,pneumonia} --arch NAME [--data DIR]
+        [--weights PATH] [--out DIR] [--epochs N] [--batch-size N] [--learning-rate LR] [--patience N]
         [--max-minutes M]
 
 Steps: the task's group split (training.tasks.load_split, written as split.csv) -> the architecture
@@ -32,7 +32,7 @@ from training.architectures import ARCHITECTURES, Architecture
 from training.paths import PROJECT_ROOT, data_dir
 from training.splits import SEED, SplitRecord, write_split_csv
 
-log = logging.getLogger("training.arch_training")
+log = logging.getLogger("training.experiments.arch_training")
 TASKS = ("pneumonia", "skin")
 # The originals trained from scratch with Adam's default rate; pretrained backbones are fine-tuned slower.
 LEARNING_RATE = {"mobilenet_v2_finetuned": 1e-4, "bone_mobilenet_v1": 1e-4, "skin_inception_resnet_v2": 1e-4}
@@ -46,7 +46,7 @@ def check_shippable(name: str, task: str, weights: str | None = None):
 
     arch = ARCHITECTURES[name]
     if task not in TASKS:
-        raise ValueError(f"{task}: training.arch_training trains {', '.join(TASKS)}; bone's shipped model "
+        raise ValueError(f"{task}: training.experiments.arch_training trains {', '.join(TASKS)}; bone's shipped model "
                          "is built by training.train (KL-grade fine-tuning + a refit NORMAL/ABNORMAL head)")
     if arch.task not in (task, "any"):
         raise ValueError(f"{name} is a {arch.task} architecture, not {task}")
@@ -131,7 +131,7 @@ def run(task: str, name: str, split: Sequence[SplitRecord], root: Path, out: Pat
 def main(argv: Sequence[str] | None = None) -> int:
     from training.tasks import SPECS, load_split
 
-    parser = argparse.ArgumentParser(prog="python -m training.arch_training",
+    parser = argparse.ArgumentParser(prog="python -m training.experiments.arch_training",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", required=True, choices=sorted(SPECS))
     parser.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES))

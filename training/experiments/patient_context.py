@@ -1,6 +1,6 @@
 """Measure what a patient's age, sex and lesion site add to the skin model (measured, not shipped).
 
-    python -m training.patient_context [--data DIR] [--model-dir services/skin/model]
+    python -m training.experiments.patient_context [--data DIR] [--model-dir services/skin/model]
 
 What a dermatologist knows besides the picture changes what a lesion probably is: naevi are
 common in the young and on the back, keratoses and carcinomas in the old and on the face. This
@@ -14,7 +14,7 @@ rule, assuming the fields and the image independent given the class:
 A field not given adds nothing. Nothing is tuned (smoothing 1, weight 1 as Bayes' rule has it).
 It prints one JSON object: the validation and test figures with and without the context. Serving
 does not use it: on the held-out rows it raised accuracy but lowered balanced accuracy and
-melanoma sensitivity (training/README.md).
+melanoma sensitivity (training/experiments/FINDINGS.md).
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def measure(model_dir: Path, root: Path) -> dict[str, dict[str, object]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.patient_context", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.experiments.patient_context", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="dataset root (default: DRTECH_DATA_DIR or ../shared/data)")
     parser.add_argument("--model-dir", type=Path, default=SPECS["skin"].model_dir,
                         help="skin model folder with model.onnx and split.csv (default: the shipped one)")

@@ -1,7 +1,7 @@
 """Pack what a training run reads into one uncompressed zip, to carry it to another machine.
 
-    python -m training.pack --split-csv services/skin/model/split.csv [--weights] --out .dev/skin.zip
-        [--data DIR] [--splits train val] [--max-mib 50] [--part K/N]
+    python -m training.experiments.pack --split-csv services/skin/model/split.csv [--weights]
+        --out .dev/skin.zip [--data DIR] [--splits train val] [--max-mib 50] [--part K/N]
 
 Holds the images of the chosen rows of each `--split-csv` (default: train and val, which is all
 `training.finetune --split-csv` reads) under their paths relative to the data root, and with
@@ -66,7 +66,7 @@ def write_pack(files: dict[str, Path], out: Path, max_bytes: int | None = None) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.pack", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.experiments.pack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--split-csv", type=Path, action="append", required=True,
                         help="a split.csv whose rows to pack (repeat for several tasks)")
     parser.add_argument("--splits", nargs="+", default=["train", "val"], choices=("train", "val", "test"))

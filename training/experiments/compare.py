@@ -1,7 +1,7 @@
 """Train registered architectures on the same group split for a few epochs and print one row each.
 
-    python -m training.compare --task pneumonia --arch pneumonia_cnn_5block --epochs 3 [--data DIR]
-        [--max-train N] [--arch-weights PATH]
+    python -m training.experiments.compare --task pneumonia --arch pneumonia_cnn_5block --epochs 3
+        [--data DIR] [--max-train N] [--arch-weights PATH]
 
 Every architecture gets the task's own split (training.tasks.load_split: the split the shipped
 model used), images through the shared preprocessing at the architecture's input size, Adam 1e-3,
@@ -34,7 +34,7 @@ from training.paths import data_dir
 from training.splits import SEED, SplitRecord
 from training.tasks import SPECS, label_index, load_split
 
-log = logging.getLogger("training.compare")
+log = logging.getLogger("training.experiments.compare")
 NEEDS_PRETRAINED = {"bone_mobilenet_v1", "skin_inception_resnet_v2"}
 HEADER = ("| architecture | task | train images | epochs | val accuracy | val balanced accuracy | val AUC "
           "| parameters | training minutes | inference images/s |")
@@ -138,7 +138,7 @@ def compare(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.compare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.experiments.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", required=True, choices=sorted(SPECS))
     parser.add_argument("--arch", action="append", required=True, choices=sorted(ARCHITECTURES),
                         help="architecture to train (repeat for several)")

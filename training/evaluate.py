@@ -30,18 +30,10 @@ import numpy as np
 from training import datasets, mura
 from training.datasets import Record
 from training.inference import run_onnx
-from training.metrics import (
-    binary_metrics, confusion, json_ready, multiclass_metrics, point_values, with_intervals,
-)
+from training.metrics import confusion, json_ready, point_values, with_intervals
 from training.paths import data_dir
 from training.splits import read_split_csv
-from training.tasks import SPECS, label_index, uses_mura
-
-
-def _metric_set(task: str):
-    if task == "skin":
-        return multiclass_metrics(SPECS["skin"].label_codes, sensitivity_of="mel")
-    return binary_metrics()
+from training.tasks import SPECS, TRAINING, label_index, uses_mura
 
 
 def is_knee(task: str, records: Sequence[Record]) -> bool:
@@ -103,7 +95,7 @@ def score_outputs(task: str, records: Sequence[Record], outputs: dict[str, np.nd
                          "('doubtful') images are excluded from normal/abnormal")
     p = outputs["probabilities"][keep]
     groups = [r.group for r, k in zip(records, keep, strict=True) if k]
-    metrics = _metric_set(task)
+    metrics = TRAINING[task].metric_set()
     values = with_intervals(metrics, y, p, groups) if intervals else point_values(metrics, y, p)
     result: dict[str, Any] = {"task": task, "n": int(len(y)), "labels": spec.label_codes}
     result.update(values)

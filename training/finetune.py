@@ -46,7 +46,7 @@ from training.splits import (
     write_split_csv,
 )
 from training.architectures import FINETUNED
-from training.tasks import SPECS, label_index, load_split, uses_mura
+from training.tasks import SPECS, TRAINING, label_index, load_split, uses_mura
 
 log = logging.getLogger("training.finetune")
 
@@ -100,14 +100,14 @@ class Settings:
 
 
 def training_labels(task: str, records: Sequence[SplitRecord]) -> np.ndarray:
-    """Integer targets: the KL grade for bone, the task's label index otherwise."""
-    if task == "bone":
+    """Integer targets: the KL grade where the task has one (bone), the task's label index otherwise."""
+    if TRAINING[task].kl_grades:
         return np.array([int(s.record.label) for s in records])
     return np.array([label_index(task, s.record.label) for s in records])
 
 
 def n_training_classes(task: str) -> int:
-    return 5 if task == "bone" else len(SPECS[task].labels)
+    return len(datasets.KL_GRADES) if TRAINING[task].kl_grades else len(SPECS[task].labels)
 
 
 def load_pixels(paths: Sequence[Path], size: tuple[int, int], workers: int = 8) -> np.ndarray:
@@ -252,7 +252,7 @@ def training_split(task: str, root: Path, split_csv: Path | None = None) -> list
     split = read_split_csv(split_csv, root)
     assert_no_group_leakage(split)
     # Before any image is read: a split.csv of another task fails here, by name.
-    knee = task == "bone" and not uses_mura(task, root)
+    knee = TRAINING[task].kl_grades and not uses_mura(task, root)
     for label in {item.record.label for item in split}:
         if knee and label not in datasets.KL_GRADES:
             raise ValueError(f"{split_csv}: label {label!r} is not a KL grade {datasets.KL_GRADES}: "
@@ -459,11 +459,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     task = args.task
-    class_weight = args.class_weight or ("none" if task == "bone" else "balanced")
+    # The exact KL grade is scored by accuracy, unweighted; labels, by balanced accuracy.
+    kl_grades = TRAINING[task].kl_grades
+    class_weight = args.class_weight or ("none" if kl_grades else "balanced")
     settings = Settings(
         task=task, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, class_weight=class_weight,
-        monitor="val_accuracy" if task == "bone" else "val_balanced_accuracy",
+        monitor="val_accuracy" if kl_grades else "val_balanced_accuracy",
         early_stopping_patience=args.patience, max_minutes=args.max_minutes, reduce_lr_patience=args.reduce_lr_patience, reduce_lr_factor=0.3, seed=args.seed,
         train_batchnorm=args.train_batchnorm,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +11,7 @@ from services.core.spec import TaskSpec
 from services.pneumonia.spec import SPEC as PNEUMONIA
 from services.skin.spec import SPEC as SKIN
 from training import datasets, mura
+from training.metrics import binary_metrics, multiclass_metrics
 from training.splits import SplitRecord, id_range_split, train_val_split_with_given_test, train_val_test_split
 
 SPECS: dict[str, TaskSpec] = {"bone": BONE, "skin": SKIN, "pneumonia": PNEUMONIA}
@@ -77,24 +78,9 @@ def load_split(task: str, data_root: Path) -> list[SplitRecord]:
     Bone: MURA when `data_root/MURA-v1.1` exists (its train split -> train/val by patient, its
     valid split -> test), else the knee KL data.
     """
-    if task == "pneumonia":
-        kermany = datasets.read_kermany(data_root, "train")
-        return id_range_split(_with_every_label(kermany, datasets.KERMANY_LABELS, "Kermany train"))
-    if task == "skin":
-        return train_val_test_split(
-            _with_every_label(datasets.read_ham10000(data_root), datasets.HAM10000_LABELS, "HAM10000"))
-    if uses_mura(task, data_root):
-        return train_val_split_with_given_test(
-            _with_every_label(mura.as_records(mura.read_mura_images(data_root, "train")), datasets.MURA_LABELS,
-                              "MURA train"),
-            mura.as_records(mura.read_mura_images(data_root, "valid")),
-        )
-    if task == "bone":
-        return train_val_split_with_given_test(
-            _with_every_label(datasets.read_knee_kl(data_root, "train"), datasets.KL_GRADES, "knee KL train"),
-            datasets.read_knee_kl(data_root, "val"),
-        )
-    raise ValueError(f"unknown task {task!r}; expected one of {sorted(SPECS)}")
+    if task not in TRAINING:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(SPECS)}")
+    return TRAINING[task].load_split(Path(data_root))
 
 
 def _with_every_label(records: list[datasets.Record], labels: Sequence[str],
@@ -129,3 +115,44 @@ def label_index(task: str, label: str) -> int | None:
     if task == "bone":
         return binary_bone_label(label)
     return SPECS[task].label_codes.index(label)
+
+
+def _pneumonia_split(data_root: Path) -> list[SplitRecord]:
+    kermany = datasets.read_kermany(data_root, "train")
+    return id_range_split(_with_every_label(kermany, datasets.KERMANY_LABELS, "Kermany train"))
+
+
+def _skin_split(data_root: Path) -> list[SplitRecord]:
+    return train_val_test_split(
+        _with_every_label(datasets.read_ham10000(data_root), datasets.HAM10000_LABELS, "HAM10000"))
+
+
+def _bone_split(data_root: Path) -> list[SplitRecord]:
+    if uses_mura("bone", data_root):
+        return train_val_split_with_given_test(
+            _with_every_label(mura.as_records(mura.read_mura_images(data_root, "train")), datasets.MURA_LABELS,
+                              "MURA train"),
+            mura.as_records(mura.read_mura_images(data_root, "valid")),
+        )
+    return train_val_split_with_given_test(
+        _with_every_label(datasets.read_knee_kl(data_root, "train"), datasets.KL_GRADES, "knee KL train"),
+        datasets.read_knee_kl(data_root, "val"),
+    )
+
+
+@dataclass(frozen=True)
+class TrainingTask:
+    """How one task trains, beside its serving spec (SPECS)."""
+    load_split: Callable[[Path], list[SplitRecord]]   # its records split by group (see load_split)
+    metric_set: Callable[[], dict]                     # what its `probabilities` head is scored on
+    # Labelled with Kellgren-Lawrence grades (knee data): fine-tuned on the exact grade, with a
+    # second, KL head beside the binary one.
+    kl_grades: bool = False
+
+
+TRAINING: dict[str, TrainingTask] = {
+    "pneumonia": TrainingTask(_pneumonia_split, binary_metrics),
+    # Balanced accuracy weighs the seven classes equally; melanoma is the one to not miss.
+    "skin": TrainingTask(_skin_split, lambda: multiclass_metrics(SKIN.label_codes, sensitivity_of="mel")),
+    "bone": TrainingTask(_bone_split, binary_metrics, kl_grades=True),
+}

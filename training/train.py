@@ -8,14 +8,19 @@
 MobileNetV2, e.g. on a GPU): its backbone replaces the ImageNet one below and its own head joins
 the candidate heads. `--arch` trains one of training.architectures end to end instead.
 
-Steps: group split (written as split.csv) -> frozen MobileNetV2 features (cached) -> optionally
-fine-tune the top N blocks on cached block-13 activations -> heads (dropout + Dense softmax,
-balanced class weights, early stopping, L2 chosen on val) -> ONNX export with CAM -> parity
-check -> held-out test metrics through ONNX Runtime -> card.json + card.md.
+The pipeline, one function per step (`main` calls them in this order):
+    split      the task's group split (training.tasks), written as split.csv
+    features   frozen MobileNetV2 (or an end-to-end run's backbone) features, cached, plus the
+               training images' extra views (--augment)
+    heads      optionally fine-tune the top N blocks on cached activations; refit the heads
+               (dropout + Dense softmax, L2 chosen on validation); keep the better head per output
+    calibrate  one temperature per head, fitted on its validation logits (training.calibration)
+    export     ONNX with CAM, Keras/ONNX parity on real images, float16 weights when over the limit
+    evaluate   held-out test metrics and test calibration through ONNX Runtime
+    card       card.json + card.md (and, with --tta, the test-time-augmented model: training.tta)
 
-Calibration: each head's temperature T is fitted on its validation logits (training.calibration)
-and baked into model.onnx, so serving, the held-out test metrics and the card's test ECE all come
-from the calibrated model. Every Keras fit kept (heads, fine-tuning) is drawn as
+The temperatures are baked into model.onnx, so serving, the held-out test metrics and the card's test
+ECE all come from the calibrated model. Every Keras fit kept (heads, fine-tuning) is drawn as
 training_curves*.png next to the model. Bone trains on MURA (normal/abnormal, no KL head) when the
 data root holds MURA-v1.1/, else on the knee KL data.
 """
@@ -30,7 +35,9 @@ import shutil
 import sys
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,11 +48,12 @@ from training.calibration import fit_temperature, logits_of_calibrated, temperat
 from training.evaluate import binary_targets, outputs_for, score_outputs
 from training.features import MID_LAYER, Features, extract, load_image
 from training.heads import TrainedHead, finetune_top, pooled_from_mid, softmax_probabilities, train_head
-from training.metrics import binary_metrics, multiclass_metrics, point_values
+from training.datasets import KL_GRADES
+from training.metrics import point_values
 from training.paths import MODEL_VERSION, PROJECT_ROOT, VERSION_PATTERN, data_dir
-from training.splits import SEED, assert_trained_on_split, counts, write_split_csv
+from training.splits import SEED, SplitRecord, assert_trained_on_split, counts, write_split_csv
 from training.inference import run_onnx
-from training.tasks import SPECS, label_index, load_split, uses_mura
+from training.tasks import SPECS, TRAINING, label_index, load_split, uses_mura
 
 log = logging.getLogger("training.train")
 # --augment: the views (training.features.VIEWS) whose features are added as training rows.
@@ -136,13 +144,49 @@ def _refit_curve_label(head_name: str, shipped: bool) -> str:
     return label if shipped else f"{label}; not the shipped head, see training_curves_finetune.png"
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if any(arg == "--arch" or arg.startswith("--arch=") for arg in argv):
-        # One of the original's architectures (or ours) trained end to end: its own pipeline.
-        from training.experiments import arch_training
+@dataclass
+class Rows:
+    """The train and validation images' features, one row each, then one row per extra view of a
+    training image (--augment); validation rows are never augmented."""
+    features: Features
+    labels: list[str]       # dataset labels (knee: KL grades), one per row
+    is_train: np.ndarray    # bool per row: a training row, else a validation row
 
-        return arch_training.main(argv)
+
+@dataclass
+class Heads:
+    """The heads chosen on validation, with what the card and calibration need of them."""
+    pooled: np.ndarray                  # pooled features of every row (after any top-block fine-tuning)
+    y: np.ndarray                       # label index of every row (-1: no binary label, knee KL1)
+    validation_rows: np.ndarray         # bool: validation rows with a label of the main head
+    head: TrainedHead
+    refit: TrainedHead                  # the head refit on the pooled features (drawn as training curves)
+    finetune_head: TrainedHead | None   # the head trained with fine-tuned blocks or by an end-to-end run
+    finetune_info: dict | None
+    info: dict                          # the card's heads section
+    validation: dict[str, float]
+    kl_grades: np.ndarray | None = None  # knee: KL grade of every row, for the KL head
+    kl_head: TrainedHead | None = None
+    kl_refit: TrainedHead | None = None
+
+
+@dataclass
+class Calibration:
+    temperature: float
+    kl_temperature: float
+    report: dict            # the card's calibration section; evaluate adds the test rows' figures
+
+
+@dataclass
+class Exported:
+    model: Any              # the Keras serving graph
+    onnx_path: Path
+    parity: dict[str, float]
+    parity_images: int
+    storage: dict
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", required=True, choices=sorted(SPECS))
     parser.add_argument("--data", help="dataset root (default: DRTECH_DATA_DIR or ../shared/data)")
@@ -174,29 +218,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.tta and args.task not in tta.TASK_VIEWS:
         parser.error(f"--tta: no flip or rotation leaves a {args.task} diagnosis unchanged "
                      f"(tasks with views: {', '.join(sorted(tta.TASK_VIEWS))})")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-
     # Blocks after the cached layer can be fine-tuned: 3 after block 13, 10 after block 6.
     available = 16 - int(args.mid_layer.split("_")[1])
     if args.finetune_blocks > available:
         parser.error(f"--finetune-blocks {args.finetune_blocks}: only {available} blocks follow {args.mid_layer}")
+    if args.backbone_weights and args.finetune_blocks:
+        parser.error("--backbone-weights is already fine-tuned end to end: leave out --finetune-blocks")
+    return args
 
-    import keras
 
-    keras.utils.set_random_seed(SEED)
-    task, spec = args.task, SPECS[args.task]
-    root = data_dir(args.data)
-    out = args.out or spec.model_dir
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-
+def split_step(task: str, root: Path, out: Path) -> list[SplitRecord]:
+    """The task's group split, written as split.csv beside the model."""
     split = load_split(task, root)
     write_split_csv(split, out / "split.csv", root)
     log.info("split: %s", json.dumps(counts(split)))
+    return split
+
+
+def features_step(args: argparse.Namespace, split: list[SplitRecord],
+                  root: Path) -> tuple[Any, Rows, TrainedHead | None, dict | None]:
+    """(backbone, rows, the end-to-end run's own head, that run's record): the ImageNet backbone, or a
+    training.finetune run's, and the features of the train and validation images through it."""
+    task = args.task
     train_val = [s for s in split if s.split in ("train", "val")]
-    is_train = np.array([s.split == "train" for s in train_val])
-    if args.backbone_weights and args.finetune_blocks:
-        parser.error("--backbone-weights is already fine-tuned end to end: leave out --finetune-blocks")
     feature_name = task
     if args.backbone_weights:
         assert_trained_on_split(args.backbone_weights.parent / "split.csv", split, root)
@@ -207,11 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     # An end-to-end backbone is not fine-tuned further from a cached layer: no mid activations.
     mid_layer = None if args.backbone_weights else args.mid_layer
     features = extract(backbone, [s.record.path for s in train_val], feature_name, mid_layer=mid_layer)
-
-    dataset_labels = [s.record.label for s in train_val]
-    # View augmentation: features of flipped (or turned) training images are added as extra training
-    # rows (validation stays as is). Knees are mirror images left/right; dermatoscopy has no up/down
-    # or left/right.
+    labels = [s.record.label for s in train_val]
+    is_train = np.array([s.split == "train" for s in train_val])
+    # View augmentation: knees are mirror images left/right; dermatoscopy has no up/down or left/right.
     views = ([v for v in tta.TASK_VIEWS[task] if v != "none"] if args.augment == "views"
              else AUGMENT_VIEWS[args.augment])
     train_paths = [s.record.path for s in train_val if s.split == "train"]
@@ -222,146 +264,214 @@ def main(argv: list[str] | None = None) -> int:
                             np.concatenate([features.mid, extra.mid]),
                             None if features.seconds is None or extra.seconds is None
                             else features.seconds + extra.seconds)
-        dataset_labels += train_labels
+        labels += train_labels
         is_train = np.concatenate([is_train, np.ones(len(train_paths), dtype=bool)])
-    # Knee data carries KL grades (a second, KL head); MURA is normal/abnormal only.
-    has_kl = task == "bone" and not uses_mura(task, root)
-    pooled = features.pooled
+    return backbone, Rows(features, labels, is_train), end_to_end_head, finetune_info
+
+
+def heads_step(args: argparse.Namespace, backbone: Any, rows: Rows, end_to_end_head: TrainedHead | None,
+               finetune_info: dict | None, has_kl: bool) -> Heads:
+    """Optionally fine-tune the top blocks on the cached activations, refit the heads on the pooled
+    features, and keep, per output, the head that scores higher on validation."""
+    task, spec, is_train = args.task, SPECS[args.task], rows.is_train
+    pooled = rows.features.pooled
+    finetune_head = None
     if end_to_end_head is not None:
         # Score the end-to-end run's own head on validation, like the other candidate heads.
-        y_e2e = np.array([int(lab) for lab in dataset_labels]) if has_kl else \
-            np.array([-1 if label_index(task, lab) is None else label_index(task, lab) for lab in dataset_labels])
+        y_e2e = np.array([int(lab) for lab in rows.labels]) if has_kl else \
+            np.array([-1 if label_index(task, lab) is None else label_index(task, lab) for lab in rows.labels])
         keep = ~is_train & (y_e2e >= 0)
         probabilities = softmax_probabilities(pooled[keep], end_to_end_head.kernel, end_to_end_head.bias)
         end_to_end_head.val_score = (_accuracy if has_kl else _balanced_accuracy)(y_e2e[keep], probabilities)
         finetune_head = end_to_end_head
         log.info("end-to-end head on validation: %.4f", end_to_end_head.val_score)
     if args.finetune_blocks:
-        # Bone on knees fine-tunes on the KL grade (all images); the other tasks on their own labels.
-        y_ft = np.array([int(lab) for lab in dataset_labels]) if has_kl else \
-            np.array([label_index(task, lab) for lab in dataset_labels])
-        n_ft = 5 if has_kl else len(spec.labels)
-        # Bone fine-tunes for exact KL grade (unweighted, scored by accuracy); the others for
-        # balanced accuracy with balanced class weights.
+        # Knees fine-tune on the exact KL grade (all images, unweighted, scored by accuracy); the
+        # other tasks on their own labels for balanced accuracy with balanced class weights.
+        y_ft = np.array([int(lab) for lab in rows.labels]) if has_kl else \
+            np.array([label_index(task, lab) for lab in rows.labels])
+        n_ft = len(KL_GRADES) if has_kl else len(spec.labels)
         finetune_head, finetune_info = finetune_top(
-            backbone, features.mid[is_train], y_ft[is_train], features.mid[~is_train], y_ft[~is_train],
+            backbone, rows.features.mid[is_train], y_ft[is_train], rows.features.mid[~is_train], y_ft[~is_train],
             n_ft, args.finetune_blocks, score=_accuracy if has_kl else _balanced_accuracy,
             balanced=not has_kl, epochs=args.finetune_epochs, learning_rate=args.finetune_lr, seed=SEED,
             mid_layer=args.mid_layer)
         finetune_info["blocks"] = args.finetune_blocks
         finetune_info["from_cached_layer"] = args.mid_layer
-        pooled = pooled_from_mid(backbone, features.mid, mid_layer=args.mid_layer)
+        pooled = pooled_from_mid(backbone, rows.features.mid, mid_layer=args.mid_layer)
 
     # The main head: binary bone excludes KL1 ("doubtful"); the others use every image.
-    y = np.array([-1 if label_index(task, lab) is None else label_index(task, lab) for lab in dataset_labels])
+    y = np.array([-1 if label_index(task, lab) is None else label_index(task, lab) for lab in rows.labels])
     used = y >= 0
     tr, va = is_train & used, ~is_train & used
-    refit_head = train_head(pooled[tr], y[tr], pooled[va], y[va], len(spec.labels), _balanced_accuracy, seed=SEED)
-    # Bone's jointly trained head is a KL head: a candidate for the KL head below, not this one
+    refit = train_head(pooled[tr], y[tr], pooled[va], y[va], len(spec.labels), _balanced_accuracy, seed=SEED)
+    # A knee run's jointly trained head is a KL head: a candidate for the KL head below, not this one
     jointly_trained = finetune_head if finetune_info and not has_kl else None
-    head, head_source, head_class_weight = choose_head(refit_head, jointly_trained, finetune_info)
+    head, head_source, head_class_weight = choose_head(refit, jointly_trained, finetune_info)
     val_probabilities = softmax_probabilities(pooled[va], head.kernel, head.bias)
-    metric_set = multiclass_metrics(spec.label_codes, "mel") if task == "skin" else binary_metrics()
-    validation = point_values(metric_set, y[va], val_probabilities)
-    heads_info = {"probabilities": {"l2": head.l2, "epochs": head.epochs, "class_weight": head_class_weight,
-                                    "dropout": 0.3, "source": head_source,
-                                    "selected_by": "validation balanced accuracy"}}
-    kl_kernel = kl_bias = kl_head = None
+    validation = point_values(TRAINING[task].metric_set(), y[va], val_probabilities)
+    info = {"probabilities": {"l2": head.l2, "epochs": head.epochs, "class_weight": head_class_weight,
+                              "dropout": 0.3, "source": head_source,
+                              "selected_by": "validation balanced accuracy"}}
+    heads = Heads(pooled, y, va, head, refit, finetune_head, finetune_info, info, validation)
     if has_kl:
-        kl = np.array([int(lab) for lab in dataset_labels])
+        kl = np.array([int(lab) for lab in rows.labels])
         # Exact-grade accuracy is the KL target, so this head is fit without class re-weighting.
-        kl_head = kl_refit = train_head(pooled[is_train], kl[is_train], pooled[~is_train], kl[~is_train], 5,
-                                        _accuracy, balanced=False, seed=SEED)
+        kl_head = kl_refit = train_head(pooled[is_train], kl[is_train], pooled[~is_train], kl[~is_train],
+                                        len(KL_GRADES), _accuracy, balanced=False, seed=SEED)
         kl_source = "head refit on pooled features"
         if finetune_info and finetune_head.val_score > kl_head.val_score:
             kl_head, kl_source = finetune_head, jointly_trained_source(finetune_info)
-        kl_kernel, kl_bias = kl_head.kernel, kl_head.bias
         validation["kl_grade_accuracy"] = round(kl_head.val_score, 4)
-        heads_info["kl_probabilities"] = {"l2": kl_head.l2, "epochs": kl_head.epochs, "class_weight": "none",
-                                          "dropout": 0.3, "source": kl_source,
-                                          "selected_by": "validation KL exact accuracy"}
+        info["kl_probabilities"] = {"l2": kl_head.l2, "epochs": kl_head.epochs, "class_weight": "none",
+                                    "dropout": 0.3, "source": kl_source,
+                                    "selected_by": "validation KL exact accuracy"}
+        heads.kl_grades, heads.kl_head, heads.kl_refit = kl, kl_head, kl_refit
     log.info("validation: %s", json.dumps(validation))
+    return heads
 
-    # Temperature scaling, one T per head, fitted on validation logits only (never on test rows).
-    val_logits = pooled[va] @ head.kernel + head.bias
+
+def calibrate_step(heads: Heads, is_train: np.ndarray) -> Calibration:
+    """One temperature per head, fitted on validation logits only (never on test rows)."""
+    va, y = heads.validation_rows, heads.y
+    val_logits = heads.pooled[va] @ heads.head.kernel + heads.head.bias
     temperature = round(fit_temperature(val_logits, y[va]), 6)
-    calibration = {"probabilities": {"temperature": temperature,
-                                     "validation": temperature_report(val_logits, y[va], temperature)}}
+    report = {"probabilities": {"temperature": temperature,
+                                "validation": temperature_report(val_logits, y[va], temperature)}}
     kl_temperature = 1.0
-    if kl_head is not None:
-        kl_val_logits = pooled[~is_train] @ kl_kernel + kl_bias
-        kl_temperature = round(fit_temperature(kl_val_logits, kl[~is_train]), 6)
-        calibration["kl_probabilities"] = {
+    if heads.kl_head is not None:
+        kl_val_logits = heads.pooled[~is_train] @ heads.kl_head.kernel + heads.kl_head.bias
+        kl_temperature = round(fit_temperature(kl_val_logits, heads.kl_grades[~is_train]), 6)
+        report["kl_probabilities"] = {
             "temperature": kl_temperature,
-            "validation": temperature_report(kl_val_logits, kl[~is_train], kl_temperature)}
-    log.info("calibration on validation: %s", json.dumps(calibration))
+            "validation": temperature_report(kl_val_logits, heads.kl_grades[~is_train], kl_temperature)}
+    log.info("calibration on validation: %s", json.dumps(report))
+    return Calibration(temperature, kl_temperature, report)
 
+
+def curves_step(heads: Heads, backbone_weights: Path | None, out: Path) -> dict[str, str]:
+    """Training curves of every fit the run kept (the L2 grid's other fits are not kept):
+    {PNG file name: the fit it shows}."""
     curves = {}
-    # Training curves of every fit the run kept (the L2 grid's other fits are not kept).
-    fits = {"training_curves.png": (_refit_curve_label("probabilities", head is refit_head), refit_head,
+    fits = {"training_curves.png": (_refit_curve_label("probabilities", heads.head is heads.refit), heads.refit,
                                     "probabilities head")}
-    if kl_head is not None:
-        fits["training_curves_kl.png"] = (_refit_curve_label("kl_probabilities", kl_head is kl_refit), kl_refit,
-                                          "KL grade head")
-    if args.backbone_weights:
-        finetune_curves = args.backbone_weights.parent / "training_curves.png"
+    if heads.kl_head is not None:
+        fits["training_curves_kl.png"] = (_refit_curve_label("kl_probabilities", heads.kl_head is heads.kl_refit),
+                                          heads.kl_refit, "KL grade head")
+    if backbone_weights:
+        finetune_curves = backbone_weights.parent / "training_curves.png"
         if finetune_curves.is_file():
             shutil.copyfile(finetune_curves, out / "training_curves_finetune.png")
             curves["training_curves_finetune.png"] = "end-to-end fine-tuning (training.finetune)"
-    elif finetune_info:
+    elif heads.finetune_info:
         fits["training_curves_finetune.png"] = ("fine-tuning of the top blocks with its own head",
-                                                finetune_head, "fine-tuning")
+                                                heads.finetune_head, "fine-tuning")
     for name, (fit, trained, title) in fits.items():
         if trained.history:
             plots.training_curves(trained.history, out / name, title=title)
             curves[name] = fit
-    # Extraction time is stored with the cached features, so a rerun still reports it.
-    fit_seconds = time.monotonic() - started
-    timing = {"feature_extraction_seconds": None if features.seconds is None else round(features.seconds, 1),
-              "split_finetune_and_heads_seconds": round(fit_seconds, 1)}
+    return curves
 
-    from training.export import (build_export_model, onnx_interface, parity, parity_sample, store_half_precision,
-                                 to_onnx)
 
-    export_model = build_export_model(backbone, head.kernel, head.bias, kl_kernel, kl_bias,
-                                      temperature=temperature, kl_temperature=kl_temperature)
+def export_step(backbone: Any, heads: Heads, calibration: Calibration, split: list[SplitRecord],
+                out: Path) -> Exported:
+    """The calibrated serving graph as model.onnx, checked against Keras on real images, its weights
+    stored at float16 when float32 is over the size limit."""
+    from training.export import (build_export_model, parity, parity_sample, store_half_precision, to_onnx)
+
+    kl_kernel, kl_bias = (None, None) if heads.kl_head is None else (heads.kl_head.kernel, heads.kl_head.bias)
+    export_model = build_export_model(backbone, heads.head.kernel, heads.head.bias, kl_kernel, kl_bias,
+                                      temperature=calibration.temperature,
+                                      kl_temperature=calibration.kl_temperature)
     # Written at float32 whatever its size, checked against Keras, then stored at float16 if too big.
     onnx_path = to_onnx(export_model, out / "model.onnx", max_bytes=None)
-    parity_paths = parity_sample([s.record.path for s in train_val if s.split == "val"],
-                                 [s.record.path for s in train_val if s.split == "train"])
+    parity_paths = parity_sample([s.record.path for s in split if s.split == "val"],
+                                 [s.record.path for s in split if s.split == "train"])
     _, height, width, _ = backbone.input_shape
     parity_images = np.stack([load_image(p, size=(width, height)) for p in parity_paths])
     differences = parity(export_model, onnx_path, parity_images)
     log.info("parity on %d real images (validation first): %s", len(parity_paths), differences)
     storage = store_half_precision(onnx_path, parity_images)
     log.info("weights stored as %s", json.dumps(storage))
+    return Exported(export_model, onnx_path, differences, len(parity_paths), storage)
 
+
+def evaluate_step(task: str, split: list[SplitRecord], onnx_path: Path, calibration: Calibration) -> dict:
+    """Held-out test metrics from the exported, calibrated model's own outputs; the test rows'
+    calibration figures join `calibration.report`."""
     test_records = [s.record for s in split if s.split == "test"]
-    # Held-out metrics and test calibration from the exported, calibrated model's own outputs.
     test_outputs = run_onnx(onnx_path, [r.path for r in test_records], outputs_for(task, test_records))
     test = score_outputs(task, test_records, test_outputs, intervals=True)
     log.info("held-out test: %s", json.dumps(test))
     keep, y_test = binary_targets(task, test_records)
-    calibration["probabilities"]["test"] = temperature_report(
-        logits_of_calibrated(test_outputs["probabilities"][keep], temperature), y_test, temperature)
-    if kl_head is not None:
-        calibration["kl_probabilities"]["test"] = temperature_report(
-            logits_of_calibrated(test_outputs["kl_probabilities"], kl_temperature),
-            np.array([int(r.label) for r in test_records]), kl_temperature)
-    log.info("calibration: %s", json.dumps(calibration))
+    report = calibration.report
+    report["probabilities"]["test"] = temperature_report(
+        logits_of_calibrated(test_outputs["probabilities"][keep], calibration.temperature), y_test,
+        calibration.temperature)
+    if "kl_probabilities" in report:
+        report["kl_probabilities"]["test"] = temperature_report(
+            logits_of_calibrated(test_outputs["kl_probabilities"], calibration.kl_temperature),
+            np.array([int(r.label) for r in test_records]), calibration.kl_temperature)
+    log.info("calibration: %s", json.dumps(report))
+    return test
+
+
+def card_step(args: argparse.Namespace, argv: list[str], root: Path, out: Path, split: list[SplitRecord],
+              heads: Heads, calibration: Calibration, exported: Exported, test: dict,
+              curves: dict[str, str], timing: dict) -> None:
+    """card.json + card.md; with --tta, then the test-time-augmented model and its card."""
+    from training.export import onnx_interface
+
+    task, onnx_path = args.task, exported.onnx_path
     card = model_card.build(
-        task=task, split=split, validation=validation, test=test, heads=heads_info,
-        finetune=finetune_info, parameters=int(export_model.count_params()),
-        timing=timing, augmentation=args.augment, parity=differences, parity_images=len(parity_paths),
+        task=task, split=split, validation=heads.validation, test=test, heads=heads.info,
+        finetune=heads.finetune_info, parameters=int(exported.model.count_params()),
+        timing=timing, augmentation=args.augment, parity=exported.parity, parity_images=exported.parity_images,
         interface=onnx_interface(onnx_path), model_bytes=onnx_path.stat().st_size,
-        data_root=root, calibration=calibration, curves=curves, mura=uses_mura(task, root),
-        storage=storage,
+        data_root=root, calibration=calibration.report, curves=curves, mura=uses_mura(task, root),
+        storage=exported.storage,
     )
     # With --tta this card is the one-view model's, kept inside the final card under its own version.
     card["version"] = f"{args.version}+one-view" if args.tta else args.version
     model_card.write(card, out)
     if args.tta:
         tta.apply(task, out, root, args.version, command=shlex.join(["python", "-m", "training.train", *argv]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(arg == "--arch" or arg.startswith("--arch=") for arg in argv):
+        # One of the original's architectures (or ours) trained end to end: its own pipeline.
+        from training.experiments import arch_training
+
+        return arch_training.main(argv)
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    import keras
+
+    keras.utils.set_random_seed(SEED)
+    task = args.task
+    root = data_dir(args.data)
+    out = args.out or SPECS[task].model_dir
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    # Knee data carries KL grades (a second, KL head); MURA is normal/abnormal only.
+    has_kl = TRAINING[task].kl_grades and not uses_mura(task, root)
+
+    split = split_step(task, root, out)
+    backbone, rows, end_to_end_head, finetune_info = features_step(args, split, root)
+    heads = heads_step(args, backbone, rows, end_to_end_head, finetune_info, has_kl)
+    calibration = calibrate_step(heads, rows.is_train)
+    curves = curves_step(heads, args.backbone_weights, out)
+    # Extraction time is stored with the cached features, so a rerun still reports it.
+    seconds = rows.features.seconds
+    timing = {"feature_extraction_seconds": None if seconds is None else round(seconds, 1),
+              "split_finetune_and_heads_seconds": round(time.monotonic() - started, 1)}
+    exported = export_step(backbone, heads, calibration, split, out)
+    test = evaluate_step(task, split, exported.onnx_path, calibration)
+    card_step(args, argv, root, out, split, heads, calibration, exported, test, curves, timing)
+    onnx_path = exported.onnx_path
     log.info("wrote %s (%s bytes) and card to %s", onnx_path, onnx_path.stat().st_size,
              out.resolve().relative_to(PROJECT_ROOT) if out.resolve().is_relative_to(PROJECT_ROOT) else out)
     return 0

@@ -227,9 +227,9 @@ def pneumonia_cnn_5block(
 
     `he_init` (our deviation, registered as `pneumonia_cnn_5block_he`): Keras' default Glorot
     initialiser counts a depthwise kernel's fan-in as 3x3xC although each output sums only 3x3
-    inputs, so at initialisation every separable convolution shrinks the signal ~10x (measured:
-    per-channel variance 8e-4 after block 1, 3e-19 after block 5) — far below BatchNorm's epsilon,
-    and the trained model then gives one constant output in inference mode (training/experiments/COMPARISON.md).
+    inputs, so at initialisation every separable convolution shrinks the signal, block after block,
+    far below BatchNorm's epsilon, and the trained model then gives one constant output in inference
+    mode (the measured variances: training/experiments/FINDINGS.md).
     With `he_init` the depthwise kernels are N(0, 2/9) and the pointwise kernels He-normal.
     """
     import keras

@@ -3,8 +3,8 @@
 Keras' RandomRotation, RandomZoom and RandomTranslation each resample the batch through
 `keras.ops.image.affine_transform`. On the PyTorch backend that function loops over the images
 in Python, and its `map_coordinates` issues some sixty tensor operations per image, so three
-layers cost tens of thousands of small GPU launches per batch of 128: on the lent H100 a
-training step took ~700 ms (~185 images/s) however fast the network itself was. `RandomAffine`
+layers cost tens of thousands of small GPU launches per batch of 128, whatever the network costs
+(measured on a lent H100: training/experiments/FINDINGS.md). `RandomAffine`
 composes the three into one transform per image and samples the whole batch with a fixed number
 of `keras.ops` calls (four gathers of the flattened batch), so its cost does not grow with the
 number of images in launches. `affine_sample` reproduces `affine_transform(..., "bilinear",

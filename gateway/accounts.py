@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import audit
 from gateway.backend_errors import is_unreachable, to_api_error, unavailable
-from gateway.context import GatewayContext, client_ip, get_context
+from gateway.context import ContextDep, GatewayContext, client_ip, get_context
 from gateway.errors import (
     ApiError,
     error_info,
@@ -205,9 +205,6 @@ class AuthenticateUploadsFirst:
             await self.app(scope, receive, send)
         finally:
             ctx.upload_queue.release(size)
-
-
-ContextDep = Annotated[GatewayContext, Depends(get_context)]
 
 
 def raise_if_throttled(error: grpc.aio.AioRpcError) -> None:

@@ -9,7 +9,8 @@ from fastapi import APIRouter
 from pydantic import Field
 
 from gateway import audit
-from gateway.accounts import CallerDep, ContextDep
+from gateway.accounts import CallerDep
+from gateway.context import ContextDep
 from gateway.diagnoses import DEFAULT_PAGE_SIZE, MAX_OFFSET, OptionalQuery, in_session
 
 router = APIRouter(prefix="/api/v1")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import anyio
-from fastapi import Request
+from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
 
@@ -52,3 +53,7 @@ def get_context(request: Request) -> GatewayContext:
     if ctx is None:
         raise ApiError(503, "The gateway is starting.", headers={"Retry-After": "1"})
     return ctx
+
+
+# The request's GatewayContext, as a FastAPI dependency of the route handlers.
+ContextDep = Annotated[GatewayContext, Depends(get_context)]

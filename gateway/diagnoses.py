@@ -33,10 +33,10 @@ from pydantic import BeforeValidator, Field
 from sqlalchemy.orm import Session
 
 from gateway import audit, records
-from gateway.accounts import Caller, CallerDep, ContextDep
+from gateway.accounts import Caller, CallerDep
 from gateway.auto_routing import classify_exam_type
 from gateway.backend_errors import image_refusal_status, is_unreachable, refusal_reason
-from gateway.context import GatewayContext
+from gateway.context import ContextDep, GatewayContext
 from gateway.errors import ApiError, ClientGone, invalid_fields
 from gateway.records import STATUS_COMPLETED, STATUS_FAILED, Diagnosis
 from gateway.routing import AUTO, NotServed, choose_exam_type

@@ -15,7 +15,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
-from gateway.accounts import ContextDep
+from gateway.context import ContextDep
 from gateway.errors import ApiError
 from gateway.whole_file import WholeFileResponse
 

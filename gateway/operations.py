@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.accounts import ContextDep
+from gateway.context import ContextDep
 from gateway.errors import ApiError
 from gateway.grpc_clients import public_state
 from gateway.model_files import plot_names, plot_url

@@ -12,7 +12,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Response, UploadFile
 
-from gateway.accounts import CallerDep, ContextDep
+from gateway.accounts import CallerDep
+from gateway.context import ContextDep
 from gateway.diagnoses import check_image, read_spooled_upload, rendered_png
 from services.core.imaging import Inspection
 

@@ -23,7 +23,8 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import accounts, activity, audit, diagnoses, model_files, operations, previews, web
+from gateway import (accounts, activity, audit, blob_protocol, diagnoses, model_files, operations, previews,
+                     web)
 from gateway.context import GatewayContext
 from gateway.database import create_database_engine, migrate, session_factory, wait_for_schema
 from gateway.errors import error_response, install_error_handlers
@@ -198,7 +199,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         try:
             async with anyio.create_task_group() as background:
                 background.start_soon(audit.purge_periodically, ctx)
-                background.start_soon(diagnoses.forget_pending_periodically, ctx)
+                background.start_soon(blob_protocol.forget_pending_periodically, ctx)
                 try:
                     yield
                 finally:

@@ -30,13 +30,13 @@ class GatewayContext:
     backends: Backends
     # Which model service serves which exam type (gateway/model_catalog.py).
     models: ModelCatalog
-    # At most settings.concurrent_renders image renders at a time (gateway.diagnoses.rendered_png).
+    # At most settings.concurrent_renders image renders at a time (gateway.rendering.rendered_png).
     renders: anyio.CapacityLimiter
-    # At most settings.concurrent_uploads uploads in memory at a time (gateway.diagnoses).
+    # At most settings.concurrent_uploads uploads in memory at a time (gateway.admission.upload_slot).
     upload_slots: anyio.CapacityLimiter
     # Upload bodies received or waiting for an upload slot, bounded (accounts.AuthenticateUploadsFirst).
     upload_queue: UploadQueue
-    # Blobs to forget once the records database answers again (gateway.diagnoses._forget_quietly).
+    # Blobs to forget once the records database answers again (gateway.blob_protocol).
     pending_forgets: PendingForgets = field(default_factory=PendingForgets)
 
 

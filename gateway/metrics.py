@@ -37,7 +37,8 @@ class GatewayMetrics:
             ["exam_type", "status"],
             registry=self.registry,
         )
-        # check_upload, store, record (gateway/diagnoses.py): the diagnosis path's work in worker threads.
+        # check_upload (gateway/admission.py), store, record (gateway/blob_protocol.py): the diagnosis
+        # path's work in worker threads.
         self.stage_cpu = StageCPU(Counter(STAGE_CPU_NAME, STAGE_CPU_HELP, ["stage"], registry=self.registry))
 
     def render(self) -> tuple[bytes, str]:

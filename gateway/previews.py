@@ -14,7 +14,8 @@ from fastapi import APIRouter, File, Response, UploadFile
 
 from gateway.accounts import CallerDep
 from gateway.context import ContextDep
-from gateway.diagnoses import check_image, read_spooled_upload, rendered_png
+from gateway.admission import check_image, read_spooled_upload
+from gateway.rendering import rendered_png
 from services.core.imaging import Inspection
 
 router = APIRouter(prefix="/api/v1")

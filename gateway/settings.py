@@ -117,7 +117,7 @@ class GatewaySettings(ImageLimitSettings):
     upload_queue_bytes: int = Field(default=384 * MIB, ge=1024)
 
     # A blob whose record is gone, or never came to be, while the records database was unreachable is
-    # deleted once the database answers again, tried this often (gateway.diagnoses).
+    # deleted once the database answers again, tried this often (gateway.blob_protocol).
     blob_forget_retry_s: float = Field(default=10.0, gt=0)
 
     # gRPC deadlines, seconds. Every call has one.

@@ -68,7 +68,7 @@ class PendingForgets:
     """Blobs whose record is gone, or never came to be, but which could not be forgotten then (the
     records database was unreachable, so nobody could ask whether another record names the same
     bytes): (image digest, heatmap digest) pairs, tried again in the background
-    (gateway.diagnoses.forget_pending_periodically). Thread-safe; kept in memory, so a gateway that
+    (gateway.blob_protocol.forget_pending_periodically). Thread-safe; kept in memory, so a gateway that
     stops before the database comes back leaves them for a later delete of the same bytes."""
 
     def __init__(self) -> None:
@@ -99,7 +99,7 @@ class OpenBlob:
 
 
 class BlobStore(Protocol):
-    """What the gateway needs of an upload or heatmap store (gateway/diagnoses.py)."""
+    """What the gateway needs of an upload or heatmap store (gateway/diagnoses.py, gateway/blob_protocol.py)."""
 
     def put(self, data: bytes) -> str:
         """Store `data` (once) and return its SHA-256 hex digest."""
@@ -182,7 +182,7 @@ class LocalBlobStore:
             used = in_use()
         except BaseException:
             # The database could not say: a record may name the blob, so it goes back (the caller
-            # tries again later, gateway.diagnoses.forget_pending).
+            # tries again later, gateway.blob_protocol.forget_pending).
             os.replace(aside, target)
             raise
         if used:

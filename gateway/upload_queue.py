@@ -3,7 +3,7 @@
 An upload is admitted before its body is read, reserving its declared size (Content-Length; the
 largest accepted body when it is sent chunked). Admitted bodies are received and spooled by
 Starlette's multipart parser (to /tmp past 1 MiB a file, in memory below) and wait there for one of
-the in-memory processing slots (settings.concurrent_uploads, gateway/diagnoses.upload_slot). The
+the in-memory processing slots (settings.concurrent_uploads, gateway/admission.upload_slot). The
 queue is bounded by count and by reserved bytes, sized to the pod's /tmp: past either, the next
 upload gets 503 with Retry-After before a byte of it is read.
 

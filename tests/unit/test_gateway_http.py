@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy.exc import OperationalError
 
-from gateway import diagnoses, records
+from gateway import blob_protocol, records
 from gateway.accounts import declared_body_bytes
 from gateway.app import create_app, internal_app
 from gateway.settings import GatewaySettings
@@ -341,9 +341,9 @@ def test_an_upload_whose_record_cannot_be_written_leaves_no_image_once_the_datab
         assert reply.status_code == 503, reply.text
         assert reply.headers["Retry-After"] == "5"
         assert len(_stored(settings)) == 1   # not deleted yet: no one could say no record names it
-        assert diagnoses.forget_pending(client.app.state.gateway) == 1   # still unreachable: pending
+        assert blob_protocol.forget_pending(client.app.state.gateway) == 1   # still unreachable: pending
 
-    assert diagnoses.forget_pending(client.app.state.gateway) == 0
+    assert blob_protocol.forget_pending(client.app.state.gateway) == 0
     assert _stored(settings) == []
     assert sorted(p.name for p in settings.heatmaps_dir.rglob("*") if p.is_file()) == []
 
@@ -705,7 +705,7 @@ def test_image_renders_run_at_most_the_configured_number_at_a_time(monkeypatch: 
 
     import anyio
 
-    from gateway import diagnoses
+    from gateway import rendering
 
     active, most, limit = 0, 0, 1
     lock = threading.Lock()
@@ -724,14 +724,14 @@ def test_image_renders_run_at_most_the_configured_number_at_a_time(monkeypatch: 
             active -= 1
         return data
 
-    monkeypatch.setattr(diagnoses, "render_png", slow_render)
+    monkeypatch.setattr(rendering, "render_png", slow_render)
 
     async def render_many() -> list[bytes]:
         ctx = SimpleNamespace(renders=anyio.CapacityLimiter(limit), settings=GatewaySettings())
         results: list[bytes] = []
 
         async def one(index: int) -> None:
-            results.append(await diagnoses.rendered_png(ctx, bytes([index]), 512))
+            results.append(await rendering.rendered_png(ctx, bytes([index]), 512))
 
         async with anyio.create_task_group() as group:
             for index in range(6):
@@ -776,7 +776,7 @@ def test_an_image_accepted_under_a_raised_upload_limit_can_be_shown(monkeypatch:
 
     import anyio
 
-    from gateway import diagnoses
+    from gateway import rendering
 
     big = io.BytesIO()
     # Random pixels do not compress: a PNG over 20 MiB
@@ -788,7 +788,7 @@ def test_an_image_accepted_under_a_raised_upload_limit_can_be_shown(monkeypatch:
                           settings=GatewaySettings(max_upload_bytes=32 * 1024 * 1024,
                                                    DRTECH_MAX_MESSAGE_BYTES=33 * 1024 * 1024))
 
-    png = anyio.run(diagnoses.rendered_png, ctx, data, 64)
+    png = anyio.run(rendering.rendered_png, ctx, data, 64)
 
     with Image.open(io.BytesIO(png)) as shown:
         assert shown.size == (64, 64)

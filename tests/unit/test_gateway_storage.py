@@ -16,7 +16,7 @@ import pytest
 
 from gateway import records
 from gateway.database import create_database_engine, migrate, session_factory
-from gateway.diagnoses import keep_upload_and_record
+from gateway.blob_protocol import keep_upload_and_record
 from gateway.metrics import GatewayMetrics
 from gateway.storage import CHUNK_BYTES, BlobStore, LocalBlobStore, StoreUnavailable, sha256_hex
 from tests.unit.test_gateway_serialization import completed_record
@@ -135,7 +135,7 @@ def test_a_record_committed_while_the_blob_is_being_deleted_keeps_it(backend: Ba
 def test_a_record_committed_after_the_delete_puts_its_blob_back_itself(
     backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The writer's half, as the gateway runs it (gateway.diagnoses.keep_upload_and_record): its `put`
+    """The writer's half, as the gateway runs it (gateway.blob_protocol.keep_upload_and_record): its `put`
     found the blobs of another record with the same bytes (and wrote nothing); that record's delete,
     having looked at the database before this commit, removed them before the commit. After
     committing, the writer puts the bytes back."""

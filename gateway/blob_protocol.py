@@ -1,0 +1,152 @@
+"""Stored uploads and heatmaps and the records that name them: the gateway's side of the blob
+protocol (gateway/storage.py), so that no committed record loses its blob and no blob is left that
+no record names.
+
+- A writer stores the blobs, then commits the record; once committed, it puts back a blob that a
+  concurrent delete of another record with the same bytes removed meanwhile.
+- A deleter deletes the record, then each of its blobs that no record names any more (the store's
+  delete_unused asks the database again after moving the blob aside). When the database cannot be
+  asked, the blobs are remembered (ctx.pending_forgets) and tried again in the background.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import anyio
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
+
+from gateway import audit, records
+from gateway.context import GatewayContext
+from gateway.errors import ApiError
+from gateway.records import Diagnosis
+from gateway.storage import StoreUnavailable
+
+log = logging.getLogger("gateway.blob_protocol")
+
+
+def keep_upload_and_record(
+    ctx: GatewayContext, session: Session, record: Diagnosis, data: bytes, heatmap: bytes | None,
+    event: audit.Entry | None = None,
+) -> Diagnosis:
+    """Store the upload and heatmap, then their record, and `event` (its audit event) in the same
+    transaction. Blocking: one thread hand-off for all the steps, which as separate hand-offs cost
+    the gateway measurable CPU each (`python -m benchmarks.ab`). Their CPU is counted as the stages
+    "store" (blobs) and "record" (the database rows)."""
+    stages = ctx.metrics.stage_cpu
+    with stages.stage("store"):
+        record.image_sha256 = ctx.uploads.put(data)
+    try:
+        with stages.stage("store"):
+            if heatmap is not None:
+                ctx.heatmaps.put(heatmap)
+        with stages.stage("record"):
+            if event is not None:
+                audit.add(session, event)
+            records.add(session, record)
+    except BaseException:
+        # No record names the blobs just stored: do not leave a medical image nobody can delete.
+        try:
+            session.rollback()
+        finally:
+            _forget_quietly(ctx, record.image_sha256, record.heatmap_sha256)
+        raise
+    with stages.stage("store"):
+        _keep_blobs_after_commit(ctx, record, data, heatmap)
+    return record
+
+
+def keep_retried_record(
+    ctx: GatewayContext, session: Session, record: Diagnosis, heatmap: bytes | None, event: audit.Entry
+) -> Diagnosis | None:
+    """Store a retry's heatmap, then save its record with `event` (its audit event); None, and the
+    heatmap forgotten, when the record is gone or no longer failed (a delete or another retry came
+    first while the model ran: saving would bring a deleted record back). Blocking."""
+    if heatmap is not None:
+        ctx.heatmaps.put(heatmap)
+    saved = records.save_retry(session, record, also=[event.row()])
+    if saved is None:
+        forget_blobs(ctx, None, record.heatmap_sha256)
+    else:
+        _keep_blobs_after_commit(ctx, saved, None, heatmap)
+    return saved
+
+
+def delete_record(ctx: GatewayContext, session: Session, record_id: str, event: audit.Entry) -> bool:
+    """Delete the record with `event` (its audit event), then its blobs that no record names any
+    more; False when a concurrent delete came first (and forgets the blobs). Blocking."""
+    blobs = records.delete(session, record_id, also=[event.row()])
+    if blobs is not None:
+        _forget_quietly(ctx, *blobs)
+    return blobs is not None
+
+
+def _keep_blobs_after_commit(ctx: GatewayContext, record: Diagnosis, data: bytes | None,
+                             heatmap: bytes | None) -> None:
+    """The writer's half of the blob protocol (gateway/storage.py): once the record is committed, put
+    back a blob that a concurrent delete of another record with the same bytes removed meanwhile."""
+    if data is not None and not ctx.uploads.exists(record.image_sha256):
+        ctx.uploads.put(data)
+    if heatmap is not None and record.heatmap_sha256 and not ctx.heatmaps.exists(record.heatmap_sha256):
+        ctx.heatmaps.put(heatmap)
+
+
+def forget_blobs(ctx: GatewayContext, image_sha: str | None, heatmap_sha: str | None) -> None:
+    """Delete stored blobs that no record names any more (the deleter's half of the blob protocol).
+    Blocking."""
+    for store, digest, in_use in (
+        (ctx.uploads, image_sha, records.image_in_use),
+        (ctx.heatmaps, heatmap_sha, records.heatmap_in_use),
+    ):
+        if not digest:
+            continue
+
+        def named(digest: str = digest, in_use: Callable[[Session, str], bool] = in_use) -> bool:
+            with ctx.sessions() as session:
+                return in_use(session, digest)
+
+        if not named():
+            store.delete_unused(digest, named)
+
+
+def _forget_quietly(ctx: GatewayContext, image_sha: str | None, heatmap_sha: str | None) -> None:
+    """forget_blobs where its failure must not hide what the caller is handling (the record is already
+    gone, or never came to be): logged, and tried again in the background (forget_pending_periodically)
+    until the records database answers, so no blob is left that no record names."""
+    try:
+        forget_blobs(ctx, image_sha, heatmap_sha)
+    except Exception:
+        log.exception("could not delete unused blobs image=%s heatmap=%s; trying again in %.0f s",
+                      image_sha, heatmap_sha, ctx.settings.blob_forget_retry_s)
+        ctx.pending_forgets.add(image_sha, heatmap_sha)
+
+
+def forget_pending(ctx: GatewayContext) -> int:
+    """Forget the blobs _forget_quietly could not (the database was unreachable); those that fail again
+    stay pending. Safe at any time: forget_blobs asks the database whether a record names each blob,
+    through the blob protocol (gateway/storage.py). How many stay pending. Blocking."""
+    for image_sha, heatmap_sha in ctx.pending_forgets.take():
+        try:
+            forget_blobs(ctx, image_sha, heatmap_sha)
+        except Exception as error:  # noqa: BLE001 - still unreachable: next time
+            log.warning("still cannot delete unused blobs image=%s heatmap=%s: %s", image_sha, heatmap_sha, error)
+            ctx.pending_forgets.add(image_sha, heatmap_sha)
+    return len(ctx.pending_forgets)
+
+
+async def forget_pending_periodically(ctx: GatewayContext) -> None:
+    """forget_pending every `blob_forget_retry_s` until cancelled."""
+    while True:
+        await anyio.sleep(ctx.settings.blob_forget_retry_s)
+        if len(ctx.pending_forgets):
+            await run_in_threadpool(forget_pending, ctx)
+
+
+def store_unavailable(error: StoreUnavailable) -> ApiError:
+    """503 for a blob store that cannot be written (disk full, read-only): nothing was kept, and the
+    request succeeds once the store has room again."""
+    log.error("blob store cannot be written: %s", error)
+    return ApiError(503, f"The image storage cannot keep anything right now ({error}); nothing was kept, "
+                         "try again shortly.", headers={"Retry-After": "30"})

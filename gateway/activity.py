@@ -10,8 +10,8 @@ from pydantic import Field
 
 from gateway import audit
 from gateway.accounts import CallerDep
-from gateway.context import ContextDep
-from gateway.diagnoses import DEFAULT_PAGE_SIZE, MAX_OFFSET, OptionalQuery, in_session
+from gateway.context import ContextDep, in_session
+from gateway.paging import DEFAULT_PAGE_SIZE, MAX_OFFSET, OptionalQuery
 
 router = APIRouter(prefix="/api/v1")
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import anyio
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.errors import ApiError
 from gateway.grpc_clients import Backends
@@ -17,6 +19,8 @@ from gateway.model_catalog import ModelCatalog
 from gateway.settings import GatewaySettings
 from gateway.storage import BlobStore, PendingForgets
 from gateway.upload_queue import UploadQueue
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -57,3 +61,13 @@ def get_context(request: Request) -> GatewayContext:
 
 # The request's GatewayContext, as a FastAPI dependency of the route handlers.
 ContextDep = Annotated[GatewayContext, Depends(get_context)]
+
+
+async def in_session(ctx: GatewayContext, work: Callable[[Session], T]) -> T:
+    """Run blocking database work in the thread pool, in its own session."""
+
+    def run() -> T:
+        with ctx.sessions() as session:
+            return work(session)
+
+    return await run_in_threadpool(run)

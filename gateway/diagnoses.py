@@ -18,23 +18,22 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import replace
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import grpc
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BeforeValidator, Field
-from sqlalchemy.orm import Session
+from pydantic import Field
 
 from gateway import audit, records
 from gateway.accounts import Caller, CallerDep
 from gateway.admission import admit_upload, served_exam_type, upload_slot
 from gateway.backend_errors import image_refusal_status, is_unreachable, refusal_reason
 from gateway.blob_protocol import delete_record, keep_retried_record, keep_upload_and_record, store_unavailable
-from gateway.context import ContextDep, GatewayContext
+from gateway.context import ContextDep, GatewayContext, in_session
 from gateway.errors import ApiError
+from gateway.paging import DEFAULT_PAGE_SIZE, MAX_OFFSET, OptionalQuery
 from gateway.records import STATUS_COMPLETED, STATUS_FAILED, Diagnosis
 from gateway.rendering import RENDER_REVISION, rendered_png
 from gateway.routing import AUTO
@@ -46,22 +45,6 @@ from services.core.imaging import DICOM
 
 log = logging.getLogger("gateway.diagnoses")
 router = APIRouter(prefix="/api/v1")
-
-T = TypeVar("T")
-# Far past any history, and within the 64-bit integer SQLite and PostgreSQL take for OFFSET.
-MAX_OFFSET = 1_000_000_000
-DEFAULT_PAGE_SIZE = 20
-
-
-async def in_session(ctx: GatewayContext, work: Callable[[Session], T]) -> T:
-    """Run blocking database work in the thread pool, in its own session."""
-
-    def run() -> T:
-        with ctx.sessions() as session:
-            return work(session)
-
-    return await run_in_threadpool(run)
-
 
 async def run_model(ctx: GatewayContext, record: Diagnosis, data: bytes) -> bytes | None:
     """Call the model service and fill in `record`; returns the heatmap PNG when there is one.
@@ -206,15 +189,6 @@ async def _retry(ctx: GatewayContext, request: Request, caller: Caller, diagnosi
         raise ApiError(409, "This diagnosis has already completed; there is nothing to retry.")
     ctx.metrics.diagnoses.labels(saved.exam_type, saved.status).inc()
     return diagnosis_json(saved)
-
-
-def _empty_is_absent(value: Any) -> Any:
-    return None if value == "" else value
-
-
-# A query parameter that may be left out, or sent empty: API.md writes the list's query as
-# `?limit=&offset=&exam_type=`, and an empty value there means "not given".
-OptionalQuery = Annotated[T | None, BeforeValidator(_empty_is_absent), Query()]
 
 
 @router.get("/diagnoses")

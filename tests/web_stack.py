@@ -1,6 +1,6 @@
 """The whole platform in this process, for the API, web and browser tests: auth, every model service
 of the registry (services/registry.py; of another tree with `services_dir`), the gateway. The one
-whole-stack fixture of the suite (tests/integration/test_gateway_api.py, test_gateway_web.py, test_gateway_hostile_inputs.py, test_gateway_load.py, tests/e2e/test_web_ui.py).
+whole-stack fixture of the suite: the integration and e2e tests that need the platform start it here.
 
 Everything listens on free ports. Diagnosis services use the shipped models when they exist (else a
 contract-shaped stand-in, as in tests/integration/test_gateway_api.py); the router always uses its

@@ -1,4 +1,4 @@
-"""The audit trail end to end: the real gateway, the real auth service and a model service, over HTTP.
+"""The audit trail end to end: the whole platform (tests/web_stack.py), over HTTP.
 
 Every authentication decision and every access to a record leaves one row (who, what, which record,
 when, client address, user agent, outcome) and one JSON line on the `drtech.audit` logger; a user
@@ -12,7 +12,6 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,48 +24,16 @@ from gateway import audit
 from gateway.database import create_database_engine, migrate, session_factory
 from gateway.records import utc_now
 from gateway.settings import GatewaySettings
-from gateway.testing import RunningGateway, start_gateway
+from gateway.testing import start_gateway
 from services.auth.server import start_server as start_auth
-from services.auth.settings import AuthSettings
-from services.core.server import RunningServer
-from services.core.server import start_server as start_model
-from services.core.settings import ServingSettings
-from services.skin.spec import SPEC as SKIN
-from tests.serving_models import write_fixture_model
 from tests.support import free_port, sample_image_bytes
+from tests.web_stack import Stack, running_stack, stack_auth_settings
 
 PASSWORD = "correct horse 42"
 NEW_PASSWORD = "battery staple 1729"
 WRONG_PASSWORD = "wrong guess 000"
 THROTTLE_AFTER = 3
 AGENT = "audit-test/1.0 (pytest)"
-
-
-def fast_auth(home: Path, **overrides: object) -> AuthSettings:
-    # Cheap argon2 so the suite is fast; production uses the RFC 9106 defaults.
-    values: dict[str, object] = dict(home=home, port=0, grace_s=0, argon2_time_cost=1, argon2_memory_kib=1024,
-                                     argon2_parallelism=1, throttle_max_failures_per_email=THROTTLE_AFTER,
-                                     throttle_max_sign_ups_per_ip=1_000_000)
-    values.update(overrides)
-    return AuthSettings(**values)
-
-
-@dataclass
-class Stack:
-    home: Path
-    auth_addr: str
-    skin: RunningServer
-    gateway: RunningGateway
-
-    def settings(self, home: Path, **overrides: object) -> GatewaySettings:
-        dead = f"127.0.0.1:{free_port()}"   # nothing listens: chest and bone uploads come back failed
-        values: dict[str, object] = {
-            "DRTECH_HOME": home, "DRTECH_AUTH_ADDR": self.auth_addr, "DRTECH_SKIN_ADDR": self.skin.target,
-            "DRTECH_PNEUMONIA_ADDR": dead, "DRTECH_BONE_ADDR": dead, "DRTECH_ROUTER_ADDR": dead,
-            "diagnose_timeout_s": 5.0,
-        }
-        values.update(overrides)
-        return GatewaySettings(**values)
 
 
 class Lines(logging.Handler):
@@ -97,22 +64,11 @@ def lines() -> Iterator[Lines]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("drtech-home")
-    auth = start_auth(fast_auth(home))
-    skin = start_model(write_fixture_model(SKIN, tmp_path_factory.mktemp("models") / "skin"),
-                       ServingSettings(intra_op_threads=1, worker_threads=2, warmup_runs=1, grace_seconds=0,
-                                       metrics_port=0), port=0)
-    gateway = None
-    try:
-        running = Stack(home, f"127.0.0.1:{auth.port}", skin, None)  # type: ignore[arg-type]
-        gateway = start_gateway(running.settings(home))
-        running.gateway = gateway
+    dead = f"127.0.0.1:{free_port()}"   # nothing listens: chest uploads come back failed, to retry
+    with running_stack(tmp_path_factory.mktemp("drtech-home"), tmp_path_factory.mktemp("models"),
+                       auth_settings={"throttle_max_failures_per_email": THROTTLE_AFTER},
+                       DRTECH_PNEUMONIA_ADDR=dead, diagnose_timeout_s=5.0) as running:
         yield running
-    finally:
-        if gateway is not None:
-            gateway.stop()
-        skin.stop(grace=0)
-        auth.stop(0)
 
 
 @pytest.fixture
@@ -261,7 +217,7 @@ def test_throttled_sign_ups_are_recorded_and_old_events_are_purged_at_start(tmp_
                                            user_agent="", at=utc_now() - timedelta(days=days)))
         session.commit()
     engine.dispose()
-    auth = start_auth(fast_auth(tmp_path, throttle_max_sign_ups_per_ip=1))
+    auth = start_auth(stack_auth_settings(tmp_path, {"throttle_max_sign_ups_per_ip": 1}))
     gateway = start_gateway(GatewaySettings(DRTECH_HOME=tmp_path, DRTECH_AUTH_ADDR=f"127.0.0.1:{auth.port}",
                                             audit_retention_days=365))
     try:

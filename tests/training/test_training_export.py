@@ -138,7 +138,8 @@ def test_a_model_over_the_size_limit_is_stored_with_float16_weights(tmp_path):
     stored = store_half_precision(path, _images(8), max_bytes=size - 1)
 
     assert stored["weights"] == "float16"
-    assert stored["max_abs_diff"]["probabilities"] <= 2e-3
+    assert stored["max_abs_diff"]["probabilities"] <= 1e-2
+    assert stored["rounded"][0] >= 1 and stored["argmax_agreement"] >= 0.75
     assert path.stat().st_size < size
     proto = onnx.load(str(path))
     assert [o.name for o in proto.graph.output] == ["probabilities", "cam"]

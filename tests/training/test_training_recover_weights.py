@@ -48,7 +48,7 @@ def test_the_recovered_bone_classifier_gives_the_shipped_kl_probabilities(tmp_pa
 
 
 def test_a_model_without_a_finetune_run_of_our_mobilenet_is_refused(tmp_path):
-    # Skin 2026.11.4 was fine-tuned by training.train's own top blocks, not a training.finetune run.
+    # Skin 2026.12.1 is an EfficientNet-Lite2 run: recover_weights reads back our MobileNetV2 only.
     skin = PROJECT_ROOT / "services" / "skin" / "model"
     with pytest.raises(NotRecoverable, match="no training.finetune run"):
         recover("skin", skin / "model.onnx", tmp_path / "run")

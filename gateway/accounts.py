@@ -32,6 +32,7 @@ from gateway.errors import (
     retry_after_s,
 )
 from gateway.serialization import iso_utc, user_json
+from gateway.session_cache import verified_user
 from protos.drtech.v1 import auth_pb2
 from services.auth.errors import ERROR_DOMAIN as AUTH_ERROR_DOMAIN
 from services.auth.validation import (
@@ -130,10 +131,11 @@ def csrf_refusal() -> ApiError:
 
 
 async def authenticate_token(ctx: GatewayContext, token: str) -> auth_pb2.User:
+    """The token's user: from the sessions verified a moment ago, or the auth service. 401 for a
+    dead session."""
     try:
-        return await ctx.backends.auth.Authenticate(
-            auth_pb2.AuthenticateRequest(access_token=token), timeout=ctx.settings.auth_timeout_s
-        )
+        return await verified_user(ctx.backends.auth, ctx.verified_sessions, token,
+                                   ctx.settings.auth_timeout_s)
     except grpc.aio.AioRpcError as error:
         if error.code() in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT}:
             raise ApiError(401, BAD_TOKEN, headers={"WWW-Authenticate": "Bearer"}) from None
@@ -348,6 +350,10 @@ async def log_out(request: Request, ctx: ContextDep) -> Response:
         if error.code() not in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT}:
             raise to_api_error(error, "authentication") from None
         # An already invalid token: logging out is idempotent.
+    finally:
+        # After the call, so no verification that saw the session live is kept past it; whatever
+        # its outcome (a failed call may still have ended the session).
+        ctx.verified_sessions.forget_token(token)
     # A token that ended no session (already ended, or never valid) concerns no known account.
     await audit.record(ctx, audit.entry(request, "log_out", "success" if ended_for else "failure",
                                         ended_for or None), required=False)
@@ -385,6 +391,8 @@ async def _log_out_all(caller: Caller, ctx: GatewayContext) -> None:
         if error.code() in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT}:
             raise ApiError(401, BAD_TOKEN, headers={"WWW-Authenticate": "Bearer"}) from None
         raise to_api_error(error, "authentication") from None
+    finally:
+        ctx.verified_sessions.forget_user(caller.user.id)
 
 
 @router.post("/auth/password", status_code=204)
@@ -427,6 +435,10 @@ async def _change_password(body: ChangePasswordBody, request: Request, caller: C
             raise invalid_fields(violations) from None
         raise_if_throttled(error)
         raise to_api_error(error, "authentication") from None
+    finally:
+        # The account's other sessions were ended (or may have been, by a call that failed): none of
+        # its verified sessions is kept; this one is verified again at its next request.
+        ctx.verified_sessions.forget_user(caller.user.id)
 
 
 @router.get("/me")

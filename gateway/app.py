@@ -31,6 +31,7 @@ from gateway.errors import error_response, install_error_handlers
 from gateway.grpc_clients import Backends
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.model_catalog import ModelCatalog
+from gateway.session_cache import SessionCache
 from gateway.settings import FORM_OVERHEAD_BYTES, GatewaySettings
 from gateway.storage import blob_stores
 from gateway.upload_queue import UploadQueue
@@ -195,6 +196,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             renders=anyio.CapacityLimiter(settings.concurrent_renders),
             upload_slots=anyio.CapacityLimiter(settings.concurrent_uploads),
             upload_queue=UploadQueue(settings.pending_uploads, settings.upload_queue_bytes),
+            verified_sessions=SessionCache(settings.auth_cache_seconds, settings.auth_cache_entries),
         )
         try:
             async with anyio.create_task_group() as background:

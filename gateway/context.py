@@ -16,6 +16,7 @@ from gateway.errors import ApiError
 from gateway.grpc_clients import Backends
 from gateway.metrics import GatewayMetrics
 from gateway.model_catalog import ModelCatalog
+from gateway.session_cache import SessionCache
 from gateway.settings import GatewaySettings
 from gateway.storage import BlobStore, PendingForgets
 from gateway.upload_queue import UploadQueue
@@ -40,6 +41,8 @@ class GatewayContext:
     upload_slots: anyio.CapacityLimiter
     # Upload bodies received or waiting for an upload slot, bounded (accounts.AuthenticateUploadsFirst).
     upload_queue: UploadQueue
+    # Sessions the auth service verified a moment ago (gateway.accounts.authenticate_token).
+    verified_sessions: SessionCache
     # Blobs to forget once the records database answers again (gateway.blob_protocol).
     pending_forgets: PendingForgets = field(default_factory=PendingForgets)
 

@@ -120,6 +120,14 @@ class GatewaySettings(ImageLimitSettings):
     # deleted once the database answers again, tried this often (gateway.blob_protocol).
     blob_forget_retry_s: float = Field(default=10.0, gt=0)
 
+    # Verified sessions are cached (gateway/session_cache.py) for at most this many seconds (0: every
+    # request asks the auth service), so a busy client does not cost an Authenticate call per request.
+    # A log-out, log-out everywhere or password change made through this gateway takes effect here at
+    # once; one made through another replica takes effect here within this many seconds.
+    auth_cache_seconds: float = Field(default=5.0, ge=0)
+    # At most this many cached sessions (a few hundred bytes each); the oldest goes first.
+    auth_cache_entries: int = Field(default=10_000, ge=1)
+
     # gRPC deadlines, seconds. Every call has one.
     auth_timeout_s: float = Field(default=5.0, gt=0)
     diagnose_timeout_s: float = Field(default=30.0, gt=0)

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 
 from gateway.context import get_context
+from gateway.session_cache import verified_user
 from protos.drtech.v1 import auth_pb2
 from services.auth import validation
 
@@ -37,9 +38,8 @@ async def _signed_in_user(request: Request) -> auth_pb2.User | None:
     if not token:
         return None
     try:
-        return await ctx.backends.auth.Authenticate(
-            auth_pb2.AuthenticateRequest(access_token=token), timeout=ctx.settings.auth_timeout_s
-        )
+        return await verified_user(ctx.backends.auth, ctx.verified_sessions, token,
+                                   ctx.settings.auth_timeout_s)
     except grpc.aio.AioRpcError as error:
         if error.code() in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT}:
             return None

@@ -143,3 +143,23 @@ def hold_argon2_verifications(monkeypatch) -> tuple[threading.Event, threading.E
 
     monkeypatch.setattr(PasswordHasher, "verify", held)
     return entered, release
+
+
+class FinishedCall:
+    """A grpc.aio unary call that has already been answered, as a fake stub returns it: awaited for
+    its reply (or its error raised), then its trailing metadata."""
+
+    def __init__(self, reply: object = None, trailing: object = None,
+                 error: BaseException | None = None) -> None:
+        self._reply, self._trailing, self._error = reply, trailing, error
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        return self._answer().__await__()
+
+    async def _answer(self) -> object:
+        if self._error is not None:
+            raise self._error
+        return self._reply
+
+    async def trailing_metadata(self) -> object:
+        return self._trailing

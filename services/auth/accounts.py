@@ -301,10 +301,14 @@ class Accounts:
             raise InvalidToken(f"Session ended after {_words(self._session_idle)} without use; log in again.")
         return row.AuthSession, row.User, now
 
-    def authenticate(self, access_token: str) -> User:
-        """The user a live token belongs to, keeping the session alive. Raises InvalidToken."""
+    def authenticate(self, access_token: str) -> tuple[User, timedelta]:
+        """The user a live token belongs to, keeping the session alive, and how long until the session
+        ends unless it is used again (its lifetime, or its idle timeout from its last recorded use).
+        Raises InvalidToken."""
         session, user, now = self._live_session(access_token)
+        last_used = session.last_used_at
         if now - session.last_used_at >= self._touch_every:
+            last_used = now
             # Its own short transaction (a read that turns into a write can fail at once on SQLite);
             # the condition makes concurrent calls of one session write once.
             with self._sessions.begin() as db:
@@ -313,7 +317,7 @@ class Accounts:
                     .where(AuthSession.id == session.id, AuthSession.last_used_at < now - self._touch_every)
                     .values(last_used_at=now)
                 )
-        return user
+        return user, min(session.expires_at, last_used + self._session_idle) - now
 
     def change_password(
         self, access_token: str, current_password: str, new_password: str, client_ip: str = ""

@@ -8,6 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from protos.drtech.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.accounts import Accounts
 from services.auth.models import User
+from services.auth.session_metadata import SESSION_ENDS_IN_MS
 from services.auth.validation import SIGN_UP_FIELDS
 
 
@@ -49,7 +50,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def Authenticate(
         self, request: auth_pb2.AuthenticateRequest, context: grpc.ServicerContext
     ) -> auth_pb2.User:
-        return user_message(self._accounts.authenticate(request.access_token))
+        user, ends_in = self._accounts.authenticate(request.access_token)
+        context.set_trailing_metadata(((SESSION_ENDS_IN_MS, str(int(ends_in.total_seconds() * 1000))),))
+        return user_message(user)
 
     def LogOut(
         self, request: auth_pb2.LogOutRequest, context: grpc.ServicerContext

@@ -176,7 +176,10 @@ def test_the_auth_service_stopped_answers_503_and_keeps_nothing(stack: Stack, tm
     auth = start_auth(stack_auth_settings(tmp_path / "auth"))
     home = tmp_path / "home"
     try:
-        with gateway_on(stack, home, DRTECH_AUTH_ADDR=f"127.0.0.1:{auth.port}") as gateway:
+        # No session cache: each request below needs the auth service (a session verified within
+        # the cache's TTL would still be served; tests/integration/test_gateway_session_cache.py).
+        with gateway_on(stack, home, DRTECH_AUTH_ADDR=f"127.0.0.1:{auth.port}",
+                        auth_cache_seconds=0) as gateway:
             headers = signed_in(gateway.url)
             before = upload(gateway.url, headers, seed=1)
             assert before.status_code == 201, before.text

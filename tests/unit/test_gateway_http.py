@@ -28,6 +28,8 @@ from gateway.app import create_app, internal_app
 from gateway.settings import GatewaySettings
 from gateway.storage import StoreUnavailable
 from protos.drtech.v1 import auth_pb2, diagnosis_pb2
+from services.auth.session_metadata import SESSION_ENDS_IN_MS
+from tests.support import FinishedCall
 
 PAGES = ["/", "/signup", "/login", "/models"]
 
@@ -192,16 +194,18 @@ class OneLiveSession:
     def __init__(self) -> None:
         self.logged_out: list[str] = []
 
-    async def Authenticate(self, request: auth_pb2.AuthenticateRequest, timeout: float) -> auth_pb2.User:
-        if request.access_token != LIVE_TOKEN:
-            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAUTHENTICATED, grpc.aio.Metadata(),
-                                       grpc.aio.Metadata(), "invalid or expired session")
-        return auth_pb2.User(id="user-1", email="ada@example.org", first_name="Ada", surname="Lovelace")
+    def Authenticate(self, request: auth_pb2.AuthenticateRequest, timeout: float) -> FinishedCall:
+        if request.access_token != LIVE_TOKEN or request.access_token in self.logged_out:
+            refused = grpc.aio.AioRpcError(grpc.StatusCode.UNAUTHENTICATED, grpc.aio.Metadata(),
+                                           grpc.aio.Metadata(), "invalid or expired session")
+            return FinishedCall(error=refused)
+        user = auth_pb2.User(id="user-1", email="ada@example.org", first_name="Ada", surname="Lovelace")
+        return FinishedCall(user, grpc.aio.Metadata((SESSION_ENDS_IN_MS, "600000")))
 
     async def LogOut(self, request: auth_pb2.LogOutRequest, timeout: float) -> auth_pb2.LogOutResponse:
+        await self.Authenticate(auth_pb2.AuthenticateRequest(access_token=request.access_token), timeout)
         self.logged_out.append(request.access_token)
-        return await self.Authenticate(auth_pb2.AuthenticateRequest(access_token=request.access_token),
-                                       timeout) and auth_pb2.LogOutResponse()
+        return auth_pb2.LogOutResponse(user_id="user-1")
 
 
 @pytest.fixture

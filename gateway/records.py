@@ -60,9 +60,11 @@ class Diagnosis(Base):
 
 
 def add(session: Session, record: Diagnosis) -> Diagnosis:
+    """Insert and commit `record`. It is then as the database holds it (the flush filled in the
+    defaults, and sessions keep objects after a commit): reading it back would be a second query
+    for nothing."""
     session.add(record)
     session.commit()
-    session.refresh(record)
     return record
 
 

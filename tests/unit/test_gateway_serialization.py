@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from google.protobuf import struct_pb2
 
+from gateway import records
+from gateway.database import create_database_engine, session_factory
 from gateway.records import Diagnosis
 from gateway.serialization import clean_extra, diagnosis_json, iso_utc, model_card_json, struct_to_dict
 from protos.drtech.v1 import diagnosis_pb2
@@ -159,3 +162,19 @@ def test_a_model_card_keeps_the_card_json_and_takes_identity_from_get_model_info
     assert (card["exam_display_name"], card["exam_summary"]) == ("Skin lesion (dermoscopy)", "seven kinds of lesion")
     assert card["metrics"] == {"auc": 0.9}
     assert card["limitations"] == ["Dermoscopy only."]
+
+
+def test_a_record_just_added_answers_what_reading_it_back_answers(tmp_path: Path) -> None:
+    """POST /diagnoses answers from the record it added, without reading it back."""
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'gateway.db'}")
+    records.Base.metadata.create_all(engine)
+    sessions = session_factory(engine)
+    try:
+        record = completed_record(extra={"kl_grade": 2, "findings": [{"label": "x", "score": 0.5}]},
+                                  created_at=datetime.now(UTC))
+        with sessions() as session:
+            added = diagnosis_json(records.add(session, record))
+        with sessions() as session:
+            assert added == diagnosis_json(session.get(Diagnosis, record.id))
+    finally:
+        engine.dispose()

@@ -28,6 +28,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -146,17 +147,18 @@ def add(session: Session, event: Entry) -> None:
     session.add(event.row())
 
 
-def _store(ctx: GatewayContext, event: Entry) -> None:
+def _store(ctx: GatewayContext, events: list[Entry]) -> None:
     with ctx.sessions() as session:
-        add(session, event)
+        session.add_all([event.row() for event in events])
         session.commit()
 
 
 async def record(ctx: GatewayContext, event: Entry, *, required: bool) -> bool:
-    """Store the event in its own transaction and log it. When that fails: with `required`, 503
-    (the caller must not serve what it could not audit); without, False, and the JSON line at ERROR."""
+    """Store the event and log it; returns once its row is committed (in one transaction with the
+    events recorded at the same moment: gateway/write_batches.py). When that fails: with `required`,
+    503 (the caller must not serve what it could not audit); without, False, and the JSON line at ERROR."""
     try:
-        await run_in_threadpool(_store, ctx, event)
+        await ctx.audit_writes.write(event, partial(_store, ctx))
     except Exception:
         errors_log.exception("could not store the audit event %s/%s", event.event, event.outcome)
         emit(event, stored=False)

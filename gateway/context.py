@@ -20,6 +20,7 @@ from gateway.session_cache import SessionCache
 from gateway.settings import GatewaySettings
 from gateway.storage import BlobStore, PendingForgets
 from gateway.upload_queue import UploadQueue
+from gateway.write_batches import WriteBatches
 
 T = TypeVar("T")
 
@@ -45,6 +46,8 @@ class GatewayContext:
     verified_sessions: SessionCache
     # Blobs to forget once the records database answers again (gateway.blob_protocol).
     pending_forgets: PendingForgets = field(default_factory=PendingForgets)
+    # Audit events stored together when they arrive together (gateway.audit.record).
+    audit_writes: WriteBatches = field(default_factory=WriteBatches)
 
 
 def client_ip(request: Request) -> str:

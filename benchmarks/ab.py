@@ -1,16 +1,21 @@
 """Two versions of the serving path side by side: the same load on each, interleaved, in one run.
 
-    python -m benchmarks.ab --before ../perf-base [--task pneumonia] [--rounds 4] [--seconds 4]
-        [--paths service gateway] [--gray] [--serving NAME=VALUE ...]
+    python -m benchmarks.ab --before ../perf-base [--after ../perf-next] [--task pneumonia]
+        [--rounds 4] [--seconds 4] [--paths service gateway fetch] [--gray] [--image FILE]
+        [--serving NAME=VALUE ...]
 
 `--before` is another checkout of this project (e.g. `git worktree add --detach ../perf-base main`,
-then `make protos` in it); "after" is this one. Both stacks (auth, one model service, gateway) start
+then `make protos` in it); "after" is this one, or `--after` (a change measured against the commit
+before it, with this checkout's load generator). Both stacks (auth, one model service, gateway) start
 at once from their own folders and stay up; each round measures every path at concurrency 16 on
 `before` and `after` in turn, alternating which goes first, so a machine that gets busier or quieter
 during the run shifts both sides alike. Only the side being measured has work; the other idles.
 
-Prints, per path and side, images/s, the CPU each server process spent per image, and the load
-generator's own CPU (client cores) of every round, and the medians. On a shared machine compare
+Paths: `service` (Diagnose straight at the model service), `gateway` (uploads through the
+gateway), `fetch` (one upload, then its stored image fetched again and again through the gateway:
+an audited access each). Prints, per path and side, images (or fetches)/s, p50 and p99 latency,
+the CPU each server process spent per image, and the load generator's own CPU (client cores) of
+every round, and the medians. On a shared machine compare
 the two sides of one run, never figures of different runs. Not a test.
 """
 
@@ -26,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.serving import (
-    EXAM_TYPES, ROOT, TASKS, Process, gateway_loads, grpc_loads, processes, sample_jpeg, serving_env,
-    start_process,
+    EXAM_TYPES, ROOT, TASKS, Process, fetch_loads, gateway_loads, grpc_loads, processes, sample_jpeg,
+    serving_env, start_process,
 )
 
 
@@ -55,6 +60,9 @@ def start_stack(side: str, cwd: Path, home: Path, task: str, serving: dict[str, 
 def measure(stack: dict[str, Process], path: str, task: str, image: bytes, seconds: float) -> dict[str, Any]:
     if path == "service":
         loads = grpc_loads(stack["service"].address, image, (16,), seconds, [stack["service"]])
+    elif path == "fetch":
+        loads = fetch_loads(stack["gateway"].address, EXAM_TYPES[task], image, (16,), seconds,
+                            [stack["gateway"], stack["auth"]])
     else:
         loads = gateway_loads(stack["gateway"].address, EXAM_TYPES[task], image, (16,), seconds,
                               [stack["gateway"], stack["auth"], stack["service"]])
@@ -80,10 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--before", type=Path, required=True, help="the other checkout (its protos built)")
+    parser.add_argument("--after", type=Path, default=ROOT,
+                        help="the checkout measured as 'after' (default: this one); the load is this one's")
     parser.add_argument("--task", choices=TASKS, default="pneumonia")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=4.0, help="timed seconds per measurement")
-    parser.add_argument("--paths", nargs="+", choices=("service", "gateway"), default=["service", "gateway"])
+    parser.add_argument("--paths", nargs="+", choices=("service", "gateway", "fetch"),
+                        default=["service", "gateway"])
     parser.add_argument("--image", type=Path, help="image to send (default: the generated 1024x1024 JPEG)")
     parser.add_argument("--gray", action="store_true", help="send the image as a one-channel JPEG")
     parser.add_argument("--serving", nargs="*", default=[], metavar="NAME=VALUE",
@@ -94,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.gray:
         image = gray_jpeg(image)
     serving = dict(setting.split("=", 1) for setting in args.serving)
-    sides = {"before": args.before.resolve(), "after": ROOT}
+    sides = {"before": args.before.resolve(), "after": args.after.resolve()}
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="drtech-ab-") as scratch, processes() as running:
         stacks = {side: start_stack(side, cwd, Path(scratch) / side, args.task, serving, running)
@@ -108,13 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     cpu = ", ".join(f"{process_name(name)} {ms}"
                                     for name, ms in row["server_cpu_ms_per_image"].items())
                     print(f"round {round_index + 1} {path:7s} {side:6s} {row['images_per_s']:6.1f} img/s  "
-                          f"p50 {row['p50_ms']:6.1f} ms  client cores {row['client_cores']:.2f}  "
+                          f"p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms  "
+                          f"client cores {row['client_cores']:.2f}  "
                           f"server CPU ms/image: {cpu}  errors {row['errors']}", flush=True)
 
     print(f"\n{args.task}, {len(image)} bytes JPEG{' (one channel)' if args.gray else ''}, concurrency 16, "
           f"{args.rounds} rounds x {args.seconds} s; medians:\n")
-    print("| path | side | images/s | p50 ms | client cores | server CPU ms/image |")
-    print("|---|---|---|---|---|---|")
+    print("| path | side | images/s | p50 ms | p99 ms | client cores | server CPU ms/image |")
+    print("|---|---|---|---|---|---|---|")
     for (path, side), measured in rows.items():
         names = measured[0]["server_cpu_ms_per_image"]
         cpu = ", ".join(
@@ -124,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"| {path} | {side} | {statistics.median(row['images_per_s'] for row in measured):.1f} | "
               f"{statistics.median(row['p50_ms'] for row in measured):.1f} | "
+              f"{statistics.median(row['p99_ms'] for row in measured):.1f} | "
               f"{statistics.median(row['client_cores'] for row in measured):.2f} | {cpu} |")
     return 0
 

@@ -320,16 +320,7 @@ async def gateway_loads(
 
     limits = httpx.Limits(max_connections=max(concurrencies), max_keepalive_connections=max(concurrencies))
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        email = f"bench-{time.time_ns()}@example.com"
-        password = "bench-pass-123"
-        reply = await client.post("/api/v1/auth/signup", json={
-            "email": email, "password": password, "first_name": "Bench", "surname": "Mark",
-        })
-        reply.raise_for_status()
-        reply = await client.post("/api/v1/auth/login", json={"email": email, "password": password})
-        reply.raise_for_status()
-        headers = {"Authorization": f"Bearer {reply.json()['access_token']}"}
-        client.cookies.clear()   # the bearer token only, as an API client
+        headers = await _bench_account(client)
 
         async def call() -> None:
             # Distinct bytes per upload (16 random bytes after the JPEG's end marker, which decoders
@@ -340,6 +331,44 @@ async def gateway_loads(
                 files={"file": ("image.jpg", unique, "image/jpeg")},
             )
             if answer.status_code != 201 or answer.json().get("status") != "completed":
+                raise RuntimeError(f"{answer.status_code} {answer.text[:200]}")
+
+        return [(await closed_loop(call, c, seconds, watch)).summary() for c in concurrencies]
+
+
+async def _bench_account(client: Any) -> dict[str, str]:
+    """A new account, logged in: its bearer header (the client keeps no cookie, as an API client)."""
+    email = f"bench-{time.time_ns()}@example.com"
+    password = "bench-pass-123"
+    reply = await client.post("/api/v1/auth/signup", json={
+        "email": email, "password": password, "first_name": "Bench", "surname": "Mark",
+    })
+    reply.raise_for_status()
+    reply = await client.post("/api/v1/auth/login", json={"email": email, "password": password})
+    reply.raise_for_status()
+    client.cookies.clear()
+    return {"Authorization": f"Bearer {reply.json()['access_token']}"}
+
+
+async def fetch_loads(
+    url: str, exam_type: str, image: bytes, concurrencies: tuple[int, ...], seconds: float,
+    watch: list[Process] = (),  # type: ignore[assignment]
+) -> list[dict]:
+    """One upload, then its stored image fetched again and again (GET .../image, an audited access
+    each, as a history page's thumbnails are): the cost of serving a record, not of diagnosing."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=max(concurrencies), max_keepalive_connections=max(concurrencies))
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        headers = await _bench_account(client)
+        created = await client.post("/api/v1/diagnoses", headers=headers, data={"exam_type": exam_type},
+                                    files={"file": ("image.jpg", image, "image/jpeg")})
+        created.raise_for_status()
+        path = created.json()["image_url"]
+
+        async def call() -> None:
+            answer = await client.get(path, headers=headers)
+            if answer.status_code != 200 or len(answer.content) != len(image):
                 raise RuntimeError(f"{answer.status_code} {answer.text[:200]}")
 
         return [(await closed_loop(call, c, seconds, watch)).summary() for c in concurrencies]

@@ -420,6 +420,8 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
 
 
 def start_process(

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from gateway.settings import GatewaySettings
 from gateway.testing import RunningGateway, start_gateway
-from services.auth.server import AuthServer
 from services.auth.server import start_server as start_auth
 from services.auth.settings import AuthSettings
 from services.core.server import RunningServer

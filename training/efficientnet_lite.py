@@ -111,9 +111,9 @@ def build_backbone(weights: str | Path | None = None, input_size: tuple[int, int
     while source.has(f"_blocks.{block}._depthwise_conv.weight"):
         prefix = f"_blocks.{block}"
         out_channels = source.get(f"{prefix}._project_conv.weight").shape[0]
-        stride = _STAGE_STRIDES[out_channels] if out_channels != channels else 1
         if out_channels not in _STAGE_STRIDES:
             raise ValueError(f"block {block}: {out_channels} output channels is not an EfficientNet-Lite2 stage")
+        stride = _STAGE_STRIDES[out_channels] if out_channels != channels else 1
         shortcut = x
         if source.has(f"{prefix}._expand_conv.weight"):
             x = _conv_bn(x, source, f"{prefix}._expand_conv", f"{prefix}._bn0", f"block{block}_expand")

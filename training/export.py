@@ -141,11 +141,11 @@ def parity(model, onnx_path: Path, images: np.ndarray) -> dict[str, float]:
     return differences
 
 
-def half_precision_weights(proto, max_bytes: int | None = None):
+def half_precision_weights(proto, max_bytes: int):
     """A copy of `proto` whose largest float32 initializers are stored as float16, each followed by a
     Cast back to float32: the arithmetic stays float32 (ONNX Runtime folds the casts when it loads the
     model) and only those weights are rounded. Largest first, only as many as it takes to fit
-    `max_bytes` (None: every initializer of HALF_MIN_ELEMENTS or more), so the fewest are rounded."""
+    `max_bytes`, so the fewest are rounded."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -157,18 +157,17 @@ def half_precision_weights(proto, max_bytes: int | None = None):
          and int(np.prod(i.dims)) >= HALF_MIN_ELEMENTS),
         key=lambda i: int(np.prod(i.dims)), reverse=True)
     # Each rounded element saves 2 bytes; a small margin covers the Cast nodes and renamed tensors.
-    excess = None if max_bytes is None else half.ByteSize() - max_bytes + 4096
+    excess = half.ByteSize() - max_bytes + 4096
     casts = []
     for initializer in candidates:
-        if excess is not None and excess <= 0:
+        if excess <= 0:
             break
         values = numpy_helper.to_array(initializer)
         name = initializer.name
         initializer.CopyFrom(numpy_helper.from_array(values.astype(np.float16), f"{name}__float16"))
         casts.append(helper.make_node("Cast", [f"{name}__float16"], [name], to=onnx.TensorProto.FLOAT,
                                       name=f"{name}__to_float32"))
-        if excess is not None:
-            excess -= 2 * values.size
+        excess -= 2 * values.size
     # Casts first: the graph's nodes must stay in topological order.
     nodes = casts + list(graph.node)
     del graph.node[:]

@@ -1,12 +1,13 @@
 """How two pneumonia models hold up when the same chest films look as if taken elsewhere.
 
     python -m training.experiments.acquisition_shift --old OLD.onnx --old-split OLD_split.csv \
-        [--new services/pneumonia/model/model.onnx] [--new-split services/pneumonia/model/split.csv]
+        [--new services/pneumonia/model/model.onnx] [--new-split services/pneumonia/model/split.csv] [--mean]
 
 Scores both models on the images neither trained nor validated on (the old split's test rows that
 are validation or test rows of the new split, so no image either model learnt from), each image
 decoded as serving decodes it and then changed the way another site's exposure and processing
 would change it: gamma, contrast, brightness, blur, a lower resolution, JPEG compression, noise.
+With `--mean`, also the two models' probabilities averaged (an ensemble of them).
 Prints one JSON object: per model and perturbation, accuracy, sensitivity, specificity and AUC.
 Kermany's own test folder (not in ../shared/data) is the real test of this; these perturbations are
 what can be measured here.
@@ -66,6 +67,13 @@ PERTURBATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "jpeg q30": _jpeg(30),
     "noise 0.04": _noise(0.04),
 }
+# Another site rarely differs in one way only: two compounds of the changes above.
+PERTURBATIONS |= {
+    "contrast 0.7 + noise 0.04 + jpeg q30":
+        lambda image: PERTURBATIONS["jpeg q30"](PERTURBATIONS["noise 0.04"](PERTURBATIONS["contrast 0.7"](image))),
+    "gamma 1.6 + blur 1.5 px + resolution 0.4":
+        lambda image: PERTURBATIONS["resolution 0.4"](PERTURBATIONS["blur 1.5 px"](PERTURBATIONS["gamma 1.6"](image))),
+}
 
 
 def held_out_of_both(old_split: Path, new_split: Path, root: Path) -> list[tuple[Path, int]]:
@@ -99,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--old-split", type=Path, required=True)
     parser.add_argument("--new", type=Path, default=Path("services/pneumonia/model/model.onnx"))
     parser.add_argument("--new-split", type=Path, default=Path("services/pneumonia/model/split.csv"))
+    parser.add_argument("--mean", action="store_true", help="also score the mean of the two models' probabilities")
     parser.add_argument("--data")
     args = parser.parse_args(argv)
     root = data_dir(args.data)
@@ -106,10 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     y = np.array([label for _, label in rows])
     decoded = [read_image(path.read_bytes(), None, ImageLimits(), draft_size_for(SIZE)).image for path, _ in rows]
     result: dict = {"images": len(rows), "normal": int((y == 0).sum()), "pneumonia": int(y.sum()), "models": {}}
-    for name, model in (("old", args.old), ("new", args.new)):
-        result["models"][name] = {"file": str(model), "perturbations": {
-            label: figures(y, scores(model, [change(image) for image in decoded]))
-            for label, change in PERTURBATIONS.items()}}
+    changed = {label: [change(image) for image in decoded] for label, change in PERTURBATIONS.items()}
+    p = {name: {label: scores(model, images) for label, images in changed.items()}
+         for name, model in (("old", args.old), ("new", args.new))}
+    files = {"old": str(args.old), "new": str(args.new)}
+    if args.mean:   # the two models' probabilities averaged: what an ensemble of them would answer
+        p["mean"] = {label: (p["old"][label] + p["new"][label]) / 2 for label in changed}
+        files["mean"] = "mean of old and new"
+    for name, per_change in p.items():
+        result["models"][name] = {"file": files[name], "perturbations": {
+            label: figures(y, values) for label, values in per_change.items()}}
         per = result["models"][name]["perturbations"]
         result["models"][name]["worst"] = {key: min(v[key] for v in per.values())
                                            for key in ("accuracy", "sensitivity", "specificity", "auc")}

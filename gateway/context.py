@@ -65,8 +65,14 @@ def get_context(request: Request) -> GatewayContext:
     return ctx
 
 
+async def context_dependency(request: Request) -> GatewayContext:
+    """get_context as a FastAPI dependency. A coroutine because FastAPI runs a plain function
+    dependency in its thread pool: a thread hand-off per request (~0.2 ms of gateway CPU)."""
+    return get_context(request)
+
+
 # The request's GatewayContext, as a FastAPI dependency of the route handlers.
-ContextDep = Annotated[GatewayContext, Depends(get_context)]
+ContextDep = Annotated[GatewayContext, Depends(context_dependency)]
 
 
 async def in_session(ctx: GatewayContext, work: Callable[[Session], T]) -> T:

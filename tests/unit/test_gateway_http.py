@@ -827,3 +827,26 @@ def test_an_upload_without_a_usable_session_is_refused_before_its_body_is_read(
 
     assert sent[0]["status"] == status
     assert chunks_read == 0
+
+
+def test_no_route_or_dependency_is_handed_to_the_thread_pool_by_fastapi(settings: GatewaySettings) -> None:
+    """FastAPI runs a plain-function endpoint or dependency in its thread pool, a hand-off per request
+    that costs the gateway CPU (benchmarks/README.md); blocking work goes there explicitly instead."""
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    def plain_functions(dependant) -> list[str]:
+        call = dependant.call
+        found = [] if inspect.iscoroutinefunction(call) else [getattr(call, "__name__", repr(call))]
+        return found + [name for sub in dependant.dependencies for name in plain_functions(sub)]
+
+    def api_routes(routes) -> list[APIRoute]:   # included routers' routes too
+        return [found for route in routes for found in (
+            [route] if isinstance(route, APIRoute)
+            else api_routes(route.original_router.routes) if hasattr(route, "original_router") else [])]
+
+    routes = api_routes(create_app(settings).routes)
+    handed_off = {route.path: plain_functions(route.dependant) for route in routes}
+    assert "/api/v1/diagnoses" in handed_off
+    assert not {path: names for path, names in handed_off.items() if names}

@@ -54,6 +54,7 @@ from benchmarks.serving import (
     EXAM_TYPES, ROOT, Process, _cpu_seconds, ceiling, cpu_costs, describe_machine, processes, recheck_ceiling,
     sample_jpeg, serving_env, start_process,
 )
+from benchmarks.upload_client import KeptAliveConnection, MultipartUpload, Reply
 
 TASK_OF = {exam_type: task for task, exam_type in EXAM_TYPES.items()}
 # Where each exam type's images are in the shared data set (training/README.md).
@@ -147,67 +148,77 @@ def per_diagnosis_ms(before: dict[str, float], after: dict[str, float], count: i
 
 async def drive(url: str, exam_type: str, images: Sequence[bytes], diagnoses: int, concurrency: int,
                 between: Any = None) -> dict[str, Any]:
-    """Sign up and log in, warm up (one diagnosis per worker), call `between()` (the snapshot before),
-    then `diagnoses` uploads by `concurrency` workers; latencies, errors and this process's CPU."""
+    """Sign up and log in (httpx), warm up (one diagnosis per worker), call `between()` (the snapshot
+    before), then `diagnoses` uploads by `concurrency` workers; latencies, errors and this process's CPU."""
     import httpx
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
         email, password = f"cpu-{time.time_ns()}@example.com", "bench-pass-123"
         (await client.post("/api/v1/auth/signup", json={
             "email": email, "password": password, "first_name": "Bench", "surname": "Mark"})).raise_for_status()
         reply = await client.post("/api/v1/auth/login", json={"email": email, "password": password})
         reply.raise_for_status()
-        headers = {"Authorization": f"Bearer {reply.json()['access_token']}"}
-        client.cookies.clear()   # the bearer token only, as an API client
-        sent = 0
+        token = reply.json()["access_token"]
+    # The uploads go through a lean HTTP/1.1 client (benchmarks/upload_client.py): one kept-alive
+    # connection per worker, each image's multipart body built once; the load generator's CPU is
+    # taken from the same cores as the platform's.
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json",
+               "User-Agent": "drtech-cpu-cost"}
+    connections = [KeptAliveConnection(url) for _ in range(concurrency)]
+    sent = 0
 
-        async def post(image: bytes):
-            return await client.post("/api/v1/diagnoses", headers=headers, data={"exam_type": exam_type},
-                                     files={"file": ("image.jpg", image + os.urandom(16), "image/jpeg")})
+    async def post(connection: KeptAliveConnection, upload: MultipartUpload) -> Reply:
+        # 16 random bytes after the file's end: a new blob each time.
+        return await connection.post("/api/v1/diagnoses", {**headers, "Content-Type": upload.content_type},
+                                     upload.body(os.urandom(16)))
 
+    try:
         # Each image once first: a model's gate refuses a few genuine images (up to 2%), which would
         # count as errors; those are left out of the load, and how many is reported.
         accepted = []
         for image in images:
-            answer = await post(image)
+            upload = MultipartUpload({"exam_type": exam_type}, "file", "image.jpg", "image/jpeg", image)
+            answer = await post(connections[0], upload)
             if answer.status_code == 201 and answer.json().get("status") == "completed":
-                accepted.append(image)
+                accepted.append(upload)
             elif answer.status_code != 422:
                 raise RuntimeError(f"{answer.status_code} {answer.text[:200]}")
         if not accepted:
             raise RuntimeError(f"the model refused all {len(images)} images")
 
-        async def diagnose() -> None:
+        async def diagnose(connection: KeptAliveConnection) -> None:
             nonlocal sent
-            answer = await post(accepted[sent % len(accepted)])   # a new blob each time (random suffix)
+            answer = await post(connection, accepted[sent % len(accepted)])
             sent += 1
             if answer.status_code != 201 or answer.json().get("status") != "completed":
                 raise RuntimeError(f"{answer.status_code} {answer.text[:200]}")
 
-        await asyncio.gather(*(diagnose() for _ in range(concurrency)))
+        await asyncio.gather(*(diagnose(connection) for connection in connections))
         snapshot = between() if between else None
         latencies: list[float] = []
         errors: list[str] = []
         left = diagnoses
 
-        async def worker() -> None:
+        async def worker(connection: KeptAliveConnection) -> None:
             nonlocal left
             while left > 0:
                 left -= 1
                 started = time.perf_counter()
                 try:
-                    await diagnose()
+                    await diagnose(connection)
                 except Exception as error:  # noqa: BLE001 - counted and reported, not fatal
                     errors.append(str(error)[:200])
                     continue
                 latencies.append(time.perf_counter() - started)
 
         cpu_started, started = _cpu_seconds(), time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(connection) for connection in connections))
         seconds = time.perf_counter() - started
-        return {"snapshot": snapshot, "latencies": latencies, "errors": errors, "seconds": seconds,
-                "client_cpu_seconds": _cpu_seconds() - cpu_started, "refused_images": len(images) - len(accepted)}
+    finally:
+        for connection in connections:
+            await connection.close()
+    return {"snapshot": snapshot, "latencies": latencies, "errors": errors, "seconds": seconds,
+            "client_cpu_seconds": _cpu_seconds() - cpu_started, "refused_images": len(images) - len(accepted)}
 
 
 def latency_row(latencies: list[float], seconds: float) -> dict[str, float]:

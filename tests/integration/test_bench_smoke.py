@@ -147,3 +147,69 @@ def test_cpu_report_reads_stage_counters_from_a_metrics_page() -> None:
         'drtech_other_total{stage="decode"} 9\n'
     )
     assert cpu_cost.stage_cpu_seconds(page) == {"decode": 2.0}
+
+
+def test_the_lean_upload_client_sends_ordinary_multipart_uploads_on_kept_alive_connections() -> None:
+    """benchmarks/upload_client.py: what a server parses is the form an API client sends, with the
+    suffix after the file's bytes; replies by length or chunked; a new connection after `close`."""
+    from starlette.requests import Request
+
+    from benchmarks.upload_client import KeptAliveConnection, MultipartUpload
+
+    replies = [b"Content-Length: 2\r\n\r\nok",
+               b"Transfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n2\r\n\":\r\n2\r\n1}\r\n0\r\n\r\n",
+               b"Connection: close\r\nContent-Length: 0\r\n\r\n",
+               b"Content-Length: 4\r\n\r\nlast"]
+    requests: list[tuple[int, dict[bytes, bytes], bytes]] = []
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while request_line := await reader.readline():
+            headers = {}
+            while (line := await reader.readline()) != b"\r\n":
+                name, _, value = line.partition(b":")
+                headers[name.strip().lower()] = value.strip()
+            requests.append((connections, headers, await reader.readexactly(int(headers[b"content-length"]))))
+            writer.write(b"HTTP/1.1 201 Created\r\n" + replies[len(requests) - 1])
+            await writer.drain()
+        writer.close()
+
+    async def form(headers: dict[bytes, bytes], body: bytes) -> dict:
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": list(headers.items())}
+        parsed = await Request(scope, receive).form()
+        fields = {name: value if isinstance(value, str)
+                  else (value.filename, value.content_type, await value.read())
+                  for name, value in parsed.items()}
+        await parsed.close()
+        return fields
+
+    async def scenario() -> tuple[list, list]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        upload = MultipartUpload({"exam_type": "chest_xray"}, "file", "image.jpg", "image/jpeg",
+                                 b"\xff\xd8pixels")
+        client = KeptAliveConnection(f"http://127.0.0.1:{port}")
+        answers = []
+        for suffix in (b"1", b"22", b"", b"4"):
+            answers.append(await client.post("/api/v1/diagnoses", {"Authorization": "Bearer t",
+                                                                    "Content-Type": upload.content_type},
+                                             upload.body(suffix)))
+        await client.close()
+        server.close()
+        await server.wait_closed()
+        return answers, [await form(headers, body) for _, headers, body in requests]
+
+    answers, forms = asyncio.run(scenario())
+    assert [(a.status_code, a.content) for a in answers] == [
+        (201, b"ok"), (201, b'{"a":1}'), (201, b""), (201, b"last")]
+    assert answers[1].json() == {"a": 1}
+    assert [connection for connection, _, _ in requests] == [1, 1, 1, 2]
+    assert [headers[b"authorization"] for _, headers, _ in requests] == [b"Bearer t"] * 4
+    assert [f["file"] for f in forms] == [("image.jpg", "image/jpeg", b"\xff\xd8pixels" + suffix)
+                                          for suffix in (b"1", b"22", b"", b"4")]
+    assert all(f["exam_type"] == "chest_xray" for f in forms)

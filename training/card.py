@@ -85,7 +85,10 @@ LIMITATIONS = {
         "patient ids of each file-name family, an acquisition period never trained on (the shift-stressing "
         "split), and the model, its epoch and its calibration were chosen there. Measured on Kermany's own test "
         "folder, collected separately: the frozen-backbone model 2026.11.1 fell from 0.977 accuracy "
-        "in-distribution to 0.821 there (specificity 0.950 to 0.526: normal children's films called pneumonia).",
+        "in-distribution to 0.821 there (specificity 0.950 to 0.526: normal children's films called pneumonia). "
+        "This model's own test films made to look as if taken elsewhere (lower contrast, grey noise and JPEG "
+        "compression together; training.experiments.acquisition_shift) lower its specificity from 0.990 to "
+        "0.920; Kermany's test folder may differ more than that.",
         "Images were resized to 224x224 without keeping the aspect ratio; bacterial and viral pneumonia are "
         "not distinguished.",
     ],

@@ -25,6 +25,7 @@ from gateway.audit import configure_audit_log
 from gateway.settings import GatewaySettings
 from services.common.logs import configure_logging
 from services.common.production import settings_error_line
+from services.common.startup_heap import freeze_startup_heap
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -101,6 +102,7 @@ async def serve(settings: GatewaySettings, sock: socket.socket, internal_sock: s
         await asyncio.sleep(0.05)
     started = listeners.started
     if started:
+        freeze_startup_heap()   # before traffic: full collections then skip the start-up objects
         print(f"listening on {_url(sock)}", flush=True)
         print(f"internal endpoints on {_url(internal_sock)} (/metrics, /readyz, /readyz/gateway)", flush=True)
     await task

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import audit
 from gateway.backend_errors import is_unreachable, to_api_error, unavailable
-from gateway.context import ContextDep, GatewayContext, client_ip, context_dependency, get_context
+from gateway.context import ContextDep, GatewayContext, client_ip, get_context
 from gateway.errors import (
     ApiError,
     error_info,
@@ -142,9 +142,7 @@ async def authenticate_token(ctx: GatewayContext, token: str) -> auth_pb2.User:
         raise to_api_error(error, "authentication") from None
 
 
-async def current_caller(
-    request: Request, ctx: Annotated[GatewayContext, Depends(context_dependency)]
-) -> Caller:
+async def current_caller(request: Request, ctx: ContextDep) -> Caller:
     known = getattr(request.state, "caller", None)
     if known is not None:       # authenticated before the body was read (AuthenticateUploadsFirst)
         return known

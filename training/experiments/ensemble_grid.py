@@ -25,6 +25,7 @@ import numpy as np
 
 from training.evaluate import records_from_split_csv
 from training.inference import run_onnx
+from training.metrics import multiclass_metrics, point_values, with_intervals
 from training.paths import data_dir
 from training.splits import read_split_csv
 from training.tasks import SPECS
@@ -34,12 +35,13 @@ TAUS = np.round(np.arange(-0.25, 0.5001, 0.0625), 4)
 BOOTSTRAP_ROUNDS = 300
 
 
+# Of training.metrics' multiclass figures, the two the target names (argmax decisions only).
+FIGURES = {name: metric for name, metric in multiclass_metrics(()).items() if name in ("accuracy", "balanced_accuracy")}
+
+
 def figures(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """Accuracy, balanced accuracy and each class's sensitivity of argmax(scores)."""
-    predicted = scores.argmax(axis=1)
-    recalls = [float((predicted[y == k] == k).mean()) for k in range(scores.shape[1]) if (y == k).any()]
-    return {"accuracy": round(float((predicted == y).mean()), 4),
-            "balanced_accuracy": round(float(np.mean(recalls)), 4)}
+    """Accuracy and balanced accuracy of argmax(scores)."""
+    return point_values(FIGURES, y, scores)
 
 
 def decision_scores(p_a: np.ndarray, p_b: np.ndarray, weight: float, prior: np.ndarray, tau: float) -> np.ndarray:
@@ -58,15 +60,10 @@ def choose(p_a: np.ndarray, p_b: np.ndarray, y: np.ndarray, prior: np.ndarray,
     return best
 
 
-def group_interval(y: np.ndarray, scores: np.ndarray, groups: np.ndarray, seed: int = 0) -> dict[str, list[float]]:
-    """95% intervals of figures() resampling whole groups."""
-    rng = np.random.default_rng(seed)
-    unique = np.unique(groups)
-    rows_of = {g: np.flatnonzero(groups == g) for g in unique}
-    samples = [figures(y[rows], scores[rows]) for rows in
-               (np.concatenate([rows_of[g] for g in rng.choice(unique, len(unique))]) for _ in range(BOOTSTRAP_ROUNDS))]
-    return {key: [round(float(v), 4) for v in np.percentile([s[key] for s in samples], [2.5, 97.5])]
-            for key in samples[0]}
+def group_interval(y: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> dict[str, list[float]]:
+    """95% intervals of figures() resampling whole groups (training.metrics.with_intervals)."""
+    return {name: [got["ci95_low"], got["ci95_high"]]
+            for name, got in with_intervals(FIGURES, y, scores, groups, rounds=BOOTSTRAP_ROUNDS).items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,6 +97,7 @@ class Settings:
     reduce_lr_factor: float
     seed: int
     train_batchnorm: bool = False   # our MobileNetV2's BatchNorm learns (batch statistics in training)
+    schedule: str = "plateau"       # one of SCHEDULES
 
 
 def training_labels(task: str, records: Sequence[SplitRecord]) -> np.ndarray:
@@ -121,6 +122,10 @@ def load_pixels(paths: Sequence[Path], size: tuple[int, int], workers: int = 8) 
 
 
 CLASS_WEIGHTS = ("balanced", "sqrt", "none")
+# "plateau": the learning rate drops when the validation score stalls, training stops when it stays
+# stalled. "cosine": it falls along half a cosine to zero over exactly `epochs` epochs (no early stop),
+# so the last epochs average out the epoch-to-epoch swings a constant rate leaves.
+SCHEDULES = ("plateau", "cosine")
 
 
 def sample_weights(y: np.ndarray, n_classes: int, scheme: str) -> np.ndarray:
@@ -223,6 +228,8 @@ def _validation_score_callback(pixels: np.ndarray, y: np.ndarray, n_classes: int
             scores = validation_logs(y, np.asarray(probabilities, dtype=np.float64), n_classes)
             if logs is not None:
                 logs.update(scores)
+                # The rate this epoch trained at, schedule or not (ReduceLROnPlateau also writes it)
+                logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             log.info("epoch %d: val balanced accuracy %.4f", epoch + 1, scores["val_balanced_accuracy"])
 
     return ValidationScore()
@@ -296,6 +303,19 @@ def input_size_of(arch: str) -> tuple[int, int]:
     return ARCHITECTURES[arch].input_size
 
 
+def learning_rate(settings: Settings, steps_per_epoch: int):
+    """Adam's learning rate: the constant `settings.learning_rate` (ReduceLROnPlateau lowers it), or
+    a cosine decay from it to zero over `settings.epochs` epochs."""
+    if settings.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {settings.schedule!r}; expected one of {SCHEDULES}")
+    if settings.schedule == "plateau":
+        return settings.learning_rate
+    import keras
+
+    return keras.optimizers.schedules.CosineDecay(settings.learning_rate,
+                                                  decay_steps=settings.epochs * steps_per_epoch)
+
+
 def fit(
     model, task: str, split: Sequence[SplitRecord], out: Path, settings: Settings,
     augmentation: Augmentation, input_size: tuple[int, int],
@@ -324,7 +344,7 @@ def fit(
     train_batches = Batches(x_train, y_train, weights, settings.batch_size, settings.seed)
 
     trainer = build_trainer(model, augmentation, input_size, settings.seed)
-    trainer.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
+    trainer.compile(optimizer=keras.optimizers.Adam(learning_rate(settings, len(train_batches))),
                     loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     checkpoint = out / "checkpoint.weights.h5"
     mode = "min" if settings.monitor.endswith("loss") else "max"
@@ -332,11 +352,14 @@ def fit(
         _validation_score_callback(x_val, y_val, n_classes, settings.batch_size),
         keras.callbacks.ModelCheckpoint(checkpoint, monitor=settings.monitor, mode=mode,
                                         save_best_only=True, save_weights_only=True),
-        keras.callbacks.ReduceLROnPlateau(monitor=settings.monitor, mode=mode, factor=settings.reduce_lr_factor,
-                                          patience=settings.reduce_lr_patience, min_lr=1e-7),
-        keras.callbacks.EarlyStopping(monitor=settings.monitor, mode=mode,
-                                      patience=settings.early_stopping_patience),
     ]
+    if settings.schedule == "plateau":
+        callbacks += [
+            keras.callbacks.ReduceLROnPlateau(monitor=settings.monitor, mode=mode, factor=settings.reduce_lr_factor,
+                                              patience=settings.reduce_lr_patience, min_lr=1e-7),
+            keras.callbacks.EarlyStopping(monitor=settings.monitor, mode=mode,
+                                          patience=settings.early_stopping_patience),
+        ]
     if settings.max_minutes:
         callbacks.append(_time_limit_callback(settings.max_minutes))
     fit_started = time.monotonic()
@@ -447,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-weights", type=Path,
                         help="start from these model.weights.h5 (a previous run of the same --task/--arch)")
     parser.add_argument("--reduce-lr-patience", type=int, default=2)
+    parser.add_argument("--schedule", choices=SCHEDULES, default="plateau",
+                        help="plateau: lower the rate when validation stalls, stop early (--patience); "
+                        "cosine: decay to zero over exactly --epochs epochs")
     parser.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this wall time")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--train-batchnorm", action="store_true",
@@ -467,8 +493,11 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=args.learning_rate, class_weight=class_weight,
         monitor="val_accuracy" if kl_grades else "val_balanced_accuracy",
         early_stopping_patience=args.patience, max_minutes=args.max_minutes, reduce_lr_patience=args.reduce_lr_patience, reduce_lr_factor=0.3, seed=args.seed,
-        train_batchnorm=args.train_batchnorm,
+        train_batchnorm=args.train_batchnorm, schedule=args.schedule,
     )
+    if args.schedule == "cosine" and args.max_minutes:
+        parser.error("--max-minutes with --schedule cosine would stop before the rate has decayed: "
+                     "size the run with --epochs")
     if args.train_batchnorm and args.arch not in FINETUNED:
         parser.error(f"--train-batchnorm applies to {' and '.join(FINETUNED)}, not {args.arch}")
     if args.input_size is not None and args.arch not in FINETUNED:

@@ -187,6 +187,24 @@ def test_augmentation_is_active_in_training_only(tmp_path):
     assert not np.allclose(augmented, model.predict(scale(pixels), verbose=0))
 
 
+def test_a_cosine_schedule_runs_every_epoch_and_decays_the_rate_toward_zero(tmp_path):
+    record = finetune.fit(_tiny_classifier(), "skin", _tiny_skin_split(tmp_path), tmp_path / "run",
+                          _settings(epochs=4, early_stopping_patience=1, schedule="cosine"),
+                          finetune.AUGMENTATIONS["skin"], (32, 32))
+    rates = record["history"]["learning_rate"]
+    assert record["epochs_run"] == 4                    # no early stop
+    assert 1e-2 > rates[0] > rates[1] > rates[2] > rates[3] >= 0
+    assert rates[3] < 1e-2 * 0.2                        # near zero by the last epoch
+
+
+def test_a_cosine_schedule_with_a_time_budget_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        finetune.main(["--task", "skin", "--out", str(tmp_path / "run"), "--schedule", "cosine",
+                       "--max-minutes", "10"])
+    assert "size the run with --epochs" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_time_budget_stops_after_the_epoch_that_passes_it(tmp_path):
     record = finetune.fit(_tiny_classifier(), "skin", _tiny_skin_split(tmp_path), tmp_path / "run",
                           _settings(epochs=5, max_minutes=1e-6), finetune.AUGMENTATIONS["skin"], (32, 32))

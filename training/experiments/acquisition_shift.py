@@ -2,12 +2,15 @@
 
     python -m training.experiments.acquisition_shift --old OLD.onnx --old-split OLD_split.csv \
         [--new services/pneumonia/model/model.onnx] [--new-split services/pneumonia/model/split.csv] [--mean]
+        [--zoom-views]
 
 Scores both models on the images neither trained nor validated on (the old split's test rows that
 are validation or test rows of the new split, so no image either model learnt from), each image
 decoded as serving decodes it and then changed the way another site's exposure and processing
 would change it: gamma, contrast, brightness, blur, a lower resolution, JPEG compression, noise.
-With `--mean`, also the two models' probabilities averaged (an ensemble of them).
+With `--mean`, also the two models' probabilities averaged (an ensemble of them). With
+`--zoom-views`, also the new model averaged over the image and its central 90% and 80% (test-time
+augmentation for chest films: no flip or turn applies, a slightly different framing does).
 Prints one JSON object: per model and perturbation, accuracy, sensitivity, specificity and AUC.
 Kermany's own test folder (not in ../shared/data) is the real test of this; these perturbations are
 what can be measured here.
@@ -92,6 +95,26 @@ def scores(model: Path, images: list[Image.Image]) -> np.ndarray:
                            for i in range(0, len(batch), 64)])
 
 
+ZOOMS = (1.0, 0.9, 0.8)
+
+
+def zoom_views(image: Image.Image, fractions: tuple[float, ...] = ZOOMS) -> list[Image.Image]:
+    """The image's central `fraction` of each side, for each fraction (1.0: the image itself)."""
+    width, height = image.size
+    views = []
+    for fraction in fractions:
+        w, h = round(width * fraction), round(height * fraction)
+        left, top = (width - w) // 2, (height - h) // 2
+        views.append(image.crop((left, top, left + w, top + h)))
+    return views
+
+
+def zoom_scores(model: Path, images: list[Image.Image]) -> np.ndarray:
+    """`model`'s probability of pneumonia averaged over the zoom views of each image."""
+    views = [zoom_views(image) for image in images]
+    return np.mean([scores(model, [v[i] for v in views]) for i in range(len(ZOOMS))], axis=0)
+
+
 def figures(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     predicted = (p > 0.5).astype(int)
     return {"accuracy": round(float((predicted == y).mean()), 4),
@@ -108,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new", type=Path, default=Path("services/pneumonia/model/model.onnx"))
     parser.add_argument("--new-split", type=Path, default=Path("services/pneumonia/model/split.csv"))
     parser.add_argument("--mean", action="store_true", help="also score the mean of the two models' probabilities")
+    parser.add_argument("--zoom-views", action="store_true",
+                        help="also score the new model averaged over the image and its central 90%% and 80%%")
     parser.add_argument("--data")
     args = parser.parse_args(argv)
     root = data_dir(args.data)
@@ -122,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.mean:   # the two models' probabilities averaged: what an ensemble of them would answer
         p["mean"] = {label: (p["old"][label] + p["new"][label]) / 2 for label in changed}
         files["mean"] = "mean of old and new"
+    if args.zoom_views:
+        p["new, zoom views"] = {label: zoom_scores(args.new, images) for label, images in changed.items()}
+        files["new, zoom views"] = f"{args.new}, mean over central {ZOOMS}"
     for name, per_change in p.items():
         result["models"][name] = {"file": files[name], "perturbations": {
             label: figures(y, values) for label, values in per_change.items()}}

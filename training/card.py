@@ -24,11 +24,19 @@ def optimizer_text(finetune: dict[str, Any] | None) -> str:
     if not finetune:
         return text
     runs = [*finetune.get("previous_runs", []), finetune]   # oldest first
-    rates = [run.get("settings", run).get("learning_rate") for run in runs]
-    said = ", then ".join(_scientific(rate) for rate in rates if rate is not None)
+    settings = [run.get("settings", run) for run in runs]
+    rates = [run.get("learning_rate") for run in settings]
+    said = ", then ".join(_scientific(rate) + _schedule(run) for rate, run in zip(rates, settings) if rate is not None)
     continued = " (continued runs)" if len(rates) > 1 else ""
     return (f"{text}; fine-tuning: lr {said or 'not recorded'}{continued}, "
             "the epoch with the best validation score kept")
+
+
+def _schedule(settings: dict[str, Any]) -> str:
+    """How a fine-tuning run's rate changed: nothing said for the plateau schedule (the default)."""
+    if settings.get("schedule") == "cosine":
+        return f" decayed along a cosine to 0 over {settings['epochs']} epochs"
+    return ""
 
 
 def _scientific(number: float) -> str:

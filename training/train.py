@@ -116,11 +116,20 @@ def _end_to_end_backbone(task: str, weights_file: Path, imagenet_weights: str | 
     return backbone, head, info
 
 
+HEAD_CHOICES = ("best", "refit", "jointly-trained")
+
+
 def choose_head(refit: TrainedHead, jointly_trained: TrainedHead | None,
-                finetune_info: dict | None) -> tuple[TrainedHead, str, str]:
+                finetune_info: dict | None, prefer: str = "best") -> tuple[TrainedHead, str, str]:
     """(head, where it came from, its class weighting): the head refit on the pooled features (balanced
-    class weights), or the one trained with the fine-tuned blocks when it scored higher on validation."""
-    if jointly_trained is None or jointly_trained.val_score <= refit.val_score:
+    class weights), or the one trained with the fine-tuned blocks when it scored higher on validation
+    (`prefer` "best"), or the one named by `prefer`."""
+    if prefer not in HEAD_CHOICES:
+        raise ValueError(f"unknown head choice {prefer!r}; expected one of {HEAD_CHOICES}")
+    if prefer == "jointly-trained" and jointly_trained is None:
+        raise ValueError("--head jointly-trained: there is no jointly trained head (give --backbone-weights "
+                         "or --finetune-blocks)")
+    if prefer == "refit" or jointly_trained is None or (prefer == "best" and jointly_trained.val_score <= refit.val_score):
         return refit, "head refit on pooled features", "balanced"
     # An end-to-end run's head learned with that run's class weights (--finetune-blocks: balanced)
     weighting = (finetune_info or {}).get("settings", {}).get("class_weight", "balanced")
@@ -208,6 +217,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tta", action="store_true",
                         help="after export, average over the task's symmetric views (training.tta: skin 8, bone 2); "
                         "the card keeps the one-view figures under architecture.test_time_augmentation")
+    parser.add_argument("--head", choices=HEAD_CHOICES, default="best",
+                        help="best: the head (refit, or trained with the blocks) with the higher validation "
+                        "score; refit or jointly-trained: that one (e.g. a run's own head, trained with its "
+                        "--class-weight, when the refit's full class balancing costs accuracy for a score "
+                        "within noise)")
     parser.add_argument("--version", default=MODEL_VERSION,
                         help=f"the model version in its card, shown with every answer (default {MODEL_VERSION})")
     args = parser.parse_args(argv)
@@ -222,6 +236,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     available = 16 - int(args.mid_layer.split("_")[1])
     if args.finetune_blocks > available:
         parser.error(f"--finetune-blocks {args.finetune_blocks}: only {available} blocks follow {args.mid_layer}")
+    if args.head == "jointly-trained" and not (args.backbone_weights or args.finetune_blocks):
+        parser.error("--head jointly-trained needs a jointly trained head: --backbone-weights or --finetune-blocks")
     if args.backbone_weights and args.finetune_blocks:
         parser.error("--backbone-weights is already fine-tuned end to end: leave out --finetune-blocks")
     return args
@@ -307,7 +323,7 @@ def heads_step(args: argparse.Namespace, backbone: Any, rows: Rows, end_to_end_h
     refit = train_head(pooled[tr], y[tr], pooled[va], y[va], len(spec.labels), _balanced_accuracy, seed=SEED)
     # A knee run's jointly trained head is a KL head: a candidate for the KL head below, not this one
     jointly_trained = finetune_head if finetune_info and not has_kl else None
-    head, head_source, head_class_weight = choose_head(refit, jointly_trained, finetune_info)
+    head, head_source, head_class_weight = choose_head(refit, jointly_trained, finetune_info, args.head)
     val_probabilities = softmax_probabilities(pooled[va], head.kernel, head.bias)
     validation = point_values(TRAINING[task].metric_set(), y[va], val_probabilities)
     info = {"probabilities": {"l2": head.l2, "epochs": head.epochs, "class_weight": head_class_weight,

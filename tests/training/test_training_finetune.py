@@ -432,6 +432,21 @@ def test_the_card_names_the_class_weights_of_the_head_that_won():
     assert choose_head(refit, None, None)[0] is refit
 
 
+def test_a_named_head_is_kept_whatever_its_validation_score():
+    from training.heads import TrainedHead
+    from training.train import choose_head
+
+    def head(score: float) -> TrainedHead:
+        return TrainedHead(np.zeros((4, 2)), np.zeros(2), l2=0.0, val_score=score, epochs=1)
+
+    refit, run = head(0.70), head(0.69)
+    info = {"settings": {"class_weight": "sqrt"}}
+    assert choose_head(refit, run, info, "jointly-trained")[0:3:2] == (run, "sqrt")
+    assert choose_head(refit, head(0.72), info, "refit")[0] is refit
+    with pytest.raises(ValueError, match="no jointly trained head"):
+        choose_head(refit, None, None, "jointly-trained")
+
+
 def test_a_head_taken_out_of_an_exported_model_is_not_called_trained_jointly():
     """Weights straight from training.recover_weights trained nothing: their head is the model's."""
     from training.heads import TrainedHead

@@ -343,6 +343,16 @@ def add_mahalanobis_gate(proto, fitted: MahalanobisGate, summary: dict):
     return model
 
 
+def gate_bytes(width: int, classes: int, components: int = COMPONENTS) -> int:
+    """At most what a gate adds to a model whose head reads `width` features for `classes` classes:
+    the Mahalanobis gate's float32 constants (the logistic gate's are one `width` vector), plus room
+    for the nodes and the metadata. An export leaves this much under the size limit, so that either
+    method can be chosen on its figures alone."""
+    k = min(components, width)
+    floats = width * k + classes * k + k + width * classes + classes + 8
+    return 4 * floats + 16 * 1024
+
+
 def add_gate(proto, fitted: LogisticGate | MahalanobisGate, summary: dict):
     if isinstance(fitted, LogisticGate):
         weight, bias = fitted.folded()

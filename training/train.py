@@ -392,8 +392,10 @@ def curves_step(heads: Heads, backbone_weights: Path | None, out: Path) -> dict[
 def export_step(backbone: Any, heads: Heads, calibration: Calibration, split: list[SplitRecord],
                 out: Path) -> Exported:
     """The calibrated serving graph as model.onnx, checked against Keras on real images, its weights
-    stored at float16 when float32 is over the size limit."""
-    from training.export import (build_export_model, parity, parity_sample, store_half_precision, to_onnx)
+    stored at float16 when float32 leaves no room for a gate under the size limit."""
+    from training.export import (MAX_MODEL_BYTES, build_export_model, parity, parity_sample, store_half_precision,
+                                 to_onnx)
+    from training.gate import gate_bytes
 
     kl_kernel, kl_bias = (None, None) if heads.kl_head is None else (heads.kl_head.kernel, heads.kl_head.bias)
     export_model = build_export_model(backbone, heads.head.kernel, heads.head.bias, kl_kernel, kl_bias,
@@ -407,7 +409,9 @@ def export_step(backbone: Any, heads: Heads, calibration: Calibration, split: li
     parity_images = np.stack([load_image(p, size=(width, height)) for p in parity_paths])
     differences = parity(export_model, onnx_path, parity_images)
     log.info("parity on %d real images (validation first): %s", len(parity_paths), differences)
-    storage = store_half_precision(onnx_path, parity_images)
+    # Room for the gate training.gate adds afterwards, whichever method it chooses
+    width, classes = heads.head.kernel.shape
+    storage = store_half_precision(onnx_path, parity_images, MAX_MODEL_BYTES - gate_bytes(width, classes))
     log.info("weights stored as %s", json.dumps(storage))
     return Exported(export_model, onnx_path, differences, len(parity_paths), storage)
 

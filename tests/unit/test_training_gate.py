@@ -102,6 +102,22 @@ def test_the_baked_mahalanobis_gate_is_the_fitted_distance_over_its_threshold() 
     np.testing.assert_allclose(_run(gated, ["ood_ratio"], x)[0][:, 0], fitted.ratio(pooled), rtol=1e-4)
 
 
+def test_either_gate_fits_in_the_room_an_export_leaves_for_it() -> None:
+    rng = np.random.default_rng(6)
+    pooled = rng.normal(0, 1, (400, 300))
+    model = gate.strip_gate(_model(features=300, classes=7))
+    fitted = {"mahalanobis": gate.MahalanobisGate(pooled, np.repeat(list("abcdefg"), 58)[:400], components=256),
+              "logistic": gate.LogisticGate.fit(pooled[:200], pooled[200:] + 1, 0.1)}
+    room = gate.gate_bytes(300, 7, components=256)
+
+    added = {}
+    for name, candidate in fitted.items():
+        candidate.set_threshold(pooled)
+        added[name] = gate.add_gate(model, candidate, {"method": "x" * 200}).ByteSize() - model.ByteSize()
+    assert 0 < added["logistic"] < added["mahalanobis"] <= room
+    assert room - added["mahalanobis"] < 32 * 1024          # and not much more room than that
+
+
 def test_the_method_refusing_more_outside_images_is_chosen_then_the_one_refusing_fewer_genuine() -> None:
     assert gate.select({"logistic": (1.0, 0.02), "mahalanobis": (0.97, 0.0)}) == "logistic"
     assert gate.select({"logistic": (1.0, 0.02), "mahalanobis": (1.0, 0.01)}) == "mahalanobis"

@@ -532,7 +532,7 @@ def card_section(gate: dict) -> str:
 
 
 def write_card(model_dir: Path, gate: dict, model_bytes: int, by_image: dict[str, float] | None = None) -> None:
-    """Add the gate to card.json and card.md (replacing an earlier gate's section). The router's
+    """Add the gate and the gated model's size to card.json, and re-render card.md. The router's
     card also gets its own out-of-distribution figures re-measured with the new `ood_ratio`
     (`by_image`: its training.router.ood_images set, which its card lists image by image)."""
     card_path = model_dir / "card.json"
@@ -542,26 +542,29 @@ def write_card(model_dir: Path, gate: dict, model_bytes: int, by_image: dict[str
     outputs = card.get("architecture", {}).get("outputs")
     if isinstance(outputs, list) and OUTPUT not in outputs:
         outputs.append(OUTPUT)
-    if card.get("task") == "router":
-        # The router's former Mahalanobis rejection is replaced by this gate.
-        card["ood"] = {"method": gate["method"], "threshold": gate["threshold"],
-                       "output": f"{OUTPUT} > 1 means none of the three kinds",
-                       "see": "gate"}
-        metrics = card.get("metrics", {})
-        metrics["false_rejection_rate"] = {k: gate["measured"]["genuine_test"][k] for k in ("value", "ci95_low", "ci95_high")}
-        if by_image is not None:
-            from training.router import proportion as exact
+    if card.get("task") != "router":
+        from training import card as model_card
 
-            rejected = sum(ratio > 1 for ratio in by_image.values())
-            metrics["ood_rejection_rate"] = exact(rejected, len(by_image))
-            metrics["ood_n"] = len(by_image)
-            metrics["ood_accepted"] = [name for name, ratio in by_image.items() if not ratio > 1]
-            metrics["ood_ratio_by_image"] = by_image
+        model_card.write(card, model_dir)       # card.md with its gate section (training.card.write)
+        return
+    # The router's former Mahalanobis rejection is replaced by this gate.
+    card["ood"] = {"method": gate["method"], "threshold": gate["threshold"],
+                   "output": f"{OUTPUT} > 1 means none of the three kinds",
+                   "see": "gate"}
+    metrics = card.get("metrics", {})
+    metrics["false_rejection_rate"] = {k: gate["measured"]["genuine_test"][k] for k in ("value", "ci95_low", "ci95_high")}
+    if by_image is not None:
+        from training.router import proportion as exact
+
+        rejected = sum(ratio > 1 for ratio in by_image.values())
+        metrics["ood_rejection_rate"] = exact(rejected, len(by_image))
+        metrics["ood_n"] = len(by_image)
+        metrics["ood_accepted"] = [name for name, ratio in by_image.items() if not ratio > 1]
+        metrics["ood_ratio_by_image"] = by_image
     card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    if card.get("task") == "router":
-        from training import router
+    from training import router
 
-        router.write_card(card, model_dir)      # its text names the rejection method and rates
+    router.write_card(card, model_dir)      # its text names the rejection method and rates
     card_md = model_dir / "card.md"
     text = card_md.read_text(encoding="utf-8") if card_md.is_file() else ""
     if CARD_START in text and CARD_END in text:

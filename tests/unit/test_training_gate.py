@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -185,3 +187,24 @@ def test_a_refusal_names_what_the_model_reads() -> None:
     for ratio in (1.01, float("nan"), float("inf")):
         with pytest.raises(WrongKindOfImage, match=r"chest X-rays .* pneumonia model reads .*chest_xray"):
             check_gate(PNEUMONIA, ratio)
+
+
+def test_gating_a_model_rewrites_its_card_with_the_gated_size_and_the_gate_section(tmp_path) -> None:
+    from tests.unit.test_training_card import _card
+    from training import card as model_card
+
+    model_card.write(_card(tmp_path), tmp_path)          # model_bytes=100, before the gate
+    rate = gate.proportion(99, 100)
+    record = {"method": "logistic regression", "kind": "logistic", "refusal": "INVALID_ARGUMENT",
+              "measured": {"outside": rate, "outside_by_family": {"document": rate},
+                           "genuine_test": gate.proportion(1, 100), "genuine_val": gate.proportion(1, 100)},
+              "comparison": {"method": "Mahalanobis", "outside": rate, "genuine_test": rate},
+              "command": "python -m training.gate --task pneumonia"}
+
+    gate.write_card(tmp_path, record, 12_345_678, None)
+    gate.write_card(tmp_path, record, 12_345_679, None)    # gated again: one section, the newest size
+
+    text = (tmp_path / "card.md").read_text()
+    assert "ONNX size 12,345,679 bytes" in text
+    assert text.count(gate.CARD_START) == 1 and "Outside images refused" in text
+    assert json.loads((tmp_path / "card.json").read_text())["model_bytes"] == 12_345_679

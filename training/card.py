@@ -26,7 +26,8 @@ def optimizer_text(finetune: dict[str, Any] | None) -> str:
     runs = [*finetune.get("previous_runs", []), finetune]   # oldest first
     settings = [run.get("settings", run) for run in runs]
     rates = [run.get("learning_rate") for run in settings]
-    said = ", then ".join(_scientific(rate) + _schedule(run) for rate, run in zip(rates, settings) if rate is not None)
+    said = ", then ".join(_scientific(rate) + _schedule(run)
+                          for rate, run in zip(rates, settings) if rate is not None)
     continued = " (continued runs)" if len(rates) > 1 else ""
     return (f"{text}; fine-tuning: lr {said or 'not recorded'}{continued}, "
             "the epoch with the best validation score kept")
@@ -388,7 +389,8 @@ def _markdown(card: dict[str, Any]) -> str:
     storage = card["export"].get("weights_storage")
     if storage and storage["weights"] == "float16":
         lines.append(f"- The {storage['rounded'][0]} largest of {storage['rounded'][1]} weight tensors stored as "
-                     "float16 (so that the model and its gate fit 15 MiB), computed in float32; on the same images the "
+                     "float16 (so that the model and its gate fit 15 MiB), computed in float32; on the same "
+                     "images the "
                      f"outputs moved by at most {json.dumps(storage['max_abs_diff'])}, the top class agreed on "
                      f"{100 * storage['argmax_agreement']:.1f}%")
     if "tta_parity_max_abs_diff" in card["export"]:

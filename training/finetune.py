@@ -355,7 +355,8 @@ def fit(
     ]
     if settings.schedule == "plateau":
         callbacks += [
-            keras.callbacks.ReduceLROnPlateau(monitor=settings.monitor, mode=mode, factor=settings.reduce_lr_factor,
+            keras.callbacks.ReduceLROnPlateau(monitor=settings.monitor, mode=mode,
+                                              factor=settings.reduce_lr_factor,
                                               patience=settings.reduce_lr_patience, min_lr=1e-7),
             keras.callbacks.EarlyStopping(monitor=settings.monitor, mode=mode,
                                           patience=settings.early_stopping_patience),

@@ -129,7 +129,8 @@ def choose_head(refit: TrainedHead, jointly_trained: TrainedHead | None,
     if prefer == "jointly-trained" and jointly_trained is None:
         raise ValueError("--head jointly-trained: there is no jointly trained head (give --backbone-weights "
                          "or --finetune-blocks)")
-    if prefer == "refit" or jointly_trained is None or (prefer == "best" and jointly_trained.val_score <= refit.val_score):
+    refit_wins = jointly_trained is None or jointly_trained.val_score <= refit.val_score
+    if prefer == "refit" or jointly_trained is None or (prefer == "best" and refit_wins):
         return refit, "head refit on pooled features", "balanced"
     # An end-to-end run's head learned with that run's class weights (--finetune-blocks: balanced)
     weighting = (finetune_info or {}).get("settings", {}).get("class_weight", "balanced")
@@ -237,7 +238,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.finetune_blocks > available:
         parser.error(f"--finetune-blocks {args.finetune_blocks}: only {available} blocks follow {args.mid_layer}")
     if args.head == "jointly-trained" and not (args.backbone_weights or args.finetune_blocks):
-        parser.error("--head jointly-trained needs a jointly trained head: --backbone-weights or --finetune-blocks")
+        parser.error("--head jointly-trained needs a jointly trained head: "
+                     "--backbone-weights or --finetune-blocks")
     if args.backbone_weights and args.finetune_blocks:
         parser.error("--backbone-weights is already fine-tuned end to end: leave out --finetune-blocks")
     return args
@@ -328,7 +330,8 @@ def heads_step(args: argparse.Namespace, backbone: Any, rows: Rows, end_to_end_h
     validation = point_values(TRAINING[task].metric_set(), y[va], val_probabilities)
     info = {"probabilities": {"l2": head.l2, "epochs": head.epochs, "class_weight": head_class_weight,
                               "dropout": 0.3, "source": head_source,
-                              "selected_by": "validation balanced accuracy"}}
+                              "selected_by": ("validation balanced accuracy" if args.head == "best"
+                                              else f"named: --head {args.head}")}}
     heads = Heads(pooled, y, va, head, refit, finetune_head, finetune_info, info, validation)
     if has_kl:
         kl = np.array([int(lab) for lab in rows.labels])
@@ -393,8 +396,8 @@ def export_step(backbone: Any, heads: Heads, calibration: Calibration, split: li
                 out: Path) -> Exported:
     """The calibrated serving graph as model.onnx, checked against Keras on real images, its weights
     stored at float16 when float32 leaves no room for a gate under the size limit."""
-    from training.export import (MAX_MODEL_BYTES, build_export_model, parity, parity_sample, store_half_precision,
-                                 to_onnx)
+    from training.export import (
+        MAX_MODEL_BYTES, build_export_model, parity, parity_sample, store_half_precision, to_onnx)
     from training.gate import gate_bytes
 
     kl_kernel, kl_bias = (None, None) if heads.kl_head is None else (heads.kl_head.kernel, heads.kl_head.bias)

@@ -108,7 +108,8 @@ def test_either_gate_fits_in_the_room_an_export_leaves_for_it() -> None:
     rng = np.random.default_rng(6)
     pooled = rng.normal(0, 1, (400, 300))
     model = gate.strip_gate(_model(features=300, classes=7))
-    fitted = {"mahalanobis": gate.MahalanobisGate(pooled, np.repeat(list("abcdefg"), 58)[:400], components=256),
+    labels = np.repeat(list("abcdefg"), 58)[:400]
+    fitted = {"mahalanobis": gate.MahalanobisGate(pooled, labels, components=256),
               "logistic": gate.LogisticGate.fit(pooled[:200], pooled[200:] + 1, 0.1)}
     room = gate.gate_bytes(300, 7, components=256)
 

@@ -23,6 +23,10 @@ def test_the_card_describes_the_model_file_beside_it(spec) -> None:
     card = spec.load_card()
     assert card["model_bytes"] == spec.model_path.stat().st_size
     assert card["task"] == spec.task and card["labels"] == spec.label_codes
+    # card.md is what people read: the same file size and version
+    text = (spec.model_path.parent / "card.md").read_text(encoding="utf-8")
+    assert f"ONNX size {spec.model_path.stat().st_size:,} bytes" in text
+    assert text.startswith(f"# Model card: {spec.task} {card['version']}\n")
 
 
 @pytest.mark.parametrize("spec", SHIPPED, ids=lambda spec: spec.task)

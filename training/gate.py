@@ -344,7 +344,8 @@ def add_mahalanobis_gate(proto, fitted: MahalanobisGate, summary: dict):
 
 
 def gate_bytes(width: int, classes: int, components: int = COMPONENTS) -> int:
-    """At most what a gate adds to a model whose head reads `width` features for `classes` classes:
+    """At most what a gate adds to a model whose head reads `width` features, fitted on genuine
+    images of `classes` labels (the split.csv labels: a Mahalanobis mean each):
     the Mahalanobis gate's float32 constants (the logistic gate's are one `width` vector), plus room
     for the nodes and the metadata. An export leaves this much under the size limit, so that either
     method can be chosen on its figures alone."""

@@ -130,7 +130,7 @@ def choose_head(refit: TrainedHead, jointly_trained: TrainedHead | None,
         raise ValueError("--head jointly-trained: there is no jointly trained head (give --backbone-weights "
                          "or --finetune-blocks)")
     refit_wins = jointly_trained is None or jointly_trained.val_score <= refit.val_score
-    if prefer == "refit" or jointly_trained is None or (prefer == "best" and refit_wins):
+    if prefer == "refit" or (prefer == "best" and refit_wins):
         return refit, "head refit on pooled features", "balanced"
     # An end-to-end run's head learned with that run's class weights (--finetune-blocks: balanced)
     weighting = (finetune_info or {}).get("settings", {}).get("class_weight", "balanced")
@@ -412,9 +412,11 @@ def export_step(backbone: Any, heads: Heads, calibration: Calibration, split: li
     parity_images = np.stack([load_image(p, size=(width, height)) for p in parity_paths])
     differences = parity(export_model, onnx_path, parity_images)
     log.info("parity on %d real images (validation first): %s", len(parity_paths), differences)
-    # Room for the gate training.gate adds afterwards, whichever method it chooses
-    width, classes = heads.head.kernel.shape
-    storage = store_half_precision(onnx_path, parity_images, MAX_MODEL_BYTES - gate_bytes(width, classes))
+    # Room for the gate training.gate adds afterwards, whichever method it chooses: its Mahalanobis
+    # gate keeps a mean per label of the split (knees: per KL grade, not per head class)
+    width = heads.head.kernel.shape[0]
+    labels = len({s.record.label for s in split})
+    storage = store_half_precision(onnx_path, parity_images, MAX_MODEL_BYTES - gate_bytes(width, labels))
     log.info("weights stored as %s", json.dumps(storage))
     return Exported(export_model, onnx_path, differences, len(parity_paths), storage)
 

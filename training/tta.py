@@ -276,6 +276,11 @@ def apply(task: str, model_dir: Path, root: Path, version: str, command: str | N
     proto = onnx.load(str(model_path))
     check_views(proto, views)
     card = json.loads((model_dir / "card.json").read_text(encoding="utf-8"))
+    if version == card["version"]:
+        # The card keeps the one-view model's figures under its own version: two models, two names
+        raise ValueError(f"version {version} is the one-view model's own: the wrapped model answers "
+                         "differently and needs a new version (or train the one-view model as "
+                         f"{version}+one-view)")
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     size = input_size_of(session.get_inputs()[0].shape, model_path)

@@ -245,6 +245,16 @@ def test_apply_refuses_a_non_square_skin_model_before_any_work(tmp_path: Path) -
     assert (model_dir / "model.onnx").read_bytes() == before
 
 
+def test_the_wrapped_model_may_not_take_the_one_view_models_version(tmp_path: Path) -> None:
+    model_dir = _fixture_folder(SKIN, tmp_path, SKIN.label_codes)      # its card says 0.0.1
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+
+    with pytest.raises(ValueError, match=r"0\.0\.1\+one-view"):
+        tta.apply("skin", model_dir, tmp_path / "data", "0.0.1")
+
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
+
+
 def test_apply_refuses_a_wrapped_model_and_leaves_the_folder_alone(tmp_path: Path) -> None:
     model_dir = _fixture_folder(SKIN, tmp_path, SKIN.label_codes)
     tta.apply("skin", model_dir, tmp_path / "data", "9.9.9")

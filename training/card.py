@@ -390,9 +390,8 @@ def _markdown(card: dict[str, Any]) -> str:
     if storage and storage["weights"] == "float16":
         lines.append(f"- The {storage['rounded'][0]} largest of {storage['rounded'][1]} weight tensors stored as "
                      "float16 (so that the model and its gate fit 15 MiB), computed in float32; on the same "
-                     "images the "
-                     f"outputs moved by at most {json.dumps(storage['max_abs_diff'])}, the top class agreed on "
-                     f"{100 * storage['argmax_agreement']:.1f}%")
+                     f"images the outputs moved by at most {json.dumps(storage['max_abs_diff'])}, the top class "
+                     f"agreed on {100 * storage['argmax_agreement']:.1f}%")
     if "tta_parity_max_abs_diff" in card["export"]:
         lines.append(f"- Test-time augmentation parity (wrapped graph vs the views run one by one, "
                      f"{card['export']['tta_parity_images']} real images, validation first): "

@@ -27,6 +27,11 @@ from services.common.logs import configure_logging
 from services.common.production import settings_error_line
 from services.common.startup_heap import freeze_startup_heap
 
+try:
+    import uvloop   # not on Windows (pyproject.toml)
+except ImportError:
+    uvloop = None
+
 
 def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -145,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     # with the previous handler restored; with these no-op handlers that ends in a clean exit 0.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: None)
-    return asyncio.run(serve(settings, *sockets))
+    # uvloop: 4% less gateway CPU per diagnosis than asyncio's own loop (benchmarks/README.md).
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop if uvloop else None) as runner:
+        return runner.run(serve(settings, *sockets))
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ class Batcher:
             return
         try:
             started = time.perf_counter()
-            prediction = self._run(np.stack([item for item, _, _ in jobs]))
+            prediction = self._run(_batch_of([item for item, _, _ in jobs]))
             seconds = time.perf_counter() - started
             results = [
                 BatchedPrediction(
@@ -153,3 +153,11 @@ class Batcher:
                 self._on_batch(len(jobs), seconds)
             except Exception:   # a metrics callback must never stop the batching thread
                 logger.exception("batch callback failed")
+
+
+def _batch_of(items: list[np.ndarray]) -> np.ndarray:
+    """The items as one (n, ...) array. A lone item (every call when batching is off) is viewed,
+    not copied: np.stack's copy of a 224x224x3 float32 input was ~4% of a batcher thread's CPU."""
+    if len(items) == 1:
+        return items[0][np.newaxis]
+    return np.stack(items)

@@ -58,6 +58,23 @@ def test_a_lone_call_runs_at_once_as_a_batch_of_one(slow_model: OnnxModel) -> No
     assert result.batch_size == 1 and result.seconds > 0
 
 
+def test_a_lone_call_hands_the_model_its_own_array_not_a_copy() -> None:
+    seen: list[np.ndarray] = []
+
+    def run(batch: np.ndarray):  # type: ignore[no-untyped-def]
+        seen.append(batch)
+        raise RuntimeError("only the input is looked at")
+
+    batcher = Batcher(run, max_batch_size=8)
+    item = images(1)[0]
+    try:
+        with pytest.raises(RuntimeError):
+            batcher.predict(item)
+    finally:
+        batcher.close()
+    assert seen[0].shape == (1, *item.shape) and np.shares_memory(seen[0], item)
+
+
 def test_a_failing_run_fails_every_call_in_its_batch() -> None:
     release = threading.Event()
 

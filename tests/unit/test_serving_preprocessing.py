@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from services.core.imaging import read_image
-from services.core.preprocessing import draft_size_for, to_model_input
+from services.core.preprocessing import draft_size_for, scale, to_model_input
 from tests.support import jpeg_bytes, synthetic_image
 
 
@@ -49,3 +49,12 @@ def test_model_input_is_224_square_rgb_scaled_to_minus_one_one() -> None:
     array = to_model_input(Image.new("L", (640, 480), 255))
     assert array.shape == (224, 224, 3) and array.dtype == np.float32
     assert array.min() == array.max() == 1.0
+
+
+def test_every_pixel_value_scales_to_exactly_x_over_127_5_minus_one_in_float32() -> None:
+    # Training and serving share this scaling: its float32 values must not drift by an ulp.
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    expected = pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    scaled = scale(pixels)
+    assert scaled.dtype == np.float32 and scaled[0, 0] == -1.0 and scaled[-1, -1] == 1.0
+    np.testing.assert_array_equal(scaled, expected)

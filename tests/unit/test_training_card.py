@@ -81,7 +81,8 @@ def test_the_optimizer_note_gives_the_learning_rates_the_fine_tuning_used():
                  "previous_runs": [{"settings": {"learning_rate": 1e-4}}, {"settings": {"learning_rate": 2.5e-4}}]}
     assert "fine-tuning: lr 1e-4, then 2.5e-4, then 5e-5 (continued runs)" in model_card.optimizer_text(continued)
     cosine = {"settings": {"learning_rate": 1e-4, "schedule": "cosine", "epochs": 10}}
-    assert "lr 1e-4 decayed along a cosine to 0 over 10 epochs," in model_card.optimizer_text(cosine)
+    assert ("fine-tuning: lr 1e-4 decayed along a cosine to 0 over 10 epochs,"
+            in model_card.optimizer_text(cosine))
 
 
 def test_the_card_states_the_exported_input_size_and_keeps_it_when_its_text_is_refreshed(tmp_path: Path):

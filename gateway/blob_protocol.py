@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 from fastapi.concurrency import run_in_threadpool
@@ -27,35 +28,61 @@ from gateway.storage import StoreUnavailable
 log = logging.getLogger("gateway.blob_protocol")
 
 
-def keep_upload_and_record(
-    ctx: GatewayContext, session: Session, record: Diagnosis, data: bytes, heatmap: bytes | None,
-    event: audit.Entry | None = None,
-) -> Diagnosis:
-    """Store the upload and heatmap, then their record, and `event` (its audit event) in the same
-    transaction. Blocking: one thread hand-off for all the steps, which as separate hand-offs cost
-    the gateway measurable CPU each (`python -m benchmarks.ab`). Their CPU is counted as the stages
-    "store" (blobs) and "record" (the database rows)."""
+@dataclass(frozen=True)
+class NewRecord:
+    """A diagnosis to keep: its record, upload, heatmap (or None) and audit event."""
+
+    record: Diagnosis
+    upload: bytes
+    heatmap: bytes | None
+    event: audit.Entry
+
+
+def keep_uploads_and_records(ctx: GatewayContext, new: list[NewRecord]) -> list[BaseException | None]:
+    """Store each one's upload and heatmap, then commit every record whose blobs were stored, with
+    its audit event, in one transaction (ctx.record_writes batches the diagnoses that finish
+    together: gateway/write_batches.py). Returns, per item, StoreUnavailable when its own blobs could
+    not be stored (its record is not written), else None; raises what failed the commit, for all.
+    Blocking: one thread hand-off for the whole batch. Its CPU is counted as the stages "store"
+    (blobs) and "record" (the database rows)."""
     stages = ctx.metrics.stage_cpu
-    with stages.stage("store"):
-        record.image_sha256 = ctx.uploads.put(data)
+    errors: list[BaseException | None] = []
+    stored: list[NewRecord] = []
+    for item in new:
+        try:
+            with stages.stage("store"):
+                _store_blobs(ctx, item)
+        except StoreUnavailable as error:
+            errors.append(error)
+        else:
+            errors.append(None)
+            stored.append(item)
+    if not stored:
+        return errors
     try:
-        with stages.stage("store"):
-            if heatmap is not None:
-                ctx.heatmaps.put(heatmap)
-        with stages.stage("record"):
-            if event is not None:
-                audit.add(session, event)
-            records.add(session, record)
+        with stages.stage("record"), ctx.sessions() as session:
+            records.add_all(session, [item.record for item in stored], also=[item.event.row() for item in stored])
     except BaseException:
         # No record names the blobs just stored: do not leave a medical image nobody can delete.
-        try:
-            session.rollback()
-        finally:
-            _forget_quietly(ctx, record.image_sha256, record.heatmap_sha256)
+        for item in stored:
+            _forget_quietly(ctx, item.record.image_sha256, item.record.heatmap_sha256)
         raise
     with stages.stage("store"):
-        _keep_blobs_after_commit(ctx, record, data, heatmap)
-    return record
+        for item in stored:
+            _keep_blobs_after_commit(ctx, item.record, item.upload, item.heatmap)
+    return errors
+
+
+def _store_blobs(ctx: GatewayContext, item: NewRecord) -> None:
+    """Store the upload, then the heatmap; when the heatmap cannot be, the upload is forgotten again."""
+    item.record.image_sha256 = ctx.uploads.put(item.upload)
+    if item.heatmap is None:
+        return
+    try:
+        ctx.heatmaps.put(item.heatmap)
+    except BaseException:
+        _forget_quietly(ctx, item.record.image_sha256, None)
+        raise
 
 
 def keep_retried_record(

@@ -48,6 +48,9 @@ class GatewayContext:
     pending_forgets: PendingForgets = field(default_factory=PendingForgets)
     # Audit events stored together when they arrive together (gateway.audit.record).
     audit_writes: WriteBatches = field(default_factory=WriteBatches)
+    # New diagnoses (blobs, record, audit event) committed together when their models answer
+    # together (gateway.blob_protocol.keep_uploads_and_records).
+    record_writes: WriteBatches = field(default_factory=WriteBatches)
 
 
 def client_ip(request: Request) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import replace
+from functools import partial
 from typing import Annotated, Any
 
 import grpc
@@ -30,7 +31,8 @@ from gateway import audit, records
 from gateway.accounts import Caller, CallerDep
 from gateway.admission import admit_upload, served_exam_type, upload_slot
 from gateway.backend_errors import image_refusal_status, is_unreachable, refusal_reason
-from gateway.blob_protocol import delete_record, keep_retried_record, keep_upload_and_record, store_unavailable
+from gateway.blob_protocol import (NewRecord, delete_record, keep_retried_record, keep_uploads_and_records,
+                                   store_unavailable)
 from gateway.context import ContextDep, GatewayContext, in_session
 from gateway.errors import ApiError
 from gateway.paging import DEFAULT_PAGE_SIZE, MAX_OFFSET, OptionalQuery
@@ -145,9 +147,8 @@ async def _diagnose_upload(
         raise   # nothing was stored: an upload is only kept with its record
     event = audit.entry(request, "diagnosis_create", "success", user_id, record.id)
     try:
-        record = await in_session(
-            ctx, lambda s: keep_upload_and_record(ctx, s, record, upload.data, heatmap, event)
-        )
+        await ctx.record_writes.write(NewRecord(record, upload.data, heatmap, event),
+                                      partial(keep_uploads_and_records, ctx))
     except StoreUnavailable as error:
         raise store_unavailable(error) from None
     audit.emit(event)

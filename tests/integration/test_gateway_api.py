@@ -485,10 +485,10 @@ def test_a_diagnosis_whose_record_cannot_be_saved_is_503_and_keeps_no_orphaned_f
     headers = bearer(client)
     uploads, heatmaps = set(stored_files(stack.home)), set(stored_files(stack.home, "heatmaps"))
 
-    def database_down(session: object, record: object) -> None:
+    def database_down(session: object, new: object, also: object) -> None:
         raise OperationalError("INSERT INTO diagnoses ...", {}, Exception("database is locked"))
 
-    monkeypatch.setattr(records, "add", database_down)
+    monkeypatch.setattr(records, "add_all", database_down)
     noise = Image.fromarray(np.random.default_rng(7).integers(0, 256, (96, 128, 3), dtype=np.uint8))
     reply = upload(client, headers, jpeg_bytes(noise), "skin_lesion", explain=True)
     assert reply.status_code == 503, reply.text

@@ -337,7 +337,7 @@ def test_an_upload_whose_record_cannot_be_written_leaves_no_image_once_the_datab
         raise down
 
     with monkeypatch.context() as outage:
-        for name in ("add", "image_in_use", "heatmap_in_use"):
+        for name in ("add_all", "image_in_use", "heatmap_in_use"):
             outage.setattr(records, name, unreachable)
         upload = png_bytes(Image.new("RGB", (32, 32), (10, 20, 30)))
         reply = client.post("/api/v1/diagnoses", params={"explain": "true"}, files={"file": ("x.png", upload)},

@@ -14,9 +14,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from gateway import records
+from gateway import audit, records
 from gateway.database import create_database_engine, migrate, session_factory
-from gateway.blob_protocol import keep_upload_and_record
+from gateway.blob_protocol import NewRecord, keep_uploads_and_records
 from gateway.metrics import GatewayMetrics
 from gateway.storage import CHUNK_BYTES, BlobStore, LocalBlobStore, StoreUnavailable, sha256_hex
 from tests.unit.test_gateway_serialization import completed_record
@@ -135,7 +135,7 @@ def test_a_record_committed_while_the_blob_is_being_deleted_keeps_it(backend: Ba
 def test_a_record_committed_after_the_delete_puts_its_blob_back_itself(
     backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The writer's half, as the gateway runs it (gateway.blob_protocol.keep_upload_and_record): its `put`
+    """The writer's half, as the gateway runs it (gateway.blob_protocol.keep_uploads_and_records): its `put`
     found the blobs of another record with the same bytes (and wrote nothing); that record's delete,
     having looked at the database before this commit, removed them before the commit. After
     committing, the writer puts the bytes back."""
@@ -145,28 +145,80 @@ def test_a_record_committed_after_the_delete_puts_its_blob_back_itself(
     store.put(heatmap)
     engine = create_database_engine(f"sqlite:///{tmp_path / 'gateway.db'}")
     migrate(engine)
-    # What keep_upload_and_record reads of a GatewayContext; the rest (gRPC channels, metrics) is
+    # What keep_uploads_and_records reads of a GatewayContext; the rest (gRPC channels, metrics) is
     # the running gateway's and not this protocol's.
     ctx = SimpleNamespace(uploads=store, heatmaps=store, sessions=session_factory(engine), metrics=GatewayMetrics())
-    commit = records.add
+    commit = records.add_all
 
-    def delete_lands_just_before_the_commit(session, record):  # type: ignore[no-untyped-def]
-        for digest in (record.image_sha256, record.heatmap_sha256):
+    def delete_lands_just_before_the_commit(session, new, also):  # type: ignore[no-untyped-def]
+        for digest in (new[0].image_sha256, new[0].heatmap_sha256):
             assert store.delete_unused(digest, lambda: False) is True
-        return commit(session, record)
+        return commit(session, new, also)
 
-    monkeypatch.setattr(records, "add", delete_lands_just_before_the_commit)
-    record = completed_record(image_sha256=None, heatmap_sha256=sha256_hex(heatmap), explain=True)
+    monkeypatch.setattr(records, "add_all", delete_lands_just_before_the_commit)
+    kept = completed_record(image_sha256=None, heatmap_sha256=sha256_hex(heatmap), explain=True)
+    event = audit.Entry("diagnosis_create", "success", kept.user_id, "127.0.0.1", "test", kept.id)
     try:
-        with ctx.sessions() as session:
-            kept = keep_upload_and_record(ctx, session, record, upload, heatmap)  # type: ignore[arg-type]
+        errors = keep_uploads_and_records(ctx, [NewRecord(kept, upload, heatmap, event)])  # type: ignore[arg-type]
     finally:
         engine.dispose()
+
+    assert errors == [None]
 
     assert kept.image_sha256 == sha256_hex(upload)
     assert store.get(kept.image_sha256) == upload and store.get(sha256_hex(heatmap)) == heatmap
     assert backend.everything() == sorted([backend.location(sha256_hex(upload)),
                                            backend.location(sha256_hex(heatmap))])
+
+
+class RefusingStore(LocalBlobStore):
+    """A local store whose disk is full for one particular blob."""
+
+    def __init__(self, root: Path, refused: bytes) -> None:
+        super().__init__(root)
+        self.refused = refused
+
+    def put(self, data: bytes) -> str:
+        if data == self.refused:
+            raise StoreUnavailable("No space left on device")
+        return super().put(data)
+
+
+def test_diagnoses_kept_together_share_one_commit_and_a_blob_that_fails_fails_only_its_own(
+    tmp_path: Path,
+) -> None:
+    """Group commit of new diagnoses (gateway.blob_protocol.keep_uploads_and_records): the records
+    and audit events of a batch go in one transaction; one whose heatmap cannot be stored is
+    StoreUnavailable alone, its record is not written and its upload does not stay on disk."""
+    from sqlalchemy import event, func, select
+
+    uploads = local_backend(tmp_path / "uploads")
+    heatmaps = RefusingStore(tmp_path / "heatmaps", refused=b"heatmap 2")
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'gateway.db'}")
+    migrate(engine)
+    commits: list[object] = []
+    event.listen(engine, "commit", commits.append)
+    ctx = SimpleNamespace(uploads=uploads.store, heatmaps=heatmaps, sessions=session_factory(engine),
+                          metrics=GatewayMetrics(), pending_forgets=None)
+    new = []
+    for n in range(4):
+        record = completed_record(id=f"6f1c3d7e-0000-4000-8000-00000000000{n}", image_sha256="",
+                                  heatmap_sha256=sha256_hex(f"heatmap {n}".encode()), explain=True)
+        entry = audit.Entry("diagnosis_create", "success", record.user_id, "127.0.0.1", "test", record.id)
+        new.append(NewRecord(record, f"upload {n}".encode(), f"heatmap {n}".encode(), entry))
+    try:
+        errors = keep_uploads_and_records(ctx, new)  # type: ignore[arg-type]
+        with ctx.sessions() as session:
+            kept = sorted(session.scalars(select(records.Diagnosis.id)))
+            events = sorted(session.scalars(select(audit.AuditEvent.diagnosis_id)))
+            assert session.scalar(select(func.count()).select_from(records.Diagnosis)) == 3
+    finally:
+        engine.dispose()
+
+    assert [type(error) for error in errors] == [type(None), type(None), StoreUnavailable, type(None)]
+    assert len(commits) == 1
+    assert kept == events == sorted(new[n].record.id for n in (0, 1, 3))
+    assert uploads.everything() == sorted(uploads.location(sha256_hex(f"upload {n}".encode())) for n in (0, 1, 3))
 
 
 def test_the_local_store_state_is_ok_when_writable_and_says_why_not_otherwise(tmp_path: Path) -> None:

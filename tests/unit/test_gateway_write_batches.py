@@ -72,6 +72,25 @@ def test_a_failed_write_fails_every_writer_of_its_batch_and_the_next_batch_still
     assert store.calls == [["a"], ["b", "c"], ["d"]]
 
 
+def test_an_item_that_failed_alone_fails_only_its_writer() -> None:
+    """A store that reports per item (one exception or None each, in order) fails only that item's
+    writer; the others of the batch return normally."""
+    calls: list[list[str]] = []
+
+    def write_all(items: list[str]) -> list[BaseException | None]:
+        calls.append(items)
+        return [ValueError(f"{item} is not storable") if item == "b" else None for item in items]
+
+    async def run() -> list[object]:
+        batches: WriteBatches[str] = WriteBatches()
+        return await asyncio.gather(*(batches.write(name, write_all) for name in "abc"), return_exceptions=True)
+
+    a, b, c = asyncio.run(run())
+    assert calls == [["a", "b", "c"]]
+    assert a is None and c is None
+    assert isinstance(b, ValueError) and str(b) == "b is not storable"
+
+
 def test_a_burst_is_written_in_bounded_batches() -> None:
     store = Store()
     store.hold_first.clear()

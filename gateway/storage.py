@@ -120,6 +120,21 @@ class BlobStore(Protocol):
         """"ok" when the store can be written (readiness), else why not."""
 
 
+# What tempfile.mkstemp opens a file with: created here and now, never through a link, private.
+_NEW_FILE_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                   | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+
+
+def _create_new(path: Path) -> int:
+    """Open a new file at `path` for writing; its folders are made only when missing (one call, not
+    three, for every blob after the first under its prefix)."""
+    try:
+        return os.open(path, _NEW_FILE_FLAGS, 0o600)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, _NEW_FILE_FLAGS, 0o600)
+
+
 class LocalBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -132,19 +147,25 @@ class LocalBlobStore:
         target = self.path_for(digest)
         if target.exists():
             return digest
+        # Plain os calls, no file object or tempfile name loop: each call releases and takes back
+        # the GIL, which the event loop holds much of the time under load, so fewer calls cost the
+        # gateway less CPU (benchmarks/README.md, "Issue 24, 2026-12-07 evening").
+        temp = target.parent / f".incoming-{uuid.uuid4().hex}"
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+            fd = _create_new(temp)
         except OSError as error:
             raise StoreUnavailable(f"{error.strerror or error}") from error
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp_name, target)
+            try:
+                unwritten = memoryview(data)
+                while unwritten:
+                    unwritten = unwritten[os.write(fd, unwritten):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, target)
         except BaseException as error:
-            Path(temp_name).unlink(missing_ok=True)
+            temp.unlink(missing_ok=True)
             if isinstance(error, OSError):
                 raise StoreUnavailable(f"{error.strerror or error}") from error
             raise

@@ -238,3 +238,20 @@ def test_a_local_put_on_a_full_disk_is_store_unavailable_and_leaves_no_partial_f
     with pytest.raises(StoreUnavailable, match="No space left on device"):
         store.put(b"an image")
     assert [path for path in tmp_path.rglob("*") if path.is_file()] == []
+
+
+def test_a_local_put_whose_folder_cannot_be_made_is_store_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "uploads").write_text("a file where the store's root should be")
+    with pytest.raises(StoreUnavailable, match="Not a directory|File exists"):
+        LocalBlobStore(tmp_path / "uploads").put(b"an image")
+
+
+def test_a_local_put_writes_every_byte_when_the_system_writes_part_of_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """os.write may write fewer bytes than asked (a signal, a pipe-like file system): put goes on."""
+    store = LocalBlobStore(tmp_path)
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data[:1000])))
+    data = bytes(range(256)) * 40
+    digest = store.put(data)
+    assert store.get(digest) == data

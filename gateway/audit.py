@@ -147,11 +147,6 @@ def emit(event: Entry, stored: bool = True) -> None:
     log.log(logging.INFO if stored else logging.ERROR, event.json_line(stored))
 
 
-def add(session: Session, event: Entry) -> None:
-    """Stage the event's row in `session`, to commit with the change it records."""
-    session.add(event.row())
-
-
 def _store(ctx: GatewayContext, events: list[Entry]) -> None:
     with ctx.sessions() as session:
         session.add_all([event.row() for event in events])

@@ -41,8 +41,9 @@ class NewRecord:
 def keep_uploads_and_records(ctx: GatewayContext, new: list[NewRecord]) -> list[BaseException | None]:
     """Store each one's upload and heatmap, then commit every record whose blobs were stored, with
     its audit event, in one transaction (ctx.record_writes batches the diagnoses that finish
-    together: gateway/write_batches.py). Returns, per item, StoreUnavailable when its own blobs could
-    not be stored (its record is not written), else None; raises what failed the commit, for all.
+    together: gateway/write_batches.py). Returns, per item, what its own blobs failed with
+    (StoreUnavailable when the store is full or gone; its record is not written), else None; raises
+    what failed the commit, for all.
     Blocking: one thread hand-off for the whole batch. Its CPU is counted as the stages "store"
     (blobs) and "record" (the database rows)."""
     stages = ctx.metrics.stage_cpu
@@ -52,7 +53,7 @@ def keep_uploads_and_records(ctx: GatewayContext, new: list[NewRecord]) -> list[
         try:
             with stages.stage("store"):
                 _store_blobs(ctx, item)
-        except StoreUnavailable as error:
+        except Exception as error:  # noqa: BLE001 - this item's own failure, handed to its writer
             errors.append(error)
         else:
             errors.append(None)
@@ -61,7 +62,8 @@ def keep_uploads_and_records(ctx: GatewayContext, new: list[NewRecord]) -> list[
         return errors
     try:
         with stages.stage("record"), ctx.sessions() as session:
-            records.add_all(session, [item.record for item in stored], also=[item.event.row() for item in stored])
+            records.add_all(session, [item.record for item in stored],
+                            also=[item.event.row() for item in stored])
     except BaseException:
         # No record names the blobs just stored: do not leave a medical image nobody can delete.
         for item in stored:

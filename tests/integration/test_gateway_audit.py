@@ -213,8 +213,8 @@ def test_throttled_sign_ups_are_recorded_and_old_events_are_purged_at_start(tmp_
     migrate(engine)
     with session_factory(engine)() as session:
         for days in (400, 10):
-            audit.add(session, audit.Entry(event="log_in", outcome="success", user_id="old", ip="192.0.2.1",
-                                           user_agent="", at=utc_now() - timedelta(days=days)))
+            session.add(audit.Entry(event="log_in", outcome="success", user_id="old", ip="192.0.2.1",
+                                    user_agent="", at=utc_now() - timedelta(days=days)).row())
         session.commit()
     engine.dispose()
     auth = start_auth(stack_auth_settings(tmp_path, {"throttle_max_sign_ups_per_ip": 1}))

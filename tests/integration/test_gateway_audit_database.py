@@ -35,7 +35,7 @@ def event(user_id: str | None, *, days_ago: float = 0, name: audit.Event = "log_
 def store(engine: Engine, *events: Entry) -> None:
     with session_factory(engine)() as session:
         for item in events:
-            audit.add(session, item)
+            session.add(item.row())
         session.commit()
 
 

@@ -159,7 +159,8 @@ def test_a_record_committed_after_the_delete_puts_its_blob_back_itself(
     kept = completed_record(image_sha256=None, heatmap_sha256=sha256_hex(heatmap), explain=True)
     event = audit.Entry("diagnosis_create", "success", kept.user_id, "127.0.0.1", "test", kept.id)
     try:
-        errors = keep_uploads_and_records(ctx, [NewRecord(kept, upload, heatmap, event)])  # type: ignore[arg-type]
+        new = [NewRecord(kept, upload, heatmap, event)]
+        errors = keep_uploads_and_records(ctx, new)  # type: ignore[arg-type]
     finally:
         engine.dispose()
 
@@ -218,7 +219,8 @@ def test_diagnoses_kept_together_share_one_commit_and_a_blob_that_fails_fails_on
     assert [type(error) for error in errors] == [type(None), type(None), StoreUnavailable, type(None)]
     assert len(commits) == 1
     assert kept == events == sorted(new[n].record.id for n in (0, 1, 3))
-    assert uploads.everything() == sorted(uploads.location(sha256_hex(f"upload {n}".encode())) for n in (0, 1, 3))
+    kept_uploads = [sha256_hex(f"upload {n}".encode()) for n in (0, 1, 3)]
+    assert uploads.everything() == sorted(uploads.location(digest) for digest in kept_uploads)
 
 
 def test_the_local_store_state_is_ok_when_writable_and_says_why_not_otherwise(tmp_path: Path) -> None:

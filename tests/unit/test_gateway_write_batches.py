@@ -83,7 +83,8 @@ def test_an_item_that_failed_alone_fails_only_its_writer() -> None:
 
     async def run() -> list[object]:
         batches: WriteBatches[str] = WriteBatches()
-        return await asyncio.gather(*(batches.write(name, write_all) for name in "abc"), return_exceptions=True)
+        writes = [batches.write(name, write_all) for name in "abc"]
+        return await asyncio.gather(*writes, return_exceptions=True)
 
     a, b, c = asyncio.run(run())
     assert calls == [["a", "b", "c"]]

@@ -1,7 +1,7 @@
 """Upload admission: what happens to an upload before any model service diagnoses it.
 
-- It waits for one of settings.concurrent_uploads in-memory slots (upload_slot): 503 past
-  settings.upload_wait_s.
+- It waits for room in memory (upload_slot: settings.concurrent_uploads uploads and
+  settings.upload_memory_bytes, three times each one's size): 503 past settings.upload_wait_s.
 - It is read whole, up to settings.max_upload_bytes: larger -> 413, empty -> 422.
 - Its header is inspected once (type, size limits, DICOM transfer syntax and routing tags) under the
   model services' own limits (settings.image_limits()), without decoding pixels, which the model
@@ -25,6 +25,7 @@ from gateway.backend_errors import image_refusal_status
 from gateway.context import GatewayContext
 from gateway.errors import ApiError, ClientGone, invalid_fields
 from gateway.routing import AUTO, NotServed, choose_exam_type
+from gateway.upload_memory import COPIES_IN_FLIGHT
 from services.core.errors import InvalidImage
 from services.core.imaging import ImageLimits, Inspection, inspect_image
 
@@ -46,12 +47,15 @@ async def served_exam_type(ctx: GatewayContext, exam_type: str, also: tuple[str,
 
 
 @asynccontextmanager
-async def upload_slot(ctx: GatewayContext, request: Request) -> AsyncIterator[None]:
-    """One of settings.concurrent_uploads slots, waited for at most settings.upload_wait_s (then 503
-    with Retry-After); a client that left meanwhile is not served (no model call for nobody)."""
+async def upload_slot(ctx: GatewayContext, request: Request, size: int | None = None) -> AsyncIterator[None]:
+    """Room in memory for an upload of `size` bytes (None: as large as accepted), waited for at most
+    settings.upload_wait_s (then 503 with Retry-After); a client that left meanwhile is not served
+    (no model call for nobody). Bounded by count and bytes: gateway/upload_memory.py."""
+    held = COPIES_IN_FLIGHT * min(size if size is not None else ctx.settings.max_upload_bytes,
+                                  ctx.settings.max_upload_bytes)
     try:
         with anyio.fail_after(ctx.settings.upload_wait_s):
-            await ctx.upload_slots.acquire()
+            await ctx.upload_slots.acquire(held)
     except TimeoutError:
         raise ApiError(503, "The gateway is busy with other uploads; try again shortly.",
                        headers={"Retry-After": "5"}) from None
@@ -60,7 +64,7 @@ async def upload_slot(ctx: GatewayContext, request: Request) -> AsyncIterator[No
             raise ClientGone()
         yield
     finally:
-        ctx.upload_slots.release()
+        ctx.upload_slots.release(held)
 
 
 async def admit_upload(ctx: GatewayContext, file: UploadFile, exam_type: str, request_id: str) -> AdmittedUpload:

@@ -34,6 +34,7 @@ from gateway.model_catalog import ModelCatalog
 from gateway.session_cache import SessionCache
 from gateway.settings import FORM_OVERHEAD_BYTES, GatewaySettings
 from gateway.storage import blob_stores
+from gateway.upload_memory import UploadMemory
 from gateway.upload_queue import UploadQueue
 from services.registry import model_specs
 
@@ -194,7 +195,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             backends=backends,
             models=ModelCatalog(backends, model_specs(), settings.model_info_timeout_s),
             renders=anyio.CapacityLimiter(settings.concurrent_renders),
-            upload_slots=anyio.CapacityLimiter(settings.concurrent_uploads),
+            upload_slots=UploadMemory(settings.concurrent_uploads, settings.upload_memory_bytes),
             upload_queue=UploadQueue(settings.pending_uploads, settings.upload_queue_bytes),
             verified_sessions=SessionCache(settings.auth_cache_seconds, settings.auth_cache_entries),
         )

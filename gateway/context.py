@@ -19,6 +19,7 @@ from gateway.model_catalog import ModelCatalog
 from gateway.session_cache import SessionCache
 from gateway.settings import GatewaySettings
 from gateway.storage import BlobStore, PendingForgets
+from gateway.upload_memory import UploadMemory
 from gateway.upload_queue import UploadQueue
 from gateway.write_batches import WriteBatches
 
@@ -38,8 +39,8 @@ class GatewayContext:
     models: ModelCatalog
     # At most settings.concurrent_renders image renders at a time (gateway.rendering.rendered_png).
     renders: anyio.CapacityLimiter
-    # At most settings.concurrent_uploads uploads in memory at a time (gateway.admission.upload_slot).
-    upload_slots: anyio.CapacityLimiter
+    # Uploads in memory at a time, bounded by count and bytes (gateway.admission.upload_slot).
+    upload_slots: UploadMemory
     # Upload bodies received or waiting for an upload slot, bounded (accounts.AuthenticateUploadsFirst).
     upload_queue: UploadQueue
     # Sessions the auth service verified a moment ago (gateway.accounts.authenticate_token).

@@ -117,8 +117,9 @@ async def create_diagnosis(
     explain: Annotated[bool, Query(description="also compute a heatmap")] = False,
 ) -> dict[str, Any]:
     await served_exam_type(ctx, exam_type, also=(AUTO,))
+    # The upload is in memory from the slot until it is stored.
     async with (audit.refusals_recorded(ctx, request, "diagnosis_create", caller.user.id),
-                upload_slot(ctx, request)):    # the upload is in memory from here until it is stored
+                upload_slot(ctx, request, file.size)):
         return await _diagnose_upload(ctx, request, caller.user.id, file, exam_type, explain)
 
 

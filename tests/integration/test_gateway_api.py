@@ -496,11 +496,14 @@ def test_a_diagnosis_whose_record_cannot_be_saved_is_503_and_keeps_no_orphaned_f
     assert set(stored_files(stack.home)) == uploads and set(stored_files(stack.home, "heatmaps")) == heatmaps
 
 
-def test_uploads_beyond_the_concurrent_limit_wait_their_turn_outside_memory(
-    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("limit", [{"concurrent_uploads": 1}, {"upload_memory_bytes": 1024}],
+                         ids=["by-count", "by-bytes"])
+def test_uploads_beyond_the_memory_limits_wait_their_turn_outside_memory(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: dict[str, int]
 ) -> None:
-    """concurrent_uploads bounds how many uploads the gateway holds in memory: the next one is not
-    read (nor sent to a model) until a slot frees, and then completes normally."""
+    """concurrent_uploads and upload_memory_bytes (three times each upload's size) bound the uploads
+    the gateway holds in memory: the next one is not read (nor sent to a model) until room frees,
+    and then completes normally. One larger than the byte budget goes alone."""
     import threading
 
     from gateway import diagnoses
@@ -517,7 +520,7 @@ def test_uploads_beyond_the_concurrent_limit_wait_their_turn_outside_memory(
         return await real_run_model(ctx, record, data)
 
     monkeypatch.setattr(diagnoses, "run_model", held_run_model)
-    gateway = start_gateway(stack.settings(tmp_path, concurrent_uploads=1, upload_wait_s=1.5))
+    gateway = start_gateway(stack.settings(tmp_path, **limit, upload_wait_s=1.5))
     try:
         with httpx.Client(base_url=gateway.url, timeout=60) as client:
             headers = bearer(client)

@@ -42,7 +42,7 @@ START_TIMEOUT_S = 90.0        # three processes loading a real model at once on 
 SPREAD_WITHIN_S = 20.0        # after the name grows to three records
 FAIR_SHARE = 0.15             # of the calls in a window, for each replica
 WINDOW_CALLS = 45             # calls a window must hold before shares are judged
-CONCURRENT_CALLS = 4          # the gateway's default DRTECH_GATEWAY_CONCURRENT_UPLOADS
+CONCURRENT_CALLS = 4          # calls in flight at once, as a busy gateway makes them
 # Larger than gRPC's default per-call retry buffer (256 KiB): a call that large is retried only
 # because the gateway's channels keep a whole message.
 IMAGE = jpeg_bytes(synthetic_image("bone_xray", size=(1024, 1024)))

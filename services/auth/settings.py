@@ -41,9 +41,13 @@ class AuthSettings(BaseSettings):
     port: int = Field(default=50051, ge=0, le=65535)
     workers: int = Field(default=8, ge=1, le=256)
     max_message_bytes: int = Field(default=1024 * 1024, ge=4096)
-    # Each client connection is closed after this long (calls in flight get grace_s), so clients
-    # look the name up again and spread over pods the autoscaler added (docs/architecture.md).
+    # Each client connection is closed after this long, so clients look the name up again and
+    # spread over pods the autoscaler added (docs/architecture.md). Calls in flight on it get
+    # max_connection_age_grace_s to finish: the gateway's deadline for an auth call
+    # (DRTECH_GATEWAY_AUTH_TIMEOUT_S, 5 s), so closing one never cuts a call short. It is not the
+    # shutdown grace (grace_s): with that at 0 a log-in in flight as its connection aged got 503.
     max_connection_age_s: float = Field(default=30.0, gt=0)
+    max_connection_age_grace_s: float = Field(default=5.0, ge=0)
     grace_s: float = Field(default=5.0, ge=0)
 
     # A session ends this long after log-in (absolute lifetime), or after session_idle_minutes

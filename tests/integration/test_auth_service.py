@@ -486,3 +486,17 @@ def test_a_log_in_burst_is_shed_not_queued_ahead_of_token_and_health_checks(
         release.set()
         assert hashing.result(10).code() == grpc.StatusCode.UNAUTHENTICATED
         assert waiting.result(10).access_token                 # the waiter got the slot in the end
+
+
+def test_a_log_in_in_flight_when_its_connection_ages_out_still_finishes(start, monkeypatch) -> None:
+    """Connections are closed after max_connection_age_s (so clients find new pods); a call in flight
+    then gets max_connection_age_grace_s to finish, even on a server whose shutdown grace is 0."""
+    _, client = start(max_connection_age_s=0.5, max_connection_age_grace_s=5)
+    user = client.sign_up()
+    entered, release = hold_argon2_verifications(monkeypatch)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        logging_in = pool.submit(client.log_in, user.email)
+        assert entered.wait(5)
+        time.sleep(1.5)   # the connection's age (0.5 s, +-10 %) passes while the password is checked
+        release.set()
+        assert logging_in.result(10).access_token

@@ -66,3 +66,14 @@ def test_the_argon2_limits_follow_the_worker_threads() -> None:
     assert (AuthSettings().argon2_max_concurrent, AuthSettings().argon2_admitted) == (4, 7)
     assert (AuthSettings(workers=4).argon2_max_concurrent, AuthSettings(workers=4).argon2_admitted) == (3, 3)
     assert (AuthSettings(workers=1).argon2_max_concurrent, AuthSettings(workers=1).argon2_admitted) == (1, None)
+
+
+def test_an_aged_connection_gives_calls_in_flight_the_callers_whole_deadline() -> None:
+    """A server closes each connection after its age; the calls in flight on it get a grace at least
+    as long as the gateway's deadline for them, whatever the shutdown grace."""
+    from gateway.settings import GatewaySettings
+    from services.core.settings import ServingSettings
+
+    gateway = GatewaySettings()
+    assert AuthSettings(grace_s=0).max_connection_age_grace_s >= gateway.auth_timeout_s
+    assert ServingSettings(grace_seconds=0).max_connection_age_grace_seconds >= gateway.diagnose_timeout_s

@@ -16,7 +16,10 @@ Reported, per diagnosis, in CPU milliseconds (user + system, from /proc/<pid>/st
 - the model alone in ONNX Runtime (the same model.onnx, one thread, batch 1), measured in the same
   run, and platform / model; the model-only ceiling (images/s, serving layout) and gateway / ceiling;
 - throughput, mean, p50, p99 latency and p99 / mean;
-- the load generator's own CPU (this process), separately: it is not the platform's.
+- the load generator's own CPU (this process), separately: it is not the platform's;
+- a blob stored alone (the gateway's LocalBlobStore.put, fsync included, uploads of the mean size)
+  on the file system the gateway stored to, after the load: the disk's share of the gateway's
+  `store` stage, which varies with the disk far more than with the platform's code.
 
 With generated images the model service's gate is off (DRTECH_SERVING_REFUSE_UNREADABLE=0): they
 are not X-rays and would be refused; the gate's CPU is part of the model run either way. The router
@@ -229,6 +232,36 @@ def latency_row(latencies: list[float], seconds: float) -> dict[str, float]:
             "p99_over_mean": round(float(np.percentile(ms, 99)) / mean, 2)}
 
 
+def blob_put_alone(folder: Path, size: int, count: int = 100) -> dict[str, Any]:
+    """CPU and wall time of the gateway's LocalBlobStore.put for `count` new blobs of `size` bytes
+    in `folder` (one thread, nothing else running), and the file system it is on."""
+    from gateway.storage import LocalBlobStore
+
+    store = LocalBlobStore(folder)
+    blobs = [os.urandom(size) for _ in range(count)]
+    cpu_started, started = time.thread_time(), time.perf_counter()
+    for blob in blobs:
+        store.put(blob)
+    return {"cpu_ms": round(1000 * (time.thread_time() - cpu_started) / count, 3),
+            "wall_ms": round(1000 * (time.perf_counter() - started) / count, 3),
+            "file_system": file_system_of(folder)}
+
+
+def file_system_of(path: Path) -> str:
+    """The type and device of the mount that holds `path` (Linux /proc/mounts), else "unknown"."""
+    try:
+        mounts = [line.split()[:3] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return "unknown"
+    resolved = str(path.resolve())
+
+    def holds(mount_point: str) -> bool:
+        return resolved == mount_point or resolved.startswith(mount_point.rstrip("/") + "/")
+
+    found = max((m for m in mounts if len(m) == 3 and holds(m[1])), key=lambda m: len(m[1]), default=None)
+    return f"{found[2]} on {found[0]} ({found[1]})" if found else "unknown"
+
+
 # --- profile -------------------------------------------------------------------------------------
 
 
@@ -404,6 +437,8 @@ def run(args: argparse.Namespace, stamp: str) -> dict[str, Any]:
                                "cores": round(load["client_cpu_seconds"] / load["seconds"], 2)},
         })
 
+        results["blob_put_alone"] = blob_put_alone(home / "blob-reference", results["image_bytes_mean"] + 16)
+
         py_spy = find_py_spy() if args.profile_diagnoses > 0 else None
         if args.profile_diagnoses > 0 and not py_spy:
             results["profile"] = {"error": "py-spy not found (pip install py-spy; the bench extra has it)"}
@@ -440,7 +475,10 @@ def markdown(report: dict[str, Any]) -> str:
               f"| model alone (ONNX Runtime, 1 thread, batch 1) | {model['model_cpu_ms']:.2f} | | "
               f"decode + preprocess of the first image alone: {model['decode_and_preprocess_cpu_ms']} |",
               f"| load generator (not platform) | {r['load_generator']['cpu_ms']:.2f} | "
-              f"{r['load_generator']['cores']} cores | |", "",
+              f"{r['load_generator']['cores']} cores | |",
+              f"| a blob stored alone (LocalBlobStore.put, one thread; the disk's share of `store`) | "
+              f"{r['blob_put_alone']['cpu_ms']:.2f} | wall {r['blob_put_alone']['wall_ms']} ms | "
+              f"{r['blob_put_alone']['file_system']} |", "",
               f"Platform / model CPU: **{r['platform_over_model']}x**. Throughput {load['images_per_s']} images/s "
               f"against a model-only ceiling of {r['ceiling']['images_per_s']} ({r['ceiling']['best']}; before the "
               f"load {r['ceiling'].get('first_images_per_s')}, after {r['ceiling'].get('recheck_images_per_s')}): "

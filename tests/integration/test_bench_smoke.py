@@ -116,8 +116,10 @@ def test_cpu_report_splits_a_diagnosis_by_process_and_stage_against_the_model_al
     assert {"decode", "preprocess", "model", "respond"} <= set(results["processes"]["model service"]["stages_ms"])
     assert "main" in results["processes"]["gateway"]["threads_ms"]   # the event loop's own share
     assert results["load"]["p99_ms"] >= results["load"]["p50_ms"] > 0
+    assert results["blob_put_alone"]["wall_ms"] >= results["blob_put_alone"]["cpu_ms"] > 0
     text = next(tmp_path.glob("cpu-*.md")).read_text()
     assert "| **platform** |" in text and "Platform / model CPU" in text and "load generator" in text
+    assert "| a blob stored alone" in text
 
 
 def test_the_profile_summary_ranks_functions_by_self_time_leaving_waits_out() -> None:

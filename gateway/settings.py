@@ -103,11 +103,10 @@ class GatewaySettings(ImageLimitSettings):
     # before, beside one render (up to ~880 MiB for the largest DICOM) in the gateway pod's 1.5 GiB,
     # and up to 8 ordinary X-rays: with 4 at a time whatever their size, 2 cores were a sixth idle at
     # 16 clients; 16 at a time gave 3 % more than 8 and a p99 a fifth longer (benchmarks/README.md,
-    # "Issue 24, 2026-12-07 evening"). The rest wait their turn in
-    # the upload queue (below), in arrival order, at most upload_wait_s: a queue that does not move
-    # in that long is overloaded, and the upload gets 503 with Retry-After. 25 s and the 30 s model
-    # deadline answer within the ingress's 60 s read timeout (deploy/k8s/base/ingress.yaml), never a
-    # proxy's 504.
+    # "Issue 24, 2026-12-07 evening"). The rest wait their turn in the upload queue (below), in
+    # arrival order, at most upload_wait_s: a queue that does not move in that long is overloaded,
+    # and the upload gets 503 with Retry-After. 25 s and the 30 s model deadline answer within the
+    # ingress's 60 s read timeout (deploy/k8s/base/ingress.yaml), never a proxy's 504.
     concurrent_uploads: int = Field(default=8, ge=1)
     upload_memory_bytes: int = Field(default=240 * MIB, ge=1024)
     upload_wait_s: float = Field(default=25.0, gt=0)

@@ -42,36 +42,38 @@ def keep_uploads_and_records(ctx: GatewayContext, new: list[NewRecord]) -> list[
     """Store each one's upload and heatmap, then commit every record whose blobs were stored, with
     its audit event, in one transaction (ctx.record_writes batches the diagnoses that finish
     together: gateway/write_batches.py). Returns, per item, what its own blobs failed with
-    (StoreUnavailable when the store is full or gone; its record is not written), else None; raises
-    what failed the commit, for all.
+    (StoreUnavailable when the store is full or gone: its record is not written, or, after the
+    commit, a blob it had to put back could not be), else None; raises what failed the commit, for
+    all.
     Blocking: one thread hand-off for the whole batch. Its CPU is counted as the stages "store"
     (blobs) and "record" (the database rows)."""
     stages = ctx.metrics.stage_cpu
-    errors: list[BaseException | None] = []
-    stored: list[NewRecord] = []
-    for item in new:
+    errors: list[BaseException | None] = [None] * len(new)
+    for index, item in enumerate(new):
         try:
             with stages.stage("store"):
                 _store_blobs(ctx, item)
         except Exception as error:  # noqa: BLE001 - this item's own failure, handed to its writer
-            errors.append(error)
-        else:
-            errors.append(None)
-            stored.append(item)
+            errors[index] = error
+    stored = [index for index, error in enumerate(errors) if error is None]
     if not stored:
         return errors
     try:
         with stages.stage("record"), ctx.sessions() as session:
-            records.add_all(session, [item.record for item in stored],
-                            also=[item.event.row() for item in stored])
+            records.add_all(session, [new[index].record for index in stored],
+                            also=[new[index].event.row() for index in stored])
     except BaseException:
         # No record names the blobs just stored: do not leave a medical image nobody can delete.
-        for item in stored:
-            _forget_quietly(ctx, item.record.image_sha256, item.record.heatmap_sha256)
+        for index in stored:
+            _forget_quietly(ctx, new[index].record.image_sha256, new[index].record.heatmap_sha256)
         raise
-    with stages.stage("store"):
-        for item in stored:
-            _keep_blobs_after_commit(ctx, item.record, item.upload, item.heatmap)
+    for index in stored:
+        item = new[index]
+        try:
+            with stages.stage("store"):
+                _keep_blobs_after_commit(ctx, item.record, item.upload, item.heatmap)
+        except Exception as error:  # noqa: BLE001 - as before batching: only this item's writer is told
+            errors[index] = error
     return errors
 
 

@@ -223,6 +223,47 @@ def test_diagnoses_kept_together_share_one_commit_and_a_blob_that_fails_fails_on
     assert uploads.everything() == sorted(uploads.location(digest) for digest in kept_uploads)
 
 
+class GoneAfterTheCommit(LocalBlobStore):
+    """A local store where one blob vanishes as its record commits (a concurrent delete of another
+    record with the same bytes) and cannot be put back (the disk filled meanwhile)."""
+
+    def __init__(self, root: Path, vanishing: bytes) -> None:
+        super().__init__(root)
+        self.vanishing = vanishing
+        self.puts = 0
+
+    def exists(self, digest: str) -> bool:
+        return digest != sha256_hex(self.vanishing) and super().exists(digest)
+
+    def put(self, data: bytes) -> str:
+        if data == self.vanishing:
+            self.puts += 1
+            if self.puts > 1:
+                raise StoreUnavailable("No space left on device")
+        return super().put(data)
+
+
+def test_a_blob_that_cannot_be_put_back_after_the_commit_fails_only_its_own_diagnosis(
+    tmp_path: Path,
+) -> None:
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'gateway.db'}")
+    migrate(engine)
+    store = GoneAfterTheCommit(tmp_path / "uploads", vanishing=b"upload 1")
+    ctx = SimpleNamespace(uploads=store, heatmaps=store, sessions=session_factory(engine),
+                          metrics=GatewayMetrics(), pending_forgets=None)
+    new = []
+    for n in range(2):
+        record = completed_record(id=f"6f1c3d7e-0000-4000-8000-00000000000{n}", image_sha256="")
+        entry = audit.Entry("diagnosis_create", "success", record.user_id, "127.0.0.1", "test", record.id)
+        new.append(NewRecord(record, f"upload {n}".encode(), None, entry))
+    try:
+        errors = keep_uploads_and_records(ctx, new)  # type: ignore[arg-type]
+    finally:
+        engine.dispose()
+
+    assert errors[0] is None and isinstance(errors[1], StoreUnavailable)
+
+
 def test_the_local_store_state_is_ok_when_writable_and_says_why_not_otherwise(tmp_path: Path) -> None:
     assert LocalBlobStore(tmp_path / "uploads").state() == "ok"
     (tmp_path / "file").write_text("not a folder")

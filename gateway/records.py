@@ -59,18 +59,11 @@ class Diagnosis(Base):
     )
 
 
-def add(session: Session, record: Diagnosis) -> Diagnosis:
-    """Insert and commit `record`. It is then as the database holds it (the flush filled in the
-    defaults, and sessions keep objects after a commit): reading it back would be a second query
-    for nothing."""
-    add_all(session, [record])
-    return record
-
-
 def add_all(session: Session, new: Sequence[Diagnosis], also: Sequence[Base] = ()) -> None:
     """Insert and commit the records in `new`, and `also` (their audit events), in one transaction:
     diagnoses finished together share a commit (gateway/write_batches.py). Each record is then as
-    the database holds it, as with add."""
+    the database holds it (the flush filled in the defaults, and sessions keep objects after a
+    commit): reading it back would be a second query for nothing."""
     session.add_all(also)
     session.add_all(new)
     session.commit()

@@ -92,9 +92,9 @@ def test_records_list_newest_first_per_user_and_track_shared_images(database_url
         migrate(engine)
         sessions = session_factory(engine)
         with sessions() as session:
-            old = records.add(session, record("alice", "bone_xray", "a" * 64, 0))
-            new = records.add(session, record("alice", "chest_xray", "a" * 64, 5))
-            records.add(session, record("bob", "bone_xray", "b" * 64, 1))
+            old = record("alice", "bone_xray", "a" * 64, 0)
+            new = record("alice", "chest_xray", "a" * 64, 5)
+            records.add_all(session, [old, new, record("bob", "bone_xray", "b" * 64, 1)])
 
             rows, total = records.list_owned(session, "alice", limit=10, offset=0)
             assert total == 2 and [r.id for r in rows] == [new.id, old.id]
@@ -122,7 +122,8 @@ def test_an_id_that_is_no_record_id_is_missing_without_a_database_error(database
     try:
         migrate(engine)
         with session_factory(engine)() as session:
-            kept = records.add(session, record("alice", "bone_xray", "a" * 64, 0))
+            kept = record("alice", "bone_xray", "a" * 64, 0)
+            records.add_all(session, [kept])
             for bad in ("\x00", f"{kept.id}\x00", "not-a-uuid", kept.id.upper(), ""):
                 assert records.get_owned(session, bad, "alice") is None, bad
             assert records.get_owned(session, kept.id, "alice") is not None
@@ -154,7 +155,7 @@ def test_a_retry_saves_only_onto_a_record_that_still_exists_and_is_still_failed(
         with sessions() as session:
             failed = record("alice", "chest_xray", "c" * 64, 0)
             failed.status, failed.label, failed.probabilities = "failed", None, {}
-            records.add(session, failed)
+            records.add_all(session, [failed])
             retried = records.get_owned(session, failed.id, "alice")
             session.expunge(retried)
         retried.status, retried.label, retried.confidence = "completed", "PNEUMONIA", 0.8
@@ -169,7 +170,7 @@ def test_a_retry_saves_only_onto_a_record_that_still_exists_and_is_still_failed(
         with sessions() as session:
             gone = record("alice", "chest_xray", "d" * 64, 1)
             gone.status = "failed"
-            records.add(session, gone)
+            records.add_all(session, [gone])
             gone_id = gone.id
             session.expunge(gone)
             session.delete(session.get(Diagnosis, gone_id))
@@ -192,7 +193,7 @@ def test_a_delete_returns_the_blobs_the_row_names_as_it_goes(database_url: str) 
         with sessions() as deleting:
             failed = record("alice", "chest_xray", "e" * 64, 0)
             failed.status = "failed"
-            records.add(deleting, failed)
+            records.add_all(deleting, [failed])
             assert deleting.get(Diagnosis, failed.id).heatmap_sha256 is None    # what the deleter has read
             with sessions() as retrying:
                 retried = records.get_owned(retrying, failed.id, "alice")

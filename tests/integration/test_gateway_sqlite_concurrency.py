@@ -22,8 +22,10 @@ def test_sqlite_is_wal_with_a_busy_timeout_and_takes_concurrent_writes(tmp_path:
     sessions = session_factory(engine)
 
     def add(index: int) -> str:
+        added = record("user", "bone_xray", f"{index:064x}", index)
         with sessions() as session:
-            return records.add(session, record("user", "bone_xray", f"{index:064x}", index)).id
+            records.add_all(session, [added])
+        return added.id
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         ids = list(pool.map(add, range(64)))

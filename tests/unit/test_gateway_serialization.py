@@ -173,7 +173,8 @@ def test_a_record_just_added_answers_what_reading_it_back_answers(tmp_path: Path
         record = completed_record(extra={"kl_grade": 2, "findings": [{"label": "x", "score": 0.5}]},
                                   created_at=datetime.now(UTC))
         with sessions() as session:
-            added = diagnosis_json(records.add(session, record))
+            records.add_all(session, [record])
+            added = diagnosis_json(record)
         with sessions() as session:
             assert added == diagnosis_json(session.get(Diagnosis, record.id))
     finally:

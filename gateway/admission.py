@@ -51,8 +51,8 @@ async def upload_slot(ctx: GatewayContext, request: Request, size: int | None = 
     """Room in memory for an upload of `size` bytes (None: as large as accepted), waited for at most
     settings.upload_wait_s (then 503 with Retry-After); a client that left meanwhile is not served
     (no model call for nobody). Bounded by count and bytes: gateway/upload_memory.py."""
-    held = COPIES_IN_FLIGHT * min(size if size is not None else ctx.settings.max_upload_bytes,
-                                  ctx.settings.max_upload_bytes)
+    largest = ctx.settings.max_upload_bytes
+    held = COPIES_IN_FLIGHT * (largest if size is None else min(size, largest))
     try:
         with anyio.fail_after(ctx.settings.upload_wait_s):
             await ctx.upload_slots.acquire(held)

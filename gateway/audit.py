@@ -40,7 +40,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from gateway.context import GatewayContext, client_ip
 from gateway.errors import ApiError
-from gateway.records import Base, is_record_id, utc_now
+from gateway.records import Base, insert_rows, is_record_id, utc_now
 from gateway.serialization import iso_utc
 
 log = logging.getLogger("drtech.audit")
@@ -149,7 +149,7 @@ def emit(event: Entry, stored: bool = True) -> None:
 
 def _store(ctx: GatewayContext, events: list[Entry]) -> None:
     with ctx.sessions() as session:
-        session.add_all([event.row() for event in events])
+        insert_rows(session, [event.row() for event in events])
         session.commit()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from gateway import audit
@@ -327,6 +327,11 @@ def _database_down(*args: object, **kwargs: object) -> None:
     raise OperationalError("INSERT INTO audit_events ...", {}, Exception("database is locked"))
 
 
+def _audit_insert_fails(connection: object, cursor: object, statement: str, *args: object) -> None:
+    if statement.startswith("INSERT INTO audit_events"):
+        _database_down()
+
+
 def test_an_access_that_cannot_be_recorded_is_not_served(
     client: httpx.Client, stack: Stack, lines: Lines, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -351,14 +356,14 @@ def test_a_change_and_its_audit_event_are_one_transaction(
     made = upload(client, headers, "skin_lesion")
     before = {p for p in (stack.home / "uploads").rglob("*") if p.is_file()}
     rows = len(table(gateway_db(stack)))
-    # The event's INSERT fails at commit, after the record's own DELETE or INSERT ran.
-    event.listen(audit.AuditEvent, "before_insert", _database_down)
+    # The event's INSERT fails, after the record's own DELETE or INSERT ran in the same transaction.
+    event.listen(Engine, "before_cursor_execute", _audit_insert_fails)
     try:
         deleted = client.delete(f"/api/v1/diagnoses/{made['id']}", headers=headers)
         created = client.post("/api/v1/diagnoses", files={"file": ("x.jpg", sample_image_bytes("skin_lesion"))},
                               data={"exam_type": "skin_lesion"}, headers=headers)
     finally:
-        event.remove(audit.AuditEvent, "before_insert", _database_down)
+        event.remove(Engine, "before_cursor_execute", _audit_insert_fails)
     assert deleted.status_code == 503 and created.status_code == 503, (deleted.text, created.text)
     # Neither the delete nor the upload happened: the record is still there, no new file was kept.
     assert client.get(f"/api/v1/diagnoses/{made['id']}", headers=headers).status_code == 200

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 
 from gateway import records
+from gateway.audit import AuditEvent
 from gateway.database import create_database_engine, migrate, session_factory
 from gateway.operations import database_state
 from gateway.records import Diagnosis
@@ -145,6 +146,36 @@ def test_the_readiness_check_says_ok_for_a_live_database_and_unreachable_for_a_c
         closed.dispose()
 
 
+def test_inserted_records_hold_what_their_rows_hold_and_their_events_get_ids(database_url: str) -> None:
+    """add_all inserts without the unit of work: each record's defaults are filled in on the object
+    too, so the record answered is the record read back; audit events get the database's ids."""
+    engine = create_database_engine(database_url)
+    try:
+        migrate(engine)
+        sessions = session_factory(engine)
+        first = Diagnosis(user_id="alice", exam_type="skin_lesion", requested_exam_type="auto", status="failed",
+                          image_sha256="a" * 64, media_type="image/jpeg")
+        second = record("bob", "bone_xray", "b" * 64, 1)
+        events = [AuditEvent(at=records.utc_now(), event="diagnosis_create", outcome="success", user_id=user,
+                             ip="127.0.0.1", user_agent="test") for user in ("alice", "bob")]
+        with sessions() as session:
+            records.add_all(session, [first, second], also=events)
+        assert first.id and first.explain is False and first.probabilities == {} and first.extra == {}
+        assert first.created_at is not None and first.updated_at is not None
+        with sessions() as session:
+            for made in (first, second):
+                stored = session.get(Diagnosis, made.id)
+                for column in Diagnosis.__table__.columns:
+                    held, read = getattr(made, column.key), getattr(stored, column.key)
+                    if column.key in ("created_at", "updated_at"):   # SQLite hands back naive UTC
+                        held, read = held.replace(tzinfo=None), read.replace(tzinfo=None)
+                    assert held == read, column.key
+            ids = session.scalars(select(AuditEvent.id).order_by(AuditEvent.id)).all()
+            assert len(ids) == 2 and all(isinstance(value, int) for value in ids)
+    finally:
+        engine.dispose()
+
+
 def test_a_retry_saves_only_onto_a_record_that_still_exists_and_is_still_failed(database_url: str) -> None:
     """A delete, or another retry, that lands while the model runs wins: the retry's results are not
     written (a merge would have brought the deleted record back)."""
@@ -170,9 +201,8 @@ def test_a_retry_saves_only_onto_a_record_that_still_exists_and_is_still_failed(
         with sessions() as session:
             gone = record("alice", "chest_xray", "d" * 64, 1)
             gone.status = "failed"
-            records.add_all(session, [gone])
+            records.add_all(session, [gone])   # inserted, not kept in the session
             gone_id = gone.id
-            session.expunge(gone)
             session.delete(session.get(Diagnosis, gone_id))
             session.commit()
         gone.status = "completed"

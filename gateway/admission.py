@@ -27,7 +27,7 @@ from gateway.errors import ApiError, ClientGone, invalid_fields
 from gateway.routing import AUTO, NotServed, choose_exam_type
 from gateway.upload_memory import COPIES_IN_FLIGHT
 from services.core.errors import InvalidImage
-from services.core.imaging import ImageLimits, Inspection, inspect_image
+from services.core.imaging import JPEG, ImageLimits, Inspection, inspect_image, sniff_media_type
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,15 @@ async def admit_upload(ctx: GatewayContext, file: UploadFile, exam_type: str, re
     """The upload read, checked and given the exam type to diagnose; 413, 415, 422 or 503 (the router
     model cannot answer `auto`) otherwise. `request_id` names the router model's call in its logs."""
     data = await _read_upload(file, ctx.settings.max_upload_bytes)
-    inspection = await run_in_threadpool(_timed_check_image, ctx, data)
+    if sniff_media_type(data) == JPEG:
+        # On the event loop: a JPEG header's walk is bounded by the segment limits (1.7 ms for the
+        # worst crafted one measured, 20 MiB of APP segments; ~0.07 ms for a real X-ray), and costs
+        # less than a hand-off to a worker thread (gateway CPU per diagnosis 2.8 -> 2.6 ms). A PNG's
+        # compressed text (16 ms for 8 chunks at Pillow's limit) and a DICOM's elements (35 ms for
+        # 260 KiB of them) are not so bounded: a worker thread.
+        inspection = _timed_check_image(ctx, data)
+    else:
+        inspection = await run_in_threadpool(_timed_check_image, ctx, data)
     # Only what routing needs is kept: the opened file (a parsed DICOM holds its pixel data) is not.
     media_type, tags = inspection.media_type, inspection.routing_tags
     del inspection

@@ -4,6 +4,7 @@ inspection. The gateway checks uploads against the model services' own limits.""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from gateway import admission
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from protos.drtech.v1 import diagnosis_pb2
@@ -122,6 +124,39 @@ def test_an_auto_dicom_is_parsed_once_by_the_gateway_and_once_by_each_service_th
         "router": {"DICOM parse": 1, "pixel decode": 1},
         "chest service": {"DICOM parse": 1, "pixel decode": 1},
     }
+
+
+def test_a_jpeg_header_is_walked_on_the_event_loop_and_png_and_dicom_headers_in_a_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, servicer: DiagnosisServicer
+) -> None:
+    """A JPEG's walk is bounded by the segment limits and cheaper than a thread hand-off; a PNG's
+    compressed text and a DICOM's elements may take tens of ms, which must not stall the loop."""
+    walked: list[tuple[str, bool]] = []
+    real_check_image = admission.check_image
+
+    def check_image(data: bytes, limits: Any) -> Any:
+        inspection = real_check_image(data, limits)
+        walked.append((inspection.media_type, _on_event_loop()))
+        return inspection
+
+    monkeypatch.setattr(admission, "check_image", check_image)
+    with TestClient(create_app(GatewaySettings(DRTECH_HOME=tmp_path / "home")), base_url="http://127.0.0.1") as client:
+        backends = client.app.state.gateway.backends
+        backends.auth = OneLiveSession()
+        backends.models["pneumonia"] = InProcessService(servicer, Readers(monkeypatch), "chest service")
+        for data in (encode(gradient_rgb(256, 256), "JPEG"), encode(gradient_rgb(256, 256), "PNG"),
+                     make_dicom(ramp())):
+            reply = _upload(client, data, "chest_xray")
+            assert reply.status_code == 201, reply.text
+    assert walked == [("image/jpeg", True), ("image/png", False), ("application/dicom", False)]
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def test_an_inspection_is_decoded_once() -> None:

@@ -74,8 +74,8 @@ def insert_rows(session: Session, items: Sequence[Base]) -> None:
     without adding them to the session: the unit of work's bookkeeping (session.add_all and its
     flush) cost twice the CPU for rows that are only ever inserted here (benchmarks/README.md).
     A column left None that has a Python-side default gets it, on the object too, so each object
-    holds what its row holds; a primary key left None is the database's (autoincrement), and the
-    object does not learn it."""
+    holds what its row holds; a primary key left None is the database's (autoincrement), as is a
+    default computed in SQL, and the object does not learn them."""
     batches: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = {}
     for item in items:
         row = _row(item)
@@ -89,12 +89,12 @@ def _row(item: Base) -> dict[str, Any]:
     given = vars(item)   # the values set on it (getattr through the ORM's descriptors is slower)
     for column in item.__table__.columns:
         value = given.get(column.key)
-        if value is None and column.default is not None:
-            default = column.default
+        default = column.default
+        if value is None and default is not None and (default.is_callable or default.is_scalar):
             value = default.arg(None) if default.is_callable else default.arg
             setattr(item, column.key, value)
-        if value is None and column.primary_key:
-            continue
+        if value is None and (column.primary_key or default is not None or column.server_default is not None):
+            continue   # the database's key, or a default computed in SQL: the INSERT leaves it out
         row[column.key] = value
     return row
 

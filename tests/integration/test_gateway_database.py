@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import inspect, select
+from sqlalchemy import Integer, String, inspect, literal, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from gateway import records
 from gateway.audit import AuditEvent
@@ -173,6 +174,38 @@ def test_inserted_records_hold_what_their_rows_hold_and_their_events_get_ids(dat
             ids = session.scalars(select(AuditEvent.id).order_by(AuditEvent.id)).all()
             assert len(ids) == 2 and all(isinstance(value, int) for value in ids)
     finally:
+        engine.dispose()
+
+
+class _Other(DeclarativeBase):
+    pass
+
+
+class _Row(_Other):
+    """A table with every kind of default insert_rows meets: the database's key, a Python callable,
+    a default computed in SQL, and a server default."""
+
+    __tablename__ = "insert_rows_spec"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tag: Mapped[str] = mapped_column(String(16), default=lambda: "python")
+    counted: Mapped[int] = mapped_column(Integer, default=literal(6) + literal(1))
+    kind: Mapped[str] = mapped_column(String(16), server_default="server")
+
+
+def test_insert_rows_leaves_keys_and_defaults_computed_in_sql_to_the_database(database_url: str) -> None:
+    engine = create_database_engine(database_url)
+    try:
+        _Other.metadata.create_all(engine)
+        given, defaulted = _Row(tag="given", counted=1, kind="given"), _Row()
+        with session_factory(engine)() as session:
+            records.insert_rows(session, [given, defaulted])
+            session.commit()
+        assert defaulted.tag == "python" and defaulted.id is None
+        with session_factory(engine)() as session:
+            rows = session.execute(select(_Row.tag, _Row.counted, _Row.kind).order_by(_Row.id)).all()
+        assert [tuple(row) for row in rows] == [("given", 1, "given"), ("python", 7, "server")]
+    finally:
+        _Other.metadata.drop_all(engine)
         engine.dispose()
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmarks import cpu_cost
+from benchmarks import cpu_cost, grpc_modes
 from benchmarks.serving import (
     baseline_failure, ceiling, cpu_costs, grpc_loads, markdown, recheck_ceiling, sample_jpeg, targets,
 )
@@ -215,3 +215,11 @@ def test_the_lean_upload_client_sends_ordinary_multipart_uploads_on_kept_alive_c
     assert [f["file"] for f in forms] == [("image.jpg", "image/jpeg", b"\xff\xd8pixels" + suffix)
                                           for suffix in (b"1", b"22", b"", b"4")]
     assert all(f["exam_type"] == "chest_xray" for f in forms)
+
+
+def test_grpc_modes_measures_both_python_servers_with_both_handlers() -> None:
+    """Every call answered by each server and handler (a few: CPU may read 0 at the clock's 10 ms)."""
+    for mode in ("threads", "aio"):
+        for work in ("plain", "batcher"):
+            cpu_us, calls_per_s = grpc_modes.measure(mode, work, calls=40, concurrency=4)
+            assert cpu_us >= 0 and calls_per_s > 0, (mode, work)

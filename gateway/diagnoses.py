@@ -170,11 +170,18 @@ async def _retry(ctx: GatewayContext, request: Request, caller: Caller, diagnosi
     record = await _owned(ctx, diagnosis_id, caller.user.id)
     if record.status != STATUS_FAILED:
         raise ApiError(409, "This diagnosis has already completed; there is nothing to retry.")
-    async with upload_slot(ctx, request):    # the stored upload is in memory while the model runs
+    gone = ApiError(410, "The stored upload is gone; upload the image again.")
+    try:
+        size = await run_in_threadpool(ctx.uploads.size, record.image_sha256)
+    except FileNotFoundError:
+        raise gone from None
+    # The stored upload is in memory while the model runs: room for its own size, not the largest's,
+    # so the retries that follow an outage do not crowd out each other and new uploads.
+    async with upload_slot(ctx, request, size):
         try:
             data = await run_in_threadpool(ctx.uploads.get, record.image_sha256)
         except FileNotFoundError:
-            raise ApiError(410, "The stored upload is gone; upload the image again.") from None
+            raise gone from None
         heatmap = await run_model(ctx, record, data)
         del data
 

@@ -112,6 +112,9 @@ class BlobStore(Protocol):
 
     def exists(self, digest: str) -> bool: ...
 
+    def size(self, digest: str) -> int:
+        """The stored blob's size in bytes, without reading it; FileNotFoundError when absent."""
+
     def delete_unused(self, digest: str, in_use: Callable[[], bool]) -> bool:
         """Delete the blob unless `in_use()` (a fresh database query, asked after the blob has been
         moved aside) finds a record that names it; True when it was deleted."""
@@ -191,6 +194,9 @@ class LocalBlobStore:
 
     def exists(self, digest: str) -> bool:
         return self.path_for(digest).is_file()
+
+    def size(self, digest: str) -> int:
+        return os.stat(self.path_for(digest)).st_size
 
     def delete_unused(self, digest: str, in_use: Callable[[], bool]) -> bool:
         target = self.path_for(digest)
@@ -290,12 +296,19 @@ class S3BlobStore:
 
     def exists(self, digest: str) -> bool:
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self.key_for(digest))
+            self.size(digest)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def size(self, digest: str) -> int:
+        try:
+            reply = self.client.head_object(Bucket=self.bucket, Key=self.key_for(digest))
         except Exception as error:
             if _error_code(error) in _MISSING:
-                return False
+                raise FileNotFoundError(f"no blob {digest} in s3://{self.bucket}/{self.prefix}") from None
             raise
-        return True
+        return int(reply["ContentLength"])
 
     def _put_back(self, key: str, aside: str) -> None:
         # As LocalBlobStore: copying back over bytes a writer may already have put again leaves them

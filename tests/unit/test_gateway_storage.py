@@ -51,7 +51,7 @@ def test_a_blob_is_stored_once_under_its_sha256_and_read_back_byte_for_byte(back
     digest = store.put(data)
     assert digest == hashlib.sha256(data).hexdigest()
     assert backend.location(digest).endswith(f"{digest[:2]}/{digest[2:4]}/{digest}")
-    assert store.get(digest) == data and store.exists(digest)
+    assert store.get(digest) == data and store.exists(digest) and store.size(digest) == len(data)
     assert store.put(data) == digest  # idempotent
     assert backend.everything() == [backend.location(digest)], "one blob, no temporary or aside copies"
 
@@ -79,11 +79,13 @@ def test_a_missing_blob_is_file_not_found(backend: Backend) -> None:
         backend.store.get(absent)
     with pytest.raises(FileNotFoundError):
         backend.store.open(absent)
+    with pytest.raises(FileNotFoundError):
+        backend.store.size(absent)
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "upload.jpg", "A" * 64, "", "0" * 63])
 def test_only_sha256_names_are_accepted_never_a_client_path(backend: Backend, name: str) -> None:
-    for call in (backend.store.get, backend.store.exists, backend.store.open):
+    for call in (backend.store.get, backend.store.exists, backend.store.open, backend.store.size):
         with pytest.raises(ValueError):
             call(name)
     with pytest.raises(ValueError):

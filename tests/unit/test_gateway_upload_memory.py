@@ -1,13 +1,21 @@
 """Uploads in memory (gateway/upload_memory.py): bounded by count and by bytes, served in arrival
-order, and a waiter that leaves holds nothing."""
+order, and a waiter that leaves holds nothing; a retry holds room for its own stored upload."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import grpc
 import pytest
+from fastapi.testclient import TestClient
 
-from gateway.upload_memory import UploadMemory
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from gateway.upload_memory import COPIES_IN_FLIGHT, UploadMemory
+from protos.drtech.v1 import diagnosis_pb2
+from tests.unit.test_gateway_http import LIVE_TOKEN, OneLiveSession
+from tests.unit.test_imaging import encode, gradient_rgb
 
 
 async def settle() -> None:
@@ -126,3 +134,52 @@ def test_a_timeout_while_waiting_is_a_timeout_and_holds_nothing() -> None:
         assert (memory.uploads, memory.bytes) == (0, 0)
 
     asyncio.run(run())
+
+
+class DownThenUp:
+    """A model service that is unavailable for the first call and answers every later one."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def Diagnose(self, request: diagnosis_pb2.DiagnoseRequest,
+                       timeout: float) -> diagnosis_pb2.DiagnoseResponse:
+        self.calls += 1
+        if self.calls == 1:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                       "connection refused")
+        return diagnosis_pb2.DiagnoseResponse(
+            request_id=request.request_id, label="NORMAL", label_display="Normal", confidence=0.9,
+            probabilities=[
+                diagnosis_pb2.ClassProbability(label="NORMAL", display_name="Normal", probability=0.9),
+                diagnosis_pb2.ClassProbability(label="PNEUMONIA", display_name="Pneumonia", probability=0.1),
+            ],
+            model=diagnosis_pb2.ModelRef(name="pneumonia", version="test"))
+
+
+def test_a_retry_holds_room_for_its_stored_upload_not_for_the_largest_upload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an outage every failed diagnosis may be retried at once: each holds what its own upload
+    needs, as a new upload of that size does."""
+    image = encode(gradient_rgb(256, 256), "JPEG")
+    headers = {"Authorization": f"Bearer {LIVE_TOKEN}"}
+    with TestClient(create_app(GatewaySettings(DRTECH_HOME=tmp_path)), base_url="http://127.0.0.1") as client:
+        ctx = client.app.state.gateway
+        ctx.backends.auth = OneLiveSession()
+        ctx.backends.models["pneumonia"] = DownThenUp()
+        held: list[int] = []
+        acquire = ctx.upload_slots.acquire
+
+        async def recorded(size: int) -> None:
+            held.append(size)
+            await acquire(size)
+
+        monkeypatch.setattr(ctx.upload_slots, "acquire", recorded)
+        failed = client.post("/api/v1/diagnoses", files={"file": ("x.jpg", image)},
+                             data={"exam_type": "chest_xray"}, headers=headers)
+        assert failed.status_code == 201 and failed.json()["status"] == "failed", failed.text
+        retried = client.post(f"/api/v1/diagnoses/{failed.json()['id']}/retry", headers=headers)
+        assert retried.status_code == 200 and retried.json()["status"] == "completed", retried.text
+    assert held == [COPIES_IN_FLIGHT * len(image)] * 2
+    assert len(image) < ctx.settings.max_upload_bytes // 100

@@ -311,11 +311,14 @@ def test_a_successful_log_in_clears_the_accounts_failures(start) -> None:
 
 
 def test_an_expired_token_is_rejected(start) -> None:
-    _, client = start(session_ttl_hours=1 / 3600)  # one second
+    # Three seconds: a log-in (argon2) on a busy 2-core machine took over one, so a one-second
+    # session could expire before its first use.
+    _, client = start(session_ttl_hours=3 / 3600)
     user = client.sign_up()
     token = client.log_in(user.email).access_token
+    logged_in = time.monotonic()   # the session was made before this
     assert client.authenticate(token) == user
-    time.sleep(1.2)
+    time.sleep(max(0.0, logged_in + 3.2 - time.monotonic()))
     error = rpc_error(client.authenticate, token)
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error.details() == "Session has expired; log in again."

@@ -40,7 +40,7 @@ class WriteBatches(Generic[T]):
             self._writer = asyncio.create_task(self._write_waiting(write_all))
         await done
 
-    async def _write_waiting(self, write_all: Callable[[list[T]], None]) -> None:
+    async def _write_waiting(self, write_all: WriteAll[T]) -> None:
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]

@@ -96,7 +96,8 @@ async def _load(port: int, calls: int, concurrency: int) -> None:
 
         async def caller(count: int) -> None:
             for _ in range(count):
-                await call(payload)
+                if await call(payload) != REPLY:
+                    raise RuntimeError(f"the server at port {port} answered something else")
 
         await asyncio.gather(*(caller(calls // concurrency) for _ in range(concurrency)))
 

@@ -311,8 +311,8 @@ def test_a_successful_log_in_clears_the_accounts_failures(start) -> None:
 
 
 def test_an_expired_token_is_rejected(start) -> None:
-    # Three seconds: a log-in (argon2) on a busy 2-core machine took over one, so a one-second
-    # session could expire before its first use.
+    # Three seconds: in a fresh-clone `make test` on a busy 2-core machine a one-second session
+    # expired between its log-in (argon2) and its first use.
     _, client = start(session_ttl_hours=3 / 3600)
     user = client.sign_up()
     token = client.log_in(user.email).access_token

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.experiments.ensemble_grid import choose, decision_scores, figures, group_interval
+from training.experiments.ensemble_grid import choose, decision_scores, figures, group_interval, reported
+from training.tasks import SPECS
 
 
 def test_figures_are_accuracy_and_the_mean_of_the_class_sensitivities():
@@ -43,3 +44,15 @@ def test_the_interval_resamples_whole_groups_and_brackets_a_perfect_model():
     interval = group_interval(y, scores, np.array(["g1", "g1", "g2", "g2"]))
 
     assert interval["accuracy"] == [1.0, 1.0]
+
+
+def test_skin_points_also_report_melanoma_sensitivity():
+    labels = [label.code for label in SPECS["skin"].labels]
+    mel = labels.index("mel")
+    y = np.array([mel, mel, labels.index("nv")])
+    scores = np.eye(len(labels))[[mel, labels.index("nv"), labels.index("nv")]]   # one melanoma of two missed
+
+    got = reported("skin", y, scores)
+
+    assert got["mel_sensitivity"] == 0.5
+    assert got["accuracy"] == 0.6667   # point_values rounds to 4 places

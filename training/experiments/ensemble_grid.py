@@ -3,6 +3,8 @@
     python -m training.experiments.ensemble_grid --task skin --a OLD/model.onnx --b services/skin/model/model.onnx \
         [--split-csv services/skin/model/split.csv] [--min-balanced 0.70]
 
+With the same file as --a and --b it measures one model's own operating points (tau alone), running it once.
+
 Both models are scored (as served: `training.inference.run_onnx`, their own test-time views included)
 on the validation and test rows of one split.csv that neither trained on. The decision is then
 argmax of (w * p_b + (1 - w) * p_a) * prior^tau, over a grid of the weight w (0 = model a alone,
@@ -28,7 +30,7 @@ from training.inference import run_onnx
 from training.metrics import multiclass_metrics, point_values, with_intervals
 from training.paths import data_dir
 from training.splits import read_split_csv
-from training.tasks import SPECS
+from training.tasks import SPECS, TRAINING
 
 WEIGHTS = np.round(np.arange(0.0, 1.0001, 0.1), 2)
 TAUS = np.round(np.arange(-0.25, 0.5001, 0.0625), 4)
@@ -42,6 +44,13 @@ FIGURES = {name: metric for name, metric in multiclass_metrics(()).items() if na
 def figures(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """Accuracy and balanced accuracy of argmax(scores)."""
     return point_values(FIGURES, y, scores)
+
+
+def reported(task: str, y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """figures() plus the sensitivity the task's metrics single out (skin: melanoma), if any."""
+    sensitivities = {name: metric for name, metric in TRAINING[task].metric_set().items()
+                     if name.endswith("_sensitivity")}
+    return {**figures(y, scores), **point_values(sensitivities, y, scores)}
 
 
 def decision_scores(p_a: np.ndarray, p_b: np.ndarray, weight: float, prior: np.ndarray, tau: float) -> np.ndarray:
@@ -87,14 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     for split in ("val", "test"):
         records = records_from_split_csv(split_csv, root, split)
         paths = [r.path for r in records]
+        probabilities = {path: run_onnx(path, paths)["probabilities"] for path in {args.a.resolve(), args.b.resolve()}}
         scored[split] = {"y": np.array([labels.index(r.label) for r in records]),
                          "groups": np.array([r.group for r in records]),
-                         "a": run_onnx(args.a, paths)["probabilities"],
-                         "b": run_onnx(args.b, paths)["probabilities"]}
+                         "a": probabilities[args.a.resolve()],
+                         "b": probabilities[args.b.resolve()]}
     val, test = scored["val"], scored["test"]
     result: dict = {"task": args.task, "a": str(args.a), "b": str(args.b), "split_csv": str(split_csv),
                     "rows": {split: int(len(s["y"])) for split, s in scored.items()},
-                    "alone_argmax": {name: {split: figures(s["y"], s[name]) for split, s in scored.items()}
+                    "alone_argmax": {name: {split: reported(args.task, s["y"], s[name]) for split, s in scored.items()}
                                      for name in ("a", "b")},
                     "grid_validation": [{"weight": float(w), "tau": float(t),
                                          **figures(val["y"], decision_scores(val["a"], val["b"], w, prior, t))}
@@ -103,12 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     if chosen is None:
         result["chosen"] = None
     else:
-        weight, tau, on_val = chosen
+        weight, tau, _ = chosen
         result["chosen"] = {
-            "weight": weight, "tau": tau, "validation": on_val,
+            "weight": weight, "tau": tau,
+            "validation": reported(args.task, val["y"], decision_scores(val["a"], val["b"], weight, prior, tau)),
             "validation_interval": group_interval(val["y"], decision_scores(val["a"], val["b"], weight, prior, tau),
                                                   val["groups"]),
-            "test": figures(test["y"], decision_scores(test["a"], test["b"], weight, prior, tau))}
+            "test": reported(args.task, test["y"], decision_scores(test["a"], test["b"], weight, prior, tau))}
     print(json.dumps(result))
     return 0
 

@@ -128,17 +128,20 @@ def sample_image_bytes(exam_type: str) -> bytes:
     return jpeg_bytes(synthetic_image(exam_type))
 
 
-def hold_argon2_verifications(monkeypatch) -> tuple[threading.Event, threading.Event]:
-    """From now on every argon2 verification sets `entered`, then waits for `release` (10 s at most)
-    before checking: a log-in that holds its hashing slot for as long as a test needs."""
+def hold_argon2_verifications(monkeypatch, first_only: bool = False) -> tuple[threading.Event, threading.Event]:
+    """From now on every argon2 verification (with `first_only`, only the next one) sets `entered`,
+    then waits for `release` (10 s at most) before checking: a log-in that holds its hashing slot
+    for as long as a test needs."""
     from argon2 import PasswordHasher
 
     entered, release = threading.Event(), threading.Event()
     real_verify = PasswordHasher.verify
+    held_once = threading.Lock()
 
     def held(hasher: PasswordHasher, stored: str, given: str) -> bool:
-        entered.set()
-        release.wait(10)
+        if not first_only or held_once.acquire(blocking=False):
+            entered.set()
+            release.wait(10)
         return real_verify(hasher, stored, given)
 
     monkeypatch.setattr(PasswordHasher, "verify", held)

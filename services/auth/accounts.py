@@ -192,8 +192,19 @@ class Accounts:
         token = new_token()
         expires_at = now + self._session_ttl
         with self._sessions.begin() as db:
+            # The password was checked against the hash read before argon2 ran, outside any transaction;
+            # a password change may have committed since. The session is only opened while the account
+            # still has the checked hash, which this update asserts (and a rehash writes only over it):
+            # the row's lock puts this log-in wholly before a concurrent change, whose revocation then
+            # ends its session, or wholly after, where the old password no longer opens one.
+            unchanged = db.execute(
+                update(User)
+                .where(User.id == user.id, User.password_hash == user.password_hash)
+                .values(password_hash=new_hash or user.password_hash)
+            ).rowcount
+            if unchanged != 1:
+                raise BadCredentials(account_id=str(user.id))
             if new_hash is not None:
-                db.execute(update(User).where(User.id == user.id).values(password_hash=new_hash))
                 user.password_hash = new_hash
             # A successful log-in clears this account's failures (not the IP's), its own attempt included.
             db.execute(delete(LoginFailure).where(LoginFailure.email == email))

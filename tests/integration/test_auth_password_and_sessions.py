@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -29,6 +30,7 @@ from tests.integration.test_auth_service import (  # noqa: F401 - `start` and `c
     rpc_error,
     start,
 )
+from tests.support import hold_argon2_verifications
 
 NEW_PASSWORD = "a much longer passphrase"
 
@@ -84,6 +86,55 @@ def test_changing_the_password_ends_every_other_session_and_keeps_this_one(clien
     for ended in (other, third):
         assert rpc_error(client.authenticate, ended).code() == grpc.StatusCode.UNAUTHENTICATED
     assert client.authenticate(someone_else).id != user.id   # other accounts are untouched
+    assert rpc_error(client.log_in, user.email, PASSWORD).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert client.log_in(user.email, NEW_PASSWORD).user == user
+
+
+def _log_in_held_across_a_password_change(client: Client, token: str, email: str,
+                                          monkeypatch) -> grpc.RpcError | str:
+    """A log-in with the current password whose argon2 check is still running when the password is
+    changed (as an attacker who knows the old one, logging in again and again, would get); its session
+    token, or the error it ended with."""
+    entered, release = hold_argon2_verifications(monkeypatch, first_only=True)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        in_flight = pool.submit(client.log_in, email, PASSWORD, "198.51.100.9")
+        assert entered.wait(10)
+        change_password(client, token)
+        release.set()
+        try:
+            return in_flight.result().access_token
+        except grpc.RpcError as error:
+            return error
+
+
+def test_a_log_in_in_flight_with_the_old_password_opens_no_session_after_a_change(
+    client: Client, database_url: str, monkeypatch
+) -> None:
+    """'Every other session ends' holds for one being opened at that moment: else a log-in started
+    before the change would give a session that the change never ended."""
+    user = client.sign_up()
+    owner = client.log_in(user.email).access_token
+
+    outcome = _log_in_held_across_a_password_change(client, owner, user.email, monkeypatch)
+
+    assert isinstance(outcome, grpc.RpcError) and outcome.code() == grpc.StatusCode.UNAUTHENTICATED
+    [session] = read_tables(database_url)["sessions"]     # the owner's, still live: no other was opened
+    assert session["revoked_at"] is None
+    assert client.log_in(user.email, NEW_PASSWORD).user == user
+
+
+def test_a_rehash_in_flight_at_a_password_change_does_not_bring_the_old_password_back(
+    start, monkeypatch
+) -> None:
+    """A log-in upgrades an old-parameter hash by writing the password it checked: written after the
+    change, it would have undone the change."""
+    _, old = start(argon2_time_cost=1)
+    user = old.sign_up()
+    owner = old.log_in(user.email).access_token
+    _, client = start(argon2_time_cost=2)      # the stored hash now wants a rehash at the next log-in
+
+    _log_in_held_across_a_password_change(client, owner, user.email, monkeypatch)
+
     assert rpc_error(client.log_in, user.email, PASSWORD).code() == grpc.StatusCode.UNAUTHENTICATED
     assert client.log_in(user.email, NEW_PASSWORD).user == user
 

@@ -96,15 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     for split in ("val", "test"):
         records = records_from_split_csv(split_csv, root, split)
         paths = [r.path for r in records]
-        probabilities = {path: run_onnx(path, paths)["probabilities"] for path in {args.a.resolve(), args.b.resolve()}}
+        models = {"a": args.a.resolve(), "b": args.b.resolve()}
+        probabilities = {path: run_onnx(path, paths)["probabilities"] for path in set(models.values())}
         scored[split] = {"y": np.array([labels.index(r.label) for r in records]),
                          "groups": np.array([r.group for r in records]),
-                         "a": probabilities[args.a.resolve()],
-                         "b": probabilities[args.b.resolve()]}
+                         **{name: probabilities[path] for name, path in models.items()}}
     val, test = scored["val"], scored["test"]
     result: dict = {"task": args.task, "a": str(args.a), "b": str(args.b), "split_csv": str(split_csv),
                     "rows": {split: int(len(s["y"])) for split, s in scored.items()},
-                    "alone_argmax": {name: {split: reported(args.task, s["y"], s[name]) for split, s in scored.items()}
+                    "alone_argmax": {name: {split: reported(args.task, s["y"], s[name])
+                                            for split, s in scored.items()}
                                      for name in ("a", "b")},
                     "grid_validation": [{"weight": float(w), "tau": float(t),
                                          **figures(val["y"], decision_scores(val["a"], val["b"], w, prior, t))}
@@ -114,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         result["chosen"] = None
     else:
         weight, tau, _ = chosen
+        on_val = decision_scores(val["a"], val["b"], weight, prior, tau)
         result["chosen"] = {
             "weight": weight, "tau": tau,
-            "validation": reported(args.task, val["y"], decision_scores(val["a"], val["b"], weight, prior, tau)),
-            "validation_interval": group_interval(val["y"], decision_scores(val["a"], val["b"], weight, prior, tau),
-                                                  val["groups"]),
+            "validation": reported(args.task, val["y"], on_val),
+            "validation_interval": group_interval(val["y"], on_val, val["groups"]),
             "test": reported(args.task, test["y"], decision_scores(test["a"], test["b"], weight, prior, tau))}
     print(json.dumps(result))
     return 0

@@ -456,6 +456,65 @@ def test_palette_color_dicom_without_its_lut_is_refused() -> None:
         read_image(buffer.getvalue())
 
 
+def make_segmented_palette_dicom(words: list[int]) -> bytes:
+    """A 64x64 PALETTE COLOR DICOM whose three channels share one segmented table of 16-bit `words`
+    (PS3.3 C.7.9.2: 0 = discrete, 1 = linear, 2 = indirect), indices rising along the columns."""
+    data = make_palette_dicom(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1)), np.zeros((256, 3), np.uint8))
+    from pydicom import dcmread
+
+    ds = dcmread(io.BytesIO(data))
+    for colour in ("Red", "Green", "Blue"):
+        delattr(ds, f"{colour}PaletteColorLookupTableData")
+        setattr(ds, f"Segmented{colour}PaletteColorLookupTableData", np.array(words, "<u2").tobytes())
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_segmented_palette_decodes_as_pydicom_expands_it() -> None:
+    from pydicom import dcmread
+    from pydicom.pixels import apply_color_lut
+
+    # 0; up to 40000 over 64 entries; down to 1000 over 63; the segment at word 3 again (indirect);
+    # up to 65535 over 64: 256 entries, as the descriptor says.
+    words = [0, 1, 0, 1, 64, 40000, 1, 63, 1000, 2, 1, 3, 0, 1, 64, 65535]
+    data = make_segmented_palette_dicom(words)
+    dataset = dcmread(io.BytesIO(data))
+    indices = dataset.pixel_array
+    expected = (apply_color_lut(indices, dataset)[..., :3] / 65535 * 255).round().astype(np.uint8)
+    image = read_image(data).image
+    assert image.mode == "RGB"
+    assert np.abs(np.asarray(image).astype(int) - expected).max() <= 1
+    assert len(set(np.asarray(image)[0, :, 0].tolist())) > 30   # a real ramp, not one colour
+
+
+@pytest.mark.parametrize("words", [
+    [0, 1, 0] + [1, 65535, 65535, 1, 65535, 0] * 20,     # 12 bytes of runs per 131,070 entries
+    [0, 1, 0] + [1, 65535, 0] * 1 + [2, 65535, 3, 0] * 40,   # indirect segments re-reading one run
+    [0, 1, 0] + [1, 0, 0] * 300_000,                     # longer than any palette needs
+    [0, 1, 0, 7, 1, 0],                                  # a segment type the standard does not have
+])
+def test_a_segmented_palette_bomb_is_refused_before_it_is_expanded(words: list[int]) -> None:
+    import time
+
+    data = make_segmented_palette_dicom(words)
+    started = time.process_time()
+    with pytest.raises(InvalidImage, match="palette"):
+        inspect_image(data)   # the header check: the gateway refuses it before it is routed
+    assert time.process_time() - started < 1.0
+
+
+def test_a_dicom_without_a_transfer_syntax_is_refused_when_inspected() -> None:
+    from pydicom import dcmread
+
+    ds = dcmread(io.BytesIO(make_dicom(ramp())))
+    del ds.file_meta.TransferSyntaxUID
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    with pytest.raises(InvalidImage, match="Transfer Syntax UID"):
+        inspect_image(buffer.getvalue())
+
+
 def _with_empty_private_elements(dicom: bytes, count: int) -> bytes:
     """The DICOM with `count` empty private LO elements inserted before its pixel data."""
     import struct

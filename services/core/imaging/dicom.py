@@ -125,12 +125,17 @@ def _check_dataset(dataset: Any, limits: ImageLimits) -> tuple[int, int]:
     check_size(columns, rows, limits)
 
     transfer_syntax = dataset.file_meta.get("TransferSyntaxUID")
+    if transfer_syntax is None:
+        # Without it the pixel data's encoding is unknown, and pydicom will not decode it.
+        raise InvalidImage("the DICOM file has no Transfer Syntax UID in its file meta information, so its "
+                           "pixel data cannot be read; export it as a DICOM Part 10 file, or as PNG/JPEG")
     if not _can_decode(transfer_syntax):
         name = getattr(transfer_syntax, "name", str(transfer_syntax))
         raise InvalidImage(
             f"the DICOM transfer syntax {name} ({transfer_syntax}) cannot be decoded by this service; "
             "send uncompressed DICOM or a PNG/JPEG export"
         )
+    _check_segmented_palettes(dataset)
     return columns, rows
 
 
@@ -324,6 +329,79 @@ def _display_levels(stored: np.ndarray, dataset: Any, present: np.ndarray | None
     return scale_to_uint8(values, low, high)
 
 
+# A palette has at most 2^16 entries. A segmented table (PS3.3 C.7.9.2) stores them as runs that
+# pydicom expands into Python ints without a bound: 6 bytes of table per 65,535 entries, so a 12 KB
+# table of a 64x64 image took 14 s of CPU and 2.1 GB, measured. Its runs are added up first, and a
+# table longer than any palette needs, or one that expands past 2^16 entries, is refused.
+MAX_PALETTE_ENTRIES = 2 ** 16
+# The most table words a valid segmented palette needs (2^16 one-entry linear runs of 3 words), with room.
+MAX_SEGMENTED_PALETTE_WORDS = 4 * MAX_PALETTE_ENTRIES
+
+
+def _check_segmented_palettes(dataset: Any) -> None:
+    """Raise InvalidImage when a segmented palette table would expand past MAX_PALETTE_ENTRIES."""
+    import struct
+
+    tables = [dataset.get(f"Segmented{colour}PaletteColorLookupTableData")
+              for colour in ("Red", "Green", "Blue", "Alpha")]
+    tables = [table for table in tables if table]
+    if not tables:
+        return
+    byte_depth = int(dataset.RedPaletteColorLookupTableDescriptor[2]) // 8
+    little_endian = dataset.file_meta.TransferSyntaxUID.is_little_endian
+    for table in tables:
+        count = len(table) // max(byte_depth, 1)
+        if count > MAX_SEGMENTED_PALETTE_WORDS:
+            raise InvalidImage("the DICOM segmented palette table is longer than any palette needs")
+        words = struct.unpack(f"{'<' if little_endian else '>'}{count}{'B' if byte_depth == 1 else 'H'}",
+                              table[:count * max(byte_depth, 1)])
+        if _segmented_entries(words, byte_depth == 1, little_endian) > MAX_PALETTE_ENTRIES:
+            raise InvalidImage(f"the DICOM segmented palette table expands to more than "
+                               f"{MAX_PALETTE_ENTRIES} entries")
+
+
+def _segmented_entries(words: tuple[int, ...], one_byte_words: bool, little_endian: bool) -> int:
+    """How many entries pydicom's _expand_segmented_lut would make of `words`, read the same way,
+    stopping as soon as they pass MAX_PALETTE_ENTRIES. An indirect segment may not point at another."""
+    budget = len(words)     # segments walked in all, indirect ones' included: the walk stays bounded
+    # An indirect segment's 32-bit offset, as pydicom assembles it from 8-bit words.
+    order = (3, 2, 1, 0) if little_endian else (2, 3, 0, 1)
+
+    def walk(offset: int, segments: int | None, nested: bool) -> int:
+        nonlocal budget
+        entries, read = 0, 0
+        while offset + 1 < len(words) and entries <= MAX_PALETTE_ENTRIES:
+            budget -= 1
+            if budget < 0:
+                raise InvalidImage("the DICOM segmented palette table refers to itself too often")
+            opcode, length = words[offset], words[offset + 1]
+            offset += 2
+            if opcode == 0:            # discrete: `length` entries follow
+                entries += length
+                offset += length
+            elif opcode == 1:          # linear: `length` entries up to the one value that follows
+                entries += length
+                offset += 1
+            elif opcode == 2 and not nested:   # indirect: `length` segments copied from an offset
+                if one_byte_words:
+                    b = [words[offset + index] for index in order]
+                    target = (b[0] << 8 | b[1]) << 16 | (b[2] << 8 | b[3])
+                    offset += 4
+                else:
+                    target = words[offset + 1] << 16 | words[offset]
+                    offset += 2
+                entries += walk(target, length, True)
+            else:
+                raise InvalidImage(f"the DICOM segmented palette table has a segment of type {opcode} "
+                                   "that cannot be read here")
+            read += 1
+            if read == segments:
+                break
+        return entries
+
+    return walk(0, None, False)
+
+
 def _apply_palette(indices: np.ndarray, dataset: Any) -> np.ndarray:
     """PALETTE COLOR indices -> 8-bit RGB through the dataset's own palette tables (pydicom's LUT
     code, which handles the first mapped value, segmented tables and 8- or 16-bit entries)."""
@@ -343,8 +421,6 @@ def _apply_palette(indices: np.ndarray, dataset: Any) -> np.ndarray:
 def _can_decode(transfer_syntax: Any) -> bool:
     from pydicom import pixels
 
-    if transfer_syntax is None:
-        return True   # pydicom falls back to the implicit-VR little-endian default
     try:
         return bool(pixels.get_decoder(transfer_syntax).is_available)
     except (NotImplementedError, ValueError):

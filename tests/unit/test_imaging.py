@@ -236,6 +236,28 @@ def test_rescale_slope_and_intercept_are_applied_before_the_window() -> None:
     assert row[32] == 255 and row[63] == 255    # stored >= 2080 -> above the window: white
 
 
+def test_a_negative_rescale_slope_with_a_window_is_not_shown_inverted() -> None:
+    """Slope -1 turns stored 0..4095 into 4095..0; the window then maps its bottom to black, as
+    without a window (pydicom's window took its output range from the rescale, upside down)."""
+    plain, windowed = (
+        np.asarray(decode_image(make_dicom(ramp(), rescale=(-1.0, 4095.0), window=window)))[0]
+        for window in (None, (2048.0, 4096.0))
+    )
+    assert plain[0] == 255 and plain[63] == 0          # stored 0 -> value 4095: the brightest
+    assert windowed[0] > 250 and windowed[63] < 5
+    assert np.all(np.diff(windowed.astype(int)) <= 0)
+
+
+def test_presentation_lut_shape_inverse_inverts_a_monochrome2_image_once() -> None:
+    identity = decode_image(make_dicom(ramp(), extra={"PresentationLUTShape": "IDENTITY"}))
+    inverse = decode_image(make_dicom(ramp(), extra={"PresentationLUTShape": "INVERSE"}))
+    monochrome1 = decode_image(make_dicom(ramp(), photometric="MONOCHROME1",
+                                          extra={"PresentationLUTShape": "INVERSE"}))
+    assert (identity.getpixel((0, 0)), identity.getpixel((63, 0))) == (0, 255)
+    assert (inverse.getpixel((0, 0)), inverse.getpixel((63, 0))) == (255, 0)
+    assert (monochrome1.getpixel((0, 0)), monochrome1.getpixel((63, 0))) == (255, 0)   # not twice
+
+
 def test_window_center_and_width_set_the_contrast() -> None:
     # Values 0..4095, window 1000 +- 100: <= 900 black, >= 1100 white, 1000 mid-grey.
     pixels = np.array([[0, 900, 1000, 1100, 4095]] * 40, dtype=np.uint16)

@@ -165,8 +165,10 @@ def _decode(dataset: Any, columns: int, rows: int) -> Image.Image:
         raise InvalidImage(f"the DICOM pixel data has an unexpected shape {array.shape}")
 
     gray = _grey_levels_of(array, dataset)
-    if photometric == "MONOCHROME1":
-        gray = 255 - gray   # MONOCHROME1: the lowest value is displayed white
+    # MONOCHROME1: the lowest value is displayed white. A MONOCHROME2 image whose Presentation LUT
+    # Shape is INVERSE is displayed inverted too (for MONOCHROME1 that shape only restates it).
+    if photometric == "MONOCHROME1" or str(dataset.get("PresentationLUTShape", "")).strip() == "INVERSE":
+        gray = 255 - gray
     return Image.fromarray(gray, mode="L")
 
 
@@ -319,10 +321,14 @@ def _display_levels(stored: np.ndarray, dataset: Any, present: np.ndarray | None
             windowed = pixels.apply_voi_lut(values, dataset, index=0)
             # The window's own output range (what a viewer maps to black..white), so an image
             # that does not fill its window keeps the contrast the window asks for.
-            window_low, window_high = _voi_output_range(occurring(windowed), dataset)
+            window_low, window_high, falling = _voi_output_range(occurring(windowed), dataset)
             if not (math.isfinite(window_low) and math.isfinite(window_high)
                     and np.isfinite(windowed).all()):
                 raise ValueError("the window is not finite numbers")
+            if falling:
+                # A window maps its bottom to black (PS3.3 C.11.2.1.2); pydicom takes the output
+                # range from the rescale, which a negative slope turns upside down.
+                windowed = (window_low + window_high) - windowed
             low, high, values = window_low, window_high, windowed
         except (ValueError, AttributeError, KeyError, TypeError, IndexError, NotImplementedError):
             pass  # a malformed window or LUT: show the full value range instead of refusing the image
@@ -427,14 +433,16 @@ def _can_decode(transfer_syntax: Any) -> bool:
         return False
 
 
-def _voi_output_range(values: np.ndarray, dataset: Any) -> tuple[float, float]:
+def _voi_output_range(values: np.ndarray, dataset: Any) -> tuple[float, float, bool]:
+    """(lowest, highest) output of the VOI step, and whether pydicom's window falls where it should
+    rise (its bottom given the higher output)."""
     from pydicom import pixels
 
     if "VOILUTSequence" in dataset or "WindowCenter" not in dataset:
         # pydicom applied the VOI LUT (it wins over a window in the same header, as in a viewer):
-        # its output is clamped to the table's entries.
-        return float(values.min()), float(values.max())
+        # its output is clamped to the table's entries, in the table's own direction.
+        return float(values.min()), float(values.max()), False
     extremes = np.array([-1e12, 1e12], dtype=np.float64)
-    low, high = (float(v) for v in pixels.apply_voi_lut(extremes, dataset, index=0))
-    return min(low, high), max(low, high)
+    below, above = (float(v) for v in pixels.apply_voi_lut(extremes, dataset, index=0))
+    return min(below, above), max(below, above), below > above
 

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("gateway.errors")
@@ -168,6 +169,14 @@ def install_error_handlers(app: FastAPI) -> None:
         # client did nothing wrong and can try again; nothing half-done was kept.
         log.error("records database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
         return error_response(503, "The records database is unavailable right now; try again shortly.",
+                              headers={"Retry-After": "5"})
+
+    @app.exception_handler(PoolTimeout)
+    async def _database_busy(request: Request, exc: PoolTimeout) -> JSONResponse:
+        # Every pooled connection (PostgreSQL: db_pool_size + db_max_overflow) stayed in use past
+        # db_pool_timeout_s: the gateway is overloaded, which a later try may not find.
+        log.error("no records database connection free on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(503, "The records database is busy right now; try again shortly.",
                               headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)

@@ -352,6 +352,23 @@ def test_an_upload_whose_record_cannot_be_written_leaves_no_image_once_the_datab
     assert sorted(p.name for p in settings.heatmaps_dir.rglob("*") if p.is_file()) == []
 
 
+def test_a_database_pool_with_no_free_connection_is_503_not_500(
+    client: TestClient, sessions: OneLiveSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pooled connection in use past db_pool_timeout_s (what SQLAlchemy's QueuePool raises then):
+    the client is told to come back, as for a database that is down."""
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    def pool_exhausted(*args: object, **kwargs: object) -> object:
+        raise PoolTimeout("QueuePool limit of size 1 overflow 0 reached, connection timed out, timeout 0.50")
+
+    monkeypatch.setattr(records, "list_owned", pool_exhausted)
+    reply = client.get("/api/v1/diagnoses", headers={"Authorization": f"Bearer {LIVE_TOKEN}"})
+    assert reply.status_code == 503, reply.text
+    assert reply.headers["Retry-After"] == "5"
+    assert "busy" in reply.json()["detail"]
+
+
 def test_a_stored_image_ignores_range_and_comes_whole(
     client: TestClient, settings: GatewaySettings, chest_model: None
 ) -> None:

@@ -266,7 +266,12 @@ async def get_image(
     DICOM is not sent whole to draw a 96 px picture)."""
     async with audit.refusals_recorded(ctx, request, "diagnosis_image", caller.user.id, diagnosis_id):
         response = await _image(ctx, request, caller, diagnosis_id, max_side)
-    await _served(ctx, request, "diagnosis_image", caller, diagnosis_id)
+    try:
+        await _served(ctx, request, "diagnosis_image", caller, diagnosis_id)
+    except BaseException:
+        if isinstance(response, WholeBlobResponse):   # opened, now not sent: its file or S3 body goes back
+            await run_in_threadpool(response.close_unsent)
+        raise
     return response
 
 

@@ -92,10 +92,12 @@ class PendingForgets:
 
 @dataclass
 class OpenBlob:
-    """A stored blob opened for streaming: its size, and its bytes in chunks (closed at the end)."""
+    """A stored blob opened for streaming: its size, and its bytes in chunks (closed at the end).
+    `close` gives back what it holds open (a file, an S3 connection) when it will not be streamed."""
 
     size: int
     chunks: Iterator[bytes]
+    close: Callable[[], None]
 
 
 class BlobStore(Protocol):
@@ -190,7 +192,7 @@ class LocalBlobStore:
                 while chunk := handle.read(CHUNK_BYTES):
                     yield chunk
 
-        return OpenBlob(size, chunks())
+        return OpenBlob(size, chunks(), handle.close)
 
     def exists(self, digest: str) -> bool:
         return self.path_for(digest).is_file()
@@ -292,7 +294,7 @@ class S3BlobStore:
             finally:
                 body.close()
 
-        return OpenBlob(int(reply["ContentLength"]), chunks())
+        return OpenBlob(int(reply["ContentLength"]), chunks(), body.close)
 
     def exists(self, digest: str) -> bool:
         try:

@@ -47,3 +47,4 @@ class WholeBlobResponse(StreamingResponse):
         super().__init__(blob.chunks, media_type=media_type, headers=headers)
         self.headers["content-length"] = str(blob.size)
         self.headers["accept-ranges"] = "none"
+        self.close_unsent = blob.close   # for a response that will not be sent after all

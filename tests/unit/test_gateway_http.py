@@ -369,6 +369,37 @@ def test_a_database_pool_with_no_free_connection_is_503_not_500(
     assert "busy" in reply.json()["detail"]
 
 
+def test_an_image_refused_for_want_of_its_audit_row_closes_the_file_it_opened(
+    client: TestClient, chest_model: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stored image is opened before its access is recorded (a missing one is 410, not a recorded
+    success); when the record cannot be written the answer is 503, and the file (on S3, a pooled
+    connection) must not stay open until the garbage collector finds it."""
+    from gateway import audit
+
+    headers = {"Authorization": f"Bearer {LIVE_TOKEN}"}
+    made = client.post("/api/v1/diagnoses", files={"file": ("x.png", png_bytes(Image.new("RGB", (32, 32))))},
+                       data={"exam_type": "chest_xray"}, headers=headers).json()
+    uploads = client.app.state.gateway.uploads
+    opened = []
+
+    def tracked(digest: str):
+        blob = type(uploads).open(uploads, digest)
+        opened.append(blob.close.__self__)   # the file object the blob streams from
+        return blob
+
+    monkeypatch.setattr(uploads, "open", tracked)
+    assert client.get(made["image_url"], headers=headers).status_code == 200 and opened[-1].closed
+
+    def database_down(*args: object, **kwargs: object) -> None:
+        raise OperationalError("INSERT INTO audit_events", {}, ConnectionRefusedError("database unreachable"))
+
+    monkeypatch.setattr(audit, "_store", database_down)
+    refused = client.get(made["image_url"], headers=headers)
+    assert refused.status_code == 503, refused.text
+    assert len(opened) == 2 and opened[-1].closed
+
+
 def test_a_stored_image_ignores_range_and_comes_whole(
     client: TestClient, settings: GatewaySettings, chest_model: None
 ) -> None:

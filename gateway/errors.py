@@ -23,6 +23,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.storage import StoreUnavailable
+
 log = logging.getLogger("gateway.errors")
 
 _SECTIONS = {"body", "query", "path", "header", "cookie", "form"}
@@ -170,6 +172,14 @@ def install_error_handlers(app: FastAPI) -> None:
         log.error("records database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
         return error_response(503, "The records database is unavailable right now; try again shortly.",
                               headers={"Retry-After": "5"})
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        # Reading a stored image or heatmap while the disk or the object store fails (an upload's
+        # own path answers this itself: gateway/blob_protocol.py store_unavailable).
+        log.error("blob store unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(503, f"The image storage is unavailable right now ({exc}); try again shortly.",
+                              headers={"Retry-After": "30"})
 
     @app.exception_handler(PoolTimeout)
     async def _database_busy(request: Request, exc: PoolTimeout) -> JSONResponse:

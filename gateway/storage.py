@@ -60,8 +60,9 @@ def _sharded(digest: str) -> str:
 
 
 class StoreUnavailable(Exception):
-    """A blob could not be written for want of the store, not of the request (the disk is full, a
-    quota is reached, the volume went read-only): the request can be tried again later."""
+    """A blob could not be stored or read for want of the store, not of the request (the disk is
+    full, a quota is reached, the volume went read-only, the object store does not answer): the
+    request can be tried again later."""
 
 
 class PendingForgets:
@@ -93,7 +94,7 @@ class PendingForgets:
 @dataclass
 class OpenBlob:
     """A stored blob opened for streaming: its size, and its bytes in chunks (closed at the end).
-    `close` gives back what it holds open (a file, an S3 connection) when it will not be streamed."""
+    `close` gives back what it holds open (a file, an S3 connection) if it is not streamed."""
 
     size: int
     chunks: Iterator[bytes]
@@ -244,6 +245,18 @@ def _error_code(error: Exception) -> str:
     return str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
 
 
+def _unavailable(error: Exception) -> Exception:
+    """What an S3 call that failed for want of the store becomes: StoreUnavailable (503, try again),
+    as a full or read-only disk is for the local store; anything else is left as it was."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if not isinstance(error, BotoCoreError | ClientError):
+        return error
+    code = _error_code(error)
+    return StoreUnavailable(f"the object store did not answer: {type(error).__name__}"
+                            f"{': ' + code if code else ''}")
+
+
 class S3BlobStore:
     """Blobs as objects under `prefix` in `bucket`, through a boto3 S3 client (thread-safe: one per
     process, shared by the upload and heatmap stores)."""
@@ -271,7 +284,7 @@ class S3BlobStore:
             )
         except Exception as error:
             if _error_code(error) not in _ALREADY_THERE:
-                raise
+                raise _unavailable(error) from error
             # Another writer stored the same bytes first: they are the same blob.
         return digest
 
@@ -285,7 +298,7 @@ class S3BlobStore:
         except Exception as error:
             if _error_code(error) in _MISSING:
                 raise FileNotFoundError(f"no blob {digest} in s3://{self.bucket}/{self.prefix}") from None
-            raise
+            raise _unavailable(error) from error
         body = reply["Body"]
 
         def chunks() -> Iterator[bytes]:
@@ -309,7 +322,7 @@ class S3BlobStore:
         except Exception as error:
             if _error_code(error) in _MISSING:
                 raise FileNotFoundError(f"no blob {digest} in s3://{self.bucket}/{self.prefix}") from None
-            raise
+            raise _unavailable(error) from error
         return int(reply["ContentLength"])
 
     def _put_back(self, key: str, aside: str) -> None:

@@ -104,3 +104,46 @@ def test_readiness_checks_the_bucket(client: TestClient) -> None:
     client.app.state.gateway.uploads.bucket = "no-such-bucket-here"
     checks = internal.get("/readyz/gateway").json()["checks"]
     assert checks["uploads"].startswith("unreachable (")
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        return listener.getsockname()[1]
+
+
+def test_an_object_store_that_does_not_answer_is_503_as_a_full_disk_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload then keeps nothing and the client is told to come back; a stored image that cannot be
+    read is 503 too, not a bare 500."""
+    from gateway.storage import S3BlobStore, s3_client
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "drtech-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "drtech-test")
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    settings = GatewaySettings(
+        DRTECH_HOME=tmp_path, blob_store="s3", s3_bucket="drtech", s3_endpoint_url=endpoint, s3_region=REGION,
+        s3_addressing_style="path", s3_timeout_s=1,
+    )
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
+        client.app.state.gateway.backends.auth = OneLiveSession()
+        client.app.state.gateway.backends.models["pneumonia"] = ChestModelThatExplains()
+        reply = client.post("/api/v1/diagnoses", files={"file": ("x.png", png_bytes(Image.new("RGB", (32, 32))))},
+                            data={"exam_type": "chest_xray"}, headers=AUTH)
+        assert reply.status_code == 503, reply.text
+        assert reply.headers["Retry-After"] == "30" and "object store did not answer" in reply.json()["detail"]
+        assert client.get("/api/v1/diagnoses", headers=AUTH).json()["total"] == 0
+
+    local = GatewaySettings(DRTECH_HOME=tmp_path / "local")
+    with TestClient(create_app(local), base_url="http://127.0.0.1") as client:
+        client.app.state.gateway.backends.auth = OneLiveSession()
+        client.app.state.gateway.backends.models["pneumonia"] = ChestModelThatExplains()
+        made = client.post("/api/v1/diagnoses", files={"file": ("x.png", png_bytes(Image.new("RGB", (32, 32))))},
+                           data={"exam_type": "chest_xray"}, headers=AUTH).json()
+        client.app.state.gateway.uploads = S3BlobStore(s3_client(endpoint, REGION, "path", 1, 4), "drtech", "")
+        reply = client.get(made["image_url"], headers=AUTH)
+        assert reply.status_code == 503, reply.text
+        assert reply.headers["Retry-After"] == "30"

@@ -43,8 +43,8 @@ def keep_uploads_and_records(ctx: GatewayContext, new: list[NewRecord]) -> list[
     its audit event, in one transaction (ctx.record_writes batches the diagnoses that finish
     together: gateway/write_batches.py). Returns, per item, what its own blobs failed with
     (StoreUnavailable when the store is full or gone: its record is not written, or, after the
-    commit, a blob it had to put back could not be), else None; raises what failed the commit, for
-    all.
+    commit), else None; raises what failed the commit, for all. Once committed, a record is kept
+    and answered as kept, even if a blob it had to put back could not be (logged: _after_commit).
     Blocking: one thread hand-off for the whole batch. Its CPU is counted as the stages "store"
     (blobs) and "record" (the database rows)."""
     stages = ctx.metrics.stage_cpu
@@ -69,11 +69,8 @@ def keep_uploads_and_records(ctx: GatewayContext, new: list[NewRecord]) -> list[
         raise
     for index in stored:
         item = new[index]
-        try:
-            with stages.stage("store"):
-                _keep_blobs_after_commit(ctx, item.record, item.upload, item.heatmap)
-        except Exception as error:  # noqa: BLE001 - as before batching: only this item's writer is told
-            errors[index] = error
+        with stages.stage("store"):
+            _after_commit(ctx, item.record, item.upload, item.heatmap)
     return errors
 
 
@@ -101,7 +98,7 @@ def keep_retried_record(
     if saved is None:
         forget_blobs(ctx, None, record.heatmap_sha256)
     else:
-        _keep_blobs_after_commit(ctx, saved, None, heatmap)
+        _after_commit(ctx, saved, None, heatmap)
     return saved
 
 
@@ -122,6 +119,19 @@ def _keep_blobs_after_commit(ctx: GatewayContext, record: Diagnosis, data: bytes
         ctx.uploads.put(data)
     if heatmap is not None and record.heatmap_sha256 and not ctx.heatmaps.exists(record.heatmap_sha256):
         ctx.heatmaps.put(heatmap)
+
+
+def _after_commit(ctx: GatewayContext, record: Diagnosis, data: bytes | None, heatmap: bytes | None) -> None:
+    """_keep_blobs_after_commit, whose failure does not undo a committed record: answering 503 ("nothing
+    was kept") would be untrue, and the client's retry would make a second record. What failed is
+    only the check (the store did not answer) or, rarer, putting back a blob a concurrent delete had
+    just removed; then the record's image is gone (410), which the log names."""
+    try:
+        _keep_blobs_after_commit(ctx, record, data, heatmap)
+    except Exception:
+        log.exception("diagnosis %s is kept, but whether its blobs image=%s heatmap=%s are still stored "
+                      "could not be checked or put right",
+                      record.id, record.image_sha256, record.heatmap_sha256)
 
 
 def forget_blobs(ctx: GatewayContext, image_sha: str | None, heatmap_sha: str | None) -> None:

@@ -326,6 +326,28 @@ def test_an_upload_whose_heatmap_cannot_be_stored_leaves_no_image_behind(
     assert client.get("/api/v1/diagnoses", headers={"Authorization": f"Bearer {LIVE_TOKEN}"}).json()["total"] == 0
 
 
+def test_an_upload_whose_record_is_committed_is_answered_as_kept_even_if_the_store_then_fails(
+    client: TestClient, chest_model: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After the commit the writer checks that no concurrent delete took its blob; when the store
+    cannot answer that check, the record is still kept: a 503 ("nothing was kept") would be untrue,
+    and the client's retry would make a second diagnosis."""
+    uploads = client.app.state.gateway.uploads
+
+    def store_gone(digest: str) -> bool:
+        raise StoreUnavailable("the object store did not answer: EndpointConnectionError")
+
+    monkeypatch.setattr(uploads, "exists", store_gone)   # only the check after the commit asks
+    headers = {"Authorization": f"Bearer {LIVE_TOKEN}"}
+    reply = client.post("/api/v1/diagnoses", files={"file": ("x.png", png_bytes(Image.new("RGB", (32, 32))))},
+                        data={"exam_type": "chest_xray"}, headers=headers)
+    assert reply.status_code == 201, reply.text
+    assert client.get("/api/v1/diagnoses", headers=headers).json()["total"] == 1
+    assert any("is kept, but whether its blobs" in record.getMessage() for record in caplog.records)
+    monkeypatch.undo()
+    assert client.get(reply.json()["image_url"], headers=headers).status_code == 200
+
+
 def test_an_upload_whose_record_cannot_be_written_leaves_no_image_once_the_database_is_back(
     client: TestClient, settings: GatewaySettings, chest_model: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -245,9 +245,11 @@ class GoneAfterTheCommit(LocalBlobStore):
         return super().put(data)
 
 
-def test_a_blob_that_cannot_be_put_back_after_the_commit_fails_only_its_own_diagnosis(
-    tmp_path: Path,
+def test_a_blob_that_cannot_be_put_back_after_the_commit_fails_no_diagnosis_and_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Both records are committed, so both are kept and answered as kept (a 503 would say nothing was
+    kept, and a retry would make a second record); the one whose image is gone is named in the log."""
     engine = create_database_engine(f"sqlite:///{tmp_path / 'gateway.db'}")
     migrate(engine)
     store = GoneAfterTheCommit(tmp_path / "uploads", vanishing=b"upload 1")
@@ -263,7 +265,9 @@ def test_a_blob_that_cannot_be_put_back_after_the_commit_fails_only_its_own_diag
     finally:
         engine.dispose()
 
-    assert errors[0] is None and isinstance(errors[1], StoreUnavailable)
+    assert errors == [None, None]
+    assert [r.getMessage().split(" is kept")[0] for r in caplog.records if " is kept, but" in r.getMessage()] == [
+        f"diagnosis {new[1].record.id}"]
 
 
 def test_the_local_store_state_is_ok_when_writable_and_says_why_not_otherwise(tmp_path: Path) -> None:

@@ -134,8 +134,10 @@ def _after_commit(ctx: GatewayContext, record: Diagnosis, data: bytes | None, he
                       record.id, record.image_sha256, record.heatmap_sha256)
 
 
-def forget_blobs(ctx: GatewayContext, image_sha: str | None, heatmap_sha: str | None) -> None:
+def forget_blobs(ctx: GatewayContext, image_sha: str | None, heatmap_sha: str | None,
+                 sweep: bool = False) -> None:
     """Delete stored blobs that no record names any more (the deleter's half of the blob protocol).
+    With `sweep` (a retry: an earlier try failed part-way), first the copies it may have left aside.
     Blocking."""
     for store, digest, in_use in (
         (ctx.uploads, image_sha, records.image_in_use),
@@ -148,6 +150,8 @@ def forget_blobs(ctx: GatewayContext, image_sha: str | None, heatmap_sha: str | 
             with ctx.sessions() as session:
                 return in_use(session, digest)
 
+        if sweep and store.sweep_asides(digest, named):
+            log.info("removed the copies of blob %s an interrupted delete left aside", digest)
         if not named():
             store.delete_unused(digest, named)
 
@@ -170,7 +174,7 @@ def forget_pending(ctx: GatewayContext) -> int:
     through the blob protocol (gateway/storage.py). How many stay pending. Blocking."""
     for image_sha, heatmap_sha in ctx.pending_forgets.take():
         try:
-            forget_blobs(ctx, image_sha, heatmap_sha)
+            forget_blobs(ctx, image_sha, heatmap_sha, sweep=True)
         except Exception as error:  # noqa: BLE001 - still unreachable: next time
             log.warning("still cannot delete unused blobs image=%s heatmap=%s: %s", image_sha, heatmap_sha, error)
             ctx.pending_forgets.add(image_sha, heatmap_sha)

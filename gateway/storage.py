@@ -122,6 +122,11 @@ class BlobStore(Protocol):
         """Delete the blob unless `in_use()` (a fresh database query, asked after the blob has been
         moved aside) finds a record that names it; True when it was deleted."""
 
+    def sweep_asides(self, digest: str, in_use: Callable[[], bool]) -> int:
+        """Remove the copies of the blob a delete_unused that failed part-way left aside (a deleted
+        image would stay stored otherwise), first putting the blob back from one if `in_use()` and
+        the blob is missing; how many were removed."""
+
     def state(self) -> str:
         """"ok" when the store can be written (readiness), else why not."""
 
@@ -222,6 +227,17 @@ class LocalBlobStore:
             return False
         aside.unlink()
         return True
+
+    def sweep_asides(self, digest: str, in_use: Callable[[], bool]) -> int:
+        target = self.path_for(digest)
+        asides = sorted(target.parent.glob(f".deleting-{check_digest(digest)}-*"))
+        if not asides:
+            return 0
+        if in_use() and not target.exists():
+            os.replace(asides.pop(), target)   # the blob a record names, back from its last copy
+        for aside in asides:
+            aside.unlink(missing_ok=True)
+        return len(asides)
 
     def state(self) -> str:
         """Creates `root` if it is missing, as the first upload would."""
@@ -351,6 +367,18 @@ class S3BlobStore:
             return False
         self.client.delete_object(Bucket=self.bucket, Key=aside)
         return True
+
+    def sweep_asides(self, digest: str, in_use: Callable[[], bool]) -> int:
+        key = self.key_for(digest)
+        listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}deleting/{digest}-")
+        asides = sorted(item["Key"] for item in listed.get("Contents", []))
+        if not asides:
+            return 0
+        if in_use() and not self.exists(digest):
+            self._put_back(key, asides.pop())   # the blob a record names, back from its last copy
+        for aside in asides:
+            self.client.delete_object(Bucket=self.bucket, Key=aside)
+        return len(asides)
 
     def state(self) -> str:
         """The bucket answers with these credentials (HEAD bucket; nothing written every probe)."""

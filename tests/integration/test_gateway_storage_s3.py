@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from botocore.exceptions import EndpointConnectionError
 
 from gateway.storage import S3BlobStore
 from tests.s3_server import SeaweedFS
@@ -14,12 +15,14 @@ from tests.s3_server import SeaweedFS
 from tests.unit.test_gateway_storage import (  # noqa: F401
     Backend,
     test_a_blob_is_stored_once_under_its_sha256_and_read_back_byte_for_byte,
+    test_a_delete_that_fails_part_way_leaves_a_copy_that_the_retry_removes,
     test_a_large_blob_streams_in_chunks_with_its_size,
     test_a_missing_blob_is_file_not_found,
     test_a_record_committed_after_the_delete_puts_its_blob_back_itself,
     test_a_record_committed_while_the_blob_is_being_deleted_keeps_it,
     test_delete_unused_deletes_a_blob_no_record_names,
     test_only_sha256_names_are_accepted_never_a_client_path,
+    test_sweeping_the_copy_a_record_still_needs_puts_the_blob_back,
 )
 
 
@@ -31,7 +34,17 @@ def s3_backend(server: SeaweedFS) -> Backend:
         listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
         return sorted(item["Key"] for item in listed)
 
-    return Backend(store, everything, store.key_for)
+    def break_aside_removal(patch: pytest.MonkeyPatch) -> None:
+        real_delete = client.delete_object
+
+        def delete_object(**kwargs: object) -> object:
+            if "/deleting/" in str(kwargs["Key"]):
+                raise EndpointConnectionError(endpoint_url=server.endpoint_url)
+            return real_delete(**kwargs)
+
+        patch.setattr(client, "delete_object", delete_object)
+
+    return Backend(store, everything, store.key_for, break_aside_removal)
 
 
 @pytest.fixture

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import io
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -420,6 +422,30 @@ def test_an_image_refused_for_want_of_its_audit_row_closes_the_file_it_opened(
     refused = client.get(made["image_url"], headers=headers)
     assert refused.status_code == 503, refused.text
     assert len(opened) == 2 and opened[-1].closed
+
+
+def test_a_deleted_diagnosis_leaves_no_image_even_when_its_delete_fails_part_way(
+    client: TestClient, settings: GatewaySettings, chest_model: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record goes at once (204); its image, moved aside, cannot be removed this time (the disk
+    answers EIO): the background retry removes the copy, so no deleted image stays stored."""
+    headers = {"Authorization": f"Bearer {LIVE_TOKEN}"}
+    made = client.post("/api/v1/diagnoses", files={"file": ("x.png", png_bytes(Image.new("RGB", (32, 32))))},
+                       data={"exam_type": "chest_xray"}, headers=headers).json()
+    real_unlink = Path.unlink
+
+    def unlink(path: Path, missing_ok: bool = False) -> None:
+        if path.name.startswith(".deleting-"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_unlink(path, missing_ok=missing_ok)
+
+    with monkeypatch.context() as failing:
+        failing.setattr(Path, "unlink", unlink)
+        assert client.delete(f"/api/v1/diagnoses/{made['id']}", headers=headers).status_code == 204
+    assert [name for name in _stored(settings) if name.startswith(".deleting-")], "the copy aside, for now"
+
+    assert blob_protocol.forget_pending(client.app.state.gateway) == 0
+    assert _stored(settings) == []
 
 
 def test_a_stored_image_ignores_range_and_comes_whole(

@@ -287,6 +287,45 @@ def test_each_stored_level_maps_as_the_whole_image_would() -> None:
     signed = rng.integers(-2000, 2000, size=(40, 50)).astype(np.int16)
     dataset = dcmread(io.BytesIO(make_dicom(pixels, window=(0.0, 1000.0))))
     assert np.array_equal(_grey_levels_of(signed, dataset), _display_levels(signed, dataset, None))
+    for wide in (pixels.astype(np.uint32) + 70_000, signed.astype(np.int32) - 100_000):   # 32-bit containers
+        assert np.array_equal(_grey_levels_of(wide, dataset), _display_levels(wide, dataset, None))
+
+
+def make_dicom_32(pixels: np.ndarray) -> bytes:
+    """A grey DICOM with 32-bit stored pixels (BitsAllocated 32), uncompressed."""
+    ds = _secondary_capture()
+    ds.Modality = "CT"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 32
+    ds.HighBit = 31
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
+    ds.WindowCenter, ds.WindowWidth = 40.0, 400.0
+    ds.PixelData = pixels.astype("<u4").tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_32_bit_dicom_of_few_levels_decodes_in_a_few_bytes_per_pixel() -> None:
+    """32-bit containers of 12- to 16-bit data take the lookup path too (float64 copies: ~27 bytes a
+    pixel, 1.7 GB for an 8000x8000 image, more than a model pod has)."""
+    side = 1500
+    values = np.tile(np.arange(side, dtype=np.uint32) * 40 % 4096, (side, 1))
+    # The upload's own bytes are 4 a pixel; the float path took ~31 in all.
+    assert peak_decoding_bytes(make_dicom_32(values)) / (side * side) < 14
+
+
+def test_a_32_bit_dicom_of_too_many_levels_and_pixels_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.core.imaging import dicom
+
+    wide = np.tile(np.arange(64, dtype=np.uint32) * 100_000, (64, 1))   # 6.3 M levels apart
+    assert decode_image(make_dicom_32(wide)).size == (64, 64)            # small: the float path
+    monkeypatch.setattr(dicom, "MAX_FLOAT_PATH_PIXELS", 64 * 64 - 1)
+    with pytest.raises(InvalidImage, match="span too many levels"):
+        decode_image(make_dicom_32(wide))
 
 
 @pytest.mark.parametrize("kind", ["png16", "dicom"])

@@ -286,17 +286,32 @@ def _ybr_full_to_rgb_in_place(array: np.ndarray) -> None:
         band[...] = convert_color_space(band, "YBR_FULL", "RGB")
 
 
+# Integer pixels spanning at most this many levels go through the lookup table of _grey_levels_of.
+MAX_TABLE_LEVELS = 2 ** 16
+# Other pixels (32-bit ones spanning more levels, floats) go through pydicom's float64 rescale and
+# window: ~27 bytes a pixel, measured, so beyond this many the decode would need more memory than
+# the pixel budget allows one image (services/core/pixel_budget.py; 550-750 MB).
+MAX_FLOAT_PATH_PIXELS = 16_000_000
+
+
 def _grey_levels_of(array: np.ndarray, dataset: Any) -> np.ndarray:
-    """8-bit display levels of a grey DICOM image. Integer pixels of up to 16 bits (nearly all)
-    take at most 65536 distinct values: those go through the modality and VOI LUTs once, and each
-    pixel is looked up, so a 64 M pixel image costs ~7 bytes per pixel instead of float images."""
-    if array.dtype.kind in "ui" and array.dtype.itemsize <= 2:
-        base = int(array.min())
-        index = array - base if array.dtype.kind == "u" else array.astype(np.int32) - base
-        levels = np.arange(base, int(array.max()) + 1).astype(array.dtype)
-        present = np.zeros(len(levels), dtype=bool)
-        present[index] = True
-        return _display_levels(levels, dataset, present)[index]
+    """8-bit display levels of a grey DICOM image. Integer pixels of up to 16 bits (nearly all), and
+    32-bit ones that span no more levels, take at most 65536 distinct values: those go through the
+    modality and VOI LUTs once, and each pixel is looked up, so a 64 M pixel image costs ~7 bytes
+    per pixel (~10 stored in 32 bits) instead of float images (~27)."""
+    if array.dtype.kind in "ui":
+        base, top = int(array.min()), int(array.max())
+        if array.dtype.itemsize <= 2 or top - base < MAX_TABLE_LEVELS:
+            # Signed 8- or 16-bit values may span more than their type holds; 32-bit ones here do not.
+            narrow_signed = array.dtype.kind == "i" and array.dtype.itemsize <= 2
+            index = array.astype(np.int32) - base if narrow_signed else array - array.dtype.type(base)
+            levels = np.arange(base, top + 1).astype(array.dtype)
+            present = np.zeros(len(levels), dtype=bool)
+            present[index] = True
+            return _display_levels(levels, dataset, present)[index]
+    if array.size > MAX_FLOAT_PATH_PIXELS:
+        raise InvalidImage(f"this DICOM's {array.dtype} pixels span too many levels to be shown at "
+                           f"{array.size} pixels (at most {MAX_FLOAT_PATH_PIXELS}); export it at 16 bits")
     return _display_levels(array, dataset, None)
 
 

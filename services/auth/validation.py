@@ -13,8 +13,11 @@ Rules (all text fields are stripped of surrounding whitespace first; control cha
   address (context-specific words, ASVS 6.2.11). Passwords are never stripped or case-folded: spaces
   are allowed and significant. Log-in does not apply these rules, so accounts made under an older
   policy keep working.
-- ``first_name``, ``surname``: required, at most 100 characters.
+- ``first_name``, ``surname``: required, at most 100 characters, at least one of them a letter.
 - ``address1``, ``address2``: optional, at most 200 characters each.
+- No text field holds invisible formatting characters (Unicode Cf: zero-width spaces, bidi
+  overrides, byte-order marks; the zero-width joiner and non-joiner some scripts spell with are
+  allowed) or line and paragraph separators.
 - ``city``, ``state``: optional, at most 100 characters each.
 - ``zip``: optional; when given a US ZIP code, ``12345`` or ``12345-6789``.
 - ``gender``: optional; one of ``female``, ``male``, ``other``, ``prefer_not_to_say`` (or empty).
@@ -40,7 +43,7 @@ PASSWORD_MAX_LENGTH = 128
 NAME_MAX_LENGTH = 100
 ADDRESS_MAX_LENGTH = 200
 PLACE_MAX_LENGTH = 100
-ZIP_PATTERN = re.compile(r"^\d{5}(-\d{4})?$")
+ZIP_PATTERN = re.compile(r"^[0-9]{5}(-[0-9]{4})?$")   # ASCII digits: \d takes any script's
 GENDERS: tuple[str, ...] = ("female", "male", "other", "prefer_not_to_say")
 MAX_AGE_YEARS = 130
 # Context-specific words (ASVS 6.2.11) no password may contain, lower-case; the account's own email
@@ -106,6 +109,14 @@ def normalize_email(email: str) -> str:
 
 def _has_control_characters(value: str) -> bool:
     return any(unicodedata.category(ch) == "Cc" for ch in value)
+
+
+# Joiners some scripts spell with (Persian, Indic), among the otherwise invisible format characters.
+_JOINERS = ("\u200c", "\u200d")
+
+
+def _has_invisible_characters(value: str) -> bool:
+    return any(unicodedata.category(ch) in ("Cf", "Zl", "Zp") and ch not in _JOINERS for ch in value)
 
 
 def email_problem(email: str) -> str | None:
@@ -183,6 +194,10 @@ def _text_problem(label: str, value: str, *, required: bool, max_length: int) ->
         return f"{label} must be at most {max_length} characters."
     if _has_control_characters(value):
         return f"{label} must not contain control characters."
+    if _has_invisible_characters(value):
+        return f"{label} must not contain invisible formatting characters or line separators."
+    if required and not any(ch.isalpha() for ch in value):
+        return f"{label} must contain at least one letter."
     return None
 
 

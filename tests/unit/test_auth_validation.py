@@ -173,6 +173,28 @@ def test_names_are_required_and_bounded(field: str, label: str) -> None:
     assert violations(**{field: "A\nB"})[field] == f"{label} must not contain control characters."
 
 
+@pytest.mark.parametrize(("field", "label"), [("first_name", "First name"), ("surname", "Surname")])
+@pytest.mark.parametrize("invisible", ["\u200b", "\u2060", "\ufeff", "Ada\u202eecalevol", "Ada\u2028B"])
+def test_names_of_invisible_or_direction_changing_characters_are_refused(
+    field: str, label: str, invisible: str
+) -> None:
+    """Zero-width spaces, word joiners, byte-order marks, bidi overrides, line separators: a name a
+    list would show as blank, or as other letters than it holds."""
+    assert violations(**{field: invisible})[field] == (
+        f"{label} must not contain invisible formatting characters or line separators.")
+
+
+def test_a_required_name_needs_a_letter_and_scripts_that_spell_with_joiners_are_kept() -> None:
+    assert violations(first_name="-")["first_name"] == "First name must contain at least one letter."
+    form = validate_sign_up(valid_fields(first_name="\u0645\u06cc\u200c\u0631\u0636\u0627"), today=TODAY)
+    assert form.first_name == "\u0645\u06cc\u200c\u0631\u0636\u0627"   # Persian, with a zero-width non-joiner
+
+
+def test_a_zip_code_is_ascii_digits() -> None:
+    assert violations(zip="\u0661\u0662\u0663\u0664\u0665")["zip"].startswith("ZIP code must be")   # Arabic-Indic
+    assert violations(zip="\uff11\uff12\uff13\uff14\uff15")["zip"].startswith("ZIP code must be")   # full-width
+
+
 @pytest.mark.parametrize(
     ("field", "label", "limit"),
     [

@@ -36,11 +36,14 @@ class Passwords:
         self._admitted = threading.BoundedSemaphore(max_admitted) if max_admitted else None
         self._wait_s = wait_s
         # Verified against when the email is unknown, so the reply takes as long as for a real account.
-        started = time.perf_counter()
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
-        # How long a verification with the current parameters takes (hashing is the same work); kept
-        # up to date by the dummy verifications. A failed verification of a hash made with cheaper,
-        # older parameters is padded to it: else the reply's speed would tell that the account exists.
+        # How long a verification with the current parameters takes, from a first one (the hash
+        # above was the cold, slower start), kept up to date by the dummy verifications. Every failed
+        # check, of an account's hash or of the dummy, is padded to it: both then take
+        # max(the check, this), and a failure's speed does not tell whether the email has an account.
+        started = time.perf_counter()
+        with contextlib.suppress(VerifyMismatchError):
+            self._hasher.verify(self._dummy_hash, "")
         self._verify_s = time.perf_counter() - started
 
     @contextmanager
@@ -77,12 +80,16 @@ class Passwords:
                 return False
 
     def verify_dummy(self, password: str) -> None:
-        """Spend the time of one verification without any account; the outcome is always 'no'."""
+        """Spend the time of one failed verification without any account (padded as verify pads a
+        failure); the outcome is always 'no'."""
         with self._slot():
             started = time.perf_counter()
             with contextlib.suppress(VerifyMismatchError, VerificationError, InvalidHashError):
                 self._hasher.verify(self._dummy_hash, password)
-            self._verify_s = 0.8 * self._verify_s + 0.2 * (time.perf_counter() - started)
+            took = time.perf_counter() - started
+            padded_to = self._verify_s
+            self._verify_s = 0.8 * self._verify_s + 0.2 * took
+            time.sleep(max(0.0, padded_to - took))
 
     def needs_rehash(self, stored_hash: str) -> bool:
         """True when ``stored_hash`` was made with other parameters than the current ones."""

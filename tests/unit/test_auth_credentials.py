@@ -76,6 +76,22 @@ def test_a_wrong_password_for_a_cheaper_older_hash_takes_as_long_as_a_current_ch
     assert padded[0] > 0.5 * current._verify_s > 0
 
 
+def test_a_failed_check_without_an_account_is_padded_as_one_with_an_account(monkeypatch) -> None:
+    """A known account's failed check took max(the check, the running average), an unknown one's
+    only the check: on average slower, which told which emails have accounts. Both are padded now."""
+    passwords = Passwords(**FAST)
+    known = passwords.hash("correct horse 1")
+    padded: list[float] = []
+    monkeypatch.setattr("services.auth.credentials.time.sleep", padded.append)
+
+    passwords._verify_s = 0.05            # as if checks had lately taken 50 ms (a busier moment)
+    assert not passwords.verify(known, "wrong horse 1")
+    passwords._verify_s = 0.05
+    passwords.verify_dummy("wrong horse 1")
+
+    assert len(padded) == 2 and all(0.03 < pause <= 0.05 for pause in padded), padded
+
+
 def test_tokens_are_random_and_stored_as_their_sha256() -> None:
     tokens = {new_token() for _ in range(100)}
     assert len(tokens) == 100
@@ -87,6 +103,7 @@ def test_tokens_are_random_and_stored_as_their_sha256() -> None:
 
 def test_at_most_max_concurrent_hashes_run_and_a_call_that_cannot_get_a_slot_is_busy(monkeypatch) -> None:
     passwords = Passwords(**FAST, max_concurrent=1, wait_s=0.05)
+    admitted_once = Passwords(**FAST, max_concurrent=1, max_admitted=1, wait_s=5)   # made (and timed) first
     stored = passwords.hash("correct horse 1")
     entered, release = hold_argon2_verifications(monkeypatch)
     holder = threading.Thread(target=passwords.verify, args=(stored, "correct horse 1"))
@@ -96,7 +113,6 @@ def test_at_most_max_concurrent_hashes_run_and_a_call_that_cannot_get_a_slot_is_
         passwords.hash("correct horse 2")
     with pytest.raises(Busy):
         passwords.verify_dummy("anything")
-    admitted_once = Passwords(**FAST, max_concurrent=1, max_admitted=1, wait_s=5)
     monkeypatch.setattr(admitted_once, "_hasher", passwords._hasher)
     other = threading.Thread(target=admitted_once.verify, args=(stored, "correct horse 1"))
     entered.clear()

@@ -128,7 +128,8 @@ def sample_image_bytes(exam_type: str) -> bytes:
     return jpeg_bytes(synthetic_image(exam_type))
 
 
-def hold_argon2_verifications(monkeypatch, first_only: bool = False) -> tuple[threading.Event, threading.Event]:
+def hold_argon2_verifications(monkeypatch,
+                              first_only: bool = False) -> tuple[threading.Event, threading.Event]:
     """From now on every argon2 verification (with `first_only`, only the next one) sets `entered`,
     then waits for `release` (10 s at most) before checking: a log-in that holds its hashing slot
     for as long as a test needs."""

@@ -131,19 +131,22 @@ def test_an_object_store_that_does_not_answer_is_503_as_a_full_disk_is(
     with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         client.app.state.gateway.backends.auth = OneLiveSession()
         client.app.state.gateway.backends.models["pneumonia"] = ChestModelThatExplains()
-        reply = client.post("/api/v1/diagnoses", files={"file": ("x.png", png_bytes(Image.new("RGB", (32, 32))))},
-                            data={"exam_type": "chest_xray"}, headers=AUTH)
+        upload = {"file": ("x.png", png_bytes(Image.new("RGB", (32, 32))))}
+        reply = client.post("/api/v1/diagnoses", files=upload, data={"exam_type": "chest_xray"}, headers=AUTH)
         assert reply.status_code == 503, reply.text
-        assert reply.headers["Retry-After"] == "30" and "object store did not answer" in reply.json()["detail"]
+        assert reply.headers["Retry-After"] == "30"
+        assert "object store did not answer" in reply.json()["detail"]
         assert client.get("/api/v1/diagnoses", headers=AUTH).json()["total"] == 0
 
     local = GatewaySettings(DRTECH_HOME=tmp_path / "local")
     with TestClient(create_app(local), base_url="http://127.0.0.1") as client:
         client.app.state.gateway.backends.auth = OneLiveSession()
         client.app.state.gateway.backends.models["pneumonia"] = ChestModelThatExplains()
-        made = client.post("/api/v1/diagnoses", files={"file": ("x.png", png_bytes(Image.new("RGB", (32, 32))))},
-                           data={"exam_type": "chest_xray"}, headers=AUTH).json()
-        client.app.state.gateway.uploads = S3BlobStore(s3_client(endpoint, REGION, "path", 1, 4), "drtech", "")
+        upload = {"file": ("x.png", png_bytes(Image.new("RGB", (32, 32))))}
+        made = client.post("/api/v1/diagnoses", files=upload, data={"exam_type": "chest_xray"},
+                           headers=AUTH).json()
+        dead = s3_client(endpoint, REGION, "path", 1, 4)
+        client.app.state.gateway.uploads = S3BlobStore(dead, "drtech", "")
         reply = client.get(made["image_url"], headers=AUTH)
         assert reply.status_code == 503, reply.text
         assert reply.headers["Retry-After"] == "30"

@@ -191,8 +191,9 @@ def test_a_required_name_needs_a_letter_and_scripts_that_spell_with_joiners_are_
 
 
 def test_a_zip_code_is_ascii_digits() -> None:
-    assert violations(zip="\u0661\u0662\u0663\u0664\u0665")["zip"].startswith("ZIP code must be")   # Arabic-Indic
-    assert violations(zip="\uff11\uff12\uff13\uff14\uff15")["zip"].startswith("ZIP code must be")   # full-width
+    arabic_indic, full_width = "\u0661\u0662\u0663\u0664\u0665", "\uff11\uff12\uff13\uff14\uff15"
+    assert violations(zip=arabic_indic)["zip"].startswith("ZIP code must be")
+    assert violations(zip=full_width)["zip"].startswith("ZIP code must be")
 
 
 @pytest.mark.parametrize(

@@ -315,8 +315,8 @@ def test_a_blob_that_cannot_be_put_back_after_the_commit_fails_no_diagnosis_and_
         engine.dispose()
 
     assert errors == [None, None]
-    assert [r.getMessage().split(" is kept")[0] for r in caplog.records if " is kept, but" in r.getMessage()] == [
-        f"diagnosis {new[1].record.id}"]
+    logged = [r.getMessage() for r in caplog.records if " is kept, but" in r.getMessage()]
+    assert [message.split(" is kept")[0] for message in logged] == [f"diagnosis {new[1].record.id}"]
 
 
 def test_the_local_store_state_is_ok_when_writable_and_says_why_not_otherwise(tmp_path: Path) -> None:

@@ -520,7 +520,8 @@ def test_palette_color_dicom_without_its_lut_is_refused() -> None:
 def make_segmented_palette_dicom(words: list[int]) -> bytes:
     """A 64x64 PALETTE COLOR DICOM whose three channels share one segmented table of 16-bit `words`
     (PS3.3 C.7.9.2: 0 = discrete, 1 = linear, 2 = indirect), indices rising along the columns."""
-    data = make_palette_dicom(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1)), np.zeros((256, 3), np.uint8))
+    indices = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
+    data = make_palette_dicom(indices, np.zeros((256, 3), np.uint8))
     from pydicom import dcmread
 
     ds = dcmread(io.BytesIO(data))

@@ -236,12 +236,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     # Before /static, which would otherwise answer (404) for Swagger UI's files too.
     app.mount(SWAGGER_UI_URL, StaticFiles(directory=SWAGGER_UI_DIR), name="swagger-ui")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    # Outermost last: size limit, then security headers, then metrics (which sees the final status),
-    # then uploads' authentication, before their body is read.
+    # Outermost last: security headers (on every answer, the size limit's 413 and 400 too), then the
+    # size limit, then metrics (which sees the final status), then uploads' authentication, before
+    # their body is read.
     app.add_middleware(accounts.AuthenticateUploadsFirst)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(SecurityHeaders)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(SecurityHeaders)
     return app
 
 

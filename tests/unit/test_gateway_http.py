@@ -560,6 +560,15 @@ def test_an_upload_queue_smaller_than_one_upload_is_refused_at_start(tmp_path: P
         GatewaySettings(DRTECH_HOME=tmp_path, upload_queue_bytes=10 * 1024 * 1024)
 
 
+def test_the_size_limits_refusals_carry_the_security_headers(client: TestClient) -> None:
+    """The size limit answers before the app: its 413 (and 400) must not go out without them."""
+    reply = client.post("/api/v1/auth/signup/check", content=b"x" * 10_000_000,
+                        headers={"Content-Type": "application/json"})
+    assert reply.status_code == 413
+    assert reply.headers["cache-control"] == "no-store" and reply.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in reply.headers["content-security-policy"]
+
+
 def test_an_upload_over_the_limit_is_413_before_it_is_read(client: TestClient) -> None:
     reply = client.post(
         "/api/v1/diagnoses",

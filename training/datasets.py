@@ -8,6 +8,7 @@ Readers only list files; images are decoded later by the shared preprocessing.
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,9 @@ _KERMANY_PATIENT = re.compile(r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)[-_]")
 _KNEE_PATIENT = re.compile(r"^(\d+)[LR]?\.(jpe?g|png)$", re.IGNORECASE)
 
 
+log = logging.getLogger("training.datasets")
+
+
 class DatasetLayoutError(ValueError):
     """The folder is not in the dataset's published layout (missing file/folder, unknown label)."""
 
@@ -34,7 +38,15 @@ class Record:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+    # Hidden files are no images: macOS tar and Finder copies carry an AppleDouble `._<name>.jpeg`
+    # beside each image, which has an image suffix but no patient id.
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_SUFFIXES)
+
+
+def _label_folders(split_dir: Path) -> list[str]:
+    """The folder names in `split_dir`, hidden ones (.ipynb_checkpoints, ...) left out."""
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -56,7 +68,7 @@ def read_kermany(root: Path, split: str = "train") -> list[Record]:
     root = Path(root)
     base = root if root.name == "chest_xray" else root / "chest_xray"
     split_dir = _require_dir(base / split, f"Kermany '{split}' split")
-    unknown = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in KERMANY_LABELS)
+    unknown = [name for name in _label_folders(split_dir) if name not in KERMANY_LABELS]
     if unknown:
         raise DatasetLayoutError(f"unknown Kermany label folder(s) {unknown} in {split_dir}; expected {KERMANY_LABELS}")
     records = []
@@ -79,10 +91,13 @@ def ham10000_metadata(root: Path) -> Path:
     return metadata
 
 
-def read_ham10000(root: Path) -> list[Record]:
+def read_ham10000(root: Path, listed_only: bool = False) -> list[Record]:
     """HAM10000: `HAM10000_metadata.csv` + images in `HAM10000_images/` or `HAM10000_images_part_{1,2}/`.
 
     `root` is the folder holding the CSV, or its parent with a `ham10000/` child. Group = lesion_id.
+    Every row's image must be there (a missing half of the release is a layout error), unless
+    `listed_only`: then rows without an image are left out, as when a held-out part of the lesions
+    comes with the release's whole metadata file (training.evaluate).
     """
     metadata = ham10000_metadata(root)
     root = metadata.parent
@@ -95,6 +110,7 @@ def read_ham10000(root: Path) -> list[Record]:
     by_id = {p.stem: p for d in image_dirs for p in _images_in(d)}
     records = []
     listed: set[str] = set()
+    absent = 0
     # utf-8-sig: a CSV saved "with BOM" (Excel) would otherwise name its first column "\ufefflesion_id".
     with metadata.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
@@ -111,6 +127,9 @@ def read_ham10000(root: Path) -> list[Record]:
                 raise DatasetLayoutError(f"{metadata}:{line}: image {row['image_id']} has no lesion_id")
             listed.add(row["image_id"])
             path = by_id.get(row["image_id"])
+            if path is None and listed_only:
+                absent += 1
+                continue
             if path is None:
                 halves = [root / f"HAM10000_images_part_{n}" for n in (1, 2)]
                 missing_half = [str(d) for d in halves if not d.is_dir()]
@@ -120,7 +139,11 @@ def read_ham10000(root: Path) -> list[Record]:
                     f"image {row['image_id']} listed in {metadata} not found in {image_dirs}{hint}")
             records.append(Record(path, row["dx"], row["lesion_id"]))
     if not records:
-        raise DatasetLayoutError(f"{metadata} lists no images")
+        raise DatasetLayoutError(f"{metadata} lists no images" if not listed_only
+                                 else f"none of the images {metadata} lists is in {image_dirs}")
+    if absent:
+        log.warning("%d of the %d images %s lists are not in %s: reading the %d that are",
+                    absent, len(listed), metadata, [str(d) for d in image_dirs], len(records))
     return records
 
 
@@ -147,7 +170,7 @@ def read_knee_kl(root: Path, split: str) -> list[Record]:
     Label = KL grade as text."""
     base = knee_base(root)
     split_dir = _require_dir(base / split, f"knee KL '{split}' split")
-    unknown = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in KL_GRADES)
+    unknown = [name for name in _label_folders(split_dir) if name not in KL_GRADES]
     if unknown:
         raise DatasetLayoutError(f"unknown KL grade folder(s) {unknown} in {split_dir}; expected {KL_GRADES}")
     records = []

@@ -130,7 +130,7 @@ def records_for(task: str, root: Path, split: str | None) -> list[Record]:
             # would score every image, training images included.
             raise ValueError("HAM10000 has no split folders: pass --split-csv (a model's split.csv) "
                              f"to score its {split!r} rows, or no --split to score the whole folder")
-        return datasets.read_ham10000(root)
+        return datasets.read_ham10000(root, listed_only=True)
     if task == "bone":
         if uses_mura(task, root):
             return mura.as_records(mura.read_mura_images(root, split or "valid"))

@@ -76,12 +76,11 @@ def multiclass_metrics(labels: Sequence[str], sensitivity_of: str | None = None)
         present = np.unique(y)
         if len(present) < 2:
             return float("nan")
-        # Macro OvR AUC over the classes present in this sample (a rare class may be missing
-        # from a bootstrap resample); probabilities renormalised over them as sklearn requires.
-        sub = p[:, present] / p[:, present].sum(axis=1, keepdims=True)
-        if len(present) == 2:
-            return float(skm.roc_auc_score(y == present[1], sub[:, 1]))
-        return float(skm.roc_auc_score(y, sub, multi_class="ovr", average="macro", labels=present))
+        # Macro one-vs-rest AUC over the classes present in this sample (a rare class may be missing
+        # from a bootstrap resample), each ranked by the model's own probability of it: with every
+        # class present, sklearn's multi_class="ovr" macro figure; renormalising the probabilities
+        # over the present classes, as that call would need, would rank by another score.
+        return float(np.mean([skm.roc_auc_score(y == k, p[:, k]) for k in present]))
 
     result: dict[str, Metric] = {
         "accuracy": lambda y, p: float(skm.accuracy_score(y, p.argmax(1))),

@@ -193,3 +193,35 @@ def test_knee_bad_layouts_are_clear(tmp_path):
         knee_patient_id("knee.jpg")
 
 
+
+
+def test_hidden_files_and_folders_a_mac_or_a_notebook_leaves_are_not_images(tmp_path):
+    """macOS tar and Finder copies put an AppleDouble `._<name>.jpeg` beside each image: an image
+    suffix, no patient id. Read as an image it stopped a whole evaluation."""
+    _kermany_tree(tmp_path)
+    _image(tmp_path / "knee_kl" / "test" / "2" / "9001695L.jpg", mode="L")
+    for grade in "0134":
+        (tmp_path / "knee_kl" / "test" / grade).mkdir(parents=True)
+    for folder in (tmp_path / "chest_xray" / "train" / "NORMAL", tmp_path / "knee_kl" / "test" / "2"):
+        (folder / "._IM-0343-0001.jpeg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+        (folder / ".DS_Store").write_bytes(b"\x00")
+    (tmp_path / "chest_xray" / "train" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "knee_kl" / "test" / ".ipynb_checkpoints").mkdir()
+
+    assert len(read_kermany(tmp_path, "train")) == 6
+    assert [(r.label, r.group) for r in read_knee_kl(tmp_path, "test")] == [("2", "9001695")]
+
+
+def test_ham10000_rows_without_images_are_an_error_unless_only_the_listed_are_read(tmp_path):
+    """A held-out part of the lesions may come with the release's whole metadata file: evaluation reads
+    the rows whose images are there; training, which must see the whole release, refuses."""
+    _ham_tree(tmp_path, [("HAM_1", "ISIC_1", "mel"), ("HAM_2", "ISIC_9", "nv"), ("HAM_3", "ISIC_3", "bcc")],
+              {"ISIC_1": "HAM10000_images", "ISIC_3": "HAM10000_images"})
+    with pytest.raises(DatasetLayoutError, match="ISIC_9"):
+        read_ham10000(tmp_path)
+
+    assert [r.path.stem for r in read_ham10000(tmp_path, listed_only=True)] == ["ISIC_1", "ISIC_3"]
+    (tmp_path / "HAM10000_images" / "ISIC_1.jpg").unlink()
+    (tmp_path / "HAM10000_images" / "ISIC_3.jpg").unlink()
+    with pytest.raises(DatasetLayoutError, match="none of the images"):
+        read_ham10000(tmp_path, listed_only=True)

@@ -110,6 +110,23 @@ def test_multiclass_metrics_and_intervals_cover_the_value():
     assert 0.6 < result["auc"]["value"] < 1.0
 
 
+def test_macro_auc_ranks_each_class_by_its_own_probability_also_when_a_class_is_absent():
+    """With every class present it is sklearn's one-vs-rest macro AUC; with one absent (a bootstrap
+    resample, a small set), the mean of the present classes' AUCs on the model's own probabilities,
+    not on probabilities renormalised over the present classes."""
+    import sklearn.metrics as skm
+
+    rng = np.random.default_rng(5)
+    p = rng.dirichlet(np.ones(4), size=400)
+    y = rng.integers(0, 4, 400)
+    auc = multiclass_metrics(["a", "b", "c", "d"])["auc"]
+    assert auc(y, p) == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr", average="macro"))
+
+    y[y == 2] = 0
+    expected = np.mean([skm.roc_auc_score(y == k, p[:, k]) for k in (0, 1, 3)])
+    assert auc(y, p) == pytest.approx(expected)
+
+
 def test_skin_split_without_a_split_csv_is_refused_rather_than_scoring_every_image(tmp_path, capsys):
     # HAM10000 has no split folders: "--split test" alone would score the training images too.
     onnx.save(build_model(7), tmp_path / "model.onnx")

@@ -15,12 +15,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 
 import numpy as np
 
-from services.core.errors import ModelNotReady, ServiceBusy
+from services.core.call_end import CallEnd
+from services.core.errors import CallCancelled, ModelNotReady, ServiceBusy
 from services.core.runtime import Prediction
 
 logger = logging.getLogger(__name__)
@@ -62,18 +63,24 @@ class Batcher:
         for worker in self._workers:
             worker.start()
 
-    def predict(self, item: np.ndarray, timeout: float | None = None) -> BatchedPrediction:
+    def predict(self, item: np.ndarray, timeout: float | None = None,
+                call_end: CallEnd | None = None) -> BatchedPrediction:
         """Run one preprocessed image (H, W, 3); blocks until its batch has run. `timeout`: the
         call's remaining time (its gRPC deadline): past it, a call still queued is dropped, never run,
-        so calls nobody waits for any more do not hold the model (and everyone behind them)."""
+        so calls nobody waits for any more do not hold the model (and everyone behind them). The same
+        when `call_end` comes first (the caller cancelled): CallCancelled."""
         future: Future[BatchedPrediction] = Future()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             if self._closed:
                 raise ModelNotReady("the model is shutting down")
             self._queue.put((item, future, deadline))
+        if call_end is not None:
+            call_end.on(future.cancel)   # still queued: the worker skips it; running: it finishes
         try:
             return future.result(timeout=timeout)
+        except CancelledError:
+            raise CallCancelled("the call was cancelled while it waited for the model") from None
         except TimeoutError:
             if future.cancel():      # still queued: the worker skips it
                 raise ServiceBusy("the model is busy: the call's deadline passed while it waited") from None

@@ -41,3 +41,8 @@ class ModelNotReady(RuntimeError):
 
 class ServiceBusy(RuntimeError):
     """The service cannot take this call before its deadline (e.g. large images are being decoded)."""
+
+
+class CallCancelled(RuntimeError):
+    """The caller cancelled the call (or its connection went) while it waited: it gives back its
+    place in line, and nothing is decoded or run for nobody."""

@@ -5,6 +5,7 @@ InvalidImage         -> INVALID_ARGUMENT, trailing metadata drtech-error-reason:
 UnsupportedMediaType -> INVALID_ARGUMENT, drtech-error-reason: unsupported_media_type (gateway: 415)
 ModelNotReady        -> UNAVAILABLE
 ServiceBusy          -> UNAVAILABLE
+CallCancelled        -> CANCELLED (nobody reads it: the caller has gone)
 anything else        -> INTERNAL with a generic message; the traceback is logged with the request id.
 
 It also records each call's outcome in the Prometheus metrics, since it is where the final code is known.
@@ -24,6 +25,7 @@ from services.common.error_interceptor import CallOutcome, ErrorInterceptor, Ref
 from services.core import metrics
 from services.core.errors import (
     ERROR_REASON_KEY,
+    CallCancelled,
     InvalidImage,
     ModelNotReady,
     ServiceBusy,
@@ -46,6 +48,8 @@ def map_error(error: Exception) -> tuple[grpc.StatusCode, str, str]:
         return grpc.StatusCode.UNAVAILABLE, "model_not_ready", str(error) or "the model is not ready yet"
     if isinstance(error, ServiceBusy):
         return grpc.StatusCode.UNAVAILABLE, "busy", str(error)
+    if isinstance(error, CallCancelled):
+        return grpc.StatusCode.CANCELLED, "cancelled", str(error)
     return grpc.StatusCode.INTERNAL, "internal", "internal error"
 
 

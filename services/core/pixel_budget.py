@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from services.core.errors import CallCancelled
+
 
 class PixelBudget:
     """At most `capacity` pixels held at a time, granted in arrival order (so a large image is not
@@ -37,27 +39,42 @@ class PixelBudget:
         with self._changed:
             return len(self._waiting)
 
-    def acquire(self, pixels: int, timeout: float | None = None) -> int:
+    def acquire(self, pixels: int, timeout: float | None = None,
+                abandoned: threading.Event | None = None) -> int:
         """Wait until every earlier caller has its pixels and `pixels` (at most the capacity) fit, then
-        hold them; returns the amount held, for release(). TimeoutError after `timeout` seconds."""
+        hold them; returns the amount held, for release(). TimeoutError after `timeout` seconds;
+        CallCancelled once `abandoned` is set (its setter calls wake(), so the wait ends then)."""
         amount = max(1, min(pixels, self.capacity))
         if timeout is not None and timeout > threading.TIMEOUT_MAX:
             timeout = None   # gRPC's time_remaining() without a deadline: ~9e18 s, beyond what waits take
         turn = object()
+
+        def given_up() -> bool:
+            return abandoned is not None and abandoned.is_set()
+
         with self._changed:
             self._waiting.append(turn)
             granted = False
             try:
-                granted = self._changed.wait_for(
-                    lambda: self._waiting[0] is turn and self._held + amount <= self.capacity, timeout)
+                self._changed.wait_for(
+                    lambda: given_up() or (self._waiting[0] is turn and self._held + amount <= self.capacity),
+                    timeout)
+                granted = not given_up() and self._waiting[0] is turn and self._held + amount <= self.capacity
             finally:
                 self._waiting.remove(turn)
                 if granted:
                     self._held += amount
                 self._changed.notify_all()   # the next in line may fit now
+        if given_up():
+            raise CallCancelled("the call was cancelled while it waited to decode")
         if not granted:
             raise TimeoutError(f"{amount} pixels did not fit the decoding budget within {timeout} s")
         return amount
+
+    def wake(self) -> None:
+        """Let every waiter look again (one of them was abandoned)."""
+        with self._changed:
+            self._changed.notify_all()
 
     def release(self, amount: int) -> None:
         with self._changed:

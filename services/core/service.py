@@ -17,6 +17,7 @@ import numpy as np
 from protos.drtech.v1 import diagnosis_pb2, diagnosis_pb2_grpc
 from services.core import heatmap, metrics
 from services.core.batching import Batcher
+from services.core.call_end import CallEnd
 from services.core.errors import ModelNotReady, ServiceBusy, WrongKindOfImage
 from services.core.imaging import SUPPORTED_MEDIA_TYPES, decode, inspect_image
 from services.core.memory import release_after
@@ -148,12 +149,16 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
         # Draft-decode big JPEGs (model input size from the model file): much faster, nearly the
         # same model input after the resize in to_model_input.
         draft = draft_size_for(loaded.model.input_size)
+        call_end = CallEnd()
+        if context is not None:
+            context.add_callback(call_end.set)
+            call_end.on(self.decoding.wake)   # a cancelled call waiting to decode leaves the line
         with self.stages.stage("decode"):
             # The header only; decode() below continues from the file this opened.
             inspection = inspect_image(request.image, request.media_type, self.limits)
         pixels = inspection.pixels_to_decode(draft)
         try:
-            held = self.decoding.acquire(pixels, timeout=time_left(context))
+            held = self.decoding.acquire(pixels, timeout=time_left(context), abandoned=call_end.event)
         except TimeoutError:
             raise ServiceBusy(f"the {self.spec.task} service is decoding other large images; retry shortly") from None
         try:
@@ -169,7 +174,7 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
         batcher = self._batcher
         if batcher is None:
             raise ModelNotReady(f"the {self.spec.task} model is not loaded")
-        batched = batcher.predict(model_input, timeout=time_left(context))
+        batched = batcher.predict(model_input, timeout=time_left(context), call_end=call_end)
         prediction, inference_seconds = batched.prediction, batched.seconds
         if prediction.gate is not None and self.settings.refuse_unreadable:
             check_gate(self.spec, float(prediction.gate.ravel()[0]))

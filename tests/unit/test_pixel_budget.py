@@ -108,6 +108,44 @@ def test_a_call_without_a_deadline_waits_as_long_as_it_takes() -> None:
     assert budget.held == 0
 
 
+def test_a_waiter_whose_call_ended_leaves_the_line_and_takes_nothing() -> None:
+    """The caller cancelled: its place goes to the next in line, at once, not at its deadline."""
+    from services.core.call_end import CallEnd
+    from services.core.errors import CallCancelled
+
+    budget = PixelBudget(100)
+    call_end = CallEnd()
+    call_end.on(budget.wake)
+    outcome: list[str] = []
+
+    def wait() -> None:
+        try:
+            budget.acquire(50, timeout=30, abandoned=call_end.event)
+            outcome.append("held")
+        except CallCancelled:
+            outcome.append("cancelled")
+
+    with budget.hold(100):
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        assert _eventually(lambda: budget.waiting == 1)
+        call_end.set()
+        waiter.join(5)
+        assert outcome == ["cancelled"] and budget.waiting == 0
+    assert budget.held == 0
+    with pytest.raises(CallCancelled):   # an ended call does not queue at all
+        budget.acquire(10, abandoned=call_end.event)
+    assert budget.held == 0
+
+
+def _eventually(condition, seconds: float = 5.0) -> bool:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return True
+        threading.Event().wait(0.01)
+    return False
+
+
 def test_a_failed_decode_gives_its_pixels_back() -> None:
     budget = PixelBudget(100)
     with pytest.raises(RuntimeError), budget.hold(80):

@@ -11,7 +11,9 @@ import onnx
 import pytest
 
 from services.bone.spec import SPEC as BONE
-from services.core.errors import InvalidImage, ModelNotReady, ServiceBusy, UnsupportedMediaType, WrongKindOfImage
+from services.core.errors import (
+    CallCancelled, InvalidImage, ModelNotReady, ServiceBusy, UnsupportedMediaType, WrongKindOfImage,
+)
 from services.core.interceptors import map_error
 from services.core.runtime import ModelContractError, OnnxModel
 from services.core.service import extra_fields
@@ -82,6 +84,7 @@ def test_model_without_a_fixed_input_size_is_refused(tmp_path: Path) -> None:
         (WrongKindOfImage("not a chest X-ray"), grpc.StatusCode.INVALID_ARGUMENT, "wrong_image_kind"),
         (ModelNotReady("still loading"), grpc.StatusCode.UNAVAILABLE, "model_not_ready"),
         (ServiceBusy("decoding other large images"), grpc.StatusCode.UNAVAILABLE, "busy"),
+        (CallCancelled("cancelled while it waited"), grpc.StatusCode.CANCELLED, "cancelled"),
         (KeyError("secret detail"), grpc.StatusCode.INTERNAL, "internal"),
     ],
 )

@@ -349,6 +349,14 @@ def test_gpu_services_autoscale_on_in_flight_calls_through_keda_not_cpu() -> Non
         assert used <= metric_names(), f"{name}: {used} is not a metric of services/core/metrics.py"
         assert f'task="{name}"' in query and f'namespace="{NAMESPACES["gpu"]}"' in query
         assert float(trigger["metadata"]["threshold"]) > 0
+        # The gauge counts calls a worker thread has taken: a pod whose threads are fewer than
+        # the threshold per pod can never show enough to be given another pod.
+        server = containers(of_kind(objects, "Deployment")[name])[0]
+        env = {entry["name"]: entry.get("value") for entry in server["env"]}
+        threads = ServingSettings(worker_threads=env.get("DRTECH_SERVING_WORKER_THREADS", 8)).worker_threads
+        assert threads > float(trigger["metadata"]["threshold"]), (
+            f"{name}: {threads} worker threads can never show the {trigger['metadata']['threshold']} calls "
+            "per pod its ScaledObject scales at")
     # Prometheus can scrape them: a PodMonitor on the port named metrics, admitted by a policy.
     (monitor,) = of_kind(objects, "PodMonitor").values()
     for name in ON_GPU:

@@ -38,15 +38,21 @@ from gateway.errors import ApiError
 from gateway.paging import DEFAULT_PAGE_SIZE, MAX_OFFSET, OptionalQuery
 from gateway.records import STATUS_COMPLETED, STATUS_FAILED, Diagnosis
 from gateway.rendering import RENDER_REVISION, rendered_png
+from gateway.auto_routing import NOT_A_KNOWN_KIND
 from gateway.routing import AUTO
 from gateway.serialization import clean_extra, diagnosis_json, struct_to_dict
 from gateway.storage import StoreUnavailable, sha256_hex
 from gateway.whole_file import WholeBlobResponse
 from protos.drtech.v1 import diagnosis_pb2
+from services.core.errors import WrongKindOfImage
 from services.core.imaging import DICOM
 
 log = logging.getLogger("gateway.diagnoses")
 router = APIRouter(prefix="/api/v1")
+
+class ImageRefused(ApiError):
+    """The model service answered, and refuses the image (415/422): no retry can change that."""
+
 
 async def run_model(ctx: GatewayContext, record: Diagnosis, data: bytes) -> bytes | None:
     """Call the model service and fill in `record`; returns the heatmap PNG when there is one.
@@ -65,9 +71,14 @@ async def run_model(ctx: GatewayContext, record: Diagnosis, data: bytes) -> byte
         reply = await stub.Diagnose(request, timeout=ctx.settings.diagnose_timeout_s)
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            reason = refusal_reason(error)
+            if reason == WrongKindOfImage.reason and record.requested_exam_type == AUTO:
+                # The router's choice was refused by that model's own check: to someone who chose
+                # auto, it is an image of none of the kinds (the message the router's refusal gives).
+                raise ImageRefused(422, NOT_A_KNOWN_KIND, errors={"file": NOT_A_KNOWN_KIND}) from None
             message = error.details() or "the model service rejected the image"
-            status = image_refusal_status(refusal_reason(error))
-            raise ApiError(status, f"The {service} model cannot use this image: {message}") from None
+            raise ImageRefused(image_refusal_status(reason),
+                               f"The {service} model cannot use this image: {message}") from None
         reason = "is unavailable" if is_unreachable(error) else "failed"
         log.warning(
             "diagnosis %s: %s service %s: %s %s",
@@ -182,7 +193,15 @@ async def _retry(ctx: GatewayContext, request: Request, caller: Caller, diagnosi
             data = await run_in_threadpool(ctx.uploads.get, record.image_sha256)
         except FileNotFoundError:
             raise gone from None
-        heatmap = await run_model(ctx, record, data)
+        try:
+            heatmap = await run_model(ctx, record, data)
+        except ImageRefused as refusal:
+            # The model answered, and refuses the image: retrying cannot help, so the record stops
+            # saying it can (its detail becomes the refusal; it stays failed, for its owner to delete).
+            record.detail = (f"{refusal.detail.rstrip('.')}. Retrying cannot change that; "
+                             "delete this diagnosis.")
+            await in_session(ctx, lambda s: records.save_retry(s, record))
+            raise
         del data
 
     event = audit.entry(request, "diagnosis_retry", "success", caller.user.id, record.id)

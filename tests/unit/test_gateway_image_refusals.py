@@ -61,3 +61,51 @@ def test_the_routers_refusal_of_an_auto_upload_is_mapped_the_same_way(
     assert reply.status_code == status, reply.text
     assert reply.json() == {"detail": "The image cannot be used: the router cannot read it",
                             "errors": {"file": "the router cannot read it"}}
+
+
+NOT_A_CHEST_XRAY = "this does not look like a chest X-ray"
+
+
+class DownModel:
+    async def Diagnose(self, request: diagnosis_pb2.DiagnoseRequest, timeout: float) -> None:
+        raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                   "connection refused")
+
+
+def test_an_auto_upload_the_chosen_model_refuses_is_one_of_no_known_kind(tmp_path: Path) -> None:
+    """The header routed it (a DICOM saying CR / CHEST) and the chest model's own check refused it:
+    to someone who chose auto, 'choose the exam type that matches' is no answer."""
+    from gateway.auto_routing import NOT_A_KNOWN_KIND
+    from tests.unit.test_imaging import make_dicom, ramp
+
+    headers = {"Authorization": f"Bearer {LIVE_TOKEN}"}
+    with TestClient(create_app(GatewaySettings(DRTECH_HOME=tmp_path)), base_url="http://127.0.0.1") as client:
+        backends = client.app.state.gateway.backends
+        backends.auth = OneLiveSession()
+        backends.models["pneumonia"] = RefusingModel("wrong_image_kind", NOT_A_CHEST_XRAY)
+        reply = client.post("/api/v1/diagnoses", files={"file": ("x.dcm", make_dicom(ramp(256, 256)))},
+                            data={"exam_type": "auto"}, headers=headers)
+        assert reply.status_code == 422, reply.text
+        assert reply.json() == {"detail": NOT_A_KNOWN_KIND, "errors": {"file": NOT_A_KNOWN_KIND}}
+        assert client.get("/api/v1/diagnoses", headers=headers).json()["total"] == 0
+
+
+def test_a_retry_the_model_refuses_stops_the_record_offering_a_retry(tmp_path: Path) -> None:
+    """Kept while the service was down ('retry with POST .../retry'); back, the model refuses the image:
+    no retry can change that, so the record says so instead, and stays for its owner to delete."""
+    headers = {"Authorization": f"Bearer {LIVE_TOKEN}"}
+    with TestClient(create_app(GatewaySettings(DRTECH_HOME=tmp_path)), base_url="http://127.0.0.1") as client:
+        backends = client.app.state.gateway.backends
+        backends.auth = OneLiveSession()
+        backends.models["pneumonia"] = DownModel()
+        made = client.post("/api/v1/diagnoses", files={"file": ("x.png", encode(gradient_rgb(), "PNG"))},
+                           data={"exam_type": "chest_xray"}, headers=headers).json()
+        assert made["status"] == "failed" and "retry" in made["detail"]
+
+        backends.models["pneumonia"] = RefusingModel("wrong_image_kind", NOT_A_CHEST_XRAY)
+        retried = client.post(f"/api/v1/diagnoses/{made['id']}/retry", headers=headers)
+        assert retried.status_code == 422, retried.text
+        record = client.get(f"/api/v1/diagnoses/{made['id']}", headers=headers).json()
+        assert record["status"] == "failed"
+        assert record["detail"] == (f"The pneumonia model cannot use this image: {NOT_A_CHEST_XRAY}. "
+                                    "Retrying cannot change that; delete this diagnosis.")

@@ -334,6 +334,9 @@ async def get_heatmap(diagnosis_id: str, request: Request, caller: CallerDep, ct
 async def _heatmap(ctx: GatewayContext, request: Request, caller: Caller, diagnosis_id: str) -> Response:
     record = await _owned(ctx, diagnosis_id, caller.user.id)
     if not record.heatmap_sha256:
+        if record.explain and record.status == STATUS_FAILED:   # asked for, but the model has not answered
+            raise ApiError(404, "This diagnosis has no heatmap yet: it failed before the model answered; "
+                                f"retry it (POST /api/v1/diagnoses/{record.id}/retry) to get one.")
         raise ApiError(404, "This diagnosis has no heatmap; upload the image with explain=true to get one.")
     headers, current = _private(request, f'"{record.heatmap_sha256}"')
     if current:

@@ -109,3 +109,17 @@ def test_a_retry_the_model_refuses_stops_the_record_offering_a_retry(tmp_path: P
         assert record["status"] == "failed"
         assert record["detail"] == (f"The pneumonia model cannot use this image: {NOT_A_CHEST_XRAY}. "
                                     "Retrying cannot change that; delete this diagnosis.")
+
+
+def test_the_heatmap_of_a_failed_explained_diagnosis_says_to_retry_it(tmp_path: Path) -> None:
+    headers = {"Authorization": f"Bearer {LIVE_TOKEN}"}
+    with TestClient(create_app(GatewaySettings(DRTECH_HOME=tmp_path)), base_url="http://127.0.0.1") as client:
+        backends = client.app.state.gateway.backends
+        backends.auth = OneLiveSession()
+        backends.models["pneumonia"] = DownModel()
+        made = client.post("/api/v1/diagnoses", params={"explain": "true"},
+                           files={"file": ("x.png", encode(gradient_rgb(), "PNG"))},
+                           data={"exam_type": "chest_xray"}, headers=headers).json()
+        reply = client.get(f"/api/v1/diagnoses/{made['id']}/heatmap", headers=headers)
+    assert reply.status_code == 404
+    assert f"retry it (POST /api/v1/diagnoses/{made['id']}/retry)" in reply.json()["detail"]

@@ -59,6 +59,7 @@ def adopt_local_postgres(url: str = LOCAL_POSTGRES_URL) -> str:
 
     global _local_postgres_missing
     if os.environ.get(POSTGRES_URL_ENV):
+        _local_postgres_missing = None   # the variable names the server: a skip says why that one fails
         return f"PostgreSQL tier: runs on {POSTGRES_URL_ENV} as set"
     os.environ[POSTGRES_URL_ENV] = url
     reason = postgres_unavailable_reason()

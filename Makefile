@@ -44,28 +44,32 @@ LOCKS := requirements
 PIP_LOCKED := $(PY) -m pip install --quiet --require-hashes
 INSTALL_SELF := $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 
-# A venv that failed halfway (no venv module, an old Python) is removed, so the next try starts clean.
-$(PY):
+# The venv is ready once its stamp is written, last. A venv cut off halfway (no venv module, an old
+# Python, or make killed, even by SIGKILL, before ensurepip finished) has no stamp and no working pip:
+# it is removed and made again. A working venv made before the stamp existed is kept as it is.
+VENV_READY := $(VENV)/.created
+$(VENV_READY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Dr.Tech needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0] + ": run make PYTHON=python3.11 (or newer)")'
-	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
-	$(PIP_LOCKED) -r $(LOCKS)/build.txt || { rm -rf $(VENV); exit 1; }
+	@if $(PY) -m pip --version >/dev/null 2>&1; then touch $@; else \
+		rm -rf $(VENV) && $(PYTHON) -m venv $(VENV) && $(PIP_LOCKED) -r $(LOCKS)/build.txt && touch $@ \
+		|| { rm -rf $(VENV); exit 1; }; fi
 
 # Stamps so a second `make run` does not reinstall; they are redone when a lock or pyproject.toml
 # changes. build.txt (pip, setuptools) goes first: the editable install builds with the venv's own
 # pinned setuptools (--no-build-isolation) instead of fetching the newest.
-$(VENV)/.run-installed: $(LOCKS)/build.txt $(LOCKS)/run.txt pyproject.toml | $(PY)
+$(VENV)/.run-installed: $(LOCKS)/build.txt $(LOCKS)/run.txt pyproject.toml | $(VENV_READY)
 	$(PIP_LOCKED) -r $(LOCKS)/build.txt
 	$(PIP_LOCKED) -r $(LOCKS)/run.txt
 	$(INSTALL_SELF)
 	touch $@
 
-$(VENV)/.test-installed: $(LOCKS)/build.txt $(LOCKS)/test.txt pyproject.toml | $(PY)
+$(VENV)/.test-installed: $(LOCKS)/build.txt $(LOCKS)/test.txt pyproject.toml | $(VENV_READY)
 	$(PIP_LOCKED) -r $(LOCKS)/build.txt
 	$(PIP_LOCKED) -r $(LOCKS)/test.txt
 	$(INSTALL_SELF)
 	touch $@ $(VENV)/.run-installed
 
-$(VENV)/.bench-installed: $(LOCKS)/build.txt $(LOCKS)/bench.txt pyproject.toml | $(PY)
+$(VENV)/.bench-installed: $(LOCKS)/build.txt $(LOCKS)/bench.txt pyproject.toml | $(VENV_READY)
 	$(PIP_LOCKED) -r $(LOCKS)/build.txt
 	$(PIP_LOCKED) -r $(LOCKS)/bench.txt
 	$(INSTALL_SELF)
@@ -122,7 +126,7 @@ PROFILE_BENCH := $(PROFILE_TEST) --extra bench
 PROFILE_GPU   := --extra serving-gpu --extra auth --extra gateway
 
 # uv itself comes from a hashed lock too (requirements/uv.txt), into this venv only.
-$(VENV)/.uv-installed: $(LOCKS)/uv.txt | $(PY)
+$(VENV)/.uv-installed: $(LOCKS)/uv.txt | $(VENV_READY)
 	$(PIP_LOCKED) -r $(LOCKS)/uv.txt
 	touch $@
 

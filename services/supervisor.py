@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -131,9 +132,27 @@ def ports_in_use(comps: list[Component]) -> list[str]:
     return problems
 
 
+def home() -> Path:
+    """Where the platform keeps its state (SQLite databases, uploads, heatmaps, certificates)."""
+    return Path(os.environ.get("DRTECH_HOME", ROOT / "var")).resolve()
+
+
+def home_problem(path: Path) -> str | None:
+    """Why `path` cannot hold the platform's state, checked before anything starts (else the auth
+    service retried its database for 30 s, then failed naming neither the variable nor the path)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".writable-"):
+            pass
+    except OSError as error:
+        return (f"DRTECH_HOME {path} cannot hold the platform's state ({error.strerror or error}); "
+                "choose a writable folder with DRTECH_HOME=...")
+    return None
+
+
 def _child_env(comps: list[Component]) -> dict[str, str]:
     env = dict(os.environ)
-    env["DRTECH_HOME"] = str(Path(os.environ.get("DRTECH_HOME", ROOT / "var")).resolve())
+    env["DRTECH_HOME"] = str(home())
     for comp in comps:
         if comp.kind == "grpc":
             env[f"DRTECH_{comp.name.upper()}_ADDR"] = comp.address
@@ -323,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
 
     policy = RestartPolicy(args.restart_backoff, args.restart_backoff_max, args.restart_reset_after)
     supervisor = Supervisor(components(), args.start_timeout, args.grace, policy)
-    problems = ports_in_use(supervisor.comps)
+    problems = ports_in_use(supervisor.comps) + [problem for problem in [home_problem(home())] if problem]
     for problem in problems:
         log.error("%s", problem)
     if problems:

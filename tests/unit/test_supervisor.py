@@ -129,3 +129,18 @@ def test_a_component_healthy_for_a_while_before_it_dies_waits_the_shortest_time_
     assert pneumonia.restart_at == 161.0 and pneumonia.restarts == 4
 
 
+
+
+def test_a_home_that_cannot_hold_the_state_is_named_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Else the auth service retried its SQLite file for 30 s and failed naming neither."""
+    (tmp_path / "a-file").write_text("not a folder")
+    blocked = tmp_path / "a-file" / "home"
+    problem = supervisor.home_problem(blocked)
+    assert problem is not None and f"DRTECH_HOME {blocked}" in problem and "DRTECH_HOME=" in problem
+    assert supervisor.home_problem(tmp_path / "fresh") is None and (tmp_path / "fresh").is_dir()
+
+    monkeypatch.setenv("DRTECH_HOME", str(blocked))
+    monkeypatch.setattr(supervisor, "ports_in_use", lambda comps: [])
+    assert supervisor.main([]) == 1          # refused at once, nothing started

@@ -42,9 +42,9 @@ def keep_uploads_and_records(ctx: GatewayContext, new: list[NewRecord]) -> list[
     """Store each one's upload and heatmap, then commit every record whose blobs were stored, with
     its audit event, in one transaction (ctx.record_writes batches the diagnoses that finish
     together: gateway/write_batches.py). Returns, per item, what its own blobs failed with
-    (StoreUnavailable when the store is full or gone: its record is not written, or, after the
-    commit), else None; raises what failed the commit, for all. Once committed, a record is kept
-    and answered as kept, even if a blob it had to put back could not be (logged: _after_commit).
+    (StoreUnavailable when the store is full or gone: its record is not written), else None; raises
+    what failed the commit, for all. Once committed, a record is kept and answered as kept, even if
+    a blob it had to put back could not be (logged: _after_commit).
     Blocking: one thread hand-off for the whole batch. Its CPU is counted as the stages "store"
     (blobs) and "record" (the database rows)."""
     stages = ctx.metrics.stage_cpu

@@ -30,6 +30,7 @@ from pydantic import Field
 from gateway import audit, records
 from gateway.accounts import Caller, CallerDep
 from gateway.admission import admit_upload, served_exam_type, upload_slot
+from gateway.auto_routing import NOT_A_KNOWN_KIND
 from gateway.backend_errors import image_refusal_status, is_unreachable, refusal_reason
 from gateway.blob_protocol import (NewRecord, delete_record, keep_retried_record, keep_uploads_and_records,
                                    store_unavailable)
@@ -38,7 +39,6 @@ from gateway.errors import ApiError
 from gateway.paging import DEFAULT_PAGE_SIZE, MAX_OFFSET, OptionalQuery
 from gateway.records import STATUS_COMPLETED, STATUS_FAILED, Diagnosis
 from gateway.rendering import RENDER_REVISION, rendered_png
-from gateway.auto_routing import NOT_A_KNOWN_KIND
 from gateway.routing import AUTO
 from gateway.serialization import clean_extra, diagnosis_json, struct_to_dict
 from gateway.storage import StoreUnavailable, sha256_hex
@@ -49,6 +49,7 @@ from services.core.imaging import DICOM
 
 log = logging.getLogger("gateway.diagnoses")
 router = APIRouter(prefix="/api/v1")
+
 
 class ImageRefused(ApiError):
     """The model service answered, and refuses the image (415/422): no retry can change that."""

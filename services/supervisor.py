@@ -342,7 +342,10 @@ def main(argv: list[str] | None = None) -> int:
 
     policy = RestartPolicy(args.restart_backoff, args.restart_backoff_max, args.restart_reset_after)
     supervisor = Supervisor(components(), args.start_timeout, args.grace, policy)
-    problems = ports_in_use(supervisor.comps) + [problem for problem in [home_problem(home())] if problem]
+    problems = ports_in_use(supervisor.comps)
+    unusable_home = home_problem(home())
+    if unusable_home:
+        problems.append(unusable_home)
     for problem in problems:
         log.error("%s", problem)
     if problems:

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from services.core.call_end import CallEnd
 from services.core.errors import CallCancelled
 
 
@@ -39,27 +40,29 @@ class PixelBudget:
         with self._changed:
             return len(self._waiting)
 
-    def acquire(self, pixels: int, timeout: float | None = None,
-                abandoned: threading.Event | None = None) -> int:
+    def acquire(self, pixels: int, timeout: float | None = None, call_end: CallEnd | None = None) -> int:
         """Wait until every earlier caller has its pixels and `pixels` (at most the capacity) fit, then
         hold them; returns the amount held, for release(). TimeoutError after `timeout` seconds;
-        CallCancelled once `abandoned` is set (its setter calls wake(), so the wait ends then)."""
+        CallCancelled once `call_end` comes (the caller cancelled): the wait ends then."""
         amount = max(1, min(pixels, self.capacity))
         if timeout is not None and timeout > threading.TIMEOUT_MAX:
             timeout = None   # gRPC's time_remaining() without a deadline: ~9e18 s, beyond what waits take
         turn = object()
+        if call_end is not None:
+            call_end.on(self._wake)
 
         def given_up() -> bool:
-            return abandoned is not None and abandoned.is_set()
+            return call_end is not None and call_end.event.is_set()
+
+        def fits() -> bool:
+            return self._waiting[0] is turn and self._held + amount <= self.capacity
 
         with self._changed:
             self._waiting.append(turn)
             granted = False
             try:
-                self._changed.wait_for(
-                    lambda: given_up() or (self._waiting[0] is turn and self._held + amount <= self.capacity),
-                    timeout)
-                granted = not given_up() and self._waiting[0] is turn and self._held + amount <= self.capacity
+                self._changed.wait_for(lambda: given_up() or fits(), timeout)
+                granted = not given_up() and fits()
             finally:
                 self._waiting.remove(turn)
                 if granted:
@@ -71,7 +74,7 @@ class PixelBudget:
             raise TimeoutError(f"{amount} pixels did not fit the decoding budget within {timeout} s")
         return amount
 
-    def wake(self) -> None:
+    def _wake(self) -> None:
         """Let every waiter look again (one of them was abandoned)."""
         with self._changed:
             self._changed.notify_all()

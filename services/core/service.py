@@ -152,13 +152,12 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServiceServicer):
         call_end = CallEnd()
         if context is not None:
             context.add_callback(call_end.set)
-            call_end.on(self.decoding.wake)   # a cancelled call waiting to decode leaves the line
         with self.stages.stage("decode"):
             # The header only; decode() below continues from the file this opened.
             inspection = inspect_image(request.image, request.media_type, self.limits)
         pixels = inspection.pixels_to_decode(draft)
         try:
-            held = self.decoding.acquire(pixels, timeout=time_left(context), abandoned=call_end.event)
+            held = self.decoding.acquire(pixels, timeout=time_left(context), call_end=call_end)
         except TimeoutError:
             raise ServiceBusy(f"the {self.spec.task} service is decoding other large images; retry shortly") from None
         try:

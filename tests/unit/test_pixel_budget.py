@@ -115,12 +115,11 @@ def test_a_waiter_whose_call_ended_leaves_the_line_and_takes_nothing() -> None:
 
     budget = PixelBudget(100)
     call_end = CallEnd()
-    call_end.on(budget.wake)
     outcome: list[str] = []
 
     def wait() -> None:
         try:
-            budget.acquire(50, timeout=30, abandoned=call_end.event)
+            budget.acquire(50, timeout=30, call_end=call_end)
             outcome.append("held")
         except CallCancelled:
             outcome.append("cancelled")
@@ -134,7 +133,7 @@ def test_a_waiter_whose_call_ended_leaves_the_line_and_takes_nothing() -> None:
         assert outcome == ["cancelled"] and budget.waiting == 0
     assert budget.held == 0
     with pytest.raises(CallCancelled):   # an ended call does not queue at all
-        budget.acquire(10, abandoned=call_end.event)
+        budget.acquire(10, call_end=call_end)
     assert budget.held == 0
 
 
